@@ -1,0 +1,7 @@
+"""``python -m fleet_core`` is ``fleet-deploy``."""
+
+import sys
+
+from fleet_core.cli import main
+
+sys.exit(main())

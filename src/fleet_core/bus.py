@@ -1,0 +1,206 @@
+"""The NATS connection, and the only module that imports ``nats``.
+
+Everything else talks to ``Bus``: publish, subscribe, flush, close — and hears about
+permission violations, which nats-py reports only through its ``error_cb`` (a publish the
+server refuses returns normally). Foreign errors are translated here into ``FleetError``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as _NatsSubscription
+
+from fleet_core.errors import ConnectionFailed, PermissionDenied
+from fleet_core.keys import Seed
+
+__all__ = ["Bus", "Message", "Subscription"]
+
+log = structlog.get_logger("fleet.bus")
+
+_DENIED = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
+_NO_RESPONDERS = "503"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received message; ``no_responders`` marks the server's "nobody listens" status."""
+
+    subject: str
+    data: bytes
+    reply: str | None
+    no_responders: bool = False
+
+
+Handler = Callable[[Message], Awaitable[None]]
+DenialWatcher = Callable[[PermissionDenied], None]
+
+
+class Subscription:
+    """A live subscription; ``unsubscribe()`` is safe to call more than once."""
+
+    def __init__(self, inner: _NatsSubscription) -> None:
+        self._inner = inner
+        self._active = True
+
+    async def unsubscribe(self) -> None:
+        if self._active:
+            self._active = False
+            try:
+                await self._inner.unsubscribe()
+            except nats.errors.Error:  # connection already closed or draining: nothing to undo
+                pass
+
+
+class Bus:
+    """One authenticated NATS connection."""
+
+    def __init__(self, client: Client, url: str) -> None:
+        self._client = client
+        self.url = url
+        self._watchers: list[DenialWatcher] = []
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        seed: Seed,
+        *,
+        name: str,
+        persistent: bool = False,
+        connect_timeout: float = 3.0,
+    ) -> Bus:
+        """Connect and authenticate with ``seed``.
+
+        ``persistent`` (the listener) waits for an absent server and reconnects forever.
+        Otherwise (a deployer) a failed first attempt raises ``ConnectionFailed`` at once,
+        and later drops are retried for about a minute.
+        """
+        bus_ref: list[Bus] = []
+
+        async def on_error(exc: Exception) -> None:
+            if bus_ref:
+                bus_ref[0]._on_error(exc)
+            elif persistent:
+                log.warning("nats_connect_failed", url=url, error=str(exc) or type(exc).__name__)
+
+        options: dict[str, Any] = {
+            "servers": [url],
+            "name": name,
+            "nkeys_seed_str": seed.reveal(),
+            "connect_timeout": connect_timeout,
+            "error_cb": on_error,
+            # Replies go to deploy.responses.<id>; _INBOX.> is forbidden by the tiered layout.
+            "inbox_prefix": "deploy.responses",
+            "allow_reconnect": persistent,
+            "max_reconnect_attempts": -1 if persistent else 30,
+            "reconnect_time_wait": 2,
+        }
+        try:
+            client = await nats.connect(**options)
+        except nats.errors.AuthorizationError as exc:
+            raise ConnectionFailed(_auth_message(url, seed)) from exc
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            if "authorization violation" in str(exc).lower():
+                raise ConnectionFailed(_auth_message(url, seed)) from exc
+            raise ConnectionFailed(
+                f"cannot reach the NATS server at {url} ({_describe(exc)}): "
+                "is it running, and is the URL right?"
+            ) from exc
+        # Fail fast on the first attempt, but ride out a server restart once connected.
+        client.options["allow_reconnect"] = True
+        bus = cls(client, url)
+        bus_ref.append(bus)
+        return bus
+
+    def _on_error(self, exc: Exception) -> None:
+        match = _DENIED.search(str(exc))
+        if match is None:
+            log.warning("nats_error", url=self.url, error=_describe(exc))
+            return
+        operation = "publish to" if match.group(1).lower() == "publish" else "subscribe to"
+        subject = match.group(2)
+        denial = PermissionDenied(
+            f"the NATS server refused this key permission to {operation} {subject!r}: "
+            "use a key whose permissions allow it (the test deployer key reaches only "
+            "deploy.test.>; production needs the admin key)",
+            subject=subject,
+        )
+        log.warning("nats_permission_denied", subject=subject, operation=operation)
+        for watcher in list(self._watchers):
+            watcher(denial)
+
+    def watch_denials(self, watcher: DenialWatcher) -> Callable[[], None]:
+        """Call ``watcher`` for every permission violation; returns the function that stops."""
+        self._watchers.append(watcher)
+
+        def stop() -> None:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+
+        return stop
+
+    async def publish(self, subject: str, payload: bytes, *, reply: str | None = None) -> None:
+        try:
+            await self._client.publish(subject, payload, reply=reply or "")
+        except nats.errors.Error as exc:
+            raise ConnectionFailed(f"cannot publish to {subject!r}: {_describe(exc)}") from exc
+
+    async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+        async def deliver(msg: Msg) -> None:
+            headers = msg.headers or {}
+            await handler(
+                Message(
+                    subject=msg.subject,
+                    data=msg.data,
+                    reply=msg.reply or None,
+                    no_responders=headers.get("Status") == _NO_RESPONDERS and not msg.data,
+                )
+            )
+
+        try:
+            return Subscription(await self._client.subscribe(subject, cb=deliver))
+        except nats.errors.Error as exc:
+            raise ConnectionFailed(f"cannot subscribe to {subject!r}: {_describe(exc)}") from exc
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until the server has processed everything sent so far (and said no, if so)."""
+        try:
+            await self._client.flush(timeout=timeout)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ConnectionFailed(
+                f"the NATS server at {self.url} did not answer within {timeout:g} s"
+            ) from exc
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._client.is_connected)
+
+    async def close(self) -> None:
+        """Flush what is pending and close; safe to call twice."""
+        if self._client.is_closed:
+            return
+        try:
+            await self._client.drain()
+        except (TimeoutError, nats.errors.Error):
+            await self._client.close()
+
+
+def _auth_message(url: str, seed: Seed) -> str:
+    return (
+        f"the NATS server at {url} refused key {seed.public_key}: add this public key to "
+        "the server's authorization block, or use the seed that belongs to it"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

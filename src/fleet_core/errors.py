@@ -1,0 +1,62 @@
+"""The one exception family of fleet-deploy.
+
+Every error a user can meet is a ``FleetError``; its message says what to do about it.
+Foreign errors (nats, pydantic, OSError) are translated where they enter — ``bus.py`` for
+NATS, ``keys.py`` for key files, ``settings.py`` for flags — and caught only at the edges:
+the CLI, an MCP tool, a listener callback.
+
+    FleetError
+    ├── UsageError            bad flags, targets, revisions or actions given by the user
+    ├── KeyFileError          a seed file that is missing, unreadable, malformed or too open
+    ├── ConnectionFailed      the NATS server cannot be reached or refused the key
+    ├── PermissionDenied      the NATS server refused a publish or subscribe for this key
+    └── RequestRejected       a deploy request that fails validation (carries a wire error code)
+
+``exit_code`` is what the CLI returns for each: 2 for all of them (usage, key, connection and
+permission problems); a deploy where a host did not complete is a result, not an exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionFailed",
+    "FleetError",
+    "KeyFileError",
+    "PermissionDenied",
+    "RequestRejected",
+    "UsageError",
+]
+
+
+class FleetError(Exception):
+    """Base of every fleet-deploy error; ``str(err)`` is a message for a person."""
+
+    exit_code: int = 2
+
+
+class UsageError(FleetError):
+    """The user asked for something that cannot work: fix the flags or arguments."""
+
+
+class KeyFileError(FleetError):
+    """An NKey seed file cannot be used: missing, unreadable, malformed or group/world-readable."""
+
+
+class ConnectionFailed(FleetError):
+    """The NATS server is unreachable, or it refused to authenticate the key."""
+
+
+class PermissionDenied(FleetError):
+    """The NATS server refused this key a publish or subscribe (the tiered permissions)."""
+
+    def __init__(self, message: str, *, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class RequestRejected(FleetError):
+    """A deploy request failed validation; ``code`` is the wire error code to send back."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

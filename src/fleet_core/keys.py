@@ -1,0 +1,93 @@
+"""NKey seeds: generate them, and load them the way ssh loads a private key.
+
+A seed file is refused when group or world can read it, and a seed never appears in a repr
+or a log line. nkeys 0.2 cannot generate keys, so generation encodes 32 random bytes itself.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nkeys
+
+from fleet_core.errors import KeyFileError
+
+__all__ = ["Seed", "generate_seed", "load_seed", "write_seed"]
+
+_SEED_PREFIX = "SU"
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """A user seed and its public key; the secret is kept out of repr and comparisons."""
+
+    public_key: str
+    _secret: str = field(repr=False, compare=False)
+    source: str = "generated"
+
+    def reveal(self) -> str:
+        """The seed itself, for the one call that needs it: connecting to NATS."""
+        return self._secret
+
+    @classmethod
+    def from_string(cls, text: str, *, source: str = "generated") -> Seed:
+        secret = text.strip()
+        if not secret.startswith(_SEED_PREFIX):
+            raise KeyFileError(
+                f"{source} is not an NKey user seed (it must start with {_SEED_PREFIX}): "
+                "create one with `fleet-deploy keygen NAME`"
+            )
+        try:
+            public = nkeys.from_seed(bytearray(secret.encode())).public_key.decode()
+        except Exception as exc:  # nkeys raises several unrelated types for a bad seed
+            raise KeyFileError(
+                f"{source} holds a damaged NKey seed ({type(exc).__name__}): replace it"
+            ) from exc
+        return cls(public_key=public, _secret=secret, source=source)
+
+
+def generate_seed() -> Seed:
+    """A new random user seed."""
+    raw = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    return Seed.from_string(raw.decode())
+
+
+def load_seed(path: str | os.PathLike[str]) -> Seed:
+    """Read a user seed from ``path``, refusing files that others can read."""
+    key_path = Path(path)
+    try:
+        info = key_path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"NKey seed file {key_path} does not exist") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read NKey seed file {key_path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(f"NKey seed file {key_path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise KeyFileError(
+            f"NKey seed file {key_path} is readable by others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}): run `chmod 600 {key_path}`"
+        )
+    try:
+        text = key_path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read NKey seed file {key_path}: {exc}") from exc
+    return Seed.from_string(text, source=f"NKey seed file {key_path}")
+
+
+def write_seed(path: str | os.PathLike[str], seed: Seed) -> None:
+    """Write ``seed`` to a new file with mode 0600; never overwrite an existing one."""
+    key_path = Path(path)
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"{key_path} already exists: remove it first, or choose another name"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {key_path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(seed.reveal() + "\n")

@@ -1,0 +1,226 @@
+"""Wire models of the deploy protocol and their limits (pure: no I/O).
+
+Requests are parsed strictly — a listener must never act on something it did not fully
+understand — while statuses and discovery replies are read leniently (unknown fields ignored)
+so that a newer listener can talk to an older deployer and the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleet_core.errors import RequestRejected
+from fleet_core.rebuild import (
+    DEFAULT_ACTION,
+    DEFAULT_REVISION,
+    Action,
+    validate_action,
+    validate_revision,
+)
+from fleet_core.subjects import RESPONSES_PREFIX, Tier, is_reply_subject
+
+__all__ = [
+    "FINAL_STATUSES",
+    "MAX_LOG_TAIL_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_STATUS_BYTES",
+    "DeployRequest",
+    "DiscoverRequest",
+    "ErrorCode",
+    "HostInfo",
+    "InvalidRequest",
+    "Status",
+    "StatusKind",
+    "encode",
+    "parse_deploy_request",
+    "parse_discover_request",
+    "parse_host_info",
+    "parse_status",
+]
+
+MAX_REQUEST_BYTES: Final = 64 * 1024
+MAX_STATUS_BYTES: Final = 64 * 1024
+MAX_LOG_TAIL_BYTES: Final = 16 * 1024
+MAX_MESSAGE_CHARS: Final = 2000
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class StatusKind(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+FINAL_STATUSES: Final = frozenset({StatusKind.REJECTED, StatusKind.COMPLETED, StatusKind.FAILED})
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    INVALID_ACTION = "invalid_action"
+    INVALID_REVISION = "invalid_revision"
+    ALREADY_RUNNING = "already_running"
+    BUILD_FAILED = "build_failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class DeployRequest(_Wire):
+    """A validated deploy request: the listener acts only on one of these."""
+
+    action: Action = DEFAULT_ACTION
+    revision: str = DEFAULT_REVISION
+    reply_to: str
+    id: str | None = None
+
+
+class Status(_Wire):
+    """A status published by a listener to the request's ``reply_to``."""
+
+    hostname: str
+    status: StatusKind
+    error: str | None = None
+    message: str = ""
+    request_id: str | None = None
+    tier: str | None = None
+    action: str | None = None
+    revision: str | None = None
+    timestamp: float | None = None
+    duration_s: float | None = None
+    phase: str | None = None
+    log_tail: list[str] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class DiscoverRequest(_Wire):
+    reply_to: str
+    tier: Tier | None = None
+
+
+class HostInfo(_Wire):
+    """A listener's answer to discovery."""
+
+    hostname: str
+    tier: str
+    role: str | None = None
+    version: str = ""
+    busy: bool = False
+    deploy_subjects: list[str] = Field(default_factory=list)
+
+
+class InvalidRequest(RequestRejected):
+    """A request that cannot be served; ``reply_to`` is where to say so (None: only log it)."""
+
+    def __init__(self, code: str, message: str, *, reply_to: str | None) -> None:
+        super().__init__(code, message)
+        self.reply_to = reply_to
+
+
+def encode(model: BaseModel) -> bytes:
+    """Serialize a wire model; ``error`` and the other required fields stay even when null."""
+    return model.model_dump_json(exclude_unset=False, exclude_none=False).encode()
+
+
+def _load_object(data: bytes, limit: int) -> dict[str, Any] | str:
+    """The JSON object in ``data``, or a sentence saying why there is none."""
+    if len(data) > limit:
+        return f"message of {len(data)} bytes is over the {limit}-byte limit"
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return "message is not valid JSON"
+    if not isinstance(obj, dict):
+        return f"message must be a JSON object, not {type(obj).__name__}"
+    return obj
+
+
+def parse_deploy_request(data: bytes, *, nats_reply: str | None = None) -> DeployRequest:
+    """Parse and fully validate a deploy request, or raise ``InvalidRequest``.
+
+    The reply subject is the body's ``reply_to`` (the protocol) or, failing that, the NATS
+    reply subject; either must begin with ``deploy.responses.``. A body whose ``reply_to``
+    points anywhere else gets no answer at all: a listener never publishes elsewhere.
+    """
+    reply = nats_reply if is_reply_subject(nats_reply) else None
+    obj = _load_object(data, MAX_REQUEST_BYTES)
+    if isinstance(obj, str):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, obj, reply_to=reply)
+    if "reply_to" in obj:
+        if not is_reply_subject(obj["reply_to"]):
+            raise InvalidRequest(
+                ErrorCode.INVALID_REQUEST,
+                f"reply_to {str(obj['reply_to'])[:80]!r} does not begin with {RESPONSES_PREFIX}",
+                reply_to=None,
+            )
+        reply = obj["reply_to"]
+    if reply is None:
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, "request has no reply_to", reply_to=None)
+    request_id = obj.get("id")
+    if request_id is not None and not (
+        isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)
+    ):
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST, "id must be 1-64 letters, digits, '-' or '_'", reply_to=reply
+        )
+    try:
+        action = validate_action(obj.get("action", DEFAULT_ACTION.value))
+        revision = validate_revision(obj.get("revision", DEFAULT_REVISION))
+    except RequestRejected as exc:
+        raise InvalidRequest(exc.code, str(exc), reply_to=reply) from exc
+    return DeployRequest(action=action, revision=revision, reply_to=reply, id=request_id)
+
+
+def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> DiscoverRequest:
+    """Parse a discovery request; raise ``InvalidRequest`` (never answered) when unusable."""
+    obj = _load_object(data, MAX_REQUEST_BYTES)
+    if isinstance(obj, str):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, obj, reply_to=None)
+    reply = obj.get("reply_to", nats_reply)
+    if not is_reply_subject(reply):
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST,
+            f"discovery reply_to must begin with {RESPONSES_PREFIX}",
+            reply_to=None,
+        )
+    try:
+        return DiscoverRequest(reply_to=reply, tier=obj.get("tier"))
+    except ValidationError:
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST, "discovery tier must be 'test' or 'prod'", reply_to=None
+        ) from None
+
+
+def parse_status(data: bytes) -> Status | None:
+    """A status from a listener, or None when it is not one (the deployer ignores it)."""
+    obj = _load_object(data, MAX_STATUS_BYTES)
+    if isinstance(obj, str):
+        return None
+    try:
+        return Status.model_validate(obj)
+    except ValidationError:
+        return None
+
+
+def parse_host_info(data: bytes) -> HostInfo | None:
+    """A discovery reply, or None when it is not one."""
+    obj = _load_object(data, MAX_STATUS_BYTES)
+    if isinstance(obj, str):
+        return None
+    try:
+        return HostInfo.model_validate(obj)
+    except ValidationError:
+        return None

@@ -1,0 +1,183 @@
+"""The NATS ``authorization`` block of the tiered layout, from an inventory (pure).
+
+NATS permission templates (``{{name()}}``) are taken literally for config-file nkey users,
+so every host gets a permission block of its own: it may subscribe to exactly its deploy
+subjects and ``deploy.discover``, and publish only statuses and discovery answers.
+
+Inventory (TOML)::
+
+    [hosts.web1]
+    tier = "test"
+    role = "web"              # optional
+    nkey = "U..."             # the listener's public key
+
+    [deployers.claude]
+    access = "test"           # "test": deploy.test.> only; "admin": deploy.>
+    nkey = "U..."
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fleet_core.errors import UsageError
+from fleet_core.subjects import (
+    DEFAULT_DEPLOY_SUBJECTS,
+    DISCOVER_SUBJECT,
+    RESPONSES_PREFIX,
+    Tier,
+    expand_templates,
+    validate_hostname,
+    validate_role,
+)
+
+__all__ = [
+    "DeployerEntry",
+    "HostEntry",
+    "Inventory",
+    "deployer_permissions",
+    "listener_permissions",
+    "parse_inventory",
+    "render_authorization",
+]
+
+_PUBLIC_KEY = re.compile(r"U[A-Z2-7]{55}")
+RESPONSES_WILDCARD = RESPONSES_PREFIX + ">"
+
+
+@dataclass(frozen=True, slots=True)
+class HostEntry:
+    name: str
+    tier: Tier
+    nkey: str
+    role: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeployerEntry:
+    name: str
+    access: Literal["test", "admin"]
+    nkey: str
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    hosts: tuple[HostEntry, ...]
+    deployers: tuple[DeployerEntry, ...] = ()
+
+
+def _public_key(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _PUBLIC_KEY.fullmatch(value):
+        raise UsageError(
+            f"{where}: nkey must be a user public key (56 characters starting with U), "
+            "as printed by `fleet-deploy keygen`"
+        )
+    return value
+
+
+def _table(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{where} must be a table")
+    return value
+
+
+def parse_inventory(text: str, *, source: str = "inventory") -> Inventory:
+    """Parse and check an inventory; every mistake is a ``UsageError`` naming its place."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source} is not valid TOML: {exc}") from None
+    hosts: list[HostEntry] = []
+    for name, raw in _table(data.get("hosts", {}), f"{source}: [hosts]").items():
+        where = f"{source}: [hosts.{name}]"
+        entry = _table(raw, where)
+        try:
+            tier = Tier(entry.get("tier"))
+        except ValueError:
+            raise UsageError(f"{where}: tier must be 'test' or 'prod'") from None
+        role = entry.get("role")
+        hosts.append(
+            HostEntry(
+                name=validate_hostname(name),
+                tier=tier,
+                nkey=_public_key(entry.get("nkey"), where),
+                role=validate_role(role) if role is not None else None,
+            )
+        )
+    deployers: list[DeployerEntry] = []
+    for name, raw in _table(data.get("deployers", {}), f"{source}: [deployers]").items():
+        where = f"{source}: [deployers.{name}]"
+        entry = _table(raw, where)
+        access = entry.get("access")
+        if access not in ("test", "admin"):
+            raise UsageError(f"{where}: access must be 'test' or 'admin'")
+        deployers.append(
+            DeployerEntry(name=name, access=access, nkey=_public_key(entry.get("nkey"), where))
+        )
+    if not hosts and not deployers:
+        raise UsageError(f"{source} defines no [hosts.*] and no [deployers.*]")
+    keys = [h.nkey for h in hosts] + [d.nkey for d in deployers]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise UsageError(f"{source}: key {duplicates[0]} is used twice; give each its own")
+    return Inventory(hosts=tuple(hosts), deployers=tuple(deployers))
+
+
+def listener_permissions(host: HostEntry) -> dict[str, list[str]]:
+    subjects = expand_templates(
+        DEFAULT_DEPLOY_SUBJECTS, hostname=host.name, tier=host.tier, role=host.role
+    )
+    return {
+        "publish": [RESPONSES_WILDCARD, DISCOVER_SUBJECT],
+        "subscribe": [*subjects, DISCOVER_SUBJECT],
+    }
+
+
+def deployer_permissions(access: Literal["test", "admin"]) -> dict[str, list[str]]:
+    if access == "admin":
+        return {"publish": ["deploy.>"], "subscribe": ["deploy.>"]}
+    return {
+        "publish": ["deploy.test.>", DISCOVER_SUBJECT],
+        "subscribe": [RESPONSES_WILDCARD, DISCOVER_SUBJECT],
+    }
+
+
+def _quoted(items: Iterable[str]) -> str:
+    return ", ".join(f'"{item}"' for item in items)
+
+
+def _user(comment: str, nkey: str, permissions: Mapping[str, list[str]]) -> list[str]:
+    return [
+        f"    # {comment}",
+        "    {",
+        f'      nkey: "{nkey}"',
+        "      permissions: {",
+        f"        publish: [{_quoted(permissions['publish'])}]",
+        f"        subscribe: [{_quoted(permissions['subscribe'])}]",
+        "      }",
+        "    }",
+    ]
+
+
+def render_authorization(inventory: Inventory) -> str:
+    """The ``authorization { users = [...] }`` block for nats-server's config file."""
+    lines = ["authorization {", "  users = ["]
+    for host in sorted(inventory.hosts, key=lambda h: (h.tier.value, h.name)):
+        role = f", role {host.role}" if host.role else ""
+        lines += _user(
+            f"listener {host.name} (tier {host.tier.value}{role})",
+            host.nkey,
+            listener_permissions(host),
+        )
+    for deployer in inventory.deployers:
+        lines += _user(
+            f"deployer {deployer.name} ({deployer.access})",
+            deployer.nkey,
+            deployer_permissions(deployer.access),
+        )
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Turning results into text for people (pure): live status lines, summaries, host tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fleet_core.messages import HostInfo
+from fleet_core.tracking import DeploymentResult, HostResult
+
+__all__ = ["host_line", "hosts_table", "summary"]
+
+_TAIL_LINES = 20
+
+
+def host_line(host: HostResult) -> str:
+    """One line for a host whose state just changed."""
+    detail = host.message
+    if host.phase and host.status == "progress":
+        detail = f"[{host.phase}] {detail}"
+    if host.error:
+        detail = f"{host.error}: {detail}"
+    return f"  {host.hostname:<20} {host.status:<10} {detail}".rstrip()
+
+
+def summary(result: DeploymentResult) -> str:
+    """The final report: a row per host, the log tail of every failure, and a verdict."""
+    lines = [
+        f"deployment {result.deployment_id}: {result.action} of {result.revision} "
+        f"to {result.subject} ({result.duration_s:.1f} s)",
+        "",
+        f"  {'HOST':<20} {'STATUS':<10} {'TIME':>8}  MESSAGE",
+    ]
+    for host in result.hosts:
+        took = f"{host.duration_s:.1f}s" if host.duration_s is not None else "-"
+        note = f"{host.error}: {host.message}" if host.error else host.message
+        marker = "" if host.expected else " (unexpected)"
+        lines.append(f"  {host.hostname:<20} {host.status:<10} {took:>8}  {note}{marker}")
+    for host in result.hosts:
+        if host.log_tail:
+            lines += ["", f"--- last output of {host.hostname} ---"]
+            lines += [f"  {line}" for line in host.log_tail[-_TAIL_LINES:]]
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items()))
+    verdict = "OK" if result.ok else "NOT OK"
+    if not result.hosts:
+        counts = "no host answered"
+    lines += ["", f"{verdict}: {counts}"]
+    return "\n".join(lines)
+
+
+def hosts_table(hosts: Sequence[HostInfo]) -> str:
+    """Discovered hosts as an aligned table."""
+    if not hosts:
+        return "no hosts answered discovery"
+    rows = [("HOST", "TIER", "ROLE", "STATE", "VERSION")]
+    rows += [
+        (h.hostname, h.tier, h.role or "-", "busy" if h.busy else "idle", h.version or "-")
+        for h in hosts
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

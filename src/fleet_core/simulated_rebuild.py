@@ -1,0 +1,134 @@
+"""A stand-in for ``nixos-rebuild`` with the same interface, for tests and the sandbox.
+
+    python -m fleet_core.simulated_rebuild [--sim-* options] <action> --flake <ref> [--refresh]
+
+It checks its arguments the way nixos-rebuild would, prints realistic build and activation
+output, and can be told to fail with a nix evaluation error, hang, leave a grandchild behind,
+or wait for a file (so a test can hold a rebuild open without sleeping). ``--sim-record``
+appends the nixos-rebuild part of its argv as one JSON line, for tests to assert on.
+Standard library only: it starts once per job and must start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
+
+EVAL_ERROR = """\
+error:
+       … while evaluating the attribute 'config.system.build.toplevel'
+         at /nix/store/8zq4mlqk8aqfbk3fz1c9v7cw4ygnm9lh-source/nixos/modules/system/activation/top-level.nix:71:5:
+           70|   {
+           71|     toplevel = finalSystem;
+             |     ^
+           72|   };
+
+       … while evaluating the option `services.nginx.virtualHosts."{host}.example.org".root':
+
+       (stack trace truncated; use '--show-trace' to show the full trace)
+
+       error: undefined variable 'webroot'
+       at /nix/store/5r0yq7b0c3kx8x5m0a8sdd8k2zcd6a8n-source/hosts/{host}/nginx.nix:14:14:
+           13|     forceSSL = true;
+           14|     root = webroot;
+             |            ^
+           15|   }};"""
+
+
+def _store_path(seed: str, name: str) -> str:
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"
+    return f"/nix/store/{''.join(alphabet[int(c, 16) * 2] for c in digest[:32])}-{name}"
+
+
+def _say(line: str, delay: float) -> None:
+    print(line, flush=True)
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _wait_for(path: Path, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        if time.monotonic() > deadline:
+            print(f"simulated-rebuild: gave up waiting for {path}", file=sys.stderr)
+            sys.exit(3)
+        time.sleep(0.01)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nixos-rebuild (simulated)", allow_abbrev=False)
+    parser.add_argument("--sim-record", type=Path, help="append the argv as a JSON line here")
+    parser.add_argument("--sim-fail", action="store_true", help="fail with an evaluation error")
+    parser.add_argument("--sim-delay", type=float, default=0.0, help="seconds between lines")
+    parser.add_argument("--sim-hang", action="store_true", help="never finish")
+    parser.add_argument("--sim-grandchild-pid", type=Path, help="start a grandchild, write its pid")
+    parser.add_argument("--sim-wait-for", type=Path, help="block until this file exists")
+    parser.add_argument("--sim-spam", type=int, default=0, help="print this many extra lines")
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("--flake", required=True)
+    parser.add_argument("--refresh", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(args_list)
+    if args.sim_record is not None:
+        with args.sim_record.open("a", encoding="utf-8") as record:
+            record.write(json.dumps({"argv": args_list, "pid": os.getpid()}) + "\n")
+    flake, _, host = args.flake.partition("#")
+    if not host or "?" not in flake:
+        print(f"error: flake reference '{args.flake}' names no configuration", file=sys.stderr)
+        return 1
+    delay = args.sim_delay
+    _say(f"unpacking '{flake}' into the Git cache...", delay)
+    if args.sim_grandchild_pid is not None:
+        child = subprocess.Popen(  # noqa: S603 - a fixed argv of our own interpreter
+            [sys.executable, "-c", "import time; time.sleep(3600)"]
+        )
+        args.sim_grandchild_pid.write_text(str(child.pid))
+    if args.sim_wait_for is not None:
+        _say("building the system configuration...", 0)
+        _wait_for(args.sim_wait_for)
+    if args.sim_hang:
+        _say("building the system configuration...", 0)
+        while True:
+            time.sleep(3600)
+    for index in range(args.sim_spam):
+        print(f"building '/nix/store/{index:032d}-spam.drv'...", flush=True)
+    if args.sim_fail:
+        _say("building the system configuration...", delay)
+        for line in EVAL_ERROR.format(host=host).splitlines():
+            print(line, file=sys.stderr, flush=True)
+        return 1
+    system = _store_path(args.flake, f"nixos-system-{host}-24.11.20241122.5e4fbfb")
+    _say("building the system configuration...", delay)
+    _say("these 3 derivations will be built:", 0)
+    for name in ("etc.drv", "system-units.drv", f"nixos-system-{host}-24.11.drv"):
+        _say(f"  {_store_path(name + host, name)}", 0)
+    for name in ("etc.drv", "system-units.drv"):
+        _say(f"building '{_store_path(name + host, name)}'...", delay)
+    if args.action in ("switch", "boot"):
+        _say("updating GRUB 2 menu...", delay)
+    if args.action in ("switch", "test"):
+        _say("activating the configuration...", delay)
+        _say("setting up /etc...", 0)
+        _say("reloading user units for root...", 0)
+        _say("restarting the following units: nginx.service", delay)
+    if args.action == "dry-activate":
+        _say("would restart the following units: nginx.service", delay)
+    _say(f"Done. The new configuration is {system}", 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

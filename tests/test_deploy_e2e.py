@@ -1,0 +1,76 @@
+"""End to end over a real nats-server: the right hosts run the right argv, nothing else runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet_core.deployer import Deployer
+from fleet_core.rebuild import Action
+from fleet_core.subjects import Target, Tier, parse_target
+from fleet_core.tracking import DeploymentResult, HostResult
+
+from .conftest import FAST, HOSTS, TEST_HOSTS, Fleet, expected_argv
+
+pytestmark = pytest.mark.anyio
+
+
+async def deploy(fleet: Fleet, subject: str, **kwargs: object) -> DeploymentResult:
+    bus = await fleet.connect("deployer")
+    try:
+        options: dict[str, object] = {"revision": "master", "action": Action.SWITCH, "timeout": 30}
+        options.update(kwargs)
+        return await Deployer(bus, timing=FAST).deploy(parse_target(subject), **options)  # type: ignore[arg-type]
+    finally:
+        await bus.close()
+
+
+class TestTargets:
+    async def test_one_host(self, fleet: Fleet) -> None:
+        """Deploying deploy.test.web1 runs exactly web1's argv and nothing on any other host."""
+        async with fleet.listeners(*HOSTS):
+            result = await deploy(fleet, "deploy.test.web1")
+        assert result.ok and result.done
+        assert [h.hostname for h in result.hosts] == ["web1"]
+        assert fleet.runs() == [expected_argv("web1")]
+
+    async def test_whole_tier(self, fleet: Fleet) -> None:
+        """deploy.test.all reaches every test host and no prod host."""
+        async with fleet.listeners(*HOSTS):
+            result = await deploy(fleet, "deploy.test.all")
+        assert result.ok
+        assert sorted(h.hostname for h in result.hosts) == TEST_HOSTS
+        assert result.counts == {"completed": len(TEST_HOSTS)}
+        assert fleet.hosts_run() == TEST_HOSTS
+
+    async def test_role(self, fleet: Fleet) -> None:
+        """deploy.test.role.web reaches the test web hosts only, not the prod web host."""
+        async with fleet.listeners(*HOSTS):
+            result = await deploy(fleet, "deploy.test.role.web", revision="release/2024.11")
+        assert result.ok
+        assert fleet.hosts_run() == ["web1", "web2", "web3"]
+        assert sorted(fleet.runs()) == sorted(
+            expected_argv(h, "release/2024.11") for h in ("web1", "web2", "web3")
+        )
+
+    async def test_commit_and_action(self, fleet: Fleet) -> None:
+        """A full commit hash is passed as rev=, and the requested action is used."""
+        commit = "0123456789abcdef0123456789abcdef01234567"
+        async with fleet.listeners("db1"):
+            result = await deploy(fleet, "deploy.test.db1", revision=commit, action=Action.BOOT)
+        assert result.ok
+        assert fleet.runs() == [expected_argv("db1", commit, "boot")]
+
+    async def test_stream_with_intermediate_statuses_is_success(self, fleet: Fleet) -> None:
+        """A deploy whose stream holds accepted, started and progress still counts as success."""
+        seen: list[str] = []
+
+        def on_update(host: HostResult, _: DeploymentResult) -> None:
+            seen.append(host.status)
+
+        async with fleet.listeners("web1"):
+            result = await deploy(fleet, "deploy.test.web1", on_update=on_update)
+        assert result.ok
+        assert seen[:2] == ["accepted", "started"]
+        assert "progress" in seen
+        assert seen[-1] == "completed"
+        assert result.hosts[0].message.startswith("switch of master done: /nix/store/")
