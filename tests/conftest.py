@@ -48,7 +48,7 @@ DEPLOYERS: dict[str, Any] = {"deployer": "test", "admin": "admin"}
 
 # Short windows so tests finish fast; the defaults are exercised through the CLI.
 FAST = DeployTiming(
-    answer_within=2.0, silence_limit=10.0, discovery_first=0.5, discovery_quiet=0.2,
+    answer_within=5.0, silence_limit=10.0, discovery_first=0.5, discovery_quiet=0.2,
     discovery_cap=2.0,
 )
 

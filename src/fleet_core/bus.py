@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import nats
 import nats.errors
 import structlog
@@ -101,11 +102,18 @@ class Bus:
             # Replies go to deploy.responses.<id>; _INBOX.> is forbidden by the tiered layout.
             "inbox_prefix": "deploy.responses",
             "allow_reconnect": persistent,
-            "max_reconnect_attempts": -1 if persistent else 30,
-            "reconnect_time_wait": 2,
+            # nats-py retries inside its first connect too; a deployer gives up at once.
+            "max_reconnect_attempts": -1 if persistent else 1,
+            "reconnect_time_wait": 2 if persistent else 0.1,
         }
+        client = Client()
         try:
-            client = await nats.connect(**options)
+            try:
+                await client.connect(**options)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await client.close()  # a failed connect leaves its socket open otherwise
+                raise
         except nats.errors.AuthorizationError as exc:
             raise ConnectionFailed(_auth_message(url, seed)) from exc
         except (OSError, TimeoutError, nats.errors.Error) as exc:
@@ -116,7 +124,11 @@ class Bus:
                 "is it running, and is the URL right?"
             ) from exc
         # Fail fast on the first attempt, but ride out a server restart once connected.
-        client.options["allow_reconnect"] = True
+        client.options.update(
+            allow_reconnect=True,
+            max_reconnect_attempts=-1 if persistent else 30,
+            reconnect_time_wait=2,
+        )
         bus = cls(client, url)
         bus_ref.append(bus)
         return bus
@@ -174,7 +186,12 @@ class Bus:
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the server has processed everything sent so far (and said no, if so)."""
         try:
-            await self._client.flush(timeout=timeout)
+            with anyio.fail_after(timeout):
+                # nats-py 2.16 writes the PING of flush() straight to the socket while SUB and
+                # PUB commands wait in its pending buffer for the flusher task, so the PONG
+                # can come back before they were even sent. Push the buffer out first.
+                await self._client._flush_pending(force_flush=True)  # noqa: SLF001
+            await self._client.flush(timeout=max(1, int(timeout)))
         except (TimeoutError, nats.errors.Error) as exc:
             raise ConnectionFailed(
                 f"the NATS server at {self.url} did not answer within {timeout:g} s"

@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_listener(commands)
     _add_deploy(commands)
     _add_hosts(commands)
+    from fleet_core.setup_commands import add_commands
+
+    add_commands(commands)
+    commands.add_parser(
+        "mcp",
+        help="serve the MCP server (same as fleet-mcp; see fleet-deploy mcp --help)",
+        add_help=False,
+    )
     return parser
 
 
@@ -202,8 +210,13 @@ def _hosts(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["mcp"]:
+        from fleet_mcp.cli import main as mcp_main  # the only path that loads the MCP stack
+
+        return mcp_main(arguments[1:], prog="fleet-deploy mcp")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

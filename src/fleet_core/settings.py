@@ -44,10 +44,12 @@ __all__ = [
     "DeployTiming",
     "HostsSettings",
     "ListenerSettings",
+    "McpSettings",
     "connection_settings",
     "deploy_settings",
     "hosts_settings",
     "listener_settings",
+    "mcp_settings",
 ]
 
 ENV_PREFIX = "FLEET_DEPLOY_"
@@ -274,4 +276,61 @@ def hosts_settings(
         connection=connection_settings(nats_url=nats_url, nkey_file=nkey_file, environ=env),
         tier=_tier(tier, "--tier") if tier is not None else None,
         json=json,
+    )
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+@dataclass(frozen=True, slots=True)
+class McpSettings:
+    """The MCP server: a test-tier key always; the admin key only when explicitly enabled."""
+
+    connection: ConnectionSettings
+    admin_nkey_file: Path | None = None  # set only when --enable-admin was given
+    http: tuple[str, int] | None = None  # serve streamable HTTP here instead of stdio
+    timing: DeployTiming = DeployTiming()
+
+
+def _flag(value: bool | None, environ: Mapping[str, str], name: str) -> bool:
+    if value:
+        return True
+    raw = environ.get(ENV_PREFIX + name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise UsageError(f"{ENV_PREFIX}{name}={raw!r} is not a boolean: use true or false")
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--http {value!r} must be HOST:PORT, e.g. 127.0.0.1:8765")
+    return host.strip("[]"), int(port)
+
+
+def mcp_settings(
+    *,
+    nats_url: str | None,
+    nkey_file: str | None,
+    enable_admin: bool | None = None,
+    admin_nkey_file: str | None = None,
+    http: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> McpSettings:
+    """Settings for ``fleet-mcp``; ``--enable-admin`` without an admin key is an error."""
+    env = os.environ if environ is None else environ
+    admin_enabled = _flag(enable_admin, env, "ENABLE_ADMIN")
+    admin_key = _pick(admin_nkey_file, env, "ADMIN_NKEY_FILE")
+    if admin_enabled and admin_key is None:
+        raise UsageError(
+            "--enable-admin needs the admin key: pass --admin-nkey-file PATH "
+            f"(or set {ENV_PREFIX}ADMIN_NKEY_FILE)"
+        )
+    return McpSettings(
+        connection=connection_settings(nats_url=nats_url, nkey_file=nkey_file, environ=env),
+        admin_nkey_file=Path(admin_key) if admin_enabled and admin_key else None,
+        http=_host_port(http) if http else None,
     )

@@ -40,7 +40,7 @@ error:
            13|     forceSSL = true;
            14|     root = webroot;
              |            ^
-           15|   }};"""
+           15|   };"""
 
 
 def _store_path(seed: str, name: str) -> str:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building '/nix/store/{index:032d}-spam.drv'...", flush=True)
     if args.sim_fail:
         _say("building the system configuration...", delay)
-        for line in EVAL_ERROR.format(host=host).splitlines():
+        for line in EVAL_ERROR.replace("{host}", host).splitlines():
             print(line, file=sys.stderr, flush=True)
         return 1
     system = _store_path(args.flake, f"nixos-system-{host}-24.11.20241122.5e4fbfb")

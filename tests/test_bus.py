@@ -1,0 +1,99 @@
+"""The NATS boundary: connection errors, permission denials, and flush really flushing."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import anyio
+import pytest
+
+from fleet_core.bus import Bus, Message
+from fleet_core.errors import ConnectionFailed, PermissionDenied
+
+from .conftest import Fleet
+
+pytestmark = pytest.mark.anyio
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class TestConnect:
+    async def test_server_down_is_a_clear_error(self, fleet: Fleet) -> None:
+        """Connecting to a port where nothing listens fails at once, naming the URL."""
+        url = f"nats://127.0.0.1:{free_port()}"
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="cannot reach the NATS server at nats://127"):
+            await Bus.connect(url, fleet.seed("deployer"), name="test")
+        assert time.monotonic() - started < 5
+
+    async def test_unknown_key_is_refused(self, fleet: Fleet) -> None:
+        """A key the server does not know is refused with its public key in the message."""
+        seed = fleet.seed("stranger")
+        with pytest.raises(ConnectionFailed, match=f"refused key {seed.public_key}"):
+            await Bus.connect(fleet.url, seed, name="test")
+
+
+class TestPermissions:
+    async def test_forbidden_publish_reaches_the_watcher(self, fleet: Fleet) -> None:
+        """A publish the test key may not make is reported as PermissionDenied on its subject."""
+        bus = await fleet.connect("deployer")
+        denials: list[PermissionDenied] = []
+        stop = bus.watch_denials(denials.append)
+        try:
+            await bus.publish("deploy.prod.pweb1", b"{}")
+            await bus.flush()
+        finally:
+            stop()
+            await bus.close()
+        assert [d.subject for d in denials] == ["deploy.prod.pweb1"]
+        assert "admin key" in str(denials[0])
+
+    async def test_forbidden_subscribe_reaches_the_watcher(self, fleet: Fleet) -> None:
+        """A listener key subscribing to another host's subject is reported too."""
+        bus = await fleet.connect("web1")
+        denials: list[PermissionDenied] = []
+        bus.watch_denials(denials.append)
+
+        async def ignore(_: Message) -> None:
+            return None
+
+        try:
+            await bus.subscribe("deploy.test.web2", ignore)
+            await bus.flush()
+        finally:
+            await bus.close()
+        assert [d.subject for d in denials] == ["deploy.test.web2"]
+
+
+class TestFlush:
+    async def test_flush_means_the_server_has_the_subscription(self, fleet: Fleet) -> None:
+        """After subscribe + flush, a message published by another client is never missed.
+
+        nats-py 2.16's own flush() can return before the SUB left the client; Bus.flush must not.
+        """
+        receiver = await fleet.connect("deployer")
+        sender = await fleet.connect("web1")
+        try:
+            for round_ in range(100):
+                got = anyio.Event()
+
+                async def deliver(_: Message, got: anyio.Event = got) -> None:
+                    got.set()
+
+                subject = f"deploy.responses.flush{round_}"
+                subscription = await receiver.subscribe(subject, deliver)
+                await receiver.flush()
+                await sender.publish(subject, b"x")
+                await sender.flush()
+                with anyio.fail_after(2):
+                    await got.wait()
+                await subscription.unsubscribe()
+        finally:
+            await sender.close()
+            await receiver.close()

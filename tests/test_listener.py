@@ -1,0 +1,360 @@
+"""The listener against hostile, malformed and concurrent input, over a real nats-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from fleet_core.bus import Bus, Message
+from fleet_core.deployer import Deployer
+from fleet_core.messages import Status, parse_status
+from fleet_core.rebuild import Action
+from fleet_core.subjects import Target, Tier
+from fleet_core.tracking import DeploymentResult, HostResult
+
+from .conftest import FAST, Fleet, expected_argv
+
+pytestmark = pytest.mark.anyio
+
+
+class Replies:
+    """Statuses arriving on one reply subject, with a way to wait for a condition."""
+
+    def __init__(self) -> None:
+        self.statuses: list[Status] = []
+        self._changed = anyio.Event()
+
+    async def deliver(self, msg: Message) -> None:
+        status = parse_status(msg.data)
+        assert status is not None, f"listener sent a non-status: {msg.data[:200]!r}"
+        self.statuses.append(status)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, predicate: Callable[[list[Status]], bool], limit: float = 10) -> None:
+        with anyio.fail_after(limit):
+            while not predicate(self.statuses):
+                await self._changed.wait()
+
+    def final(self) -> list[Status]:
+        return [s for s in self.statuses if s.is_final]
+
+
+@asynccontextmanager
+async def replies_on(bus: Bus, subject: str) -> AsyncIterator[Replies]:
+    replies = Replies()
+    subscription = await bus.subscribe(subject, replies.deliver)
+    await bus.flush()
+    try:
+        yield replies
+    finally:
+        await subscription.unsubscribe()
+
+
+def new_reply() -> str:
+    return f"deploy.responses.{uuid.uuid4().hex}"
+
+
+async def valid_deploy_completes(bus: Bus, host: str = "web1") -> None:
+    result = await Deployer(bus, timing=FAST).deploy(
+        Target.host(Tier.TEST, host), revision="master", action=Action.SWITCH, timeout=30
+    )
+    assert result.ok, result
+
+
+HOSTILE_REVISIONS: list[Any] = [
+    "--option",
+    "; rm -rf /",
+    "$(id)",
+    "../x",
+    "main#x",
+    "main?rev=1",
+    "",
+    "a" * 300,
+    42,
+    "main branch",
+    "main\nnext",
+    "-rf",
+    "`id`",
+    "main&rev=0",
+    None,
+]
+
+
+class TestHostileInput:
+    @pytest.mark.parametrize("revision", HOSTILE_REVISIONS, ids=repr)
+    async def test_hostile_revision_is_rejected(self, fleet: Fleet, revision: Any) -> None:
+        """A hostile revision gets rejected/invalid_revision, nothing runs, the host still serves."""
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners("web1"):
+                reply = new_reply()
+                async with replies_on(bus, reply) as replies:
+                    body = {"action": "switch", "revision": revision, "reply_to": reply}
+                    await bus.publish("deploy.test.web1", json.dumps(body).encode())
+                    await replies.wait_for(lambda s: bool(s))
+                assert [(s.status, s.error) for s in replies.statuses] == [
+                    ("rejected", "invalid_revision")
+                ]
+                assert fleet.runs() == []
+                await valid_deploy_completes(bus)
+            assert fleet.runs() == [expected_argv("web1")]
+        finally:
+            await bus.close()
+
+    @pytest.mark.parametrize(
+        ("body", "code"),
+        [
+            (b'{"action": "reboot", "revision": "master", "reply_to": "%s"}', "invalid_action"),
+            (b'{"action": ["switch"], "reply_to": "%s"}', "invalid_action"),
+            (b'{"revision": "master", "reply_to": "%s", "id": "../../etc"}', "invalid_request"),
+            (b"this is not json %s", "invalid_request"),
+            (b'["switch", "master", "%s"]', "invalid_request"),
+            (b"\xff\xfe%s", "invalid_request"),
+            (b'{"padding": "%s' + b"x" * (1024 * 1024 - 200) + b'"}', "invalid_request"),
+        ],
+        ids=["unknown-action", "action-not-a-string", "bad-id", "not-json", "json-array",
+             "not-utf8", "one-mebibyte"],
+    )
+    async def test_malformed_request_is_rejected(self, fleet: Fleet, body: bytes, code: str) -> None:
+        """Malformed bodies are rejected with the right code (via the NATS reply subject too)."""
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners("web1"):
+                reply = new_reply()
+                async with replies_on(bus, reply) as replies:
+                    await bus.publish("deploy.test.web1", body.replace(b"%s", reply.encode()), reply=reply)
+                    await replies.wait_for(lambda s: bool(s))
+                assert [(s.hostname, s.status, s.error) for s in replies.statuses] == [
+                    ("web1", "rejected", code)
+                ]
+                assert fleet.runs() == []
+                await valid_deploy_completes(bus)
+        finally:
+            await bus.close()
+
+    @pytest.mark.parametrize(
+        "reply_to",
+        ["_INBOX.abc", "deploy.prod.pweb1", "deploy.responses", "deploy.responses.*",
+         "deploy.responses.>", "deploy.responses.a b", 7],
+    )
+    async def test_reply_outside_responses_is_only_logged(
+        self, fleet: Fleet, reply_to: Any
+    ) -> None:
+        """A reply_to outside deploy.responses. is logged, never published to, and nothing runs."""
+        admin = await fleet.connect("admin")
+        heard: list[Message] = []
+
+        async def spy(msg: Message) -> None:
+            heard.append(msg)
+
+        try:
+            spy_sub = await admin.subscribe("deploy.>", spy)
+            with capture_logs() as logs:
+                async with fleet.listeners("web1"):
+                    body = {"action": "switch", "revision": "master", "reply_to": reply_to}
+                    await admin.publish("deploy.test.web1", json.dumps(body).encode())
+                    await valid_deploy_completes(admin)
+            await spy_sub.unsubscribe()
+        finally:
+            await admin.close()
+        rejected = [e for e in logs if e["event"] == "request_rejected"]
+        assert len(rejected) == 1 and rejected[0]["error"] == "invalid_request"
+        assert rejected[0]["reply_to"] is None
+        # The only messages are the two requests and the valid deploy's own traffic.
+        strays = [
+            m.subject for m in heard
+            if not m.subject.startswith("deploy.responses.") and m.subject != "deploy.test.web1"
+        ]
+        assert strays == []
+        assert fleet.runs() == [expected_argv("web1")]
+
+    async def test_no_reply_at_all_is_logged(self, fleet: Fleet) -> None:
+        """A request with neither reply_to nor a NATS reply is logged and dropped."""
+        bus = await fleet.connect()
+        try:
+            with capture_logs() as logs:
+                async with fleet.listeners("web1"):
+                    await bus.publish("deploy.test.web1", b'{"action": "switch"}')
+                    await valid_deploy_completes(bus)
+        finally:
+            await bus.close()
+        assert [e["reason"] for e in logs if e["event"] == "request_rejected"] == [
+            "request has no reply_to"
+        ]
+        assert len(fleet.runs()) == 1
+
+    async def test_malformed_discovery_is_ignored(self, fleet: Fleet) -> None:
+        """Garbage on deploy.discover is ignored; the next discovery is answered."""
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners("web1"):
+                for junk in (b"", b"[]", b"{}", b'{"reply_to": "_INBOX.x"}', b'{"reply_to": 5}'):
+                    await bus.publish("deploy.discover", junk)
+                hosts = await Deployer(bus, timing=FAST).discover()
+        finally:
+            await bus.close()
+        assert [h.hostname for h in hosts] == ["web1"]
+
+
+class TestOneJobAtATime:
+    async def test_twenty_simultaneous_requests(self, fleet: Fleet, tmp_path: Path) -> None:
+        """20 requests at once: exactly one rebuild runs, the other 19 get already_running."""
+        release = tmp_path / "release"
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners("web1", sim={"web1": ["--sim-wait-for", str(release)]}):
+                reply = new_reply()
+                async with replies_on(bus, reply) as replies:
+                    for index in range(20):
+                        body = {"revision": "master", "reply_to": reply, "id": f"req{index}"}
+                        await bus.publish("deploy.test.web1", json.dumps(body).encode())
+                    await bus.flush()
+                    await replies.wait_for(
+                        lambda s: sum(x.status == "rejected" for x in s) == 19
+                        and any(x.status == "started" for x in s)
+                    )
+                    release.touch()
+                    await replies.wait_for(lambda s: len([x for x in s if x.is_final]) == 20)
+        finally:
+            await bus.close()
+        final = replies.final()
+        assert sorted((s.status, s.error) for s in final) == [("completed", None)] + [
+            ("rejected", "already_running")
+        ] * 19
+        winner = next(s.request_id for s in final if s.status == "completed")
+        assert {s.request_id for s in final} == {f"req{i}" for i in range(20)}
+        assert all(s.request_id == winner for s in replies.statuses if s.status == "started")
+        assert len(fleet.runs()) == 1
+
+    async def test_discovery_while_busy(self, fleet: Fleet, tmp_path: Path) -> None:
+        """Discovery is answered mid-deploy, and lists the deploying host as busy."""
+        release = tmp_path / "release"
+        started = anyio.Event()
+
+        def on_update(host: HostResult, _: DeploymentResult) -> None:
+            if host.status == "started":
+                started.set()
+
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners(
+                "web1", "web2", sim={"web1": ["--sim-wait-for", str(release)]}
+            ):
+                deployer = Deployer(bus, timing=FAST)
+                results: list[DeploymentResult] = []
+
+                async def deploy() -> None:
+                    results.append(await deployer.deploy(
+                        Target.host(Tier.TEST, "web1"), revision="master",
+                        action=Action.SWITCH, timeout=30, on_update=on_update,
+                    ))
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(deploy)
+                    with anyio.fail_after(10):
+                        await started.wait()
+                    hosts = await deployer.discover(Tier.TEST)
+                    release.touch()
+        finally:
+            await bus.close()
+        assert {h.hostname: h.busy for h in hosts} == {"web1": True, "web2": False}
+        assert results[0].ok
+
+
+def process_gone(pid: int, limit: float) -> bool:
+    """Wait (without polling) until ``pid`` has exited; True if it did within ``limit``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], limit)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+class TestRebuildOutcomes:
+    async def test_timeout_kills_the_whole_process_group(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        """A rebuild that hangs with a grandchild ends failed/timeout and leaves no process."""
+        grandchild = tmp_path / "grandchild.pid"
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners(
+                "web1",
+                sim={"web1": ["--sim-hang", "--sim-grandchild-pid", str(grandchild)]},
+                timeout=1.0,
+                kill_grace=1.0,
+            ):
+                result = await Deployer(bus, timing=FAST).deploy(
+                    Target.host(Tier.TEST, "web1"), revision="master", action=Action.SWITCH,
+                    timeout=30,
+                )
+        finally:
+            await bus.close()
+        host = result.hosts[0]
+        assert (host.status, host.error) == ("failed", "timeout")
+        assert "deadline" in host.log_tail[-1]
+        rebuild_pid = json.loads(fleet.record.read_text().splitlines()[0])["pid"]
+        assert process_gone(int(grandchild.read_text()), 5)
+        assert process_gone(rebuild_pid, 5)
+
+    async def test_failing_rebuild_reports_its_output(self, fleet: Fleet) -> None:
+        """A failing rebuild ends failed/build_failed with nix's error in message and log tail."""
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners("db1", sim={"db1": ["--sim-fail"]}):
+                result = await Deployer(bus, timing=FAST).deploy(
+                    Target.host(Tier.TEST, "db1"), revision="master", action=Action.SWITCH,
+                    timeout=30,
+                )
+        finally:
+            await bus.close()
+        host = result.hosts[0]
+        assert not result.ok
+        assert (host.status, host.error) == ("failed", "build_failed")
+        assert "undefined variable 'webroot'" in host.message
+        assert any("error: undefined variable 'webroot'" in line for line in host.log_tail)
+
+    async def test_missing_rebuild_program_fails_cleanly(self, fleet: Fleet) -> None:
+        """A rebuild command that does not exist fails the job with a clear message."""
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners(
+                "db1", rebuild_command=("/nonexistent/nixos-rebuild",)
+            ):
+                result = await Deployer(bus, timing=FAST).deploy(
+                    Target.host(Tier.TEST, "db1"), revision="master", action=Action.SWITCH,
+                    timeout=30,
+                )
+        finally:
+            await bus.close()
+        host = result.hosts[0]
+        assert (host.status, host.error) == ("failed", "build_failed")
+        assert "cannot start '/nonexistent/nixos-rebuild'" in host.message
+
+    async def test_job_logs_are_kept_in_the_state_dir(self, fleet: Fleet) -> None:
+        """Each job leaves request.json, output.log and result.json under <state>/jobs."""
+        bus = await fleet.connect()
+        try:
+            async with fleet.listeners("web1"):
+                await valid_deploy_completes(bus)
+        finally:
+            await bus.close()
+        (job,) = (fleet.root / "state" / "web1" / "jobs").iterdir()
+        assert json.loads((job / "result.json").read_text())["status"] == "completed"
+        assert "Done. The new configuration is" in (job / "output.log").read_text()
+        assert json.loads((job / "request.json").read_text())["argv"][-4:] == expected_argv("web1")
