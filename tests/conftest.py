@@ -48,7 +48,10 @@ DEPLOYERS: dict[str, Any] = {"deployer": "test", "admin": "admin"}
 
 # Short windows so tests finish fast; the defaults are exercised through the CLI.
 FAST = DeployTiming(
-    answer_within=5.0, silence_limit=10.0, discovery_first=0.5, discovery_quiet=0.2,
+    answer_within=5.0,
+    silence_limit=10.0,
+    discovery_first=0.5,
+    discovery_quiet=0.2,
     discovery_cap=2.0,
 )
 
@@ -86,17 +89,28 @@ class Fleet:
 
     def rebuild_command(self, *sim: str) -> str:
         return " ".join(
-            [sys.executable, "-m", "fleet_core.simulated_rebuild", "--sim-record",
-             str(self.record), *sim]
+            [
+                sys.executable,
+                "-m",
+                "fleet_core.simulated_rebuild",
+                "--sim-record",
+                str(self.record),
+                *sim,
+            ]
         )
 
     def settings(self, host: str, *sim: str, **overrides: Any) -> ListenerSettings:
         tier, role = HOSTS[host]
         base = ListenerSettings(
-            hostname=host, tier=tier, role=role, nats_url=self.url,
-            nkey_file=self.keys[host], flake_url=FLAKE_URL,
+            hostname=host,
+            tier=tier,
+            role=role,
+            nats_url=self.url,
+            nkey_file=self.keys[host],
+            flake_url=FLAKE_URL,
             rebuild_command=tuple(self.rebuild_command(*sim).split()),
-            state_dir=self.root / "state" / host, progress_interval=0.05,
+            state_dir=self.root / "state" / host,
+            progress_interval=0.05,
         )
         return replace(base, **overrides) if overrides else base
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,7 +75,7 @@ class TestDeployCommand:
 
         bus = await fleet.connect("deployer")
         try:
-            with anyio.fail_after(2), pytest.raises(PermissionDenied, match="deploy.prod.all"):
+            with anyio.fail_after(2), pytest.raises(PermissionDenied, match=r"deploy\.prod\.all"):
                 await Deployer(bus, timing=FAST).deploy(
                     Target.all(Tier.PROD), revision="master", action=Action.SWITCH, timeout=600
                 )
@@ -100,7 +100,9 @@ class TestDeployCommand:
         result = json.loads(proc.stdout)
         assert proc.returncode == 1
         assert {h["hostname"]: h["status"] for h in result["hosts"]} == {
-            "web1": "completed", "web2": "completed", "web3": "missing",
+            "web1": "completed",
+            "web2": "completed",
+            "web3": "missing",
         }
         assert fleet.hosts_run() == ["web1", "web2"]
 
@@ -158,9 +160,17 @@ class TestDeployCommand:
         """An unreachable server exits 2 quickly, naming the URL."""
         url = f"nats://127.0.0.1:{free_port()}"
         proc = await anyio.run_process(
-            [str(scripts_dir() / "fleet-deploy"), "deploy", "deploy.test.web1",
-             "--nats-url", url, "--nkey-file", str(fleet.keys["deployer"])],
-            check=False, env=fleet.cli_env(),
+            [
+                str(scripts_dir() / "fleet-deploy"),
+                "deploy",
+                "deploy.test.web1",
+                "--nats-url",
+                url,
+                "--nkey-file",
+                str(fleet.keys["deployer"]),
+            ],
+            check=False,
+            env=fleet.cli_env(),
         )
         assert proc.returncode == 2
         assert f"cannot reach the NATS server at {url}" in proc.stderr.decode()
@@ -169,7 +179,8 @@ class TestDeployCommand:
         """Without --nats-url the error names the flag and its environment variable."""
         proc = await anyio.run_process(
             [str(scripts_dir() / "fleet-deploy"), "deploy", "deploy.test.web1"],
-            check=False, env=fleet.cli_env(),
+            check=False,
+            env=fleet.cli_env(),
         )
         assert proc.returncode == 2
         assert "--nats-url is required (or set FLEET_DEPLOY_NATS_URL)" in proc.stderr.decode()
@@ -205,16 +216,29 @@ async def read_until(process: Process, needle: bytes, limit: float = 15) -> byte
 class TestListenerCommand:
     def listener_argv(self, fleet: Fleet, host: str, *extra: str) -> list[str]:
         return [
-            str(scripts_dir() / "fleet-deploy"), "listener",
-            "--hostname", host, "--tier", "test", "--role", "web",
-            "--nats-url", fleet.url, "--nkey-file", str(fleet.keys[host]),
-            "--flake-url", FLAKE_URL,
-            "--rebuild-command", fleet.rebuild_command(),
-            "--state-dir", str(fleet.root / "state"), *extra,
+            str(scripts_dir() / "fleet-deploy"),
+            "listener",
+            "--hostname",
+            host,
+            "--tier",
+            "test",
+            "--role",
+            "web",
+            "--nats-url",
+            fleet.url,
+            "--nkey-file",
+            str(fleet.keys[host]),
+            "--flake-url",
+            FLAKE_URL,
+            "--rebuild-command",
+            fleet.rebuild_command(),
+            "--state-dir",
+            str(fleet.root / "state"),
+            *extra,
         ]
 
     @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-    async def test_serves_then_stops_on_signal(self, fleet: Fleet, signum: int) -> None:
+    async def test_serves_then_stops_on_signal(self, fleet: Fleet, signum: signal.Signals) -> None:
         """The real daemon logs JSON, serves a deploy, and exits 0 on SIGTERM or SIGINT."""
         async with await anyio.open_process(
             self.listener_argv(fleet, "web2"), env=fleet.cli_env()
@@ -254,7 +278,9 @@ class TestListenerCommand:
         assert proc.returncode == 2
         assert message in proc.stderr.decode()
 
-    async def test_waits_for_a_server_that_is_not_up_yet(self, fleet: Fleet, tmp_path: Path) -> None:
+    async def test_waits_for_a_server_that_is_not_up_yet(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
         """Started before NATS, the daemon keeps trying and serves once the server is there."""
         from fleet_core.embedded_server import EmbeddedNatsServer
 
@@ -268,9 +294,17 @@ class TestListenerCommand:
             with EmbeddedNatsServer(tmp_path / "late", config, port=port):
                 await read_until(process, b'"event": "listening"', limit=30)
                 proc = await anyio.run_process(
-                    [str(scripts_dir() / "fleet-deploy"), "deploy", "deploy.test.web2",
-                     "--nats-url", url, "--nkey-file", str(fleet.keys["deployer"])],
-                    check=False, env=fleet.cli_env(),
+                    [
+                        str(scripts_dir() / "fleet-deploy"),
+                        "deploy",
+                        "deploy.test.web2",
+                        "--nats-url",
+                        url,
+                        "--nkey-file",
+                        str(fleet.keys["deployer"]),
+                    ],
+                    check=False,
+                    env=fleet.cli_env(),
                 )
                 assert proc.returncode == 0, proc.stderr.decode()
                 process.terminate()
@@ -290,7 +324,5 @@ def test_help_is_fast_and_mcp_free() -> None:
         "import sys, fleet_core.cli, fleet_core.commands, fleet_core.listener;"
         "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
     )
-    out = subprocess.run(
-        [os.sys.executable, "-c", probe], capture_output=True, check=True  # type: ignore[attr-defined]
-    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
     assert out.stdout.decode().strip() == "[]"

@@ -6,7 +6,7 @@ import pytest
 
 from fleet_core.deployer import Deployer
 from fleet_core.rebuild import Action
-from fleet_core.subjects import Target, Tier, parse_target
+from fleet_core.subjects import parse_target
 from fleet_core.tracking import DeploymentResult, HostResult
 
 from .conftest import FAST, HOSTS, TEST_HOSTS, Fleet, expected_argv

@@ -94,7 +94,7 @@ HOSTILE_REVISIONS: list[Any] = [
 class TestHostileInput:
     @pytest.mark.parametrize("revision", HOSTILE_REVISIONS, ids=repr)
     async def test_hostile_revision_is_rejected(self, fleet: Fleet, revision: Any) -> None:
-        """A hostile revision gets rejected/invalid_revision, nothing runs, the host still serves."""
+        """A hostile revision is rejected (invalid_revision), nothing runs, the host serves on."""
         bus = await fleet.connect()
         try:
             async with fleet.listeners("web1"):
@@ -102,7 +102,7 @@ class TestHostileInput:
                 async with replies_on(bus, reply) as replies:
                     body = {"action": "switch", "revision": revision, "reply_to": reply}
                     await bus.publish("deploy.test.web1", json.dumps(body).encode())
-                    await replies.wait_for(lambda s: bool(s))
+                    await replies.wait_for(bool)
                 assert [(s.status, s.error) for s in replies.statuses] == [
                     ("rejected", "invalid_revision")
                 ]
@@ -123,18 +123,29 @@ class TestHostileInput:
             (b"\xff\xfe%s", "invalid_request"),
             (b'{"padding": "%s' + b"x" * (1024 * 1024 - 200) + b'"}', "invalid_request"),
         ],
-        ids=["unknown-action", "action-not-a-string", "bad-id", "not-json", "json-array",
-             "not-utf8", "one-mebibyte"],
+        ids=[
+            "unknown-action",
+            "action-not-a-string",
+            "bad-id",
+            "not-json",
+            "json-array",
+            "not-utf8",
+            "one-mebibyte",
+        ],
     )
-    async def test_malformed_request_is_rejected(self, fleet: Fleet, body: bytes, code: str) -> None:
+    async def test_malformed_request_is_rejected(
+        self, fleet: Fleet, body: bytes, code: str
+    ) -> None:
         """Malformed bodies are rejected with the right code (via the NATS reply subject too)."""
         bus = await fleet.connect()
         try:
             async with fleet.listeners("web1"):
                 reply = new_reply()
                 async with replies_on(bus, reply) as replies:
-                    await bus.publish("deploy.test.web1", body.replace(b"%s", reply.encode()), reply=reply)
-                    await replies.wait_for(lambda s: bool(s))
+                    await bus.publish(
+                        "deploy.test.web1", body.replace(b"%s", reply.encode()), reply=reply
+                    )
+                    await replies.wait_for(bool)
                 assert [(s.hostname, s.status, s.error) for s in replies.statuses] == [
                     ("web1", "rejected", code)
                 ]
@@ -145,8 +156,15 @@ class TestHostileInput:
 
     @pytest.mark.parametrize(
         "reply_to",
-        ["_INBOX.abc", "deploy.prod.pweb1", "deploy.responses", "deploy.responses.*",
-         "deploy.responses.>", "deploy.responses.a b", 7],
+        [
+            "_INBOX.abc",
+            "deploy.prod.pweb1",
+            "deploy.responses",
+            "deploy.responses.*",
+            "deploy.responses.>",
+            "deploy.responses.a b",
+            7,
+        ],
     )
     async def test_reply_outside_responses_is_only_logged(
         self, fleet: Fleet, reply_to: Any
@@ -173,7 +191,8 @@ class TestHostileInput:
         assert rejected[0]["reply_to"] is None
         # The only messages are the two requests and the valid deploy's own traffic.
         strays = [
-            m.subject for m in heard
+            m.subject
+            for m in heard
             if not m.subject.startswith("deploy.responses.") and m.subject != "deploy.test.web1"
         ]
         assert strays == []
@@ -221,17 +240,20 @@ class TestOneJobAtATime:
                         await bus.publish("deploy.test.web1", json.dumps(body).encode())
                     await bus.flush()
                     await replies.wait_for(
-                        lambda s: sum(x.status == "rejected" for x in s) == 19
-                        and any(x.status == "started" for x in s)
+                        lambda s: (
+                            sum(x.status == "rejected" for x in s) == 19
+                            and any(x.status == "started" for x in s)
+                        )
                     )
                     release.touch()
                     await replies.wait_for(lambda s: len([x for x in s if x.is_final]) == 20)
         finally:
             await bus.close()
         final = replies.final()
-        assert sorted((s.status, s.error) for s in final) == [("completed", None)] + [
-            ("rejected", "already_running")
-        ] * 19
+        assert (
+            sorted((s.status, s.error) for s in final)
+            == [("completed", None)] + [("rejected", "already_running")] * 19
+        )
         winner = next(s.request_id for s in final if s.status == "completed")
         assert {s.request_id for s in final} == {f"req{i}" for i in range(20)}
         assert all(s.request_id == winner for s in replies.statuses if s.status == "started")
@@ -255,10 +277,15 @@ class TestOneJobAtATime:
                 results: list[DeploymentResult] = []
 
                 async def deploy() -> None:
-                    results.append(await deployer.deploy(
-                        Target.host(Tier.TEST, "web1"), revision="master",
-                        action=Action.SWITCH, timeout=30, on_update=on_update,
-                    ))
+                    results.append(
+                        await deployer.deploy(
+                            Target.host(Tier.TEST, "web1"),
+                            revision="master",
+                            action=Action.SWITCH,
+                            timeout=30,
+                            on_update=on_update,
+                        )
+                    )
 
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(deploy)
@@ -300,7 +327,9 @@ class TestRebuildOutcomes:
                 kill_grace=1.0,
             ):
                 result = await Deployer(bus, timing=FAST).deploy(
-                    Target.host(Tier.TEST, "web1"), revision="master", action=Action.SWITCH,
+                    Target.host(Tier.TEST, "web1"),
+                    revision="master",
+                    action=Action.SWITCH,
                     timeout=30,
                 )
         finally:
@@ -318,7 +347,9 @@ class TestRebuildOutcomes:
         try:
             async with fleet.listeners("db1", sim={"db1": ["--sim-fail"]}):
                 result = await Deployer(bus, timing=FAST).deploy(
-                    Target.host(Tier.TEST, "db1"), revision="master", action=Action.SWITCH,
+                    Target.host(Tier.TEST, "db1"),
+                    revision="master",
+                    action=Action.SWITCH,
                     timeout=30,
                 )
         finally:
@@ -333,11 +364,11 @@ class TestRebuildOutcomes:
         """A rebuild command that does not exist fails the job with a clear message."""
         bus = await fleet.connect()
         try:
-            async with fleet.listeners(
-                "db1", rebuild_command=("/nonexistent/nixos-rebuild",)
-            ):
+            async with fleet.listeners("db1", rebuild_command=("/nonexistent/nixos-rebuild",)):
                 result = await Deployer(bus, timing=FAST).deploy(
-                    Target.host(Tier.TEST, "db1"), revision="master", action=Action.SWITCH,
+                    Target.host(Tier.TEST, "db1"),
+                    revision="master",
+                    action=Action.SWITCH,
                     timeout=30,
                 )
         finally:

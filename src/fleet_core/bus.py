@@ -7,6 +7,7 @@ server refuses returns normally). Foreign errors are translated here into ``Flee
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,10 +56,9 @@ class Subscription:
     async def unsubscribe(self) -> None:
         if self._active:
             self._active = False
-            try:
+            # A closed or draining connection has nothing left to undo.
+            with contextlib.suppress(nats.errors.Error):
                 await self._inner.unsubscribe()
-            except nats.errors.Error:  # connection already closed or draining: nothing to undo
-                pass
 
 
 class Bus:
@@ -190,7 +190,7 @@ class Bus:
                 # nats-py 2.16 writes the PING of flush() straight to the socket while SUB and
                 # PUB commands wait in its pending buffer for the flusher task, so the PONG
                 # can come back before they were even sent. Push the buffer out first.
-                await self._client._flush_pending(force_flush=True)  # noqa: SLF001
+                await self._client._flush_pending(force_flush=True)
             await self._client.flush(timeout=max(1, int(timeout)))
         except (TimeoutError, nats.errors.Error) as exc:
             raise ConnectionFailed(

@@ -38,7 +38,9 @@ def run_listener(settings: ListenerSettings) -> int:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
             bus = await Bus.connect(
-                settings.nats_url, seed, name=f"fleet-listener {settings.hostname}",
+                settings.nats_url,
+                seed,
+                name=f"fleet-listener {settings.hostname}",
                 persistent=True,
             )
             try:
@@ -86,7 +88,8 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
     if not settings.json:
         print(
             f"deploying {settings.revision} ({settings.action.value}) to {settings.target}",
-            file=out, flush=True,
+            file=out,
+            flush=True,
         )
     result = anyio.run(main)
     if settings.json:

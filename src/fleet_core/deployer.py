@@ -98,7 +98,9 @@ class Deployer:
         deployment_id = deployment_id or new_deployment_id()
         reply = RESPONSES_PREFIX + deployment_id
         bound = log.bind(
-            deployment_id=deployment_id, subject=target.subject, action=action.value,
+            deployment_id=deployment_id,
+            subject=target.subject,
+            action=action.value,
             revision=revision,
         )
         async with self._inbox(reply, (target.subject, reply, DISCOVER_SUBJECT)) as events:
@@ -119,8 +121,12 @@ class Deployer:
 
             def snapshot(now: float) -> DeploymentResult:
                 return tracker.result(
-                    deployment_id=deployment_id, subject=target.subject,
-                    tier=target.tier.value, action=action.value, revision=revision, now=now,
+                    deployment_id=deployment_id,
+                    subject=target.subject,
+                    tier=target.tier.value,
+                    action=action.value,
+                    revision=revision,
+                    now=now,
                 )
 
             def report(changed: Iterable[HostResult], now: float) -> None:
@@ -130,8 +136,12 @@ class Deployer:
                 for host in changed:
                     on_update(host, current)
 
-            request = {"action": action.value, "revision": revision, "reply_to": reply,
-                       "id": deployment_id}
+            request = {
+                "action": action.value,
+                "revision": revision,
+                "reply_to": reply,
+                "id": deployment_id,
+            }
             bound.info("deploy_publish", expected=sorted(expected))
             await self._bus.publish(target.subject, json.dumps(request).encode(), reply=reply)
             await self._bus.flush()

@@ -66,13 +66,19 @@ class EmbeddedNatsServer:
         self.config_path.write_text(self._config)
         argv = [
             str(find_nats_server()),
-            "-a", "127.0.0.1",
-            "-p", str(self._port),
-            "-c", str(self.config_path),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self._port),
+            "-c",
+            str(self.config_path),
         ]
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
         self._reader.start()

@@ -33,7 +33,7 @@ from fleet_core.messages import (
 )
 from fleet_core.rebuild import build_argv
 from fleet_core.rebuild_output import failure_summary, phase_of, success_summary
-from fleet_core.runner import JobStore, RebuildJob, RebuildResult, Rebuilder
+from fleet_core.runner import JobStore, Rebuilder, RebuildJob, RebuildResult
 from fleet_core.settings import ListenerSettings
 
 __all__ = ["Listener"]
@@ -134,7 +134,9 @@ class Listener:
                 size=len(msg.data),
             )
             if exc.reply_to is not None:
-                await self._publish(exc.reply_to, StatusKind.REJECTED, error=exc.code, message=str(exc))
+                await self._publish(
+                    exc.reply_to, StatusKind.REJECTED, error=exc.code, message=str(exc)
+                )
             return
         request_id = request.id or uuid.uuid4().hex
         if self._job is not None or self._tasks is None:
@@ -191,8 +193,11 @@ class Listener:
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._publish(
-                    request.reply_to, StatusKind.FAILED, request=request,
-                    request_id=job.request_id, error=ErrorCode.CANCELLED,
+                    request.reply_to,
+                    StatusKind.FAILED,
+                    request=request,
+                    request_id=job.request_id,
+                    error=ErrorCode.CANCELLED,
                     message=f"the listener on {self.settings.hostname} stopped during the rebuild",
                     duration_s=time.monotonic() - job.started,
                 )
@@ -201,7 +206,10 @@ class Listener:
         except Exception:  # a bug must not leave the requester waiting or the host stuck busy
             jlog.exception("job_crashed")
             await self._publish(
-                request.reply_to, StatusKind.FAILED, request=request, request_id=job.request_id,
+                request.reply_to,
+                StatusKind.FAILED,
+                request=request,
+                request_id=job.request_id,
                 error=ErrorCode.BUILD_FAILED,
                 message=f"internal error in the listener on {self.settings.hostname}: see its log",
             )
@@ -211,7 +219,10 @@ class Listener:
     async def _execute(self, job: _Job, jlog: Any) -> None:
         request = job.request
         await self._publish(
-            request.reply_to, StatusKind.ACCEPTED, request=request, request_id=job.request_id,
+            request.reply_to,
+            StatusKind.ACCEPTED,
+            request=request,
+            request_id=job.request_id,
             message=f"{request.action.value} of {request.revision} accepted",
         )
         argv = build_argv(
@@ -226,7 +237,10 @@ class Listener:
         )
         jlog.info("job_started", argv=argv)
         await self._publish(
-            request.reply_to, StatusKind.STARTED, request=request, request_id=job.request_id,
+            request.reply_to,
+            StatusKind.STARTED,
+            request=request,
+            request_id=job.request_id,
             message=" ".join(argv),
         )
         result = await self._rebuild(job, argv, directory)
@@ -261,15 +275,17 @@ class Listener:
                 await job.new_output.wait()
             job.new_output = anyio.Event()
             await self._publish(
-                job.request.reply_to, StatusKind.PROGRESS, request=job.request,
-                request_id=job.request_id, message=job.latest_line or "still running",
-                phase=job.phase, duration_s=time.monotonic() - job.started,
+                job.request.reply_to,
+                StatusKind.PROGRESS,
+                request=job.request,
+                request_id=job.request_id,
+                message=job.latest_line or "still running",
+                phase=job.phase,
+                duration_s=time.monotonic() - job.started,
             )
             await anyio.sleep(self.settings.progress_interval)
 
-    async def _report(
-        self, job: _Job, result: RebuildResult, directory: Any, jlog: Any
-    ) -> None:
+    async def _report(self, job: _Job, result: RebuildResult, directory: Any, jlog: Any) -> None:
         request = job.request
         if result.ok:
             kind, error = StatusKind.COMPLETED, None
@@ -285,16 +301,30 @@ class Listener:
             message = result.start_error or failure_summary(result.tail, result.exit_code)
         self._jobs.finish(
             directory,
-            {"status": kind.value, "error": error, "message": message,
-             "exit_code": result.exit_code, "duration_s": round(result.duration_s, 3)},
+            {
+                "status": kind.value,
+                "error": error,
+                "message": message,
+                "exit_code": result.exit_code,
+                "duration_s": round(result.duration_s, 3),
+            },
         )
         (jlog.info if result.ok else jlog.warning)(
-            "job_finished", status=kind.value, error=error, exit_code=result.exit_code,
+            "job_finished",
+            status=kind.value,
+            error=error,
+            exit_code=result.exit_code,
             duration_s=round(result.duration_s, 3),
         )
         await self._publish(
-            request.reply_to, kind, request=request, request_id=job.request_id, error=error,
-            message=message, duration_s=result.duration_s, phase=job.phase,
+            request.reply_to,
+            kind,
+            request=request,
+            request_id=job.request_id,
+            error=error,
+            message=message,
+            duration_s=result.duration_s,
+            phase=job.phase,
             log_tail=None if result.ok else result.tail,
         )
 

@@ -96,7 +96,7 @@ def parse_inventory(text: str, *, source: str = "inventory") -> Inventory:
         where = f"{source}: [hosts.{name}]"
         entry = _table(raw, where)
         try:
-            tier = Tier(entry.get("tier"))
+            tier = Tier(str(entry.get("tier")))
         except ValueError:
             raise UsageError(f"{where}: tier must be 'test' or 'prod'") from None
         role = entry.get("role")

@@ -25,6 +25,7 @@ _PHASES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^(stopping|starting|restarting|reloading) the following units"), "activating"),
     (re.compile(r"^Done\. The new configuration is"), "done"),
 )
+_DONE = "Done. The new configuration is "
 _ERROR = re.compile(r"^\s*error:\s*(.*)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -70,6 +71,6 @@ def success_summary(lines: Iterable[str], action: str, revision: str) -> str:
     """One sentence for a completed rebuild, naming the new system when nix printed it."""
     for line in lines:
         text = _clean(line)
-        if text.startswith("Done. The new configuration is "):
-            return f"{action} of {revision} done: {text.removeprefix('Done. The new configuration is ')}"
+        if text.startswith(_DONE):
+            return f"{action} of {revision} done: {text.removeprefix(_DONE)}"
     return f"{action} of {revision} done"

@@ -224,7 +224,9 @@ def listener_settings(
         flake_url=_required(_pick(flake_url, env, "FLAKE_URL"), "--flake-url", "FLAKE_URL"),
         role=_pick(role, env, "ROLE"),
         timeout=_seconds(_pick(timeout, env, "TIMEOUT"), "--timeout", DEFAULT_LISTENER_TIMEOUT),
-        deploy_subject_templates=tuple(deploy_subjects) if deploy_subjects else DEFAULT_DEPLOY_SUBJECTS,
+        deploy_subject_templates=tuple(deploy_subjects)
+        if deploy_subjects
+        else DEFAULT_DEPLOY_SUBJECTS,
         discover_subject=_pick(discover_subject, env, "DISCOVER_SUBJECT") or DISCOVER_SUBJECT,
         rebuild_command=argv,
         state_dir=Path(state) if state else DEFAULT_STATE_DIR,

@@ -25,7 +25,8 @@ ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
 EVAL_ERROR = """\
 error:
        … while evaluating the attribute 'config.system.build.toplevel'
-         at /nix/store/8zq4mlqk8aqfbk3fz1c9v7cw4ygnm9lh-source/nixos/modules/system/activation/top-level.nix:71:5:
+         at /nix/store/8zq4mlqk8aqfbk3fz1c9v7cw4ygnm9lh-source/\
+nixos/modules/system/activation/top-level.nix:71:5:
            70|   {
            71|     toplevel = finalSystem;
              |     ^
@@ -92,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     delay = args.sim_delay
     _say(f"unpacking '{flake}' into the Git cache...", delay)
     if args.sim_grandchild_pid is not None:
-        child = subprocess.Popen(  # noqa: S603 - a fixed argv of our own interpreter
-            [sys.executable, "-c", "import time; time.sleep(3600)"]
-        )
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         args.sim_grandchild_pid.write_text(str(child.pid))
     if args.sim_wait_for is not None:
         _say("building the system configuration...", 0)
@@ -110,24 +109,29 @@ def main(argv: list[str] | None = None) -> int:
         for line in EVAL_ERROR.replace("{host}", host).splitlines():
             print(line, file=sys.stderr, flush=True)
         return 1
-    system = _store_path(args.flake, f"nixos-system-{host}-24.11.20241122.5e4fbfb")
+    _succeed(args.action, args.flake, host, delay)
+    return 0
+
+
+def _succeed(action: str, flake: str, host: str, delay: float) -> None:
+    """The output of a rebuild that works, shaped by the action."""
+    system = _store_path(flake, f"nixos-system-{host}-24.11.20241122.5e4fbfb")
     _say("building the system configuration...", delay)
     _say("these 3 derivations will be built:", 0)
     for name in ("etc.drv", "system-units.drv", f"nixos-system-{host}-24.11.drv"):
         _say(f"  {_store_path(name + host, name)}", 0)
     for name in ("etc.drv", "system-units.drv"):
         _say(f"building '{_store_path(name + host, name)}'...", delay)
-    if args.action in ("switch", "boot"):
+    if action in ("switch", "boot"):
         _say("updating GRUB 2 menu...", delay)
-    if args.action in ("switch", "test"):
+    if action in ("switch", "test"):
         _say("activating the configuration...", delay)
         _say("setting up /etc...", 0)
         _say("reloading user units for root...", 0)
         _say("restarting the following units: nginx.service", delay)
-    if args.action == "dry-activate":
+    if action == "dry-activate":
         _say("would restart the following units: nginx.service", delay)
     _say(f"Done. The new configuration is {system}", 0)
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from fleet_core.errors import UsageError
 
@@ -96,7 +96,7 @@ def validate_subject(value: str) -> str:
     return value
 
 
-def is_reply_subject(value: object) -> bool:
+def is_reply_subject(value: object) -> TypeGuard[str]:
     """True when ``value`` is a subject a listener may publish statuses to."""
     if not isinstance(value, str) or not value.startswith(RESPONSES_PREFIX):
         return False

@@ -23,8 +23,16 @@ from fleet_core.messages import FINAL_STATUSES, Status
 __all__ = ["FINAL_STATES", "DeploymentResult", "DeploymentTracker", "HostResult", "HostState"]
 
 HostState = Literal[
-    "pending", "accepted", "started", "progress",
-    "completed", "failed", "rejected", "missing", "lost", "timeout",
+    "pending",
+    "accepted",
+    "started",
+    "progress",
+    "completed",
+    "failed",
+    "rejected",
+    "missing",
+    "lost",
+    "timeout",
 ]
 FINAL_STATES: frozenset[str] = frozenset(
     {*(s.value for s in FINAL_STATUSES), "missing", "lost", "timeout"}
@@ -164,7 +172,13 @@ class DeploymentTracker:
         return min(moments)
 
     def result(
-        self, *, deployment_id: str, subject: str, tier: str, action: str, revision: str,
+        self,
+        *,
+        deployment_id: str,
+        subject: str,
+        tier: str,
+        action: str,
+        revision: str,
         now: float,
     ) -> DeploymentResult:
         hosts = self.hosts

@@ -1,0 +1,339 @@
+"""The pure protocol modules — subjects, messages, rebuild argv — tested without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleet_core.errors import RequestRejected, UsageError
+from fleet_core.messages import (
+    MAX_REQUEST_BYTES,
+    DeployRequest,
+    InvalidRequest,
+    Status,
+    StatusKind,
+    encode,
+    parse_deploy_request,
+    parse_discover_request,
+    parse_host_info,
+    parse_status,
+)
+from fleet_core.rebuild import (
+    Action,
+    build_argv,
+    flake_reference,
+    validate_action,
+    validate_flake_url,
+    validate_revision,
+)
+from fleet_core.subjects import (
+    Target,
+    Tier,
+    alias_env_name,
+    expand_templates,
+    is_reply_subject,
+    parse_target,
+    resolve_target,
+    validate_hostname,
+)
+
+REPLY = "deploy.responses.0123abcd"
+
+
+class TestSubjects:
+    def test_default_templates_expand(self) -> None:
+        """The three default templates expand for a host with a role."""
+        subjects = expand_templates(
+            ("deploy.<tier>.<hostname>", "deploy.<tier>.all", "deploy.<tier>.role.<role>"),
+            hostname="web1",
+            tier=Tier.PROD,
+            role="dns",
+        )
+        assert subjects == ("deploy.prod.web1", "deploy.prod.all", "deploy.prod.role.dns")
+
+    def test_role_template_skipped_without_role(self) -> None:
+        """A <role> template is skipped when the host has no role."""
+        subjects = expand_templates(
+            ("deploy.<tier>.<hostname>", "deploy.<tier>.role.<role>"),
+            hostname="db1",
+            tier=Tier.TEST,
+            role=None,
+        )
+        assert subjects == ("deploy.test.db1",)
+
+    @pytest.mark.parametrize("template", ["deploy.<tier>.<host>", "deploy.*", "deploy.>", "a..b"])
+    def test_bad_templates_are_refused(self, template: str) -> None:
+        """Unknown placeholders and wildcards are refused at start."""
+        with pytest.raises(UsageError):
+            expand_templates((template,), hostname="h", tier=Tier.TEST, role=None)
+
+    @pytest.mark.parametrize(
+        "name", ["all", "role", "", "a.b", "a*", "a>", "a b", "-x", "_x", "x" * 64, "wéb"]
+    )
+    def test_invalid_hostnames(self, name: str) -> None:
+        """Dots, wildcards, spaces, 'all' and 'role' can never be hostnames."""
+        with pytest.raises(UsageError):
+            validate_hostname(name)
+
+    @pytest.mark.parametrize("name", ["web1", "w", "x" * 63, "db-1", "db_1", "1web"])
+    def test_valid_hostnames(self, name: str) -> None:
+        """Ordinary host names are one subject token."""
+        assert validate_hostname(name) == name
+
+    @pytest.mark.parametrize(
+        ("subject", "target"),
+        [
+            ("deploy.test.web1", Target("deploy.test.web1", Tier.TEST, "host", "web1")),
+            ("deploy.prod.all", Target("deploy.prod.all", Tier.PROD, "all")),
+            ("deploy.test.role.dns", Target("deploy.test.role.dns", Tier.TEST, "role", "dns")),
+        ],
+    )
+    def test_parse_target(self, subject: str, target: Target) -> None:
+        """Each subject shape parses to its target kind."""
+        assert parse_target(subject) == target
+
+    @pytest.mark.parametrize(
+        "subject",
+        [
+            "deploy.dev.web1",
+            "deploy.test",
+            "deploy.test.role",
+            "deploy.test.a.b",
+            "other.test.web1",
+            "deploy.test.role.a.b",
+            "deploy.test.*",
+            "deploy.test.>",
+        ],
+    )
+    def test_parse_target_refuses(self, subject: str) -> None:
+        """Anything but the three shapes is a usage error."""
+        with pytest.raises(UsageError):
+            parse_target(subject)
+
+    def test_alias_names(self) -> None:
+        """Alias names are upper-cased and '-' becomes '_'."""
+        assert alias_env_name("prod-dns") == "FLEET_DEPLOY_ALIAS_PROD_DNS"
+
+    def test_resolve_alias(self) -> None:
+        """An alias resolves through the environment mapping it is given."""
+        env = {"FLEET_DEPLOY_ALIAS_PROD_DNS": "deploy.prod.role.dns"}
+        assert resolve_target("prod-dns", env) == Target.role(Tier.PROD, "dns")
+        with pytest.raises(UsageError, match="FLEET_DEPLOY_ALIAS_TEST"):
+            resolve_target("test", {})
+
+    @pytest.mark.parametrize(
+        ("value", "ok"),
+        [
+            (REPLY, True),
+            ("deploy.responses.a.b", True),
+            ("deploy.responses.", False),
+            ("deploy.responses.>", False),
+            ("deploy.responses.*", False),
+            ("_INBOX.x", False),
+            ("deploy.responses.a b", False),
+            (None, False),
+            (5, False),
+        ],
+    )
+    def test_reply_subjects(self, value: object, ok: bool) -> None:
+        """Only literal subjects under deploy.responses. are reply subjects."""
+        assert is_reply_subject(value) is ok
+
+
+class TestRevision:
+    @pytest.mark.parametrize(
+        "revision",
+        [
+            "master",
+            "main",
+            "release/24.11",
+            "v1.2.3",
+            "v1.0.0-rc1",
+            "feature_x",
+            "a+b",
+            "0123456789abcdef0123456789abcdef01234567",
+        ],
+    )
+    def test_accepted(self, revision: str) -> None:
+        """Branches, tags and commits pass."""
+        assert validate_revision(revision) == revision
+
+    @pytest.mark.parametrize(
+        "revision",
+        [
+            "--option",
+            "-x",
+            "; rm -rf /",
+            "$(id)",
+            "`id`",
+            "../x",
+            "a/../b",
+            "main#x",
+            "main?rev=1",
+            "main&ref=x",
+            "",
+            "a" * 256,
+            "a b",
+            "a\nb",
+            "a//b",
+            "a/",
+            "a.",
+            "a.lock",
+            ".hidden",
+            "a/.b",
+            "ref=main",
+            "x@{1}",
+            "~1",
+            "^",
+        ],
+    )
+    def test_refused(self, revision: str) -> None:
+        """Anything that could change the flake URL or add an argument is invalid_revision."""
+        with pytest.raises(RequestRejected) as caught:
+            validate_revision(revision)
+        assert caught.value.code == "invalid_revision"
+
+    @pytest.mark.parametrize("value", [42, None, ["main"], {"a": 1}, 1.5, True])
+    def test_non_strings_refused(self, value: object) -> None:
+        """A revision that is not a string is invalid_revision."""
+        with pytest.raises(RequestRejected, match="non-empty string"):
+            validate_revision(value)
+
+    def test_actions(self) -> None:
+        """The five actions pass; anything else is invalid_action."""
+        assert [validate_action(a.value) for a in Action] == list(Action)
+        with pytest.raises(RequestRejected) as caught:
+            validate_action("reboot")
+        assert caught.value.code == "invalid_action"
+
+
+class TestArgv:
+    def test_branch(self) -> None:
+        """A branch becomes ref=, with --refresh last."""
+        argv = build_argv(
+            ("nixos-rebuild",),
+            Action.SWITCH,
+            flake_url="git+https://g/r.git",
+            revision="main",
+            hostname="web1",
+        )
+        assert argv == [
+            "nixos-rebuild",
+            "switch",
+            "--flake",
+            "git+https://g/r.git?ref=main#web1",
+            "--refresh",
+        ]
+
+    def test_commit_uses_rev(self) -> None:
+        """A full commit hash becomes rev=."""
+        commit = "a" * 40
+        assert flake_reference("git+https://g/r.git", commit, "h") == (
+            f"git+https://g/r.git?rev={commit}#h"
+        )
+
+    def test_existing_query_uses_ampersand(self) -> None:
+        """A flake URL with a query gets '&' before ref=."""
+        assert flake_reference("git+ssh://g/r?dir=hosts", "main", "h") == (
+            "git+ssh://g/r?dir=hosts&ref=main#h"
+        )
+
+    def test_command_with_arguments(self) -> None:
+        """A rebuild command with fixed arguments keeps them in front."""
+        argv = build_argv(
+            ("sudo", "-n", "nixos-rebuild"), Action.BUILD, flake_url="f", revision="m", hostname="h"
+        )
+        assert argv[:4] == ["sudo", "-n", "nixos-rebuild", "build"]
+
+    @pytest.mark.parametrize(
+        "url", ["", "github:o/r#host", "git+https://g/r?ref=main", "path with space"]
+    )
+    def test_bad_flake_urls(self, url: str) -> None:
+        """A flake URL with a fragment, a pinned ref or spaces is refused."""
+        with pytest.raises(UsageError):
+            validate_flake_url(url)
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+class TestDeployRequestParsing:
+    def test_defaults(self) -> None:
+        """Action and revision default to switch and master; unknown fields are ignored."""
+        request = parse_deploy_request(body(reply_to=REPLY, signature="later", extra=[1]))
+        assert request == DeployRequest(action=Action.SWITCH, revision="master", reply_to=REPLY)
+
+    def test_nats_reply_is_a_fallback(self) -> None:
+        """Without reply_to in the body, a deploy.responses. NATS reply subject is used."""
+        assert parse_deploy_request(body(), nats_reply=REPLY).reply_to == REPLY
+
+    def test_body_reply_wins(self) -> None:
+        """reply_to in the body wins over the NATS reply subject."""
+        other = REPLY + "x"
+        assert parse_deploy_request(body(reply_to=other), nats_reply=REPLY).reply_to == other
+
+    @pytest.mark.parametrize(
+        ("data", "code", "reply"),
+        [
+            (b"nope", "invalid_request", REPLY),
+            (b"[]", "invalid_request", REPLY),
+            (b"\xff", "invalid_request", REPLY),
+            (b"{" + b" " * MAX_REQUEST_BYTES + b"}", "invalid_request", REPLY),
+            (body(reply_to="_INBOX.x"), "invalid_request", None),
+            (body(reply_to=REPLY, action="reboot"), "invalid_action", REPLY),
+            (body(reply_to=REPLY, revision="$(id)"), "invalid_revision", REPLY),
+            (body(reply_to=REPLY, id="a" * 65), "invalid_request", REPLY),
+            (body(reply_to=REPLY, id=7), "invalid_request", REPLY),
+        ],
+    )
+    def test_rejections(self, data: bytes, code: str, reply: str | None) -> None:
+        """Each malformed request gets its code, and a reply subject only when usable."""
+        with pytest.raises(InvalidRequest) as caught:
+            parse_deploy_request(data, nats_reply=REPLY)
+        assert (caught.value.code, caught.value.reply_to) == (code, reply)
+
+    def test_hostile_reply_to_overrides_good_nats_reply(self) -> None:
+        """A bad reply_to in the body is never answered, even with a good NATS reply."""
+        with pytest.raises(InvalidRequest) as caught:
+            parse_deploy_request(body(reply_to="deploy.prod.x"), nats_reply=REPLY)
+        assert caught.value.reply_to is None
+
+
+class TestOtherMessages:
+    def test_status_round_trip_keeps_null_error(self) -> None:
+        """A status serialises with an explicit null error and parses back equal."""
+        status = Status(hostname="web1", status=StatusKind.COMPLETED, message="done")
+        data = encode(status)
+        assert json.loads(data)["error"] is None
+        assert parse_status(data) == status
+
+    def test_status_ignores_unknown_fields(self) -> None:
+        """A newer listener's extra fields do not break an older deployer."""
+        parsed = parse_status(body(hostname="h", status="progress", future={"x": 1}))
+        assert parsed is not None and parsed.status is StatusKind.PROGRESS
+
+    @pytest.mark.parametrize(
+        "data", [b"", b"[]", body(hostname="h"), body(hostname="h", status="weird"), b"x" * 70000]
+    )
+    def test_garbage_status_is_none(self, data: bytes) -> None:
+        """Anything that is not a status is ignored, not raised."""
+        assert parse_status(data) is None
+
+    def test_final_statuses(self) -> None:
+        """Only rejected, completed and failed are final."""
+        finals = {k for k in StatusKind if Status(hostname="h", status=k).is_final}
+        assert finals == {StatusKind.REJECTED, StatusKind.COMPLETED, StatusKind.FAILED}
+
+    def test_discovery(self) -> None:
+        """Discovery requests need a reply subject; tier is optional and checked."""
+        assert parse_discover_request(body(reply_to=REPLY, tier="prod")).tier is Tier.PROD
+        assert parse_discover_request(b"{}", nats_reply=REPLY).tier is None
+        with pytest.raises(InvalidRequest):
+            parse_discover_request(body(reply_to=REPLY, tier="dev"))
+        with pytest.raises(InvalidRequest):
+            parse_discover_request(body(reply_to="elsewhere"))
+        info = parse_host_info(body(hostname="h", tier="test", busy=True, extra=1))
+        assert info is not None and info.busy and info.deploy_subjects == []
+        assert parse_host_info(b"[]") is None

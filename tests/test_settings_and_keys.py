@@ -1,0 +1,216 @@
+"""Settings from flags and environment, and seed files — both without a server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fleet_core.errors import KeyFileError, UsageError
+from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
+from fleet_core.rebuild import Action
+from fleet_core.settings import (
+    DEFAULT_LISTENER_TIMEOUT,
+    DEFAULT_STATE_DIR,
+    deploy_settings,
+    listener_settings,
+    mcp_settings,
+)
+from fleet_core.subjects import Target, Tier
+
+LISTENER = {
+    "hostname": "web1",
+    "tier": "test",
+    "nats_url": "nats://n:4222",
+    "nkey_file": "/k",
+    "flake_url": "git+https://g/r.git",
+}
+
+
+class TestListenerSettings:
+    def test_defaults(self) -> None:
+        """Unset options take the named defaults; subjects are expanded."""
+        settings = listener_settings(**LISTENER, environ={})
+        assert settings.timeout == DEFAULT_LISTENER_TIMEOUT
+        assert settings.state_dir == DEFAULT_STATE_DIR
+        assert settings.rebuild_command == ("nixos-rebuild",)
+        assert settings.subjects == ("deploy.test.web1", "deploy.test.all")
+
+    def test_systemd_state_directory(self) -> None:
+        """systemd's $STATE_DIRECTORY is the default state dir under a unit."""
+        settings = listener_settings(**LISTENER, environ={"STATE_DIRECTORY": "/var/lib/fd:/x"})
+        assert settings.state_dir == Path("/var/lib/fd")
+
+    def test_flags_override_environment(self) -> None:
+        """A flag beats FLEET_DEPLOY_*; the variable beats the default."""
+        env = {"FLEET_DEPLOY_TIMEOUT": "30", "FLEET_DEPLOY_ROLE": "dns"}
+        settings = listener_settings(**LISTENER, timeout="45", environ=env)
+        assert (settings.timeout, settings.role) == (45.0, "dns")
+
+    def test_rebuild_command_is_split_not_shelled(self) -> None:
+        """--rebuild-command is split like a shell would, quotes respected."""
+        settings = listener_settings(
+            **LISTENER,
+            rebuild_command="sudo -n '/run/current system/sw/bin/nixos-rebuild'",
+            environ={},
+        )
+        assert settings.rebuild_command == (
+            "sudo",
+            "-n",
+            "/run/current system/sw/bin/nixos-rebuild",
+        )
+
+    def test_custom_subjects(self) -> None:
+        """--deploy-subject replaces the default templates."""
+        settings = listener_settings(
+            **LISTENER, role="dns", deploy_subjects=["fleet.<tier>.<role>.<hostname>"], environ={}
+        )
+        assert settings.subjects == ("fleet.test.dns.web1",)
+
+    @pytest.mark.parametrize(
+        ("override", "message"),
+        [
+            ({"hostname": None}, "--hostname is required"),
+            ({"tier": "staging"}, "--tier must be 'test' or 'prod'"),
+            ({"hostname": "all"}, "cannot be a hostname"),
+            ({"role": "a.b"}, "invalid role"),
+            ({"timeout": "0"}, "positive"),
+            ({"flake_url": "x#y"}, "without '#<host>'"),
+            ({"rebuild_command": "'unclosed"}, "cannot be split"),
+        ],
+    )
+    def test_invalid(self, override: dict[str, str | None], message: str) -> None:
+        """Each bad setting is a UsageError that names it."""
+        with pytest.raises(UsageError, match=message):
+            listener_settings(**{**LISTENER, **override}, environ={})
+
+
+class TestDeploySettings:
+    def test_environment(self) -> None:
+        """Every deploy flag has its FLEET_DEPLOY_ variable."""
+        env = {
+            "FLEET_DEPLOY_NATS_URL": "nats://n",
+            "FLEET_DEPLOY_NKEY_FILE": "/k",
+            "FLEET_DEPLOY_BRANCH": "main",
+            "FLEET_DEPLOY_ACTION": "boot",
+            "FLEET_DEPLOY_TIMEOUT": "60",
+        }
+        settings = deploy_settings(
+            target="deploy.test.all", nats_url=None, nkey_file=None, environ=env
+        )
+        assert settings.target == Target.all(Tier.TEST)
+        assert (settings.revision, settings.action, settings.timeout) == ("main", Action.BOOT, 60)
+
+    def test_expect_list(self) -> None:
+        """--expect takes repeated and comma-separated host names, validated."""
+        settings = deploy_settings(
+            target="deploy.test.all", nats_url="n", nkey_file="k", expect=["a,b", "c"], environ={}
+        )
+        assert settings.expect == ("a", "b", "c")
+        with pytest.raises(UsageError):
+            deploy_settings(
+                target="deploy.test.all", nats_url="n", nkey_file="k", expect=["a.b"], environ={}
+            )
+
+    def test_bad_action(self) -> None:
+        """An unknown action from the environment is a usage error listing the actions."""
+        with pytest.raises(UsageError, match="switch, boot, test, dry-activate, build"):
+            deploy_settings(
+                target="deploy.test.all",
+                nats_url="n",
+                nkey_file="k",
+                environ={"FLEET_DEPLOY_ACTION": "reboot"},
+            )
+
+
+class TestMcpSettings:
+    def test_admin_needs_its_key(self) -> None:
+        """--enable-admin without an admin key is a startup error saying so."""
+        with pytest.raises(UsageError, match="--enable-admin needs the admin key"):
+            mcp_settings(nats_url="n", nkey_file="k", enable_admin=True, environ={})
+
+    def test_admin_key_alone_does_not_enable_admin(self) -> None:
+        """An admin key without --enable-admin is not used."""
+        settings = mcp_settings(nats_url="n", nkey_file="k", admin_nkey_file="/a", environ={})
+        assert settings.admin_nkey_file is None
+
+    def test_admin_from_environment(self) -> None:
+        """FLEET_DEPLOY_ENABLE_ADMIN and FLEET_DEPLOY_ADMIN_NKEY_FILE enable admin."""
+        env = {"FLEET_DEPLOY_ENABLE_ADMIN": "true", "FLEET_DEPLOY_ADMIN_NKEY_FILE": "/a"}
+        settings = mcp_settings(nats_url="n", nkey_file="k", environ=env)
+        assert settings.admin_nkey_file == Path("/a")
+        with pytest.raises(UsageError, match="not a boolean"):
+            mcp_settings(
+                nats_url="n", nkey_file="k", environ={"FLEET_DEPLOY_ENABLE_ADMIN": "maybe"}
+            )
+
+    def test_http_address(self) -> None:
+        """--http takes HOST:PORT."""
+        assert mcp_settings(
+            nats_url="n", nkey_file="k", http="127.0.0.1:8000", environ={}
+        ).http == ("127.0.0.1", 8000)
+        with pytest.raises(UsageError, match="HOST:PORT"):
+            mcp_settings(nats_url="n", nkey_file="k", http="8000", environ={})
+
+
+class TestKeys:
+    def test_generate_write_load(self, tmp_path: Path) -> None:
+        """A generated seed is written 0600 and loads back to the same public key."""
+        seed = generate_seed()
+        path = tmp_path / "k.seed"
+        write_seed(path, seed)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert load_seed(path).public_key == seed.public_key
+        assert seed.public_key.startswith("U") and len(seed.public_key) == 56
+
+    def test_never_overwrites(self, tmp_path: Path) -> None:
+        """Writing over an existing seed file is refused."""
+        path = tmp_path / "k.seed"
+        write_seed(path, generate_seed())
+        before = path.read_text()
+        with pytest.raises(KeyFileError, match="already exists"):
+            write_seed(path, generate_seed())
+        assert path.read_text() == before
+
+    def test_secret_stays_out_of_repr(self) -> None:
+        """Neither repr nor str of a Seed shows the secret."""
+        seed = generate_seed()
+        assert seed.reveal() not in repr(seed) and seed.reveal() not in str(seed)
+
+    @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+    def test_open_modes_refused(self, tmp_path: Path, mode: int) -> None:
+        """Group- or world-readable seed files are refused with the chmod to run."""
+        path = tmp_path / "k.seed"
+        write_seed(path, generate_seed())
+        path.chmod(mode)
+        with pytest.raises(KeyFileError, match="chmod 600"):
+            load_seed(path)
+
+    def test_missing_unreadable_and_malformed(self, tmp_path: Path) -> None:
+        """Missing, unreadable, directory and non-seed files each get a clear error."""
+        with pytest.raises(KeyFileError, match="does not exist"):
+            load_seed(tmp_path / "nope")
+        with pytest.raises(KeyFileError, match="not a regular file"):
+            load_seed(tmp_path)
+        bad = tmp_path / "bad.seed"
+        bad.write_text("SUAAAA")
+        bad.chmod(0o600)
+        with pytest.raises(KeyFileError, match="damaged"):
+            load_seed(bad)
+        public = tmp_path / "pub"
+        public.write_text(generate_seed().public_key)
+        public.chmod(0o600)
+        with pytest.raises(KeyFileError, match="keygen"):
+            load_seed(public)
+        if os.geteuid() != 0:  # root reads anything; the mode check above still applies
+            locked = tmp_path / "locked.seed"
+            write_seed(locked, generate_seed())
+            locked.chmod(0o000)
+            with pytest.raises(KeyFileError, match="cannot read"):
+                load_seed(locked)
+
+    def test_seed_from_string_strips_whitespace(self) -> None:
+        """Seeds with trailing newlines (as editors write them) load."""
+        seed = generate_seed()
+        assert Seed.from_string(seed.reveal() + "\n\n").public_key == seed.public_key
