@@ -1,0 +1,390 @@
+# NixOS module: the fleet-deploy listener, `services.fleet-deploy.listener`.
+#
+# Option names follow homelab-deploy's module so its users can switch over by renaming
+# `services.homelab-deploy` to `services.fleet-deploy`.
+#
+# Defaults live once, in the application. An option whose default is the application's
+# (`timeout`, `deploySubjects`, `discoverSubject`, `logLevel`) is `null` unless set, and an
+# unset option passes no flag. `stateDir` is the exception: systemd creates that directory
+# (StateDirectory=), so the unit has to name it and always passes it.
+{
+  config,
+  lib,
+  pkgs,
+  utils,
+  ...
+}:
+
+let
+  inherit (lib)
+    concatMap
+    hasPrefix
+    literalExpression
+    literalMD
+    mkEnableOption
+    mkIf
+    mkOption
+    optionals
+    types
+    ;
+
+  cfg = config.services.fleet-deploy.listener;
+  opt = "services.fleet-deploy.listener";
+
+  # A hostname or role is one subject token (DESIGN.md §2).
+  isToken = s: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]{0,62}" s != null;
+  reservedHostnames = [
+    "all"
+    "role"
+  ];
+
+  # A subject the listener subscribes to: dot-separated tokens, none empty, no whitespace,
+  # and no wildcard (a listener on `deploy.test.*` would run every test host's deploys).
+  # The templates `<hostname>`, `<tier>` and `<role>` are fine: the listener expands them.
+  subjectProblem =
+    s:
+    let
+      expanded = lib.replaceStrings [ "<hostname>" "<tier>" "<role>" ] [ "h" "t" "r" ] s;
+    in
+    if s == "" then
+      "is empty"
+    else if builtins.match ".*[[:space:]].*" s != null then
+      "contains whitespace"
+    else if builtins.elem "" (lib.splitString "." s) then
+      "has an empty token (a leading, trailing or doubled dot)"
+    else if builtins.match ".*[*>].*" expanded != null then
+      "has a wildcard (* or >)"
+    else
+      null;
+
+  badDeploySubjects = lib.filter (s: subjectProblem s != null) (
+    if cfg.deploySubjects == null then [ ] else cfg.deploySubjects
+  );
+
+  # The command line without the seed and extraArgs. Unset options pass no flag.
+  listenerArgs = [
+    "listener"
+    "--hostname"
+    cfg.hostname
+    "--tier"
+    cfg.tier
+    "--nats-url"
+    cfg.natsUrl
+    "--flake-url"
+    cfg.flakeUrl
+    "--state-dir"
+    cfg.stateDir
+  ]
+  ++ optionals (cfg.role != null) [
+    "--role"
+    cfg.role
+  ]
+  ++ optionals (cfg.timeout != null) [
+    "--timeout"
+    (toString cfg.timeout)
+  ]
+  ++ optionals (cfg.deploySubjects != null) (
+    concatMap (s: [
+      "--deploy-subject"
+      s
+    ]) cfg.deploySubjects
+  )
+  ++ optionals (cfg.discoverSubject != null) [
+    "--discover-subject"
+    cfg.discoverSubject
+  ]
+  ++ optionals (cfg.logLevel != null) [
+    "--log-level"
+    cfg.logLevel
+  ];
+
+  # escapeSystemdExecArgs quotes each argument and doubles `%` and `$`, so no option value can
+  # become a systemd specifier or variable. `%d` (the credentials directory) is the one
+  # specifier we want, so that argument is appended unescaped.
+  execStart = lib.concatStringsSep " " (
+    [
+      (utils.escapeSystemdExecArgs ([ (lib.getExe' cfg.package "fleet-deploy") ] ++ listenerArgs))
+      "--nkey-file %d/nkey"
+    ]
+    ++ optionals (cfg.extraArgs != [ ]) [ (utils.escapeSystemdExecArgs cfg.extraArgs) ]
+  );
+
+  # Typed as a string so that a Nix path (./listener.seed), which would be copied into the
+  # world-readable store, is a type error rather than a leaked secret.
+  secretPath = types.str // {
+    description = "absolute path outside the Nix store, given as a string";
+  };
+in
+{
+  ### Interface
+
+  options.services.fleet-deploy.listener = {
+    enable = mkEnableOption "the fleet-deploy listener, which runs `nixos-rebuild` when a deploy request reaches this host over NATS";
+
+    package = mkOption {
+      type = types.package;
+      defaultText = literalMD "`packages.<system>.default` of the fleet-deploy flake (set by its `nixosModules.default`)";
+      description = "The fleet-deploy package that provides the `fleet-deploy` command.";
+    };
+
+    hostname = mkOption {
+      type = types.str;
+      default = config.networking.hostName;
+      defaultText = literalExpression "config.networking.hostName";
+      example = "web1";
+      description = ''
+        This host's name in deploy subjects (`deploy.<tier>.<hostname>`) and in the flake
+        attribute the listener builds (`<flakeUrl>#<hostname>`). One subject token:
+        letters, digits, `_` and `-`, at most 63 characters; not `all` or `role`.
+      '';
+    };
+
+    tier = mkOption {
+      type = types.enum [
+        "test"
+        "prod"
+      ];
+      example = "prod";
+      description = "The deployment tier this host belongs to.";
+    };
+
+    role = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "dns";
+      description = ''
+        Role for role-based targeting (`deploy.<tier>.role.<role>`); one subject token.
+        `null` means no role: subject templates that use `<role>` are skipped.
+      '';
+    };
+
+    natsUrl = mkOption {
+      type = types.nonEmptyStr;
+      example = "nats://nats.example.com:4222";
+      description = "URL of the NATS server.";
+    };
+
+    nkeyFile = mkOption {
+      type = secretPath;
+      example = "/run/secrets/fleet-deploy-listener.seed";
+      description = ''
+        Path to this listener's NKey seed, outside the Nix store (for example a sops-nix or
+        agenix secret). systemd reads it as root and hands it to the service as a
+        credential (`LoadCredential=`), so the file itself can stay `0400 root`.
+      '';
+    };
+
+    flakeUrl = mkOption {
+      type = types.nonEmptyStr;
+      example = "git+https://git.example.com/user/nixos-configs.git";
+      description = ''
+        Flake holding this host's configuration, without a revision or attribute: the
+        listener appends `?ref=<revision>#<hostname>` (or `&ref=` after an existing query).
+      '';
+    };
+
+    timeout = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      defaultText = literalMD "`null`: the listener's built-in default (600 seconds)";
+      example = 1800;
+      description = ''
+        Seconds a rebuild may run before its whole process group is killed. `null` passes
+        no `--timeout`, so the listener uses its own default.
+      '';
+    };
+
+    deploySubjects = mkOption {
+      type = types.nullOr (types.listOf types.str);
+      default = null;
+      defaultText = literalMD ''
+        `null`: the listener's built-in templates,
+        `[ "deploy.<tier>.<hostname>" "deploy.<tier>.all" "deploy.<tier>.role.<role>" ]`
+      '';
+      example = [
+        "deploy.<tier>.<hostname>"
+        "deploy.<tier>.all"
+      ];
+      description = ''
+        Subjects to subscribe to. `<hostname>`, `<tier>` and `<role>` are expanded by the
+        listener; a template with `<role>` is skipped when `role` is `null`. A list replaces
+        the defaults entirely; `null` keeps them.
+      '';
+    };
+
+    discoverSubject = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      defaultText = literalMD "`null`: the listener's built-in `deploy.discover`";
+      description = "Subject on which the listener answers discovery requests.";
+    };
+
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        GIT_SSH_COMMAND = "ssh -i /etc/ssh/fleet-deploy_ed25519";
+      };
+      description = ''
+        Extra environment variables for the listener and the rebuilds it runs. Not for
+        secrets: they end up in the world-readable unit file.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/fleet-deploy";
+      description = ''
+        Directory for job logs and state. It must lie under `/var/lib`, where systemd
+        creates it (`StateDirectory=`) owned by root and private to it.
+      '';
+    };
+
+    logLevel = mkOption {
+      type = types.nullOr (
+        types.enum [
+          "debug"
+          "info"
+          "warning"
+          "error"
+        ]
+      );
+      default = null;
+      defaultText = literalMD "`null`: the listener's built-in default";
+      description = "Log level. The listener logs JSON lines to the journal.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "--rebuild-command"
+        "nixos-rebuild --show-trace"
+      ];
+      description = "Extra arguments appended to `fleet-deploy listener`.";
+    };
+  };
+
+  ### Implementation
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = hasPrefix "/" cfg.nkeyFile;
+        message = "${opt}.nkeyFile must be an absolute path, but it is \"${cfg.nkeyFile}\".";
+      }
+      {
+        assertion = !(hasPrefix "${builtins.storeDir}/" cfg.nkeyFile);
+        message = "${opt}.nkeyFile points into the Nix store (${cfg.nkeyFile}), which every local user can read. Keep the seed outside the store (for example a sops-nix or agenix secret under /run/secrets) and give its path as a string.";
+      }
+      {
+        assertion = isToken cfg.hostname && !(builtins.elem cfg.hostname reservedHostnames);
+        message = "${opt}.hostname is \"${cfg.hostname}\", which is not a valid subject token. Use letters, digits, '_' and '-' (at most 63 characters, starting with a letter or digit), and not \"all\" or \"role\". It defaults to networking.hostName; set either.";
+      }
+      {
+        assertion = cfg.role == null || isToken cfg.role;
+        message = "${opt}.role is \"${toString cfg.role}\", which is not a valid subject token. Use letters, digits, '_' and '-' (at most 63 characters, starting with a letter or digit), or null for no role.";
+      }
+      {
+        assertion =
+          builtins.match ".*[#[:space:]].*" cfg.flakeUrl == null
+          && builtins.match ".*[?&](ref|rev)=.*" cfg.flakeUrl == null;
+        message = "${opt}.flakeUrl is \"${cfg.flakeUrl}\". Give the flake without a '#attribute', spaces, ref= or rev=: the listener adds ?ref=<revision>#<hostname> for each deploy.";
+      }
+      {
+        assertion = cfg.deploySubjects != [ ];
+        message = "${opt}.deploySubjects is an empty list, which the listener would take as its default subjects. Set it to null to use the defaults, or list the subjects to subscribe to.";
+      }
+      {
+        assertion = badDeploySubjects == [ ];
+        message = "${opt}.deploySubjects has invalid subjects: ${
+          lib.concatMapStringsSep "; " (s: "\"${s}\" ${subjectProblem s}") badDeploySubjects
+        }. Use dot-separated tokens without whitespace or wildcards.";
+      }
+      {
+        assertion = cfg.discoverSubject == null || subjectProblem cfg.discoverSubject == null;
+        message = "${opt}.discoverSubject \"${toString cfg.discoverSubject}\" ${
+          toString (subjectProblem (toString cfg.discoverSubject))
+        }. Use dot-separated tokens without whitespace or wildcards, or null for the default.";
+      }
+      {
+        assertion =
+          builtins.match "/var/lib/[^/]+(/[^/]+)*" cfg.stateDir != null
+          && !(builtins.elem ".." (lib.splitString "/" cfg.stateDir));
+        message = "${opt}.stateDir is \"${cfg.stateDir}\". It must be a directory under /var/lib (such as /var/lib/fleet-deploy), without '..' or a trailing '/', because systemd creates it with StateDirectory=.";
+      }
+      {
+        assertion = !(lib.any (a: a == "--nkey-file" || hasPrefix "--nkey-file=" a) cfg.extraArgs);
+        message = "${opt}.extraArgs sets --nkey-file. Set ${opt}.nkeyFile instead: the module passes the seed as a systemd credential.";
+      }
+    ];
+
+    systemd.services.fleet-deploy-listener = {
+      description = "fleet-deploy listener (deploys this host's NixOS configuration on request)";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+
+      # A switch must not restart (stop) the listener: the rebuild that is running the switch
+      # is the listener's child, so a restart would kill the deploy halfway and lose its
+      # result. A changed unit takes effect at the next start of the listener (a reboot, or a
+      # restart the listener does itself once the job has reported; see DESIGN.md §3).
+      restartIfChanged = false;
+
+      # Tools the rebuild needs: nix and git fetch the flake (ssh for git+ssh:// URLs).
+      path = [
+        config.nix.package
+        pkgs.git
+        pkgs.openssh
+        config.system.build.nixos-rebuild
+      ];
+
+      environment = cfg.environment;
+
+      serviceConfig = {
+        Type = "simple";
+        ExecStart = execStart;
+        Restart = "always";
+        RestartSec = "5s";
+
+        # The seed is read by systemd (as root) and exposed read-only at
+        # $CREDENTIALS_DIRECTORY/nkey, mode 0400; `%d` is that directory. The listener never
+        # opens the original path, and the path never appears on its command line.
+        LoadCredential = "nkey:${lib.replaceStrings [ "%" ] [ "%%" ] cfg.nkeyFile}";
+
+        StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
+        StateDirectoryMode = "0700";
+
+        # stdout and stderr go to the journal (the default); the listener writes JSON lines
+        # there when not on a TTY.
+        SyslogIdentifier = "fleet-deploy-listener";
+
+        # Hardening. The listener runs `nixos-rebuild switch`, whose activation scripts must
+        # act on the whole host exactly as from a root console, so systemd's sandboxing is
+        # left off on purpose:
+        # - ProtectSystem, ProtectHome, PrivateTmp, ReadOnlyPaths, ProtectKernelTunables,
+        #   ProtectControlGroups, ProtectProc and every other option that gives the unit its
+        #   own mount namespace: activation writes /etc, /boot, /nix/var and /run/wrappers and
+        #   mounts file systems; inside a private namespace those mounts would not be seen by
+        #   the rest of the system.
+        # - PrivateDevices, DeviceAllow, ProtectClock: installing a boot loader needs the
+        #   block devices.
+        # - NoNewPrivileges, RestrictSUIDSGID: activation creates the setuid wrappers in
+        #   /run/wrappers, and its scripts may run them.
+        # - CapabilityBoundingSet, SystemCallFilter, User=/DynamicUser=: activation needs
+        #   full root (users, groups, sysctls, kernel modules).
+        # - RestrictNamespaces, PrivateUsers, RestrictAddressFamilies: Nix's build sandbox
+        #   uses user, mount, network and PID namespaces and netlink.
+        # - LockPersonality, SystemCallArchitectures: i686 builds on x86_64 switch personality
+        #   and run 32-bit code.
+        # - MemoryDenyWriteExecute: builders and activation scripts may JIT (guile, node).
+        # - ProtectHostname: a switch may set the host name.
+        # - ProtectKernelModules, ProtectKernelLogs: activation may load kernel modules.
+        # - UMask: the rebuild and activation inherit it, and files they create without an
+        #   explicit mode must stay readable as on a console (umask 022).
+        # What is set: the state directory is private to root (StateDirectoryMode=0700), and
+        # the seed arrives as a credential rather than a path the listener opens.
+      };
+    };
+  };
+}

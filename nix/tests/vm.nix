@@ -1,0 +1,208 @@
+# NixOS VM test: a NATS server with homelab-deploy's tiered permissions, a host running the
+# listener through the NixOS module, and a deployer that deploys it with the CLI.
+#
+# The host's rebuild is a stand-in with nixos-rebuild's interface that records its argv, so
+# the test checks the whole request path (deployer → NATS → listener → rebuild → status →
+# deployer) without building a system inside the VM.
+#
+# The NKeys under ./keys are public test-only keys (see ./keys/README.md).
+{
+  pkgs,
+  # nixosModules.default of this flake
+  module,
+  # packages.<system>.default of this flake
+  package,
+}:
+
+let
+  inherit (pkgs) lib;
+
+  publicKey = name: lib.fileContents (./keys + "/${name}.pub");
+
+  # Installs a test seed outside the store, as a real secret would be (a copy, mode 0400).
+  seedFile = name: {
+    source = ./keys + "/${name}.seed";
+    mode = "0400";
+  };
+
+  # nixos-rebuild's stand-in: one line per call with its arguments, then success.
+  standInRebuild = pkgs.writeShellScript "stand-in-nixos-rebuild" ''
+    printf '%s\n' "$*" >> /tmp/stand-in-rebuild.argv
+    echo "stand-in nixos-rebuild: $*"
+  '';
+in
+pkgs.testers.runNixOSTest {
+  name = "fleet-deploy";
+
+  nodes = {
+    nats = {
+      services.nats = {
+        enable = true;
+        host = "0.0.0.0";
+        settings = {
+          # Monitoring, for the test script only (not opened in the firewall).
+          http = "127.0.0.1:8222";
+          authorization.users = [
+            {
+              # The listener on web1: tier test, role web.
+              nkey = publicKey "listener-web1";
+              permissions = {
+                publish = [
+                  "deploy.responses.>"
+                  "deploy.discover"
+                ];
+                subscribe = [
+                  "deploy.test.web1"
+                  "deploy.test.all"
+                  "deploy.test.role.web"
+                  "deploy.discover"
+                ];
+              };
+            }
+            {
+              # Test-tier deployer (the MCP key).
+              nkey = publicKey "test-deployer";
+              permissions = {
+                publish = [
+                  "deploy.test.>"
+                  "deploy.discover"
+                ];
+                subscribe = [
+                  "deploy.responses.>"
+                  "deploy.discover"
+                ];
+              };
+            }
+            {
+              # Admin deployer.
+              nkey = publicKey "admin-deployer";
+              permissions = {
+                publish = [ "deploy.>" ];
+                subscribe = [ "deploy.>" ];
+              };
+            }
+          ];
+        };
+      };
+      networking.firewall.allowedTCPPorts = [ 4222 ];
+      environment.systemPackages = [ pkgs.curl ];
+    };
+
+    web1 = {
+      imports = [ module ];
+
+      environment.etc."fleet-deploy/listener.seed" = seedFile "listener-web1";
+
+      services.fleet-deploy.listener = {
+        enable = true;
+        # hostname defaults to networking.hostName, "web1"
+        tier = "test";
+        role = "web";
+        natsUrl = "nats://nats:4222";
+        nkeyFile = "/etc/fleet-deploy/listener.seed";
+        flakeUrl = "git+https://git.example.invalid/fleet.git";
+        timeout = 120;
+        logLevel = "debug";
+        extraArgs = [
+          "--rebuild-command"
+          "${standInRebuild}"
+        ];
+      };
+
+      # The same host with one listener setting changed, to switch to.
+      specialisation.changed.configuration = {
+        services.fleet-deploy.listener.logLevel = lib.mkForce "info";
+      };
+    };
+
+    deployer = {
+      environment.systemPackages = [ package ];
+      environment.etc."fleet-deploy/admin.seed" = seedFile "admin-deployer";
+      environment.etc."fleet-deploy/test.seed" = seedFile "test-deployer";
+    };
+  };
+
+  testScript = ''
+    import json
+
+    ARGV_LOG = "/tmp/stand-in-rebuild.argv"
+    EXPECTED_ARGV = (
+        "switch --flake git+https://git.example.invalid/fleet.git?ref=master#web1 --refresh"
+    )
+    LISTENER_SUBJECTS = [
+        "deploy.test.web1",
+        "deploy.test.all",
+        "deploy.test.role.web",
+        "deploy.discover",
+    ]
+
+
+    def deploy(target: str, key: str) -> str:
+        return (
+            f"fleet-deploy deploy {target} --nats-url nats://nats:4222"
+            f" --nkey-file /etc/fleet-deploy/{key}.seed"
+            " --branch master --action switch --timeout 60"
+        )
+
+
+    def listener_connections() -> set[int]:
+        """Client ids of NATS connections subscribed to every listener subject."""
+        connz = json.loads(nats.succeed("curl -sf 'http://127.0.0.1:8222/connz?subs=1'"))
+        return {
+            conn["cid"]
+            for conn in connz.get("connections") or []
+            if set(LISTENER_SUBJECTS) <= set(conn.get("subscriptions_list") or [])
+        }
+
+
+    def rebuild_calls() -> int:
+        return int(web1.succeed(f"grep -cxF -- '{EXPECTED_ARGV}' {ARGV_LOG} || true").strip())
+
+
+    start_all()
+
+    with subtest("the NATS server starts"):
+        nats.wait_for_unit("nats.service")
+        nats.wait_for_open_port(4222)
+        nats.wait_for_open_port(8222)
+
+    with subtest("the listener unit survives switches and gets its seed as a credential"):
+        web1.wait_for_unit("fleet-deploy-listener.service")
+        unit = web1.succeed("systemctl cat fleet-deploy-listener.service")
+        assert "X-RestartIfChanged=false" in unit, unit
+        assert "LoadCredential=nkey:/etc/fleet-deploy/listener.seed" in unit, unit
+        assert "--nkey-file %d/nkey" in unit, unit
+        assert "Restart=always" in unit, unit
+        web1.succeed("test -d /var/lib/fleet-deploy")
+
+    with subtest("the listener subscribes to its subjects with its own key"):
+        retry(lambda _: len(listener_connections()) == 1)
+
+    with subtest("an admin deploy to the host completes"):
+        deployer.succeed(deploy("deploy.test.web1", "admin"), timeout=120)
+        assert rebuild_calls() == 1, web1.succeed(f"cat {ARGV_LOG}")
+
+    with subtest("the test-tier key deploys the whole test tier"):
+        deployer.succeed(deploy("deploy.test.all", "test"), timeout=120)
+        assert rebuild_calls() == 2, web1.succeed(f"cat {ARGV_LOG}")
+
+    with subtest("the test-tier key cannot deploy prod, and says so at once"):
+        status, output = deployer.execute(deploy("deploy.prod.web1", "test"), timeout=60)
+        assert status == 2, f"exit status {status}, expected 2:\n{output}"
+        assert rebuild_calls() == 2
+
+    with subtest("a switch that changes the unit does not restart the listener"):
+        before = web1.succeed("systemctl show -P MainPID fleet-deploy-listener.service").strip()
+        web1.succeed("/run/booted-system/specialisation/changed/bin/switch-to-configuration test")
+        after = web1.succeed("systemctl show -P MainPID fleet-deploy-listener.service").strip()
+        assert before == after, f"listener restarted by the switch: {before} -> {after}"
+        assert '"info"' in web1.succeed("systemctl cat fleet-deploy-listener.service")
+
+    with subtest("a killed listener comes back (Restart=always) and deploys again"):
+        old = listener_connections()
+        web1.succeed("systemctl kill --signal=SIGKILL fleet-deploy-listener.service")
+        retry(lambda _: len(listener_connections() - old) == 1)
+        deployer.succeed(deploy("deploy.test.web1", "admin"), timeout=120)
+        assert rebuild_calls() == 3, web1.succeed(f"cat {ARGV_LOG}")
+  '';
+}

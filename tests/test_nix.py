@@ -1,0 +1,728 @@
+"""The Nix side: every .nix file parses, and the NixOS module renders the unit it promises.
+
+No nixpkgs and no builder are needed. The parse test needs only `nix-instantiate` (Debian's
+`nix-bin`). The evaluation tests also need nixpkgs' `lib`: set `NIXPKGS_LIB` to a checkout of
+nix-community/nixpkgs.lib (the directory holding `lib/`). They evaluate nix/module.nix through
+nix/eval-module.nix, which stubs the few NixOS options the module touches, and evaluate
+flake.nix, nix/package.nix, nix/python-deps.nix and nix/tests/vm.nix against stand-ins for
+nixpkgs: that checks their structure and wiring but builds nothing. `nix flake check` on a Nix
+machine (package build, VM test) does the rest.
+
+Every nix-instantiate call uses `--store dummy://`, so no Nix daemon or store is touched and
+anything that would copy a file into the store fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+NIX_DIR = REPO / "nix"
+KEYS_DIR = NIX_DIR / "tests" / "keys"
+NIX_TIMEOUT_S = 60  # each call takes well under a second; this only bounds a hang
+OPT = "services.fleet-deploy.listener"
+
+# What eval-module.nix stands in for the fleet-deploy package.
+FAKE_EXE = "/nix/store/00000000000000000000000000000000-fleet-deploy/bin/fleet-deploy"
+SEED = "/run/secrets/fleet-deploy-listener.seed"
+
+MINIMAL: dict[str, Any] = {
+    "enable": True,
+    "tier": "test",
+    "natsUrl": "nats://nats.example.com:4222",
+    "nkeyFile": SEED,
+    "flakeUrl": "git+https://git.example.com/fleet.git",
+}
+
+FULL: dict[str, Any] = {
+    **MINIMAL,
+    "hostname": "dns1",
+    "tier": "prod",
+    "role": "dns",
+    "timeout": 1800,
+    "deploySubjects": [
+        "deploy.<tier>.<hostname>",
+        "deploy.<tier>.all",
+        "deploy.<tier>.role.<role>",
+        "deploy.canary.<hostname>",
+    ],
+    "discoverSubject": "fleet.discover",
+    "environment": {"GIT_SSH_COMMAND": "ssh -i /etc/ssh/fleet-deploy_ed25519"},
+    "stateDir": "/var/lib/fleet-deploy-prod",
+    "logLevel": "warning",
+    "extraArgs": ["--rebuild-command", "nixos-rebuild --show-trace"],
+}
+
+# The flag each listener option turns into; the other options are not flags.
+FLAG_FOR_OPTION = {
+    "hostname": "--hostname",
+    "tier": "--tier",
+    "role": "--role",
+    "natsUrl": "--nats-url",
+    "nkeyFile": "--nkey-file",
+    "flakeUrl": "--flake-url",
+    "timeout": "--timeout",
+    "deploySubjects": "--deploy-subject",
+    "discoverSubject": "--discover-subject",
+    "stateDir": "--state-dir",
+    "logLevel": "--log-level",
+}
+NOT_FLAGS = {"enable", "package", "environment", "extraArgs"}
+
+# One bad setting on top of MINIMAL (and networking.hostName = "web1"), and a piece of the
+# assertion message it must produce.
+BAD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
+    "seed in the store": (
+        {"nkeyFile": "/nix/store/0000-listener.seed"},
+        "nkeyFile points into the Nix store",
+    ),
+    "relative seed path": ({"nkeyFile": "secrets/listener.seed"}, "must be an absolute path"),
+    "reserved hostname": ({"hostname": "all"}, 'hostname is "all", which is not a valid'),
+    "hostname with a dot": ({"hostname": "web1.example.com"}, "not a valid subject token"),
+    "role with a space": ({"role": "web servers"}, 'role is "web servers"'),
+    "flake with an attribute": (
+        {"flakeUrl": "git+https://git.example.com/fleet.git#web1"},
+        "without a '#attribute'",
+    ),
+    "flake with a ref": (
+        {"flakeUrl": "git+https://git.example.com/fleet.git?ref=main"},
+        "spaces, ref= or rev=",
+    ),
+    "no deploy subjects": ({"deploySubjects": []}, "Set it to null to use the defaults"),
+    "wildcard subject": ({"deploySubjects": ["deploy.test.*"]}, "has a wildcard"),
+    "wildcard inside a token": ({"deploySubjects": ["deploy.<tier>.web>"]}, "has a wildcard"),
+    "flake with a space": (
+        {"flakeUrl": "git+https://git.example.com/fleet configs.git"},
+        "without a '#attribute', spaces",
+    ),
+    "empty subject token": ({"deploySubjects": ["deploy..web1"]}, "has an empty token"),
+    "discover subject with a space": (
+        {"discoverSubject": "deploy discover"},
+        "contains whitespace",
+    ),
+    "state dir outside /var/lib": ({"stateDir": "/srv/fleet-deploy"}, "under /var/lib"),
+    "state dir escaping /var/lib": ({"stateDir": "/var/lib/../etc"}, "without '..'"),
+    "seed through extraArgs": (
+        {"extraArgs": ["--nkey-file", "/root/listener.seed"]},
+        "extraArgs sets --nkey-file",
+    ),
+}
+
+# Settings the option types reject before any assertion runs.
+BAD_TYPES: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown tier": ({"tier": "staging"}, f"{OPT}.tier"),
+    "zero timeout": ({"timeout": 0}, f"{OPT}.timeout"),
+    "unknown log level": ({"logLevel": "verbose"}, f"{OPT}.logLevel"),
+    "seed path that is not a string": (
+        {"nkeyFile": 42},
+        "outside the Nix store, given as a string",
+    ),
+}
+
+
+def _case_name(label: str) -> str:
+    return label.replace(" ", "-").replace("/", "")
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "full": {"hostName": "ignored-hostname", "listener": FULL},
+    "minimal": {"hostName": "web1", "listener": MINIMAL},
+    "no-hostname": {"hostName": "", "listener": MINIMAL},
+    "disabled": {"hostName": "web1", "listener": {**MINIMAL, "enable": False}},
+    "escaping": {
+        "hostName": "web1",
+        "listener": {
+            **MINIMAL,
+            "nkeyFile": "/run/secrets/fleet%deploy.seed",
+            "flakeUrl": "git+https://git.example.com/fleet%20configs.git",
+            "extraArgs": ["--rebuild-command", "nixos-rebuild --option cores $CORES"],
+        },
+    },
+    **{
+        _case_name(label): {"hostName": "web1", "listener": {**MINIMAL, **override}}
+        for label, (override, _) in BAD_SETTINGS.items()
+    },
+}
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _nix_instantiate() -> str:
+    path = shutil.which("nix-instantiate")
+    if path is None:
+        pytest.fail(
+            "nix-instantiate is not installed: install Nix's command-line tools "
+            "(Debian: apt-get install -y nix-bin), as CI does.",
+            pytrace=False,
+        )
+    return path
+
+
+def _run_nix(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_nix_instantiate(), "--store", "dummy://", *args],
+        capture_output=True,
+        text=True,
+        timeout=NIX_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _eval_json(nix_args: list[str]) -> Any:
+    result = _run_nix("--eval", "--strict", "--json", *nix_args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _eval_expr(expr: str, lib_dir: Path) -> Any:
+    """Evaluates a function of { lib, repo } to JSON."""
+    return _eval_json(
+        ["--argstr", "libDir", str(lib_dir), "--argstr", "repo", str(REPO), "-E", expr]
+    )
+
+
+def _eval_cases(lib_dir: Path, cases: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return _run_nix(
+        "--eval",
+        "--strict",
+        "--json",
+        str(NIX_DIR / "eval-module.nix"),
+        "--argstr",
+        "nixpkgsLib",
+        str(lib_dir),
+        "--argstr",
+        "casesJson",
+        json.dumps(cases),
+    )
+
+
+def _nix_files() -> list[Path]:
+    """The repository's .nix files, tracked or not, minus what .gitignore excludes."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "--cached", "--others", "--exclude-standard", "*.nix"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        return sorted({REPO / line for line in listed.stdout.splitlines() if line})
+    return sorted(
+        p
+        for p in REPO.rglob("*.nix")
+        if not any(part.startswith(".") or part in {"venv", "node_modules"} for part in p.parts)
+    )
+
+
+def _argv(service: dict[str, Any]) -> list[str]:
+    return shlex.split(service["serviceConfig"]["ExecStart"])
+
+
+def _flags(service: dict[str, Any]) -> dict[str, list[str]]:
+    """ExecStart's `--flag value` pairs after `fleet-deploy listener`, values in order."""
+    argv = _argv(service)
+    assert argv[:2] == [FAKE_EXE, "listener"], argv
+    rest = argv[2:]
+    assert len(rest) % 2 == 0, rest
+    assert all(a.startswith("--") for a in rest[::2]), rest
+    flags: dict[str, list[str]] = {}
+    for flag, value in zip(rest[::2], rest[1::2], strict=True):
+        flags.setdefault(flag, []).append(value)
+    return flags
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lib_dir() -> Path:
+    value = os.environ.get("NIXPKGS_LIB")
+    if not value:
+        pytest.skip(
+            "NIXPKGS_LIB is not set: point it at a checkout of nix-community/nixpkgs.lib "
+            "to evaluate the NixOS module, the flake and the VM test with nixpkgs' lib"
+        )
+    root = Path(value)
+    for candidate in (root / "lib", root):
+        if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():
+            return candidate
+    pytest.fail(f"NIXPKGS_LIB={value} holds no nixpkgs lib (lib/modules.nix)", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def evaluated(lib_dir: Path) -> dict[str, Any]:
+    """Every case in CASES, evaluated in one nix-instantiate call."""
+    result = _eval_cases(lib_dir, CASES)
+    assert result.returncode == 0, result.stderr
+    cases: dict[str, Any] = json.loads(result.stdout)
+    return cases
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def test_every_nix_file_parses() -> None:
+    """Every .nix file in the repository passes `nix-instantiate --parse`."""
+    files = _nix_files()
+    expected = {"flake.nix", "nix/module.nix", "nix/package.nix", "nix/tests/vm.nix"}
+    assert expected <= {p.relative_to(REPO).as_posix() for p in files}, files
+    failures = []
+    for path in files:
+        result = _run_nix("--parse", str(path))
+        if result.returncode != 0:
+            failures.append(f"{path.relative_to(REPO)}:\n{result.stderr}")
+    assert not failures, "\n".join(failures)
+
+
+# --- the generated unit ------------------------------------------------------------------
+
+
+def test_every_option_is_a_flag_or_accounted_for(evaluated: dict[str, Any]) -> None:
+    """The module declares exactly the listener options this file maps to flags."""
+    declared = set(evaluated["minimal"]["optionNames"])
+    assert declared == set(FLAG_FOR_OPTION) | NOT_FLAGS
+
+
+def test_full_configuration_passes_a_flag_for_every_option(evaluated: dict[str, Any]) -> None:
+    """With every option set, ExecStart carries each one as its flag, extraArgs last."""
+    service = evaluated["full"]["service"]
+    assert _flags(service) == {
+        "--hostname": ["dns1"],
+        "--tier": ["prod"],
+        "--role": ["dns"],
+        "--nats-url": ["nats://nats.example.com:4222"],
+        "--nkey-file": ["%d/nkey"],
+        "--flake-url": ["git+https://git.example.com/fleet.git"],
+        "--timeout": ["1800"],
+        "--deploy-subject": FULL["deploySubjects"],
+        "--discover-subject": ["fleet.discover"],
+        "--state-dir": ["/var/lib/fleet-deploy-prod"],
+        "--log-level": ["warning"],
+        "--rebuild-command": ["nixos-rebuild --show-trace"],
+    }
+    assert _argv(service)[-2:] == FULL["extraArgs"]
+    assert set(FLAG_FOR_OPTION.values()) <= set(_flags(service))
+
+
+def test_minimal_configuration_leaves_defaults_to_the_application(
+    evaluated: dict[str, Any],
+) -> None:
+    """Unset options pass no flag, and the hostname comes from networking.hostName."""
+    service = evaluated["minimal"]["service"]
+    assert _flags(service) == {
+        "--hostname": ["web1"],
+        "--tier": ["test"],
+        "--nats-url": ["nats://nats.example.com:4222"],
+        "--nkey-file": ["%d/nkey"],
+        "--flake-url": ["git+https://git.example.com/fleet.git"],
+        "--state-dir": ["/var/lib/fleet-deploy"],
+    }
+    assert service["environment"] == {}
+
+
+def test_a_switch_does_not_restart_the_listener(evaluated: dict[str, Any]) -> None:
+    """The unit sets restartIfChanged = false, and systemd restarts it whenever it exits."""
+    service = evaluated["minimal"]["service"]
+    assert service["restartIfChanged"] is False
+    assert service["serviceConfig"]["Restart"] == "always"
+
+
+def test_the_unit_starts_once_the_network_is_online(evaluated: dict[str, Any]) -> None:
+    """The unit wants and is ordered after network-online.target, and starts at boot."""
+    service = evaluated["minimal"]["service"]
+    assert "network-online.target" in service["wants"]
+    assert "network-online.target" in service["after"]
+    assert service["wantedBy"] == ["multi-user.target"]
+
+
+def test_the_seed_is_passed_as_a_systemd_credential(evaluated: dict[str, Any]) -> None:
+    """The seed is loaded with LoadCredential and its path never reaches the command line."""
+    service = evaluated["full"]["service"]
+    assert service["serviceConfig"]["LoadCredential"] == f"nkey:{SEED}"
+    exec_start = service["serviceConfig"]["ExecStart"]
+    assert " --nkey-file %d/nkey" in exec_start
+    assert SEED not in exec_start
+
+
+def test_the_state_directory_is_created_by_systemd(evaluated: dict[str, Any]) -> None:
+    """StateDirectory names stateDir below /var/lib, private to root, and --state-dir matches."""
+    for case, directory in (("minimal", "fleet-deploy"), ("full", "fleet-deploy-prod")):
+        service = evaluated[case]["service"]
+        assert service["serviceConfig"]["StateDirectory"] == directory
+        assert service["serviceConfig"]["StateDirectoryMode"] == "0700"
+        assert _flags(service)["--state-dir"] == [f"/var/lib/{directory}"]
+
+
+def test_the_rebuild_finds_nix_git_and_nixos_rebuild(evaluated: dict[str, Any]) -> None:
+    """The unit's PATH holds nix, git and nixos-rebuild for the rebuilds it runs."""
+    names = {entry.rsplit("-", 1)[-1] for entry in evaluated["minimal"]["service"]["path"]}
+    assert {"nix", "git", "rebuild"} <= names
+
+
+def test_logs_go_to_the_journal(evaluated: dict[str, Any]) -> None:
+    """Output is left to systemd's default, the journal, and tagged with the unit's name."""
+    config = evaluated["full"]["service"]["serviceConfig"]
+    assert config.get("StandardOutput", "journal") == "journal"
+    assert config.get("StandardError", "inherit") in {"inherit", "journal"}
+    assert config["SyslogIdentifier"] == "fleet-deploy-listener"
+
+
+def test_environment_reaches_the_unit(evaluated: dict[str, Any]) -> None:
+    """The environment option becomes the unit's environment."""
+    service = evaluated["full"]["service"]
+    assert service["environment"] == FULL["environment"]
+
+
+def test_option_values_cannot_become_systemd_specifiers(evaluated: dict[str, Any]) -> None:
+    """`%` and `$` in option values are escaped, so systemd passes them through unchanged."""
+    config = evaluated["escaping"]["service"]["serviceConfig"]
+    assert '"git+https://git.example.com/fleet%%20configs.git"' in config["ExecStart"]
+    assert '"nixos-rebuild --option cores $$CORES"' in config["ExecStart"]
+    assert config["LoadCredential"] == "nkey:/run/secrets/fleet%%deploy.seed"
+
+
+def test_a_disabled_listener_defines_no_unit(evaluated: dict[str, Any]) -> None:
+    """With enable = false the module adds no service and no assertion."""
+    assert evaluated["disabled"]["service"] is None
+    assert evaluated["disabled"]["failedAssertions"] == []
+
+
+# --- assertions and types ----------------------------------------------------------------
+
+
+def test_valid_configurations_pass_every_assertion(evaluated: dict[str, Any]) -> None:
+    """The full, minimal and escaping configurations trip no assertion."""
+    for case in ("full", "minimal", "escaping"):
+        assert evaluated[case]["failedAssertions"] == [], case
+
+
+@pytest.mark.parametrize("label", list(BAD_SETTINGS))
+def test_a_bad_setting_fails_its_assertion(evaluated: dict[str, Any], label: str) -> None:
+    """Each bad setting fails exactly one assertion, naming the option and what to change."""
+    _, fragment = BAD_SETTINGS[label]
+    failed = evaluated[_case_name(label)]["failedAssertions"]
+    assert len(failed) == 1, failed
+    assert fragment in failed[0], failed[0]
+    assert failed[0].startswith(f"{OPT}."), failed[0]
+
+
+def test_an_empty_hostname_points_at_networking_hostname(evaluated: dict[str, Any]) -> None:
+    """With networking.hostName empty and no hostname set, the assertion says to set either."""
+    (message,) = evaluated["no-hostname"]["failedAssertions"]
+    assert 'hostname is ""' in message
+    assert "networking.hostName" in message
+
+
+@pytest.mark.parametrize("label", list(BAD_TYPES))
+def test_a_bad_option_type_is_rejected(lib_dir: Path, label: str) -> None:
+    """A value of the wrong type stops evaluation with an error naming the option."""
+    override, fragment = BAD_TYPES[label]
+    result = _eval_cases(lib_dir, {"case": {"listener": {**MINIMAL, **override}}})
+    assert result.returncode != 0, result.stdout
+    assert fragment in result.stderr, result.stderr
+
+
+# --- the flake, the Python overlay and the VM test, against stand-ins for nixpkgs ---------
+
+FLAKE_EXPR = """
+{ libDir, repo }:
+let
+  lib = import libDir;
+  flake = import (repo + "/flake.nix");
+  systems = [ "x86_64-linux" "aarch64-linux" ];
+  nixpkgs = {
+    inherit lib;
+    legacyPackages = lib.genAttrs systems (_: throw "nixpkgs is not available here");
+  };
+  self = flake.outputs { inherit self nixpkgs; };
+  names = builtins.mapAttrs (_: builtins.attrNames);
+in
+{
+  inputs = builtins.attrNames flake.inputs;
+  outputs = builtins.attrNames self;
+  packages = names self.packages;
+  apps = names self.apps;
+  appType = self.apps.x86_64-linux.default.type;
+  devShells = names self.devShells;
+  checks = names self.checks;
+  formatter = builtins.attrNames self.formatter;
+  nixosModules = builtins.attrNames self.nixosModules;
+  overlays = builtins.attrNames self.overlays;
+}
+"""
+
+
+def test_the_flake_declares_its_outputs_for_both_systems(lib_dir: Path) -> None:
+    """flake.nix offers package, app, module, dev shell, formatter and checks on both Linuxes."""
+    flake = _eval_expr(FLAKE_EXPR, lib_dir)
+    systems = ["aarch64-linux", "x86_64-linux"]
+    assert flake["inputs"] == ["nixpkgs"]
+    assert set(flake["outputs"]) >= {
+        "packages",
+        "apps",
+        "nixosModules",
+        "devShells",
+        "formatter",
+        "checks",
+    }
+    assert flake["packages"] == {s: ["default", "fleet-deploy"] for s in systems}
+    assert flake["apps"] == {s: ["default"] for s in systems}
+    assert flake["appType"] == "app"
+    assert flake["devShells"] == {s: ["default"] for s in systems}
+    assert flake["checks"] == {s: ["package", "vm"] for s in systems}
+    assert flake["formatter"] == systems
+    assert flake["nixosModules"] == ["default", "fleet-deploy"]
+
+
+OVERLAY_EXPR = """
+{ libDir, repo }:
+let
+  lib = import libDir;
+  overlay = import (repo + "/nix/python-deps.nix") { inherit lib; };
+  ours = [ "mcp" "mcp-types" "httpx2" "httpcore2" "nats-py" "nkeys" ];
+  leaves = lib.genAttrs [
+    "anyio" "cryptography" "h11" "idna" "jsonschema" "opentelemetry-api" "pydantic" "pyjwt"
+    "pynacl" "python-multipart" "setuptools" "sse-starlette" "starlette" "truststore"
+    "typing-extensions" "typing-inspection" "uvicorn"
+  ] (_: "999");
+  # Like nixpkgs' python-packages.nix: each package comes from callPackage over the final
+  # set, which needs the final set's attribute names before it can say its version.
+  nixpkgsSet =
+    versions: final:
+    lib.mapAttrs (
+      _: version:
+      builtins.seq (builtins.attrNames final) {
+        inherit version;
+        fromNixpkgs = true;
+        optional-dependencies.crypto = [ { pname = "cryptography"; } ];
+      }
+    ) (leaves // versions)
+    // {
+      buildPythonPackage = attrs: attrs // { fromNixpkgs = false; };
+      fetchPypi = attrs: attrs;
+    };
+  describe =
+    versions:
+    let
+      final = lib.fix (self: let prev = nixpkgsSet versions self; in prev // overlay self prev);
+    in
+    lib.genAttrs ours (
+      name:
+      let
+        p = final.${name};
+      in
+      if p.fromNixpkgs then
+        { nixpkgs = p.version; }
+      else
+        {
+          inherit (p) version;
+          src = builtins.removeAttrs p.src [ "hash" ];
+          hash = p.src.hash;
+          dependencies = map (d: d.pname or "nixpkgs") p.dependencies;
+        }
+    );
+in
+{
+  missing = describe { };
+  old = describe {
+    mcp = "2.1.1";
+    mcp-types = "2.1.1";
+    httpx2 = "2.5.0";
+    httpcore2 = "2.5.0";
+    nats-py = "2.15.0";
+    nkeys = "0.1.0";
+  };
+  new = describe {
+    mcp = "2.3.1";
+    mcp-types = "2.3.1";
+    httpx2 = "2.16.2";
+    httpcore2 = "2.16.2";
+    nats-py = "2.16.0";
+    nkeys = "0.2.1";
+  };
+  mixed = describe {
+    mcp = "2.3.1";
+    mcp-types = "2.3.1";
+    httpx2 = "2.5.0";
+    httpcore2 = "2.5.0";
+    nats-py = "2.16.0";
+    nkeys = "0.2.1";
+  };
+}
+"""
+
+
+def test_python_overlay_fills_in_what_nixpkgs_lacks(lib_dir: Path) -> None:
+    """nix/python-deps.nix takes mcp 2.3 and friends from PyPI only where nixpkgs' are too old."""
+    result = _eval_expr(OVERLAY_EXPR, lib_dir)
+    pinned = {
+        "mcp": "2.3.0",
+        "mcp-types": "2.3.0",
+        "httpx2": "2.16.2",
+        "httpcore2": "2.16.2",
+        "nats-py": "2.16.0",
+        "nkeys": "0.2.1",
+    }
+    for scenario in ("missing", "old"):
+        packages = result[scenario]
+        assert {name: p.get("version") for name, p in packages.items()} == pinned
+        for name, package in packages.items():
+            assert package["hash"].startswith("sha256-"), name
+            assert len(package["hash"]) == 51, name
+        assert packages["mcp"]["src"]["format"] == "wheel"
+        assert packages["mcp-types"]["src"]["pname"] == "mcp_types"
+        assert packages["nats-py"]["src"]["pname"] == "nats_py"
+        assert "format" not in packages["nkeys"]["src"]
+        assert {"mcp-types", "httpx2"} <= set(packages["mcp"]["dependencies"])
+        assert "httpcore2" in packages["httpx2"]["dependencies"]
+        assert "nkeys" in packages["nats-py"]["dependencies"]
+    assert all("nixpkgs" in p for p in result["new"].values()), result["new"]
+    mixed = result["mixed"]
+    assert {name for name, p in mixed.items() if "nixpkgs" in p} == {
+        "mcp",
+        "mcp-types",
+        "nats-py",
+        "nkeys",
+    }
+    assert mixed["httpx2"]["version"] == mixed["httpcore2"]["version"] == "2.16.2"
+
+
+PACKAGE_EXPR = """
+{ libDir, repo }:
+let
+  lib = import libDir;
+  fake = pname: { inherit pname; version = "999"; optional-dependencies.crypto = [ ]; };
+  nixpkgsPython = lib.genAttrs [
+    "anyio" "hatchling" "mcp" "mcp-types" "httpx2" "httpcore2" "nats-py" "nkeys" "pydantic"
+    "structlog"
+  ] fake // {
+    buildPythonApplication = attrs: attrs;
+  };
+  python3.override =
+    { self, packageOverrides }:
+    {
+      pkgs = lib.fix (final: nixpkgsPython // packageOverrides final nixpkgsPython);
+    };
+  package = import (repo + "/nix/package.nix") { inherit lib python3; };
+in
+{
+  inherit (package) pname version pyproject pythonImportsCheck;
+  inherit (package.meta) description mainProgram;
+  license = package.meta.license.spdxId;
+  buildSystem = map (p: p.pname) package.build-system;
+  dependencies = map (p: p.pname) package.dependencies;
+}
+"""
+
+
+def test_the_package_follows_pyproject(lib_dir: Path) -> None:
+    """nix/package.nix takes name, version and license from pyproject.toml and its deps."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    package = _eval_expr(PACKAGE_EXPR, lib_dir)
+    assert package["pname"] == project["name"]
+    assert package["version"] == project["version"]
+    assert package["license"] == project["license"]
+    assert package["description"] == project["description"]
+    assert package["pyproject"] is True
+    assert package["buildSystem"] == ["hatchling"]
+    assert package["mainProgram"] in project["scripts"]
+    required = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    assert set(package["dependencies"]) == required
+    packages = {Path(p).name for p in _pyproject_wheel_packages()}
+    assert set(package["pythonImportsCheck"]) == packages
+
+
+def _pyproject_wheel_packages() -> list[str]:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages: list[str] = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    return packages
+
+
+VM_EXPR = """
+{ libDir, repo }:
+let
+  lib = import libDir;
+  pkgs = {
+    inherit lib;
+    testers.runNixOSTest = test: test;
+    writeShellScript = name: _: "/nix/store/00000000000000000000000000000000-${name}";
+    curl = "curl";
+  };
+  test = import (repo + "/nix/tests/vm.nix") {
+    inherit pkgs;
+    module = "fleet-deploy-module";
+    package = "fleet-deploy-package";
+  };
+in
+{
+  inherit (test) name testScript;
+  nodes = builtins.attrNames test.nodes;
+  users = test.nodes.nats.services.nats.settings.authorization.users;
+  listener = builtins.removeAttrs test.nodes.web1.services.fleet-deploy.listener [ "enable" ];
+  seeds = lib.mapAttrsToList (_: f: toString f.source) (
+    test.nodes.web1.environment.etc // test.nodes.deployer.environment.etc
+  );
+}
+"""
+
+
+def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
+    """The VM test has three nodes, a Python script that compiles, and subtests."""
+    vm = _eval_expr(VM_EXPR, lib_dir)
+    assert vm["nodes"] == ["deployer", "nats", "web1"]
+    compile(vm["testScript"], "nix/tests/vm.nix:testScript", "exec")
+    assert vm["testScript"].count("with subtest(") >= 5
+    assert "fleet-deploy deploy" in vm["testScript"]
+    assert vm["listener"]["nkeyFile"].startswith("/etc/")
+    assert sorted(Path(s).name for s in vm["seeds"]) == [
+        "admin-deployer.seed",
+        "listener-web1.seed",
+        "test-deployer.seed",
+    ]
+
+
+def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
+    """The VM's NATS server admits the committed test keys with DESIGN.md §2's permissions."""
+    users = {u["nkey"]: u["permissions"] for u in _eval_expr(VM_EXPR, lib_dir)["users"]}
+
+    def public(name: str) -> str:
+        return (KEYS_DIR / f"{name}.pub").read_text().strip()
+
+    assert users[public("listener-web1")] == {
+        "publish": ["deploy.responses.>", "deploy.discover"],
+        "subscribe": [
+            "deploy.test.web1",
+            "deploy.test.all",
+            "deploy.test.role.web",
+            "deploy.discover",
+        ],
+    }
+    assert users[public("test-deployer")] == {
+        "publish": ["deploy.test.>", "deploy.discover"],
+        "subscribe": ["deploy.responses.>", "deploy.discover"],
+    }
+    assert users[public("admin-deployer")] == {
+        "publish": ["deploy.>"],
+        "subscribe": ["deploy.>"],
+    }
+
+
+def test_the_test_seeds_match_their_public_keys() -> None:
+    """Each committed test-only seed derives the public key the VM's NATS server trusts."""
+    nkeys = pytest.importorskip("nkeys")
+    seeds = sorted(KEYS_DIR.glob("*.seed"))
+    assert len(seeds) == 3
+    for seed in seeds:
+        derived = nkeys.from_seed(bytearray(seed.read_bytes().strip())).public_key.decode()
+        assert derived == seed.with_suffix(".pub").read_text().strip(), seed.name
