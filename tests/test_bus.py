@@ -97,3 +97,16 @@ class TestFlush:
         finally:
             await sender.close()
             await receiver.close()
+
+
+class TestClose:
+    async def test_close_after_the_server_vanished(self, fleet: Fleet) -> None:
+        """Closing a connection whose server died with data pending raises nothing."""
+        bus = await fleet.connect("deployer")
+        fleet.server.stop()
+        await bus.publish("deploy.test.web1", b"{}")
+        with pytest.raises(ConnectionFailed):
+            await bus.flush(timeout=1)
+        await bus.publish("deploy.test.web1", b"{}")
+        await bus.close()
+        await bus.close()

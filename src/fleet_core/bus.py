@@ -207,8 +207,11 @@ class Bus:
             return
         try:
             await self._client.drain()
-        except (TimeoutError, nats.errors.Error):
-            await self._client.close()
+        except (TimeoutError, OSError, nats.errors.Error):
+            # Draining fails when the server is gone; closing then may still hit the dead
+            # socket. Either way nothing more can be delivered.
+            with contextlib.suppress(OSError, nats.errors.Error):
+                await self._client.close()
 
 
 def _auth_message(url: str, seed: Seed) -> str:

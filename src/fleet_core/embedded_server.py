@@ -79,6 +79,9 @@ class EmbeddedNatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # Its own session: a Ctrl-C in a terminal reaches only the program that owns the
+            # server, which stops it last, after its clients have said what they had to say.
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
         self._reader.start()

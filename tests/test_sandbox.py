@@ -1,0 +1,508 @@
+"""``fleet-deploy sandbox`` as a user runs it: a real subprocess, driven through the real CLI.
+
+Readiness is the line the sandbox prints once every listener is subscribed; every wait has a
+deadline and waits for an event (a line, a process exit, a pidfd turning readable), never a
+fixed time. "No process left behind" is checked on the sandbox's whole process tree, taken
+from /proc while it runs: a pidfd per process, opened before the signal, must become readable
+(the process ended) once the sandbox has exited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from fleet_core.errors import UsageError
+from fleet_core.keys import load_seed
+from fleet_core.sandbox import (
+    ADMIN,
+    DEFAULT_HOSTS,
+    READY_LINE,
+    TEST_DEPLOYER,
+    plan_hosts,
+    sandbox_settings,
+)
+from fleet_core.subjects import Tier
+
+from .conftest import scripts_dir
+
+FLEET_DEPLOY = str(scripts_dir() / "fleet-deploy")
+_URL = re.compile(r"nats://127\.0\.0\.1:\d+")
+_DIRECTORY = re.compile(r"^\s+directory\s+(\S+)")
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLEET_DEPLOY_")}
+
+
+class Lines:
+    """A process's stdout, line by line, read by a thread so that waits can have deadlines."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, limit: float = 30.0) -> re.Match[str]:
+        """The first new line matching ``pattern``; fails at the deadline or at end of output."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                pytest.fail(f"no line matching {pattern!r} within {limit} s:\n" + self.text())
+            if line is None:
+                pytest.fail(f"output ended without {pattern!r}:\n" + self.text())
+            self.seen.append(line)
+            match = compiled.search(line)
+            if match:
+                return match
+
+    def rest(self, limit: float = 10.0) -> str:
+        """Everything up to the end of the output."""
+        self._thread.join(limit)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.seen.append(line)
+        return self.text()
+
+    def text(self) -> str:
+        return "\n".join(self.seen)
+
+
+class RunningSandbox:
+    """A ``fleet-deploy sandbox`` subprocess in a session of its own, up to its ready line."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.stderr_path = tmp_path / f"sandbox-{time.monotonic_ns()}.err"
+        with self.stderr_path.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [FLEET_DEPLOY, "sandbox", "--port", "0", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=clean_env(),
+                start_new_session=True,
+            )
+        assert self.process.stdout is not None
+        self.lines = Lines(self.process.stdout)
+        self.lines.wait_for(READY_LINE)
+        banner = self.lines.text()
+        match = _URL.search(banner)
+        assert match, banner
+        self.url = match.group(0)
+        self.directory = next(
+            Path(m.group(1)) for line in self.lines.seen if (m := _DIRECTORY.match(line))
+        )
+
+    def key(self, name: str) -> Path:
+        return self.directory / "keys" / f"{name}.seed"
+
+    def cli(self, *args: str, key: str = TEST_DEPLOYER) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [FLEET_DEPLOY, *args, "--nats-url", self.url, "--nkey-file", str(self.key(key))],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+            check=False,
+        )
+
+    def popen_cli(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                FLEET_DEPLOY,
+                *args,
+                "--nats-url",
+                self.url,
+                "--nkey-file",
+                str(self.key(TEST_DEPLOYER)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=clean_env(),
+        )
+
+    def tree(self) -> dict[int, str]:
+        """Every live process descended from the sandbox: pid → command line."""
+        return descendants(self.process.pid)
+
+    def stop(self, signum: signal.Signals, *, group: bool = False, limit: float = 20.0) -> int:
+        if group:
+            os.killpg(self.process.pid, signum)  # what Ctrl-C in its terminal does
+        else:
+            self.process.send_signal(signum)  # what kill(1) or systemd does
+        code = self.process.wait(limit)
+        self.lines.rest()
+        return code
+
+    def errors(self) -> str:
+        return self.stderr_path.read_text()
+
+    def cleanup(self) -> None:
+        """After a failed test: kill whatever is left, so one failure does not leak processes."""
+        if self.process.poll() is None:
+            for pid in self.tree():
+                _kill(pid)
+            self.process.kill()
+            self.process.wait(10)
+        self.lines.rest(2)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(pid, signal.SIGKILL)
+
+
+def descendants(root: int) -> dict[int, str]:
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # it ended while we looked
+            continue
+        pid = int(entry.name)
+        fields = stat.rpartition(")")[2].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(pid)
+        commands[pid] = command.replace(b"\0", b" ").decode(errors="replace").strip()
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = commands[child]
+            todo.append(child)
+    return found
+
+
+class PidWatch:
+    """pidfds opened on processes while they run; ``still_running`` waits for them to end."""
+
+    def __init__(self, pids: dict[int, str]) -> None:
+        self.fds: dict[int, tuple[int, str]] = {}
+        for pid, command in pids.items():
+            try:
+                self.fds[pid] = (os.pidfd_open(pid), command)
+            except ProcessLookupError:  # already gone: nothing to wait for
+                continue
+
+    def still_running(self, limit: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + limit
+        pending = dict(self.fds)
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([fd for fd, _ in pending.values()], [], [], remaining)
+            pending = {pid: v for pid, v in pending.items() if v[0] not in ready}
+        return [f"{pid} {command}" for pid, (_, command) in pending.items()]
+
+    def close(self) -> None:
+        """Close the pidfds, killing first whatever still runs (after a failed assertion)."""
+        for fd, _ in self.fds.values():
+            with contextlib.suppress(ProcessLookupError):  # it ended, as it should have
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
+
+
+@pytest.fixture
+def start_sandbox(tmp_path: Path) -> Iterator[type[RunningSandbox]]:
+    started: list[RunningSandbox] = []
+
+    class Tracked(RunningSandbox):
+        def __init__(self, tmp: Path, *args: str) -> None:
+            super().__init__(tmp, *args)
+            started.append(self)
+
+    yield Tracked
+    for sandbox in started:
+        sandbox.cleanup()
+
+
+def wait_until_hosts_run(deploy: subprocess.Popen[str], hosts: set[str]) -> Lines:
+    """Read a deploy's live lines until each of ``hosts`` reported rebuild output."""
+    assert deploy.stdout is not None
+    lines = Lines(deploy.stdout)
+    running: set[str] = set()
+    while running != hosts:
+        running.add(lines.wait_for(r"^\s+(\S+)\s+progress\s").group(1))
+    return lines
+
+
+TEST_HOSTS = {h.name for h in plan_hosts(DEFAULT_HOSTS) if h.tier is Tier.TEST}
+
+
+class TestPlanAndSettings:
+    def test_default_plan_tells_the_whole_story(self) -> None:
+        """Six hosts: both tiers, a role shared by two hosts of a tier, exactly one that fails."""
+        plan = plan_hosts(DEFAULT_HOSTS)
+        assert len(plan) == 6
+        assert {h.tier for h in plan} == {Tier.TEST, Tier.PROD}
+        web_test = [h.name for h in plan if h.tier is Tier.TEST and h.role == "web"]
+        assert len(web_test) == 2
+        failing = [h for h in plan if h.fails]
+        assert len(failing) == 1 and failing[0].tier is Tier.TEST
+
+    def test_larger_plans_have_unique_names(self) -> None:
+        """Any size up to the maximum gets distinct hostnames in both tiers."""
+        plan = plan_hosts(50)
+        assert len({h.name for h in plan}) == 50
+        assert {h.tier for h in plan[6:]} == {Tier.TEST, Tier.PROD}
+
+    @pytest.mark.parametrize(
+        ("flags", "message"),
+        [
+            ({"hosts": "2"}, "--hosts must be 3 to 50"),
+            ({"hosts": "many"}, "--hosts must be a whole number"),
+            ({"port": "70000"}, "--port must be 0"),
+            ({"sim_delay": "-1"}, "--sim-delay must be 0 to 60"),
+        ],
+    )
+    def test_bad_flags_are_usage_errors(self, flags: dict[str, str], message: str) -> None:
+        """Out-of-range or malformed flags raise a UsageError that names the flag."""
+        options: dict[str, str | None] = {
+            "hosts": None,
+            "port": None,
+            "directory": None,
+            "sim_delay": None,
+        }
+        options.update(flags)
+        with pytest.raises(UsageError, match=re.escape(message)):
+            sandbox_settings(once=False, **options)
+
+    def test_tour_defaults_to_a_free_port(self) -> None:
+        """--once picks a free port by default; the long-lived sandbox defaults to 4222."""
+        common: dict[str, str | None] = {
+            "hosts": None,
+            "port": None,
+            "directory": None,
+            "sim_delay": None,
+        }
+        assert sandbox_settings(once=True, **common).port == 0
+        assert sandbox_settings(once=False, **common).port == 4222
+
+
+class TestSandbox:
+    def test_serves_discovery_and_a_deploy_then_sigterm_stops_everything(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """The CLI discovers all six hosts and deploys the test tier (web2 fails with its nix
+        error); SIGTERM then ends the sandbox with 0, leaving no process and keeping --dir."""
+        sandbox = start_sandbox(tmp_path, "--dir", str(tmp_path / "sbx"))
+        assert sandbox.directory == tmp_path / "sbx"
+        assert "mcpServers" in sandbox.lines.text()
+
+        hosts = sandbox.cli("hosts", "--json")
+        assert hosts.returncode == 0, hosts.stderr
+        found = {h["hostname"]: h["tier"] for h in json.loads(hosts.stdout)}
+        assert found == {h.name: h.tier.value for h in plan_hosts(DEFAULT_HOSTS)}
+
+        deploy = sandbox.cli("deploy", "deploy.test.all", "--json")
+        assert deploy.returncode == 1, deploy.stderr
+        result = json.loads(deploy.stdout)
+        statuses = {h["hostname"]: (h["status"], h["error"]) for h in result["hosts"]}
+        assert statuses == {
+            "web1": ("completed", None),
+            "db1": ("completed", None),
+            "web2": ("failed", "build_failed"),
+        }
+        web2 = next(h for h in result["hosts"] if h["hostname"] == "web2")
+        assert "undefined variable 'webroot'" in web2["message"]
+        assert any("hosts/web2/nginx.nix" in line for line in web2["log_tail"])
+
+        watch = PidWatch(sandbox.tree())
+        try:
+            assert any("nats-server" in command for _, command in watch.fds.values())
+            assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
+            assert watch.still_running() == []
+        finally:
+            watch.close()
+        assert "sandbox stopped (SIGTERM)" in sandbox.lines.text()
+        assert load_seed(sandbox.key(TEST_DEPLOYER)).public_key  # kept, still 0600
+        assert "Traceback" not in sandbox.errors()
+
+    def test_ctrl_c_during_a_deploy_ends_every_process_and_removes_the_directory(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """SIGINT to the sandbox's process group (Ctrl-C) while three rebuilds run: it exits
+        0, no rebuild, no nats-server is left, and its temporary directory is gone."""
+        sandbox = start_sandbox(tmp_path, "--sim-delay", "5")
+        deploy = sandbox.popen_cli("deploy", "deploy.test.all")
+        try:
+            wait_until_hosts_run(deploy, TEST_HOSTS)
+            tree = sandbox.tree()
+            rebuilds = [c for c in tree.values() if "nixos-rebuild" in c]
+            assert len(rebuilds) == len(TEST_HOSTS), tree
+            watch = PidWatch(tree)
+            try:
+                assert sandbox.stop(signal.SIGINT, group=True) == 0, sandbox.errors()
+                assert watch.still_running() == []
+            finally:
+                watch.close()
+        finally:
+            deploy.kill()  # its server is gone: it would wait for the hosts to go silent
+            deploy.wait(10)
+            assert deploy.stdout is not None
+            deploy.stdout.close()
+        assert "sandbox stopped (SIGINT)" in sandbox.lines.text()
+        assert not sandbox.directory.exists()
+        assert "Traceback" not in sandbox.errors()
+
+    def test_sigterm_during_a_deploy_tells_the_deployer_cancelled(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """SIGTERM to the sandbox alone while rebuilds run: each host reports failed/cancelled
+        to the waiting deployer before the server stops, and no process is left."""
+        sandbox = start_sandbox(tmp_path, "--sim-delay", "5")
+        deploy = sandbox.popen_cli("deploy", "deploy.test.all")
+        assert deploy.stdout is not None
+        try:
+            lines = wait_until_hosts_run(deploy, TEST_HOSTS)
+            watch = PidWatch(sandbox.tree())
+            try:
+                assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
+                assert watch.still_running() == []
+            finally:
+                watch.close()
+            assert deploy.wait(30) == 1
+            output = lines.rest()
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+                deploy.wait(10)
+            deploy.stdout.close()
+        for host in TEST_HOSTS:
+            assert re.search(rf"^\s+{host}\s+failed\s+cancelled:", output, re.M), output
+        assert not sandbox.directory.exists()
+
+    def test_nats_config_reproduces_the_sandbox_server_config(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """`nats-config` on the sandbox's saved inventory writes the config its server runs."""
+        sandbox = start_sandbox(tmp_path, "--dir", str(tmp_path / "sbx"), "--hosts", "3")
+        try:
+            inventory = sandbox.directory / "inventory.toml"
+            rendered = subprocess.run(
+                [FLEET_DEPLOY, "nats-config", str(inventory)],
+                capture_output=True,
+                text=True,
+                env=clean_env(),
+                timeout=30,
+                check=True,
+            )
+            running = (sandbox.directory / "nats" / "nats-server.conf").read_text()
+            assert rendered.stdout == running
+            assert inventory.read_text().count("[hosts.") == 3
+        finally:
+            assert sandbox.stop(signal.SIGINT) == 0
+
+    def test_second_sandbox_in_same_dir_is_refused_and_keys_are_reused(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """While one sandbox runs in a --dir another is refused (exit 2); the next one there
+        reuses its keys, so a pasted MCP config keeps working."""
+        directory = tmp_path / "sbx"
+        first = start_sandbox(tmp_path, "--dir", str(directory), "--hosts", "3")
+        admin_key = load_seed(first.key(ADMIN)).public_key
+        second = subprocess.run(
+            [FLEET_DEPLOY, "sandbox", "--port", "0", "--dir", str(directory)],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=30,
+            check=False,
+        )
+        assert second.returncode == 2
+        assert "another sandbox is running" in second.stderr
+        assert first.stop(signal.SIGINT) == 0
+        third = start_sandbox(tmp_path, "--dir", str(directory), "--hosts", "3")
+        try:
+            assert load_seed(third.key(ADMIN)).public_key == admin_key
+            assert third.cli("hosts", key=ADMIN).returncode == 0
+        finally:
+            assert third.stop(signal.SIGTERM) == 0
+
+    def test_busy_port_is_a_clear_usage_error(self, tmp_path: Path) -> None:
+        """A port another program listens on gives exit 2 and a message naming the port."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = subprocess.run(
+                [FLEET_DEPLOY, "sandbox", "--port", str(port), "--dir", str(tmp_path / "sbx")],
+                capture_output=True,
+                text=True,
+                env=clean_env(),
+                timeout=30,
+                check=False,
+            )
+        assert result.returncode == 2, result.stderr
+        assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+        assert "--port 0" in result.stderr
+
+
+class TestTour:
+    def test_once_runs_the_tour_and_exits_0(self) -> None:
+        """--once discovers, deploys the test tier with live lines, explains web2's failure,
+        shows the test key refused on prod and the admin key allowed, exits 0 and cleans up."""
+        result = subprocess.run(
+            [FLEET_DEPLOY, "sandbox", "--once"],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        for expected in (
+            "1. Who is listening?",
+            "pweb1  prod  web",
+            "web1                 progress",
+            "web2                 failed     build_failed: nixos-rebuild failed (exit 1): "
+            "undefined variable 'webroot'",
+            "--- last output of web2 ---",
+            "refused at once by the NATS server",
+            "permission to publish to 'deploy.prod.all'",
+            "OK: 2 completed",
+            "Tour complete.",
+        ):
+            assert expected in out, out
+        directory = next(Path(m.group(1)) for m in re.finditer(r"directory (\S+)", out))
+        assert not directory.exists()
