@@ -137,15 +137,25 @@ def _add_hosts(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=_hosts)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from fleet_core import __version__
+class _VersionAction(argparse.Action):
+    """``--version``, looking the version up only when asked."""
 
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from fleet_core import __version__
+
+        parser.exit(message=f"{parser.prog} {__version__}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleet-deploy",
         description="Deploy NixOS configurations to a fleet over NATS.",
         epilog="Run 'fleet-deploy COMMAND --help' for the flags of a command.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_listener(commands)
     _add_deploy(commands)

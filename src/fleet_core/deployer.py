@@ -8,6 +8,7 @@ host is final. It returns the moment that happens, never waiting out a timeout i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -15,9 +16,8 @@ import uuid
 from collections.abc import Callable, Iterable
 
 import anyio
-import anyio.abc
 import structlog
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from fleet_core.bus import Bus, Message
 from fleet_core.errors import PermissionDenied, RequestRejected, UsageError
@@ -129,12 +129,26 @@ class Deployer:
                     now=now,
                 )
 
-            def report(changed: Iterable[HostResult], now: float) -> None:
-                if on_update is None:
+            def report(changed: list[HostResult], now: float) -> None:
+                if on_update is None or not changed:
                     return
                 current = snapshot(now)
                 for host in changed:
                     on_update(host, current)
+
+            def take(event: _Event, now: float) -> list[HostResult]:
+                if isinstance(event, PermissionDenied):
+                    raise event
+                if event.no_responders:
+                    return tracker.nobody_listens(now)
+                status = parse_status(event.data)
+                if status is None:
+                    bound.warning("status_ignored", size=len(event.data))
+                    return []
+                if status.request_id not in (None, deployment_id):
+                    return []  # a late status of another deployment on a reused subject
+                changed = tracker.observe(status, now)
+                return [changed] if changed is not None else []
 
             request = {
                 "action": action.value,
@@ -146,23 +160,19 @@ class Deployer:
             await self._bus.publish(target.subject, json.dumps(request).encode(), reply=reply)
             await self._bus.flush()
             while not tracker.done:
-                now = time.monotonic()
-                with anyio.move_on_after(max(0.0, tracker.next_check() - now)):
-                    event = await events.receive()
+                changed: list[HostResult] = []
+                with anyio.move_on_after(max(0.0, tracker.next_check() - time.monotonic())):
+                    batch = [await events.receive()]
+                    # Take everything that is already here before reporting once.
+                    with contextlib.suppress(anyio.WouldBlock):
+                        while True:
+                            batch.append(events.receive_nowait())
                     now = time.monotonic()
-                    if isinstance(event, PermissionDenied):
-                        raise event
-                    if event.no_responders:
-                        report(tracker.nobody_listens(now), now)
-                    else:
-                        status = parse_status(event.data)
-                        if status is None:
-                            bound.warning("status_ignored", size=len(event.data))
-                        elif status.request_id in (None, deployment_id):
-                            changed = tracker.observe(status, now)
-                            report([changed] if changed else [], now)
+                    for event in batch:
+                        changed += take(event, now)
                 now = time.monotonic()
-                report(tracker.expire(now), now)
+                changed += tracker.expire(now)
+                report(changed, now)
             result = snapshot(time.monotonic())
         bound.info("deploy_done", ok=result.ok, counts=result.counts)
         return result
@@ -188,7 +198,7 @@ class _Inbox:
         self._reply = reply
         self._watched = watched
 
-    async def __aenter__(self) -> anyio.abc.ObjectReceiveStream[_Event]:
+    async def __aenter__(self) -> MemoryObjectReceiveStream[_Event]:
         send: MemoryObjectSendStream[_Event]
         send, self._receive = anyio.create_memory_object_stream[_Event](math.inf)
 

@@ -1,0 +1,727 @@
+"""Fan-out benchmark: deploy to N simulated hosts, against a raw nats-py gather in the same run.
+
+For each N (10, 100, 1000) one real nats-server is started with the tiered authorization of
+DESIGN §2 (one permission block per host, rendered by ``natsconfig.render_authorization``),
+N listener keys and a test-tier deployer key. Two fleets are measured, one after the other:
+
+``listeners``
+    N real ``fleet_core.listener.Listener`` objects in this process, each on its own
+    ``Bus`` connection with its own key, sharing ``InstantRebuilder`` (exit 0 at once). Each
+    job still costs what it costs on a host: request validation, three statuses, structlog
+    lines (JSON, info level, to /dev/null) and a job directory with request.json and
+    result.json under a temporary state dir.
+``responders``
+    N bare nats-py connections (same keys) that answer a deploy with accepted, started and
+    completed at once, and discovery with a host record: the cheapest possible host, to show
+    what the deployer costs by itself and what the listener costs.
+
+Against each fleet, in shuffled order every round:
+
+``raw``
+    plain nats-py with the deployer's seed: subscribe to a fresh ``deploy.responses.<id>``,
+    publish the same request JSON as the deployer to ``deploy.test.all``, ``json.loads`` each
+    message and stop when every one of the N hosts sent a final status. Timed from just
+    before the publish to the last final status.
+``deploy`` / ``deploy+cb``
+    ``Deployer.deploy(Target.all(Tier.TEST))`` without / with an ``on_update`` callback (the
+    CLI and the MCP server pass one; here it does nothing). A ``Bus`` subclass notes when the
+    deployer publishes the request, which splits the call into the discovery window
+    (call → publish) and the gather (publish → return, the figure compared with ``raw``).
+    Every run must return ``ok`` with all N hosts.
+``discover`` / ``raw-discover`` (listeners only)
+    ``Deployer.discover(Tier.TEST)`` — the window closes ``discovery_quiet`` after the last
+    reply — against a raw gather of N discovery replies.
+
+Run ``python bench/fanout.py`` (about 3 minutes) or ``--quick``; results go to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import os
+import pstats
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO, TypeVar
+
+import anyio
+import anyio.abc
+import nats
+from _results import Stats, load_average, machine, ms, update_section
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from fleet_core.bus import Bus
+from fleet_core.deployer import Deployer
+from fleet_core.embedded_server import EmbeddedNatsServer
+from fleet_core.keys import Seed, generate_seed, write_seed
+from fleet_core.listener import Listener
+from fleet_core.logging import configure_logging
+from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, render_authorization
+from fleet_core.rebuild import Action
+from fleet_core.runner import JobStore, RebuildJob, RebuildResult
+from fleet_core.settings import DeployTiming, ListenerSettings
+from fleet_core.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
+from fleet_core.tracking import DeploymentResult, HostResult
+
+TARGET = Target.all(Tier.TEST)
+FLAKE_URL = "git+https://git.example.invalid/fleet.git"
+FINAL = frozenset({"completed", "failed", "rejected"})
+# Short discovery windows, so discovery does not drown everything else. The window closes
+# DISCOVERY_QUIET after the last reply (the shipped default is 0.3 s).
+TIMING = DeployTiming(
+    answer_within=20.0,
+    silence_limit=60.0,
+    discovery_first=1.0,
+    discovery_quiet=0.1,
+    discovery_cap=5.0,
+)
+T = TypeVar("T")
+RUN_LIMIT = 30.0  # no single measured run may take longer (seconds)
+CONNECT_PARALLEL = 50
+
+
+class InstantRebuilder:
+    """A rebuild that succeeds at once: one output line, exit 0, no subprocess, no log file."""
+
+    async def run(self, job: RebuildJob, on_line: Callable[[str], None]) -> RebuildResult:
+        line = "activating the configuration..."
+        on_line(line)
+        return RebuildResult(exit_code=0, timed_out=False, tail=[line], duration_s=0.0)
+
+
+class TimedBus(Bus):
+    """A ``Bus`` that notes when it last published to each subject (perf_counter seconds)."""
+
+    def __init__(self, client: Client, url: str) -> None:
+        super().__init__(client, url)
+        self.published_at: dict[str, float] = {}
+
+    async def publish(self, subject: str, payload: bytes, *, reply: str | None = None) -> None:
+        self.published_at[subject] = time.perf_counter()
+        await super().publish(subject, payload, reply=reply)
+
+
+@dataclass
+class Keys:
+    hosts: list[tuple[str, Seed]]
+    deployer: Seed
+    directory: Path
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.seed"
+
+
+def make_keys(n: int, directory: Path) -> Keys:
+    directory.mkdir(parents=True)
+    hosts = [(f"h{i:04d}", generate_seed()) for i in range(n)]
+    deployer = generate_seed()
+    for name, seed in [*hosts, ("deployer", deployer)]:
+        write_seed(directory / f"{name}.seed", seed)
+    return Keys(hosts=hosts, deployer=deployer, directory=directory)
+
+
+def server_config(keys: Keys) -> str:
+    inventory = Inventory(
+        hosts=tuple(HostEntry(name=n, tier=Tier.TEST, nkey=s.public_key) for n, s in keys.hosts),
+        deployers=(DeployerEntry(name="bench", access="test", nkey=keys.deployer.public_key),),
+    )
+    return render_authorization(inventory)
+
+
+async def gather_all(
+    count: int, make: Callable[[int], Awaitable[T]], parallel: int = CONNECT_PARALLEL
+) -> list[T]:
+    """``make(0..count-1)`` with at most ``parallel`` at a time, results in order."""
+    results: dict[int, T] = {}
+    limiter = anyio.CapacityLimiter(parallel)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            results[i] = await make(i)
+
+    async with anyio.create_task_group() as tasks:
+        for i in range(count):
+            tasks.start_soon(one, i)
+    return [results[i] for i in range(count)]
+
+
+@asynccontextmanager
+async def listener_fleet(url: str, keys: Keys, state: Path) -> AsyncIterator[list[Listener]]:
+    """N real listeners, each on its own connection, until the block ends."""
+    rebuilder = InstantRebuilder()
+    buses = await gather_all(
+        len(keys.hosts),
+        lambda i: Bus.connect(url, keys.hosts[i][1], name=f"bench listener {keys.hosts[i][0]}"),
+    )
+    listeners = [
+        Listener(
+            ListenerSettings(
+                hostname=name,
+                tier=Tier.TEST,
+                nats_url=url,
+                nkey_file=keys.path(name),
+                flake_url=FLAKE_URL,
+                state_dir=state / name,
+            ),
+            rebuilder,
+        )
+        for name, _ in keys.hosts
+    ]
+    try:
+        async with anyio.create_task_group() as tasks:
+            for listener, bus in zip(listeners, buses, strict=True):
+                await tasks.start(listener.serve, bus)
+            yield listeners
+            tasks.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await gather_all(len(buses), lambda i: buses[i].close())
+
+
+@asynccontextmanager
+async def responder_fleet(url: str, keys: Keys) -> AsyncIterator[None]:
+    """N bare nats-py hosts that answer discovery, and a deploy with three statuses at once."""
+
+    async def start(i: int) -> Client:
+        name, seed = keys.hosts[i]
+        client = await nats.connect(url, nkeys_seed_str=seed.reveal(), name=f"bench raw {name}")
+        info = json.dumps(
+            {
+                "hostname": name,
+                "tier": "test",
+                "role": None,
+                "version": "bench",
+                "busy": False,
+                "deploy_subjects": [f"deploy.test.{name}", TARGET.subject],
+            }
+        ).encode()
+
+        async def on_deploy(msg: Msg) -> None:
+            request = json.loads(msg.data)
+            for status in ("accepted", "started", "completed"):
+                body = {
+                    "hostname": name,
+                    "status": status,
+                    "error": None,
+                    "message": "",
+                    "request_id": request.get("id"),
+                }
+                await client.publish(request["reply_to"], json.dumps(body).encode())
+
+        async def on_discover(msg: Msg) -> None:
+            await client.publish(json.loads(msg.data)["reply_to"], info)
+
+        await client.subscribe(TARGET.subject, cb=on_deploy)
+        await client.subscribe(DISCOVER_SUBJECT, cb=on_discover)
+        await client.flush()
+        return client
+
+    clients = await gather_all(len(keys.hosts), start)
+    try:
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await gather_all(len(clients), lambda i: clients[i].close())
+
+
+def default_state_root() -> Path:
+    shm = Path("/dev/shm")  # noqa: S108 - a private temp dir is made inside it
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def filesystem(path: Path) -> str:
+    """The file system type and mount point that hold ``path`` (Linux), e.g. "tmpfs on /dev/shm"."""
+    best = ("?", "")
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "?"
+    resolved = str(path.resolve())
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point, kind = fields[1], fields[2]
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[1]):
+            best = (kind, point)
+    return f"{best[0]} on {best[1]}"
+
+
+def job_dir_cost(root: Path, jobs: int = 150, keep: int = 50) -> tuple[str, Stats]:
+    """What one job's directory costs a listener (``JobStore.new_job`` + ``finish``)."""
+    store = JobStore(root / "job-dir-cost", keep=keep)
+    request = {
+        "action": "switch",
+        "revision": "master",
+        "reply_to": "deploy.responses.x",
+        "argv": ["nixos-rebuild", "switch", "--flake", FLAKE_URL, "--refresh"],
+    }
+    samples: list[float] = []
+    for i in range(jobs):
+        started = time.perf_counter()
+        directory = store.new_job(f"{i:06d}", request)
+        store.finish(directory, {"status": "completed", "error": None, "exit_code": 0})
+        samples.append(time.perf_counter() - started)
+    return filesystem(root), Stats(samples[keep:])  # steady state: each new job prunes one
+
+
+# -- the measurements -------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """Durations of one measurement (seconds), and those of its parts."""
+
+    total: list[float] = field(default_factory=list)
+    parts: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, total: float, **parts: float) -> None:
+        self.total.append(total)
+        for name, value in parts.items():
+            self.parts.setdefault(name, []).append(value)
+
+
+async def raw_gather(client: Client, n: int, subject: str = TARGET.subject) -> float:
+    """Publish the deployer's request JSON and wait for a final status from all N hosts."""
+    request_id = uuid.uuid4().hex
+    reply = RESPONSES_PREFIX + request_id
+    finals: dict[str, str] = {}
+    all_final = anyio.Event()
+
+    async def on_status(msg: Msg) -> None:
+        status = json.loads(msg.data)
+        if status["status"] in FINAL:
+            finals[status["hostname"]] = status["status"]
+            if len(finals) == n:
+                all_final.set()
+
+    subscription = await client.subscribe(reply, cb=on_status)
+    body = json.dumps(
+        {"action": "switch", "revision": "master", "reply_to": reply, "id": request_id}
+    ).encode()
+    try:
+        with anyio.fail_after(RUN_LIMIT):
+            started = time.perf_counter()
+            await client.publish(subject, body, reply=reply)
+            await all_final.wait()
+            elapsed = time.perf_counter() - started
+    finally:
+        await subscription.unsubscribe()
+    bad = {h: s for h, s in finals.items() if s != "completed"}
+    assert not bad, f"raw gather: hosts did not complete: {bad}"
+    return elapsed
+
+
+async def raw_discover(client: Client, n: int) -> float:
+    """Publish a discovery request and wait until all N hosts answered (no quiet window)."""
+    reply = RESPONSES_PREFIX + uuid.uuid4().hex
+    seen: set[str] = set()
+    everyone = anyio.Event()
+
+    async def on_info(msg: Msg) -> None:
+        seen.add(json.loads(msg.data)["hostname"])
+        if len(seen) == n:
+            everyone.set()
+
+    subscription = await client.subscribe(reply, cb=on_info)
+    body = json.dumps({"reply_to": reply, "tier": "test"}).encode()
+    try:
+        with anyio.fail_after(RUN_LIMIT):
+            started = time.perf_counter()
+            await client.publish(DISCOVER_SUBJECT, body, reply=reply)
+            await everyone.wait()
+            elapsed = time.perf_counter() - started
+    finally:
+        await subscription.unsubscribe()
+    return elapsed
+
+
+def _ignore(host: HostResult, result: DeploymentResult) -> None:
+    """The cheapest ``on_update``: what the deployer costs when someone listens."""
+
+
+async def deploy(bus: TimedBus, n: int, *, with_callback: bool) -> tuple[float, float, float]:
+    """One ``Deployer.deploy``; returns (whole call, discovery part, publish → return)."""
+    deployer = Deployer(bus, timing=TIMING)
+    with anyio.fail_after(RUN_LIMIT):
+        started = time.perf_counter()
+        result = await deployer.deploy(
+            TARGET,
+            revision="master",
+            action=Action.SWITCH,
+            timeout=RUN_LIMIT,
+            on_update=_ignore if with_callback else None,
+        )
+        done = time.perf_counter()
+    published = bus.published_at[TARGET.subject]
+    assert result.ok, f"deploy failed: {result.counts}"
+    assert len(result.hosts) == n, f"deploy saw {len(result.hosts)} of {n} hosts"
+    assert all(h.expected for h in result.hosts), "discovery missed hosts (window too short?)"
+    return done - started, published - started, done - published
+
+
+async def discover(bus: TimedBus, n: int) -> float:
+    with anyio.fail_after(RUN_LIMIT):
+        started = time.perf_counter()
+        hosts = await Deployer(bus, timing=TIMING).discover(Tier.TEST)
+        elapsed = time.perf_counter() - started
+    assert len(hosts) == n, f"discovery found {len(hosts)} of {n} hosts"
+    return elapsed
+
+
+async def until_idle(listeners: Sequence[Listener]) -> None:
+    """Wait (with a deadline) until no listener still holds its last job."""
+    with anyio.fail_after(RUN_LIMIT):
+        # Listener offers no "idle" event; its public ``busy`` flag, polled with a deadline.
+        while any(listener.busy for listener in listeners):  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+
+
+# One measured run: its duration and named parts of it (seconds).
+Measure = Callable[[], Awaitable[tuple[float, dict[str, float]]]]
+
+
+async def rounds(
+    measures: dict[str, Measure], runs: int, warmup: int, between: Callable[[], Awaitable[None]]
+) -> dict[str, Series]:
+    """``warmup`` + ``runs`` rounds; each round runs every measurement once, in random order."""
+    series = {name: Series() for name in measures}
+    order = list(measures)
+    rng = random.Random(runs)  # noqa: S311 - shuffling, not secrets
+    for round_no in range(warmup + runs):
+        rng.shuffle(order)
+        for name in order:
+            await between()
+            gc.collect()
+            total, parts = await measures[name]()
+            if round_no >= warmup:
+                series[name].add(total, **parts)
+    return series
+
+
+@dataclass
+class SizeResult:
+    n: int
+    setup_s: dict[str, float]
+    listeners: dict[str, Series]
+    responders: dict[str, Series]
+
+
+async def measure_size(n: int, runs: int, warmup: int, root: Path, state: Path) -> SizeResult:
+    """All measurements at one N on a fresh nats-server; listener state dirs under ``state``."""
+    keys = make_keys(n, root / "keys")
+    server = EmbeddedNatsServer(root / "nats", server_config(keys)).start()
+    setup: dict[str, float] = {}
+    try:
+        bus = await TimedBus.connect(server.url, keys.deployer, name="bench deployer")
+        assert isinstance(bus, TimedBus)
+        raw = await nats.connect(server.url, nkeys_seed_str=keys.deployer.reveal(), name="raw")
+        try:
+            started = time.perf_counter()
+            async with listener_fleet(server.url, keys, state) as listeners:
+                setup["listeners"] = time.perf_counter() - started
+                on_listeners = await _measure_fleet(
+                    bus, raw, n, runs=runs, warmup=warmup, listeners=listeners
+                )
+            started = time.perf_counter()
+            async with responder_fleet(server.url, keys):
+                setup["responders"] = time.perf_counter() - started
+                on_responders = await _measure_fleet(
+                    bus, raw, n, runs=runs, warmup=warmup, listeners=None
+                )
+        finally:
+            await raw.close()
+            await bus.close()
+    finally:
+        server.stop()
+    return SizeResult(n, setup, on_listeners, on_responders)
+
+
+async def _measure_fleet(
+    bus: TimedBus,
+    raw: Client,
+    n: int,
+    *,
+    runs: int,
+    warmup: int,
+    listeners: Sequence[Listener] | None,
+) -> dict[str, Series]:
+
+    async def m_raw() -> tuple[float, dict[str, float]]:
+        return await raw_gather(raw, n), {}
+
+    async def m_deploy() -> tuple[float, dict[str, float]]:
+        total, discovery, gather = await deploy(bus, n, with_callback=False)
+        return total, {"discovery": discovery, "gather": gather}
+
+    async def m_deploy_cb() -> tuple[float, dict[str, float]]:
+        total, discovery, gather = await deploy(bus, n, with_callback=True)
+        return total, {"discovery": discovery, "gather": gather}
+
+    async def m_discover() -> tuple[float, dict[str, float]]:
+        return await discover(bus, n), {}
+
+    async def m_raw_discover() -> tuple[float, dict[str, float]]:
+        return await raw_discover(raw, n), {}
+
+    measures: dict[str, Measure] = {"raw": m_raw, "deploy": m_deploy, "deploy+cb": m_deploy_cb}
+    if listeners is not None:
+        measures |= {"discover": m_discover, "raw-discover": m_raw_discover}
+
+    async def between() -> None:
+        if listeners is not None:
+            await until_idle(listeners)
+
+    return await rounds(measures, runs, warmup, between)
+
+
+# -- profiling --------------------------------------------------------------------------------
+
+
+async def profile(n: int, *, runs: int, root: Path, state: Path, fleet: str, out: TextIO) -> None:
+    """cProfile ``runs`` deploys (with callback) at N; everything in this process is in it."""
+    keys = make_keys(n, root / "keys")
+    server = EmbeddedNatsServer(root / "nats", server_config(keys)).start()
+    try:
+        bus = await TimedBus.connect(server.url, keys.deployer, name="bench deployer")
+        assert isinstance(bus, TimedBus)
+        try:
+            fleet_cm = (
+                listener_fleet(server.url, keys, state)
+                if fleet == "listeners"
+                else responder_fleet(server.url, keys)
+            )
+            async with fleet_cm:
+                await deploy(bus, n, with_callback=True)  # warm-up
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for _ in range(runs):
+                    await deploy(bus, n, with_callback=True)
+                profiler.disable()
+        finally:
+            await bus.close()
+    finally:
+        server.stop()
+    stats = pstats.Stats(profiler, stream=out)
+    print(f"\n== cProfile: {runs} x deploy+cb at N={n} against {fleet} (by tottime) ==", file=out)
+    stats.sort_stats("tottime").print_stats(25)
+    print("== the same by cumulative time ==", file=out)
+    stats.sort_stats("cumulative").print_stats(40)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def _row(label: str, samples: Sequence[float], raw: Sequence[float] | None = None) -> str:
+    s = Stats(samples)
+    ratio = f"{s.median / Stats(raw).median:.2f}x" if raw else ""
+    return f"| {label} | {ms(s.median)} | {ms(s.p90)} | {ms(s.min)} | {s.runs} | {ratio} |"
+
+
+def _fleet_table(result: SizeResult, fleet: str, series: dict[str, Series]) -> list[str]:
+    raw = series["raw"].total
+    lines = [
+        f"**N = {result.n}, {fleet}** (set-up of the N connections: {result.setup_s[fleet]:.2f} s)",
+        "",
+        "| measurement | median ms | p90 ms | min ms | runs | median ÷ raw |",
+        "|---|---:|---:|---:|---:|---:|",
+        _row("raw gather (publish → N final)", raw),
+    ]
+    for name in ("deploy", "deploy+cb"):
+        s = series[name]
+        label = "deploy()" if name == "deploy" else "deploy(on_update=…)"
+        lines += [
+            _row(f"{label}: publish → return", s.parts["gather"], raw),
+            _row(f"{label}: discovery window", s.parts["discovery"]),
+            _row(f"{label}: whole call", s.total, raw),
+        ]
+    if "discover" in series:
+        lines += [
+            _row("raw discovery (publish → N replies)", series["raw-discover"].total),
+            _row("discover() (closes 0.1 s after the last reply)", series["discover"].total),
+        ]
+    return [*lines, ""]
+
+
+def _target(n: int, ratio: float) -> str:
+    if n < 100:
+        return "n/a"
+    return "met" if ratio <= 2 else f"**missed** by {ratio / 2 - 1:.0%}"
+
+
+def _verdict(results: Sequence[SizeResult]) -> list[str]:
+    lines = [
+        "| N | raw gather ms | deploy() gather ms | ratio | deploy(on_update) gather ms "
+        "| ratio | target <= 2x: deploy() / with on_update |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        raw = Stats(r.listeners["raw"].total).median
+        plain = Stats(r.listeners["deploy"].parts["gather"]).median
+        cb = Stats(r.listeners["deploy+cb"].parts["gather"]).median
+        verdict = " / ".join(_target(r.n, value / raw) for value in (plain, cb))
+        lines.append(
+            f"| {r.n} | {ms(raw)} | {ms(plain)} | {plain / raw:.2f}x | {ms(cb)} "
+            f"| {cb / raw:.2f}x | {verdict} |"
+        )
+    lines.append("")
+    lines += [
+        "What the listener and the deployer each cost (medians, publish → N final, ms):",
+        "",
+        "| N | responders: raw | responders: deploy(on_update) | listeners: raw "
+        "| listeners ÷ responders (raw) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rr = Stats(r.responders["raw"].total).median
+        rd = Stats(r.responders["deploy+cb"].parts["gather"]).median
+        lr = Stats(r.listeners["raw"].total).median
+        lines.append(
+            f"| {r.n} | {ms(rr)} | {ms(rd)} ({rd / rr:.2f}x) | {ms(lr)} | {lr / rr:.1f}x |"
+        )
+    return [*lines, ""]
+
+
+def report(
+    results: Sequence[SizeResult],
+    command: str,
+    elapsed: float,
+    job_dirs: dict[str, tuple[str, Stats]],
+    load_before: float,
+) -> str:
+    (state_fs, state_cost), (tmp_fs, tmp_cost) = job_dirs["state root"], job_dirs["temp dir"]
+    lines = [
+        "### Fan-out: deploy to N hosts vs. a raw nats-py gather",
+        "",
+        f"- Machine: {machine(load_before)}",
+        f"- Command: `{command}` ({elapsed:.0f} s); medians over the runs shown, after a "
+        "warm-up; every round runs all measurements in shuffled order.",
+        f"- Deployer timing: discovery_first {TIMING.discovery_first:g} s, "
+        f"discovery_quiet {TIMING.discovery_quiet:g} s (shipped default 0.3 s), "
+        f"discovery_cap {TIMING.discovery_cap:g} s.",
+        "- Everything runs in one process and one event loop (plus nats-server): the N hosts, "
+        "the deployer and the raw client share the CPU, so every figure includes the hosts' "
+        "own work. *Listeners* are real `Listener` objects with an instant rebuild (job "
+        "directory, request.json and result.json written under a temp state dir; structlog "
+        "JSON at info to /dev/null; no rebuild subprocess, no output.log); *responders* are "
+        "bare nats-py clients answering accepted/started/completed at once.",
+        f"- The listeners' state dirs are on {state_fs}, where one job directory "
+        f"(`JobStore.new_job` + `finish`: mkdir, request.json, prune, result.json) costs "
+        f"{ms(state_cost.median)} ms (median); on {tmp_fs} it costs "
+        f"{ms(tmp_cost.median)} ms. A host pays that once per deploy; here N listeners pay "
+        "it one after another in one thread, so a slow state disk would count N times "
+        "(`--state-root DIR` to measure that).",
+        "- *publish → return* starts when the deployer publishes the request (noted by a "
+        "`Bus` subclass) and ends when `deploy()` returns: the gather, comparable with the "
+        "raw gather. *discovery window* is call → publish. `deploy(on_update=…)` passes a "
+        "do-nothing callback, as the CLI and the MCP server pass a real one.",
+        "",
+        "Target: deployer gather at most 2x the raw gather at N = 100 and N = 1000 "
+        "(discovery window aside), both against the same listeners:",
+        "",
+        *_verdict(results),
+        "#### All figures",
+        "",
+    ]
+    for r in results:
+        lines += _fleet_table(r, "listeners", r.listeners)
+        lines += _fleet_table(r, "responders", r.responders)
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="N = 10, 100; 5 runs; ~20 s")
+    parser.add_argument("--sizes", type=int, nargs="+", help="N values (default 10 100 1000)")
+    parser.add_argument("--runs", type=int, help="runs per measurement (default 15; 7 at N≥1000)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured rounds first")
+    parser.add_argument(
+        "--state-root",
+        type=Path,
+        default=default_state_root(),
+        help="where the listeners' state dirs go (default: a temp dir on /dev/shm if it "
+        "exists, so N hosts' job directories, written one after another in this one process, "
+        "cost what they cost on N hosts in parallel: little)",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the report, leave RESULTS.md alone"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="N",
+        help="instead of measuring, cProfile deploys at N and print the hottest functions",
+    )
+    parser.add_argument(
+        "--profile-fleet",
+        choices=("listeners", "responders"),
+        default="responders",
+        help="which fleet --profile deploys to (default: responders, to see the deployer)",
+    )
+    return parser.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> None:
+    load_before = load_average()
+    with (
+        tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp,
+        tempfile.TemporaryDirectory(prefix="fleet-bench-state-", dir=args.state_root) as st,
+    ):
+        if args.profile:
+            await profile(
+                args.profile,
+                runs=args.runs or 5,
+                root=Path(tmp),
+                state=Path(st),
+                fleet=args.profile_fleet,
+                out=sys.stdout,
+            )
+            return
+        job_dirs = {
+            where: job_dir_cost(Path(directory))
+            for where, directory in (("state root", st), ("temp dir", tmp))
+        }
+        sizes = args.sizes or ([10, 100] if args.quick else [10, 100, 1000])
+        results: list[SizeResult] = []
+        started = time.perf_counter()
+        for n in sizes:
+            runs = args.runs or (5 if args.quick else (7 if n >= 1000 else 15))
+            t0 = time.perf_counter()
+            result = await measure_size(
+                n, runs, args.warmup, Path(tmp) / f"n{n}", Path(st) / f"n{n}"
+            )
+            results.append(result)
+            lr = Stats(result.listeners["raw"].total).median
+            ld = Stats(result.listeners["deploy+cb"].parts["gather"]).median
+            print(
+                f"N={n}: raw {ms(lr)} ms, deploy(on_update) gather {ms(ld)} ms "
+                f"({ld / lr:.2f}x) [{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
+        elapsed = time.perf_counter() - started
+    command = " ".join(["python bench/fanout.py", *sys.argv[1:]])
+    text = report(results, command, elapsed, job_dirs, load_before)
+    print("\n" + text)
+    if not args.no_write:
+        update_section("fanout-latency", text)
+        print("\nwritten to bench/RESULTS.md")
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    # Listener logging as on a host (JSON lines at info level), but to /dev/null.
+    with open(os.devnull, "w") as devnull:
+        configure_logging("info", json=True, stream=devnull)
+        anyio.run(main, arguments, backend="asyncio")
