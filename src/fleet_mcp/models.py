@@ -1,0 +1,150 @@
+"""What the MCP tools return: pydantic models (the output schemas) and their summaries (pure).
+
+A tool result is read by a model, so besides the data it carries ``summary`` — one or two
+sentences saying what happened and, when something went wrong, what to look at — and, while a
+deployment is still running, ``next_step``: how to keep waiting for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_core.messages import HostInfo
+from fleet_core.tracking import DeploymentResult, HostResult
+
+__all__ = ["MAX_TAIL_LINES", "DeploymentReport", "HostsReport", "deployment_report", "hosts_report"]
+
+MAX_TAIL_LINES = 50  # nix prints the cause last; fifty lines hold it and its trace
+
+
+class DeploymentReport(BaseModel):
+    """One deployment as the deploy tools and ``deployment_status`` report it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str = Field(description="what happened, in a sentence or two; read this first")
+    state: Literal["running", "finished"] = Field(
+        description="'running' when wait_seconds ran out first: the deployment goes on"
+    )
+    ok: bool = Field(description="true only when every host's final status is completed")
+    deployment_id: str = Field(description="pass to deployment_status to keep waiting")
+    subject: str = Field(description="the NATS subject the request went to")
+    tier: str
+    action: str
+    revision: str = Field(description="the branch, tag or commit deployed")
+    counts: dict[str, int] = Field(description="number of hosts in each state")
+    hosts: list[HostResult] = Field(
+        description="per host: status, error code, message, duration_s and, for a failure, "
+        "the last lines of nixos-rebuild's output (log_tail)"
+    )
+    duration_s: float = Field(description="seconds since the request was published")
+    next_step: str | None = Field(
+        None, description="set while running: how to wait for the rest of the deployment"
+    )
+
+
+class HostsReport(BaseModel):
+    """The listeners that answered discovery."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str
+    tier: str | None = Field(description="the tier asked for; null means both tiers")
+    hosts: list[HostInfo] = Field(
+        description="hostname, tier, role, whether a deploy is running (busy), listener version"
+    )
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no hosts"
+
+
+def _trimmed(host: HostResult) -> HostResult:
+    if len(host.log_tail) <= MAX_TAIL_LINES:
+        return host
+    return host.model_copy(update={"log_tail": host.log_tail[-MAX_TAIL_LINES:]})
+
+
+def _problems(result: DeploymentResult, *, test_only: bool) -> list[str]:
+    """One sentence per host that did not complete, most useful first."""
+    notes: list[str] = []
+    for host in result.hosts:
+        if not host.final or host.status == "completed":
+            continue
+        why = f"{host.error}: {host.message}" if host.error else host.message
+        note = f"{host.hostname} {host.status} ({why})"
+        if host.log_tail:
+            note += "; its log_tail holds the end of nixos-rebuild's output"
+        if host.status == "missing" and result.subject.endswith("." + host.hostname):
+            note += (
+                f"; no {result.tier}-tier listener named {host.hostname} is running — check the "
+                "name with list_hosts"
+            )
+            if test_only:
+                note += " (this tool reaches only the test tier)"
+        notes.append(note)
+    return notes
+
+
+def deployment_report(
+    result: DeploymentResult,
+    *,
+    finished: bool,
+    test_only: bool,
+    wait_hint: float,
+) -> DeploymentReport:
+    """A report for the model from the deployer's result (or its latest snapshot)."""
+    what = f"{result.action} of {result.revision} to {result.subject}"
+    next_step = None
+    if finished:
+        if result.ok:
+            summary = f"{what} finished OK: {_counts(result.counts)} ({result.duration_s:.1f} s)."
+        elif not result.hosts:
+            summary = (
+                f"{what} reached no host: no listener is subscribed to {result.subject}. "
+                "Check the hostname or role with list_hosts."
+            )
+        else:
+            summary = f"{what} finished NOT OK: {_counts(result.counts)}. " + "; ".join(
+                _problems(result, test_only=test_only)
+            )
+            summary = summary.rstrip() + ("" if summary.endswith(".") else ".")
+    else:
+        summary = (
+            f"{what} is still running after {result.duration_s:.0f} s: "
+            f"{_counts(result.counts) if result.hosts else 'waiting for the hosts to answer'}."
+        )
+        next_step = (
+            f"Call deployment_status with deployment_id={result.deployment_id!r} (and "
+            f"wait_seconds up to {wait_hint:g}) to wait for the result. Do not deploy again: "
+            "the deployment keeps running."
+        )
+    return DeploymentReport(
+        summary=summary,
+        state="finished" if finished else "running",
+        ok=result.ok and finished,
+        deployment_id=result.deployment_id,
+        subject=result.subject,
+        tier=result.tier,
+        action=result.action,
+        revision=result.revision,
+        counts=result.counts,
+        hosts=[_trimmed(h) for h in result.hosts],
+        duration_s=result.duration_s,
+        next_step=next_step,
+    )
+
+
+def hosts_report(hosts: Sequence[HostInfo], tier: str | None) -> HostsReport:
+    where = f"the {tier} tier" if tier else "any tier"
+    if not hosts:
+        summary = f"No listener of {where} answered discovery."
+    else:
+        busy = [h.hostname for h in hosts if h.busy]
+        summary = f"{len(hosts)} host(s) of {where} answered" + (
+            f"; busy deploying: {', '.join(busy)}." if busy else "; none is busy."
+        )
+    return HostsReport(summary=summary, tier=tier, hosts=list(hosts))

@@ -1,0 +1,642 @@
+"""The MCP server through real ``mcp.Client`` sessions, against a real nats-server.
+
+In-process sessions run in both protocol eras (the 2026 direct path and the legacy
+initialize handshake); the listeners are real, their rebuild the packaged stand-in. The
+subprocess tests drive the installed ``fleet-mcp`` / ``fleet-deploy mcp`` over stdio and HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp
+import pytest
+from mcp.types import CallToolResult, TextContent
+
+from fleet_core.bus import Bus, Message
+from fleet_core.embedded_server import EmbeddedNatsServer
+from fleet_core.rebuild import Action
+from fleet_core.settings import McpSettings, mcp_settings
+from fleet_mcp.models import DeploymentReport, HostsReport
+from fleet_mcp.server import build_server
+
+from .conftest import FAST, HOSTS, TEST_HOSTS, Fleet, expected_argv, scripts_dir
+
+pytestmark = pytest.mark.anyio
+
+PROD_HOSTS = sorted(h for h in HOSTS if h not in TEST_HOSTS)
+BASE_TOOLS = {"list_hosts", "deploy", "deployment_status"}
+_DEPLOYMENT_ID = re.compile(r"deployment ([0-9a-f]{32})")
+
+
+@pytest.fixture(params=["auto", "legacy"], ids=["modern", "legacy"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Both protocol eras: "auto" is the 2026 direct path in process, "legacy" the handshake."""
+    return str(request.param)
+
+
+def settings_for(
+    fleet: Fleet, *, key: str = "deployer", admin: str | None = None, url: str | None = None
+) -> McpSettings:
+    settings = mcp_settings(
+        nats_url=url or fleet.url,
+        nkey_file=str(fleet.keys[key]),
+        enable_admin=admin is not None,
+        admin_nkey_file=str(fleet.keys[admin]) if admin else None,
+        environ={},
+    )
+    return replace(settings, timing=FAST)
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+
+
+@dataclass
+class Session:
+    """A client session that records every progress notification it receives."""
+
+    client: mcp.Client
+    progress: list[tuple[float, str]] = field(default_factory=list)
+
+    async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        self.progress.append((progress, message or ""))
+
+    async def call(self, tool: str, **arguments: Any) -> CallToolResult:
+        return await self.client.call_tool(tool, arguments, progress_callback=self.on_progress)
+
+    async def deploy(self, tool: str = "deploy", **arguments: Any) -> DeploymentReport:
+        result = await self.call(tool, **arguments)
+        assert not result.is_error, text_of(result)
+        return DeploymentReport.model_validate(result.structured_content)
+
+    async def error(self, tool: str, **arguments: Any) -> str:
+        result = await self.call(tool, **arguments)
+        assert result.is_error, text_of(result)
+        return text_of(result)
+
+    def messages(self) -> list[str]:
+        return [message for _, message in self.progress]
+
+
+@asynccontextmanager
+async def session(
+    settings: McpSettings, mode: str, *, heartbeat: float = 5.0
+) -> AsyncIterator[Session]:
+    server = build_server(settings, heartbeat=heartbeat)
+    async with mcp.Client(server, mode=mode) as client:
+        yield Session(client)
+
+
+@asynccontextmanager
+async def prod_witness(fleet: Fleet) -> AsyncIterator[list[str]]:
+    """Every subject a message was published to under ``deploy.prod.>`` while the block ran."""
+    seen: list[str] = []
+    bus: Bus = await fleet.connect("admin")
+
+    async def record(msg: Message) -> None:
+        seen.append(msg.subject)
+
+    try:
+        subscription = await bus.subscribe("deploy.prod.>", record)
+        await bus.flush()
+        yield seen
+        await bus.flush()
+        await subscription.unsubscribe()
+    finally:
+        await bus.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class TestToolList:
+    async def test_without_admin_key(self, fleet: Fleet, mode: str) -> None:
+        """Without the admin key the tools are list_hosts, deploy and deployment_status."""
+        async with session(settings_for(fleet), mode) as s:
+            tools = {t.name: t for t in (await s.client.list_tools()).tools}
+            instructions = s.client.instructions or ""
+        assert set(tools) == BASE_TOOLS
+        assert "test" in instructions
+        assert "prod" in instructions
+        assert "all=true" in instructions
+
+    async def test_annotations_and_schemas(self, fleet: Fleet, mode: str) -> None:
+        """Reading tools are read-only, deploy tools destructive and closed-world; all typed."""
+        async with session(settings_for(fleet, admin="admin"), mode) as s:
+            tools = {t.name: t for t in (await s.client.list_tools()).tools}
+        for name in ("list_hosts", "deployment_status"):
+            annotations = tools[name].annotations
+            assert annotations is not None
+            assert annotations.read_only_hint is True
+        for name in ("deploy", "deploy_admin"):
+            annotations = tools[name].annotations
+            assert annotations is not None
+            assert annotations.destructive_hint is True
+            assert annotations.open_world_hint is False
+            assert annotations.read_only_hint is False
+        for tool in tools.values():
+            assert tool.output_schema is not None
+            assert "properties" in tool.output_schema
+        deploy_args = tools["deploy"].input_schema["properties"]
+        assert "tier" not in deploy_args
+        assert deploy_args["action"]["enum"] == [a.value for a in Action]
+        assert tools["deploy_admin"].input_schema["required"] == ["tier"]
+
+    async def test_with_admin_key(self, fleet: Fleet, mode: str) -> None:
+        """With --enable-admin and a loadable admin seed, deploy_admin is listed too."""
+        async with session(settings_for(fleet, admin="admin"), mode) as s:
+            names = {t.name for t in (await s.client.list_tools()).tools}
+            instructions = s.client.instructions or ""
+        assert names == BASE_TOOLS | {"deploy_admin"}
+        assert "deploy_admin" in instructions
+
+    async def test_enable_admin_without_key_is_startup_error(self, fleet: Fleet) -> None:
+        """fleet-mcp --enable-admin without an admin key exits 2 and says which flag is missing."""
+        argv = [
+            str(scripts_dir() / "fleet-mcp"),
+            "--enable-admin",
+            "--nats-url",
+            fleet.url,
+            "--nkey-file",
+            str(fleet.keys["deployer"]),
+        ]
+        with anyio.fail_after(30):
+            done = await anyio.run_process(argv, check=False, env=fleet.cli_env())
+        assert done.returncode == 2
+        assert b"--enable-admin needs the admin key" in done.stderr
+        assert b"--admin-nkey-file" in done.stderr
+        assert done.stdout == b""
+
+    async def test_enable_admin_from_environment_without_key(self, fleet: Fleet) -> None:
+        """FLEET_DEPLOY_ENABLE_ADMIN=true, no key: the same startup error via fleet-deploy mcp."""
+        done = await fleet.cli(
+            "mcp",
+            FLEET_DEPLOY_NATS_URL=fleet.url,
+            FLEET_DEPLOY_NKEY_FILE=str(fleet.keys["deployer"]),
+            FLEET_DEPLOY_ENABLE_ADMIN="true",
+        )
+        assert done.returncode == 2
+        assert b"needs the admin key" in done.stderr
+
+    async def test_unloadable_admin_key_is_startup_error(self, fleet: Fleet) -> None:
+        """An admin seed others can read is refused at start, with the chmod that fixes it."""
+        fleet.keys["admin"].chmod(0o644)
+        argv = [
+            str(scripts_dir() / "fleet-mcp"),
+            "--enable-admin",
+            "--admin-nkey-file",
+            str(fleet.keys["admin"]),
+            "--nats-url",
+            fleet.url,
+            "--nkey-file",
+            str(fleet.keys["deployer"]),
+        ]
+        with anyio.fail_after(30):
+            done = await anyio.run_process(argv, check=False, env=fleet.cli_env())
+        assert done.returncode == 2
+        assert b"chmod 600" in done.stderr
+
+
+class TestDeploy:
+    async def test_test_host(self, fleet: Fleet, mode: str) -> None:
+        """deploy(hostname=web1) returns a structured result and a progress note per change."""
+        async with fleet.listeners("web1"), session(settings_for(fleet), mode) as s:
+            report = await s.deploy(hostname="web1")
+        assert report.state == "finished"
+        assert report.ok
+        assert (report.subject, report.tier, report.action, report.revision) == (
+            "deploy.test.web1",
+            "test",
+            "switch",
+            "master",
+        )
+        assert report.counts == {"completed": 1}
+        [host] = report.hosts
+        assert host.hostname == "web1"
+        assert host.status == "completed"
+        assert host.final
+        assert host.message.startswith("switch of master done: /nix/store/")
+        assert host.duration_s is not None
+        assert host.duration_s > 0
+        assert report.next_step is None
+        assert "finished OK" in report.summary
+        assert fleet.runs() == [expected_argv("web1")]
+        values = [value for value, _ in s.progress]
+        assert values == sorted(set(values)), "progress must increase with every notification"
+        messages = s.messages()
+        assert all(report.deployment_id in m for m in messages)
+        for status in ("accepted", "started", "completed"):
+            assert any(f"web1 {status}" in m for m in messages), (status, messages)
+
+    async def test_role_branch_and_action(self, fleet: Fleet, mode: str) -> None:
+        """A role deploy passes branch and action through to every test host of the role."""
+        async with fleet.listeners(*HOSTS), session(settings_for(fleet), mode) as s:
+            report = await s.deploy(role="web", branch="release/2024.11", action="boot")
+        assert report.ok
+        assert report.counts == {"completed": 3}
+        assert sorted(fleet.runs()) == sorted(
+            expected_argv(h, "release/2024.11", "boot") for h in ("web1", "web2", "web3")
+        )
+
+    async def test_failing_host_log_tail_reaches_the_model(self, fleet: Fleet, mode: str) -> None:
+        """A host whose build fails reports build_failed, nix's error and the log tail."""
+        async with (
+            fleet.listeners("web1", "web2", sim={"web2": ["--sim-fail"]}),
+            session(settings_for(fleet), mode) as s,
+        ):
+            result = await s.call("deploy", role="web")
+        assert not result.is_error
+        report = DeploymentReport.model_validate(result.structured_content)
+        assert report.state == "finished"
+        assert not report.ok
+        assert report.counts == {"completed": 1, "failed": 1}
+        web2 = next(h for h in report.hosts if h.hostname == "web2")
+        assert web2.status == "failed"
+        assert web2.error == "build_failed"
+        assert "undefined variable 'webroot'" in web2.message
+        assert any("error: undefined variable 'webroot'" in line for line in web2.log_tail)
+        assert "web2 failed" in report.summary
+        assert "log_tail" in report.summary
+        # What a model reads when the client shows it only the text content:
+        assert "error: undefined variable 'webroot'" in text_of(result)
+
+    async def test_list_hosts(self, fleet: Fleet, mode: str) -> None:
+        """list_hosts shows every listener with tier, role, busy and version; tier filters."""
+        async with fleet.listeners(*HOSTS), session(settings_for(fleet), mode) as s:
+            everything = await s.call("list_hosts", tier=None)
+            test_only = await s.call("list_hosts", tier="test")
+        report = HostsReport.model_validate(everything.structured_content)
+        assert sorted(h.hostname for h in report.hosts) == sorted(HOSTS)
+        pweb1 = next(h for h in report.hosts if h.hostname == "pweb1")
+        assert (pweb1.tier, pweb1.role, pweb1.busy) == ("prod", "web", False)
+        assert pweb1.version
+        filtered = HostsReport.model_validate(test_only.structured_content)
+        assert sorted(h.hostname for h in filtered.hosts) == TEST_HOSTS
+        assert filtered.tier == "test"
+        assert fleet.runs() == []
+
+
+class TestProductionIsOutOfReach:
+    """``deploy`` never reaches prod — even when the server's key could (the admin key)."""
+
+    @pytest.mark.parametrize("key", ["deployer", "admin"])
+    @pytest.mark.parametrize(
+        ("arguments", "reached"),
+        [
+            ({"hostname": "pweb1"}, []),
+            ({"hostname": "pdb1"}, []),
+            ({"role": "web"}, ["web1", "web2", "web3"]),
+            ({"all": True}, TEST_HOSTS),
+        ],
+        ids=["prod-hostname", "prod-hostname-2", "role-shared-with-prod", "all"],
+    )
+    async def test_targets(
+        self, fleet: Fleet, mode: str, key: str, arguments: dict[str, Any], reached: list[str]
+    ) -> None:
+        """Prod hostnames, a role prod shares, and all: only test hosts run, prod sees nothing."""
+        async with (
+            fleet.listeners(*HOSTS),
+            prod_witness(fleet) as prod_subjects,
+            session(settings_for(fleet, key=key), mode) as s,
+        ):
+            report = await s.deploy(**arguments)
+        assert report.tier == "test"
+        assert report.subject.startswith("deploy.test.")
+        assert fleet.hosts_run() == reached
+        assert prod_subjects == []
+        if not reached:
+            [host] = report.hosts
+            assert host.status == "missing"
+            assert not report.ok
+            assert "list_hosts" in report.summary
+            assert "test tier" in report.summary
+
+    @pytest.mark.parametrize(
+        ("arguments", "hint"),
+        [
+            ({"hostname": "pweb1", "tier": "prod"}, "always targets the test tier"),
+            ({"hostname": "deploy.prod.pweb1"}, "invalid hostname"),
+            ({"hostname": "pweb1.>"}, "invalid hostname"),
+            ({"hostname": "*"}, "invalid hostname"),
+            ({"hostname": ">"}, "invalid hostname"),
+            ({"role": "web.>"}, "invalid role"),
+            ({"role": "*"}, "invalid role"),
+            ({"hostname": "all"}, "pass all=true instead"),
+            ({"subject": "deploy.prod.all"}, "has no argument 'subject'"),
+        ],
+    )
+    async def test_hostile_arguments(
+        self, fleet: Fleet, mode: str, arguments: dict[str, Any], hint: str
+    ) -> None:
+        """Subjects, wildcards and a tier smuggled into deploy are tool errors; nothing runs."""
+        async with (
+            fleet.listeners(*PROD_HOSTS),
+            prod_witness(fleet) as prod_subjects,
+            session(settings_for(fleet, key="admin"), mode) as s,
+        ):
+            message = await s.error("deploy", **arguments)
+        assert hint in message
+        assert prod_subjects == []
+        assert fleet.runs() == []
+
+
+class TestArguments:
+    @pytest.mark.parametrize(
+        ("arguments", "hint"),
+        [
+            ({}, "pass exactly one of hostname='web1'"),
+            ({"hostname": "web1", "role": "web"}, "not hostname and role"),
+            ({"hostname": "web1", "all": True}, "not hostname and all"),
+            ({"hostname": "", "role": ""}, "pass exactly one of"),
+            ({"hostname": "web1", "action": "rollback"}, "use one of switch, boot, test"),
+            ({"hostname": "web1", "branch": "--upload-pack=evil"}, "not a branch, tag or full"),
+            ({"hostname": "web1", "branch": "master;reboot"}, "not a branch, tag or full"),
+            ({"hostname": "web1", "branch": "../../etc"}, "not a branch, tag or full"),
+            ({"hostname": "web1", "branch": "main#pdb1"}, "not a branch, tag or full"),
+            ({"hostname": "web1", "wait_seconds": -1}, "wait_seconds"),
+        ],
+    )
+    async def test_bad_arguments_say_what_to_send(
+        self, fleet: Fleet, mode: str, arguments: dict[str, Any], hint: str
+    ) -> None:
+        """Bad targets, actions and branches are tool errors naming what to send instead."""
+        async with fleet.listeners("web1"), session(settings_for(fleet), mode) as s:
+            message = await s.error("deploy", **arguments)
+        assert hint in message
+        assert fleet.runs() == []
+
+    async def test_deploy_admin_needs_a_valid_tier(self, fleet: Fleet, mode: str) -> None:
+        """deploy_admin refuses a tier other than test or prod, and a missing one."""
+        async with session(settings_for(fleet, admin="admin"), mode) as s:
+            assert "tier must be 'test' or 'prod'" in await s.error(
+                "deploy_admin", tier="staging", all=True
+            )
+            assert "tier" in await s.error("deploy_admin", all=True)
+
+
+class TestAdmin:
+    async def test_admin_key_deploys_prod(self, fleet: Fleet, mode: str) -> None:
+        """deploy_admin with the real admin key deploys a prod host."""
+        async with (
+            fleet.listeners("pweb1", "web1"),
+            session(settings_for(fleet, admin="admin"), mode) as s,
+        ):
+            report = await s.deploy("deploy_admin", tier="prod", hostname="pweb1")
+        assert report.ok
+        assert report.subject == "deploy.prod.pweb1"
+        assert fleet.runs() == [expected_argv("pweb1")]
+
+    @pytest.mark.parametrize("target", [{"hostname": "pweb1"}, {"all": True}])
+    async def test_test_tier_key_as_admin_key_is_refused_fast(
+        self, fleet: Fleet, mode: str, target: dict[str, Any]
+    ) -> None:
+        """An "admin" key NATS allows only the test tier gets a clear, fast permission error."""
+        async with (
+            fleet.listeners(*HOSTS),
+            session(settings_for(fleet, admin="deployer"), mode) as s,
+        ):
+            await s.call("list_hosts")  # connected, so the clock measures the refusal only
+            started = anyio.current_time()
+            with anyio.fail_after(10):
+                message = await s.error("deploy_admin", tier="prod", **target)
+            took = anyio.current_time() - started
+        assert "refused" in message
+        assert "admin key" in message
+        assert "nothing was deployed" in message
+        # Well under FAST.answer_within (2 s): the refusal, not a host that never answered.
+        assert took < FAST.discovery_cap + 1.0 if "all" in target else took < 1.0
+        assert fleet.runs() == []
+
+
+class TestWaiting:
+    async def test_pending_then_status(self, fleet: Fleet, mode: str, tmp_path: Path) -> None:
+        """A deploy outlasting wait_seconds returns 'running'; deployment_status gets the end."""
+        release = tmp_path / "release-web1"
+        sim = {"web1": ["--sim-wait-for", str(release)]}
+        async with fleet.listeners("web1", sim=sim), session(settings_for(fleet), mode) as s:
+            pending = await s.deploy(hostname="web1", wait_seconds=1)
+            assert pending.state == "running"
+            assert not pending.ok
+            assert all(not h.final for h in pending.hosts)
+            assert pending.next_step is not None
+            assert "deployment_status" in pending.next_step
+            assert pending.deployment_id in pending.next_step
+            release.touch()
+            final = await s.deploy(
+                "deployment_status", deployment_id=pending.deployment_id, wait_seconds=30
+            )
+        assert final.deployment_id == pending.deployment_id
+        assert final.state == "finished"
+        assert final.ok
+        assert final.counts == {"completed": 1}
+        assert fleet.runs() == [expected_argv("web1")]
+
+    async def test_status_without_id_follows_latest(
+        self, fleet: Fleet, mode: str, tmp_path: Path
+    ) -> None:
+        """deployment_status with no id follows the most recent deployment of the server."""
+        release = tmp_path / "release-web1"
+        sim = {"web1": ["--sim-wait-for", str(release)]}
+        async with fleet.listeners("web1", sim=sim), session(settings_for(fleet), mode) as s:
+            assert "No deployment has been started" in await s.error("deployment_status")
+            pending = await s.deploy(hostname="web1", wait_seconds=0)
+            release.touch()
+            final = await s.deploy("deployment_status", wait_seconds=30)
+        assert final.deployment_id == pending.deployment_id
+        assert final.ok
+
+    async def test_unknown_deployment_id(self, fleet: Fleet, mode: str) -> None:
+        """An id this server never issued is a tool error that says where ids come from."""
+        async with session(settings_for(fleet), mode) as s:
+            message = await s.error("deployment_status", deployment_id="0" * 32)
+        assert "deployment_id from a deploy" in message
+
+    async def test_cancelled_call_stops_waiting_not_the_deployment(
+        self, fleet: Fleet, mode: str, tmp_path: Path
+    ) -> None:
+        """Cancelling the deploy call ends the call; the deployment runs on and completes."""
+        release = tmp_path / "release-web1"
+        sim = {"web1": ["--sim-wait-for", str(release)]}
+        started = anyio.Event()
+        ids: list[str] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            found = _DEPLOYMENT_ID.search(message or "")
+            if found:
+                ids.append(found.group(1))
+            if "web1 started" in (message or ""):
+                started.set()
+
+        async with fleet.listeners("web1", sim=sim), session(settings_for(fleet), mode) as s:
+            call = anyio.CancelScope()
+
+            async def deploy() -> None:
+                with call:
+                    await s.client.call_tool(
+                        "deploy", {"hostname": "web1"}, progress_callback=on_progress
+                    )
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(deploy)
+                with anyio.fail_after(15):
+                    await started.wait()
+                call.cancel()
+            assert call.cancelled_caught
+            release.touch()
+            final = await s.deploy("deployment_status", deployment_id=ids[0], wait_seconds=30)
+        assert final.state == "finished"
+        assert final.ok
+        assert fleet.runs() == [expected_argv("web1")]
+
+    async def test_heartbeat_progress_while_nothing_changes(
+        self, fleet: Fleet, mode: str, tmp_path: Path
+    ) -> None:
+        """While a host is quiet, progress notifications keep coming at the heartbeat."""
+        release = tmp_path / "release-web1"
+        sim = {"web1": ["--sim-wait-for", str(release)]}
+        async with (
+            fleet.listeners("web1", sim=sim),
+            session(settings_for(fleet), mode, heartbeat=0.2) as s,
+        ):
+            pending = await s.deploy(hostname="web1", wait_seconds=2)
+            release.touch()
+            final = await s.deploy("deployment_status", wait_seconds=30)
+        assert pending.state == "running"
+        assert final.ok
+        beats = [m for m in s.messages() if "still running" in m]
+        assert len(beats) >= 2, s.messages()
+
+
+class TestNatsDown:
+    async def test_tools_listed_and_calls_say_nats_is_unreachable(
+        self, fleet: Fleet, mode: str
+    ) -> None:
+        """With NATS down at start the tools are listed; calls are clear tool errors."""
+        url = f"nats://127.0.0.1:{free_port()}"
+        async with session(settings_for(fleet, url=url), mode) as s:
+            names = {t.name for t in (await s.client.list_tools()).tools}
+            listing = await s.error("list_hosts")
+            deploying = await s.error("deploy", hostname="web1")
+        assert names == BASE_TOOLS
+        assert "No NATS connection, so nothing was listed" in listing
+        assert "cannot reach the NATS server" in listing
+        assert url in listing
+        assert "nothing was deployed" in deploying
+
+    async def test_connects_once_nats_comes_up(self, fleet: Fleet, mode: str) -> None:
+        """A NATS server that starts after the MCP server is used on the next call."""
+        port = free_port()
+        settings = settings_for(fleet, url=f"nats://127.0.0.1:{port}")
+        late = EmbeddedNatsServer(
+            fleet.root / "late-nats", fleet.server.config_path.read_text(), port=port
+        )
+        async with session(settings, mode) as s:
+            assert "No NATS connection" in await s.error("list_hosts")
+            late.start()
+            try:
+                result = await s.call("list_hosts")
+            finally:
+                late.stop()
+        assert not result.is_error, text_of(result)
+        assert HostsReport.model_validate(result.structured_content).hosts == []
+
+
+class TestSubprocess:
+    async def test_fleet_mcp_over_stdio(self, fleet: Fleet, mode: str) -> None:
+        """The installed fleet-mcp serves over stdio: tools listed, a test deploy completes."""
+        params = mcp.StdioServerParameters(
+            command=str(scripts_dir() / "fleet-mcp"),
+            args=["--nats-url", fleet.url, "--nkey-file", str(fleet.keys["deployer"])],
+            env=fleet.cli_env(),
+        )
+        notes: list[str] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            notes.append(message or "")
+
+        async with fleet.listeners("web1"), mcp.Client(params, mode=mode) as client:
+            with anyio.fail_after(60):
+                names = {t.name for t in (await client.list_tools()).tools}
+                result = await client.call_tool(
+                    "deploy", {"hostname": "web1"}, progress_callback=on_progress
+                )
+        assert names == BASE_TOOLS
+        assert not result.is_error, text_of(result)
+        report = DeploymentReport.model_validate(result.structured_content)
+        assert report.ok
+        assert report.hosts[0].status == "completed"
+        assert any("web1 completed" in m for m in notes)
+        assert fleet.runs() == [expected_argv("web1")]
+
+    async def test_fleet_deploy_mcp_from_environment(self, fleet: Fleet) -> None:
+        """fleet-deploy mcp reads FLEET_DEPLOY_* and registers deploy_admin with the admin key."""
+        params = mcp.StdioServerParameters(
+            command=str(scripts_dir() / "fleet-deploy"),
+            args=["mcp"],
+            env=fleet.cli_env(
+                FLEET_DEPLOY_NATS_URL=fleet.url,
+                FLEET_DEPLOY_NKEY_FILE=str(fleet.keys["deployer"]),
+                FLEET_DEPLOY_ENABLE_ADMIN="true",
+                FLEET_DEPLOY_ADMIN_NKEY_FILE=str(fleet.keys["admin"]),
+            ),
+        )
+        async with mcp.Client(params) as client:
+            with anyio.fail_after(60):
+                names = {t.name for t in (await client.list_tools()).tools}
+        assert names == BASE_TOOLS | {"deploy_admin"}
+
+    async def test_fleet_mcp_over_streamable_http(self, fleet: Fleet) -> None:
+        """fleet-mcp --http HOST:PORT serves streamable HTTP at /mcp."""
+        port = free_port()
+        argv = [
+            str(scripts_dir() / "fleet-mcp"),
+            "--http",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "info",
+            "--nats-url",
+            fleet.url,
+            "--nkey-file",
+            str(fleet.keys["deployer"]),
+        ]
+        ready = anyio.Event()
+        log = bytearray()
+
+        async def drain(stream: anyio.abc.ByteReceiveStream) -> None:
+            async for chunk in stream:  # read to the end, so the child never blocks on stderr
+                log.extend(chunk)
+                if b"Uvicorn running on" in log:
+                    ready.set()
+
+        async with (
+            fleet.listeners("db1"),
+            await anyio.open_process(argv, env=fleet.cli_env()) as process,
+            anyio.create_task_group() as tasks,
+        ):
+            assert process.stderr is not None
+            tasks.start_soon(drain, process.stderr)
+            try:
+                with anyio.fail_after(30):
+                    await ready.wait()
+                async with mcp.Client(f"http://127.0.0.1:{port}/mcp") as client:
+                    with anyio.fail_after(30):
+                        names = {t.name for t in (await client.list_tools()).tools}
+                        result = await client.call_tool("list_hosts", {"tier": "test"})
+            finally:
+                process.terminate()
+        assert names == BASE_TOOLS
+        report = HostsReport.model_validate(result.structured_content)
+        assert [h.hostname for h in report.hosts] == ["db1"]
