@@ -24,13 +24,16 @@ import pytest
 import structlog
 
 from fleet_core.bus import Bus
+from fleet_core.deployer import Deployer, OnUpdate
 from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
 from fleet_core.listener import Listener
 from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, render_authorization
+from fleet_core.rebuild import Action
 from fleet_core.runner import ProcessRebuilder
 from fleet_core.settings import DeployTiming, ListenerSettings
-from fleet_core.subjects import Tier
+from fleet_core.subjects import Tier, parse_target
+from fleet_core.tracking import DeploymentResult
 
 FLAKE_URL = "git+https://git.example.invalid/fleet.git"
 
@@ -141,6 +144,28 @@ class Fleet:
         finally:
             for bus in buses:
                 await bus.close()
+
+    async def deploy(
+        self,
+        subject: str,
+        *,
+        who: str = "deployer",
+        revision: str = "master",
+        action: Action = Action.SWITCH,
+        on_update: OnUpdate | None = None,
+    ) -> DeploymentResult:
+        """Deploy through the core deployer on a connection of its own, with FAST timing."""
+        bus = await self.connect(who)
+        try:
+            return await Deployer(bus, timing=FAST).deploy(
+                parse_target(subject),
+                revision=revision,
+                action=action,
+                timeout=30,
+                on_update=on_update,
+            )
+        finally:
+            await bus.close()
 
     def runs(self) -> list[list[str]]:
         """The argv of every simulated rebuild so far (without the --sim-* prefix)."""

@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_core.deployer import Deployer
 from fleet_core.rebuild import Action
-from fleet_core.subjects import parse_target
 from fleet_core.tracking import DeploymentResult, HostResult
 
-from .conftest import FAST, HOSTS, TEST_HOSTS, Fleet, expected_argv
+from .conftest import HOSTS, TEST_HOSTS, Fleet, expected_argv
 
 pytestmark = pytest.mark.anyio
-
-
-async def deploy(fleet: Fleet, subject: str, **kwargs: object) -> DeploymentResult:
-    bus = await fleet.connect("deployer")
-    try:
-        options: dict[str, object] = {"revision": "master", "action": Action.SWITCH, "timeout": 30}
-        options.update(kwargs)
-        return await Deployer(bus, timing=FAST).deploy(parse_target(subject), **options)  # type: ignore[arg-type]
-    finally:
-        await bus.close()
 
 
 class TestTargets:
     async def test_one_host(self, fleet: Fleet) -> None:
         """Deploying deploy.test.web1 runs exactly web1's argv and nothing on any other host."""
         async with fleet.listeners(*HOSTS):
-            result = await deploy(fleet, "deploy.test.web1")
+            result = await fleet.deploy("deploy.test.web1")
         assert result.ok and result.done
         assert [h.hostname for h in result.hosts] == ["web1"]
         assert fleet.runs() == [expected_argv("web1")]
@@ -36,7 +24,7 @@ class TestTargets:
     async def test_whole_tier(self, fleet: Fleet) -> None:
         """deploy.test.all reaches every test host and no prod host."""
         async with fleet.listeners(*HOSTS):
-            result = await deploy(fleet, "deploy.test.all")
+            result = await fleet.deploy("deploy.test.all")
         assert result.ok
         assert sorted(h.hostname for h in result.hosts) == TEST_HOSTS
         assert result.counts == {"completed": len(TEST_HOSTS)}
@@ -45,7 +33,7 @@ class TestTargets:
     async def test_role(self, fleet: Fleet) -> None:
         """deploy.test.role.web reaches the test web hosts only, not the prod web host."""
         async with fleet.listeners(*HOSTS):
-            result = await deploy(fleet, "deploy.test.role.web", revision="release/2024.11")
+            result = await fleet.deploy("deploy.test.role.web", revision="release/2024.11")
         assert result.ok
         assert fleet.hosts_run() == ["web1", "web2", "web3"]
         assert sorted(fleet.runs()) == sorted(
@@ -56,7 +44,7 @@ class TestTargets:
         """A full commit hash is passed as rev=, and the requested action is used."""
         commit = "0123456789abcdef0123456789abcdef01234567"
         async with fleet.listeners("db1"):
-            result = await deploy(fleet, "deploy.test.db1", revision=commit, action=Action.BOOT)
+            result = await fleet.deploy("deploy.test.db1", revision=commit, action=Action.BOOT)
         assert result.ok
         assert fleet.runs() == [expected_argv("db1", commit, "boot")]
 
@@ -68,7 +56,7 @@ class TestTargets:
             seen.append(host.status)
 
         async with fleet.listeners("web1"):
-            result = await deploy(fleet, "deploy.test.web1", on_update=on_update)
+            result = await fleet.deploy("deploy.test.web1", on_update=on_update)
         assert result.ok
         assert seen[:2] == ["accepted", "started"]
         assert "progress" in seen

@@ -318,22 +318,13 @@ class TestRebuildOutcomes:
     ) -> None:
         """A rebuild that hangs with a grandchild ends failed/timeout and leaves no process."""
         grandchild = tmp_path / "grandchild.pid"
-        bus = await fleet.connect()
-        try:
-            async with fleet.listeners(
-                "web1",
-                sim={"web1": ["--sim-hang", "--sim-grandchild-pid", str(grandchild)]},
-                timeout=1.0,
-                kill_grace=1.0,
-            ):
-                result = await Deployer(bus, timing=FAST).deploy(
-                    Target.host(Tier.TEST, "web1"),
-                    revision="master",
-                    action=Action.SWITCH,
-                    timeout=30,
-                )
-        finally:
-            await bus.close()
+        async with fleet.listeners(
+            "web1",
+            sim={"web1": ["--sim-hang", "--sim-grandchild-pid", str(grandchild)]},
+            timeout=1.0,
+            kill_grace=1.0,
+        ):
+            result = await fleet.deploy("deploy.test.web1")
         host = result.hosts[0]
         assert (host.status, host.error) == ("failed", "timeout")
         assert "deadline" in host.log_tail[-1]
@@ -343,17 +334,8 @@ class TestRebuildOutcomes:
 
     async def test_failing_rebuild_reports_its_output(self, fleet: Fleet) -> None:
         """A failing rebuild ends failed/build_failed with nix's error in message and log tail."""
-        bus = await fleet.connect()
-        try:
-            async with fleet.listeners("db1", sim={"db1": ["--sim-fail"]}):
-                result = await Deployer(bus, timing=FAST).deploy(
-                    Target.host(Tier.TEST, "db1"),
-                    revision="master",
-                    action=Action.SWITCH,
-                    timeout=30,
-                )
-        finally:
-            await bus.close()
+        async with fleet.listeners("db1", sim={"db1": ["--sim-fail"]}):
+            result = await fleet.deploy("deploy.test.db1")
         host = result.hosts[0]
         assert not result.ok
         assert (host.status, host.error) == ("failed", "build_failed")
@@ -362,17 +344,8 @@ class TestRebuildOutcomes:
 
     async def test_missing_rebuild_program_fails_cleanly(self, fleet: Fleet) -> None:
         """A rebuild command that does not exist fails the job with a clear message."""
-        bus = await fleet.connect()
-        try:
-            async with fleet.listeners("db1", rebuild_command=("/nonexistent/nixos-rebuild",)):
-                result = await Deployer(bus, timing=FAST).deploy(
-                    Target.host(Tier.TEST, "db1"),
-                    revision="master",
-                    action=Action.SWITCH,
-                    timeout=30,
-                )
-        finally:
-            await bus.close()
+        async with fleet.listeners("db1", rebuild_command=("/nonexistent/nixos-rebuild",)):
+            result = await fleet.deploy("deploy.test.db1")
         host = result.hosts[0]
         assert (host.status, host.error) == ("failed", "build_failed")
         assert "cannot start '/nonexistent/nixos-rebuild'" in host.message

@@ -27,7 +27,7 @@ from fleet_core.settings import DeployTiming
 from fleet_core.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
 from fleet_core.tracking import DeploymentResult, DeploymentTracker, HostResult
 
-__all__ = ["Deployer", "new_deployment_id"]
+__all__ = ["Deployer", "OnUpdate", "new_deployment_id"]
 
 log = structlog.get_logger("fleet.deployer")
 
