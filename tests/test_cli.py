@@ -89,6 +89,8 @@ class TestDeployCommand:
         result = json.loads(proc.stdout)
         assert proc.returncode == 1
         assert [(h["hostname"], h["status"]) for h in result["hosts"]] == [("db1", "missing")]
+        # Known at once from the server's no-responders status, not after the answer window.
+        assert result["hosts"][0]["message"] == "no listener is subscribed to the subject"
         assert time.monotonic() - started < 10
 
     async def test_role_with_an_offline_host(self, fleet: Fleet) -> None:

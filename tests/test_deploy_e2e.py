@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from fleet_core.bus import Message
 from fleet_core.rebuild import Action
 from fleet_core.tracking import DeploymentResult, HostResult
 
@@ -62,3 +65,26 @@ class TestTargets:
         assert "progress" in seen
         assert seen[-1] == "completed"
         assert result.hosts[0].message.startswith("switch of master done: /nix/store/")
+
+
+class TestHostileAnswers:
+    async def test_garbage_from_a_listener_key_is_ignored(self, fleet: Fleet) -> None:
+        """Junk answers to discovery and to the deploy (from a listener's key) change nothing."""
+        junk = (b"[" * 60000, b"not json", b'{"hostname": 5}', b"[]", b"{}")
+        rogue = await fleet.connect("web2")  # a listener key may publish deploy.responses.>
+
+        async def answer(msg: Message) -> None:
+            reply = json.loads(msg.data)["reply_to"]
+            for body in junk:
+                await rogue.publish(reply, body)
+
+        try:
+            await rogue.subscribe("deploy.discover", answer)
+            await rogue.subscribe("deploy.test.all", answer)
+            await rogue.flush()
+            async with fleet.listeners("web1"):
+                result = await fleet.deploy("deploy.test.all")
+        finally:
+            await rogue.close()
+        assert result.ok
+        assert [(h.hostname, h.status) for h in result.hosts] == [("web1", "completed")]

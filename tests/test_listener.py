@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import select
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -122,6 +124,7 @@ class TestHostileInput:
             (b'["switch", "master", "%s"]', "invalid_request"),
             (b"\xff\xfe%s", "invalid_request"),
             (b'{"padding": "%s' + b"x" * (1024 * 1024 - 200) + b'"}', "invalid_request"),
+            (b"[" * 60000 + b"%s", "invalid_request"),
         ],
         ids=[
             "unknown-action",
@@ -131,6 +134,7 @@ class TestHostileInput:
             "json-array",
             "not-utf8",
             "one-mebibyte",
+            "nested-too-deep",
         ],
     )
     async def test_malformed_request_is_rejected(
@@ -167,35 +171,36 @@ class TestHostileInput:
         ],
     )
     async def test_reply_outside_responses_is_only_logged(
-        self, fleet: Fleet, reply_to: Any
+        self, fleet: Fleet, reply_to: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A reply_to outside deploy.responses. is logged, never published to, and nothing runs."""
-        admin = await fleet.connect("admin")
-        heard: list[Message] = []
+        published: list[str] = []
+        real_publish = Bus.publish
 
-        async def spy(msg: Message) -> None:
-            heard.append(msg)
+        async def recording(
+            self: Bus, subject: str, payload: bytes, *, reply: str | None = None
+        ) -> None:
+            published.append(subject)
+            await real_publish(self, subject, payload, reply=reply)
 
+        monkeypatch.setattr(Bus, "publish", recording)
+        bus = await fleet.connect()
         try:
-            spy_sub = await admin.subscribe("deploy.>", spy)
             with capture_logs() as logs:
                 async with fleet.listeners("web1"):
                     body = {"action": "switch", "revision": "master", "reply_to": reply_to}
-                    await admin.publish("deploy.test.web1", json.dumps(body).encode())
-                    await valid_deploy_completes(admin)
-            await spy_sub.unsubscribe()
+                    await bus.publish("deploy.test.web1", json.dumps(body).encode())
+                    await valid_deploy_completes(bus)
         finally:
-            await admin.close()
+            await bus.close()
         rejected = [e for e in logs if e["event"] == "request_rejected"]
         assert len(rejected) == 1 and rejected[0]["error"] == "invalid_request"
         assert rejected[0]["reply_to"] is None
-        # The only messages are the two requests and the valid deploy's own traffic.
-        strays = [
-            m.subject
-            for m in heard
-            if not m.subject.startswith("deploy.responses.") and m.subject != "deploy.test.web1"
-        ]
-        assert strays == []
+        # Every publish was one of the two requests or a status of the valid deploy.
+        assert published.count("deploy.test.web1") == 2
+        assert all(
+            s == "deploy.test.web1" or s.startswith("deploy.responses.") for s in published
+        ), published
         assert fleet.runs() == [expected_argv("web1")]
 
     async def test_no_reply_at_all_is_logged(self, fleet: Fleet) -> None:
@@ -362,3 +367,76 @@ class TestRebuildOutcomes:
         assert json.loads((job / "result.json").read_text())["status"] == "completed"
         assert "Done. The new configuration is" in (job / "output.log").read_text()
         assert json.loads((job / "request.json").read_text())["argv"][-4:] == expected_argv("web1")
+
+
+class TestListenerLifecycle:
+    async def test_heartbeat_keeps_its_interval(self, fleet: Fleet, tmp_path: Path) -> None:
+        """A silent rebuild still yields progress about every heartbeat interval, not more."""
+        release = tmp_path / "release"
+        stamps: list[float] = []
+        enough = anyio.Event()
+
+        def on_update(host: HostResult, _: DeploymentResult) -> None:
+            if host.status == "progress":
+                stamps.append(time.monotonic())
+                if len(stamps) >= 6:
+                    enough.set()
+
+        async with (
+            fleet.listeners(
+                "web1",
+                sim={"web1": ["--sim-wait-for", str(release)]},
+                heartbeat_interval=0.4,
+                progress_interval=0.4,
+            ),
+            anyio.create_task_group() as tasks,
+        ):
+            tasks.start_soon(lambda: fleet.deploy("deploy.test.web1", on_update=on_update))
+            with anyio.fail_after(20):
+                await enough.wait()
+            release.touch()
+        gaps = sorted(b - a for a, b in itertools.pairwise(stamps[1:]))
+        # Waiting out the interval after a rate-limit pause would make every gap 0.8 s.
+        assert gaps[len(gaps) // 2] < 0.6, gaps
+
+    async def test_stopping_cancels_the_running_job(self, fleet: Fleet, tmp_path: Path) -> None:
+        """A listener that stops mid-rebuild kills it and reports failed/cancelled."""
+        started = anyio.Event()
+        results: list[DeploymentResult] = []
+
+        def on_update(host: HostResult, _: DeploymentResult) -> None:
+            if host.status == "progress":  # the rebuild runs and has printed
+                started.set()
+
+        async with anyio.create_task_group() as tasks:
+
+            async def deploy() -> None:
+                results.append(await fleet.deploy("deploy.test.web1", on_update=on_update))
+
+            async with fleet.listeners(
+                "web1", sim={"web1": ["--sim-wait-for", str(tmp_path / "never")]}
+            ):
+                tasks.start_soon(deploy)
+                with anyio.fail_after(10):
+                    await started.wait()
+        host = results[0].hosts[0]
+        assert (host.status, host.error) == ("failed", "cancelled")
+        rebuild_pid = json.loads(fleet.record.read_text().splitlines()[0])["pid"]
+        assert process_gone(rebuild_pid, 5)
+
+    async def test_credentials_in_the_flake_url_stay_on_the_host(self, fleet: Fleet) -> None:
+        """A token in the flake URL reaches the rebuild's argv, never a status or job file."""
+        secret_url = "git+https://oauth2:s3cr3t-T0KEN@git.example.invalid/fleet.git"  # noqa: S105 - a fake token to look for
+        with capture_logs() as logs:
+            async with fleet.listeners("db1", sim={"db1": ["--sim-fail"]}, flake_url=secret_url):
+                seen: list[HostResult] = []
+                result = await fleet.deploy(
+                    "deploy.test.db1", on_update=lambda host, _: seen.append(host)
+                )
+        assert "s3cr3t-T0KEN" in fleet.runs()[0][2]  # the rebuild itself needs it
+        shown = json.dumps([h.model_dump() for h in seen]) + result.model_dump_json()
+        assert "git+https://***@git.example.invalid/fleet.git?ref=master#db1" in shown
+        assert "s3cr3t" not in shown
+        assert "s3cr3t" not in json.dumps(logs, default=str)
+        (job,) = (fleet.root / "state" / "db1" / "jobs").iterdir()
+        assert "s3cr3t" not in (job / "request.json").read_text()

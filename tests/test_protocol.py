@@ -6,23 +6,28 @@ import json
 
 import pytest
 
-from fleet_core.errors import RequestRejected, UsageError
+from fleet_core.cli import _ACTIONS as cli_actions
+from fleet_core.errors import RequestRejected, UsageError, only_fleet_error
 from fleet_core.messages import (
     MAX_REQUEST_BYTES,
+    MAX_STATUS_BYTES,
     DeployRequest,
     InvalidRequest,
     Status,
     StatusKind,
     encode,
+    encode_status,
     parse_deploy_request,
     parse_discover_request,
     parse_host_info,
     parse_status,
 )
+from fleet_core.natsconfig import parse_inventory, render_authorization
 from fleet_core.rebuild import (
     Action,
     build_argv,
     flake_reference,
+    redact,
     validate_action,
     validate_flake_url,
     validate_revision,
@@ -337,3 +342,88 @@ class TestOtherMessages:
         info = parse_host_info(body(hostname="h", tier="test", busy=True, extra=1))
         assert info is not None and info.busy and info.deploy_subjects == []
         assert parse_host_info(b"[]") is None
+
+
+class TestHostileShapes:
+    def test_deep_nesting_is_refused_not_raised(self) -> None:
+        """JSON nested past the parser's stack is an invalid message everywhere, never a crash."""
+        deep = b"[" * 60000
+        with pytest.raises(InvalidRequest, match="nests too deeply"):
+            parse_deploy_request(deep, nats_reply=REPLY)
+        with pytest.raises(InvalidRequest):
+            parse_discover_request(deep, nats_reply=REPLY)
+        assert parse_status(deep) is None
+        assert parse_host_info(deep) is None
+
+    def test_status_stays_under_the_size_limit(self) -> None:
+        """A tail of control characters (6 bytes each in JSON) is trimmed to fit, newest kept."""
+        tail = [f"{i:03d}" + "\x01" * 1000 for i in range(30)]
+        status = Status(hostname="h", status=StatusKind.FAILED, error="build_failed", log_tail=tail)
+        assert len(encode(status)) > MAX_STATUS_BYTES
+        data = encode_status(status)
+        assert len(data) <= MAX_STATUS_BYTES
+        kept = parse_status(data)
+        assert kept is not None and kept.log_tail
+        assert kept.log_tail[-1] == tail[-1]
+        assert encode_status(Status(hostname="h", status=StatusKind.COMPLETED)) == encode(
+            Status(hostname="h", status=StatusKind.COMPLETED)
+        )
+
+    @pytest.mark.parametrize(
+        ("text", "shown"),
+        [
+            (
+                "git+https://oauth2:TOKEN@git.example.com/r.git",
+                "git+https://***@git.example.com/r.git",
+            ),
+            ("unpacking 'git+ssh://git@host/r?ref=m'", "unpacking 'git+ssh://***@host/r?ref=m'"),
+            (
+                "git+https://git.example.com/r.git?ref=main#h",
+                "git+https://git.example.com/r.git?ref=main#h",
+            ),
+            ("error: a@b is not a URL", "error: a@b is not a URL"),
+        ],
+    )
+    def test_redact(self, text: str, shown: str) -> None:
+        """User info in URLs is masked wherever it appears in a line; nothing else changes."""
+        assert redact(text) == shown
+
+
+class TestInventory:
+    KEY = "U" + "A" * 55
+
+    def test_deployer_names_cannot_inject_config(self) -> None:
+        """A deployer name with a newline (a quoted TOML key) is refused, not written out."""
+        text = f'[deployers."x\\nlisten: 0.0.0.0:4222"]\naccess = "test"\nnkey = "{self.KEY}"\n'
+        with pytest.raises(UsageError, match="deployer name"):
+            parse_inventory(text)
+
+    def test_rendered_blocks(self) -> None:
+        """Each host gets exactly its own subjects; deployers get their tier's."""
+        text = (
+            f'[hosts.web1]\ntier = "test"\nrole = "web"\nnkey = "{self.KEY}"\n'
+            f'[deployers.ci]\naccess = "admin"\nnkey = "U{"B" * 55}"\n'
+        )
+        rendered = render_authorization(parse_inventory(text))
+        assert (
+            'subscribe: ["deploy.test.web1", "deploy.test.all", "deploy.test.role.web", '
+            '"deploy.discover"]' in rendered
+        )
+        assert 'publish: ["deploy.responses.>", "deploy.discover"]' in rendered
+        assert 'publish: ["deploy.>"]' in rendered
+
+
+def test_cli_action_choices_match_the_protocol() -> None:
+    """The CLI's copy of the actions (kept for start-up speed) equals rebuild.Action."""
+    assert list(cli_actions) == [a.value for a in Action]
+
+
+def test_only_fleet_error_unwraps_task_groups() -> None:
+    """A group of FleetErrors gives its first; a group with anything else is re-raised."""
+    first, second = UsageError("a"), RequestRejected("invalid_action", "b")
+    assert (
+        only_fleet_error(BaseExceptionGroup("g", [first, ExceptionGroup("h", [second])])) is first
+    )
+    mixed = ExceptionGroup("g", [first, ValueError("bug")])
+    with pytest.raises(ExceptionGroup):
+        only_fleet_error(mixed)

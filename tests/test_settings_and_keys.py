@@ -214,3 +214,9 @@ class TestKeys:
         """Seeds with trailing newlines (as editors write them) load."""
         seed = generate_seed()
         assert Seed.from_string(seed.reveal() + "\n\n").public_key == seed.public_key
+
+
+def test_log_level_from_the_environment_is_checked() -> None:
+    """An unknown FLEET_DEPLOY_LOG_LEVEL is a usage error naming the choices."""
+    with pytest.raises(UsageError, match="debug, info, warning, error"):
+        listener_settings(**LISTENER, environ={"FLEET_DEPLOY_LOG_LEVEL": "verbose"})

@@ -127,3 +127,10 @@ class TestDeadlines:
         assert result.counts == {"completed": 1, "failed": 1}
         assert result.hosts[1].log_tail == ["x", "error: y"]
         assert (result.ok, result.done, result.duration_s) == (False, True, 2.5)
+
+
+def test_nobody_expected_and_a_short_timeout_does_not_spin() -> None:
+    """With no host expected, a deadline before the answer window still ends the deployment."""
+    t = DeploymentTracker([], started_at=0.0, timeout=1.0, answer_within=5.0, silence_limit=35.0)
+    t.expire(1.0)
+    assert t.done

@@ -16,6 +16,7 @@ import structlog
 
 from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
+from fleet_core.errors import only_fleet_error
 from fleet_core.keys import load_seed
 from fleet_core.listener import Listener
 from fleet_core.logging import configure_logging
@@ -49,7 +50,10 @@ def run_listener(settings: ListenerSettings) -> int:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     await bus.close()
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except BaseExceptionGroup as group:  # the task group wraps what its tasks raise
+        raise only_fleet_error(group) from None
     return 0
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "PermissionDenied",
     "RequestRejected",
     "UsageError",
+    "only_fleet_error",
 ]
 
 
@@ -60,3 +61,26 @@ class RequestRejected(FleetError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def only_fleet_error(group: BaseExceptionGroup[BaseException]) -> FleetError:
+    """The first FleetError of a task group's exception group that holds nothing else.
+
+    Task groups wrap what their tasks raise; an edge that catches ``FleetError`` unwraps
+    with this. Anything else (a bug, a cancellation) is re-raised as it came.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    if leaves and all(isinstance(exc, FleetError) for exc in leaves):
+        first = leaves[0]
+        assert isinstance(first, FleetError)
+        return first
+    raise group

@@ -21,6 +21,7 @@ from fleet_core import __version__
 from fleet_core.bus import Bus, Message, Subscription
 from fleet_core.errors import FleetError
 from fleet_core.messages import (
+    MAX_MESSAGE_CHARS,
     DeployRequest,
     ErrorCode,
     HostInfo,
@@ -28,10 +29,11 @@ from fleet_core.messages import (
     Status,
     StatusKind,
     encode,
+    encode_status,
     parse_deploy_request,
     parse_discover_request,
 )
-from fleet_core.rebuild import build_argv
+from fleet_core.rebuild import build_argv, redact
 from fleet_core.rebuild_output import failure_summary, phase_of, success_summary
 from fleet_core.runner import JobStore, Rebuilder, RebuildJob, RebuildResult
 from fleet_core.settings import ListenerSettings
@@ -72,8 +74,9 @@ class Listener:
     ) -> None:
         """Subscribe, report ready through ``task_status``, and serve until cancelled.
 
-        Cancellation stops new work first (unsubscribe), then cancels a running job, whose
-        process group is killed and whose requester is told ``failed/cancelled``.
+        On cancellation no new request is taken from that moment on (they are rejected, then
+        the subscriptions go), and a running job is cancelled: its process group is killed
+        and its requester told ``failed/cancelled``.
         """
         self._bus = bus
         subscriptions: list[Subscription] = []
@@ -93,7 +96,13 @@ class Listener:
                     version=__version__,
                 )
                 task_status.started()
-                await anyio.sleep_forever()
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    self._tasks = None  # from here on a request is answered "shutting down"
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        for subscription in subscriptions:
+                            await subscription.unsubscribe()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 for subscription in subscriptions:
@@ -139,12 +148,24 @@ class Listener:
                 )
             return
         request_id = request.id or uuid.uuid4().hex
-        if self._job is not None or self._tasks is None:
+        if self._tasks is None:
+            self._log.info("request_rejected", request_id=request_id, error="shutting_down")
+            await self._publish(
+                request.reply_to,
+                StatusKind.REJECTED,
+                request=request,
+                request_id=request_id,
+                error=ErrorCode.CANCELLED,
+                message=f"the listener on {self.settings.hostname} is shutting down: "
+                "deploy again once it is back",
+            )
+            return
+        if self._job is not None:
             self._log.info(
                 "request_rejected",
                 request_id=request_id,
                 error=ErrorCode.ALREADY_RUNNING.value,
-                running=self._job.request_id if self._job else None,
+                running=self._job.request_id,
             )
             await self._publish(
                 request.reply_to,
@@ -152,16 +173,14 @@ class Listener:
                 request=request,
                 request_id=request_id,
                 error=ErrorCode.ALREADY_RUNNING,
-                message=(
-                    f"{self.settings.hostname} is already running deploy "
-                    f"{self._job.request_id if self._job else '(shutting down)'}: "
-                    "wait for it to finish"
-                ),
+                message=f"{self.settings.hostname} is already running deploy "
+                f"{self._job.request_id}: wait for it to finish",
             )
             return
         # Taken before the first await, so a second request can never slip in beside it.
-        job = self._job = _Job(request=request, request_id=request_id)
+        job = _Job(request=request, request_id=request_id)
         self._tasks.start_soon(self._run_job, job)
+        self._job = job
 
     async def _handle_discover(self, msg: Message) -> None:
         try:
@@ -232,16 +251,17 @@ class Listener:
             revision=request.revision,
             hostname=self.settings.hostname,
         )
+        shown = [redact(arg) for arg in argv]
         directory = self._jobs.new_job(
-            job.request_id, {**request.model_dump(mode="json"), "argv": argv}
+            job.request_id, {**request.model_dump(mode="json"), "argv": shown}
         )
-        jlog.info("job_started", argv=argv)
+        jlog.info("job_started", argv=shown)
         await self._publish(
             request.reply_to,
             StatusKind.STARTED,
             request=request,
             request_id=job.request_id,
-            message=" ".join(argv),
+            message=" ".join(shown),
         )
         result = await self._rebuild(job, argv, directory)
         await self._report(job, result, directory, jlog)
@@ -270,8 +290,10 @@ class Listener:
 
     async def _heartbeat(self, job: _Job) -> None:
         """Progress on new output (rate-limited), and at least every heartbeat interval."""
+        heartbeat = self.settings.heartbeat_interval
+        sent = time.monotonic()
         while True:
-            with anyio.move_on_after(self.settings.heartbeat_interval):
+            with anyio.move_on_after(max(0.0, sent + heartbeat - time.monotonic())):
                 await job.new_output.wait()
             job.new_output = anyio.Event()
             await self._publish(
@@ -283,7 +305,8 @@ class Listener:
                 phase=job.phase,
                 duration_s=time.monotonic() - job.started,
             )
-            await anyio.sleep(self.settings.progress_interval)
+            sent = time.monotonic()
+            await anyio.sleep(min(self.settings.progress_interval, heartbeat))
 
     async def _report(self, job: _Job, result: RebuildResult, directory: Any, jlog: Any) -> None:
         request = job.request
@@ -346,7 +369,7 @@ class Listener:
             hostname=self.settings.hostname,
             status=kind,
             error=error,
-            message=message[:2000],
+            message=redact(message[:MAX_MESSAGE_CHARS]),
             request_id=request_id,
             tier=self.settings.tier.value,
             action=request.action.value if request else None,
@@ -354,9 +377,9 @@ class Listener:
             timestamp=time.time(),
             duration_s=round(duration_s, 3) if duration_s is not None else None,
             phase=phase,
-            log_tail=log_tail,
+            log_tail=[redact(line) for line in log_tail] if log_tail is not None else None,
         )
         try:
-            await self._bus.publish(reply_to, encode(status))
+            await self._bus.publish(reply_to, encode_status(status))
         except FleetError as exc:  # the server is away: the job goes on, the status is lost
             self._log.warning("status_not_sent", status=kind.value, error=str(exc))

@@ -26,7 +26,7 @@ from fleet_core.subjects import RESPONSES_PREFIX, Tier, is_reply_subject
 
 __all__ = [
     "FINAL_STATUSES",
-    "MAX_LOG_TAIL_BYTES",
+    "MAX_MESSAGE_CHARS",
     "MAX_REQUEST_BYTES",
     "MAX_STATUS_BYTES",
     "DeployRequest",
@@ -37,6 +37,7 @@ __all__ = [
     "Status",
     "StatusKind",
     "encode",
+    "encode_status",
     "parse_deploy_request",
     "parse_discover_request",
     "parse_host_info",
@@ -45,7 +46,6 @@ __all__ = [
 
 MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_STATUS_BYTES: Final = 64 * 1024
-MAX_LOG_TAIL_BYTES: Final = 16 * 1024
 MAX_MESSAGE_CHARS: Final = 2000
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -135,6 +135,23 @@ def encode(model: BaseModel) -> bytes:
     return model.model_dump_json(exclude_unset=False, exclude_none=False).encode()
 
 
+def encode_status(status: Status, limit: int = MAX_STATUS_BYTES) -> bytes:
+    """Serialize a status within ``limit`` bytes, dropping the oldest log lines if needed.
+
+    The tail is bounded in characters where it is collected, but JSON turns a control
+    character into six bytes: a deployer drops an oversize status, and a host whose final
+    status is dropped ends ``lost`` instead of ``failed`` with its error.
+    """
+    data = encode(status)
+    tail = status.log_tail or []
+    while len(data) > limit and tail:
+        tail = tail[max(1, len(tail) // 8) :]
+        data = encode(status.model_copy(update={"log_tail": tail}))
+    if len(data) > limit:  # only a message far over MAX_MESSAGE_CHARS could get here
+        data = encode(status.model_copy(update={"message": status.message[:200]}))
+    return data
+
+
 def _load_object(data: bytes, limit: int) -> dict[str, Any] | str:
     """The JSON object in ``data``, or a sentence saying why there is none."""
     if len(data) > limit:
@@ -143,6 +160,8 @@ def _load_object(data: bytes, limit: int) -> dict[str, Any] | str:
         obj = json.loads(data)
     except (UnicodeDecodeError, ValueError):
         return "message is not valid JSON"
+    except RecursionError:  # [[[[… nested deeper than the parser's stack, well under the limit
+        return "message nests too deeply"
     if not isinstance(obj, dict):
         return f"message must be a JSON object, not {type(obj).__name__}"
     return obj

@@ -115,6 +115,12 @@ def parse_inventory(text: str, *, source: str = "inventory") -> Inventory:
         access = entry.get("access")
         if access not in ("test", "admin"):
             raise UsageError(f"{where}: access must be 'test' or 'admin'")
+        try:
+            validate_role(name)  # a name goes into a comment of the config: one plain token
+        except UsageError:
+            raise UsageError(
+                f"{where}: a deployer name is 1-63 letters, digits, '-' or '_'"
+            ) from None
         deployers.append(
             DeployerEntry(name=name, access=access, nkey=_public_key(entry.get("nkey"), where))
         )

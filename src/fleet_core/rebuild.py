@@ -25,6 +25,7 @@ __all__ = [
     "Action",
     "build_argv",
     "flake_reference",
+    "redact",
     "validate_action",
     "validate_flake_url",
     "validate_revision",
@@ -109,6 +110,18 @@ def flake_reference(flake_url: str, revision: str, hostname: str) -> str:
     key = "rev" if _COMMIT.fullmatch(revision) else "ref"
     separator = "&" if "?" in flake_url else "?"
     return f"{flake_url}{separator}{key}={revision}#{hostname}"
+
+
+_USERINFO = re.compile(r"(://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with any ``user:token@`` of a URL replaced, for messages, logs and job files.
+
+    A flake URL may carry a token (``git+https://oauth2:TOKEN@host/repo``); the argv that
+    runs needs it, nothing that is shown or published does.
+    """
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def build_argv(

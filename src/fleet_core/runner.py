@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -77,9 +77,9 @@ class TailBuffer:
     def append(self, line: str) -> None:
         self._lines.append(line[:MAX_LINE_CHARS])
 
-    def lines(self, limit_chars: int | None = None) -> list[str]:
+    def lines(self) -> list[str]:
         """The newest lines whose total size stays within the character budget."""
-        budget = self._max_chars if limit_chars is None else limit_chars
+        budget = self._max_chars
         kept: list[str] = []
         for line in reversed(self._lines):
             budget -= len(line) + 1
@@ -243,7 +243,6 @@ class JobStore:
 
     root: Path
     keep: int = 50
-    _ready: bool = field(default=False, init=False)
 
     def new_job(self, job_id: str, request: dict[str, Any]) -> Path | None:
         jobs = self.root / "jobs"

@@ -47,7 +47,7 @@ import structlog
 from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
 from fleet_core.embedded_server import EmbeddedNatsServer
-from fleet_core.errors import FleetError, PermissionDenied, UsageError
+from fleet_core.errors import FleetError, PermissionDenied, UsageError, only_fleet_error
 from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
 from fleet_core.listener import Listener
 from fleet_core.logging import configure_logging
@@ -215,7 +215,7 @@ async def _main(settings: SandboxSettings, out: TextIO) -> int:
         except FleetError as exc:  # raised here, not out of the task group (it would wrap it)
             error = exc
         except BaseExceptionGroup as group:
-            error = _only_fleet_error(group)
+            error = only_fleet_error(group)
         finally:
             tasks.cancel_scope.cancel()
     if error is not None:
@@ -225,25 +225,6 @@ async def _main(settings: SandboxSettings, out: TextIO) -> int:
         print(f"sandbox stopped ({name}): every process it started has ended", file=out, flush=True)
         return 128 + stop.signum if settings.once else 0
     return code
-
-
-def _only_fleet_error(group: BaseExceptionGroup[BaseException]) -> FleetError:
-    """The first FleetError of a group that holds nothing else; anything else propagates."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    if leaves and all(isinstance(exc, FleetError) for exc in leaves):
-        first = leaves[0]
-        assert isinstance(first, FleetError)
-        return first
-    raise group
 
 
 async def _watch_signals(stop: _Stop) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet_core.errors import UsageError
+from fleet_core.logging import LOG_LEVELS
 from fleet_core.rebuild import (
     DEFAULT_ACTION,
     DEFAULT_REVISION,
@@ -93,6 +94,11 @@ class ListenerSettings:
             raise UsageError("--timeout must be a positive number of seconds")
         if not self.rebuild_command:
             raise UsageError("--rebuild-command must name a program")
+        if self.log_level not in LOG_LEVELS:
+            raise UsageError(
+                f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)} "
+                f"(--log-level or {ENV_PREFIX}LOG_LEVEL)"
+            )
         subjects = expand_templates(
             self.deploy_subject_templates, hostname=self.hostname, tier=self.tier, role=self.role
         )

@@ -115,7 +115,7 @@ class DeploymentTracker:
         """Every known host is final — or nobody was expected and the answer window closed."""
         if self._hosts:
             return self._open == 0
-        return self._nobody_listens or self._now >= self._answer_by
+        return self._nobody_listens or self._now >= min(self._answer_by, self._deadline)
 
     @property
     def ok(self) -> bool:
