@@ -2,19 +2,26 @@
 
 A deployment runs as a task of the server's lifespan task group, not of the tool call that
 started it: a client that cancels or times out stops *waiting*, never the deployment.
-Every host change is appended to the deployment's update log; a waiter (a deploy call, or a
-later ``deployment_status`` call) replays the log from where it stands and then sleeps until
-the next change, the next heartbeat, or its own deadline.
+Every host change gets the next sequence number in the deployment's update log; a waiter (a
+deploy call, or a later ``deployment_status`` call) replays the log after the last number it
+reported and then sleeps until the next change, the next heartbeat, or its own deadline. The
+log stays small: a host's change that repeats its previous state (progress after progress)
+replaces it, and a finished deployment keeps only each host's last state — a waiter skips
+what it had not reported yet and still hears every host's final state.
 
 A ``NatsLink`` connects lazily: the lifespan starts the first attempt in the background (so
 the server answers ``tools/list`` at once, NATS or not) and a tool that finds no connection
 tries again before it gives up — a NATS server that comes up later is picked up on the next
-call.
+call. Tools and deployments hold the connection through a ``Lease``. A connection that
+dropped is replaced by a fresh one and closed as soon as no lease holds it: a deployment
+running on it is not disturbed, and it does not linger once nats-py has reconnected it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -40,6 +47,7 @@ __all__ = [
     "Deployment",
     "DeploymentRegistry",
     "FleetState",
+    "Lease",
     "NatsLink",
 ]
 
@@ -49,6 +57,32 @@ Notify = Callable[[str], Awaitable[None]]
 BATCH = 5  # more changes than this at once are reported as counts
 COALESCE = 0.05  # seconds between progress notifications while changes pour in
 KEEP_DEPLOYMENTS = 200  # finished deployments remembered for deployment_status
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One NATS connection of a link, and how many leases hold it."""
+
+    bus: Bus
+    deployer: Deployer
+    users: int = 0
+    retired: bool = False
+
+
+class Lease:
+    """A deployer held by one tool call or one deployment; ``release()`` once done with it."""
+
+    def __init__(
+        self, deployer: Deployer, release: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.deployer = deployer
+        self._release = release
+
+    async def release(self) -> None:
+        """Give the connection back; safe to call twice."""
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
 
 
 class NatsLink:
@@ -69,51 +103,75 @@ class NatsLink:
         self._name = name
         self._timing = timing
         self._connect_timeout = connect_timeout
-        self._bus: Bus | None = None
-        self._deployer: Deployer | None = None
-        self._retired: list[Bus] = []
+        self._current: _Connection | None = None
+        self._retired: list[_Connection] = []  # dropped, still held by a lease
         self._lock = anyio.Lock()
 
     async def connect_quietly(self) -> None:
         """The lifespan's first attempt: a failure is remembered, not raised."""
         with contextlib.suppress(ConnectionFailed):
-            await self.deployer()
+            async with self._lock:
+                await self._connect()
 
-    async def deployer(self) -> Deployer:
-        """A deployer on a live connection; connects (again) if there is none.
+    async def lease(self) -> Lease:
+        """A deployer on a live connection, held until the lease is released; connects (again)
+        if there is none.
 
         Raises ``ConnectionFailed`` when the server cannot be reached or refuses the key.
         """
         async with self._lock:  # one attempt at a time; later callers share its outcome
-            if self._bus is not None and self._deployer is not None and self._bus.is_connected:
-                return self._deployer
-            if self._bus is not None:
-                # Dropped and not (yet) back. Keep it open — a deployment may still be using
-                # it and it may reconnect — but use a fresh connection from now on.
-                self._retired.append(self._bus)
-                self._bus = self._deployer = None
-            try:
-                bus = await Bus.connect(
-                    self.url, self._seed, name=self._name, connect_timeout=self._connect_timeout
-                )
-            except ConnectionFailed as exc:
-                log.warning("nats_unreachable", link=self._name, url=self.url, error=str(exc))
-                raise
-            self._bus, self._deployer = bus, Deployer(bus, timing=self._timing)
-            log.info("nats_connected", link=self._name, url=self.url)
-            return self._deployer
+            connection = await self._connect()
+            connection.users += 1
+        return Lease(connection.deployer, functools.partial(self._release, connection))
+
+    async def _connect(self) -> _Connection:
+        """The current connection, or a new one; the caller holds the lock."""
+        current = self._current
+        if current is not None and current.bus.is_connected:
+            return current
+        if current is not None:
+            # Dropped and not (yet) back: use a fresh connection from now on. A deployment
+            # may still run on this one (nats-py may reconnect it), so it is closed only
+            # when its last lease is released — now, if none holds it.
+            self._current = None
+            current.retired = True
+            if current.users:
+                self._retired.append(current)
+            else:
+                await self._close(current, "dropped")
+        try:
+            bus = await Bus.connect(
+                self.url, self._seed, name=self._name, connect_timeout=self._connect_timeout
+            )
+        except ConnectionFailed as exc:
+            log.warning("nats_unreachable", link=self._name, url=self.url, error=str(exc))
+            raise
+        self._current = _Connection(bus, Deployer(bus, timing=self._timing))
+        log.info("nats_connected", link=self._name, url=self.url)
+        return self._current
+
+    async def _release(self, connection: _Connection) -> None:
+        connection.users -= 1
+        if connection.users == 0 and connection in self._retired:
+            self._retired.remove(connection)
+            await self._close(connection, "dropped earlier, no longer used")
+
+    async def _close(self, connection: _Connection, reason: str) -> None:
+        # Shielded: a cancelled caller (a deployment stopped at exit) must not leave it open.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await connection.bus.close()
+        log.info("nats_connection_closed", link=self._name, reason=reason)
 
     async def close(self) -> None:
-        buses = [*self._retired, *([self._bus] if self._bus is not None else [])]
-        self._bus = self._deployer = None
+        connections = [*self._retired, *([self._current] if self._current is not None else [])]
+        self._current = None
         self._retired = []
-        for bus in buses:
-            with anyio.move_on_after(5):
-                await bus.close()
+        for connection in connections:
+            await self._close(connection, "server exit")
 
 
 class Deployment:
-    """One deployment: its request, every host change so far, and how it ended."""
+    """One deployment: its request, its host changes, and how it ended."""
 
     def __init__(
         self,
@@ -130,7 +188,10 @@ class Deployment:
         self.action = action
         self.admin = admin
         self.started_at = time.monotonic()
-        self.updates: list[HostResult] = []
+        # Host changes by sequence number, ascending; numbers only grow, entries may go.
+        self._updates: dict[int, HostResult] = {}
+        self._newest: dict[str, int] = {}  # hostname -> number of its latest change
+        self._seq = 0  # number of the latest change
         self.result: DeploymentResult | None = None
         self.error: FleetError | None = None
         self._snapshot: DeploymentResult | None = None
@@ -140,6 +201,11 @@ class Deployment:
     @property
     def done(self) -> bool:
         return self.finished.is_set()
+
+    @property
+    def updates(self) -> list[HostResult]:
+        """The host changes kept for waiters, oldest first."""
+        return list(self._updates.values())
 
     def current(self) -> DeploymentResult:
         """The final result, else the latest snapshot, else an empty one (still discovering)."""
@@ -163,17 +229,44 @@ class Deployment:
         )
 
     def on_update(self, host: HostResult, snapshot: DeploymentResult) -> None:
-        """The deployer's callback: record the change and wake every waiter."""
-        self.updates.append(host)
+        """The deployer's callback: record the change and wake every waiter.
+
+        A change in the state the host was already in (progress after progress) replaces
+        the previous one: a waiter that had not reported that one yet reports the newer.
+        """
+        previous = self._newest.get(host.hostname)
+        if previous is not None and self._updates[previous].status == host.status:
+            del self._updates[previous]
+        self._seq += 1
+        self._updates[self._seq] = host
+        self._newest[host.hostname] = self._seq
         self._snapshot = snapshot
         self._pulse()
+
+    def _since(self, seen: int) -> list[HostResult]:
+        """The changes numbered after ``seen``, oldest first."""
+        newer = list(itertools.takewhile(lambda seq: seq > seen, reversed(self._updates)))
+        return [self._updates[seq] for seq in reversed(newer)]
+
+    def _compact(self) -> None:
+        """Keep only each host's latest change; their numbers stay, so waiters carry on."""
+        self._updates = {seq: self._updates[seq] for seq in sorted(self._newest.values())}
 
     def _pulse(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def run(self, deployer: Deployer, limit: float) -> None:
-        """The deployment's task; it ends with ``result`` or ``error`` set, never raising."""
+    async def run(self, lease: Lease, limit: float) -> None:
+        """The deployment's task; it ends with ``result`` or ``error`` set, never raising.
+
+        The lease is released once waiters have been woken.
+        """
+        try:
+            await self._run(lease.deployer, limit)
+        finally:
+            await lease.release()
+
+    async def _run(self, deployer: Deployer, limit: float) -> None:
         bound = log.bind(deployment_id=self.id, subject=self.target.subject)
         try:
             self.result = await deployer.deploy(
@@ -197,12 +290,14 @@ class Deployment:
             bound.exception("deployment_crashed")
             self.error = FleetError(f"internal error in the MCP server ({type(exc).__name__})")
         finally:
+            self._compact()
             self.finished.set()
             self._pulse()
 
     async def follow(self, wait: float, notify: Notify, *, heartbeat: float) -> None:
         """Wait up to ``wait`` seconds for the end, calling ``notify`` after every host change
-        (replayed from the start of the deployment) and at least every ``heartbeat`` seconds.
+        (replayed from the start of the deployment, as far as the log keeps it) and at least
+        every ``heartbeat`` seconds.
 
         Notifications are at least ``COALESCE`` seconds apart, except the last one of a
         finished deployment: changes that arrive in between are reported together, each host
@@ -210,28 +305,27 @@ class Deployment:
         answering at once make a handful of notifications, not three hundred, and every change
         is still followed by a notification within ``COALESCE`` seconds.
         """
-        seen = 0
+        seen = 0  # the number of the latest change reported
         with anyio.move_on_after(wait):
             await notify(self._opening())
             sent = anyio.current_time()
             while True:
                 gap = sent + COALESCE - anyio.current_time()
-                if gap > 0 and seen < len(self.updates) and not self.done:
+                if gap > 0 and seen < self._seq and not self.done:
                     with anyio.move_on_after(gap):
                         await self.finished.wait()
-                if seen < len(self.updates):
-                    batch = self.updates[seen:]
-                    seen += len(batch)
+                if seen < self._seq:
+                    batch, seen = self._since(seen), self._seq
                     if len(batch) <= BATCH:
                         for host in batch:
                             await notify(self._describe(host))
                     else:
                         await notify(self._describe_many(batch))
                     sent = anyio.current_time()
-                if self.done and seen == len(self.updates):
+                if self.done and seen == self._seq:
                     return
                 changed = self._changed  # taken with no await since the last check
-                if seen < len(self.updates):
+                if seen < self._seq:
                     continue  # more arrived while notifying
                 with anyio.move_on_after(heartbeat) as beat:
                     await changed.wait()
@@ -277,10 +371,13 @@ class DeploymentRegistry:
         self._keep = keep
         self._deployments: OrderedDict[str, Deployment] = OrderedDict()
 
-    def start(self, deployment: Deployment, deployer: Deployer, *, limit: float) -> Deployment:
-        """Run ``deployment`` in the lifespan's task group; it may last ``limit`` seconds."""
+    def start(self, deployment: Deployment, lease: Lease, *, limit: float) -> Deployment:
+        """Run ``deployment`` in the lifespan's task group; it may last ``limit`` seconds.
+
+        The deployment releases ``lease`` when it ends.
+        """
         self._deployments[deployment.id] = deployment
-        self._tasks.start_soon(deployment.run, deployer, limit, name=f"deploy {deployment.id}")
+        self._tasks.start_soon(deployment.run, lease, limit, name=f"deploy {deployment.id}")
         self._prune()
         return deployment
 

@@ -23,7 +23,6 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from fleet_core.deployer import Deployer
 from fleet_core.errors import ConnectionFailed, FleetError, PermissionDenied, RequestRejected
 from fleet_core.errors import UsageError as FleetUsageError
 from fleet_core.rebuild import (
@@ -35,7 +34,7 @@ from fleet_core.rebuild import (
 )
 from fleet_core.settings import DEFAULT_DEPLOY_TIMEOUT
 from fleet_core.subjects import Target, Tier
-from fleet_mcp.deployments import KEEP_DEPLOYMENTS, Deployment, FleetState, NatsLink
+from fleet_mcp.deployments import KEEP_DEPLOYMENTS, Deployment, FleetState, Lease, NatsLink
 from fleet_mcp.models import DeploymentReport, HostsReport, deployment_report, hosts_report
 
 __all__ = [
@@ -113,11 +112,13 @@ async def list_hosts(
     _reject_unknown(ctx, "list_hosts", ("tier",))
     state = _state(ctx)
     chosen = _tier(tier) if tier else None
-    deployer = await _deployer(state.test, "listed")
+    lease = await _lease(state.test, "listed")
     try:
-        hosts = await deployer.discover(chosen)
+        hosts = await lease.deployer.discover(chosen)
     except FleetError as exc:
         raise ToolError(f"Discovery failed: {exc}") from exc
+    finally:
+        await lease.release()
     return hosts_report(hosts, chosen.value if chosen else None)
 
 
@@ -142,9 +143,9 @@ async def deploy(
     state = _state(ctx)
     target = _target(Tier.TEST, hostname, all, role)
     revision, chosen = _request(branch, action)
-    deployer = await _deployer(state.test, "deployed")
+    lease = await _lease(state.test, "deployed")
     deployment = Deployment(target, revision=revision, action=chosen, admin=False)
-    state.registry.start(deployment, deployer, limit=state.deploy_timeout)
+    state.registry.start(deployment, lease, limit=state.deploy_timeout)
     return await _follow(ctx, state, deployment, wait_seconds)
 
 
@@ -171,9 +172,9 @@ async def deploy_admin(
         raise ToolError("deploy_admin is not enabled on this server")
     target = _target(_tier(tier), hostname, all, role)
     revision, chosen = _request(branch, action)
-    deployer = await _deployer(state.admin, "deployed")
+    lease = await _lease(state.admin, "deployed")
     deployment = Deployment(target, revision=revision, action=chosen, admin=True)
-    state.registry.start(deployment, deployer, limit=state.deploy_timeout)
+    state.registry.start(deployment, lease, limit=state.deploy_timeout)
     return await _follow(ctx, state, deployment, wait_seconds)
 
 
@@ -273,9 +274,9 @@ def _request(branch: str, action: str) -> tuple[str, Action]:
         raise ToolError(str(exc)) from None
 
 
-async def _deployer(link: NatsLink, verb: str) -> Deployer:
+async def _lease(link: NatsLink, verb: str) -> Lease:
     try:
-        return await link.deployer()
+        return await link.lease()
     except ConnectionFailed as exc:
         raise ToolError(
             f"No NATS connection, so nothing was {verb}: {exc} This server tries to connect "
