@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fleet_core.cli import _ACTIONS as cli_actions
+from fleet_core.cli import _ENV as cli_env
 from fleet_core.errors import RequestRejected, UsageError, only_fleet_error
 from fleet_core.messages import (
     MAX_REQUEST_BYTES,
@@ -32,6 +33,7 @@ from fleet_core.rebuild import (
     validate_flake_url,
     validate_revision,
 )
+from fleet_core.settings import ENV_PREFIX
 from fleet_core.subjects import (
     Target,
     Tier,
@@ -42,6 +44,7 @@ from fleet_core.subjects import (
     resolve_target,
     validate_hostname,
 )
+from fleet_mcp.cli import _ENV as mcp_cli_env
 
 REPLY = "deploy.responses.0123abcd"
 
@@ -413,9 +416,10 @@ class TestInventory:
         assert 'publish: ["deploy.>"]' in rendered
 
 
-def test_cli_action_choices_match_the_protocol() -> None:
-    """The CLI's copy of the actions (kept for start-up speed) equals rebuild.Action."""
+def test_cli_copies_match_the_core() -> None:
+    """The CLIs' copies of the actions and env prefix (kept for start-up speed) match the core."""
     assert list(cli_actions) == [a.value for a in Action]
+    assert cli_env == mcp_cli_env == ENV_PREFIX
 
 
 def test_only_fleet_error_unwraps_task_groups() -> None:
