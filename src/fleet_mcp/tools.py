@@ -142,11 +142,9 @@ async def deploy(
     _reject_unknown(ctx, "deploy", _DEPLOY_ARGS)
     state = _state(ctx)
     target = _target(Tier.TEST, hostname, all, role)
-    revision, chosen = _request(branch, action)
-    lease = await _lease(state.test, "deployed")
-    deployment = Deployment(target, revision=revision, action=chosen, admin=False)
-    state.registry.start(deployment, lease, limit=state.deploy_timeout)
-    return await _follow(ctx, state, deployment, wait_seconds)
+    return await _start(
+        ctx, state, target, branch=branch, action=action, wait_seconds=wait_seconds, admin=False
+    )
 
 
 async def deploy_admin(
@@ -171,11 +169,9 @@ async def deploy_admin(
     if state.admin is None:  # registered only with an admin key; this is a second lock
         raise ToolError("deploy_admin is not enabled on this server")
     target = _target(_tier(tier), hostname, all, role)
-    revision, chosen = _request(branch, action)
-    lease = await _lease(state.admin, "deployed")
-    deployment = Deployment(target, revision=revision, action=chosen, admin=True)
-    state.registry.start(deployment, lease, limit=state.deploy_timeout)
-    return await _follow(ctx, state, deployment, wait_seconds)
+    return await _start(
+        ctx, state, target, branch=branch, action=action, wait_seconds=wait_seconds, admin=True
+    )
 
 
 async def deployment_status(
@@ -272,6 +268,30 @@ def _request(branch: str, action: str) -> tuple[str, Action]:
         return validate_revision(branch.strip()), validate_action(action.strip())
     except RequestRejected as exc:
         raise ToolError(str(exc)) from None
+
+
+async def _start(
+    ctx: FleetContext,
+    state: FleetState,
+    target: Target,
+    *,
+    branch: str,
+    action: str,
+    wait_seconds: float,
+    admin: bool,
+) -> DeploymentReport:
+    """Check the request, start the deployment in the server's registry, and follow it."""
+    revision, chosen = _request(branch, action)
+    link = state.admin if admin else state.test
+    assert link is not None  # deploy_admin checked that the admin link exists
+    lease = await _lease(link, "deployed")
+    deployment = Deployment(target, revision=revision, action=chosen, admin=admin)
+    try:
+        state.registry.start(deployment, lease, limit=state.deploy_timeout)
+    except BaseException:
+        await lease.release()  # the deployment never ran: nothing else will release it
+        raise
+    return await _follow(ctx, state, deployment, wait_seconds)
 
 
 async def _lease(link: NatsLink, verb: str) -> Lease:
