@@ -74,9 +74,9 @@ class Listener:
     ) -> None:
         """Subscribe, report ready through ``task_status``, and serve until cancelled.
 
-        On cancellation no new request is taken from that moment on (they are rejected, then
-        the subscriptions go), and a running job is cancelled: its process group is killed
-        and its requester told ``failed/cancelled``.
+        On cancellation no new request is taken from that moment on (each is answered
+        ``rejected/cancelled`` until the subscriptions are gone), and a running job is
+        cancelled: its process group is killed and its requester told ``failed/cancelled``.
         """
         self._bus = bus
         subscriptions: list[Subscription] = []
@@ -99,10 +99,8 @@ class Listener:
                 try:
                     await anyio.sleep_forever()
                 finally:
-                    self._tasks = None  # from here on a request is answered "shutting down"
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                        for subscription in subscriptions:
-                            await subscription.unsubscribe()
+                    # Before the running job is cancelled: from here on a request is refused.
+                    self._tasks = None
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 for subscription in subscriptions:
