@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import anyio
 import pytest
 
 from fleet_core.bus import Bus, Message
+from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.errors import ConnectionFailed, PermissionDenied
 
 from .conftest import Fleet
@@ -110,3 +112,24 @@ class TestClose:
         await bus.publish("deploy.test.web1", b"{}")
         await bus.close()
         await bus.close()
+
+
+class TestReconnect:
+    async def test_drop_and_return_are_reported(self, fleet: Fleet, tmp_path: Path) -> None:
+        """A deployer connection reports the server going away and coming back, and works after."""
+        dropped, back = anyio.Event(), anyio.Event()
+        bus = await fleet.connect("deployer")
+        bus.watch_connection(lambda connected: (back if connected else dropped).set())
+        port = int(fleet.url.rpartition(":")[2])
+        config = fleet.server.config_path.read_text()
+        try:
+            fleet.server.stop()
+            with anyio.fail_after(10):
+                await dropped.wait()
+            with EmbeddedNatsServer(tmp_path / "again", config, port=port):
+                with anyio.fail_after(20):
+                    await back.wait()
+                await bus.publish("deploy.discover", b"{}")
+                await bus.flush()
+        finally:
+            await bus.close()

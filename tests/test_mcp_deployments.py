@@ -369,17 +369,9 @@ def buses(monkeypatch: pytest.MonkeyPatch) -> BusSpy:
 
 
 def watch(bus: Bus) -> tuple[anyio.Event, anyio.Event]:
-    """Events set when nats-py reports ``bus`` dropped and reconnected (its own callbacks)."""
+    """Events set when ``bus`` reports its connection dropped and back."""
     dropped, back = anyio.Event(), anyio.Event()
-
-    async def on_dropped() -> None:
-        dropped.set()
-
-    async def on_back() -> None:
-        back.set()
-
-    bus._client._disconnected_cb = on_dropped
-    bus._client._reconnected_cb = on_back
+    bus.watch_connection(lambda connected: (back if connected else dropped).set())
     return dropped, back
 
 

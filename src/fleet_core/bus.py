@@ -44,6 +44,7 @@ class Message:
 
 Handler = Callable[[Message], Awaitable[None]]
 DenialWatcher = Callable[[PermissionDenied], None]
+ConnectionWatcher = Callable[[bool], None]
 
 
 class Subscription:
@@ -68,6 +69,7 @@ class Bus:
         self._client = client
         self.url = url
         self._watchers: list[DenialWatcher] = []
+        self._connection_watchers: list[ConnectionWatcher] = []
 
     @classmethod
     async def connect(
@@ -93,12 +95,22 @@ class Bus:
             elif persistent:
                 log.warning("nats_connect_failed", url=url, error=str(exc) or type(exc).__name__)
 
+        async def on_disconnected() -> None:
+            if bus_ref:
+                bus_ref[0]._on_connection(connected=False)
+
+        async def on_reconnected() -> None:
+            if bus_ref:
+                bus_ref[0]._on_connection(connected=True)
+
         options: dict[str, Any] = {
             "servers": [url],
             "name": name,
             "nkeys_seed_str": seed.reveal(),
             "connect_timeout": connect_timeout,
             "error_cb": on_error,
+            "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected,
             # Replies go to deploy.responses.<id>; _INBOX.> is forbidden by the tiered layout.
             "inbox_prefix": "deploy.responses",
             "allow_reconnect": persistent,
@@ -149,6 +161,25 @@ class Bus:
         log.warning("nats_permission_denied", subject=subject, operation=operation)
         for watcher in list(self._watchers):
             watcher(denial)
+
+    def _on_connection(self, *, connected: bool) -> None:
+        # Once connected, nats-py reconnects by itself; these lines say when it had to.
+        (log.info if connected else log.warning)(
+            "nats_reconnected" if connected else "nats_disconnected", url=self.url
+        )
+        for watcher in list(self._connection_watchers):
+            watcher(connected)
+
+    def watch_connection(self, watcher: ConnectionWatcher) -> Callable[[], None]:
+        """Call ``watcher(False)`` when the connection drops and ``watcher(True)`` when it is
+        back; returns the function that stops."""
+        self._connection_watchers.append(watcher)
+
+        def stop() -> None:
+            if watcher in self._connection_watchers:
+                self._connection_watchers.remove(watcher)
+
+        return stop
 
     def watch_denials(self, watcher: DenialWatcher) -> Callable[[], None]:
         """Call ``watcher`` for every permission violation; returns the function that stops."""
