@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_connection_flags", "build_parser", "main"]
 
 _ENV = "FLEET_DEPLOY_"
 _ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
@@ -20,14 +20,15 @@ _ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
 _Formatter = argparse.RawDescriptionHelpFormatter
 
 
-def _connection_flags(parser: argparse.ArgumentParser) -> None:
+def add_connection_flags(parser: argparse.ArgumentParser, *, key: str = "NKey seed file") -> None:
+    """``--nats-url`` and ``--nkey-file``, shared by every command that connects."""
     parser.add_argument(
         "--nats-url", metavar="URL", help=f"NATS server URL [env {_ENV}NATS_URL] (required)"
     )
     parser.add_argument(
         "--nkey-file",
         metavar="PATH",
-        help=f"NKey seed file, mode 0600 [env {_ENV}NKEY_FILE] (required)",
+        help=f"{key}, mode 0600 [env {_ENV}NKEY_FILE] (required)",
     )
 
 
@@ -45,7 +46,7 @@ def _add_listener(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument("--hostname", help="this host's name in subjects (required)")
     parser.add_argument("--tier", choices=("test", "prod"), help="deployment tier (required)")
-    _connection_flags(parser)
+    add_connection_flags(parser)
     parser.add_argument(
         "--flake-url", metavar="URL", help="flake to deploy, without #host (required)"
     )
@@ -95,7 +96,7 @@ def _add_deploy(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ),
     )
     parser.add_argument("target", metavar="TARGET", help="deploy subject or alias")
-    _connection_flags(parser)
+    add_connection_flags(parser)
     parser.add_argument(
         "--branch",
         metavar="REV",
@@ -131,7 +132,7 @@ def _add_hosts(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=_Formatter,
         description="Ask every listener to announce itself and print them as a table.",
     )
-    _connection_flags(parser)
+    add_connection_flags(parser)
     parser.add_argument("--tier", choices=("test", "prod"), help="only hosts of this tier")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=_hosts)

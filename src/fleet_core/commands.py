@@ -20,6 +20,7 @@ from fleet_core.errors import only_fleet_error
 from fleet_core.keys import load_seed
 from fleet_core.listener import Listener
 from fleet_core.logging import configure_logging
+from fleet_core.messages import HostInfo
 from fleet_core.report import host_line, hosts_table, summary
 from fleet_core.runner import ProcessRebuilder
 from fleet_core.settings import DeploySettings, HostsSettings, ListenerSettings
@@ -108,20 +109,17 @@ def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
     configure_logging("warning")
     seed = load_seed(settings.connection.nkey_file)
 
-    async def main() -> list[dict[str, object]]:
+    async def main() -> list[HostInfo]:
         bus = await Bus.connect(settings.connection.nats_url, seed, name="fleet-deploy hosts")
         try:
-            hosts = await Deployer(bus, timing=settings.timing).discover(settings.tier)
+            return await Deployer(bus, timing=settings.timing).discover(settings.tier)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await bus.close()
-        return [h.model_dump(mode="json") for h in hosts]
 
     found = anyio.run(main)
     if settings.json:
-        print(json.dumps(found, indent=2), file=out)
+        print(json.dumps([h.model_dump(mode="json") for h in found], indent=2), file=out)
     else:
-        from fleet_core.messages import HostInfo
-
-        print(hosts_table([HostInfo.model_validate(h) for h in found]), file=out)
+        print(hosts_table(found), file=out)
     return 0

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 import structlog
 
 from fleet_core import __version__
+from fleet_core.cli import add_connection_flags
 from fleet_core.errors import FleetError
 from fleet_core.logging import configure_logging
-from fleet_core.settings import mcp_settings
+from fleet_core.settings import ENV_PREFIX, mcp_settings
 
 __all__ = ["build_parser", "main"]
 
-_ENV = "FLEET_DEPLOY_"
+_ENV = ENV_PREFIX
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -35,14 +36,7 @@ def build_parser(prog: str = "fleet-mcp") -> argparse.ArgumentParser:
             "streamable HTTP at /mcp."
         ),
     )
-    parser.add_argument(
-        "--nats-url", metavar="URL", help=f"NATS server URL [env {_ENV}NATS_URL] (required)"
-    )
-    parser.add_argument(
-        "--nkey-file",
-        metavar="PATH",
-        help=f"seed of the test-tier deployer key, mode 0600 [env {_ENV}NKEY_FILE] (required)",
-    )
+    add_connection_flags(parser, key="seed of the test-tier deployer key")
     parser.add_argument(
         "--enable-admin",
         action="store_true",
