@@ -1,15 +1,17 @@
 """Fan-out benchmark: deploy to N simulated hosts, against a raw nats-py gather in the same run.
 
-For each N (10, 100, 1000) one real nats-server is started with the tiered authorization of
-DESIGN §2 (one permission block per host, rendered by ``natsconfig.render_authorization``),
-N listener keys and a test-tier deployer key. Two fleets are measured, one after the other:
+For each N (10, 100, 1000) ``fleet_core.testing.local_fleet`` starts one real nats-server
+with the tiered authorization of DESIGN §2 (one permission block per host, as
+``nats-config`` writes it), N listener keys and a test-tier deployer key. Two fleets are
+measured, one after the other:
 
 ``listeners``
     N real ``fleet_core.listener.Listener`` objects in this process, each on its own
-    ``Bus`` connection with its own key, sharing ``InstantRebuilder`` (exit 0 at once). Each
+    ``Bus`` connection with its own key, sharing ``fleet_core.testing.InstantRebuilder``
+    (exit 0 at once with nixos-rebuild's last line). Each
     job still costs what it costs on a host: request validation, three statuses, structlog
-    lines (JSON, info level, to /dev/null) and a job directory with request.json and
-    result.json under a temporary state dir.
+    lines (JSON, info level, to /dev/null) and a job directory whose job.json is written
+    three times (accepted, running, finished) under a temporary state dir.
 ``responders``
     N bare nats-py connections (same keys) that answer a deploy with accepted, started and
     completed at once, and discovery with a host record: the cheapest possible host, to show
@@ -49,10 +51,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import anyio
 import anyio.abc
@@ -63,19 +65,19 @@ from nats.aio.msg import Msg
 
 from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
-from fleet_core.embedded_server import EmbeddedNatsServer
-from fleet_core.keys import Seed, generate_seed, write_seed
+from fleet_core.jobs import JobRecord, JobStore
 from fleet_core.listener import Listener
 from fleet_core.logging import configure_logging
-from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, render_authorization
+from fleet_core.messages import DeployRequest, StatusKind
+from fleet_core.outcome import Outcome
 from fleet_core.rebuild import Action
-from fleet_core.runner import JobStore, RebuildJob, RebuildResult
-from fleet_core.settings import DeployTiming, ListenerSettings
+from fleet_core.settings import DeployTiming
 from fleet_core.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
+from fleet_core.testing import FLAKE_URL, FleetHost, InstantRebuilder, LocalFleet, local_fleet
 from fleet_core.tracking import DeploymentResult, HostResult
 
 TARGET = Target.all(Tier.TEST)
-FLAKE_URL = "git+https://git.example.invalid/fleet.git"
+DEPLOYER = "deployer"
 FINAL = frozenset({"completed", "failed", "rejected"})
 # Short discovery windows, so discovery does not drown everything else. The window closes
 # DISCOVERY_QUIET after the last reply (the shipped default is 0.3 s).
@@ -91,15 +93,6 @@ RUN_LIMIT = 30.0  # no single measured run may take longer (seconds)
 CONNECT_PARALLEL = 50
 
 
-class InstantRebuilder:
-    """A rebuild that succeeds at once: one output line, exit 0, no subprocess, no log file."""
-
-    async def run(self, job: RebuildJob, on_line: Callable[[str], None]) -> RebuildResult:
-        line = "activating the configuration..."
-        on_line(line)
-        return RebuildResult(exit_code=0, timed_out=False, tail=[line], duration_s=0.0)
-
-
 class TimedBus(Bus):
     """A ``Bus`` that notes when it last published to each subject (perf_counter seconds)."""
 
@@ -112,31 +105,16 @@ class TimedBus(Bus):
         await super().publish(subject, payload, reply=reply)
 
 
-@dataclass
-class Keys:
-    hosts: list[tuple[str, Seed]]
-    deployer: Seed
-    directory: Path
-
-    def path(self, name: str) -> Path:
-        return self.directory / f"{name}.seed"
+def bench_fleet(n: int, root: Path, state: Path) -> AbstractAsyncContextManager[LocalFleet]:
+    """N test-tier hosts and a test-tier deployer; the listeners' state dirs under ``state``."""
+    hosts = [FleetHost(f"h{i:04d}") for i in range(n)]
+    return local_fleet(hosts, {DEPLOYER: "test"}, root=root, state_root=state)
 
 
-def make_keys(n: int, directory: Path) -> Keys:
-    directory.mkdir(parents=True)
-    hosts = [(f"h{i:04d}", generate_seed()) for i in range(n)]
-    deployer = generate_seed()
-    for name, seed in [*hosts, ("deployer", deployer)]:
-        write_seed(directory / f"{name}.seed", seed)
-    return Keys(hosts=hosts, deployer=deployer, directory=directory)
-
-
-def server_config(keys: Keys) -> str:
-    inventory = Inventory(
-        hosts=tuple(HostEntry(name=n, tier=Tier.TEST, nkey=s.public_key) for n, s in keys.hosts),
-        deployers=(DeployerEntry(name="bench", access="test", nkey=keys.deployer.public_key),),
-    )
-    return render_authorization(inventory)
+async def timed_bus(fleet: LocalFleet) -> TimedBus:
+    bus = await TimedBus.connect(fleet.url, fleet.seed(DEPLOYER), name="bench deployer")
+    assert isinstance(bus, TimedBus)
+    return bus
 
 
 async def gather_all(
@@ -157,45 +135,22 @@ async def gather_all(
 
 
 @asynccontextmanager
-async def listener_fleet(url: str, keys: Keys, state: Path) -> AsyncIterator[list[Listener]]:
+async def listener_fleet(fleet: LocalFleet) -> AsyncIterator[list[Listener]]:
     """N real listeners, each on its own connection, until the block ends."""
-    rebuilder = InstantRebuilder()
-    buses = await gather_all(
-        len(keys.hosts),
-        lambda i: Bus.connect(url, keys.hosts[i][1], name=f"bench listener {keys.hosts[i][0]}"),
-    )
-    listeners = [
-        Listener(
-            ListenerSettings(
-                hostname=name,
-                tier=Tier.TEST,
-                nats_url=url,
-                nkey_file=keys.path(name),
-                flake_url=FLAKE_URL,
-                state_dir=state / name,
-            ),
-            rebuilder,
-        )
-        for name, _ in keys.hosts
-    ]
-    try:
-        async with anyio.create_task_group() as tasks:
-            for listener, bus in zip(listeners, buses, strict=True):
-                await tasks.start(listener.serve, bus)
-            yield listeners
-            tasks.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await gather_all(len(buses), lambda i: buses[i].close())
+    async with fleet.listeners(fleet.hosts, rebuilder=InstantRebuilder()) as running:
+        yield list(running.values())
 
 
 @asynccontextmanager
-async def responder_fleet(url: str, keys: Keys) -> AsyncIterator[None]:
+async def responder_fleet(fleet: LocalFleet) -> AsyncIterator[None]:
     """N bare nats-py hosts that answer discovery, and a deploy with three statuses at once."""
+    names = list(fleet.hosts)
 
     async def start(i: int) -> Client:
-        name, seed = keys.hosts[i]
-        client = await nats.connect(url, nkeys_seed_str=seed.reveal(), name=f"bench raw {name}")
+        name, seed = names[i], fleet.seed(names[i])
+        client = await nats.connect(
+            fleet.url, nkeys_seed_str=seed.reveal(), name=f"bench raw {name}"
+        )
         info = json.dumps(
             {
                 "hostname": name,
@@ -227,7 +182,7 @@ async def responder_fleet(url: str, keys: Keys) -> AsyncIterator[None]:
         await client.flush()
         return client
 
-    clients = await gather_all(len(keys.hosts), start)
+    clients = await gather_all(len(names), start)
     try:
         yield
     finally:
@@ -260,19 +215,21 @@ def filesystem(path: Path) -> str:
 
 
 def job_dir_cost(root: Path, jobs: int = 150, keep: int = 50) -> tuple[str, Stats]:
-    """What one job's directory costs a listener (``JobStore.new_job`` + ``finish``)."""
+    """What one job's directory costs a listener: ``JobStore.create``, then ``save`` when the
+    rebuild starts and when it ends (each job.json written atomically and fsynced)."""
     store = JobStore(root / "job-dir-cost", keep=keep)
-    request = {
-        "action": "switch",
-        "revision": "master",
-        "reply_to": "deploy.responses.x",
-        "argv": ["nixos-rebuild", "switch", "--flake", FLAKE_URL, "--refresh"],
-    }
+    request = DeployRequest(reply_to="deploy.responses.x")
+    argv = ("nixos-rebuild", "switch", "--flake", FLAKE_URL, "--refresh")
+    done = Outcome(StatusKind.COMPLETED, message="switch of master done")
     samples: list[float] = []
     for i in range(jobs):
         started = time.perf_counter()
-        directory = store.new_job(f"{i:06d}", request)
-        store.finish(directory, {"status": "completed", "error": None, "exit_code": 0})
+        record = JobRecord(
+            request_id=f"{i:06d}", request=request, argv=argv, started_at=time.time()
+        )
+        directory = store.create(record)
+        store.save(directory, record.running())
+        store.save(directory, record.finished(done, exit_code=0, duration_s=0.0, now=time.time()))
         samples.append(time.perf_counter() - started)
     return filesystem(root), Stats(samples[keep:])  # steady state: each new job prunes one
 
@@ -293,32 +250,41 @@ class Series:
             self.parts.setdefault(name, []).append(value)
 
 
-async def raw_gather(client: Client, n: int, subject: str = TARGET.subject) -> float:
-    """Publish the deployer's request JSON and wait for a final status from all N hosts."""
-    request_id = uuid.uuid4().hex
-    reply = RESPONSES_PREFIX + request_id
-    finals: dict[str, str] = {}
-    all_final = anyio.Event()
+async def _round_trip(
+    client: Client, subject: str, request: dict[str, str], done: Callable[[dict[str, Any]], bool]
+) -> float:
+    """Publish ``request`` (with a fresh ``reply_to``) and time it until ``done`` holds for a
+    reply: plain nats-py and ``json.loads``, the baseline the deployer is compared with."""
+    reply = RESPONSES_PREFIX + uuid.uuid4().hex
+    finished = anyio.Event()
 
-    async def on_status(msg: Msg) -> None:
-        status = json.loads(msg.data)
-        if status["status"] in FINAL:
-            finals[status["hostname"]] = status["status"]
-            if len(finals) == n:
-                all_final.set()
+    async def on_reply(msg: Msg) -> None:
+        if done(json.loads(msg.data)):
+            finished.set()
 
-    subscription = await client.subscribe(reply, cb=on_status)
-    body = json.dumps(
-        {"action": "switch", "revision": "master", "reply_to": reply, "id": request_id}
-    ).encode()
+    subscription = await client.subscribe(reply, cb=on_reply)
+    body = json.dumps({**request, "reply_to": reply}).encode()
     try:
         with anyio.fail_after(RUN_LIMIT):
             started = time.perf_counter()
             await client.publish(subject, body, reply=reply)
-            await all_final.wait()
-            elapsed = time.perf_counter() - started
+            await finished.wait()
+            return time.perf_counter() - started
     finally:
         await subscription.unsubscribe()
+
+
+async def raw_gather(client: Client, n: int, subject: str = TARGET.subject) -> float:
+    """Publish the deployer's request JSON and wait for a final status from all N hosts."""
+    finals: dict[str, str] = {}
+
+    def all_final(status: dict[str, Any]) -> bool:
+        if status["status"] in FINAL:
+            finals[status["hostname"]] = status["status"]
+        return len(finals) == n
+
+    request = {"action": "switch", "revision": "master", "id": uuid.uuid4().hex}
+    elapsed = await _round_trip(client, subject, request, all_final)
     bad = {h: s for h, s in finals.items() if s != "completed"}
     assert not bad, f"raw gather: hosts did not complete: {bad}"
     return elapsed
@@ -326,26 +292,13 @@ async def raw_gather(client: Client, n: int, subject: str = TARGET.subject) -> f
 
 async def raw_discover(client: Client, n: int) -> float:
     """Publish a discovery request and wait until all N hosts answered (no quiet window)."""
-    reply = RESPONSES_PREFIX + uuid.uuid4().hex
     seen: set[str] = set()
-    everyone = anyio.Event()
 
-    async def on_info(msg: Msg) -> None:
-        seen.add(json.loads(msg.data)["hostname"])
-        if len(seen) == n:
-            everyone.set()
+    def everyone(info: dict[str, Any]) -> bool:
+        seen.add(info["hostname"])
+        return len(seen) == n
 
-    subscription = await client.subscribe(reply, cb=on_info)
-    body = json.dumps({"reply_to": reply, "tier": "test"}).encode()
-    try:
-        with anyio.fail_after(RUN_LIMIT):
-            started = time.perf_counter()
-            await client.publish(DISCOVER_SUBJECT, body, reply=reply)
-            await everyone.wait()
-            elapsed = time.perf_counter() - started
-    finally:
-        await subscription.unsubscribe()
-    return elapsed
+    return await _round_trip(client, DISCOVER_SUBJECT, {"tier": "test"}, everyone)
 
 
 def _ignore(host: HostResult, result: DeploymentResult) -> None:
@@ -421,31 +374,28 @@ class SizeResult:
 
 async def measure_size(n: int, runs: int, warmup: int, root: Path, state: Path) -> SizeResult:
     """All measurements at one N on a fresh nats-server; listener state dirs under ``state``."""
-    keys = make_keys(n, root / "keys")
-    server = EmbeddedNatsServer(root / "nats", server_config(keys)).start()
     setup: dict[str, float] = {}
-    try:
-        bus = await TimedBus.connect(server.url, keys.deployer, name="bench deployer")
-        assert isinstance(bus, TimedBus)
-        raw = await nats.connect(server.url, nkeys_seed_str=keys.deployer.reveal(), name="raw")
-        try:
-            started = time.perf_counter()
-            async with listener_fleet(server.url, keys, state) as listeners:
-                setup["listeners"] = time.perf_counter() - started
-                on_listeners = await _measure_fleet(
-                    bus, raw, n, runs=runs, warmup=warmup, listeners=listeners
-                )
-            started = time.perf_counter()
-            async with responder_fleet(server.url, keys):
-                setup["responders"] = time.perf_counter() - started
-                on_responders = await _measure_fleet(
-                    bus, raw, n, runs=runs, warmup=warmup, listeners=None
-                )
-        finally:
-            await raw.close()
-            await bus.close()
-    finally:
-        server.stop()
+    async with bench_fleet(n, root, state) as fleet:
+        bus = await timed_bus(fleet)
+        async with bus:
+            raw = await nats.connect(
+                fleet.url, nkeys_seed_str=fleet.seed(DEPLOYER).reveal(), name="raw"
+            )
+            try:
+                started = time.perf_counter()
+                async with listener_fleet(fleet) as listeners:
+                    setup["listeners"] = time.perf_counter() - started
+                    on_listeners = await _measure_fleet(
+                        bus, raw, n, runs=runs, warmup=warmup, listeners=listeners
+                    )
+                started = time.perf_counter()
+                async with responder_fleet(fleet):
+                    setup["responders"] = time.perf_counter() - started
+                    on_responders = await _measure_fleet(
+                        bus, raw, n, runs=runs, warmup=warmup, listeners=None
+                    )
+            finally:
+                await raw.close()
     return SizeResult(n, setup, on_listeners, on_responders)
 
 
@@ -492,28 +442,16 @@ async def _measure_fleet(
 
 async def profile(n: int, *, runs: int, root: Path, state: Path, fleet: str, out: TextIO) -> None:
     """cProfile ``runs`` deploys (with callback) at N; everything in this process is in it."""
-    keys = make_keys(n, root / "keys")
-    server = EmbeddedNatsServer(root / "nats", server_config(keys)).start()
-    try:
-        bus = await TimedBus.connect(server.url, keys.deployer, name="bench deployer")
-        assert isinstance(bus, TimedBus)
-        try:
-            fleet_cm = (
-                listener_fleet(server.url, keys, state)
-                if fleet == "listeners"
-                else responder_fleet(server.url, keys)
-            )
-            async with fleet_cm:
-                await deploy(bus, n, with_callback=True)  # warm-up
-                profiler = cProfile.Profile()
-                profiler.enable()
-                for _ in range(runs):
-                    await deploy(bus, n, with_callback=True)
-                profiler.disable()
-        finally:
-            await bus.close()
-    finally:
-        server.stop()
+    async with bench_fleet(n, root, state) as local:
+        bus = await timed_bus(local)
+        hosts = listener_fleet(local) if fleet == "listeners" else responder_fleet(local)
+        async with bus, hosts:
+            await deploy(bus, n, with_callback=True)  # warm-up
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(runs):
+                await deploy(bus, n, with_callback=True)
+            profiler.disable()
     stats = pstats.Stats(profiler, stream=out)
     print(f"\n== cProfile: {runs} x deploy+cb at N={n} against {fleet} (by tottime) ==", file=out)
     stats.sort_stats("tottime").print_stats(25)
@@ -614,11 +552,12 @@ def report(
         "- Everything runs in one process and one event loop (plus nats-server): the N hosts, "
         "the deployer and the raw client share the CPU, so every figure includes the hosts' "
         "own work. *Listeners* are real `Listener` objects with an instant rebuild (job "
-        "directory, request.json and result.json written under a temp state dir; structlog "
+        "directory and its job.json, written three times, under a temp state dir; structlog "
         "JSON at info to /dev/null; no rebuild subprocess, no output.log); *responders* are "
         "bare nats-py clients answering accepted/started/completed at once.",
         f"- The listeners' state dirs are on {state_fs}, where one job directory "
-        f"(`JobStore.new_job` + `finish`: mkdir, request.json, prune, result.json) costs "
+        "(`JobStore.create` + two `save`s: mkdir, prune, job.json written atomically three "
+        "times) costs "
         f"{ms(state_cost.median)} ms (median); on {tmp_fs} it costs "
         f"{ms(tmp_cost.median)} ms. A host pays that once per deploy; here N listeners pay "
         "it one after another in one thread, so a slow state disk would count N times "

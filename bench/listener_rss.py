@@ -1,10 +1,11 @@
 """Listener footprint and CLI start-up: resident memory, `--help` time, no MCP imports.
 
-1. Starts a real ``fleet-deploy listener`` (the installed console script) against an
-   embedded nats-server with the tiered keys, waits for its "listening" log line, lets it
-   sit idle, and reads VmRSS (plus VmHWM, PSS and USS from ``smaps_rollup``) from /proc.
-   Then it deploys once to that host (the packaged ``simulated_rebuild`` as the rebuild
-   command, a real subprocess) and reads them again. Repeated ``--runs`` times, medians.
+1. Starts a real ``fleet-deploy listener`` (the installed console script) against the
+   nats-server of a ``fleet_core.testing.local_fleet`` with the tiered keys, waits for its
+   "listening" log line, lets it sit idle, and reads VmRSS (plus VmHWM, PSS and USS from
+   ``smaps_rollup``) from /proc. Then it deploys once to that host (the packaged
+   ``simulated_rebuild`` as the rebuild command, a real subprocess) and reads them again.
+   Repeated ``--runs`` times, medians.
 2. Resident memory of a bare interpreter and of one with each big dependency imported,
    to show where the listener's memory goes.
 3. ``fleet-deploy --help`` wall time (subprocess, median of ``--help-runs``), next to
@@ -19,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,17 +34,20 @@ import anyio.abc
 from _results import Stats, load_average, machine, ms, update_section
 from anyio.streams.text import TextReceiveStream
 
-from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
-from fleet_core.embedded_server import EmbeddedNatsServer
-from fleet_core.keys import generate_seed, load_seed, write_seed
 from fleet_core.logging import configure_logging
-from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, render_authorization
 from fleet_core.rebuild import Action
 from fleet_core.subjects import Target, Tier
+from fleet_core.testing import (
+    FLAKE_URL,
+    FleetHost,
+    LocalFleet,
+    local_fleet,
+    simulated_rebuild_command,
+)
 
 HOST = "rss1"
-FLAKE_URL = "git+https://git.example.invalid/fleet.git"
+DEPLOYER = "deployer"
 SETTLE = 2.0  # seconds an idle listener is left alone before its memory is read
 RSS_TARGET_MB = 45.0
 HELP_TARGET_S = 0.4
@@ -120,14 +124,14 @@ class ListenerRun:
     job_s: float  # deploy() of one simulated rebuild
 
 
-async def one_listener_run(root: Path, url: str, keys: dict[str, Path]) -> ListenerRun:
+async def one_listener_run(fleet: LocalFleet) -> ListenerRun:
     argv = [
         str(fleet_deploy()), "listener",
         "--hostname", HOST, "--tier", "test",
-        "--nats-url", url, "--nkey-file", str(keys[HOST]),
+        "--nats-url", fleet.url, "--nkey-file", str(fleet.key_path(HOST)),
         "--flake-url", FLAKE_URL,
-        "--state-dir", str(root / "state"),
-        "--rebuild-command", f"{sys.executable} -m fleet_core.simulated_rebuild",
+        "--state-dir", str(fleet.state_dir(HOST)),
+        "--rebuild-command", shlex.join(simulated_rebuild_command()),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_DEPLOY_")}
     log: list[str] = []
@@ -142,7 +146,7 @@ async def one_listener_run(root: Path, url: str, keys: dict[str, Path]) -> Liste
             start_s = time.perf_counter() - spawned
             await anyio.sleep(SETTLE)
             idle = read_memory(process.pid)
-            job_s = await _deploy_once(url, keys["deployer"])
+            job_s = await _deploy_once(fleet)
             await anyio.sleep(SETTLE)
             after_job = read_memory(process.pid)
             process.terminate()
@@ -175,9 +179,8 @@ async def _read_log(process: anyio.abc.Process, log: list[str], listening: anyio
                 listening.set()
 
 
-async def _deploy_once(url: str, seed_path: Path) -> float:
-    bus = await Bus.connect(url, load_seed(seed_path), name="bench rss deployer")
-    try:
+async def _deploy_once(fleet: LocalFleet) -> float:
+    async with await fleet.connect(DEPLOYER, name="bench rss deployer") as bus:
         started = time.perf_counter()
         with anyio.fail_after(START_LIMIT):
             result = await Deployer(bus).deploy(
@@ -185,24 +188,8 @@ async def _deploy_once(url: str, seed_path: Path) -> float:
                 timeout=START_LIMIT,
             )  # fmt: skip
         elapsed = time.perf_counter() - started
-    finally:
-        await bus.close()
     assert result.ok, f"the deploy to the measured listener failed: {result.hosts}"
     return elapsed
-
-
-def start_server(root: Path) -> tuple[EmbeddedNatsServer, dict[str, Path]]:
-    (root / "keys").mkdir(parents=True)
-    seeds = {HOST: generate_seed(), "deployer": generate_seed()}
-    keys: dict[str, Path] = {}
-    for name, seed in seeds.items():
-        keys[name] = root / "keys" / f"{name}.seed"
-        write_seed(keys[name], seed)
-    inventory = Inventory(
-        hosts=(HostEntry(name=HOST, tier=Tier.TEST, nkey=seeds[HOST].public_key),),
-        deployers=(DeployerEntry(name="bench", access="test", nkey=seeds["deployer"].public_key),),
-    )
-    return EmbeddedNatsServer(root / "nats", render_authorization(inventory)).start(), keys
 
 
 def import_rss() -> list[tuple[str, float]]:
@@ -385,13 +372,8 @@ def report(
 async def measure_listener(runs: int) -> list[ListenerRun]:
     results: list[ListenerRun] = []
     for i in range(runs):
-        with tempfile.TemporaryDirectory(prefix="fleet-bench-rss-") as tmp:
-            root = Path(tmp)
-            server, keys = start_server(root)
-            try:
-                results.append(await one_listener_run(root, server.url, keys))
-            finally:
-                server.stop()
+        async with local_fleet([FleetHost(HOST)], {DEPLOYER: "test"}) as fleet:
+            results.append(await one_listener_run(fleet))
         last = results[-1]
         print(
             f"run {i + 1}: start {ms(last.start_s)} ms, idle RSS {last.idle.rss_mb:.1f} MB, "

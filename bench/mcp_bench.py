@@ -7,8 +7,9 @@
     mcp.server"`` (spawn to import done, and to exit). Runs alternate in a random order;
     target: median ratio to the import (exit excluded on both sides) at most 1.5.
 ``deploy to N hosts``
-    N real ``Listener`` objects in this process, each on its own connection and key, with an
-    instant in-process rebuilder, against one nats-server with the tiered permissions.
+    N real ``Listener`` objects in this process, each on its own connection and key, with
+    ``fleet_core.testing.InstantRebuilder``, against one nats-server with the tiered
+    permissions (``fleet_core.testing.local_fleet``).
     Baseline ``core``: ``Deployer.deploy(Target.all(Tier.TEST))`` on its own connection.
     ``mcp-modern`` / ``mcp-legacy``: ``deploy(all=true)`` through ``mcp.Client(server)`` in
     the 2026 era and through the legacy handshake, with a progress callback (so every host
@@ -41,20 +42,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
-import anyio.abc
+import anyio.to_thread
 import mcp
 
-from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
-from fleet_core.embedded_server import EmbeddedNatsServer
-from fleet_core.keys import Seed, generate_seed, write_seed
-from fleet_core.listener import Listener
 from fleet_core.logging import configure_logging
-from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, render_authorization
 from fleet_core.rebuild import Action
-from fleet_core.runner import RebuildJob, RebuildResult
-from fleet_core.settings import DeployTiming, ListenerSettings, mcp_settings
+from fleet_core.settings import DeployTiming, mcp_settings
 from fleet_core.subjects import Target, Tier
+from fleet_core.testing import FleetHost, InstantRebuilder, LocalFleet, local_fleet
 from fleet_core.tracking import DeploymentResult, HostResult
 from fleet_mcp.models import DeploymentReport
 from fleet_mcp.server import build_server
@@ -62,7 +58,7 @@ from fleet_mcp.server import build_server
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "RESULTS.md"
 BEGIN, END = "<!-- mcp:begin -->", "<!-- mcp:end -->"
-FLAKE_URL = "git+https://git.example.invalid/fleet.git"
+DEPLOYER = "bench"
 TARGET = Target.all(Tier.TEST)
 START_TARGET = 1.5
 DEPLOY_TARGET = 1.2
@@ -111,60 +107,15 @@ def machine() -> str:
 # -- a fleet of in-process listeners -------------------------------------------------------
 
 
-class InstantRebuilder:
-    """A rebuild that succeeds at once, with one output line; no subprocess."""
-
-    async def run(self, job: RebuildJob, on_line: Callable[[str], None]) -> RebuildResult:
-        line = "Done. The new configuration is /nix/store/00000000000000000000000000000000-sim"
-        on_line(line)
-        return RebuildResult(exit_code=0, timed_out=False, tail=[line], duration_s=0.0)
-
-
-@dataclass
-class BenchFleet:
-    server: EmbeddedNatsServer
-    deployer_seed: Seed
-    deployer_key: Path
-    hosts: int
-
-
 @asynccontextmanager
-async def bench_fleet(root: Path, hosts: int) -> AsyncIterator[BenchFleet]:
+async def bench_fleet(root: Path, hosts: int) -> AsyncIterator[LocalFleet]:
     """A nats-server with the tiered permissions and ``hosts`` listeners serving in-process."""
-    seeds = {f"sim{i:04d}": generate_seed() for i in range(hosts)}
-    deployer = generate_seed()
-    deployer_key = root / "deployer.seed"
-    write_seed(deployer_key, deployer)
-    inventory = Inventory(
-        hosts=tuple(
-            HostEntry(name=name, tier=Tier.TEST, nkey=seed.public_key, role="web")
-            for name, seed in seeds.items()
-        ),
-        deployers=(DeployerEntry(name="bench", access="test", nkey=deployer.public_key),),
-    )
-    server = EmbeddedNatsServer(root / "nats", render_authorization(inventory)).start()
-    buses: list[Bus] = []
-    try:
-        async with anyio.create_task_group() as tasks:
-            for name, seed in seeds.items():
-                settings = ListenerSettings(
-                    hostname=name,
-                    tier=Tier.TEST,
-                    role="web",
-                    nats_url=server.url,
-                    nkey_file=root / "unused.seed",
-                    flake_url=FLAKE_URL,
-                    state_dir=root / "state" / name,
-                )
-                bus = await Bus.connect(server.url, seed, name=f"bench {name}")
-                buses.append(bus)
-                await tasks.start(Listener(settings, InstantRebuilder()).serve, bus)
-            yield BenchFleet(server, deployer, deployer_key, hosts)
-            tasks.cancel_scope.cancel()
-    finally:
-        for bus in buses:
-            await bus.close()
-        server.stop()
+    plan = [FleetHost(f"sim{i:04d}", Tier.TEST, "web") for i in range(hosts)]
+    async with (
+        local_fleet(plan, {DEPLOYER: "test"}, root=root) as fleet,
+        fleet.listeners(fleet.hosts, rebuilder=InstantRebuilder()),
+    ):
+        yield fleet
 
 
 # -- deploy: core against MCP ---------------------------------------------------------------
@@ -173,11 +124,14 @@ Runner = Callable[[], Awaitable[DeploymentReport | None]]
 
 
 async def deploy_round_trip(
-    fleet: BenchFleet, timing: DeployTiming, runs: int
+    fleet: LocalFleet, timing: DeployTiming, runs: int
 ) -> tuple[dict[str, Stats], dict[str, int]]:
     """Median wall time of one ``deploy.test.all`` per variant; progress notes per MCP call."""
+    hosts = len(fleet.hosts)
     settings = replace(
-        mcp_settings(nats_url=fleet.server.url, nkey_file=str(fleet.deployer_key), environ={}),
+        mcp_settings(
+            {"nats_url": fleet.url, "nkey_file": str(fleet.key_path(DEPLOYER))}, environ={}
+        ),
         timing=timing,
     )
     notes: dict[str, int] = {}
@@ -187,9 +141,8 @@ async def deploy_round_trip(
         "mcp-modern": [],
         "mcp-legacy": [],
     }
-    bus = await Bus.connect(fleet.server.url, fleet.deployer_seed, name="bench core")
-    deployer = Deployer(bus, timing=timing)
-    try:
+    async with await fleet.connect(DEPLOYER, name="bench core") as bus:
+        deployer = Deployer(bus, timing=timing)
         async with (
             mcp.Client(build_server(settings), mode="auto") as modern,
             mcp.Client(build_server(settings), mode="legacy") as legacy,
@@ -203,7 +156,7 @@ async def deploy_round_trip(
                     TARGET, revision="master", action=Action.SWITCH, timeout=60
                 )
                 assert result.ok, result.counts
-                assert result.counts == {"completed": fleet.hosts}, result.counts
+                assert result.counts == {"completed": hosts}, result.counts
 
             async def core_cb() -> None:
                 result = await deployer.deploy(
@@ -231,7 +184,7 @@ async def deploy_round_trip(
                     assert not result.is_error, result.content
                     report = DeploymentReport.model_validate(result.structured_content)
                     assert report.ok, report.summary
-                    assert report.counts == {"completed": fleet.hosts}, report.counts
+                    assert report.counts == {"completed": hosts}, report.counts
                     notes[name] = count
 
                 return call
@@ -251,8 +204,6 @@ async def deploy_round_trip(
                     started = time.perf_counter()
                     await variants[name]()
                     samples[name].append(time.perf_counter() - started)
-    finally:
-        await bus.close()
     return {name: Stats(tuple(values)) for name, values in samples.items()}, notes
 
 
@@ -338,26 +289,27 @@ def import_baseline() -> tuple[float, float]:
     return imported, time.perf_counter() - started
 
 
-def cold_start(root: Path, runs: int) -> dict[str, Stats]:
+async def cold_start(root: Path, runs: int) -> dict[str, Stats]:
     """Both sides, alternating in a random order each round, against an otherwise idle server."""
-    deployer = generate_seed()
-    key = root / "cold-start.seed"
-    write_seed(key, deployer)
-    inventory = Inventory(
-        hosts=(), deployers=(DeployerEntry(name="bench", access="test", nkey=deployer.public_key),)
-    )
+    async with local_fleet([], {DEPLOYER: "test"}, root=root) as fleet:
+        # Blocking subprocess round trips, timed with nothing else running: in a thread.
+        return await anyio.to_thread.run_sync(
+            _cold_start_rounds, fleet.url, fleet.key_path(DEPLOYER), runs
+        )
+
+
+def _cold_start_rounds(url: str, key: Path, runs: int) -> dict[str, Stats]:
     samples: dict[str, list[float]] = {IMPORTED: [], EXITED: [], STARTED: []}
-    with EmbeddedNatsServer(root / "cold-start-nats", render_authorization(inventory)) as server:
-        import_baseline()  # warm the file cache for both
-        start_to_tools_list(server.url, key)
-        for _ in range(runs):
-            for side in random.sample(["import", "start"], 2):
-                if side == "import":
-                    until_imported, until_exit = import_baseline()
-                    samples[IMPORTED].append(until_imported)
-                    samples[EXITED].append(until_exit)
-                else:
-                    samples[STARTED].append(start_to_tools_list(server.url, key))
+    import_baseline()  # warm the file cache for both
+    start_to_tools_list(url, key)
+    for _ in range(runs):
+        for side in random.sample(["import", "start"], 2):
+            if side == "import":
+                until_imported, until_exit = import_baseline()
+                samples[IMPORTED].append(until_imported)
+                samples[EXITED].append(until_exit)
+            else:
+                samples[STARTED].append(start_to_tools_list(url, key))
     return {name: Stats(tuple(values)) for name, values in samples.items()}
 
 
@@ -432,8 +384,8 @@ def write_section(body: str, path: Path = RESULTS) -> None:
 async def main(arguments: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="mcp-bench-") as scratch:
         root = Path(scratch)
-        start = cold_start(root, arguments.start_runs)
-        async with bench_fleet(root, arguments.hosts) as fleet:
+        start = await cold_start(root / "cold-start", arguments.start_runs)
+        async with bench_fleet(root / "fleet", arguments.hosts) as fleet:
             deploys: list[tuple[str, DeployTiming, dict[str, Stats], dict[str, int]]] = []
             for title, timing in (
                 ("shipped timing", DeployTiming()),

@@ -31,7 +31,10 @@ let
   cfg = config.services.fleet-deploy.listener;
   opt = "services.fleet-deploy.listener";
 
-  # A hostname or role is one subject token (DESIGN.md §2).
+  # A hostname or role becomes one token of a NATS subject (`deploy.<tier>.<hostname>`,
+  # `deploy.<tier>.role.<role>`), so it can hold no dot, space or wildcard; the listener
+  # checks the same rule (src/fleet_core/subjects.py). `all` and `role` would collide with
+  # `deploy.<tier>.all` and `deploy.<tier>.role.<role>`, so they are not valid hostnames.
   isToken = s: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]{0,62}" s != null;
   reservedHostnames = [
     "all"
@@ -327,8 +330,8 @@ in
 
       # A switch must not restart (stop) the listener: the rebuild that is running the switch
       # is the listener's child, so a restart would kill the deploy halfway and lose its
-      # result. A changed unit takes effect at the next start of the listener (a reboot, or a
-      # restart the listener does itself once the job has reported; see DESIGN.md §3).
+      # result. A changed unit or package takes effect the next time the listener starts: at
+      # a reboot, or when it is restarted while no deploy is running.
       restartIfChanged = false;
 
       # Tools the rebuild needs: nix and git fetch the flake (ssh for git+ssh:// URLs).

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import structlog.testing
 
 from fleet_core.bus import Bus, Message
 from fleet_core.embedded_server import EmbeddedNatsServer
@@ -112,6 +113,27 @@ class TestClose:
         await bus.publish("deploy.test.web1", b"{}")
         await bus.close()
         await bus.close()
+
+    async def test_a_normal_close_is_not_reported_as_a_drop(self, fleet: Fleet) -> None:
+        """Closing on purpose logs no nats_disconnected warning and tells no watcher."""
+        seen: list[bool] = []
+        with structlog.testing.capture_logs() as logs:
+            async with await fleet.connect("deployer") as bus:
+                bus.watch_connection(seen.append)
+                await bus.flush()
+        assert not bus.is_connected
+        assert seen == []
+        assert [e for e in logs if e["event"] == "nats_disconnected"] == []
+
+    async def test_a_deployer_gives_up_a_dropped_connection_a_long_lived_one_never(
+        self, fleet: Fleet
+    ) -> None:
+        """A CLI deployer retries a drop about a minute; reconnect_forever (MCP) never stops."""
+        async with await fleet.connect("deployer") as bus:
+            assert bus.reconnect_attempts == 30
+        seed = fleet.seed("deployer")
+        async with await Bus.connect(fleet.url, seed, name="t", reconnect_forever=True) as bus:
+            assert bus.reconnect_attempts == -1
 
 
 class TestReconnect:

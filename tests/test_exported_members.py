@@ -56,11 +56,65 @@ def test_layering() -> None:
             assert "os.environ" not in path.read_text(), f"{path.name} reads os.environ"
 
 
-PURE = ("subjects", "messages", "rebuild", "rebuild_output", "tracking", "report", "natsconfig")
+def _module_map() -> dict[str, list[str]]:
+    """The groups of the module map in ``fleet_core``'s docstring: heading -> module names."""
+    groups: dict[str, list[str]] = {}
+    heading = ""
+    for line in (fleet_core.__doc__ or "").splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            heading = line.split(" —")[0].rstrip(":")
+            groups[heading] = []
+        elif heading and line.startswith("    ") and line.strip():
+            groups[heading].append(line.split()[0])
+    return groups
+
+
+MAP = _module_map()
+PURE = MAP.get("Pure protocol", [])
+HOST = MAP.get("On the host", [])
+DEPLOYER = MAP.get("At the deployer", [])
+
+
+def test_the_module_map_lists_every_module_once() -> None:
+    """fleet_core's docstring names each of its modules exactly once, and no other."""
+    listed = [name for names in MAP.values() for name in names]
+    present = sorted(
+        info.name for info in pkgutil.iter_modules(fleet_core.__path__) if info.name != "__main__"
+    )
+    assert sorted(listed) == present
+    assert len(listed) == len(set(listed))
+    assert {"Pure protocol", "On the host", "At the deployer", "Operator tooling"} <= set(MAP)
 
 
 @pytest.mark.parametrize("name", PURE)
 def test_pure_modules_import_no_io(name: str) -> None:
-    """The protocol modules import no asyncio, anyio, subprocess, socket or nats."""
+    """The protocol modules import no asyncio, anyio, subprocess, socket, nats or logging."""
     imported = _imports(SRC / f"{name}.py")
     assert not imported & {"asyncio", "anyio", "subprocess", "socket", "nats", "structlog"}
+    own = {node for node in _own_imports(SRC / f"{name}.py")}
+    assert own <= {*PURE, "errors"}, f"{name} imports {sorted(own - {*PURE, 'errors'})}"
+
+
+def _own_imports(path: Path) -> set[str]:
+    """The fleet_core modules that ``path`` imports."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("fleet_core.")
+        ):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "fleet_core":
+            found |= {alias.name for alias in node.names} - {"__version__"}
+    return found
+
+
+@pytest.mark.parametrize(("side", "other"), [("host", "deployer"), ("deployer", "host")])
+def test_host_and_deployer_sides_do_not_import_each_other(side: str, other: str) -> None:
+    """The listener's modules never import the deployer's, nor the other way round."""
+    groups = {"host": HOST, "deployer": DEPLOYER}
+    for name in groups[side]:
+        crossing = _own_imports(SRC / f"{name}.py") & set(groups[other])
+        assert not crossing, f"{name} ({side}) imports {sorted(crossing)} ({other})"

@@ -19,8 +19,12 @@ from structlog.testing import capture_logs
 
 from fleet_core.bus import Bus, Message
 from fleet_core.deployer import Deployer
-from fleet_core.messages import Status, parse_status
+from fleet_core.jobs import OUTPUT_LOG, RECORD_FILE, JobPhase, JobRecord, JobStore
+from fleet_core.listener import Listener
+from fleet_core.messages import MAX_STATUS_BYTES, DeployRequest, Status, StatusKind, parse_status
 from fleet_core.rebuild import Action
+from fleet_core.runner import ProcessRebuilder
+from fleet_core.status_reporter import StatusReporter
 from fleet_core.subjects import Target, Tier
 from fleet_core.tracking import DeploymentResult, HostResult
 
@@ -355,18 +359,35 @@ class TestRebuildOutcomes:
         assert (host.status, host.error) == ("failed", "build_failed")
         assert "cannot start '/nonexistent/nixos-rebuild'" in host.message
 
-    async def test_job_logs_are_kept_in_the_state_dir(self, fleet: Fleet) -> None:
-        """Each job leaves request.json, output.log and result.json under <state>/jobs."""
-        bus = await fleet.connect()
-        try:
-            async with fleet.listeners("web1"):
-                await valid_deploy_completes(bus)
-        finally:
-            await bus.close()
-        (job,) = (fleet.root / "state" / "web1" / "jobs").iterdir()
-        assert json.loads((job / "result.json").read_text())["status"] == "completed"
-        assert "Done. The new configuration is" in (job / "output.log").read_text()
-        assert json.loads((job / "request.json").read_text())["argv"][-4:] == expected_argv("web1")
+    async def test_the_job_record_follows_the_phases(self, fleet: Fleet, tmp_path: Path) -> None:
+        """The record says running when `started` arrives, and holds the final status after."""
+        release = tmp_path / "release"
+        store = JobStore(fleet.root / "state" / "web1")
+        while_started: list[JobRecord | None] = []
+
+        def on_update(host: HostResult, _: DeploymentResult) -> None:
+            if host.status == "started":
+                while_started.append(store.latest())
+                release.touch()
+
+        async with fleet.listeners("web1", sim={"web1": ["--sim-wait-for", str(release)]}):
+            result = await fleet.deploy("deploy.test.web1", on_update=on_update)
+        assert result.ok
+        (running,) = while_started
+        assert running is not None and running.phase is JobPhase.RUNNING
+        finished = store.load(result.deployment_id)
+        assert finished is not None and finished == store.latest()
+        assert (finished.phase, finished.status, finished.error, finished.exit_code) == (
+            JobPhase.FINISHED,
+            StatusKind.COMPLETED,
+            None,
+            0,
+        )
+        assert finished.message == result.hosts[0].message
+        assert list(finished.argv[-4:]) == expected_argv("web1")
+        assert finished.request.reply_to == f"deploy.responses.{result.deployment_id}"
+        (job,) = store.jobs.iterdir()
+        assert "Done. The new configuration is" in (job / OUTPUT_LOG).read_text()
 
 
 class TestListenerLifecycle:
@@ -424,6 +445,44 @@ class TestListenerLifecycle:
         rebuild_pid = json.loads(fleet.record.read_text().splitlines()[0])["pid"]
         assert process_gone(rebuild_pid, 5)
 
+    async def test_stopping_while_reporting_keeps_the_true_result(
+        self, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A stop that lands while `completed` is being sent re-sends it, and the record agrees."""
+        stalled = anyio.Event()
+        real_publish = Bus.publish
+
+        async def stall_first_completed(
+            self: Bus, subject: str, payload: bytes, *, reply: str | None = None
+        ) -> None:
+            if b'"status":"completed"' in payload and not stalled.is_set():
+                stalled.set()
+                await anyio.sleep_forever()
+            await real_publish(self, subject, payload, reply=reply)
+
+        monkeypatch.setattr(Bus, "publish", stall_first_completed)
+        results: list[DeploymentResult] = []
+        host_bus = await fleet.connect("web1")
+        try:
+            async with anyio.create_task_group() as outer:
+
+                async def deploy() -> None:
+                    results.append(await fleet.deploy("deploy.test.web1"))
+
+                async with anyio.create_task_group() as hosting:
+                    listener = Listener(fleet.settings("web1"), ProcessRebuilder())
+                    await hosting.start(listener.serve, host_bus)
+                    outer.start_soon(deploy)
+                    with anyio.fail_after(10):
+                        await stalled.wait()
+                    hosting.cancel_scope.cancel()
+        finally:
+            await host_bus.close()
+        host = results[0].hosts[0]
+        assert (host.status, host.error) == ("completed", None)
+        record = JobStore(fleet.root / "state" / "web1").latest()
+        assert record is not None and (record.status, record.error) == (StatusKind.COMPLETED, None)
+
     async def test_credentials_in_the_flake_url_stay_on_the_host(self, fleet: Fleet) -> None:
         """A token in the flake URL reaches the rebuild's argv, never a status or job file."""
         secret_url = "git+https://oauth2:s3cr3t-T0KEN@git.example.invalid/fleet.git"  # noqa: S105 - a fake token to look for
@@ -439,4 +498,54 @@ class TestListenerLifecycle:
         assert "s3cr3t" not in shown
         assert "s3cr3t" not in json.dumps(logs, default=str)
         (job,) = (fleet.root / "state" / "db1" / "jobs").iterdir()
-        assert "s3cr3t" not in (job / "request.json").read_text()
+        assert "git+https://***@git.example.invalid" in (job / RECORD_FILE).read_text()
+        assert "s3cr3t" not in (job / RECORD_FILE).read_text()
+
+
+class TestStatusReporter:
+    async def test_redacts_and_bounds_what_it_sends(self, fleet: Fleet) -> None:
+        """A status with a token and a huge tail arrives redacted, within the size limit."""
+        url = "git+https://oauth2:s3cr3t-T0KEN@git.example.invalid/fleet.git"
+        reply = new_reply()
+        request = DeployRequest(revision="main", reply_to=reply, id="r1")
+        host_bus, bus = await fleet.connect("web1"), await fleet.connect()
+        try:
+            async with replies_on(bus, reply) as replies:
+                reporter = StatusReporter(
+                    host_bus,
+                    hostname="web1",
+                    tier="test",
+                    reply_to=reply,
+                    request=request,
+                    request_id="r1",
+                )
+                await reporter.send(
+                    StatusKind.FAILED,
+                    error="build_failed",
+                    message="x" * 1972 + url,  # cut inside the token if cut before redacting
+                    log_tail=[f"unpacking '{url}' " + "y" * 1000] * 100,
+                    duration_s=1.23456,
+                )
+                await replies.wait_for(bool)
+        finally:
+            await host_bus.close()
+            await bus.close()
+        (status,) = replies.statuses
+        assert "s3cr3t" not in status.model_dump_json()
+        assert len(status.model_dump_json()) <= MAX_STATUS_BYTES
+        assert status.log_tail and "***@git.example.invalid" in status.log_tail[-1]
+        assert (status.request_id, status.action, status.revision, status.duration_s) == (
+            "r1",
+            "switch",
+            "main",
+            1.235,
+        )
+
+    async def test_a_failed_publish_is_logged_not_raised(self, fleet: Fleet) -> None:
+        """Sending on a closed connection costs that status and a log line, nothing more."""
+        bus = await fleet.connect("web1")
+        await bus.close()
+        reporter = StatusReporter(bus, hostname="web1", tier="test", reply_to=new_reply())
+        with capture_logs() as logs:
+            await reporter.send(StatusKind.REJECTED, error="invalid_request", message="bad")
+        assert [(e["event"], e["status"]) for e in logs] == [("status_not_sent", "rejected")]

@@ -25,6 +25,8 @@ from fleet_core.bus import Bus, Message
 from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.rebuild import Action
 from fleet_core.settings import McpSettings, mcp_settings
+from fleet_core.tracking import FINAL_STATES
+from fleet_mcp.link import CONNECTION_WAIT
 from fleet_mcp.models import DeploymentReport, HostsReport
 from fleet_mcp.server import build_server
 
@@ -35,6 +37,8 @@ pytestmark = pytest.mark.anyio
 PROD_HOSTS = sorted(h for h in HOSTS if h not in TEST_HOSTS)
 BASE_TOOLS = {"list_hosts", "deploy", "deployment_status"}
 _DEPLOYMENT_ID = re.compile(r"deployment ([0-9a-f]{32})")
+_HOST_NOTE = re.compile(r"(?P<host>[a-z0-9-]+) (?P<status>[a-z]+)(?: — .+)?")
+_ORDER = ("accepted", "started", "progress")  # then one of FINAL_STATES
 
 
 @pytest.fixture(params=["auto", "legacy"], ids=["modern", "legacy"])
@@ -47,10 +51,12 @@ def settings_for(
     fleet: Fleet, *, key: str = "deployer", admin: str | None = None, url: str | None = None
 ) -> McpSettings:
     settings = mcp_settings(
-        nats_url=url or fleet.url,
-        nkey_file=str(fleet.keys[key]),
-        enable_admin=admin is not None,
-        admin_nkey_file=str(fleet.keys[admin]) if admin else None,
+        {
+            "nats_url": url or fleet.url,
+            "nkey_file": str(fleet.keys[key]),
+            "enable_admin": admin is not None,
+            "admin_nkey_file": str(fleet.keys[admin]) if admin else None,
+        },
         environ={},
     )
     return replace(settings, timing=FAST)
@@ -88,12 +94,36 @@ class Session:
 
 
 @asynccontextmanager
-async def session(
-    settings: McpSettings, mode: str, *, heartbeat: float = 5.0
-) -> AsyncIterator[Session]:
-    server = build_server(settings, heartbeat=heartbeat)
-    async with mcp.Client(server, mode=mode) as client:
+async def session(settings: McpSettings, mode: str) -> AsyncIterator[Session]:
+    async with mcp.Client(build_server(settings), mode=mode) as client:
         yield Session(client)
+
+
+def assert_notes_keep_the_promise(s: Session, report: DeploymentReport) -> None:
+    """The notes of one finished single-host deploy call keep ``Deployment.follow``'s promise:
+    increasing values, the deployment named first and in every note, each host's states in
+    order and never twice (only progress may repeat), and its final state reported last."""
+    values = [value for value, _ in s.progress]
+    assert values == sorted(set(values)), "progress must increase with every notification"
+    messages = s.messages()
+    prefix = f"deployment {report.deployment_id}: "
+    assert messages[0] == (f"{prefix}{report.action} of {report.revision} to {report.subject}"), (
+        messages
+    )
+    assert all(m.startswith(prefix) for m in messages), messages
+    named: dict[str, list[str]] = {}
+    for message in messages[1:]:
+        found = _HOST_NOTE.fullmatch(message.removeprefix(prefix))
+        if found is not None and "still running" not in message:
+            named.setdefault(found["host"], []).append(found["status"])
+    assert sorted(named) == sorted(h.hostname for h in report.hosts), messages
+    for host in report.hosts:
+        states = named[host.hostname]
+        assert states[-1] == host.status, messages
+        assert host.status in FINAL_STATES
+        steps = [_ORDER.index(state) for state in states[:-1]]
+        assert steps == sorted(steps), messages
+        assert states.count("accepted") <= 1 and states.count("started") <= 1, messages
 
 
 @asynccontextmanager
@@ -212,7 +242,7 @@ class TestToolList:
 
 class TestDeploy:
     async def test_test_host(self, fleet: Fleet, mode: str) -> None:
-        """deploy(hostname=web1) returns a structured result and a progress note per change."""
+        """deploy(hostname=web1) returns a structured result, and notes that keep the promise."""
         async with fleet.listeners("web1"), session(settings_for(fleet), mode) as s:
             report = await s.deploy(hostname="web1")
         assert report.state == "finished"
@@ -234,12 +264,8 @@ class TestDeploy:
         assert report.next_step is None
         assert "finished OK" in report.summary
         assert fleet.runs() == [expected_argv("web1")]
-        values = [value for value, _ in s.progress]
-        assert values == sorted(set(values)), "progress must increase with every notification"
-        messages = s.messages()
-        assert all(report.deployment_id in m for m in messages)
-        for status in ("accepted", "started", "completed"):
-            assert any(f"web1 {status}" in m for m in messages), (status, messages)
+        assert_notes_keep_the_promise(s, report)
+        assert s.messages()[-1].endswith(f"web1 completed — {host.message}")
 
     async def test_role_branch_and_action(self, fleet: Fleet, mode: str) -> None:
         """A role deploy passes branch and action through to every test host of the role."""
@@ -477,8 +503,8 @@ class TestWaiting:
             found = _DEPLOYMENT_ID.search(message or "")
             if found:
                 ids.append(found.group(1))
-            if "web1 started" in (message or ""):
-                started.set()
+            if re.search(r": web1 (started|progress)\b", message or ""):
+                started.set()  # its latest state is always reported, whichever came last
 
         async with fleet.listeners("web1", sim=sim), session(settings_for(fleet), mode) as s:
             call = anyio.CancelScope()
@@ -509,7 +535,7 @@ class TestWaiting:
         sim = {"web1": ["--sim-wait-for", str(release)]}
         async with (
             fleet.listeners("web1", sim=sim),
-            session(settings_for(fleet), mode, heartbeat=0.2) as s,
+            session(replace(settings_for(fleet), heartbeat=0.2), mode) as s,
         ):
             pending = await s.deploy(hostname="web1", wait_seconds=2)
             release.touch()
@@ -524,16 +550,21 @@ class TestNatsDown:
     async def test_tools_listed_and_calls_say_nats_is_unreachable(
         self, fleet: Fleet, mode: str
     ) -> None:
-        """With NATS down at start the tools are listed; calls are clear tool errors."""
+        """With NATS down at start the tools are listed; calls are clear tool errors, as soon
+        as the connection attempt they asked for fails, not after the whole wait."""
         url = f"nats://127.0.0.1:{free_port()}"
         async with session(settings_for(fleet, url=url), mode) as s:
             names = {t.name for t in (await s.client.list_tools()).tools}
+            started = anyio.current_time()
             listing = await s.error("list_hosts")
+            took = anyio.current_time() - started
             deploying = await s.error("deploy", hostname="web1")
         assert names == BASE_TOOLS
         assert "No NATS connection, so nothing was listed" in listing
         assert "cannot reach the NATS server" in listing
-        assert url in listing
+        assert f"--nats-url (FLEET_DEPLOY_NATS_URL, now {url})" in listing
+        assert "accepts this server's key U" in listing
+        assert took < CONNECTION_WAIT, took
         assert "nothing was deployed" in deploying
 
     async def test_connects_once_nats_comes_up(self, fleet: Fleet, mode: str) -> None:

@@ -1,12 +1,13 @@
-"""The MCP server's deployment registry, its waiting and its NATS links, without MCP.
+"""The MCP server's deployment registry, its waiting, its notes and its NATS links, without MCP.
 
-The link tests use real connections to the ``fleet`` fixture's nats-server and restart it on
-the same port, so nats-py drops and reconnects them exactly as in production.
+The link tests use real connections to the ``fleet`` fixture's nats-server and stop or
+restart it on the same port, so nats-py drops and reconnects them exactly as in production.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -17,11 +18,22 @@ import pytest
 from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
 from fleet_core.embedded_server import EmbeddedNatsServer
+from fleet_core.errors import ConnectionFailed
 from fleet_core.rebuild import Action
 from fleet_core.subjects import Target, Tier
 from fleet_core.tracking import DeploymentResult, HostResult
-from fleet_mcp.deployments import BATCH, Deployment, DeploymentRegistry, Lease, NatsLink
-from fleet_mcp.models import MAX_TAIL_LINES, deployment_report
+from fleet_mcp import deployments
+from fleet_mcp.deployments import BATCH, Deployment, DeploymentRegistry
+from fleet_mcp.link import NatsLink
+from fleet_mcp.models import (
+    MAX_NOTE_DETAIL,
+    MAX_TAIL_LINES,
+    batch_note,
+    deployment_report,
+    heartbeat_note,
+    host_note,
+    opening_note,
+)
 
 from .conftest import FAST, Fleet
 
@@ -163,8 +175,8 @@ class StubDeployer:
         )
 
 
-def lease(stub: object) -> Lease:
-    return Lease(cast(Deployer, stub))
+def stub(deployer: object) -> Deployer:
+    return cast(Deployer, deployer)
 
 
 class TestRegistry:
@@ -174,10 +186,10 @@ class TestRegistry:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tasks:
                 registry = DeploymentRegistry(tasks, keep=2)
-                running = registry.start(deployment(), lease(held), limit=60)
-                old = registry.start(deployment(), lease(quick), limit=60)
+                running = registry.start(deployment(), stub(held), limit=60)
+                old = registry.start(deployment(), stub(quick), limit=60)
                 await old.finished.wait()
-                newer = registry.start(deployment(), lease(quick), limit=60)
+                newer = registry.start(deployment(), stub(quick), limit=60)
                 assert registry.get(running.id) is running
                 assert registry.get(old.id) is None
                 assert registry.latest() is newer
@@ -186,22 +198,27 @@ class TestRegistry:
         assert running.done
         assert running.result is not None
 
-    async def test_a_deployment_releases_its_lease_once_finished(self) -> None:
-        """A deployment gives its connection back once, when it ends, after waking waiters."""
-        held = StubDeployer(hold=True)
+    async def test_a_deployment_stopped_at_exit_says_so_to_its_waiters(self) -> None:
+        """Cancelling the task group (the server's exit) ends a running deployment with an
+        error that says the hosts may still be deploying, and its waiters return."""
         d = deployment()
-        done_at_release: list[bool] = []
+        notes: list[str] = []
 
-        async def release() -> None:
-            done_at_release.append(d.done)
+        async def notify(message: str) -> None:
+            notes.append(message)
 
         with anyio.fail_after(5):
-            async with anyio.create_task_group() as tasks:
-                DeploymentRegistry(tasks).start(d, Lease(cast(Deployer, held), release), limit=60)
-                await anyio.wait_all_tasks_blocked()
-                assert done_at_release == []
-                held.release.set()
-        assert done_at_release == [True]
+            async with anyio.create_task_group() as waiters:
+                waiters.start_soon(functools.partial(d.follow, 300, notify, heartbeat=300))
+                async with anyio.create_task_group() as tasks:
+                    DeploymentRegistry(tasks).start(d, stub(StubDeployer(hold=True)), limit=60)
+                    await anyio.wait_all_tasks_blocked()
+                    tasks.cancel_scope.cancel()
+        assert d.done
+        assert d.result is None
+        assert d.error is not None
+        assert "may still be running it" in str(d.error)
+        assert notes == [opening_note(d.current())]
 
 
 class ScriptedDeployer:
@@ -243,7 +260,7 @@ class TestCompaction:
         scripted = ScriptedDeployer(d, before, after)
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tasks:
-                DeploymentRegistry(tasks).start(d, lease(scripted), limit=60)
+                DeploymentRegistry(tasks).start(d, stub(scripted), limit=60)
                 await scripted.reported.wait()
                 # accepted, started and the latest progress of each host, of 1,506 changes
                 assert [(u.hostname, u.status) for u in d.updates] == [
@@ -294,7 +311,7 @@ class TestCompaction:
 
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tasks:
-                DeploymentRegistry(tasks).start(d, lease(scripted), limit=60)
+                DeploymentRegistry(tasks).start(d, stub(scripted), limit=60)
                 tasks.start_soon(functools.partial(d.follow, 300, notify, heartbeat=300))
                 await caught_up.wait()
                 await anyio.wait_all_tasks_blocked()  # the waiter sleeps until the next change
@@ -306,6 +323,37 @@ class TestCompaction:
             "web2 accepted",
             "web1 completed",
             "web2 completed",
+        ]
+
+
+class TestPromise:
+    async def test_states_held_back_and_superseded_by_the_end_give_way_to_final_ones(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A deployment that ends while a waiter holds changes back to coalesce them is
+        reported as each host's final state, once, without the states it passed through."""
+        monkeypatch.setattr(deployments, "COALESCE", 300.0)  # all of it in one window
+        names = ["web1", "web2"]
+        before = [host(n, s) for s in ("accepted", "started") for n in names]
+        after = [host("web1", "completed"), host("web2", "failed", error="build_failed")]
+        d = deployment()
+        scripted = ScriptedDeployer(d, before, after)
+        notes: list[str] = []
+
+        async def notify(message: str) -> None:
+            notes.append(message)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                DeploymentRegistry(tasks).start(d, stub(scripted), limit=60)
+                tasks.start_soon(functools.partial(d.follow, 300, notify, heartbeat=300))
+                await scripted.reported.wait()
+                await anyio.wait_all_tasks_blocked()  # the waiter holds the changes back
+                assert notes == [opening_note(d.current())]
+                scripted.go.set()
+        assert notes[1:] == [
+            f"deployment {d.id}: web1 completed",
+            f"deployment {d.id}: web2 failed — build_failed",
         ]
 
 
@@ -336,6 +384,49 @@ class TestReport:
         assert "web2 failed (build_failed: nixos-rebuild failed)" in report.summary
 
 
+class TestProgressNotes:
+    def test_the_opening_names_the_deployment(self) -> None:
+        """The first note names id, action, revision and subject, so a model can follow up."""
+        d = deployment()
+        assert opening_note(d.current()) == (
+            f"deployment {d.id}: switch of master to deploy.test.all"
+        )
+
+    def test_a_host_note_glances_at_its_message(self) -> None:
+        """A host note gives the state and the first line of the error and message, cut short."""
+        assert host_note("d1", host("web1")) == "deployment d1: web1 accepted"
+        failed = host("web3", "failed", error="build_failed", message="nixos-rebuild failed\n…")
+        assert host_note("d1", failed) == (
+            "deployment d1: web3 failed — build_failed: nixos-rebuild failed"
+        )
+        building = host("web1", "progress", message="x" * 1000)
+        assert host_note("d1", building) == (
+            "deployment d1: web1 progress — " + "x" * MAX_NOTE_DETAIL
+        )
+
+    def test_a_batch_note_counts(self) -> None:
+        """Many changes become counts, the hosts final out of those known, and the latest."""
+        d = deployment()
+        hosts = [host("a", "completed"), host("b", "failed"), host("c", "started")]
+        assert batch_note(hosts, result(d, hosts, done=False)) == (
+            f"deployment {d.id}: 3 host changes (1 completed, 1 failed, 1 started); "
+            "2/3 hosts final; latest: c started"
+        )
+
+    def test_a_heartbeat_says_how_long_and_how_far(self) -> None:
+        """A heartbeat says how long the deployment has run and how many hosts are final."""
+        d = deployment()
+        quiet = d.current().model_copy(update={"duration_s": 12.4})
+        assert heartbeat_note(quiet) == (
+            f"deployment {d.id}: still running after 12 s (no answer yet)"
+        )
+        hosts = [host("a", "completed"), host("b", "started")]
+        halfway = result(d, hosts, done=False).model_copy(update={"duration_s": 61.6})
+        assert heartbeat_note(halfway) == (
+            f"deployment {d.id}: still running after 62 s (1/2 hosts final)"
+        )
+
+
 LINK_NAME = "fleet-mcp test"
 
 
@@ -345,6 +436,7 @@ class BusSpy:
 
     opened: list[Bus] = field(default_factory=list)
     closed: list[Bus] = field(default_factory=list)
+    first_closed: anyio.Event = field(default_factory=anyio.Event)
 
 
 @pytest.fixture
@@ -358,21 +450,22 @@ def buses(monkeypatch: pytest.MonkeyPatch) -> BusSpy:
             spy.opened.append(bus)
         return bus
 
-    async def spy_close(bus: Bus) -> None:
+    async def spy_close(bus: Bus, *args: Any) -> None:
         if bus in spy.opened:
             spy.closed.append(bus)
-        await close(bus)
+            spy.first_closed.set()
+        await close(bus, *args)
 
     monkeypatch.setattr(Bus, "connect", spy_connect)
     monkeypatch.setattr(Bus, "close", spy_close)
     return spy
 
 
-def watch(bus: Bus) -> tuple[anyio.Event, anyio.Event]:
-    """Events set when ``bus`` reports its connection dropped and back."""
-    dropped, back = anyio.Event(), anyio.Event()
-    bus.watch_connection(lambda connected: (back if connected else dropped).set())
-    return dropped, back
+def watch(bus: Bus) -> anyio.Event:
+    """An event set when ``bus`` reports its connection dropped."""
+    dropped = anyio.Event()
+    bus.watch_connection(lambda connected: None if connected else dropped.set())
+    return dropped
 
 
 def stop_for_restart(fleet: Fleet) -> EmbeddedNatsServer:
@@ -383,84 +476,108 @@ def stop_for_restart(fleet: Fleet) -> EmbeddedNatsServer:
     return EmbeddedNatsServer(fleet.root / "nats-again", config, port=port)
 
 
-def link(fleet: Fleet) -> NatsLink:
-    return NatsLink(fleet.url, fleet.seed("deployer"), name=LINK_NAME, timing=FAST)
+def link(fleet: Fleet, *, who: str = "deployer") -> NatsLink:
+    return NatsLink(fleet.url, fleet.seed(who), name=LINK_NAME, timing=FAST)
 
 
-class TestDroppedConnections:
-    async def test_closed_once_the_last_deployment_on_it_ends(
+CONNECTED_WITHIN = 20.0  # generous: a busy machine may be slow, an idle one never waits long
+
+
+class TestNatsLink:
+    async def test_a_deployment_rides_out_a_nats_restart_on_the_one_connection(
         self, fleet: Fleet, buses: BusSpy, tmp_path: Path
     ) -> None:
-        """A dropped connection stays open for the deployment running on it, which completes
-        after nats-py reconnects it, and is closed when that deployment ends."""
+        """nats-py reconnects the link's one connection after a NATS restart: a deployment
+        running on it completes, calls get the same deployer, and it is closed at exit."""
         release = tmp_path / "release-web1"
         nats = link(fleet)
-        started = anyio.Event()
+        running = anyio.Event()
 
         async def notify(message: str) -> None:
-            if message.endswith("web1 started") or "web1 progress" in message:
-                started.set()
+            if re.search(r": web1 (started|progress)\b", message):
+                running.set()
 
         sim = {"web1": ["--sim-wait-for", str(release)]}
         again: EmbeddedNatsServer | None = None
         try:
-            with anyio.fail_after(30):
-                async with fleet.listeners("web1", sim=sim):
-                    async with anyio.create_task_group() as tasks:
-                        d = Deployment(
-                            Target.host(Tier.TEST, "web1"),
-                            revision="master",
-                            action=Action.SWITCH,
-                            admin=False,
-                        )
-                        DeploymentRegistry(tasks).start(d, await nats.lease(), limit=30)
-                        tasks.start_soon(functools.partial(d.follow, 30, notify, heartbeat=30))
-                        await started.wait()
-                        [old] = buses.opened
-                        dropped, back = watch(old)
-                        again = stop_for_restart(fleet)
-                        await dropped.wait()
-                        again.start()
-                        fresh = await nats.lease()  # the old one is down: a new connection
-                        [_, new] = buses.opened
-                        assert buses.closed == []
-                        await back.wait()  # nats-py brought the old one back: two live ones
-                        assert old.is_connected
-                        assert not d.done
-                        assert buses.closed == []  # the deployment still runs on it
-                        release.touch()
-                    # the deployment's task has ended, releasing its lease
-                    assert buses.closed == [old]
-                    assert not old.is_connected
-                    assert d.result is not None
-                    assert d.result.ok, d.result
-                    await fresh.release()
-                    assert new.is_connected
-                    assert buses.closed == [old]  # the current connection stays
-                    await nats.close()
-                    assert buses.closed == [old, new]
+            with anyio.fail_after(60):
+                async with fleet.listeners("web1", sim=sim), anyio.create_task_group() as tasks:
+                    tasks.start_soon(nats.run)
+                    deployer = await nats.deployer(CONNECTED_WITHIN)
+                    [bus] = buses.opened
+                    d = Deployment(
+                        Target.host(Tier.TEST, "web1"),
+                        revision="master",
+                        action=Action.SWITCH,
+                        admin=False,
+                    )
+                    DeploymentRegistry(tasks).start(d, deployer, limit=30)
+                    tasks.start_soon(functools.partial(d.follow, 30, notify, heartbeat=30))
+                    await running.wait()
+                    dropped = watch(bus)
+                    again = stop_for_restart(fleet)
+                    await dropped.wait()
+                    assert not nats.connected
+                    again.start()
+                    assert await nats.deployer(CONNECTED_WITHIN) is deployer
+                    release.touch()
+                    await d.finished.wait()
+                    assert buses.closed == []
+                    tasks.cancel_scope.cancel()  # the server's exit
+            assert d.result is not None
+            assert d.result.ok, d.result
+            assert buses.opened == [bus]
+            assert buses.closed == [bus]
+            assert not bus.is_connected
         finally:
             if again is not None:
                 again.stop()
 
-    async def test_closed_at_once_when_nothing_uses_it(self, fleet: Fleet, buses: BusSpy) -> None:
-        """A dropped connection no lease holds is closed as soon as the link replaces it."""
+    async def test_calls_wait_a_bounded_time_then_say_the_connection_dropped(
+        self, fleet: Fleet, buses: BusSpy
+    ) -> None:
+        """While nats-py reconnects, a call waits its bounded time and then says so; once
+        NATS is back the same connection serves again."""
         nats = link(fleet)
-        listing = await nats.lease()  # say, a list_hosts call, which has ended
-        await listing.release()
-        [old] = buses.opened
-        dropped, _ = watch(old)
-        again = stop_for_restart(fleet)
+        again: EmbeddedNatsServer | None = None
         try:
-            with anyio.fail_after(15):
-                await dropped.wait()
-                again.start()
-                fresh = await nats.lease()
-                [_, new] = buses.opened
-                assert buses.closed == [old]
-                assert new.is_connected
-                await fresh.release()
-                await nats.close()
-            assert buses.closed == [old, new]
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(nats.run)
+                    deployer = await nats.deployer(CONNECTED_WITHIN)
+                    [bus] = buses.opened
+                    dropped = watch(bus)
+                    again = stop_for_restart(fleet)
+                    await dropped.wait()
+                    started = anyio.current_time()
+                    with pytest.raises(ConnectionFailed, match="dropped and has not come back"):
+                        await nats.deployer(0.5)
+                    assert anyio.current_time() - started >= 0.5
+                    again.start()
+                    assert await nats.deployer(CONNECTED_WITHIN) is deployer
+                    tasks.cancel_scope.cancel()
+            assert buses.opened == buses.closed == [bus]
         finally:
-            again.stop()
+            if again is not None:
+                again.stop()
+
+    async def test_the_one_connection_reconnects_forever(self, fleet: Fleet, buses: BusSpy) -> None:
+        """The link's connection is never given up by nats-py, however long NATS is away."""
+        nats = link(fleet)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(nats.run)
+                await nats.deployer(CONNECTED_WITHIN)
+                [bus] = buses.opened
+                assert bus.reconnect_attempts == -1
+                tasks.cancel_scope.cancel()
+
+    async def test_a_refused_key_is_reported_as_such(self, fleet: Fleet) -> None:
+        """A key the NATS server does not know fails the call with the key to add, at once."""
+        nats = link(fleet, who="stranger")
+        with anyio.fail_after(CONNECTED_WITHIN):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(nats.run)
+                with pytest.raises(ConnectionFailed, match=f"refused key {nats.public_key}"):
+                    await nats.deployer(CONNECTED_WITHIN)
+                tasks.cancel_scope.cancel()

@@ -2,11 +2,16 @@
 
 No nixpkgs and no builder are needed. The parse test needs only `nix-instantiate` (Debian's
 `nix-bin`). The evaluation tests also need nixpkgs' `lib`: set `NIXPKGS_LIB` to a checkout of
-nix-community/nixpkgs.lib (the directory holding `lib/`). They evaluate nix/module.nix through
-nix/eval-module.nix, which stubs the few NixOS options the module touches, and evaluate
-flake.nix, nix/package.nix, nix/python-deps.nix and nix/tests/vm.nix against stand-ins for
-nixpkgs: that checks their structure and wiring but builds nothing. `nix flake check` on a Nix
-machine (package build, VM test) does the rest.
+nix-community/nixpkgs.lib (the directory holding `lib/`; CI uses ../shared/nixpkgs-lib, beside
+the repository). They evaluate nix/module.nix through nix/eval-module.nix, which stubs the few
+NixOS options the module touches, and evaluate flake.nix, nix/package.nix,
+nix/python-deps.nix and nix/tests/vm.nix against stand-ins for nixpkgs: that checks their
+structure and wiring but builds nothing. `nix flake check` on a Nix machine (package build, VM
+test) does the rest.
+
+A test whose tool is missing is skipped with the command that provides it. Under CI
+(`CI=true`, which .ci/run sets) it fails with the same message instead, so a CI run cannot
+pass by skipping the Nix checks.
 
 Every nix-instantiate call uses `--store dummy://`, so no Nix daemon or store is touched and
 anything that would copy a file into the store fails loudly.
@@ -21,8 +26,9 @@ import shutil
 import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import nkeys
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -159,13 +165,24 @@ CASES: dict[str, dict[str, Any]] = {
 # --- helpers -----------------------------------------------------------------------------
 
 
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def _missing(reason: str, provide: str) -> NoReturn:
+    """Skips the calling test for want of a tool; under CI, where none may be missing, fails it."""
+    message = f"{reason}: {provide}"
+    if _under_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def _nix_instantiate() -> str:
     path = shutil.which("nix-instantiate")
     if path is None:
-        pytest.fail(
-            "nix-instantiate is not installed: install Nix's command-line tools "
-            "(Debian: apt-get install -y nix-bin), as CI does.",
-            pytrace=False,
+        _missing(
+            "nix-instantiate is not installed",
+            "apt-get install -y nix-bin (Debian), as .ci/run does",
         )
     return path
 
@@ -249,11 +266,12 @@ def _flags(service: dict[str, Any]) -> dict[str, list[str]]:
 def lib_dir() -> Path:
     value = os.environ.get("NIXPKGS_LIB")
     if not value:
-        pytest.skip(
-            "NIXPKGS_LIB is not set: point it at a checkout of nix-community/nixpkgs.lib "
-            "to evaluate the NixOS module, the flake and the VM test with nixpkgs' lib"
+        _missing(
+            "NIXPKGS_LIB is not set",
+            "export NIXPKGS_LIB=<checkout of nix-community/nixpkgs.lib> "
+            "(CI uses ../shared/nixpkgs-lib)",
         )
-    root = Path(value)
+    root = Path(value).resolve()
     for candidate in (root / "lib", root):
         if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():
             return candidate
@@ -693,7 +711,7 @@ def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
 
 
 def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
-    """The VM's NATS server admits the committed test keys with DESIGN.md §2's permissions."""
+    """The VM's NATS server admits the committed test keys with the tiered permissions."""
     users = {u["nkey"]: u["permissions"] for u in _eval_expr(VM_EXPR, lib_dir)["users"]}
 
     def public(name: str) -> str:
@@ -720,7 +738,6 @@ def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
 
 def test_the_test_seeds_match_their_public_keys() -> None:
     """Each committed test-only seed derives the public key the VM's NATS server trusts."""
-    nkeys = pytest.importorskip("nkeys")
     seeds = sorted(KEYS_DIR.glob("*.seed"))
     assert len(seeds) == 3
     for seed in seeds:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 
-from fleet_core.cli import _ACTIONS as cli_actions
-from fleet_core.cli import _ENV as cli_env
+from fleet_core.bus import Bus
+from fleet_core.deployer import Deployer
 from fleet_core.errors import RequestRejected, UsageError, only_fleet_error
 from fleet_core.messages import (
     MAX_REQUEST_BYTES,
     MAX_STATUS_BYTES,
     DeployRequest,
+    DiscoverRequest,
     InvalidRequest,
     Status,
     StatusKind,
@@ -33,7 +35,6 @@ from fleet_core.rebuild import (
     validate_flake_url,
     validate_revision,
 )
-from fleet_core.settings import ENV_PREFIX
 from fleet_core.subjects import (
     Target,
     Tier,
@@ -44,7 +45,6 @@ from fleet_core.subjects import (
     resolve_target,
     validate_hostname,
 )
-from fleet_mcp.cli import _ENV as mcp_cli_env
 
 REPLY = "deploy.responses.0123abcd"
 
@@ -309,6 +309,72 @@ class TestDeployRequestParsing:
         assert caught.value.reply_to is None
 
 
+class TestRequestModels:
+    @pytest.mark.parametrize(
+        ("fields", "code"),
+        [
+            ({"reply_to": "_INBOX.x"}, "invalid_request"),
+            ({"reply_to": REPLY, "id": "a b"}, "invalid_request"),
+            ({"reply_to": REPLY, "action": "reboot"}, "invalid_action"),
+            ({"reply_to": REPLY, "action": None}, "invalid_action"),
+            ({"reply_to": REPLY, "revision": "--option"}, "invalid_revision"),
+            ({"reply_to": "_INBOX.x", "revision": "--option"}, "invalid_request"),
+        ],
+    )
+    def test_building_one_validates_it(self, fields: dict[str, object], code: str) -> None:
+        """A DeployRequest cannot be built from bad fields; the first bad one names the code."""
+        with pytest.raises(RequestRejected) as caught:
+            DeployRequest.model_validate(fields)
+        assert caught.value.code == code
+
+    def test_wire_format_is_homelab_deploys(self) -> None:
+        """A request encodes as action, revision, reply_to, id (in order); a null id is omitted."""
+        request = DeployRequest(action=Action.BOOT, revision="main", reply_to=REPLY, id="d1")
+        data = json.loads(encode(request))
+        assert list(data.items()) == [
+            ("action", "boot"),
+            ("revision", "main"),
+            ("reply_to", REPLY),
+            ("id", "d1"),
+        ]
+        assert parse_deploy_request(encode(request)) == request
+        assert json.loads(encode(DeployRequest(reply_to=REPLY))) == {
+            "action": "switch",
+            "revision": "master",
+            "reply_to": REPLY,
+        }
+
+    def test_discovery_request_wire_format(self) -> None:
+        """A discovery request carries a tier only when it has one."""
+        assert json.loads(encode(DiscoverRequest(reply_to=REPLY))) == {"reply_to": REPLY}
+        scoped = DiscoverRequest(reply_to=REPLY, tier=Tier.PROD)
+        assert json.loads(encode(scoped)) == {"reply_to": REPLY, "tier": "prod"}
+        assert parse_discover_request(encode(scoped)) == scoped
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        ("revision", "action", "deployment_id", "message"),
+        [
+            ("$(id)", Action.SWITCH, None, "is not a branch, tag or full commit"),
+            ("main", "reboot", None, "unknown action 'reboot'"),
+            ("main", Action.SWITCH, "a.b", "deployment id 'a.b' must be 1-64 letters"),
+        ],
+    )
+    async def test_the_deployer_refuses_bad_input_before_publishing(
+        self, revision: str, action: Action, deployment_id: str | None, message: str
+    ) -> None:
+        """Bad deployer input is a UsageError raised before the bus is touched."""
+        untouchable = cast(Bus, object())  # any use of it would raise AttributeError
+        with pytest.raises(UsageError, match=message):
+            await Deployer(untouchable).deploy(
+                Target.host(Tier.TEST, "web1"),
+                revision=revision,
+                action=action,
+                timeout=5,
+                deployment_id=deployment_id,
+            )
+
+
 class TestOtherMessages:
     def test_status_round_trip_keeps_null_error(self) -> None:
         """A status serialises with an explicit null error and parses back equal."""
@@ -414,12 +480,6 @@ class TestInventory:
         )
         assert 'publish: ["deploy.responses.>", "deploy.discover"]' in rendered
         assert 'publish: ["deploy.>"]' in rendered
-
-
-def test_cli_copies_match_the_core() -> None:
-    """The CLIs' copies of the actions and env prefix (kept for start-up speed) match the core."""
-    assert list(cli_actions) == [a.value for a in Action]
-    assert cli_env == mcp_cli_env == ENV_PREFIX
 
 
 def test_only_fleet_error_unwraps_task_groups() -> None:

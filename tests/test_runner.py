@@ -1,14 +1,14 @@
-"""Running a rebuild as a process group: output handling and job files (real subprocesses)."""
+"""Running a rebuild as a process group: output handling and exit codes (real subprocesses)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from fleet_core.runner import JobStore, ProcessRebuilder, RebuildJob, TailBuffer
+from fleet_core import outcome
+from fleet_core.runner import ProcessRebuilder, RebuildJob, RebuildResult, TailBuffer
 
 pytestmark = pytest.mark.anyio
 
@@ -55,22 +55,6 @@ def test_tail_buffer_budget() -> None:
     assert tail.lines() == ["four", "five", "six"]
 
 
-def test_job_store_keeps_the_newest(tmp_path: Path) -> None:
-    """Only the newest jobs are kept; each has its request and result."""
-    store = JobStore(tmp_path, keep=3)
-    for index in range(5):
-        directory = store.new_job(f"job{index}", {"n": index})
-        store.finish(directory, {"status": "completed"})
-    kept = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "jobs").iterdir())
-    assert kept == ["job2", "job3", "job4"]
-    some = next((tmp_path / "jobs").iterdir())
-    assert json.loads((some / "result.json").read_text()) == {"status": "completed"}
-
-
-def test_job_store_survives_an_unwritable_state_dir(tmp_path: Path) -> None:
-    """A state dir that cannot be created costs the log files, not the deploy."""
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    store = JobStore(blocker / "state")
-    assert store.new_job("x", {}) is None
-    store.finish(None, {})
+def test_rebuild_result_is_still_importable_from_runner() -> None:
+    """RebuildResult moved to the pure outcome module; runner re-exports the same class."""
+    assert RebuildResult is outcome.RebuildResult

@@ -28,14 +28,8 @@ import pytest
 
 from fleet_core.errors import UsageError
 from fleet_core.keys import load_seed
-from fleet_core.sandbox import (
-    ADMIN,
-    DEFAULT_HOSTS,
-    READY_LINE,
-    TEST_DEPLOYER,
-    plan_hosts,
-    sandbox_settings,
-)
+from fleet_core.sandbox import ADMIN, READY_LINE, TEST_DEPLOYER, plan_hosts
+from fleet_core.settings import DEFAULT_SANDBOX_HOSTS, sandbox_settings
 from fleet_core.subjects import Tier
 
 from .conftest import scripts_dir
@@ -265,13 +259,13 @@ def wait_until_hosts_run(deploy: subprocess.Popen[str], hosts: set[str]) -> Line
     return lines
 
 
-TEST_HOSTS = {h.name for h in plan_hosts(DEFAULT_HOSTS) if h.tier is Tier.TEST}
+TEST_HOSTS = {h.name for h in plan_hosts(DEFAULT_SANDBOX_HOSTS) if h.tier is Tier.TEST}
 
 
 class TestPlanAndSettings:
     def test_default_plan_tells_the_whole_story(self) -> None:
         """Six hosts: both tiers, a role shared by two hosts of a tier, exactly one that fails."""
-        plan = plan_hosts(DEFAULT_HOSTS)
+        plan = plan_hosts(DEFAULT_SANDBOX_HOSTS)
         assert len(plan) == 6
         assert {h.tier for h in plan} == {Tier.TEST, Tier.PROD}
         web_test = [h.name for h in plan if h.tier is Tier.TEST and h.role == "web"]
@@ -296,26 +290,13 @@ class TestPlanAndSettings:
     )
     def test_bad_flags_are_usage_errors(self, flags: dict[str, str], message: str) -> None:
         """Out-of-range or malformed flags raise a UsageError that names the flag."""
-        options: dict[str, str | None] = {
-            "hosts": None,
-            "port": None,
-            "directory": None,
-            "sim_delay": None,
-        }
-        options.update(flags)
         with pytest.raises(UsageError, match=re.escape(message)):
-            sandbox_settings(once=False, **options)
+            sandbox_settings(flags)
 
     def test_tour_defaults_to_a_free_port(self) -> None:
         """--once picks a free port by default; the long-lived sandbox defaults to 4222."""
-        common: dict[str, str | None] = {
-            "hosts": None,
-            "port": None,
-            "directory": None,
-            "sim_delay": None,
-        }
-        assert sandbox_settings(once=True, **common).port == 0
-        assert sandbox_settings(once=False, **common).port == 4222
+        assert sandbox_settings({"once": True}).port == 0
+        assert sandbox_settings({}).port == 4222
 
 
 class TestSandbox:
@@ -331,7 +312,7 @@ class TestSandbox:
         hosts = sandbox.cli("hosts", "--json")
         assert hosts.returncode == 0, hosts.stderr
         found = {h["hostname"]: h["tier"] for h in json.loads(hosts.stdout)}
-        assert found == {h.name: h.tier.value for h in plan_hosts(DEFAULT_HOSTS)}
+        assert found == {h.name: h.tier.value for h in plan_hosts(DEFAULT_SANDBOX_HOSTS)}
 
         deploy = sandbox.cli("deploy", "deploy.test.all", "--json")
         assert deploy.returncode == 1, deploy.stderr

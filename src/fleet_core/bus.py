@@ -3,6 +3,14 @@
 Everything else talks to ``Bus``: publish, subscribe, flush, close — and hears about
 permission violations, which nats-py reports only through its ``error_cb`` (a publish the
 server refuses returns normally). Foreign errors are translated here into ``FleetError``.
+
+A bus is an async context manager, like ``anyio.open_file``::
+
+    async with await Bus.connect(url, seed, name="fleet-deploy") as bus:
+        ...
+
+Leaving the block closes the connection shielded from cancellation and within a deadline,
+so neither a cancelled caller nor a dead server can leave a socket open or hang the exit.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import contextlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -30,6 +39,7 @@ log = structlog.get_logger("fleet.bus")
 
 _DENIED = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
 _NO_RESPONDERS = "503"
+CLOSE_DEADLINE = 5.0  # seconds a close may take before the socket is abandoned
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,7 @@ class Bus:
         self.url = url
         self._watchers: list[DenialWatcher] = []
         self._connection_watchers: list[ConnectionWatcher] = []
+        self._closing = False  # a drop we caused is no news: neither logged nor reported
 
     @classmethod
     async def connect(
@@ -79,13 +90,15 @@ class Bus:
         *,
         name: str,
         persistent: bool = False,
+        reconnect_forever: bool = False,
         connect_timeout: float = 3.0,
     ) -> Bus:
         """Connect and authenticate with ``seed``.
 
         ``persistent`` (the listener) waits for an absent server and reconnects forever.
         Otherwise (a deployer) a failed first attempt raises ``ConnectionFailed`` at once,
-        and later drops are retried for about a minute.
+        and later drops are retried for about a minute — or forever with
+        ``reconnect_forever`` (a long-lived deployer: the MCP server).
         """
         bus_ref: list[Bus] = []
 
@@ -138,7 +151,7 @@ class Bus:
         # Fail fast on the first attempt, but ride out a server restart once connected.
         client.options.update(
             allow_reconnect=True,
-            max_reconnect_attempts=-1 if persistent else 30,
+            max_reconnect_attempts=-1 if persistent or reconnect_forever else 30,
             reconnect_time_wait=2,
         )
         bus = cls(client, url)
@@ -163,6 +176,8 @@ class Bus:
             watcher(denial)
 
     def _on_connection(self, *, connected: bool) -> None:
+        if self._closing:
+            return
         # Once connected, nats-py reconnects by itself; these lines say when it had to.
         (log.info if connected else log.warning)(
             "nats_reconnected" if connected else "nats_disconnected", url=self.url
@@ -229,11 +244,21 @@ class Bus:
             ) from exc
 
     @property
+    def reconnect_attempts(self) -> int:
+        """How often a dropped connection is retried before it is given up; -1 is forever."""
+        return int(self._client.options["max_reconnect_attempts"])
+
+    @property
     def is_connected(self) -> bool:
         return bool(self._client.is_connected)
 
-    async def close(self) -> None:
-        """Flush what is pending and close; safe to call twice."""
+    async def close(self, deadline: float = CLOSE_DEADLINE) -> None:
+        """Flush what is pending and close, shielded and within ``deadline``; safe twice."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(deadline):
+            await self._close()
+
+    async def _close(self) -> None:
+        self._closing = True
         if self._client.is_closed:
             return
         try:
@@ -243,6 +268,17 @@ class Bus:
             # socket. Either way nothing more can be delivered.
             with contextlib.suppress(OSError, nats.errors.Error):
                 await self._client.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 def _auth_message(url: str, seed: Seed) -> str:

@@ -1,23 +1,21 @@
 """The commands behind the CLI: each takes its frozen settings and returns an exit code.
 
-``cli.py`` parses; these run. They are the only place (besides ``cli.py``) that prints.
+``cli.py`` parses; these run. They are the only place (with the setting-up commands and the
+sandbox) that prints. Each runs through ``lifecycle.run_until_signal``, so SIGINT and
+SIGTERM stop them the same way, and opens its ``Bus`` as a context manager, so the
+connection is closed however the command ends.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from typing import TextIO
 
-import anyio
-import anyio.abc
-import structlog
-
 from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
-from fleet_core.errors import only_fleet_error
 from fleet_core.keys import load_seed
+from fleet_core.lifecycle import run_until_signal
 from fleet_core.listener import Listener
 from fleet_core.logging import configure_logging
 from fleet_core.messages import HostInfo
@@ -28,8 +26,6 @@ from fleet_core.tracking import DeploymentResult, HostResult
 
 __all__ = ["run_deploy", "run_hosts", "run_listener"]
 
-log = structlog.get_logger("fleet.cli")
-
 
 def run_listener(settings: ListenerSettings) -> int:
     """Serve until SIGTERM or SIGINT; then stop taking work, cancel a running job, exit 0."""
@@ -37,37 +33,19 @@ def run_listener(settings: ListenerSettings) -> int:
     seed = load_seed(settings.nkey_file)
 
     async def main() -> None:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, tasks.cancel_scope)
-            bus = await Bus.connect(
-                settings.nats_url,
-                seed,
-                name=f"fleet-listener {settings.hostname}",
-                persistent=True,
-            )
-            try:
-                await Listener(settings, ProcessRebuilder()).serve(bus)
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await bus.close()
+        name = f"fleet-listener {settings.hostname}"
+        async with await Bus.connect(settings.nats_url, seed, name=name, persistent=True) as bus:
+            await Listener(settings, ProcessRebuilder()).serve(bus)
 
-    try:
-        anyio.run(main)
-    except BaseExceptionGroup as group:  # the task group wraps what its tasks raise
-        raise only_fleet_error(group) from None
+    run_until_signal(main)
     return 0
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("shutting_down", signal=signal.Signals(signum).name)
-            scope.cancel()
-            return
-
-
 def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
-    """Deploy and print: live lines then a summary, or one JSON object with ``--json``."""
+    """Deploy and print: live lines then a summary, or one JSON object with ``--json``.
+
+    Interrupted (Ctrl-C, SIGTERM) it stops waiting and exits 130; the hosts carry on.
+    """
     configure_logging("warning")
     seed = load_seed(settings.connection.nkey_file)
     live = sys.stderr if settings.json else out
@@ -76,8 +54,8 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
         print(host_line(host), file=live, flush=True)
 
     async def main() -> DeploymentResult:
-        bus = await Bus.connect(settings.connection.nats_url, seed, name="fleet-deploy")
-        try:
+        url = settings.connection.nats_url
+        async with await Bus.connect(url, seed, name="fleet-deploy") as bus:
             return await Deployer(bus, timing=settings.timing).deploy(
                 settings.target,
                 revision=settings.revision,
@@ -86,9 +64,6 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
                 expect=settings.expect,
                 on_update=on_update,
             )
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await bus.close()
 
     if not settings.json:
         print(
@@ -96,7 +71,11 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
             file=out,
             flush=True,
         )
-    result = anyio.run(main)
+    finished = run_until_signal(main)
+    result = finished.value
+    if result is None:
+        print("fleet-deploy: interrupted; the hosts carry on with the deploy", file=sys.stderr)
+        return 130
     if settings.json:
         print(result.model_dump_json(indent=2), file=out)
     else:
@@ -110,14 +89,13 @@ def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
     seed = load_seed(settings.connection.nkey_file)
 
     async def main() -> list[HostInfo]:
-        bus = await Bus.connect(settings.connection.nats_url, seed, name="fleet-deploy hosts")
-        try:
+        url = settings.connection.nats_url
+        async with await Bus.connect(url, seed, name="fleet-deploy hosts") as bus:
             return await Deployer(bus, timing=settings.timing).discover(settings.tier)
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await bus.close()
 
-    found = anyio.run(main)
+    found = run_until_signal(main).value
+    if found is None:
+        return 130
     if settings.json:
         print(json.dumps([h.model_dump(mode="json") for h in found], indent=2), file=out)
     else:

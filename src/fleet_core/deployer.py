@@ -9,7 +9,6 @@ host is final. It returns the moment that happens, never waiting out a timeout i
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import uuid
@@ -21,8 +20,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from fleet_core.bus import Bus, Message
 from fleet_core.errors import PermissionDenied, RequestRejected, UsageError
-from fleet_core.messages import HostInfo, parse_host_info, parse_status
-from fleet_core.rebuild import Action, validate_revision
+from fleet_core.messages import (
+    DeployRequest,
+    DiscoverRequest,
+    ErrorCode,
+    HostInfo,
+    encode,
+    parse_host_info,
+    parse_status,
+)
+from fleet_core.rebuild import Action
 from fleet_core.settings import DeployTiming
 from fleet_core.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
 from fleet_core.tracking import DeploymentResult, DeploymentTracker, HostResult
@@ -51,11 +58,9 @@ class Deployer:
         timing = self.timing
         hosts: dict[str, HostInfo] = {}
         reply = RESPONSES_PREFIX + uuid.uuid4().hex
-        body: dict[str, str] = {"reply_to": reply}
-        if tier is not None:
-            body["tier"] = tier.value
+        request = DiscoverRequest(reply_to=reply, tier=tier)
         async with self._inbox(reply, (DISCOVER_SUBJECT, reply)) as events:
-            await self._bus.publish(DISCOVER_SUBJECT, json.dumps(body).encode(), reply=reply)
+            await self._bus.publish(DISCOVER_SUBJECT, encode(request), reply=reply)
             await self._bus.flush()
             with anyio.move_on_after(timing.discovery_cap):
                 wait = timing.discovery_first
@@ -88,15 +93,22 @@ class Deployer:
         """Deploy ``revision`` to ``target`` and return once every host is final.
 
         ``expect`` names hosts that must answer even if discovery does not find them (an
-        offline host then ends ``missing``). Raises ``UsageError`` for a bad revision and
-        ``PermissionDenied`` when the server refuses this key the subject.
+        offline host then ends ``missing``). Raises ``UsageError`` for a bad revision, action
+        or deployment id (building the request is their one check) and ``PermissionDenied``
+        when the server refuses this key the subject.
         """
-        try:
-            validate_revision(revision)
-        except RequestRejected as exc:
-            raise UsageError(str(exc)) from None
         deployment_id = deployment_id or new_deployment_id()
         reply = RESPONSES_PREFIX + deployment_id
+        try:
+            request = DeployRequest(
+                action=action, revision=revision, reply_to=reply, id=deployment_id
+            )
+        except RequestRejected as exc:
+            if exc.code == ErrorCode.INVALID_REQUEST:  # here only the id can make the reply bad
+                raise UsageError(
+                    f"deployment id {deployment_id!r} must be 1-64 letters, digits, '-' or '_'"
+                ) from None
+            raise UsageError(str(exc)) from None
         bound = log.bind(
             deployment_id=deployment_id,
             subject=target.subject,
@@ -150,14 +162,8 @@ class Deployer:
                 changed = tracker.observe(status, now)
                 return [changed] if changed is not None else []
 
-            request = {
-                "action": action.value,
-                "revision": revision,
-                "reply_to": reply,
-                "id": deployment_id,
-            }
             bound.info("deploy_publish", expected=sorted(expected))
-            await self._bus.publish(target.subject, json.dumps(request).encode(), reply=reply)
+            await self._bus.publish(target.subject, encode(request), reply=reply)
             await self._bus.flush()
             while not tracker.done:
                 changed: list[HostResult] = []

@@ -4,6 +4,10 @@ A deploy request walks accepted → started → progress… → completed | fail
 at once with an error code. The NATS callbacks only validate, reply and hand the job to a
 task the listener owns; the rebuild itself never runs inside a callback. Whatever arrives,
 the callbacks catch it: bad input costs a log line, never the daemon.
+
+Every status goes out through the request's ``StatusReporter``; each phase of a job is in its
+record on disk (``fleet_core.jobs``) before the requester hears of it; and which final status
+a rebuild's result becomes is ``fleet_core.outcome.decide``, a pure function.
 """
 
 from __future__ import annotations
@@ -11,32 +15,34 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import structlog
 
 from fleet_core import __version__
 from fleet_core.bus import Bus, Message, Subscription
 from fleet_core.errors import FleetError
+from fleet_core.jobs import OUTPUT_LOG, JobRecord, JobStore
 from fleet_core.messages import (
-    MAX_MESSAGE_CHARS,
     DeployRequest,
     ErrorCode,
     HostInfo,
     InvalidRequest,
-    Status,
     StatusKind,
     encode,
-    encode_status,
     parse_deploy_request,
     parse_discover_request,
 )
+from fleet_core.outcome import Outcome, RebuildResult, decide
 from fleet_core.rebuild import build_argv, redact
-from fleet_core.rebuild_output import failure_summary, phase_of, success_summary
-from fleet_core.runner import JobStore, Rebuilder, RebuildJob, RebuildResult
+from fleet_core.rebuild_output import phase_of
+from fleet_core.runner import Rebuilder, RebuildJob
 from fleet_core.settings import ListenerSettings
+from fleet_core.status_reporter import StatusReporter
 
 __all__ = ["Listener"]
 
@@ -47,7 +53,11 @@ log = structlog.get_logger("fleet.listener")
 class _Job:
     request: DeployRequest
     request_id: str
+    reporter: StatusReporter
     started: float = field(default_factory=time.monotonic)
+    record: JobRecord | None = None  # None until the job's record is first written
+    directory: Path | None = None  # None when the state dir cannot be written
+    final: tuple[Outcome, float] | None = None  # the outcome and duration, once decided
     phase: str | None = None
     latest_line: str | None = None
     new_output: anyio.Event = field(default_factory=anyio.Event)
@@ -128,6 +138,19 @@ class Listener:
 
     # -- handling ----------------------------------------------------------------------------
 
+    def _reporter(
+        self, reply_to: str, request: DeployRequest | None = None, request_id: str | None = None
+    ) -> StatusReporter:
+        assert self._bus is not None
+        return StatusReporter(
+            self._bus,
+            hostname=self.settings.hostname,
+            tier=self.settings.tier.value,
+            reply_to=reply_to,
+            request=request,
+            request_id=request_id,
+        )
+
     async def _handle_deploy(self, msg: Message) -> None:
         try:
             request = parse_deploy_request(msg.data, nats_reply=msg.reply)
@@ -141,42 +164,37 @@ class Listener:
                 size=len(msg.data),
             )
             if exc.reply_to is not None:
-                await self._publish(
-                    exc.reply_to, StatusKind.REJECTED, error=exc.code, message=str(exc)
-                )
+                reporter = self._reporter(exc.reply_to)
+                await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
             return
         request_id = request.id or uuid.uuid4().hex
+        reporter = self._reporter(request.reply_to, request, request_id)
         if self._tasks is None:
             self._log.info("request_rejected", request_id=request_id, error="shutting_down")
-            await self._publish(
-                request.reply_to,
+            await reporter.send(
                 StatusKind.REJECTED,
-                request=request,
-                request_id=request_id,
                 error=ErrorCode.CANCELLED,
                 message=f"the listener on {self.settings.hostname} is shutting down: "
                 "deploy again once it is back",
             )
             return
         if self._job is not None:
+            running = self._job.request_id
             self._log.info(
                 "request_rejected",
                 request_id=request_id,
                 error=ErrorCode.ALREADY_RUNNING.value,
-                running=self._job.request_id,
+                running=running,
             )
-            await self._publish(
-                request.reply_to,
+            await reporter.send(
                 StatusKind.REJECTED,
-                request=request,
-                request_id=request_id,
                 error=ErrorCode.ALREADY_RUNNING,
-                message=f"{self.settings.hostname} is already running deploy "
-                f"{self._job.request_id}: wait for it to finish",
+                message=f"{self.settings.hostname} is already running deploy {running}: "
+                "wait for it to finish",
             )
             return
         # Taken before the first await, so a second request can never slip in beside it.
-        job = _Job(request=request, request_id=request_id)
+        job = _Job(request=request, request_id=request_id, reporter=reporter)
         self._tasks.start_soon(self._run_job, job)
         self._job = job
 
@@ -208,40 +226,28 @@ class Listener:
         try:
             await self._execute(job, jlog)
         except anyio.get_cancelled_exc_class():
+            stopped = Outcome(
+                StatusKind.FAILED,
+                ErrorCode.CANCELLED,
+                f"the listener on {self.settings.hostname} stopped during the rebuild",
+            )
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._publish(
-                    request.reply_to,
-                    StatusKind.FAILED,
-                    request=request,
-                    request_id=job.request_id,
-                    error=ErrorCode.CANCELLED,
-                    message=f"the listener on {self.settings.hostname} stopped during the rebuild",
-                    duration_s=time.monotonic() - job.started,
-                )
+                await self._finish(job, stopped, exit_code=None)
             jlog.warning("job_cancelled")
             raise
         except Exception:  # a bug must not leave the requester waiting or the host stuck busy
             jlog.exception("job_crashed")
-            await self._publish(
-                request.reply_to,
+            crashed = Outcome(
                 StatusKind.FAILED,
-                request=request,
-                request_id=job.request_id,
-                error=ErrorCode.BUILD_FAILED,
-                message=f"internal error in the listener on {self.settings.hostname}: see its log",
+                ErrorCode.BUILD_FAILED,
+                f"internal error in the listener on {self.settings.hostname}: see its log",
             )
+            await self._finish(job, crashed, exit_code=None)
         finally:
             self._job = None
 
     async def _execute(self, job: _Job, jlog: Any) -> None:
         request = job.request
-        await self._publish(
-            request.reply_to,
-            StatusKind.ACCEPTED,
-            request=request,
-            request_id=job.request_id,
-            message=f"{request.action.value} of {request.revision} accepted",
-        )
         argv = build_argv(
             self.settings.rebuild_command,
             request.action,
@@ -249,22 +255,36 @@ class Listener:
             revision=request.revision,
             hostname=self.settings.hostname,
         )
-        shown = [redact(arg) for arg in argv]
-        directory = self._jobs.new_job(
-            job.request_id, {**request.model_dump(mode="json"), "argv": shown}
+        shown = tuple(redact(arg) for arg in argv)
+        # On disk before the requester hears of it: a job it was told about has a record.
+        job.record = JobRecord(
+            request_id=job.request_id, request=request, argv=shown, started_at=time.time()
         )
-        jlog.info("job_started", argv=shown)
-        await self._publish(
-            request.reply_to,
-            StatusKind.STARTED,
-            request=request,
-            request_id=job.request_id,
-            message=" ".join(shown),
+        job.directory = await anyio.to_thread.run_sync(self._jobs.create, job.record)
+        await job.reporter.send(
+            StatusKind.ACCEPTED, message=f"{request.action.value} of {request.revision} accepted"
         )
-        result = await self._rebuild(job, argv, directory)
-        await self._report(job, result, directory, jlog)
+        job.record = job.record.running()
+        await anyio.to_thread.run_sync(self._jobs.save, job.directory, job.record)
+        jlog.info("job_started", argv=list(shown))
+        await job.reporter.send(StatusKind.STARTED, message=" ".join(shown))
+        result = await self._rebuild(job, argv)
+        outcome = decide(
+            result,
+            action=request.action,
+            revision=request.revision,
+            timeout=self.settings.timeout,
+        )
+        (jlog.info if outcome.ok else jlog.warning)(
+            "job_finished",
+            status=outcome.kind.value,
+            error=outcome.error,
+            exit_code=result.exit_code,
+            duration_s=round(result.duration_s, 3),
+        )
+        await self._finish(job, outcome, exit_code=result.exit_code, duration_s=result.duration_s)
 
-    async def _rebuild(self, job: _Job, argv: list[str], directory: Any) -> RebuildResult:
+    async def _rebuild(self, job: _Job, argv: list[str]) -> RebuildResult:
         """Run the rebuild while a companion task turns its output into progress messages."""
 
         def on_line(line: str) -> None:
@@ -278,7 +298,7 @@ class Listener:
                 RebuildJob(
                     argv=argv,
                     timeout=self.settings.timeout,
-                    log_path=directory / "output.log" if directory is not None else None,
+                    log_path=job.directory / OUTPUT_LOG if job.directory is not None else None,
                     kill_grace=self.settings.kill_grace,
                 ),
                 on_line,
@@ -294,11 +314,8 @@ class Listener:
             with anyio.move_on_after(max(0.0, sent + heartbeat - time.monotonic())):
                 await job.new_output.wait()
             job.new_output = anyio.Event()
-            await self._publish(
-                job.request.reply_to,
+            await job.reporter.send(
                 StatusKind.PROGRESS,
-                request=job.request,
-                request_id=job.request_id,
                 message=job.latest_line or "still running",
                 phase=job.phase,
                 duration_s=time.monotonic() - job.started,
@@ -306,78 +323,34 @@ class Listener:
             sent = time.monotonic()
             await anyio.sleep(min(self.settings.progress_interval, heartbeat))
 
-    async def _report(self, job: _Job, result: RebuildResult, directory: Any, jlog: Any) -> None:
-        request = job.request
-        if result.ok:
-            kind, error = StatusKind.COMPLETED, None
-            message = success_summary(result.tail, request.action.value, request.revision)
-        elif result.timed_out:
-            kind, error = StatusKind.FAILED, ErrorCode.TIMEOUT
-            message = (
-                f"nixos-rebuild ran longer than {self.settings.timeout:g} s and was stopped "
-                "with its whole process group"
-            )
-        else:
-            kind, error = StatusKind.FAILED, ErrorCode.BUILD_FAILED
-            message = result.start_error or failure_summary(result.tail, result.exit_code)
-        self._jobs.finish(
-            directory,
-            {
-                "status": kind.value,
-                "error": error,
-                "message": message,
-                "exit_code": result.exit_code,
-                "duration_s": round(result.duration_s, 3),
-            },
-        )
-        (jlog.info if result.ok else jlog.warning)(
-            "job_finished",
-            status=kind.value,
-            error=error,
-            exit_code=result.exit_code,
-            duration_s=round(result.duration_s, 3),
-        )
-        await self._publish(
-            request.reply_to,
-            kind,
-            request=request,
-            request_id=job.request_id,
-            error=error,
-            message=message,
-            duration_s=result.duration_s,
-            phase=job.phase,
-            log_tail=None if result.ok else result.tail,
-        )
-
-    async def _publish(
+    async def _finish(
         self,
-        reply_to: str,
-        kind: StatusKind,
+        job: _Job,
+        outcome: Outcome,
         *,
-        request: DeployRequest | None = None,
-        request_id: str | None = None,
-        error: str | None = None,
-        message: str = "",
+        exit_code: int | None,
         duration_s: float | None = None,
-        phase: str | None = None,
-        log_tail: list[str] | None = None,
     ) -> None:
-        assert self._bus is not None
-        status = Status(
-            hostname=self.settings.hostname,
-            status=kind,
-            error=error,
-            message=redact(message[:MAX_MESSAGE_CHARS]),
-            request_id=request_id,
-            tier=self.settings.tier.value,
-            action=request.action.value if request else None,
-            revision=request.revision if request else None,
-            timestamp=time.time(),
-            duration_s=round(duration_s, 3) if duration_s is not None else None,
-            phase=phase,
-            log_tail=[redact(line) for line in log_tail] if log_tail is not None else None,
+        """Record the final status, then send it: a requester that heard it finds it on disk.
+
+        The first outcome stands: a listener stopped while reporting a finished rebuild sends
+        that result again instead of contradicting its own record with ``cancelled``.
+        """
+        if job.final is None:
+            if duration_s is None:
+                duration_s = time.monotonic() - job.started
+            job.final = (outcome, duration_s)
+            if job.record is not None:
+                job.record = job.record.finished(
+                    outcome, exit_code=exit_code, duration_s=duration_s, now=time.time()
+                )
+                await anyio.to_thread.run_sync(self._jobs.save, job.directory, job.record)
+        outcome, duration_s = job.final
+        await job.reporter.send(
+            outcome.kind,
+            error=outcome.error,
+            message=outcome.message,
+            duration_s=duration_s,
+            phase=job.phase,
+            log_tail=outcome.log_tail,
         )
-        try:
-            await self._bus.publish(reply_to, encode_status(status))
-        except FleetError as exc:  # the server is away: the job goes on, the status is lost
-            self._log.warning("status_not_sent", status=kind.value, error=str(exc))

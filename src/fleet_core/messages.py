@@ -3,6 +3,10 @@
 Requests are parsed strictly — a listener must never act on something it did not fully
 understand — while statuses and discovery replies are read leniently (unknown fields ignored)
 so that a newer listener can talk to an older deployer and the other way round.
+
+A ``DeployRequest`` checks its fields whenever one is built, so building one is the single
+validation on each side: the listener builds it from the wire (``parse_deploy_request``), the
+deployer from its caller's arguments. Both sides encode with ``encode``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ import re
 from enum import StrEnum
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from fleet_core.errors import RequestRejected
 from fleet_core.rebuild import (
@@ -38,6 +50,7 @@ __all__ = [
     "StatusKind",
     "encode",
     "encode_status",
+    "is_request_id",
     "parse_deploy_request",
     "parse_discover_request",
     "parse_host_info",
@@ -76,13 +89,54 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class DeployRequest(_Wire):
-    """A validated deploy request: the listener acts only on one of these."""
+def is_request_id(value: object) -> bool:
+    """Whether ``value`` can be a request id: one subject token, and safe in a file name."""
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
+
+
+class _Request(_Wire):
+    """A request leaves its null optional fields off the wire, as homelab-deploy's do."""
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+class DeployRequest(_Request):
+    """A validated deploy request: the listener acts only on one of these.
+
+    Building one raises ``RequestRejected`` (with the wire error code) for a reply subject
+    outside ``deploy.responses.``, a malformed id, an unknown action or an unsafe revision,
+    checked in that order. A null id is left off the wire, as homelab-deploy sends none.
+    """
 
     action: Action = DEFAULT_ACTION
     revision: str = DEFAULT_REVISION
     reply_to: str
     id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # pydantic's own error: this is not a request at all
+        reply_to = data.get("reply_to")
+        if not is_reply_subject(reply_to):
+            raise RequestRejected(
+                ErrorCode.INVALID_REQUEST,
+                f"reply_to {str(reply_to)[:80]!r} does not begin with {RESPONSES_PREFIX}",
+            )
+        request_id = data.get("id")
+        if request_id is not None and not is_request_id(request_id):
+            raise RequestRejected(
+                ErrorCode.INVALID_REQUEST, "id must be 1-64 letters, digits, '-' or '_'"
+            )
+        return {
+            **data,
+            "action": validate_action(data.get("action", DEFAULT_ACTION.value)),
+            "revision": validate_revision(data.get("revision", DEFAULT_REVISION)),
+        }
 
 
 class Status(_Wire):
@@ -106,7 +160,9 @@ class Status(_Wire):
         return self.status in FINAL_STATUSES
 
 
-class DiscoverRequest(_Wire):
+class DiscoverRequest(_Request):
+    """A discovery request; without a tier (left off the wire) every listener answers."""
+
     reply_to: str
     tier: Tier | None = None
 
@@ -131,7 +187,10 @@ class InvalidRequest(RequestRejected):
 
 
 def encode(model: BaseModel) -> bytes:
-    """Serialize a wire model; ``error`` and the other required fields stay even when null."""
+    """Serialize a wire model; a status's ``error`` and other fields stay even when null.
+
+    Requests are the exception: their null optional fields (id, tier) are left off.
+    """
     return model.model_dump_json(exclude_unset=False, exclude_none=False).encode()
 
 
@@ -174,33 +233,22 @@ def parse_deploy_request(data: bytes, *, nats_reply: str | None = None) -> Deplo
     reply subject; either must begin with ``deploy.responses.``. A body whose ``reply_to``
     points anywhere else gets no answer at all: a listener never publishes elsewhere.
     """
-    reply = nats_reply if is_reply_subject(nats_reply) else None
+    fallback = nats_reply if is_reply_subject(nats_reply) else None
     obj = _load_object(data, MAX_REQUEST_BYTES)
     if isinstance(obj, str):
-        raise InvalidRequest(ErrorCode.INVALID_REQUEST, obj, reply_to=reply)
-    if "reply_to" in obj:
-        if not is_reply_subject(obj["reply_to"]):
-            raise InvalidRequest(
-                ErrorCode.INVALID_REQUEST,
-                f"reply_to {str(obj['reply_to'])[:80]!r} does not begin with {RESPONSES_PREFIX}",
-                reply_to=None,
-            )
-        reply = obj["reply_to"]
-    if reply is None:
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, obj, reply_to=fallback)
+    if "reply_to" not in obj and fallback is None:
         raise InvalidRequest(ErrorCode.INVALID_REQUEST, "request has no reply_to", reply_to=None)
-    request_id = obj.get("id")
-    if request_id is not None and not (
-        isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)
-    ):
-        raise InvalidRequest(
-            ErrorCode.INVALID_REQUEST, "id must be 1-64 letters, digits, '-' or '_'", reply_to=reply
-        )
+    reply = obj.get("reply_to", fallback)
+    answer = reply if is_reply_subject(reply) else None  # a bad reply_to is never answered
     try:
-        action = validate_action(obj.get("action", DEFAULT_ACTION.value))
-        revision = validate_revision(obj.get("revision", DEFAULT_REVISION))
+        return DeployRequest.model_validate({**obj, "reply_to": reply})
     except RequestRejected as exc:
-        raise InvalidRequest(exc.code, str(exc), reply_to=reply) from exc
-    return DeployRequest(action=action, revision=revision, reply_to=reply, id=request_id)
+        raise InvalidRequest(exc.code, str(exc), reply_to=answer) from exc
+    except ValidationError:  # the validator leaves pydantic nothing to refuse; kept as a net
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST, "request fields have the wrong types", reply_to=answer
+        ) from None
 
 
 def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> DiscoverRequest:

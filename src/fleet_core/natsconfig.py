@@ -1,4 +1,7 @@
-"""The NATS ``authorization`` block of the tiered layout, from an inventory (pure).
+"""The tiered layout: an inventory, and the nats-server config and TOML it renders (pure).
+
+``nats-config`` writes ``nats_config(inventory)``; the sandbox saves ``inventory_toml`` and
+runs its server on that very ``nats_config``, so what the sandbox shows is what a user gets.
 
 NATS permission templates (``{{name()}}``) are taken literally for config-file nkey users,
 so every host gets a permission block of its own: it may subscribe to exactly its deploy
@@ -18,6 +21,7 @@ Inventory (TOML)::
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -40,13 +44,16 @@ __all__ = [
     "HostEntry",
     "Inventory",
     "deployer_permissions",
+    "inventory_toml",
     "listener_permissions",
+    "nats_config",
     "parse_inventory",
     "render_authorization",
 ]
 
 _PUBLIC_KEY = re.compile(r"U[A-Z2-7]{55}")
 RESPONSES_WILDCARD = RESPONSES_PREFIX + ">"
+_BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +194,43 @@ def render_authorization(inventory: Inventory) -> str:
         )
     lines += ["  ]", "}", ""]
     return "\n".join(lines)
+
+
+def nats_config(inventory: Inventory, *, source: str) -> str:
+    """A complete nats-server config for ``inventory``: a header comment and its users."""
+    tiers = [host.tier.value for host in inventory.hosts]
+    header = [
+        "# NATS authorization for fleet-deploy, written by `fleet-deploy nats-config` from",
+        f"# {source}: {len(tiers)} hosts ({tiers.count('test')} test, "
+        f"{tiers.count('prod')} prod) and {len(inventory.deployers)} deployers.",
+        "# Regenerate it rather than edit it. Load it with `nats-server -c <this file>`, or",
+        "# `include` it from your server's config; check it with `nats-server -t -c <file>`.",
+        "",
+    ]
+    return "\n".join(header) + render_authorization(inventory)
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_TOML_KEY.fullmatch(name) else json.dumps(name)
+
+
+def inventory_toml(inventory: Inventory) -> str:
+    """``inventory`` as the TOML that ``parse_inventory`` reads back (public keys only)."""
+    lines = [
+        "# fleet-deploy inventory: `fleet-deploy nats-config <this file>` writes the NATS",
+        "# authorization block for it. Only public keys are here; the seeds stay with their",
+        "# owners.",
+    ]
+    for host in inventory.hosts:
+        lines += ["", f"[hosts.{_toml_key(host.name)}]", f'tier = "{host.tier.value}"']
+        if host.role is not None:
+            lines.append(f'role = "{host.role}"')
+        lines.append(f'nkey = "{host.nkey}"')
+    for deployer in inventory.deployers:
+        lines += [
+            "",
+            f"[deployers.{_toml_key(deployer.name)}]",
+            f'access = "{deployer.access}"',
+            f'nkey = "{deployer.nkey}"',
+        ]
+    return "\n".join(lines) + "\n"

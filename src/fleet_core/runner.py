@@ -6,13 +6,13 @@ Output is read in chunks and split into lines here, so one endless line cannot e
 
 ``Rebuilder`` is the seam between the listener and the host: ``ProcessRebuilder`` runs a
 real program; the benchmark and tests may pass anything with the same ``run`` method.
+``RebuildResult`` lives with the pure judgement of it (``fleet_core.outcome``) and is
+re-exported here; the job directories are ``fleet_core.jobs``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,14 +20,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 import anyio
 import anyio.abc
 import structlog
 
+from fleet_core.outcome import RebuildResult
+
 __all__ = [
-    "JobStore",
     "ProcessRebuilder",
     "RebuildJob",
     "RebuildResult",
@@ -48,19 +49,6 @@ class RebuildJob:
     timeout: float
     log_path: Path | None = None
     kill_grace: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class RebuildResult:
-    exit_code: int | None
-    timed_out: bool
-    tail: list[str]
-    duration_s: float
-    start_error: str | None = None  # the program could not be started at all
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.start_error is None
 
 
 class Rebuilder(Protocol):
@@ -231,42 +219,3 @@ def _open_log(path: Path | None) -> IO[str] | None:
     except OSError as exc:
         log.warning("job_log_unwritable", path=str(path), error=str(exc))
         return None
-
-
-@dataclass
-class JobStore:
-    """One directory per job under ``<state-dir>/jobs``: request, output log and result.
-
-    Only the newest ``keep`` jobs are kept. A state directory that cannot be written costs
-    the log files, never the deploy.
-    """
-
-    root: Path
-    keep: int = 50
-
-    def new_job(self, job_id: str, request: dict[str, Any]) -> Path | None:
-        jobs = self.root / "jobs"
-        try:
-            jobs.mkdir(parents=True, exist_ok=True, mode=0o750)
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            directory = jobs / f"{stamp}-{job_id}"
-            directory.mkdir(mode=0o750)
-            (directory / "request.json").write_text(json.dumps(request, indent=2) + "\n")
-        except OSError as exc:
-            log.warning("state_dir_unwritable", state_dir=str(self.root), error=str(exc))
-            return None
-        self._prune(jobs)
-        return directory
-
-    def finish(self, directory: Path | None, result: dict[str, Any]) -> None:
-        if directory is None:
-            return
-        try:
-            (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        except OSError as exc:
-            log.warning("state_dir_unwritable", state_dir=str(self.root), error=str(exc))
-
-    def _prune(self, jobs: Path) -> None:
-        entries = sorted(p for p in jobs.iterdir() if p.is_dir())
-        for old in entries[: max(0, len(entries) - self.keep)]:
-            shutil.rmtree(old, ignore_errors=True)

@@ -8,10 +8,13 @@ listeners, each on its own NATS connection, whose ``nixos-rebuild`` is the packa
 to a real fleet, and the server enforces the tiers for real.
 
 Without ``--once`` it prints how to reach it and serves until SIGINT or SIGTERM; ``--once``
-runs a short guided tour and exits. Whatever ends the run, shutdown is the same: the
-listeners are cancelled (a running rebuild's process group is killed by the runner), their
-connections closed, nats-server stopped, and a temporary directory removed. The signal
-handler only cancels the work scope; the cleanup runs shielded, outside it.
+runs a short guided tour and exits. Keys, permissions, server and listeners are
+``fleet_core.testing.local_fleet``, the very plumbing of the tests and benchmarks; signals
+are ``fleet_core.lifecycle.run_until_signal``'s, which only cancels the work. So whatever
+ends the run, shutdown is the same: the listeners are cancelled (a running rebuild's process
+group is killed by the runner), their connections closed, nats-server stopped, and a
+temporary directory removed. What is left here is the sandbox's own: its plan, its
+directory and lock, its simulated ``nixos-rebuild`` per host, the banner and the tour.
 
 The directory (``--dir``, or a temporary one)::
 
@@ -19,6 +22,7 @@ The directory (``--dir``, or a temporary one)::
     inventory.toml          the fleet, as nats-config reads it (public keys only)
     nats/nats-server.conf   what nats-config writes for that inventory
     state/<host>/jobs/      each host's job logs
+    hosts/<host>/           its simulated nixos-rebuild
 
 Longer than the median module because setup, banner and tour share one plan and one set of
 paths; each part is a few functions, in that order.
@@ -27,56 +31,41 @@ paths; each part is a few functions, in that order.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import shlex
 import shutil
-import signal
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
 import anyio
-import anyio.to_thread
-import structlog
 
-from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
-from fleet_core.embedded_server import EmbeddedNatsServer
-from fleet_core.errors import FleetError, PermissionDenied, UsageError, only_fleet_error
-from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
-from fleet_core.listener import Listener
+from fleet_core.errors import FleetError, PermissionDenied, UsageError
+from fleet_core.lifecycle import run_until_signal
 from fleet_core.logging import configure_logging
-from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory
 from fleet_core.rebuild import Action
 from fleet_core.report import host_line, hosts_table, summary
-from fleet_core.runner import ProcessRebuilder
-from fleet_core.settings import DeployTiming, ListenerSettings
-from fleet_core.setup_commands import inventory_toml, nats_config
+from fleet_core.settings import DeployTiming, ListenerSettings, SandboxSettings
 from fleet_core.subjects import Tier, parse_target
+from fleet_core.testing import FleetHost, LocalFleet, local_fleet, simulated_rebuild_command
 from fleet_core.tracking import DeploymentResult, HostResult
 
 __all__ = [
     "ADMIN",
-    "DEFAULT_HOSTS",
     "READY_LINE",
     "TEST_DEPLOYER",
-    "SandboxSettings",
     "SimulatedHost",
     "plan_hosts",
     "run_sandbox",
-    "sandbox_settings",
 ]
 
-DEFAULT_HOSTS = 6
-MIN_HOSTS = 3  # a test host that deploys, one that fails, and a prod host to be refused
-MAX_HOSTS = 50
-DEFAULT_PORT = 4222
-DEFAULT_SIM_DELAY = 0.15
 TEST_DEPLOYER = "test-deployer"
 ADMIN = "admin"
 FLAKE_URL = "git+https://git.example.org/nixos-configs.git"
@@ -91,80 +80,16 @@ _TOUR_TIMING = DeployTiming(
 _TOUR_DEPLOY_TIMEOUT = 60.0
 _SHEBANG_MAX = 200  # Linux reads at most 256 bytes of a "#!" line
 
-log = structlog.get_logger("fleet.sandbox")
 
-
-# -- settings and the plan (pure) ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SandboxSettings:
-    """``port`` 0 means any free port; ``directory`` None means a temporary one."""
-
-    hosts: int = DEFAULT_HOSTS
-    port: int = DEFAULT_PORT
-    directory: Path | None = None
-    sim_delay: float = DEFAULT_SIM_DELAY
-    once: bool = False
-
-
-def sandbox_settings(
-    *,
-    hosts: str | None,
-    port: str | None,
-    directory: str | None,
-    sim_delay: str | None,
-    once: bool,
-) -> SandboxSettings:
-    """Settings from the flags; the sandbox reads no environment (it must not pick up a
-    real fleet's ``FLEET_DEPLOY_*`` variables)."""
-    count = _integer(hosts, "--hosts", DEFAULT_HOSTS)
-    if not MIN_HOSTS <= count <= MAX_HOSTS:
-        raise UsageError(
-            f"--hosts must be {MIN_HOSTS} to {MAX_HOSTS} (a working test host, a failing "
-            f"one and a prod host at least), not {count}"
-        )
-    # The tour needs no fixed port, and a fixed one could collide with a real NATS server.
-    chosen = _integer(port, "--port", 0 if once else DEFAULT_PORT)
-    if not 0 <= chosen <= 65535:
-        raise UsageError(f"--port must be 0 (any free port) to 65535, not {chosen}")
-    delay = DEFAULT_SIM_DELAY
-    if sim_delay is not None:
-        try:
-            delay = float(sim_delay)
-        except ValueError:
-            raise UsageError(
-                f"--sim-delay must be a number of seconds, not {sim_delay!r}"
-            ) from None
-        if not 0 <= delay <= 60:
-            raise UsageError(f"--sim-delay must be 0 to 60 seconds, not {sim_delay!r}")
-    return SandboxSettings(
-        hosts=count,
-        port=chosen,
-        directory=Path(directory) if directory else None,
-        sim_delay=delay,
-        once=once,
-    )
-
-
-def _integer(value: str | None, flag: str, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"{flag} must be a whole number, not {value!r}") from None
+# -- the plan (pure) ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class SimulatedHost:
-    name: str
-    tier: Tier
-    role: str | None
+class SimulatedHost(FleetHost):
     fails: bool = False  # its rebuild stops with a nix evaluation error
 
 
-# The first MIN_HOSTS make a complete story; "web" is shared by two hosts in each tier.
+# The first MIN_SANDBOX_HOSTS make a complete story; "web" is shared by two hosts in each tier.
 _PLAN = (
     SimulatedHost("web1", Tier.TEST, "web"),
     SimulatedHost("web2", Tier.TEST, "web", fails=True),
@@ -190,109 +115,59 @@ def plan_hosts(count: int) -> tuple[SimulatedHost, ...]:
 # -- the run ------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Stop:
-    """The work scope a signal cancels, and which signal did it."""
-
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    signum: int | None = None
-
-
 def run_sandbox(settings: SandboxSettings, *, out: TextIO = sys.stdout) -> int:
-    """Run the sandbox (or the tour); 0 when stopped by a signal or when the tour went well."""
+    """Run the sandbox (or the tour); 0 when stopped by a signal or when the tour went well.
+
+    A signal is how the long-lived sandbox is meant to end, so that is 0; it cuts the tour
+    short, which ends 128 + N, as a shell reports it.
+    """
     configure_logging("error" if settings.once else "info")
-    return anyio.run(_main, settings, out)
+    finished = run_until_signal(functools.partial(_session, settings, out))
+    if finished.signal is None:
+        return finished.value or 0
+    print(
+        f"sandbox stopped ({finished.signal.name}): every process it started has ended",
+        file=out,
+        flush=True,
+    )
+    return finished.exit_code if settings.once else 0
 
 
-async def _main(settings: SandboxSettings, out: TextIO) -> int:
-    stop = _Stop()
-    code = 0
-    error: FleetError | None = None
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_watch_signals, stop)
-        try:
-            code = await _session(settings, out, stop)
-        except FleetError as exc:  # raised here, not out of the task group (it would wrap it)
-            error = exc
-        except BaseExceptionGroup as group:
-            error = only_fleet_error(group)
-        finally:
-            tasks.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    if stop.signum is not None:
-        name = signal.Signals(stop.signum).name
-        print(f"sandbox stopped ({name}): every process it started has ended", file=out, flush=True)
-        return 128 + stop.signum if settings.once else 0
-    return code
-
-
-async def _watch_signals(stop: _Stop) -> None:
-    """The first SIGINT/SIGTERM cancels the work; later ones are ignored while cleaning up."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if stop.signum is None:
-                stop.signum = signum
-                stop.scope.cancel()
-
-
-async def _session(settings: SandboxSettings, out: TextIO, stop: _Stop) -> int:
-    code = 0
+async def _session(settings: SandboxSettings, out: TextIO) -> int:
+    plan = plan_hosts(settings.hosts)
     with _workspace(settings.directory) as root:
-        plan = plan_hosts(settings.hosts)
-        seeds = _seeds(root / "keys", [*(h.name for h in plan), TEST_DEPLOYER, ADMIN])
-        inventory = Inventory(
-            hosts=tuple(
-                HostEntry(name=h.name, tier=h.tier, role=h.role, nkey=seeds[h.name].public_key)
-                for h in plan
-            ),
-            deployers=(
-                DeployerEntry(TEST_DEPLOYER, "test", seeds[TEST_DEPLOYER].public_key),
-                DeployerEntry(ADMIN, "admin", seeds[ADMIN].public_key),
-            ),
-        )
-        inventory_path = root / "inventory.toml"
-        inventory_path.write_text(inventory_toml(inventory), encoding="utf-8")
-        server = EmbeddedNatsServer(
-            root / "nats",
-            nats_config(inventory, source=str(inventory_path)),
-            port=settings.port or -1,  # nats-server: -1 is a random port, 0 would be 4222
-        )
-        buses: list[Bus] = []
+        async with _fleet(root, plan, settings.port) as fleet:
+            hosts = [_listener_settings(fleet, h, i, settings) for i, h in enumerate(plan)]
+            async with fleet.listeners(hosts):
+                sandbox = _Sandbox(settings=settings, fleet=fleet, plan=plan, out=out)
+                if not settings.once:
+                    sandbox.banner()
+                    await anyio.sleep_forever()
+                return await sandbox.tour()
+
+
+@asynccontextmanager
+async def _fleet(root: Path, plan: Sequence[SimulatedHost], port: int) -> AsyncIterator[LocalFleet]:
+    """The plan's fleet in ``root``, keys reused; a busy ``--port`` is a UsageError naming it."""
+    async with AsyncExitStack() as stack:
         try:
-            with stop.scope:
-                await anyio.to_thread.run_sync(_start_server, server, settings.port)
-                for host in plan:
-                    buses.append(
-                        await Bus.connect(server.url, seeds[host.name], name=f"sandbox {host.name}")
-                    )
-                async with anyio.create_task_group() as listeners:
-                    for index, (host, bus) in enumerate(zip(plan, buses, strict=True)):
-                        listener_settings = _listener_settings(
-                            host, index, server.url, root, settings
-                        )
-                        await listeners.start(
-                            Listener(listener_settings, ProcessRebuilder()).serve, bus
-                        )
-                    sandbox = _Sandbox(
-                        settings=settings, root=root, plan=plan, server=server, seeds=seeds, out=out
-                    )
-                    if settings.once:
-                        code = await sandbox.tour()
-                    else:
-                        sandbox.banner()
-                        await anyio.sleep_forever()
-                    listeners.cancel_scope.cancel()
-        finally:
-            log.info("sandbox_stopping", connections=len(buses))
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                async with anyio.create_task_group() as closing:
-                    for bus in buses:
-                        closing.start_soon(bus.close)
-            log.info("connections_closed")
-            server.stop()
-            log.info("nats_server_stopped")
-    return code
+            fleet = await stack.enter_async_context(
+                local_fleet(
+                    plan,
+                    {TEST_DEPLOYER: "test", ADMIN: "admin"},
+                    root=root,
+                    port=port or -1,  # nats-server: -1 is a random port, 0 would be 4222
+                    reuse_keys=True,
+                )
+            )
+        except FleetError as exc:
+            if "address already in use" not in str(exc):  # the server's log is in the message
+                raise
+            raise UsageError(
+                f"port {port} on 127.0.0.1 is already in use (another NATS server, or "
+                "another sandbox?): choose one with --port P, or --port 0 for any free port"
+            ) from exc
+        yield fleet
 
 
 @contextmanager
@@ -331,44 +206,13 @@ def _locked(root: Path) -> Iterator[None]:
         yield
 
 
-def _seeds(directory: Path, names: Sequence[str]) -> dict[str, Seed]:
-    """A seed per name: the one already in ``directory`` if any, else a new one (0600)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    seeds: dict[str, Seed] = {}
-    for name in names:
-        path = directory / f"{name}.seed"
-        if path.exists():
-            seeds[name] = load_seed(path)
-        else:
-            seeds[name] = generate_seed()
-            write_seed(path, seeds[name])
-    return seeds
-
-
-def _start_server(server: EmbeddedNatsServer, port: int) -> None:
-    try:
-        server.start()
-    except FleetError as exc:
-        if "address already in use" in server.log_text():
-            raise UsageError(
-                f"port {port} on 127.0.0.1 is already in use (another NATS server, or "
-                "another sandbox?): choose one with --port P, or --port 0 for any free port"
-            ) from exc
-        raise
-
-
 def _listener_settings(
-    host: SimulatedHost, index: int, url: str, root: Path, settings: SandboxSettings
+    fleet: LocalFleet, host: SimulatedHost, index: int, settings: SandboxSettings
 ) -> ListenerSettings:
-    return ListenerSettings(
-        hostname=host.name,
-        tier=host.tier,
-        role=host.role,
-        nats_url=url,
-        nkey_file=root / "keys" / f"{host.name}.seed",
+    return fleet.listener_settings(
+        host.name,
         flake_url=FLAKE_URL,
-        rebuild_command=_rebuild_command(host, index, root / "hosts" / host.name, settings),
-        state_dir=root / "state" / host.name,
+        rebuild_command=_rebuild_command(host, index, fleet.root / "hosts" / host.name, settings),
         progress_interval=0.25,
         kill_grace=2.0,
     )
@@ -384,7 +228,7 @@ def _rebuild_command(
     sim = ["--sim-delay", f"{delay:.3f}", *(["--sim-fail"] if host.fails else [])]
     python = sys.executable
     if any(c.isspace() for c in python) or len(python) > _SHEBANG_MAX:
-        return (python, "-m", "fleet_core.simulated_rebuild", *sim)
+        return simulated_rebuild_command(*sim)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     script = directory / "nixos-rebuild"
     script.write_text(
@@ -425,24 +269,22 @@ class _Sandbox:
         self,
         *,
         settings: SandboxSettings,
-        root: Path,
+        fleet: LocalFleet,
         plan: Sequence[SimulatedHost],
-        server: EmbeddedNatsServer,
-        seeds: dict[str, Seed],
         out: TextIO,
     ) -> None:
         self.settings = settings
-        self.root = root
+        self.fleet = fleet
+        self.root = fleet.root
+        self.server = fleet.server
         self.plan = plan
-        self.server = server
-        self.seeds = seeds
         self.out = out
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
 
     def key(self, name: str) -> Path:
-        return self.root / "keys" / f"{name}.seed"
+        return self.fleet.key_path(name)
 
     def _fleet_lines(self) -> list[str]:
         rows = [("HOST", "TIER", "ROLE", "")]
@@ -524,6 +366,16 @@ class _Sandbox:
     def _live(self, host: HostResult, _: DeploymentResult) -> None:
         self.say(host_line(host))
 
+    async def _deploy(self, deployer: Deployer, subject: str) -> DeploymentResult:
+        """Deploy master, switching, with live lines: what every step of the tour does."""
+        return await deployer.deploy(
+            parse_target(subject),
+            revision="master",
+            action=Action.SWITCH,
+            timeout=_TOUR_DEPLOY_TIMEOUT,
+            on_update=self._live,
+        )
+
     async def tour(self) -> int:
         """Discover, deploy to test, explain the failure, be refused on prod; 1 if surprised."""
         problems: list[str] = []
@@ -533,15 +385,11 @@ class _Sandbox:
             f"{self.server.url} (pid {self.server.pid})\n  directory {self._where()}\n"
         )
         self.say(f"{READY_LINE}: the tour uses the test deployer key, as an assistant would")
-        test_bus = await Bus.connect(self.server.url, self.seeds[TEST_DEPLOYER], name="tour")
-        try:
+        async with await self.fleet.connect(TEST_DEPLOYER, name="tour") as test_bus:
             deployer = Deployer(test_bus, timing=_TOUR_TIMING)
             await self._discover(deployer, problems, cli)
             await self._deploy_test(deployer, problems, cli)
             await self._refused(deployer, problems, cli)
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await test_bus.close()
         await self._admin(problems, cli)
         if problems:
             self.say("\nThe tour saw something it did not expect:")
@@ -564,13 +412,7 @@ class _Sandbox:
 
     async def _deploy_test(self, deployer: Deployer, problems: list[str], cli: str) -> None:
         self.say(f"\n2. Deploy master to the test tier    $ {cli} deploy deploy.test.all\n")
-        result = await deployer.deploy(
-            parse_target("deploy.test.all"),
-            revision="master",
-            action=Action.SWITCH,
-            timeout=_TOUR_DEPLOY_TIMEOUT,
-            on_update=self._live,
-        )
+        result = await self._deploy(deployer, "deploy.test.all")
         self.say("\n" + summary(result))
         expected = {
             h.name: ("failed" if h.fails else "completed") for h in self.plan if h.tier is Tier.TEST
@@ -596,13 +438,7 @@ class _Sandbox:
     async def _refused(self, deployer: Deployer, problems: list[str], cli: str) -> None:
         self.say(f"\n4. Production, with the test key    $ {cli} deploy deploy.prod.all\n")
         try:
-            result = await deployer.deploy(
-                parse_target("deploy.prod.all"),
-                revision="master",
-                action=Action.SWITCH,
-                timeout=_TOUR_DEPLOY_TIMEOUT,
-                on_update=self._live,
-            )
+            result = await self._deploy(deployer, "deploy.prod.all")
         except PermissionDenied as exc:
             self.say(f"  refused at once by the NATS server (exit status 2):\n  {exc}")
             return
@@ -616,18 +452,8 @@ class _Sandbox:
             "\n5. Production, with the admin key    "
             f"$ {cli} deploy deploy.prod.role.web --nkey-file {shlex.quote(str(admin_key))}\n"
         )
-        bus = await Bus.connect(self.server.url, self.seeds[ADMIN], name="tour admin")
-        try:
-            result = await Deployer(bus, timing=_TOUR_TIMING).deploy(
-                parse_target("deploy.prod.role.web"),
-                revision="master",
-                action=Action.SWITCH,
-                timeout=_TOUR_DEPLOY_TIMEOUT,
-                on_update=self._live,
-            )
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await bus.close()
+        async with await self.fleet.connect(ADMIN, name="tour admin") as bus:
+            result = await self._deploy(Deployer(bus, timing=_TOUR_TIMING), "deploy.prod.role.web")
         self.say("\n" + summary(result))
         web = sorted(h.name for h in self.plan if h.tier is Tier.PROD and h.role == "web")
         if not result.ok or sorted(h.hostname for h in result.hosts) != web:

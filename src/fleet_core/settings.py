@@ -1,27 +1,39 @@
-"""Settings: flags and environment become one frozen object per role, here and only here.
+"""Settings: flags and environment become one frozen object per command, here and only here.
 
 This is the one module that reads ``os.environ``. Each ``*_settings`` function takes the
-parsed flags (``None`` where a flag was not given) and an environment mapping, applies
-"flag, then ``FLEET_DEPLOY_*`` variable, then default", validates, and returns a frozen
-dataclass. Defaults are the named constants below; the NixOS module does not repeat them.
+parsed flags (a mapping from option name to text, ``None`` where a flag was not given —
+what ``vars(parser.parse_args())`` gives) and an environment mapping, applies "flag, then
+``FLEET_DEPLOY_*`` variable, then default" as ``fleet_core.options`` declares it, validates,
+and returns a frozen dataclass. Nothing below a command reads the environment or a flag.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet_core.errors import UsageError
-from fleet_core.logging import LOG_LEVELS
-from fleet_core.rebuild import (
-    DEFAULT_ACTION,
-    DEFAULT_REVISION,
-    Action,
-    validate_flake_url,
+from fleet_core.options import (
+    DEFAULT_DEPLOY_TIMEOUT,
+    DEFAULT_LISTENER_TIMEOUT,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_MCP_HEARTBEAT,
+    DEFAULT_REBUILD_COMMAND,
+    DEFAULT_SANDBOX_HOSTS,
+    DEFAULT_SANDBOX_PORT,
+    DEFAULT_SIM_DELAY,
+    DEFAULT_STATE_DIR,
+    ENV_PREFIX,
+    MAX_SANDBOX_HOSTS,
+    MIN_SANDBOX_HOSTS,
+    Command,
+    command,
 )
+from fleet_core.rebuild import Action, validate_flake_url
 from fleet_core.subjects import (
     DEFAULT_DEPLOY_SUBJECTS,
     DISCOVER_SUBJECT,
@@ -38,28 +50,40 @@ __all__ = [
     "DEFAULT_DEPLOY_TIMEOUT",
     "DEFAULT_LISTENER_TIMEOUT",
     "DEFAULT_REBUILD_COMMAND",
+    "DEFAULT_SANDBOX_HOSTS",
     "DEFAULT_STATE_DIR",
     "ENV_PREFIX",
+    "HEARTBEAT_INTERVAL",
+    "MIN_SANDBOX_HOSTS",
     "ConnectionSettings",
     "DeploySettings",
     "DeployTiming",
+    "Flags",
     "HostsSettings",
+    "KeygenSettings",
     "ListenerSettings",
     "McpSettings",
-    "connection_settings",
+    "NatsConfigSettings",
+    "SandboxSettings",
     "deploy_settings",
     "hosts_settings",
+    "keygen_settings",
     "listener_settings",
     "mcp_settings",
+    "nats_config_settings",
+    "sandbox_settings",
 ]
 
-ENV_PREFIX = "FLEET_DEPLOY_"
-DEFAULT_LISTENER_TIMEOUT = 600.0
-DEFAULT_DEPLOY_TIMEOUT = 900.0
-DEFAULT_REBUILD_COMMAND = "nixos-rebuild"
-DEFAULT_STATE_DIR = Path("/var/lib/fleet-deploy")
-DEFAULT_LOG_LEVEL = "info"
-HEARTBEAT_INTERVAL = 10.0
+HEARTBEAT_INTERVAL = 10.0  # the protocol's promise: progress at least this often while running
+SEED_SUFFIX = ".seed"
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+Flags = Mapping[str, object]
+
+
+# -- the settings objects --------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +118,6 @@ class ListenerSettings:
             raise UsageError("--timeout must be a positive number of seconds")
         if not self.rebuild_command:
             raise UsageError("--rebuild-command must name a program")
-        if self.log_level not in LOG_LEVELS:
-            raise UsageError(
-                f"log level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)} "
-                f"(--log-level or {ENV_PREFIX}LOG_LEVEL)"
-            )
         subjects = expand_templates(
             self.deploy_subject_templates, hostname=self.hostname, tier=self.tier, role=self.role
         )
@@ -130,8 +149,8 @@ class DeployTiming:
 class DeploySettings:
     connection: ConnectionSettings
     target: Target
-    revision: str = DEFAULT_REVISION
-    action: Action = DEFAULT_ACTION
+    revision: str
+    action: Action
     timeout: float = DEFAULT_DEPLOY_TIMEOUT
     expect: tuple[str, ...] = ()
     json: bool = False
@@ -146,151 +165,6 @@ class HostsSettings:
     timing: DeployTiming = DeployTiming()
 
 
-def _pick(flag: object, environ: Mapping[str, str], name: str) -> str | None:
-    if flag is not None:
-        return str(flag)
-    value = environ.get(ENV_PREFIX + name)
-    return value if value else None
-
-
-def _required(value: str | None, flag: str, name: str) -> str:
-    if value is None:
-        raise UsageError(f"{flag} is required (or set {ENV_PREFIX}{name})")
-    return value
-
-
-def _seconds(value: str | None, flag: str, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise UsageError(f"{flag} must be a number of seconds, not {value!r}") from None
-    if not seconds > 0:
-        raise UsageError(f"{flag} must be a positive number of seconds, not {value!r}")
-    return seconds
-
-
-def _tier(value: str | None, flag: str) -> Tier:
-    try:
-        return Tier(_required(value, flag, "TIER"))
-    except ValueError:
-        raise UsageError(f"{flag} must be 'test' or 'prod', not {value!r}") from None
-
-
-def _action(value: str | None) -> Action:
-    if value is None:
-        return DEFAULT_ACTION
-    try:
-        return Action(value)
-    except ValueError:
-        choices = ", ".join(a.value for a in Action)
-        raise UsageError(f"--action {value!r} is not one of {choices}") from None
-
-
-def connection_settings(
-    *, nats_url: str | None, nkey_file: str | None, environ: Mapping[str, str] | None = None
-) -> ConnectionSettings:
-    env = os.environ if environ is None else environ
-    return ConnectionSettings(
-        nats_url=_required(_pick(nats_url, env, "NATS_URL"), "--nats-url", "NATS_URL"),
-        nkey_file=Path(_required(_pick(nkey_file, env, "NKEY_FILE"), "--nkey-file", "NKEY_FILE")),
-    )
-
-
-def listener_settings(
-    *,
-    hostname: str | None,
-    tier: str | None,
-    nats_url: str | None,
-    nkey_file: str | None,
-    flake_url: str | None,
-    role: str | None = None,
-    timeout: str | float | None = None,
-    deploy_subjects: Sequence[str] | None = None,
-    discover_subject: str | None = None,
-    rebuild_command: str | None = None,
-    state_dir: str | None = None,
-    log_level: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> ListenerSettings:
-    """Settings for ``fleet-deploy listener``; systemd's ``$STATE_DIRECTORY`` is honoured."""
-    env = os.environ if environ is None else environ
-    command = _pick(rebuild_command, env, "REBUILD_COMMAND") or DEFAULT_REBUILD_COMMAND
-    try:
-        argv = tuple(shlex.split(command))
-    except ValueError as exc:
-        raise UsageError(f"--rebuild-command {command!r} cannot be split: {exc}") from None
-    state = _pick(state_dir, env, "STATE_DIR") or env.get("STATE_DIRECTORY", "").split(":")[0]
-    return ListenerSettings(
-        hostname=_required(_pick(hostname, env, "HOSTNAME"), "--hostname", "HOSTNAME"),
-        tier=_tier(_pick(tier, env, "TIER"), "--tier"),
-        nats_url=_required(_pick(nats_url, env, "NATS_URL"), "--nats-url", "NATS_URL"),
-        nkey_file=Path(_required(_pick(nkey_file, env, "NKEY_FILE"), "--nkey-file", "NKEY_FILE")),
-        flake_url=_required(_pick(flake_url, env, "FLAKE_URL"), "--flake-url", "FLAKE_URL"),
-        role=_pick(role, env, "ROLE"),
-        timeout=_seconds(_pick(timeout, env, "TIMEOUT"), "--timeout", DEFAULT_LISTENER_TIMEOUT),
-        deploy_subject_templates=tuple(deploy_subjects)
-        if deploy_subjects
-        else DEFAULT_DEPLOY_SUBJECTS,
-        discover_subject=_pick(discover_subject, env, "DISCOVER_SUBJECT") or DISCOVER_SUBJECT,
-        rebuild_command=argv,
-        state_dir=Path(state) if state else DEFAULT_STATE_DIR,
-        log_level=_pick(log_level, env, "LOG_LEVEL") or DEFAULT_LOG_LEVEL,
-    )
-
-
-def deploy_settings(
-    *,
-    target: str,
-    nats_url: str | None,
-    nkey_file: str | None,
-    branch: str | None = None,
-    action: str | None = None,
-    timeout: str | float | None = None,
-    expect: Sequence[str] = (),
-    json: bool = False,
-    environ: Mapping[str, str] | None = None,
-) -> DeploySettings:
-    """Settings for ``fleet-deploy deploy``; resolves aliases from ``FLEET_DEPLOY_ALIAS_*``."""
-    env = os.environ if environ is None else environ
-    hosts = tuple(
-        validate_hostname(name.strip())
-        for item in expect
-        for name in item.split(",")
-        if name.strip()
-    )
-    return DeploySettings(
-        connection=connection_settings(nats_url=nats_url, nkey_file=nkey_file, environ=env),
-        target=resolve_target(target, env),
-        revision=_pick(branch, env, "BRANCH") or DEFAULT_REVISION,
-        action=_action(_pick(action, env, "ACTION")),
-        timeout=_seconds(_pick(timeout, env, "TIMEOUT"), "--timeout", DEFAULT_DEPLOY_TIMEOUT),
-        expect=hosts,
-        json=json,
-    )
-
-
-def hosts_settings(
-    *,
-    nats_url: str | None,
-    nkey_file: str | None,
-    tier: str | None = None,
-    json: bool = False,
-    environ: Mapping[str, str] | None = None,
-) -> HostsSettings:
-    env = os.environ if environ is None else environ
-    return HostsSettings(
-        connection=connection_settings(nats_url=nats_url, nkey_file=nkey_file, environ=env),
-        tier=_tier(tier, "--tier") if tier is not None else None,
-        json=json,
-    )
-
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
-
-
 @dataclass(frozen=True, slots=True)
 class McpSettings:
     """The MCP server: a test-tier key always; the admin key only when explicitly enabled."""
@@ -298,18 +172,215 @@ class McpSettings:
     connection: ConnectionSettings
     admin_nkey_file: Path | None = None  # set only when --enable-admin was given
     http: tuple[str, int] | None = None  # serve streamable HTTP here instead of stdio
+    log_level: str = DEFAULT_LOG_LEVEL
+    heartbeat: float = DEFAULT_MCP_HEARTBEAT
+    deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
     timing: DeployTiming = DeployTiming()
 
 
-def _flag(value: bool | None, environ: Mapping[str, str], name: str) -> bool:
-    if value:
-        return True
-    raw = environ.get(ENV_PREFIX + name, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise UsageError(f"{ENV_PREFIX}{name}={raw!r} is not a boolean: use true or false")
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    """``port`` 0 means any free port; ``directory`` None means a temporary one."""
+
+    hosts: int = DEFAULT_SANDBOX_HOSTS
+    port: int = DEFAULT_SANDBOX_PORT
+    directory: Path | None = None
+    sim_delay: float = DEFAULT_SIM_DELAY
+    once: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeygenSettings:
+    """``path`` is where the new seed goes: ``<dir>/<name>.seed``."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class NatsConfigSettings:
+    """``inventory`` is a path or ``-`` (stdin); ``output`` None means stdout."""
+
+    inventory: str
+    output: Path | None = None
+
+
+# -- reading one option ----------------------------------------------------------------------
+
+
+class _Values:
+    """The options of one command, read as "flag, then variable, then default"."""
+
+    def __init__(self, declared: Command, flags: Flags, environ: Mapping[str, str] | None):
+        self._options = {option.name: option for option in declared.options}
+        self._flags = flags
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+
+    def given(self, name: str) -> tuple[str, str] | None:
+        """The text given for ``name`` and where it came from (flag or variable), if any."""
+        option = self._options[name]
+        flag = self._flags.get(name)
+        if flag is not None:
+            return str(flag), option.flag
+        if option.variable is not None:
+            value = self.environ.get(option.variable, "")
+            if value:
+                return value, option.variable
+        return None
+
+    def text(self, name: str) -> str | None:
+        given = self.given(name)
+        if given is not None:
+            return given[0]
+        default = self._options[name].default
+        return None if default is None else str(default)
+
+    def required(self, name: str) -> str:
+        value = self.text(name)
+        if value is None:
+            option = self._options[name]
+            alternative = f" (or set {option.variable})" if option.variable else ""
+            raise UsageError(f"{option.flag} is required{alternative}")
+        return value
+
+    def choice(self, name: str) -> str | None:
+        """The value, checked against the option's choices (argparse checks only flags)."""
+        given = self.given(name)
+        value = self.text(name)
+        choices = self._options[name].choices or ()
+        if value is not None and value not in choices:
+            source = given[1] if given else self._options[name].flag
+            raise UsageError(f"{source} {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def required_choice(self, name: str) -> str:
+        self.required(name)
+        value = self.choice(name)
+        assert value is not None
+        return value
+
+    def number(self, name: str, *, positive: bool = True) -> float:
+        given = self.given(name)
+        if given is None:
+            default = self._options[name].default
+            assert isinstance(default, int | float), f"{name} declares no numeric default"
+            return float(default)
+        text, source = given
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{source} must be a number of seconds, not {text!r}") from None
+        if positive and not value > 0:
+            raise UsageError(f"{source} must be a positive number of seconds, not {text!r}")
+        return value
+
+    def integer(self, name: str, default: int | None = None) -> int:
+        given = self.given(name)
+        if given is None:
+            fallback = default if default is not None else self._options[name].default
+            assert isinstance(fallback, int), f"{name} declares no whole-number default"
+            return fallback
+        text, source = given
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"{source} must be a whole number, not {text!r}") from None
+
+    def switch(self, name: str) -> bool:
+        if self._flags.get(name):
+            return True
+        variable = self._options[name].variable
+        if variable is None:
+            return False
+        raw = self.environ.get(variable, "").strip().lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise UsageError(f"{variable}={raw!r} is not a boolean: use true or false")
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """A repeatable flag's values; the declared default when it was not given."""
+        given = self._flags.get(name)
+        if isinstance(given, list | tuple) and given:
+            return tuple(str(item) for item in given)
+        default = self._options[name].default
+        return tuple(default) if isinstance(default, tuple) else ()
+
+
+def _connection(values: _Values) -> ConnectionSettings:
+    return ConnectionSettings(
+        nats_url=values.required("nats_url"), nkey_file=Path(values.required("nkey_file"))
+    )
+
+
+def _tier(value: str | None) -> Tier | None:
+    return Tier(value) if value is not None else None
+
+
+# -- one builder per command -----------------------------------------------------------------
+
+
+def listener_settings(
+    flags: Flags, *, environ: Mapping[str, str] | None = None
+) -> ListenerSettings:
+    """Settings for ``fleet-deploy listener``; systemd's ``$STATE_DIRECTORY`` is honoured."""
+    values = _Values(command("listener"), flags, environ)
+    rebuild = values.required("rebuild_command")
+    try:
+        argv = tuple(shlex.split(rebuild))
+    except ValueError as exc:
+        raise UsageError(f"--rebuild-command {rebuild!r} cannot be split: {exc}") from None
+    state = values.given("state_dir")
+    state_dir = state[0] if state else values.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return ListenerSettings(
+        hostname=values.required("hostname"),
+        tier=Tier(values.required_choice("tier")),
+        nats_url=values.required("nats_url"),
+        nkey_file=Path(values.required("nkey_file")),
+        flake_url=values.required("flake_url"),
+        role=values.text("role"),
+        timeout=values.number("timeout"),
+        deploy_subject_templates=values.items("deploy_subject"),
+        discover_subject=values.required("discover_subject"),
+        rebuild_command=argv,
+        state_dir=Path(state_dir) if state_dir else DEFAULT_STATE_DIR,
+        log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
+    )
+
+
+def _expected_hosts(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(
+        validate_hostname(name.strip())
+        for item in items
+        for name in item.split(",")
+        if name.strip()
+    )
+
+
+def deploy_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> DeploySettings:
+    """Settings for ``fleet-deploy deploy``; resolves aliases from ``FLEET_DEPLOY_ALIAS_*``."""
+    values = _Values(command("deploy"), flags, environ)
+    return DeploySettings(
+        connection=_connection(values),
+        target=resolve_target(
+            values.required("target"), os.environ if environ is None else environ
+        ),
+        revision=values.required("branch"),
+        action=Action(values.required_choice("action")),
+        timeout=values.number("timeout"),
+        expect=_expected_hosts(values.items("expect")),
+        json=values.switch("json"),
+    )
+
+
+def hosts_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> HostsSettings:
+    """Settings for ``fleet-deploy hosts``."""
+    values = _Values(command("hosts"), flags, environ)
+    return HostsSettings(
+        connection=_connection(values),
+        tier=_tier(values.choice("tier")),
+        json=values.switch("json"),
+    )
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -319,26 +390,72 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def mcp_settings(
-    *,
-    nats_url: str | None,
-    nkey_file: str | None,
-    enable_admin: bool | None = None,
-    admin_nkey_file: str | None = None,
-    http: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> McpSettings:
+def mcp_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> McpSettings:
     """Settings for ``fleet-mcp``; ``--enable-admin`` without an admin key is an error."""
-    env = os.environ if environ is None else environ
-    admin_enabled = _flag(enable_admin, env, "ENABLE_ADMIN")
-    admin_key = _pick(admin_nkey_file, env, "ADMIN_NKEY_FILE")
+    values = _Values(command("mcp"), flags, environ)
+    admin_enabled = values.switch("enable_admin")
+    admin_key = values.text("admin_nkey_file")
     if admin_enabled and admin_key is None:
         raise UsageError(
             "--enable-admin needs the admin key: pass --admin-nkey-file PATH "
             f"(or set {ENV_PREFIX}ADMIN_NKEY_FILE)"
         )
+    http = values.text("http")
     return McpSettings(
-        connection=connection_settings(nats_url=nats_url, nkey_file=nkey_file, environ=env),
+        connection=_connection(values),
         admin_nkey_file=Path(admin_key) if admin_enabled and admin_key else None,
         http=_host_port(http) if http else None,
+        log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
+        heartbeat=values.number("heartbeat"),
+        deploy_timeout=values.number("deploy_timeout"),
+    )
+
+
+def sandbox_settings(flags: Flags) -> SandboxSettings:
+    """Settings for ``fleet-deploy sandbox``, from flags alone: the sandbox reads no
+    environment, so a real fleet's ``FLEET_DEPLOY_*`` variables cannot leak into it."""
+    values = _Values(command("sandbox"), flags, {})
+    count = values.integer("hosts")
+    if not MIN_SANDBOX_HOSTS <= count <= MAX_SANDBOX_HOSTS:
+        raise UsageError(
+            f"--hosts must be {MIN_SANDBOX_HOSTS} to {MAX_SANDBOX_HOSTS} (a working test host, "
+            f"a failing one and a prod host at least), not {count}"
+        )
+    once = values.switch("once")
+    # The tour needs no fixed port, and a fixed one could collide with a real NATS server.
+    port = values.integer("port", 0 if once else DEFAULT_SANDBOX_PORT)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0 (any free port) to 65535, not {port}")
+    delay = values.number("sim_delay", positive=False)
+    if not 0 <= delay <= 60:
+        raise UsageError(f"--sim-delay must be 0 to 60 seconds, not {values.text('sim_delay')!r}")
+    directory = values.text("dir")
+    return SandboxSettings(
+        hosts=count,
+        port=port,
+        directory=Path(directory) if directory else None,
+        sim_delay=delay,
+        once=once,
+    )
+
+
+def keygen_settings(flags: Flags) -> KeygenSettings:
+    """Settings for ``fleet-deploy keygen``: a plain key name, never a path."""
+    values = _Values(command("keygen"), flags, {})
+    name = values.required("name")
+    base = name.removesuffix(SEED_SUFFIX)
+    if not _KEY_NAME.fullmatch(base):
+        raise UsageError(
+            f"invalid key name {name!r}: use 1-63 letters, digits, '-' or '_' (no path: "
+            "choose the folder with --dir)"
+        )
+    return KeygenSettings(path=Path(values.required("dir")) / f"{base}{SEED_SUFFIX}")
+
+
+def nats_config_settings(flags: Flags) -> NatsConfigSettings:
+    """Settings for ``fleet-deploy nats-config``."""
+    values = _Values(command("nats-config"), flags, {})
+    output = values.text("output")
+    return NatsConfigSettings(
+        inventory=values.required("inventory"), output=Path(output) if output else None
     )

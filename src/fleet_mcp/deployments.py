@@ -1,4 +1,4 @@
-"""The server's moving parts, without MCP: NATS links, and deployments that outlive a tool call.
+"""Deployments that outlive a tool call, and what the lifespan hands to the tools.
 
 A deployment runs as a task of the server's lifespan task group, not of the tool call that
 started it: a client that cancels or times out stops *waiting*, never the deployment.
@@ -7,23 +7,15 @@ deploy call, or a later ``deployment_status`` call) replays the log after the la
 reported and then sleeps until the next change, the next heartbeat, or its own deadline. The
 log stays small: a host's change that repeats its previous state (progress after progress)
 replaces it, and a finished deployment keeps only each host's last state — a waiter skips
-what it had not reported yet and still hears every host's final state.
-
-A ``NatsLink`` connects lazily: the lifespan starts the first attempt in the background (so
-the server answers ``tools/list`` at once, NATS or not) and a tool that finds no connection
-tries again before it gives up — a NATS server that comes up later is picked up on the next
-call. Tools and deployments hold the connection through a ``Lease``. A connection that
-dropped is replaced by a fresh one and closed as soon as no lease holds it: a deployment
-running on it is not disturbed, and it does not linger once nats-py has reconnected it.
+what it had not reported yet and still hears every host's final state. The sentences of the
+notes are pure functions in ``fleet_mcp.models``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -31,14 +23,13 @@ import anyio
 import anyio.abc
 import structlog
 
-from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer, new_deployment_id
-from fleet_core.errors import ConnectionFailed, FleetError
-from fleet_core.keys import Seed
+from fleet_core.errors import FleetError
 from fleet_core.rebuild import Action
-from fleet_core.settings import DeployTiming
 from fleet_core.subjects import Target
 from fleet_core.tracking import DeploymentResult, HostResult
+from fleet_mcp.link import NatsLink
+from fleet_mcp.models import batch_note, heartbeat_note, host_note, opening_note
 
 __all__ = [
     "BATCH",
@@ -47,8 +38,6 @@ __all__ = [
     "Deployment",
     "DeploymentRegistry",
     "FleetState",
-    "Lease",
-    "NatsLink",
 ]
 
 log = structlog.get_logger("fleet.mcp")
@@ -57,117 +46,6 @@ Notify = Callable[[str], Awaitable[None]]
 BATCH = 5  # more changes than this at once are reported as counts
 COALESCE = 0.05  # seconds between progress notifications while changes pour in
 KEEP_DEPLOYMENTS = 200  # finished deployments remembered for deployment_status
-
-
-@dataclass(eq=False)
-class _Connection:
-    """One NATS connection of a link, and how many leases hold it."""
-
-    bus: Bus
-    deployer: Deployer
-    users: int = 0
-    retired: bool = False
-
-
-class Lease:
-    """A deployer held by one tool call or one deployment; ``release()`` once done with it."""
-
-    def __init__(
-        self, deployer: Deployer, release: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
-        self.deployer = deployer
-        self._release = release
-
-    async def release(self) -> None:
-        """Give the connection back; safe to call twice."""
-        release, self._release = self._release, None
-        if release is not None:
-            await release()
-
-
-class NatsLink:
-    """One NATS identity (the test key or the admin key), connected on demand."""
-
-    def __init__(
-        self,
-        url: str,
-        seed: Seed,
-        *,
-        name: str,
-        timing: DeployTiming,
-        connect_timeout: float = 3.0,
-    ) -> None:
-        self.url = url
-        self.public_key = seed.public_key
-        self._seed = seed
-        self._name = name
-        self._timing = timing
-        self._connect_timeout = connect_timeout
-        self._current: _Connection | None = None
-        self._retired: list[_Connection] = []  # dropped, still held by a lease
-        self._lock = anyio.Lock()
-
-    async def connect_quietly(self) -> None:
-        """The lifespan's first attempt: a failure is remembered, not raised."""
-        with contextlib.suppress(ConnectionFailed):
-            async with self._lock:
-                await self._connect()
-
-    async def lease(self) -> Lease:
-        """A deployer on a live connection, held until the lease is released; connects (again)
-        if there is none.
-
-        Raises ``ConnectionFailed`` when the server cannot be reached or refuses the key.
-        """
-        async with self._lock:  # one attempt at a time; later callers share its outcome
-            connection = await self._connect()
-            connection.users += 1
-        return Lease(connection.deployer, functools.partial(self._release, connection))
-
-    async def _connect(self) -> _Connection:
-        """The current connection, or a new one; the caller holds the lock."""
-        current = self._current
-        if current is not None and current.bus.is_connected:
-            return current
-        if current is not None:
-            # Dropped and not (yet) back: use a fresh connection from now on. A deployment
-            # may still run on this one (nats-py may reconnect it), so it is closed only
-            # when its last lease is released — now, if none holds it.
-            self._current = None
-            current.retired = True
-            if current.users:
-                self._retired.append(current)
-            else:
-                await self._close(current, "dropped")
-        try:
-            bus = await Bus.connect(
-                self.url, self._seed, name=self._name, connect_timeout=self._connect_timeout
-            )
-        except ConnectionFailed as exc:
-            log.warning("nats_unreachable", link=self._name, url=self.url, error=str(exc))
-            raise
-        self._current = _Connection(bus, Deployer(bus, timing=self._timing))
-        log.info("nats_connected", link=self._name, url=self.url)
-        return self._current
-
-    async def _release(self, connection: _Connection) -> None:
-        connection.users -= 1
-        if connection.users == 0 and connection in self._retired:
-            self._retired.remove(connection)
-            await self._close(connection, "dropped earlier, no longer used")
-
-    async def _close(self, connection: _Connection, reason: str) -> None:
-        # Shielded: a cancelled caller (a deployment stopped at exit) must not leave it open.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await connection.bus.close()
-        log.info("nats_connection_closed", link=self._name, reason=reason)
-
-    async def close(self) -> None:
-        connections = [*self._retired, *([self._current] if self._current is not None else [])]
-        self._current = None
-        self._retired = []
-        for connection in connections:
-            await self._close(connection, "server exit")
 
 
 class Deployment:
@@ -256,17 +134,8 @@ class Deployment:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def run(self, lease: Lease, limit: float) -> None:
-        """The deployment's task; it ends with ``result`` or ``error`` set, never raising.
-
-        The lease is released once waiters have been woken.
-        """
-        try:
-            await self._run(lease.deployer, limit)
-        finally:
-            await lease.release()
-
-    async def _run(self, deployer: Deployer, limit: float) -> None:
+    async def run(self, deployer: Deployer, limit: float) -> None:
+        """The deployment's task; it ends with ``result`` or ``error`` set, never raising."""
         bound = log.bind(deployment_id=self.id, subject=self.target.subject)
         try:
             self.result = await deployer.deploy(
@@ -295,19 +164,26 @@ class Deployment:
             self._pulse()
 
     async def follow(self, wait: float, notify: Notify, *, heartbeat: float) -> None:
-        """Wait up to ``wait`` seconds for the end, calling ``notify`` after every host change
-        (replayed from the start of the deployment, as far as the log keeps it) and at least
-        every ``heartbeat`` seconds.
+        """Wait up to ``wait`` seconds for the end, telling ``notify`` what happens.
 
-        Notifications are at least ``COALESCE`` seconds apart, except the last one of a
-        finished deployment: changes that arrive in between are reported together, each host
-        on its own while there are at most ``BATCH`` of them, else as counts. A hundred hosts
-        answering at once make a handful of notifications, not three hundred, and every change
-        is still followed by a notification within ``COALESCE`` seconds.
+        What the notes promise (``tools`` numbers them with strictly increasing progress):
+
+        - The first note names the deployment: its id, action, revision and subject.
+        - Every note starts with ``deployment <id>:``.
+        - A host's change is reported soon after it happens, as the host's *latest* state:
+          intermediate states (accepted, started, progress) may be skipped when a newer one
+          came first — notes are ``COALESCE`` seconds apart while changes pour in, and a
+          finished deployment keeps only each host's final state.
+        - Per host, the reported states follow the host's own order; no change is reported
+          twice.
+        - Before this returns for a finished deployment, every host's final state has been
+          reported: by name while a note covers at most ``BATCH`` changes, else counted in
+          it (a hundred hosts answering at once make a handful of notes, not three hundred).
+        - While nothing changes, a note at least every ``heartbeat`` seconds.
         """
         seen = 0  # the number of the latest change reported
         with anyio.move_on_after(wait):
-            await notify(self._opening())
+            await notify(opening_note(self.current()))
             sent = anyio.current_time()
             while True:
                 gap = sent + COALESCE - anyio.current_time()
@@ -318,9 +194,9 @@ class Deployment:
                     batch, seen = self._since(seen), self._seq
                     if len(batch) <= BATCH:
                         for host in batch:
-                            await notify(self._describe(host))
+                            await notify(host_note(self.id, host))
                     else:
-                        await notify(self._describe_many(batch))
+                        await notify(batch_note(batch, self.current()))
                     sent = anyio.current_time()
                 if self.done and seen == self._seq:
                     return
@@ -330,37 +206,8 @@ class Deployment:
                 with anyio.move_on_after(heartbeat) as beat:
                     await changed.wait()
                 if beat.cancelled_caught:
-                    await notify(self._heartbeat())
+                    await notify(heartbeat_note(self.current()))
                     sent = anyio.current_time()
-
-    def _opening(self) -> str:
-        return (
-            f"deployment {self.id}: {self.action.value} of {self.revision} to {self.target.subject}"
-        )
-
-    def _describe(self, host: HostResult) -> str:
-        detail = f"{host.error}: {host.message}" if host.error else host.message
-        first = detail.splitlines()[0] if detail else ""
-        return f"deployment {self.id}: {host.hostname} {host.status}" + (
-            f" — {first[:200]}" if first else ""
-        )
-
-    def _describe_many(self, batch: list[HostResult]) -> str:
-        counts = Counter(host.status for host in batch)
-        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-        current = self.current()
-        final = sum(1 for h in current.hosts if h.final)
-        return (
-            f"deployment {self.id}: {len(batch)} host changes ({states}); "
-            f"{final}/{len(current.hosts)} hosts final; latest: {batch[-1].hostname} "
-            f"{batch[-1].status}"
-        )
-
-    def _heartbeat(self) -> str:
-        current = self.current()
-        final = sum(1 for h in current.hosts if h.final)
-        hosts = f"{final}/{len(current.hosts)} hosts final" if current.hosts else "no answer yet"
-        return f"deployment {self.id}: still running after {current.duration_s:.0f} s ({hosts})"
 
 
 class DeploymentRegistry:
@@ -371,13 +218,10 @@ class DeploymentRegistry:
         self._keep = keep
         self._deployments: OrderedDict[str, Deployment] = OrderedDict()
 
-    def start(self, deployment: Deployment, lease: Lease, *, limit: float) -> Deployment:
-        """Run ``deployment`` in the lifespan's task group; it may last ``limit`` seconds.
-
-        The deployment releases ``lease`` when it ends.
-        """
+    def start(self, deployment: Deployment, deployer: Deployer, *, limit: float) -> Deployment:
+        """Run ``deployment`` in the lifespan's task group; it may last ``limit`` seconds."""
         self._deployments[deployment.id] = deployment
-        self._tasks.start_soon(deployment.run, lease, limit, name=f"deploy {deployment.id}")
+        self._tasks.start_soon(deployment.run, deployer, limit, name=f"deploy {deployment.id}")
         self._prune()
         return deployment
 

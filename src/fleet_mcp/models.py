@@ -1,12 +1,16 @@
-"""What the MCP tools return: pydantic models (the output schemas) and their summaries (pure).
+"""What the MCP tools tell a model: results (pydantic models, the output schemas), their
+summaries, and the progress notes sent while a deployment runs — all pure.
 
 A tool result is read by a model, so besides the data it carries ``summary`` — one or two
 sentences saying what happened and, when something went wrong, what to look at — and, while a
-deployment is still running, ``next_step``: how to keep waiting for it.
+deployment is still running, ``next_step``: how to keep waiting for it. A progress note is one
+line that starts with ``deployment <id>:``, so a client that shows notes of several calls
+side by side can tell them apart; ``Deployment.follow`` decides when each is sent.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
@@ -15,9 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_core.messages import HostInfo
 from fleet_core.tracking import DeploymentResult, HostResult
 
-__all__ = ["MAX_TAIL_LINES", "DeploymentReport", "HostsReport", "deployment_report", "hosts_report"]
+__all__ = [
+    "MAX_NOTE_DETAIL",
+    "MAX_TAIL_LINES",
+    "DeploymentReport",
+    "HostsReport",
+    "batch_note",
+    "deployment_report",
+    "heartbeat_note",
+    "host_note",
+    "hosts_report",
+    "opening_note",
+]
 
 MAX_TAIL_LINES = 50  # nix prints the cause last; fifty lines hold it and its trace
+MAX_NOTE_DETAIL = 200  # characters of a host's message in a note: a glance, not the log
 
 
 class DeploymentReport(BaseModel):
@@ -148,3 +164,46 @@ def hosts_report(hosts: Sequence[HostInfo], tier: str | None) -> HostsReport:
             f"; busy deploying: {', '.join(busy)}." if busy else "; none is busy."
         )
     return HostsReport(summary=summary, tier=tier, hosts=list(hosts))
+
+
+# -- progress notes --------------------------------------------------------------------------
+
+
+def opening_note(result: DeploymentResult) -> str:
+    """The first note of every wait: which deployment this is, so a model can follow it up."""
+    return (
+        f"deployment {result.deployment_id}: {result.action} of {result.revision} to "
+        f"{result.subject}"
+    )
+
+
+def host_note(deployment_id: str, host: HostResult) -> str:
+    """One host's new state, with the first line of its message (or error) as a glance."""
+    detail = ": ".join(part for part in (host.error, host.message) if part)
+    first = detail.splitlines()[0] if detail else ""
+    return f"deployment {deployment_id}: {host.hostname} {host.status}" + (
+        f" — {first[:MAX_NOTE_DETAIL]}" if first else ""
+    )
+
+
+def _final(result: DeploymentResult) -> str:
+    return f"{sum(1 for h in result.hosts if h.final)}/{len(result.hosts)} hosts final"
+
+
+def batch_note(batch: Sequence[HostResult], result: DeploymentResult) -> str:
+    """Many changes at once, as counts: a note per host would flood a client at 1000 hosts."""
+    counts = Counter(host.status for host in batch)
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return (
+        f"deployment {result.deployment_id}: {len(batch)} host changes ({states}); "
+        f"{_final(result)}; latest: {batch[-1].hostname} {batch[-1].status}"
+    )
+
+
+def heartbeat_note(result: DeploymentResult) -> str:
+    """Nothing changed for a while: say so, so the client knows the call is alive."""
+    hosts = _final(result) if result.hosts else "no answer yet"
+    return (
+        f"deployment {result.deployment_id}: still running after {result.duration_s:.0f} s "
+        f"({hosts})"
+    )

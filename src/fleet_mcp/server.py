@@ -2,9 +2,10 @@
 
 ``deploy_admin`` is registered only when the settings carry an admin key (``--enable-admin``
 with ``--admin-nkey-file``), and both seeds are loaded here, so a bad key fails at start.
-The lifespan owns the NATS links — connected in the background, so ``tools/list`` never
-waits for NATS — and the task group in which deployments run; at exit it stops following
-them (the hosts carry on) and closes the links.
+The lifespan owns a task group holding one NATS connection per key (``fleet_mcp.link``:
+connected in the background, so ``tools/list`` never waits for NATS) and the deployments;
+at exit it cancels the group, which stops following deployments (the hosts carry on) and
+closes the connections.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from mcp.types import ToolAnnotations
 
 from fleet_core import __version__
 from fleet_core.keys import load_seed
-from fleet_core.settings import DEFAULT_DEPLOY_TIMEOUT, McpSettings
-from fleet_mcp.deployments import DeploymentRegistry, FleetState, NatsLink
+from fleet_core.settings import McpSettings
+from fleet_mcp.deployments import DeploymentRegistry, FleetState
+from fleet_mcp.link import NatsLink
 from fleet_mcp.tools import (
     DEFAULT_WAIT,
     MAX_WAIT,
@@ -31,12 +33,11 @@ from fleet_mcp.tools import (
     list_hosts,
 )
 
-__all__ = ["DEFAULT_WAIT", "HEARTBEAT", "MAX_WAIT", "SERVER_NAME", "build_server"]
+__all__ = ["DEFAULT_WAIT", "MAX_WAIT", "SERVER_NAME", "build_server"]
 
 log = structlog.get_logger("fleet.mcp")
 
 SERVER_NAME = "fleet-deploy"
-HEARTBEAT = 5.0  # progress while waiting, at least this often (the promise is every 10 s)
 
 _SDK_LEVELS: dict[str, Literal["DEBUG", "INFO", "WARNING", "ERROR"]] = {
     "debug": "DEBUG",
@@ -75,18 +76,12 @@ def _instructions(admin: bool) -> str:
     return "\n".join(lines)
 
 
-def build_server(
-    settings: McpSettings,
-    *,
-    heartbeat: float = HEARTBEAT,
-    deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT,
-    log_level: str = "warning",
-) -> MCPServer[FleetState]:
+def build_server(settings: McpSettings) -> MCPServer[FleetState]:
     """Build the server from settings; seeds are loaded now, so a bad key fails at start.
 
     NATS is not touched here: the lifespan connects in the background when a session starts.
-    ``log_level`` is the SDK's and uvicorn's (stdlib logging, on stderr). Raises
-    ``KeyFileError`` for a seed that is missing, unreadable or readable by others.
+    ``settings.log_level`` is also the SDK's and uvicorn's (stdlib logging, on stderr).
+    Raises ``KeyFileError`` for a seed that is missing, unreadable or readable by others.
     """
     url = settings.connection.nats_url
     test_seed = load_seed(settings.connection.nkey_file)
@@ -100,31 +95,26 @@ def build_server(
             if admin_seed is not None
             else None
         )
-        try:
-            async with anyio.create_task_group() as tasks:
-                for link in (test, admin):
-                    if link is not None:
-                        tasks.start_soon(link.connect_quietly)
-                yield FleetState(
-                    test=test,
-                    admin=admin,
-                    registry=DeploymentRegistry(tasks),
-                    heartbeat=heartbeat,
-                    deploy_timeout=deploy_timeout,
-                )
-                tasks.cancel_scope.cancel()  # stop following deployments; hosts carry on
-        finally:
-            with anyio.CancelScope(shield=True):
-                for link in (test, admin):
-                    if link is not None:
-                        await link.close()
+        async with anyio.create_task_group() as tasks:
+            for link in (test, admin):
+                if link is not None:
+                    tasks.start_soon(link.run, name=f"nats link {link.public_key}")
+            yield FleetState(
+                test=test,
+                admin=admin,
+                registry=DeploymentRegistry(tasks),
+                heartbeat=settings.heartbeat,
+                deploy_timeout=settings.deploy_timeout,
+            )
+            # Stop following deployments (the hosts carry on) and close the connections.
+            tasks.cancel_scope.cancel()
 
     server: MCPServer[FleetState] = MCPServer(
         SERVER_NAME,
         version=__version__,
         instructions=_instructions(admin_seed is not None),
         lifespan=lifespan,
-        log_level=_SDK_LEVELS.get(log_level, "WARNING"),
+        log_level=_SDK_LEVELS.get(settings.log_level, "WARNING"),
     )
     tools: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
         (list_hosts, "List fleet hosts", _READ_ONLY),

@@ -23,6 +23,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from fleet_core.deployer import Deployer
 from fleet_core.errors import ConnectionFailed, FleetError, PermissionDenied, RequestRejected
 from fleet_core.errors import UsageError as FleetUsageError
 from fleet_core.rebuild import (
@@ -34,7 +35,8 @@ from fleet_core.rebuild import (
 )
 from fleet_core.settings import DEFAULT_DEPLOY_TIMEOUT
 from fleet_core.subjects import Target, Tier
-from fleet_mcp.deployments import KEEP_DEPLOYMENTS, Deployment, FleetState, Lease, NatsLink
+from fleet_mcp.deployments import KEEP_DEPLOYMENTS, Deployment, FleetState
+from fleet_mcp.link import NatsLink
 from fleet_mcp.models import DeploymentReport, HostsReport, deployment_report, hosts_report
 
 __all__ = [
@@ -112,13 +114,11 @@ async def list_hosts(
     _reject_unknown(ctx, "list_hosts", ("tier",))
     state = _state(ctx)
     chosen = _tier(tier) if tier else None
-    lease = await _lease(state.test, "listed")
+    deployer = await _deployer(state.test, "listed")
     try:
-        hosts = await lease.deployer.discover(chosen)
+        hosts = await deployer.discover(chosen)
     except FleetError as exc:
         raise ToolError(f"Discovery failed: {exc}") from exc
-    finally:
-        await lease.release()
     return hosts_report(hosts, chosen.value if chosen else None)
 
 
@@ -284,25 +284,25 @@ async def _start(
     revision, chosen = _request(branch, action)
     link = state.admin if admin else state.test
     assert link is not None  # deploy_admin checked that the admin link exists
-    lease = await _lease(link, "deployed")
+    deployer = await _deployer(link, "deployed")
     deployment = Deployment(target, revision=revision, action=chosen, admin=admin)
-    try:
-        state.registry.start(deployment, lease, limit=state.deploy_timeout)
-    except BaseException:
-        await lease.release()  # the deployment never ran: nothing else will release it
-        raise
+    state.registry.start(deployment, deployer, limit=state.deploy_timeout)
     return await _follow(ctx, state, deployment, wait_seconds)
 
 
-async def _lease(link: NatsLink, verb: str) -> Lease:
+async def _deployer(link: NatsLink, verb: str) -> Deployer:
+    """The link's deployer, or a tool error that says what a person should check."""
     try:
-        return await link.lease()
+        return await link.deployer()
     except ConnectionFailed as exc:
+        reason = str(exc).rstrip()
+        reason += "" if reason.endswith((".", "?", "!")) else "."
         raise ToolError(
-            f"No NATS connection, so nothing was {verb}: {exc} This server tries to connect "
-            "again on every call. If it keeps failing, ask the user to check that nats-server "
-            f"is running and reachable, that --nats-url (FLEET_DEPLOY_NATS_URL, now {link.url}) "
-            f"is right, and that the NATS server accepts this server's key {link.public_key}."
+            f"No NATS connection, so nothing was {verb}: {reason} This server keeps trying to "
+            "connect in the background. If it keeps failing, ask the user to check that "
+            "nats-server is running and reachable, that --nats-url (FLEET_DEPLOY_NATS_URL, now "
+            f"{link.url}) is right, and that the NATS server accepts this server's key "
+            f"{link.public_key}."
         ) from exc
 
 

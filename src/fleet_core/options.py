@@ -1,0 +1,462 @@
+"""Every option of every command, declared once: flag, variable, default constant and help.
+
+An ``Option`` is the single description of one setting. Three things are built from it, so
+they cannot drift apart:
+
+- the argparse parsers (``add_arguments``): ``--help`` shows each default from its constant
+  and names its ``FLEET_DEPLOY_*`` variable;
+- the environment fallback in ``settings.py`` (flag, then variable, then default);
+- the option tables of ``docs/cli.md`` (``markdown_table``; a test keeps the file in step).
+
+Parsers keep every value as text: ``settings.py`` converts flag and variable alike, so a bad
+``--timeout`` and a bad ``FLEET_DEPLOY_TIMEOUT`` get the same message. Only argparse and the
+pure protocol modules are imported here: ``fleet-deploy --help`` must stay fast.
+
+Long for a module because it is a table: one entry per option, grouped by command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from fleet_core.rebuild import DEFAULT_ACTION, DEFAULT_REVISION, Action
+from fleet_core.subjects import ALIAS_ENV_PREFIX, DEFAULT_DEPLOY_SUBJECTS, DISCOVER_SUBJECT, Tier
+
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_DEPLOY_TIMEOUT",
+    "DEFAULT_LISTENER_TIMEOUT",
+    "DEFAULT_LOG_LEVEL",
+    "DEFAULT_MCP_HEARTBEAT",
+    "DEFAULT_REBUILD_COMMAND",
+    "DEFAULT_SANDBOX_HOSTS",
+    "DEFAULT_SANDBOX_PORT",
+    "DEFAULT_SIM_DELAY",
+    "DEFAULT_STATE_DIR",
+    "ENV_PREFIX",
+    "LOG_LEVELS",
+    "MAX_SANDBOX_HOSTS",
+    "MIN_SANDBOX_HOSTS",
+    "Command",
+    "Option",
+    "add_arguments",
+    "command",
+    "markdown_table",
+]
+
+ENV_PREFIX = "FLEET_DEPLOY_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ACTIONS = tuple(a.value for a in Action)
+TIERS = tuple(t.value for t in Tier)
+
+DEFAULT_LISTENER_TIMEOUT = 600.0
+DEFAULT_DEPLOY_TIMEOUT = 900.0
+DEFAULT_REBUILD_COMMAND = "nixos-rebuild"
+DEFAULT_STATE_DIR = Path("/var/lib/fleet-deploy")
+DEFAULT_LOG_LEVEL = "info"
+DEFAULT_MCP_HEARTBEAT = 5.0  # progress at least this often; the promise to clients is 10 s
+DEFAULT_SANDBOX_HOSTS = 6
+MIN_SANDBOX_HOSTS = 3  # a test host that deploys, one that fails, and a prod host to refuse
+MAX_SANDBOX_HOSTS = 50
+DEFAULT_SANDBOX_PORT = 4222
+DEFAULT_SIM_DELAY = 0.15
+
+Kind = Literal["value", "list", "switch", "positional"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting of one command.
+
+    ``name`` is the attribute the parsed flags carry (``nats_url``); the flag is derived
+    from it (``--nats-url``) and, when ``env`` is true, so is the variable
+    (``FLEET_DEPLOY_NATS_URL``). ``default`` is the constant the settings fall back to;
+    ``shown_default`` is for a default that is not one value (``$STATE_DIRECTORY or …``).
+    """
+
+    name: str
+    help: str
+    default: object = None
+    env: bool = True
+    kind: Kind = "value"
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    required: bool = False
+    shown_default: str | None = None
+    short: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return self.name if self.kind == "positional" else "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str | None:
+        return ENV_PREFIX + self.name.upper() if self.env else None
+
+    @property
+    def default_text(self) -> str | None:
+        """The default as a person reads it, from the constant; None when there is none."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None or self.kind == "switch":
+            return None
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        if isinstance(self.default, tuple):
+            return " ".join(str(item) for item in self.default)
+        return str(self.default)
+
+    def help_text(self) -> str:
+        """What ``--help`` says: the help, the variable, and the default or "required"."""
+        text = self.help
+        if self.choices is not None and self.metavar is not None:
+            text += f": one of {', '.join(self.choices)}"
+        if self.variable is not None:
+            text += f" [env {self.variable}]"
+        if self.required:
+            text += " (required)"
+        elif self.default_text is not None:
+            text += f" (default: {self.default_text})"
+        return text.replace("%", "%%")  # argparse formats help with %
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A subcommand: its one-line help, its description (``--help``) and its options."""
+
+    name: str
+    help: str
+    description: str
+    options: tuple[Option, ...]
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """Add ``options`` to ``parser``; every value stays text (or None when not given)."""
+    for option in options:
+        if option.kind == "positional":
+            parser.add_argument(option.name, metavar=option.metavar, help=option.help_text())
+            continue
+        flags = [option.flag, *([option.short] if option.short else [])]
+        if option.kind == "switch":
+            parser.add_argument(
+                *flags, dest=option.name, action="store_true", default=None, help=option.help_text()
+            )
+            continue
+        parser.add_argument(
+            *flags,
+            dest=option.name,
+            action="append" if option.kind == "list" else "store",
+            metavar=option.metavar,
+            choices=option.choices,
+            help=option.help_text(),
+        )
+
+
+def markdown_table(options: Sequence[Option]) -> str:
+    """The options as the Markdown table ``docs/cli.md`` shows for a command."""
+    rows = ["| flag | variable | default | meaning |", "|---|---|---|---|"]
+    for option in options:
+        flag = option.flag if option.metavar is None else f"{option.flag} {option.metavar}"
+        if option.kind == "positional":
+            flag = option.metavar or option.name
+        variable = f"`{option.variable}`" if option.variable else ""
+        if option.required:
+            default = "required"
+        elif option.default_text is not None:
+            default = f"`{option.default_text}`"
+        else:
+            default = ""
+        meaning = option.help + (f": one of {', '.join(option.choices)}" if option.choices else "")
+        meaning = meaning.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+        rows.append(f"| `{flag}` | {variable} | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+# -- shared ----------------------------------------------------------------------------------
+
+NATS_URL = Option("nats_url", "NATS server URL", metavar="URL", required=True)
+NKEY_FILE = Option("nkey_file", "NKey seed file, mode 0600", metavar="PATH", required=True)
+JSON = Option("json", "print JSON instead of a table", env=False, kind="switch")
+LOG_LEVEL = Option(
+    "log_level", "log level", default=DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, metavar="LEVEL"
+)
+
+# -- listener --------------------------------------------------------------------------------
+
+LISTENER = Command(
+    "listener",
+    "run the deploy listener on a NixOS host",
+    "Subscribe to this host's deploy subjects, run nixos-rebuild for each valid request "
+    "(one at a time) and stream its status to the requester.\n\n"
+    "Subjects default to deploy.<tier>.<hostname>, deploy.<tier>.all and "
+    "deploy.<tier>.role.<role> (the last only with --role).",
+    (
+        Option("hostname", "this host's name in subjects", metavar="NAME", required=True),
+        Option("tier", "deployment tier", choices=TIERS, metavar="TIER", required=True),
+        NATS_URL,
+        NKEY_FILE,
+        Option("flake_url", "flake to deploy, without #host", metavar="URL", required=True),
+        Option("role", "role for deploy.<tier>.role.<role> targeting", metavar="ROLE"),
+        Option(
+            "timeout",
+            "deadline of one rebuild, in seconds",
+            default=DEFAULT_LISTENER_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "deploy_subject",
+            "subject template to subscribe to, repeatable; <hostname>, <tier> and <role> are "
+            "expanded",
+            default=DEFAULT_DEPLOY_SUBJECTS,
+            env=False,
+            kind="list",
+            metavar="TEMPLATE",
+        ),
+        Option(
+            "discover_subject", "discovery subject", default=DISCOVER_SUBJECT, metavar="SUBJECT"
+        ),
+        Option(
+            "rebuild_command",
+            "rebuild program and fixed arguments, split like a shell would but never run by one",
+            default=DEFAULT_REBUILD_COMMAND,
+            metavar="CMD",
+        ),
+        Option(
+            "state_dir",
+            "where job records and logs are kept",
+            default=DEFAULT_STATE_DIR,
+            shown_default=f"$STATE_DIRECTORY, else {DEFAULT_STATE_DIR}",
+            metavar="DIR",
+        ),
+        LOG_LEVEL,
+    ),
+)
+
+# -- deploy and hosts ------------------------------------------------------------------------
+
+DEPLOY = Command(
+    "deploy",
+    "deploy to a host, a tier or a role and wait for every result",
+    "Publish a deploy request and gather every host's result.\n\n"
+    "TARGET is deploy.<tier>.<host>, deploy.<tier>.all, deploy.<tier>.role.<role>,\n"
+    f"or an alias defined as {ALIAS_ENV_PREFIX}<NAME>=<subject> (NAME upper-cased, - as _).\n\n"
+    "Exit status: 0 every host completed; 1 a host failed, was rejected, missing,\n"
+    "lost or timed out; 2 usage, key, connection or permission error.",
+    (
+        Option("target", "deploy subject or alias", env=False, kind="positional", metavar="TARGET"),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "branch",
+            "branch, tag or full commit to deploy",
+            default=DEFAULT_REVISION,
+            metavar="REV",
+        ),
+        Option(
+            "action",
+            "nixos-rebuild action",
+            default=DEFAULT_ACTION.value,
+            choices=ACTIONS,
+            metavar="ACTION",
+        ),
+        Option(
+            "timeout",
+            "how long to wait for every result once the request is out, in seconds",
+            default=DEFAULT_DEPLOY_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "expect",
+            "hosts that must answer even if discovery misses them (then reported missing); "
+            "repeatable",
+            env=False,
+            kind="list",
+            metavar="HOST[,HOST]",
+        ),
+        replace(JSON, help="print one JSON result object instead of a table"),
+    ),
+)
+
+HOSTS = Command(
+    "hosts",
+    "discover the listening hosts",
+    "Ask every listener to announce itself and print them as a table.",
+    (
+        NATS_URL,
+        NKEY_FILE,
+        Option("tier", "only hosts of this tier", env=False, choices=TIERS, metavar="TIER"),
+        JSON,
+    ),
+)
+
+# -- setting up ------------------------------------------------------------------------------
+
+KEYGEN = Command(
+    "keygen",
+    "create an NKey user seed (mode 0600) and print its public key",
+    "Write a new NKey user seed to DIR/NAME.seed with mode 0600 (an existing file is\n"
+    "never overwritten) and print its public key on stdout — the key that goes into\n"
+    "the inventory for nats-config. The seed is the secret: it never leaves the file.\n\n"
+    "  fleet-deploy keygen web1 --dir /run/keys     # one per host and per deployer",
+    (
+        Option(
+            "name",
+            "key name: the file becomes NAME.seed",
+            env=False,
+            kind="positional",
+            metavar="NAME",
+        ),
+        Option(
+            "dir",
+            "where to write it",
+            default=".",
+            env=False,
+            metavar="DIR",
+            shown_default="the current directory",
+        ),
+    ),
+)
+
+NATS_CONFIG = Command(
+    "nats-config",
+    "write the NATS authorization block for a TOML inventory",
+    "Turn an inventory into nats-server's authorization block with the tiered\n"
+    "permissions: one permission block per host (NATS permission templates do not\n"
+    "work for nkey users), a test deployer that reaches only deploy.test.>, and an\n"
+    "admin deployer that reaches everything.\n\n"
+    "The output is a complete config: `nats-server -c FILE` loads it as it is, or\n"
+    "`include` it from your server's own config. Check it with\n"
+    "`nats-server -t -c FILE`.\n\n"
+    "Inventory (see examples/inventory.toml):\n\n"
+    "  [hosts.web1]\n"
+    '  tier = "test"            # test or prod\n'
+    '  role = "web"             # optional: deploy.<tier>.role.<role>\n'
+    '  nkey = "U..."            # the listener\'s public key (fleet-deploy keygen)\n\n'
+    "  [deployers.assistant]\n"
+    '  access = "test"          # test: deploy.test.> only; admin: deploy.>\n'
+    '  nkey = "U..."',
+    (
+        Option(
+            "inventory",
+            "TOML inventory, or - for stdin",
+            env=False,
+            kind="positional",
+            metavar="INVENTORY",
+        ),
+        Option(
+            "output",
+            "write the config here",
+            env=False,
+            metavar="FILE",
+            short="-o",
+            shown_default="stdout",
+        ),
+    ),
+)
+
+SANDBOX = Command(
+    "sandbox",
+    "run a whole simulated fleet on this machine: nothing to install or configure",
+    "Start a real nats-server on 127.0.0.1 with freshly generated NKeys and the\n"
+    "tiered permissions, and simulated hosts (test and prod tiers, a shared role,\n"
+    "one host whose rebuild fails) whose listeners are real and whose nixos-rebuild\n"
+    "is a packaged stand-in. It prints the NATS URL, the key files, commands to\n"
+    "paste and an MCP client config, then runs until Ctrl-C or SIGTERM and stops\n"
+    "every process it started.\n\n"
+    "--once runs a guided tour instead and exits: discover, deploy to the test\n"
+    "tier, explain the failing host, and show the test key refused on prod.\n"
+    "Exit status: 0 stopped by Ctrl-C or SIGTERM, or the tour went as expected;\n"
+    "1 the tour saw something it did not expect; 2 a usage error such as a busy\n"
+    "port; 128+N the tour was interrupted by signal N.\n\n"
+    "The sandbox reads no FLEET_DEPLOY_* variable: a real fleet's settings must not leak in.",
+    (
+        Option(
+            "hosts",
+            f"number of simulated hosts, {MIN_SANDBOX_HOSTS} to {MAX_SANDBOX_HOSTS}",
+            default=DEFAULT_SANDBOX_HOSTS,
+            env=False,
+            metavar="N",
+        ),
+        Option(
+            "port",
+            "NATS port on 127.0.0.1; 0 picks a free one",
+            default=DEFAULT_SANDBOX_PORT,
+            env=False,
+            metavar="P",
+            shown_default=f"{DEFAULT_SANDBOX_PORT}, or a free one with --once",
+        ),
+        Option(
+            "dir",
+            "keep keys, config and job logs here, and reuse its keys on the next run",
+            env=False,
+            metavar="DIR",
+            shown_default="a temporary directory, removed at exit",
+        ),
+        Option(
+            "sim_delay",
+            "pause between the simulated rebuild's output lines, in seconds",
+            default=DEFAULT_SIM_DELAY,
+            env=False,
+            metavar="SECONDS",
+        ),
+        Option("once", "run the guided tour, then stop and exit", env=False, kind="switch"),
+    ),
+)
+
+# -- the MCP server --------------------------------------------------------------------------
+
+MCP = Command(
+    "mcp",
+    "serve the MCP server (same as fleet-mcp)",
+    "Serve fleet-deploy's MCP server: list_hosts, deploy (test tier only),\n"
+    "deployment_status, and deploy_admin when --enable-admin and an admin key are given.\n\n"
+    "Serves stdio by default (what an editor launches); --http serves streamable HTTP\n"
+    "at /mcp.",
+    (
+        NATS_URL,
+        replace(NKEY_FILE, help="seed of the test-tier deployer key, mode 0600"),
+        Option(
+            "enable_admin",
+            "register deploy_admin (needs --admin-nkey-file)",
+            kind="switch",
+        ),
+        Option(
+            "admin_nkey_file",
+            "seed of the admin deployer key, used only by deploy_admin",
+            metavar="PATH",
+        ),
+        Option(
+            "http",
+            "serve streamable HTTP on HOST:PORT instead of stdio, e.g. 127.0.0.1:8765",
+            env=False,
+            metavar="HOST:PORT",
+        ),
+        Option(
+            "heartbeat",
+            "progress notifications at least this often while a tool waits, in seconds",
+            default=DEFAULT_MCP_HEARTBEAT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "deploy_timeout",
+            "how long one deployment may last, in seconds",
+            default=DEFAULT_DEPLOY_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        replace(LOG_LEVEL, help="log level of the JSON lines on stderr"),
+    ),
+)
+
+COMMANDS: tuple[Command, ...] = (LISTENER, DEPLOY, HOSTS, KEYGEN, NATS_CONFIG, SANDBOX, MCP)
+
+
+def command(name: str) -> Command:
+    """The declaration of command ``name``."""
+    for declared in COMMANDS:
+        if declared.name == name:
+            return declared
+    raise KeyError(name)

@@ -1,0 +1,75 @@
+"""Which final status a rebuild's result becomes (pure: no I/O).
+
+The listener runs the rebuild; this module only judges what came back, so every way a
+rebuild can end — done, failed with nix's error, stopped at its deadline, never started —
+is decided in one function that is tested against recorded nixos-rebuild output.
+
+The outcome is what people are told, on the wire and in the job record alike, so its
+message and tail are redacted and bounded here rather than by each reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet_core.messages import MAX_MESSAGE_CHARS, ErrorCode, StatusKind
+from fleet_core.rebuild import Action, redact
+from fleet_core.rebuild_output import failure_summary, success_summary
+
+__all__ = ["Outcome", "RebuildResult", "decide"]
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    """What a ``Rebuilder`` reports once the rebuild process is gone."""
+
+    exit_code: int | None
+    timed_out: bool
+    tail: list[str]
+    duration_s: float
+    start_error: str | None = None  # the program could not be started at all
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.start_error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A job's final status: ``kind`` is completed or failed; a failure carries its tail."""
+
+    kind: StatusKind
+    error: ErrorCode | None = None
+    message: str = ""
+    log_tail: tuple[str, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is StatusKind.COMPLETED
+
+
+def decide(result: RebuildResult, *, action: Action, revision: str, timeout: float) -> Outcome:
+    """The final status of a rebuild of ``revision`` with ``action`` that ran into ``result``.
+
+    A deadline wins over the exit code: a group stopped by SIGTERM exits non-zero, and
+    "build_failed" would send the reader looking for a nix error that is not there.
+    """
+    if result.ok:
+        message = success_summary(result.tail, action.value, revision)
+        return Outcome(StatusKind.COMPLETED, message=_shown(message))
+    if result.timed_out:
+        error = ErrorCode.TIMEOUT
+        message = (
+            f"nixos-rebuild ran longer than {timeout:g} s and was stopped with its whole "
+            "process group"
+        )
+    else:
+        error = ErrorCode.BUILD_FAILED
+        message = result.start_error or failure_summary(result.tail, result.exit_code)
+    tail = tuple(redact(line) for line in result.tail)
+    return Outcome(StatusKind.FAILED, error, _shown(message), tail)
+
+
+def _shown(message: str) -> str:
+    # Redacted before it is cut: a cut through "user:token@" would hide it from redact().
+    return redact(message)[:MAX_MESSAGE_CHARS]
