@@ -1,7 +1,7 @@
 """Fan-out benchmark: deploy to N simulated hosts, against a raw nats-py gather in the same run.
 
 For each N (10, 100, 1000) ``fleet_core.testing.local_fleet`` starts one real nats-server
-with the tiered authorization of DESIGN §2 (one permission block per host, as
+with the tiered authorization of docs/security.md (one permission block per host, as
 ``nats-config`` writes it), N listener keys and a test-tier deployer key. Two fleets are
 measured, one after the other:
 

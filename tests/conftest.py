@@ -1,7 +1,7 @@
 """Shared fixtures: a real nats-server per test with real NKeys and the tiered permissions.
 
 Every test gets its own ``fleet_core.testing.local_fleet`` — the plumbing the sandbox and
-the benchmarks use too — on a free port (so tests can run in parallel), with the §2 layout
+the benchmarks use too — on a free port (so tests can run in parallel), with the tiered layout
 that ``nats-config`` writes. Listeners run in the test's event loop, each on its own NATS
 connection; their rebuild is the packaged ``simulated_rebuild`` program, run as a real
 subprocess, recording its argv.

@@ -21,14 +21,13 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import structlog
 from pydantic import BaseModel, ConfigDict
 
 from fleet_core.errors import RequestRejected
-from fleet_core.messages import DeployRequest, StatusKind, is_request_id
+from fleet_core.messages import DeployRequest, JobPhase, StatusKind, is_request_id
 from fleet_core.outcome import Outcome
 
 __all__ = ["OUTPUT_LOG", "RECORD_FILE", "JobPhase", "JobRecord", "JobStore"]
@@ -37,12 +36,6 @@ log = structlog.get_logger("fleet.jobs")
 
 RECORD_FILE = "job.json"
 OUTPUT_LOG = "output.log"
-
-
-class JobPhase(StrEnum):
-    ACCEPTED = "accepted"  # the request is taken; nothing runs yet
-    RUNNING = "running"  # the rebuild was started
-    FINISHED = "finished"  # the final status is known (and was sent)
 
 
 class JobRecord(BaseModel):

@@ -46,6 +46,8 @@ __all__ = [
     "ErrorCode",
     "HostInfo",
     "InvalidRequest",
+    "JobPhase",
+    "JobSummary",
     "Status",
     "StatusKind",
     "encode",
@@ -161,14 +163,48 @@ class Status(_Wire):
 
 
 class DiscoverRequest(_Request):
-    """A discovery request; without a tier (left off the wire) every listener answers."""
+    """A discovery request; without a tier (left off the wire) every listener answers.
+
+    With ``job`` it is a *job query*: a deployer that lost track of a deployment (its
+    connection dropped, or a host fell silent) asks for what the hosts in ``hosts`` know of
+    the job with that request id. It rides on ``deploy.discover`` because homelab-deploy's
+    published permissions let every deployer publish there and every listener subscribe.
+    Only the named hosts answer; a listener that predates job queries answers as to any
+    discovery, without ``job``, which the deployer reads as "cannot tell".
+    """
 
     reply_to: str
     tier: Tier | None = None
+    job: str | None = None
+    hosts: list[str] | None = None
+
+
+class JobPhase(StrEnum):
+    ACCEPTED = "accepted"  # the request is taken; nothing runs yet
+    RUNNING = "running"  # the rebuild was started
+    FINISHED = "finished"  # the final status is known
+    UNKNOWN = "unknown"  # the host has no record of that request id
+
+
+class JobSummary(_Wire):
+    """What a host knows of one job: the answer to a job query.
+
+    ``status``, ``error``, ``message`` and ``log_tail`` are those of the final status the
+    host sent (or would have sent) once ``phase`` is ``finished``.
+    """
+
+    request_id: str
+    phase: JobPhase
+    status: StatusKind | None = None
+    error: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    duration_s: float | None = None
+    log_tail: list[str] | None = None
 
 
 class HostInfo(_Wire):
-    """A listener's answer to discovery."""
+    """A listener's answer to discovery (and, with ``job``, to a job query)."""
 
     hostname: str
     tier: str
@@ -176,6 +212,8 @@ class HostInfo(_Wire):
     version: str = ""
     busy: bool = False
     deploy_subjects: list[str] = Field(default_factory=list)
+    running_job: str | None = None  # the request id of the job in progress, if any
+    job: JobSummary | None = None  # set only in the answer to a job query
 
 
 class InvalidRequest(RequestRejected):

