@@ -308,6 +308,79 @@ class TestOneJobAtATime:
         assert results[0].ok
 
 
+class TestJobQueries:
+    async def test_a_host_answers_for_its_running_then_finished_job(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        """A job query gets the job's phase while it runs and its final status after."""
+        release = tmp_path / "release"
+        started = anyio.Event()
+
+        def on_update(host: HostResult, _: DeploymentResult) -> None:
+            if host.status in ("started", "progress"):
+                started.set()
+
+        async with (
+            await fleet.connect() as bus,
+            fleet.listeners("web1", "web2", sim={"web1": ["--sim-wait-for", str(release)]}),
+        ):
+            deployer = Deployer(bus, timing=FAST)
+            results: list[DeploymentResult] = []
+
+            async def deploy() -> None:
+                results.append(
+                    await deployer.deploy(
+                        Target.host(Tier.TEST, "web1"),
+                        revision="master",
+                        action=Action.SWITCH,
+                        timeout=30,
+                        deployment_id="job-under-query",
+                        on_update=on_update,
+                    )
+                )
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(deploy)
+                with anyio.fail_after(10):
+                    await started.wait()
+                during = await deployer.query_job("job-under-query", hosts=["web1", "web2"])
+                release.touch()
+            after = await deployer.query_job("job-under-query", hosts=["web1"], tier=Tier.TEST)
+        assert results[0].ok
+        running = during["web1"]
+        assert running.busy and running.running_job == "job-under-query"
+        assert running.job is not None and running.job.phase == "running"
+        assert during["web2"].job is not None and during["web2"].job.phase == "unknown"
+        assert not during["web2"].busy and during["web2"].running_job is None
+        [(name, info)] = after.items()
+        assert name == "web1" and info.job is not None
+        assert (info.job.phase, info.job.status, info.job.exit_code) == ("finished", "completed", 0)
+        assert info.job.message is not None and info.job.message.startswith("switch of master")
+
+    async def test_a_failed_job_answers_with_its_error_and_tail(self, fleet: Fleet) -> None:
+        """The record of a failed rebuild carries the error code, message and log tail."""
+        async with fleet.listeners("web1", sim={"web1": ["--sim-fail"]}):
+            result = await fleet.deploy("deploy.test.web1")
+            async with await fleet.connect() as bus:
+                answers = await Deployer(bus, timing=FAST).query_job(
+                    result.deployment_id, hosts=["web1"]
+                )
+        job = answers["web1"].job
+        assert job is not None
+        assert (job.phase, job.status, job.error) == ("finished", "failed", "build_failed")
+        assert job.log_tail and any("undefined variable" in line for line in job.log_tail)
+
+    async def test_only_the_named_hosts_answer(self, fleet: Fleet) -> None:
+        """Hosts not named in a job query stay silent; a query returns once all named did."""
+        async with fleet.listeners("web1", "web2", "db1"), await fleet.connect() as bus:
+            deployer = Deployer(bus, timing=FAST)
+            started = time.monotonic()
+            answers = await deployer.query_job("0" * 32, hosts=["web2"])
+            took = time.monotonic() - started
+        assert list(answers) == ["web2"]
+        assert took < FAST.discovery_first, "it waits for the named hosts only, not a window"
+
+
 def process_gone(pid: int, limit: float) -> bool:
     """Wait (without polling) until ``pid`` has exited; True if it did within ``limit``."""
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -411,6 +411,28 @@ class TestOtherMessages:
         info = parse_host_info(body(hostname="h", tier="test", busy=True, extra=1))
         assert info is not None and info.busy and info.deploy_subjects == []
         assert parse_host_info(b"[]") is None
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"job": "../../etc/passwd"},
+            {"job": 7},
+            {"hosts": "web1"},
+            {"hosts": [1, 2]},
+            {"hosts": ["h"] * 5001},
+        ],
+    )
+    def test_hostile_job_queries_are_refused(self, fields: dict[str, Any]) -> None:
+        """A job query's id must be a request id and its hosts a bounded list of names."""
+        with pytest.raises(InvalidRequest):
+            parse_discover_request(body(reply_to=REPLY, **fields))
+
+    def test_job_query_round_trip(self) -> None:
+        """A job query parses back to what the deployer encoded; old answers lack a job."""
+        query = DiscoverRequest(reply_to=REPLY, tier=Tier.TEST, job="abc", hosts=["web1"])
+        assert parse_discover_request(encode(query)) == query
+        old = parse_host_info(body(hostname="h", tier="test"))
+        assert old is not None and old.job is None and old.running_job is None
 
 
 class TestHostileShapes:

@@ -55,16 +55,46 @@ class Deployer:
 
     async def discover(self, tier: Tier | None = None) -> list[HostInfo]:
         """Ask every listener (of ``tier``) to answer; the window closes once replies stop."""
-        timing = self.timing
-        hosts: dict[str, HostInfo] = {}
         reply = RESPONSES_PREFIX + uuid.uuid4().hex
-        request = DiscoverRequest(reply_to=reply, tier=tier)
+        found = await self._ask(DiscoverRequest(reply_to=reply, tier=tier))
+        return sorted(found.values(), key=lambda h: (h.tier, h.hostname))
+
+    async def query_job(
+        self, request_id: str, *, hosts: Iterable[str], tier: Tier | None = None
+    ) -> dict[str, HostInfo]:
+        """Ask ``hosts`` what they know of the job ``request_id`` (a job query).
+
+        Returns the answers by hostname as soon as every host named has answered, else when
+        the discovery window closes. An answer whose ``job`` is None came from a listener
+        that does not know job queries: it is alive, but cannot tell.
+        """
+        names = sorted(set(hosts))
+        if not names:
+            return {}
+        reply = RESPONSES_PREFIX + uuid.uuid4().hex
+        request = DiscoverRequest(reply_to=reply, tier=tier, job=request_id, hosts=names)
+        found = await self._ask(request, until=set(names))
+        return {name: info for name, info in found.items() if name in names}
+
+    async def _ask(
+        self, request: DiscoverRequest, *, until: set[str] | None = None
+    ) -> dict[str, HostInfo]:
+        """Publish a discovery request and gather the answers of its tier.
+
+        The window closes once replies stop coming (``discovery_quiet`` after the last, or
+        ``discovery_first`` when none comes), at ``discovery_cap``, or as soon as every host
+        in ``until`` has answered.
+        """
+        timing = self.timing
+        tier = request.tier
+        hosts: dict[str, HostInfo] = {}
+        reply = request.reply_to
         async with self._inbox(reply, (DISCOVER_SUBJECT, reply)) as events:
             await self._bus.publish(DISCOVER_SUBJECT, encode(request), reply=reply)
             await self._bus.flush()
             with anyio.move_on_after(timing.discovery_cap):
                 wait = timing.discovery_first
-                while True:
+                while until is None or not until <= hosts.keys():
                     with anyio.move_on_after(wait) as window:
                         event = await events.receive()
                     if window.cancelled_caught:
@@ -77,7 +107,7 @@ class Deployer:
                     if info is not None and (tier is None or info.tier == tier.value):
                         hosts[info.hostname] = info
                     wait = timing.discovery_quiet
-        return sorted(hosts.values(), key=lambda h: (h.tier, h.hostname))
+        return hosts
 
     async def deploy(
         self,

@@ -27,7 +27,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from fleet_core.errors import RequestRejected
-from fleet_core.messages import DeployRequest, JobPhase, StatusKind, is_request_id
+from fleet_core.messages import DeployRequest, JobPhase, JobSummary, StatusKind, is_request_id
 from fleet_core.outcome import Outcome
 
 __all__ = ["OUTPUT_LOG", "RECORD_FILE", "JobPhase", "JobRecord", "JobStore"]
@@ -60,10 +60,24 @@ class JobRecord(BaseModel):
     started_at: float  # wall clock, seconds since the epoch
     finished_at: float | None = None
     duration_s: float | None = None
+    log_tail: tuple[str, ...] | None = None  # a failure's last output lines, redacted
 
     def running(self, *, pid: int | None = None, unit: str | None = None) -> JobRecord:
         """This job once its rebuild has been started."""
         return self.model_copy(update={"phase": JobPhase.RUNNING, "pid": pid, "unit": unit})
+
+    def summary(self) -> JobSummary:
+        """The record as a job query's answer; a failure's tail comes along."""
+        return JobSummary(
+            request_id=self.request_id,
+            phase=self.phase,
+            status=self.status,
+            error=self.error,
+            message=self.message,
+            exit_code=self.exit_code,
+            duration_s=self.duration_s,
+            log_tail=list(self.log_tail) if self.log_tail is not None else None,
+        )
 
     def finished(
         self, outcome: Outcome, *, exit_code: int | None, duration_s: float, now: float
@@ -78,6 +92,7 @@ class JobRecord(BaseModel):
                 "exit_code": exit_code,
                 "finished_at": now,
                 "duration_s": round(duration_s, 3),
+                "log_tail": outcome.log_tail,
             }
         )
 

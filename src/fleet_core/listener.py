@@ -32,6 +32,8 @@ from fleet_core.messages import (
     ErrorCode,
     HostInfo,
     InvalidRequest,
+    JobPhase,
+    JobSummary,
     StatusKind,
     encode,
     parse_deploy_request,
@@ -206,7 +208,10 @@ class Listener:
             return
         if request.tier is not None and request.tier != self.settings.tier:
             return
+        if request.hosts is not None and self.settings.hostname not in request.hosts:
+            return
         assert self._bus is not None
+        running = self._job.request_id if self._job is not None else None
         info = HostInfo(
             hostname=self.settings.hostname,
             tier=self.settings.tier.value,
@@ -214,8 +219,21 @@ class Listener:
             version=__version__,
             busy=self.busy,
             deploy_subjects=list(self.settings.subjects),
+            running_job=running,
+            job=await self._job_summary(request.job) if request.job is not None else None,
         )
         await self._bus.publish(request.reply_to, encode(info))
+
+    async def _job_summary(self, request_id: str) -> JobSummary:
+        """What this host knows of the job ``request_id``: its record, or ``unknown``."""
+        job = self._job
+        if job is not None and job.request_id == request_id and job.record is not None:
+            record: JobRecord | None = job.record
+        else:
+            record = await anyio.to_thread.run_sync(self._jobs.load, request_id)
+        if record is None:
+            return JobSummary(request_id=request_id, phase=JobPhase.UNKNOWN)
+        return record.summary()
 
     async def _run_job(self, job: _Job) -> None:
         """The job task's edge: whatever happens, the requester hears a final status."""

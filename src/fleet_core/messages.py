@@ -62,6 +62,7 @@ __all__ = [
 MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_STATUS_BYTES: Final = 64 * 1024
 MAX_MESSAGE_CHARS: Final = 2000
+MAX_QUERY_HOSTS: Final = 5000  # hosts one job query may name (it must fit MAX_REQUEST_BYTES)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -301,8 +302,21 @@ def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> Dis
             f"discovery reply_to must begin with {RESPONSES_PREFIX}",
             reply_to=None,
         )
+    job, hosts = obj.get("job"), obj.get("hosts")
+    if job is not None and not is_request_id(job):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, "job must be a request id", reply_to=None)
+    if hosts is not None and not (
+        isinstance(hosts, list)
+        and len(hosts) <= MAX_QUERY_HOSTS
+        and all(isinstance(h, str) for h in hosts)
+    ):
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST,
+            f"hosts must be a list of at most {MAX_QUERY_HOSTS} hostnames",
+            reply_to=None,
+        )
     try:
-        return DiscoverRequest(reply_to=reply, tier=obj.get("tier"))
+        return DiscoverRequest(reply_to=reply, tier=obj.get("tier"), job=job, hosts=hosts)
     except ValidationError:
         raise InvalidRequest(
             ErrorCode.INVALID_REQUEST, "discovery tier must be 'test' or 'prod'", reply_to=None
