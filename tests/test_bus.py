@@ -13,6 +13,7 @@ import structlog.testing
 from fleet_core.bus import Bus, Message
 from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.errors import ConnectionFailed, PermissionDenied
+from fleet_core.keys import load_seed
 
 from .conftest import Fleet
 
@@ -36,10 +37,13 @@ class TestConnect:
         assert time.monotonic() - started < 5
 
     async def test_unknown_key_is_refused(self, fleet: Fleet) -> None:
-        """A key the server does not know is refused with its public key in the message."""
-        seed = fleet.seed("stranger")
-        with pytest.raises(ConnectionFailed, match=f"refused key {seed.public_key}"):
+        """A key the server does not know is refused naming its public key and its file."""
+        seed = load_seed(fleet.keys["stranger"])
+        with pytest.raises(ConnectionFailed) as refused:
             await Bus.connect(fleet.url, seed, name="test")
+        assert f"refused key {seed.public_key} from NKey seed file {fleet.keys['stranger']}" in (
+            str(refused.value)
+        )
 
 
 class TestPermissions:

@@ -186,7 +186,7 @@ class TestKeys:
         bad = tmp_path / "bad.seed"
         bad.write_text("SUAAAA")
         bad.chmod(0o600)
-        with pytest.raises(KeyFileError, match="damaged"):
+        with pytest.raises(KeyFileError, match="is corrupted"):
             load_seed(bad)
         public = tmp_path / "pub"
         public.write_text(generate_seed().public_key)
@@ -199,6 +199,58 @@ class TestKeys:
             locked.chmod(0o000)
             with pytest.raises(KeyFileError, match="cannot read"):
                 load_seed(locked)
+
+    def test_every_single_character_change_is_caught(self) -> None:
+        """No one-character change of a seed loads as another key: it is refused as corrupted.
+
+        (nkeys alone loads most of them as a different valid key.)
+        """
+        seed = generate_seed()
+        secret = seed.reveal()
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+        changed = 0
+        messages: set[str] = set()
+        for index in range(2, len(secret)):  # past the "SU" prefix, which has its own check
+            for letter in alphabet.replace(secret[index], ""):
+                variant = secret[:index] + letter + secret[index + 1 :]
+                try:
+                    loaded = Seed.from_string(variant)
+                except KeyFileError as exc:
+                    messages.add(str(exc).split(" (")[0])
+                    changed += 1
+                    continue
+                # Only the unused low bits of the last character may change nothing.
+                assert loaded.public_key == seed.public_key, (index, letter)
+        assert changed >= (len(secret) - 3) * (len(alphabet) - 1)
+        assert messages == {"a generated seed is corrupted"}
+
+    def test_corrupted_seed_file_says_so(self, tmp_path: Path) -> None:
+        """A seed file with a wrong checksum names the file and says it is corrupted."""
+        secret = generate_seed().reveal()
+        flipped = "A" if secret[10] != "A" else "B"
+        path = tmp_path / "k.seed"
+        path.write_text(secret[:10] + flipped + secret[11:] + "\n")
+        path.chmod(0o600)
+        with pytest.raises(KeyFileError, match=f"NKey seed file {path} is corrupted"):
+            load_seed(path)
+
+    def test_utf16_and_bom_files(self, tmp_path: Path) -> None:
+        """A UTF-16 seed file is a clear error; a UTF-8 byte-order mark is tolerated."""
+        seed = generate_seed()
+        utf16 = tmp_path / "utf16.seed"
+        utf16.write_bytes(seed.reveal().encode("utf-16"))
+        utf16.chmod(0o600)
+        with pytest.raises(KeyFileError, match="UTF-16"):
+            load_seed(utf16)
+        bom = tmp_path / "bom.seed"
+        bom.write_bytes(b"\xef\xbb\xbf" + seed.reveal().encode() + b"\r\n")
+        bom.chmod(0o600)
+        assert load_seed(bom).public_key == seed.public_key
+        binary = tmp_path / "binary.seed"
+        binary.write_bytes(b"SU\x00\x9f")
+        binary.chmod(0o600)
+        with pytest.raises(KeyFileError, match="not ASCII"):
+            load_seed(binary)
 
     def test_seed_from_string_strips_whitespace(self) -> None:
         """Seeds with trailing newlines (as editors write them) load."""

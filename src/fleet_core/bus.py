@@ -106,7 +106,12 @@ class Bus:
             if bus_ref:
                 bus_ref[0]._on_error(exc)
             elif persistent:
-                log.warning("nats_connect_failed", url=url, error=str(exc) or type(exc).__name__)
+                log.warning(
+                    "nats_connect_failed",
+                    url=url,
+                    key=seed.public_key,
+                    error=str(exc) or type(exc).__name__,
+                )
 
         async def on_disconnected() -> None:
             if bus_ref:
@@ -283,8 +288,8 @@ class Bus:
 
 def _auth_message(url: str, seed: Seed) -> str:
     return (
-        f"the NATS server at {url} refused key {seed.public_key}: add this public key to "
-        "the server's authorization block, or use the seed that belongs to it"
+        f"the NATS server at {url} refused key {seed.public_key} from {seed.source}: add this "
+        "public key to the server's authorization block, or use the seed that belongs to it"
     )
 
 
