@@ -17,6 +17,7 @@ Pure protocol — no I/O, tested without a server:
     tracking          one deployment host by host, and when it is over
     report            results as text for people
     natsconfig        an inventory, and the tiered NATS config and TOML it renders
+    signing           signed requests: the canonical text, ed25519, TTL and replay checks
     options           every flag, variable and default, declared once
 
 Shared plumbing:

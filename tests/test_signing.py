@@ -1,0 +1,155 @@
+"""Signed requests without a server: what is signed, and every way a check refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fleet_core.errors import RequestRejected
+from fleet_core.keys import generate_seed
+from fleet_core.signing import (
+    DEFAULT_SKEW,
+    DEFAULT_TTL,
+    ReplayCache,
+    Signature,
+    public_key_bytes,
+    sign_request,
+    verify_request,
+)
+
+NOW = 1_795_000_000.0
+REQUEST = {"request_id": "r1", "subject": "deploy.prod.web1", "action": "switch", "revision": "v1"}
+
+
+def signed(seed: str, now: float = NOW) -> Signature:
+    return sign_request(seed, **REQUEST, now=now)
+
+
+def check(
+    signature: Signature | None,
+    trusted: list[str],
+    *,
+    now: float = NOW,
+    replays: ReplayCache | None = None,
+    changes: dict[str, str] | None = None,
+) -> None:
+    fields = {**REQUEST, **(changes or {})}
+    verify_request(
+        signature,
+        request_id=fields["request_id"],
+        subject=fields["subject"],
+        action=fields["action"],
+        revision=fields["revision"],
+        trusted=trusted,
+        now=now,
+        replays=replays if replays is not None else ReplayCache(),
+    )
+
+
+class TestVerify:
+    def test_a_trusted_signature_passes(self) -> None:
+        """A request signed by a trusted key over its own fields is accepted."""
+        seed = generate_seed()
+        check(signed(seed.reveal()), [seed.public_key])
+
+    def test_no_trusted_keys_accepts_anything(self) -> None:
+        """Without trusted keys (signing not configured) unsigned requests still run."""
+        check(None, [])
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("request_id", "r2"),
+            ("subject", "deploy.prod.all"),
+            ("action", "boot"),
+            ("revision", "evil"),
+        ],
+    )
+    def test_every_signed_field_is_bound(self, field: str, value: str) -> None:
+        """Changing any one signed field after signing makes the signature bad."""
+        seed = generate_seed()
+        with pytest.raises(RequestRejected) as refused:
+            check(signed(seed.reveal()), [seed.public_key], changes={field: value})
+        assert refused.value.code == "bad_signature"
+
+    def test_a_changed_time_is_a_bad_signature(self) -> None:
+        """Moving signed_at (to dodge the TTL) breaks the signature."""
+        seed = generate_seed()
+        signature = dataclasses.replace(signed(seed.reveal()), signed_at=NOW + 1)
+        with pytest.raises(RequestRejected) as refused:
+            check(signature, [seed.public_key])
+        assert refused.value.code == "bad_signature"
+
+    def test_unsigned_untrusted_and_forged(self) -> None:
+        """Unsigned, signed by another key, or claiming a trusted signer: each its own code."""
+        trusted, other = generate_seed(), generate_seed()
+        cases = {
+            "unsigned_request": None,
+            "untrusted_signer": signed(other.reveal()),
+            "bad_signature": dataclasses.replace(signed(other.reveal()), signer=trusted.public_key),
+        }
+        for code, signature in cases.items():
+            with pytest.raises(RequestRejected) as refused:
+                check(signature, [trusted.public_key])
+            assert refused.value.code == code
+
+    def test_garbage_signature_is_bad_not_a_crash(self) -> None:
+        """A signature that is not base64, or the wrong length, is bad_signature."""
+        seed = generate_seed()
+        for junk in ("!!!", "", "AAAA", "A" * 500):
+            signature = dataclasses.replace(signed(seed.reveal()), signature=junk)
+            with pytest.raises(RequestRejected) as refused:
+                check(signature, [seed.public_key])
+            assert refused.value.code == "bad_signature"
+
+    @pytest.mark.parametrize(
+        ("age", "accepted"),
+        [
+            (DEFAULT_TTL + DEFAULT_SKEW - 1, True),
+            (DEFAULT_TTL + DEFAULT_SKEW + 1, False),
+            (-DEFAULT_SKEW + 1, True),
+            (-DEFAULT_SKEW - 1, False),
+        ],
+    )
+    def test_ttl_and_clock_skew(self, age: float, accepted: bool) -> None:
+        """A request is valid for its TTL plus the skew, and not from too far in the future."""
+        seed = generate_seed()
+        signature = signed(seed.reveal(), now=NOW - age)
+        if accepted:
+            check(signature, [seed.public_key])
+            return
+        with pytest.raises(RequestRejected) as refused:
+            check(signature, [seed.public_key])
+        assert refused.value.code == "expired_request"
+
+    def test_a_replay_is_refused(self) -> None:
+        """The same signed request twice: the second is replayed_request."""
+        seed = generate_seed()
+        replays = ReplayCache()
+        signature = signed(seed.reveal())
+        check(signature, [seed.public_key], replays=replays)
+        with pytest.raises(RequestRejected) as refused:
+            check(signature, [seed.public_key], replays=replays, now=NOW + 5)
+        assert refused.value.code == "replayed_request"
+
+
+class TestReplayCache:
+    def test_entries_expire_and_the_cache_stays_bounded(self) -> None:
+        """Expired ids are forgotten; the cache never holds more than its limit."""
+        cache = ReplayCache(limit=3)
+        for index in range(10):
+            assert cache.check_and_remember("U", f"id{index}", until=NOW + 10, now=NOW)
+            assert len(cache) <= 3
+        assert cache.check_and_remember("U", "late", until=NOW + 100, now=NOW + 50)
+        assert not cache.check_and_remember("U", "late", until=NOW + 100, now=NOW + 51)
+
+
+def test_public_key_checks() -> None:
+    """A user public key decodes to 32 bytes; a seed, a typo or junk is refused."""
+    seed = generate_seed()
+    assert len(public_key_bytes(seed.public_key)) == 32
+    typo = seed.public_key[:-1] + ("A" if seed.public_key[-1] != "A" else "B")
+    for bad in (seed.reveal(), typo, "U", "not base32!"):
+        with pytest.raises(ValueError, match=r"NKey|public key|checksum"):
+            public_key_bytes(bad)
