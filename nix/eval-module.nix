@@ -57,6 +57,10 @@ let
         type = types.lazyAttrsOf types.unspecified;
         default = { };
       };
+      systemd.package = mkOption {
+        type = types.package;
+        default = fakePackage "systemd";
+      };
       # NixOS checks and renders these; here they are recorded as the module set them.
       systemd.services = mkOption {
         type = types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; });

@@ -72,7 +72,7 @@ let
     "--tier"
     cfg.tier
     "--nats-url"
-    cfg.natsUrl
+    (if lib.isList cfg.natsUrl then lib.concatStringsSep "," cfg.natsUrl else cfg.natsUrl)
     "--flake-url"
     cfg.flakeUrl
     "--state-dir"
@@ -99,7 +99,24 @@ let
   ++ optionals (cfg.logLevel != null) [
     "--log-level"
     cfg.logLevel
+  ]
+  # Rebuilds run as transient units (systemd-run), outside this unit's cgroup: a restart or
+  # crash of the listener never stops a switch. Explicit rather than `auto`: where systemd
+  # could not be detected, deploys fail to start, loudly, rather than run where a restart of
+  # this unit would kill them.
+  ++ [
+    "--rebuild-runner"
+    "systemd"
+  ]
+  ++ optionals cfg.restartOnUpgrade [
+    "--restart-if-changed"
+    unitFile
   ];
+
+  # The unit file as systemd reads it: a symlink into the store that a switch re-points. Its
+  # ExecStart names the package's store path, and it holds the environment and PATH, so a
+  # new package, new options or a new PATH all change it.
+  unitFile = "/etc/systemd/system/fleet-deploy-listener.service";
 
   # escapeSystemdExecArgs quotes each argument and doubles `%` and `$`, so no option value can
   # become a systemd specifier or variable. `%d` (the credentials directory) is the one
@@ -162,9 +179,15 @@ in
     };
 
     natsUrl = mkOption {
-      type = types.nonEmptyStr;
-      example = "nats://nats.example.com:4222";
-      description = "URL of the NATS server.";
+      type = types.either types.nonEmptyStr (types.nonEmptyListOf types.nonEmptyStr);
+      example = [
+        "nats://nats1.example.com:4222"
+        "nats://nats2.example.com:4222"
+      ];
+      description = ''
+        URL of the NATS server, or the URLs of several servers of one cluster (a list, or one
+        string with commas); the listener connects to one and fails over to the others.
+      '';
     };
 
     nkeyFile = mkOption {
@@ -257,6 +280,20 @@ in
       description = "Log level. The listener logs JSON lines to the journal.";
     };
 
+    restartOnUpgrade = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Restart the listener after a deploy (`switch` or `test`) changed its own unit, which
+        also changes whenever its package, options or `PATH` change. The listener compares
+        its unit file before and after the switch; when it changed, it reports the deploy's
+        final status first and then exits with status 75, which systemd restarts
+        (`RestartForceExitStatus`). A switch never restarts the listener by itself
+        (`restartIfChanged = false`). With `false`, a changed listener takes effect at the
+        next reboot or manual restart.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -328,14 +365,20 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
 
-      # A switch must not restart (stop) the listener: the rebuild that is running the switch
-      # is the listener's child, so a restart would kill the deploy halfway and lose its
-      # result. A changed unit or package takes effect the next time the listener starts: at
-      # a reboot, or when it is restarted while no deploy is running.
+      # A switch must not restart the listener in the middle of the deploy it is reporting
+      # on. The rebuild itself would survive (it runs in a transient unit of its own,
+      # fleet-deploy-job-<id>, and a restarted listener re-attaches to it), but the deploy
+      # would lose its listener exactly while activating. So the switch leaves the listener
+      # alone, and the listener restarts itself: after a switch or test that changed this unit
+      # (or, through it, the package), it reports the final status, then exits 75
+      # (--restart-if-changed, option restartOnUpgrade), which systemd restarts below.
       restartIfChanged = false;
 
-      # Tools the rebuild needs: nix and git fetch the flake (ssh for git+ssh:// URLs).
+      # Tools the rebuild needs: nix and git fetch the flake (ssh for git+ssh:// URLs); and
+      # systemd-run, which starts each rebuild as a transient unit (the rebuild gets this
+      # PATH and the environment below through --setenv).
       path = [
+        config.systemd.package
         config.nix.package
         pkgs.git
         pkgs.openssh
@@ -349,6 +392,11 @@ in
         ExecStart = execStart;
         Restart = "always";
         RestartSec = "5s";
+        # 75 is how the listener asks to be restarted after a switch changed its own unit
+        # (restartOnUpgrade). Restart=always restarts it anyway; this keeps that true if
+        # Restart is ever narrowed, and SuccessExitStatus keeps it out of the failed state.
+        RestartForceExitStatus = "75";
+        SuccessExitStatus = "75";
 
         # The seed is read by systemd (as root) and exposed read-only at
         # $CREDENTIALS_DIRECTORY/nkey, mode 0400; `%d` is that directory. The listener never
@@ -362,9 +410,17 @@ in
         # there when not on a TTY.
         SyslogIdentifier = "fleet-deploy-listener";
 
-        # Hardening. The listener runs `nixos-rebuild switch`, whose activation scripts must
-        # act on the whole host exactly as from a root console, so systemd's sandboxing is
-        # left off on purpose:
+        # Hardening. The rebuild runs in its transient unit (fleet-deploy-job-<id>), which
+        # systemd-run starts with none of this unit's settings, so sandboxing here would not
+        # reach it. The listener itself must still, as root: start transient units through
+        # systemd's private socket or D-Bus (User=/DynamicUser= would need polkit rules;
+        # PrivateUsers, RestrictAddressFamilies without AF_UNIX and a SystemCallFilter
+        # without @ipc break it); see the job runner's /proc/<pid>/cmdline to re-attach after
+        # a restart (ProtectProc=invisible, PrivatePIDs break that); and stop what is left of
+        # a rebuild whose runner died (CapabilityBoundingSet without CAP_KILL breaks it).
+        # And with `--rebuild-runner session` (extraArgs) the rebuild would run in this unit
+        # and inherit all of it, so what activation needs applies here too, and
+        # systemd's sandboxing is left off on purpose:
         # - ProtectSystem, ProtectHome, PrivateTmp, ReadOnlyPaths, ProtectKernelTunables,
         #   ProtectControlGroups, ProtectProc and every other option that gives the unit its
         #   own mount namespace: activation writes /etc, /boot, /nix/var and /run/wrappers and
@@ -383,8 +439,8 @@ in
         # - MemoryDenyWriteExecute: builders and activation scripts may JIT (guile, node).
         # - ProtectHostname: a switch may set the host name.
         # - ProtectKernelModules, ProtectKernelLogs: activation may load kernel modules.
-        # - UMask: the rebuild and activation inherit it, and files they create without an
-        #   explicit mode must stay readable as on a console (umask 022).
+        # - UMask: the rebuild and activation inherit it (session mode), and files they create
+        #   without an explicit mode must stay readable as on a console (umask 022).
         # What is set: the state directory is private to root (StateDirectoryMode=0700), and
         # the seed arrives as a credential rather than a path the listener opens.
       };

@@ -172,7 +172,14 @@ class Fleet:
         return sorted(argv[2].rpartition("#")[2] for argv in self.runs())
 
     def cli_env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_DEPLOY_")}
+        """This environment without FLEET_DEPLOY_* and INVOCATION_ID: run from a systemd
+        service (a CI runner), a listener would otherwise start its rebuilds with the real
+        systemd-run (--rebuild-runner auto)."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("FLEET_DEPLOY_") and k != "INVOCATION_ID"
+        }
         env.update(extra)
         return env
 

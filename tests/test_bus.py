@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -101,6 +103,43 @@ class TestFlush:
                 with anyio.fail_after(2):
                     await got.wait()
                 await subscription.unsubscribe()
+        finally:
+            await sender.close()
+            await receiver.close()
+
+    async def test_a_cancelled_flush_leaves_the_connection_working(self, fleet: Fleet) -> None:
+        """A flush cancelled while it waits for the server's answer does not stop the
+        connection from receiving (nats-py's read loop dies on the PONG of a cancelled one)."""
+        receiver = await fleet.connect("deployer")
+        sender = await fleet.connect("web1")
+        got = anyio.Event()
+        server = fleet.server.pid
+        assert server is not None
+
+        async def deliver(_: Message) -> None:
+            got.set()
+
+        async def flush(scope: anyio.CancelScope) -> None:
+            with scope:
+                await receiver.flush()
+
+        try:
+            await receiver.subscribe("deploy.responses.after-cancel", deliver)
+            await receiver.flush()
+            scope = anyio.CancelScope()
+            os.kill(server, signal.SIGSTOP)  # the PONG cannot come before the cancel
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(flush, scope)
+                    await anyio.wait_all_tasks_blocked()  # the flush waits for its PONG
+                    scope.cancel()
+                    os.kill(server, signal.SIGCONT)
+            finally:
+                os.kill(server, signal.SIGCONT)
+            await sender.publish("deploy.responses.after-cancel", b"x")
+            await sender.flush()
+            with anyio.fail_after(5):
+                await got.wait()
         finally:
             await sender.close()
             await receiver.close()

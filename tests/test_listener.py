@@ -493,31 +493,6 @@ class TestListenerLifecycle:
         # Waiting out the interval after a rate-limit pause would make every gap 0.8 s.
         assert gaps[len(gaps) // 2] < 0.6, gaps
 
-    async def test_stopping_cancels_the_running_job(self, fleet: Fleet, tmp_path: Path) -> None:
-        """A listener that stops mid-rebuild kills it and reports failed/cancelled."""
-        started = anyio.Event()
-        results: list[DeploymentResult] = []
-
-        def on_update(host: HostResult, _: DeploymentResult) -> None:
-            if host.status == "progress":  # the rebuild runs and has printed
-                started.set()
-
-        async with anyio.create_task_group() as tasks:
-
-            async def deploy() -> None:
-                results.append(await fleet.deploy("deploy.test.web1", on_update=on_update))
-
-            async with fleet.listeners(
-                "web1", sim={"web1": ["--sim-wait-for", str(tmp_path / "never")]}
-            ):
-                tasks.start_soon(deploy)
-                with anyio.fail_after(10):
-                    await started.wait()
-        host = results[0].hosts[0]
-        assert (host.status, host.error) == ("failed", "cancelled")
-        rebuild_pid = json.loads(fleet.record.read_text().splitlines()[0])["pid"]
-        assert process_gone(rebuild_pid, 5)
-
     async def test_stopping_while_reporting_keeps_the_true_result(
         self, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -21,7 +21,7 @@ from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.errors import ConnectionFailed
 from fleet_core.rebuild import Action
 from fleet_core.subjects import Target, Tier
-from fleet_core.tracking import DeploymentResult, HostResult
+from fleet_core.tracking import DeploymentResult, HostResult, Outage
 from fleet_mcp import deployments
 from fleet_mcp.deployments import BATCH, Deployment, DeploymentRegistry
 from fleet_mcp.link import NatsLink
@@ -29,6 +29,7 @@ from fleet_mcp.models import (
     MAX_NOTE_DETAIL,
     MAX_TAIL_LINES,
     batch_note,
+    connection_note,
     deployment_report,
     heartbeat_note,
     host_note,
@@ -149,6 +150,67 @@ class TestFollow:
             await d.follow(300, notify, heartbeat=300)
         assert len(notes) == 2
         assert d.current().ok
+
+
+class TestOutageNotes:
+    async def test_a_drop_and_return_are_told_in_order_with_the_host_changes(self) -> None:
+        """A waiter tells of the server's NATS connection dropping, then of it coming back,
+        then of the host's outcome read back after it — in that order."""
+        d = deployment()
+        notes: list[str] = []
+        send, heard = anyio.create_memory_object_stream[str](10)
+
+        async def notify(message: str) -> None:
+            notes.append(message)
+            send.send_nowait(message)
+
+        drop = Outage(started_at=1_800_000_000.0)
+        back = drop.model_copy(update={"duration_s": 3.1})
+        running = [host("web1", "started")]
+
+        async def produce() -> None:
+            d.on_update(running[0], result(d, running, done=False))
+            await heard.receive()
+            await heard.receive()
+            d.on_connection(drop, result(d, running, done=False))
+            await heard.receive()
+            d.on_connection(back, result(d, running, done=False))
+            await heard.receive()
+            recovered = host("web1", "completed", message="done", recovered=True)
+            d.on_update(recovered, result(d, [recovered], done=False))
+            finish(d, [recovered])
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(produce)
+                await d.follow(30, notify, heartbeat=30)
+        send.close()
+        heard.close()
+        assert [n.split(": ", 1)[1] for n in notes[1:]] == [
+            "web1 started",
+            "the MCP server lost its NATS connection at 08:00:00 UTC; the hosts may still be "
+            "deploying — waiting for it to come back",
+            "the MCP server's NATS connection is back after 3.1 s; asking the hosts what "
+            "happened meanwhile",
+            "web1 completed — done (recovered from its job record)",
+        ]
+
+    async def test_a_waiter_that_missed_the_drop_hears_of_the_return(self) -> None:
+        """A later waiter gets the connection's latest change only, never the drop twice."""
+        d = deployment()
+        drop = Outage(started_at=1_800_000_000.0)
+        d.on_connection(drop, result(d, [], done=False))
+        d.on_connection(drop.model_copy(update={"duration_s": 2.0}), result(d, [], done=False))
+        finish(d, [host("web1", "completed")])
+        notes: list[str] = []
+
+        async def notify(message: str) -> None:
+            notes.append(message)
+
+        with anyio.fail_after(5):
+            await d.follow(30, notify, heartbeat=30)
+        back = drop.model_copy(update={"duration_s": 2.0})
+        assert [n for n in notes if "NATS" in n] == [connection_note(d.id, back)]
 
 
 class StubDeployer:
@@ -382,6 +444,50 @@ class TestReport:
         assert len(web2.log_tail) == MAX_TAIL_LINES
         assert web2.log_tail[-1] == "error: undefined variable 'webroot'"
         assert "web2 failed (build_failed: nixos-rebuild failed)" in report.summary
+
+
+class TestOutageReport:
+    def test_running_while_nats_is_down(self) -> None:
+        """A running deployment whose server lost NATS says so, and that hosts may deploy."""
+        d = deployment()
+        down = result(d, [host("web1", "started")], done=False).model_copy(
+            update={"outages": [Outage(started_at=1_800_000_000.0)]}
+        )
+        report = deployment_report(down, finished=False, test_only=True, wait_hint=45)
+        assert report.summary.endswith(
+            "The MCP server lost its NATS connection at 08:00:00 UTC; the hosts may still be "
+            "deploying: it reconnects by itself, then asks the hosts what happened."
+        )
+        assert "NATS connection lost at 08:00:00 UTC" in heartbeat_note(down)
+
+    def test_finished_with_a_recovered_host(self) -> None:
+        """A finished report names the outage and the hosts whose outcome was read back."""
+        d = deployment()
+        recovered = host("web1", "completed", recovered=True)
+        done = result(d, [recovered], done=True).model_copy(
+            update={"outages": [Outage(started_at=1_800_000_000.0, duration_s=3.14)]}
+        )
+        report = deployment_report(done, finished=True, test_only=True, wait_hint=45)
+        assert report.ok
+        assert report.summary.endswith(
+            "The MCP server lost its NATS connection at 08:00:00 UTC for 3.1 s; the outcome "
+            "of web1 was read from the hosts' job records (recovered: true), as the status "
+            "messages sent meanwhile were lost."
+        )
+        assert report.outages == done.outages
+
+    def test_finished_while_still_down(self) -> None:
+        """Time ran out during the outage: the summary says so and what to check after."""
+        d = deployment()
+        timed_out = host("web1", "timeout", message="NATS was unreachable when …")
+        ended = result(d, [timed_out], done=True).model_copy(
+            update={"outages": [Outage(started_at=1_800_000_000.0)]}
+        )
+        report = deployment_report(ended, finished=True, test_only=True, wait_hint=45)
+        assert not report.ok
+        assert "web1 timeout (NATS was unreachable when …)" in report.summary
+        assert "it was still down when the deployment's time ran out" in report.summary
+        assert "list_hosts shows which hosts are busy" in report.summary
 
 
 class TestProgressNotes:

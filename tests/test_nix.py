@@ -53,6 +53,7 @@ MINIMAL: dict[str, Any] = {
 
 FULL: dict[str, Any] = {
     **MINIMAL,
+    "natsUrl": ["nats://nats1.example.com:4222", "nats://nats2.example.com:4222"],
     "hostname": "dns1",
     "tier": "prod",
     "role": "dns",
@@ -83,8 +84,12 @@ FLAG_FOR_OPTION = {
     "discoverSubject": "--discover-subject",
     "stateDir": "--state-dir",
     "logLevel": "--log-level",
+    "restartOnUpgrade": "--restart-if-changed",
 }
 NOT_FLAGS = {"enable", "package", "environment", "extraArgs"}
+# Passed whatever the options: rebuilds run as transient units; restartOnUpgrade watches this.
+UNIT_FILE = "/etc/systemd/system/fleet-deploy-listener.service"
+ALWAYS = {"--rebuild-runner": ["systemd"], "--restart-if-changed": [UNIT_FILE]}
 
 # One bad setting on top of MINIMAL (and networking.hostName = "web1"), and a piece of the
 # assertion message it must produce.
@@ -146,6 +151,7 @@ CASES: dict[str, dict[str, Any]] = {
     "minimal": {"hostName": "web1", "listener": MINIMAL},
     "no-hostname": {"hostName": "", "listener": MINIMAL},
     "disabled": {"hostName": "web1", "listener": {**MINIMAL, "enable": False}},
+    "no-restart": {"hostName": "web1", "listener": {**MINIMAL, "restartOnUpgrade": False}},
     "escaping": {
         "hostName": "web1",
         "listener": {
@@ -319,7 +325,7 @@ def test_full_configuration_passes_a_flag_for_every_option(evaluated: dict[str, 
         "--hostname": ["dns1"],
         "--tier": ["prod"],
         "--role": ["dns"],
-        "--nats-url": ["nats://nats.example.com:4222"],
+        "--nats-url": ["nats://nats1.example.com:4222,nats://nats2.example.com:4222"],
         "--nkey-file": ["%d/nkey"],
         "--flake-url": ["git+https://git.example.com/fleet.git"],
         "--timeout": ["1800"],
@@ -327,6 +333,7 @@ def test_full_configuration_passes_a_flag_for_every_option(evaluated: dict[str, 
         "--discover-subject": ["fleet.discover"],
         "--state-dir": ["/var/lib/fleet-deploy-prod"],
         "--log-level": ["warning"],
+        **ALWAYS,
         "--rebuild-command": ["nixos-rebuild --show-trace"],
     }
     assert _argv(service)[-2:] == FULL["extraArgs"]
@@ -345,6 +352,7 @@ def test_minimal_configuration_leaves_defaults_to_the_application(
         "--nkey-file": ["%d/nkey"],
         "--flake-url": ["git+https://git.example.com/fleet.git"],
         "--state-dir": ["/var/lib/fleet-deploy"],
+        **ALWAYS,
     }
     assert service["environment"] == {}
 
@@ -354,6 +362,19 @@ def test_a_switch_does_not_restart_the_listener(evaluated: dict[str, Any]) -> No
     service = evaluated["minimal"]["service"]
     assert service["restartIfChanged"] is False
     assert service["serviceConfig"]["Restart"] == "always"
+
+
+def test_the_listener_restarts_itself_after_an_upgrade(evaluated: dict[str, Any]) -> None:
+    """The listener watches its own unit file and exits with the status the unit restarts on
+    (the listener's RESTART_EXIT_CODE); restartOnUpgrade = false drops the watch."""
+    from fleet_core.listener import RESTART_EXIT_CODE
+
+    config = evaluated["minimal"]["service"]["serviceConfig"]
+    assert config["RestartForceExitStatus"] == str(RESTART_EXIT_CODE)
+    assert config["SuccessExitStatus"] == str(RESTART_EXIT_CODE)
+    assert _flags(evaluated["minimal"]["service"])["--restart-if-changed"] == [UNIT_FILE]
+    assert "--restart-if-changed" not in _flags(evaluated["no-restart"]["service"])
+    assert _flags(evaluated["no-restart"]["service"])["--rebuild-runner"] == ["systemd"]
 
 
 def test_the_unit_starts_once_the_network_is_online(evaluated: dict[str, Any]) -> None:
@@ -383,9 +404,10 @@ def test_the_state_directory_is_created_by_systemd(evaluated: dict[str, Any]) ->
 
 
 def test_the_rebuild_finds_nix_git_and_nixos_rebuild(evaluated: dict[str, Any]) -> None:
-    """The unit's PATH holds nix, git and nixos-rebuild for the rebuilds it runs."""
+    """The unit's PATH holds nix, git and nixos-rebuild for the rebuilds it runs, and
+    systemd-run, which starts each of them as a transient unit."""
     names = {entry.rsplit("-", 1)[-1] for entry in evaluated["minimal"]["service"]["path"]}
-    assert {"nix", "git", "rebuild"} <= names
+    assert {"nix", "git", "rebuild", "systemd"} <= names
 
 
 def test_logs_go_to_the_journal(evaluated: dict[str, Any]) -> None:
@@ -421,7 +443,7 @@ def test_a_disabled_listener_defines_no_unit(evaluated: dict[str, Any]) -> None:
 
 def test_valid_configurations_pass_every_assertion(evaluated: dict[str, Any]) -> None:
     """The full, minimal and escaping configurations trip no assertion."""
-    for case in ("full", "minimal", "escaping"):
+    for case in ("full", "minimal", "escaping", "no-restart"):
         assert evaluated[case]["failedAssertions"] == [], case
 
 

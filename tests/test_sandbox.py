@@ -35,7 +35,7 @@ from fleet_core.subjects import Tier
 from .conftest import scripts_dir
 
 FLEET_DEPLOY = str(scripts_dir() / "fleet-deploy")
-_URL = re.compile(r"nats://127\.0\.0\.1:\d+")
+_URL = re.compile(r"nats://127\.0\.0\.1:\d+(?:,nats://127\.0\.0\.1:\d+)*")  # one or a list
 _DIRECTORY = re.compile(r"^\s+directory\s+(\S+)")
 
 
@@ -286,6 +286,9 @@ class TestPlanAndSettings:
             ({"hosts": "many"}, "--hosts must be a whole number"),
             ({"port": "70000"}, "--port must be 0"),
             ({"sim_delay": "-1"}, "--sim-delay must be 0 to 60"),
+            ({"cluster": "0"}, "--cluster must be 1 (a single nats-server) to 5, not 0"),
+            ({"cluster": "6"}, "--cluster must be 1 (a single nats-server) to 5, not 6"),
+            ({"cluster": "three"}, "--cluster must be a whole number"),
         ],
     )
     def test_bad_flags_are_usage_errors(self, flags: dict[str, str], message: str) -> None:
@@ -297,6 +300,11 @@ class TestPlanAndSettings:
         """--once picks a free port by default; the long-lived sandbox defaults to 4222."""
         assert sandbox_settings({"once": True}).port == 0
         assert sandbox_settings({}).port == 4222
+
+    def test_one_server_unless_a_cluster_is_asked_for(self) -> None:
+        """--cluster defaults to 1, a single nats-server; 3 asks for a cluster of three."""
+        assert sandbox_settings({}).cluster == 1
+        assert sandbox_settings({"cluster": "3"}).cluster == 3
 
 
 class TestSandbox:
@@ -348,7 +356,8 @@ class TestSandbox:
         try:
             wait_until_hosts_run(deploy, TEST_HOSTS)
             tree = sandbox.tree()
-            rebuilds = [c for c in tree.values() if "nixos-rebuild" in c]
+            # The job runner's argv names the rebuild too: count the rebuilds themselves.
+            rebuilds = [c for c in tree.values() if "nixos-rebuild" in c and "job_runner" not in c]
             assert len(rebuilds) == len(TEST_HOSTS), tree
             watch = PidWatch(tree)
             try:
@@ -439,6 +448,28 @@ class TestSandbox:
         finally:
             assert third.stop(signal.SIGTERM) == 0
 
+    def test_a_cluster_serves_the_cli_on_the_printed_urls(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """--cluster 3 prints three comma-separated URLs; the CLI given them discovers every
+        host; SIGTERM then ends all three nats-servers and every other process."""
+        sandbox = start_sandbox(tmp_path, "--cluster", "3", "--hosts", "3")
+        assert len(sandbox.url.split(",")) == 3
+        assert "a cluster of 3 nats-servers" in sandbox.lines.text()
+        assert f"FLEET_DEPLOY_NATS_URL={sandbox.url}" in sandbox.lines.text()
+        hosts = sandbox.cli("hosts", "--json")
+        assert hosts.returncode == 0, hosts.stderr
+        assert {h["hostname"] for h in json.loads(hosts.stdout)} == {"web1", "web2", "pweb1"}
+        watch = PidWatch(sandbox.tree())
+        try:
+            servers = [c for _, c in watch.fds.values() if "nats-server" in c]
+            assert len(servers) == 3, servers
+            assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
+            assert watch.still_running() == []
+        finally:
+            watch.close()
+        assert "Traceback" not in sandbox.errors()
+
     def test_busy_port_is_a_clear_usage_error(self, tmp_path: Path) -> None:
         """A port another program listens on gives exit 2 and a message naming the port."""
         with socket.socket() as taken:
@@ -485,5 +516,44 @@ class TestTour:
             "Tour complete.",
         ):
             assert expected in out, out
+        directory = next(Path(m.group(1)) for m in re.finditer(r"directory (\S+)", out))
+        assert not directory.exists()
+
+    def test_once_on_a_cluster_of_three(self, tmp_path: Path) -> None:
+        """--once --cluster 3 runs the whole tour on three routed nats-servers, exits 0,
+        and leaves none of them, nor any other process, running."""
+        stderr_path = tmp_path / "tour.err"
+        with stderr_path.open("w") as stderr:
+            process = subprocess.Popen(
+                [FLEET_DEPLOY, "sandbox", "--once", "--cluster", "3"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=clean_env(),
+                start_new_session=True,
+            )
+        assert process.stdout is not None
+        lines = Lines(process.stdout)
+        watch: PidWatch | None = None
+        try:
+            lines.wait_for(READY_LINE)  # printed once every listener serves, before the tour
+            watch = PidWatch(descendants(process.pid))
+            servers = [c for _, c in watch.fds.values() if "nats-server" in c]
+            assert len(servers) == 3, servers
+            assert process.wait(60) == 0, lines.rest() + stderr_path.read_text()
+            assert watch.still_running() == []
+        finally:
+            if watch is not None:
+                watch.close()
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+            out = lines.rest()
+            process.stdout.close()
+        urls = _URL.search(out)
+        assert urls is not None and len(urls.group(0).split(",")) == 3, out
+        assert "(a cluster of 3 nats-servers, pids " in out
+        assert "Tour complete." in out, out
         directory = next(Path(m.group(1)) for m in re.finditer(r"directory (\S+)", out))
         assert not directory.exists()

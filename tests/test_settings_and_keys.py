@@ -13,6 +13,7 @@ from fleet_core.rebuild import Action
 from fleet_core.settings import (
     DEFAULT_LISTENER_TIMEOUT,
     DEFAULT_STATE_DIR,
+    choose_rebuild_runner,
     deploy_settings,
     listener_settings,
     mcp_settings,
@@ -86,6 +87,51 @@ class TestListenerSettings:
         """Each bad setting is a UsageError that names it."""
         with pytest.raises(UsageError, match=message):
             listener_settings({**LISTENER, **override}, environ={})
+
+
+class TestRebuildRunnerSettings:
+    @pytest.mark.parametrize(
+        ("invocation_id", "booted", "root", "expected"),
+        [
+            ("abc", True, True, "systemd"),
+            (None, True, True, "session"),  # not started by a service manager
+            ("abc", False, True, "session"),  # a user manager in a container, say
+            ("abc", True, False, "session"),  # systemd-run would need polkit
+        ],
+    )
+    def test_auto_means_systemd_for_a_root_service_of_a_systemd_system(
+        self, invocation_id: str | None, booted: bool, root: bool, expected: str
+    ) -> None:
+        """auto picks systemd only with $INVOCATION_ID, /run/systemd/system and root."""
+        chosen = choose_rebuild_runner(
+            "auto", invocation_id=invocation_id, systemd_booted=booted, root=root
+        )
+        assert chosen == expected
+        assert (
+            choose_rebuild_runner("session", invocation_id="x", systemd_booted=True, root=True)
+            == "session"
+        )
+        assert (
+            choose_rebuild_runner("systemd", invocation_id=None, systemd_booted=False, root=False)
+            == "systemd"
+        )
+
+    def test_the_environment_for_transient_units_leaves_out_systemd_s_own(self) -> None:
+        """A transient unit gets the listener's variables by name, minus per-unit ones."""
+        env = {"PATH": "/bin", "GIT_SSH_COMMAND": "ssh", "INVOCATION_ID": "1", "NOTIFY_SOCKET": "s"}
+        settings = listener_settings({**LISTENER, "rebuild_runner": "systemd"}, environ=env)
+        assert settings.rebuild_runner == "systemd"
+        assert settings.rebuild_env == ("GIT_SSH_COMMAND", "PATH")
+
+    def test_restart_if_changed_takes_absolute_paths(self) -> None:
+        """--restart-if-changed is repeatable, and a relative path is a usage error."""
+        unit = "/etc/systemd/system/fleet-deploy-listener.service"
+        settings = listener_settings({**LISTENER, "restart_if_changed": [unit, "/b"]}, environ={})
+        assert settings.restart_if_changed == (Path(unit), Path("/b"))
+        with pytest.raises(UsageError, match="must be an absolute path"):
+            listener_settings({**LISTENER, "restart_if_changed": ["unit"]}, environ={})
+        with pytest.raises(UsageError, match="FLEET_DEPLOY_REBUILD_RUNNER 'docker' is not one"):
+            listener_settings(LISTENER, environ={"FLEET_DEPLOY_REBUILD_RUNNER": "docker"})
 
 
 class TestDeploySettings:

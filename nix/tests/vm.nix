@@ -3,7 +3,10 @@
 #
 # The host's rebuild is a stand-in with nixos-rebuild's interface that records its argv, so
 # the test checks the whole request path (deployer → NATS → listener → rebuild → status →
-# deployer) without building a system inside the VM.
+# deployer) without building a system inside the VM. It runs as a transient unit
+# (fleet-deploy-job-<id>), can be held open (/tmp/hold-rebuild) so the listener can be
+# restarted in the middle of a deploy, and can activate a real system (/tmp/switch-to) so a
+# deploy can change the listener's own unit.
 #
 # The NKeys under ./keys are public test-only keys (see ./keys/README.md).
 {
@@ -29,6 +32,11 @@ let
   standInRebuild = pkgs.writeShellScript "stand-in-nixos-rebuild" ''
     printf '%s\n' "$*" >> /tmp/stand-in-rebuild.argv
     echo "stand-in nixos-rebuild: $*"
+    while [ -e /tmp/hold-rebuild ]; do sleep 0.2; done
+    if [ -e /tmp/switch-to ]; then
+      "$(cat /tmp/switch-to)/bin/switch-to-configuration" test
+    fi
+    echo "Done. The new configuration is /nix/store/00000000000000000000000000000000-stand-in"
   '';
 in
 pkgs.testers.runNixOSTest {
@@ -159,6 +167,16 @@ pkgs.testers.runNixOSTest {
         return int(web1.succeed(f"grep -cxF -- '{EXPECTED_ARGV}' {ARGV_LOG} || true").strip())
 
 
+    def listener_pid() -> str:
+        return web1.succeed("systemctl show -P MainPID fleet-deploy-listener.service").strip()
+
+
+    def running_jobs() -> str:
+        return web1.succeed(
+            "systemctl list-units --no-legend --state=running 'fleet-deploy-job-*' || true"
+        )
+
+
     start_all()
 
     with subtest("the NATS server starts"):
@@ -173,6 +191,8 @@ pkgs.testers.runNixOSTest {
         assert "LoadCredential=nkey:/etc/fleet-deploy/listener.seed" in unit, unit
         assert "--nkey-file %d/nkey" in unit, unit
         assert "Restart=always" in unit, unit
+        assert "RestartForceExitStatus=75" in unit, unit
+        assert "--rebuild-runner" in unit and "--restart-if-changed" in unit, unit
         web1.succeed("test -d /var/lib/fleet-deploy")
 
     with subtest("the listener subscribes to its subjects with its own key"):
@@ -204,5 +224,45 @@ pkgs.testers.runNixOSTest {
         retry(lambda _: len(listener_connections() - old) == 1)
         deployer.succeed(deploy("deploy.test.web1", "admin"), timeout=120)
         assert rebuild_calls() == 3, web1.succeed(f"cat {ARGV_LOG}")
+
+    with subtest("a listener restarted mid-deploy leaves the rebuild running and reports it"):
+        web1.succeed("touch /tmp/hold-rebuild")
+        deployer.succeed(
+            f"({deploy('deploy.test.web1', 'admin')} > /tmp/held.out 2>&1;"
+            " echo $? > /tmp/held.rc) > /dev/null 2>&1 &"
+        )
+        web1.wait_until_succeeds("test -n \"$(systemctl list-units --no-legend"
+                                 " --state=running 'fleet-deploy-job-*')\"", timeout=60)
+        before = listener_pid()
+        web1.succeed("systemctl restart fleet-deploy-listener.service")
+        web1.wait_for_unit("fleet-deploy-listener.service")
+        assert listener_pid() != before, "the listener was not restarted"
+        assert "fleet-deploy-job-" in running_jobs(), "the restart stopped the rebuild"
+        web1.succeed("rm /tmp/hold-rebuild")
+        deployer.wait_until_succeeds("test -e /tmp/held.rc", timeout=120)
+        output = deployer.succeed("cat /tmp/held.out")
+        assert deployer.succeed("cat /tmp/held.rc").strip() == "0", output
+        assert "completed" in output, output
+        assert rebuild_calls() == 4, web1.succeed(f"cat {ARGV_LOG}")
+        web1.succeed(
+            "journalctl -u fleet-deploy-listener -o cat | grep -q job_left_running"
+        )
+
+    with subtest("a deploy that changes the listener's unit is reported, then it restarts"):
+        # The listener runs the 'changed' specialisation's unit; the booted system's differs.
+        web1.succeed("echo /run/booted-system > /tmp/switch-to")
+        before = listener_pid()
+        deployer.succeed(deploy("deploy.test.web1", "admin"), timeout=120)
+        web1.succeed("rm /tmp/switch-to")
+        web1.wait_until_succeeds(
+            f"test \"$(systemctl show -P MainPID fleet-deploy-listener.service)\" != {before}"
+            " && systemctl is-active fleet-deploy-listener.service",
+            timeout=60,
+        )
+        web1.succeed(
+            "journalctl -u fleet-deploy-listener -o cat | grep -q restarting_after_upgrade"
+        )
+        assert '"debug"' in web1.succeed("systemctl cat fleet-deploy-listener.service")
+        assert rebuild_calls() == 5, web1.succeed(f"cat {ARGV_LOG}")
   '';
 }

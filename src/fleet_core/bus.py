@@ -6,8 +6,13 @@ server refuses returns normally). Foreign errors are translated here into ``Flee
 
 A bus is an async context manager, like ``anyio.open_file``::
 
-    async with await Bus.connect(url, seed, name="fleet-deploy") as bus:
+    async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
         ...
+
+``urls`` may name several servers of one cluster (a sequence, or one string with commas, as
+``--nats-url`` takes them). Like other NATS clients, each connection tries them in a random
+order, so a fleet's listeners spread over the servers and a server's loss moves only its
+share; a drop fails over to another one.
 
 Leaving the block closes the connection shielded from cancellation and within a deadline,
 so neither a cancelled caller nor a dead server can leave a socket open or hang the exit.
@@ -16,8 +21,9 @@ so neither a cancelled caller nor a dead server can leave a socket open or hang 
 from __future__ import annotations
 
 import contextlib
+import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -33,7 +39,7 @@ from nats.aio.subscription import Subscription as _NatsSubscription
 from fleet_core.errors import ConnectionFailed, PermissionDenied
 from fleet_core.keys import Seed
 
-__all__ = ["Bus", "Message", "Subscription"]
+__all__ = ["Bus", "Message", "Servers", "Subscription", "describe_servers", "server_urls"]
 
 log = structlog.get_logger("fleet.bus")
 
@@ -55,6 +61,27 @@ class Message:
 Handler = Callable[[Message], Awaitable[None]]
 DenialWatcher = Callable[[PermissionDenied], None]
 ConnectionWatcher = Callable[[bool], None]
+Servers = str | Sequence[str]  # one URL, several joined by commas, or a sequence of URLs
+
+
+def server_urls(servers: Servers) -> tuple[str, ...]:
+    """``servers`` as a tuple of URLs: a string is split at its commas, blanks dropped.
+
+    No other check: ``settings`` validates what a user typed before it gets here.
+    """
+    items = servers.split(",") if isinstance(servers, str) else servers
+    urls = tuple(item.strip() for item in items if item.strip())
+    if not urls:
+        raise ValueError("no NATS server URL given")
+    return urls
+
+
+def describe_servers(urls: Sequence[str]) -> str:
+    """The servers as a message names them: ``the NATS server at URL``, or
+    ``the NATS servers at URL, URL`` for several."""
+    if len(urls) == 1:
+        return f"the NATS server at {urls[0]}"
+    return f"the NATS servers at {', '.join(urls)}"
 
 
 class Subscription:
@@ -73,11 +100,16 @@ class Subscription:
 
 
 class Bus:
-    """One authenticated NATS connection."""
+    """One authenticated NATS connection, to one of ``servers`` at a time.
 
-    def __init__(self, client: Client, url: str) -> None:
+    ``url`` is every server, comma-separated as ``--nats-url`` takes them: what logs and
+    messages show. ``connected_url`` is the one the connection is on now.
+    """
+
+    def __init__(self, client: Client, servers: Servers) -> None:
         self._client = client
-        self.url = url
+        self.servers = server_urls(servers)
+        self.url = ",".join(self.servers)
         self._watchers: list[DenialWatcher] = []
         self._connection_watchers: list[ConnectionWatcher] = []
         self._closing = False  # a drop we caused is no news: neither logged nor reported
@@ -85,21 +117,26 @@ class Bus:
     @classmethod
     async def connect(
         cls,
-        url: str,
+        servers: Servers,
         seed: Seed,
         *,
         name: str,
         persistent: bool = False,
         reconnect_forever: bool = False,
         connect_timeout: float = 3.0,
+        randomize: bool = True,
     ) -> Bus:
-        """Connect and authenticate with ``seed``.
+        """Connect to one of ``servers`` and authenticate with ``seed``.
 
         ``persistent`` (the listener) waits for an absent server and reconnects forever.
-        Otherwise (a deployer) a failed first attempt raises ``ConnectionFailed`` at once,
-        and later drops are retried for about a minute — or forever with
-        ``reconnect_forever`` (a long-lived deployer: the MCP server).
+        Otherwise (a deployer) the first connect goes through the servers (a refused or
+        unreachable one is tried twice) and then raises ``ConnectionFailed``, and later
+        drops are retried for about a minute — or forever with ``reconnect_forever`` (a
+        long-lived deployer: the MCP server). ``randomize=False`` tries the servers in the
+        order given (for tests that need to know which one is first).
         """
+        urls = server_urls(servers)
+        url = ",".join(urls)
         bus_ref: list[Bus] = []
 
         async def on_error(exc: Exception) -> None:
@@ -122,7 +159,11 @@ class Bus:
                 bus_ref[0]._on_connection(connected=True)
 
         options: dict[str, Any] = {
-            "servers": [url],
+            # Shuffled here, not by nats-py, so that the first connect goes through the
+            # servers in one order (a listener's again and again) instead of a new one each
+            # time; after it, reconnects shuffle as nats-py does by default.
+            "servers": random.sample(urls, len(urls)) if randomize else list(urls),
+            "dont_randomize": True,
             "name": name,
             "nkeys_seed_str": seed.reveal(),
             "connect_timeout": connect_timeout,
@@ -145,21 +186,26 @@ class Bus:
                     await client.close()  # a failed connect leaves its socket open otherwise
                 raise
         except nats.errors.AuthorizationError as exc:
-            raise ConnectionFailed(_auth_message(url, seed)) from exc
+            raise ConnectionFailed(_auth_message(urls, seed)) from exc
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             if "authorization violation" in str(exc).lower():
-                raise ConnectionFailed(_auth_message(url, seed)) from exc
-            raise ConnectionFailed(
-                f"cannot reach the NATS server at {url} ({_describe(exc)}): "
+                raise ConnectionFailed(_auth_message(urls, seed)) from exc
+            check = (
                 "is it running, and is the URL right?"
+                if len(urls) == 1
+                else "is any of them running, and are the URLs right?"
+            )
+            raise ConnectionFailed(
+                f"cannot reach {describe_servers(urls)} ({_describe(exc)}): {check}"
             ) from exc
         # Fail fast on the first attempt, but ride out a server restart once connected.
         client.options.update(
             allow_reconnect=True,
             max_reconnect_attempts=-1 if persistent or reconnect_forever else 30,
             reconnect_time_wait=2,
+            dont_randomize=not randomize,
         )
-        bus = cls(client, url)
+        bus = cls(client, urls)
         bus_ref.append(bus)
         return bus
 
@@ -184,9 +230,10 @@ class Bus:
         if self._closing:
             return
         # Once connected, nats-py reconnects by itself; these lines say when it had to.
-        (log.info if connected else log.warning)(
-            "nats_reconnected" if connected else "nats_disconnected", url=self.url
-        )
+        if connected:  # with several servers, say which one took it
+            log.info("nats_reconnected", url=self.url, server=self.connected_url)
+        else:
+            log.warning("nats_disconnected", url=self.url)
         for watcher in list(self._connection_watchers):
             watcher(connected)
 
@@ -242,11 +289,15 @@ class Bus:
                 # PUB commands wait in its pending buffer for the flusher task, so the PONG
                 # can come back before they were even sent. Push the buffer out first.
                 await self._client._flush_pending(force_flush=True)
-            await self._client.flush(timeout=max(1, int(timeout)))
+            # Shielded: a flush cancelled while it waits leaves its PONG future, cancelled, in
+            # nats-py's queue; the PONG then kills the connection's read loop (InvalidStateError)
+            # and nothing is received any more. nats-py's own timeout bounds the wait.
+            with anyio.CancelScope(shield=True):
+                await self._client.flush(timeout=max(1, int(timeout)))
         except (TimeoutError, nats.errors.Error) as exc:
-            raise ConnectionFailed(
-                f"the NATS server at {self.url} did not answer within {timeout:g} s"
-            ) from exc
+            current = self.connected_url
+            where = describe_servers([current] if current else self.servers)
+            raise ConnectionFailed(f"{where} did not answer within {timeout:g} s") from exc
 
     @property
     def reconnect_attempts(self) -> int:
@@ -256,6 +307,18 @@ class Bus:
     @property
     def is_connected(self) -> bool:
         return bool(self._client.is_connected)
+
+    @property
+    def is_closed(self) -> bool:
+        """Closed for good: by ``close``, or by nats-py once its reconnect attempts ran out
+        (connection watchers then hear ``False`` once more, with this already true)."""
+        return bool(self._client.is_closed)
+
+    @property
+    def connected_url(self) -> str | None:
+        """The server this connection is on now (``nats://host:port``); None while down."""
+        current = self._client.connected_url
+        return current.geturl() if current is not None else None
 
     async def close(self, deadline: float = CLOSE_DEADLINE) -> None:
         """Flush what is pending and close, shielded and within ``deadline``; safe twice."""
@@ -286,10 +349,11 @@ class Bus:
         await self.close()
 
 
-def _auth_message(url: str, seed: Seed) -> str:
+def _auth_message(urls: Sequence[str], seed: Seed) -> str:
+    who = describe_servers(urls) if len(urls) == 1 else f"one of {describe_servers(urls)}"
     return (
-        f"the NATS server at {url} refused key {seed.public_key} from {seed.source}: add this "
-        "public key to the server's authorization block, or use the seed that belongs to it"
+        f"{who} refused key {seed.public_key} from {seed.source}: add this public key to "
+        "the server's authorization block, or use the seed that belongs to it"
     )
 
 

@@ -16,46 +16,53 @@ from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import run_until_signal
-from fleet_core.listener import Listener
+from fleet_core.listener import RESTART_EXIT_CODE, Listener
 from fleet_core.logging import configure_logging
 from fleet_core.messages import HostInfo
-from fleet_core.report import host_line, hosts_table, summary
-from fleet_core.runner import ProcessRebuilder
+from fleet_core.report import connection_line, host_line, hosts_table, summary
 from fleet_core.settings import DeploySettings, HostsSettings, ListenerSettings
-from fleet_core.tracking import DeploymentResult, HostResult
+from fleet_core.tracking import DeploymentResult, HostResult, Outage
 
 __all__ = ["run_deploy", "run_hosts", "run_listener"]
 
 
 def run_listener(settings: ListenerSettings) -> int:
-    """Serve until SIGTERM or SIGINT; then stop taking work, cancel a running job, exit 0."""
+    """Serve until SIGTERM or SIGINT, then stop taking work and exit 0, leaving a running
+    rebuild to run on (the next listener reports it). After a switch that changed the
+    listener's own unit (``--restart-if-changed``) exit ``RESTART_EXIT_CODE`` instead."""
     configure_logging(settings.log_level)
     seed = load_seed(settings.nkey_file)
+    listener = Listener(settings)
 
     async def main() -> None:
         name = f"fleet-listener {settings.hostname}"
-        async with await Bus.connect(settings.nats_url, seed, name=name, persistent=True) as bus:
-            await Listener(settings, ProcessRebuilder()).serve(bus)
+        async with await Bus.connect(settings.nats_urls, seed, name=name, persistent=True) as bus:
+            await listener.serve(bus)
 
     run_until_signal(main)
-    return 0
+    return RESTART_EXIT_CODE if listener.restart_reason else 0
 
 
 def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
     """Deploy and print: live lines then a summary, or one JSON object with ``--json``.
 
     Interrupted (Ctrl-C, SIGTERM) it stops waiting and exits 130; the hosts carry on.
+    A dropped NATS connection is told in two live lines (lost, reconnected after N s), not
+    in the connection's own warnings: only errors are logged.
     """
-    configure_logging("warning")
+    configure_logging("error")
     seed = load_seed(settings.connection.nkey_file)
     live = sys.stderr if settings.json else out
 
     def on_update(host: HostResult, _: DeploymentResult) -> None:
         print(host_line(host), file=live, flush=True)
 
+    def on_connection(outage: Outage, _: DeploymentResult) -> None:
+        print(connection_line(outage), file=live, flush=True)
+
     async def main() -> DeploymentResult:
-        url = settings.connection.nats_url
-        async with await Bus.connect(url, seed, name="fleet-deploy") as bus:
+        urls = settings.connection.nats_urls
+        async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
             return await Deployer(bus, timing=settings.timing).deploy(
                 settings.target,
                 revision=settings.revision,
@@ -63,6 +70,7 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
                 timeout=settings.timeout,
                 expect=settings.expect,
                 on_update=on_update,
+                on_connection=on_connection,
             )
 
     if not settings.json:
@@ -89,8 +97,8 @@ def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
     seed = load_seed(settings.connection.nkey_file)
 
     async def main() -> list[HostInfo]:
-        url = settings.connection.nats_url
-        async with await Bus.connect(url, seed, name="fleet-deploy hosts") as bus:
+        urls = settings.connection.nats_urls
+        async with await Bus.connect(urls, seed, name="fleet-deploy hosts") as bus:
             return await Deployer(bus, timing=settings.timing).discover(settings.tier)
 
     found = run_until_signal(main).value

@@ -4,6 +4,12 @@ One deployment: subscribe to a fresh ``deploy.responses.<id>``; for a group targ
 discover which hosts should answer; publish; flush (so a permission violation surfaces now,
 not as a silent timeout); then feed every status into a ``DeploymentTracker`` until each
 host is final. It returns the moment that happens, never waiting out a timeout it need not.
+
+Core NATS is at-most-once, so the deployment also follows its own connection: a drop and a
+reconnect go to the tracker (and to ``on_connection``), and the job queries the tracker
+asks for — after a reconnect, and before a silent host is called lost — run as tasks of the
+deployment whose answers come back through the same event stream as the statuses. The
+decisions are all the tracker's; this module only does the I/O.
 """
 
 from __future__ import annotations
@@ -13,18 +19,28 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from fleet_core.bus import Bus, Message
-from fleet_core.errors import PermissionDenied, RequestRejected, UsageError
+from fleet_core.errors import (
+    FleetError,
+    PermissionDenied,
+    RequestRejected,
+    UsageError,
+    only_fleet_error,
+)
 from fleet_core.messages import (
     DeployRequest,
     DiscoverRequest,
     ErrorCode,
     HostInfo,
+    JobPhase,
+    JobSummary,
     encode,
     parse_host_info,
     parse_status,
@@ -32,14 +48,29 @@ from fleet_core.messages import (
 from fleet_core.rebuild import Action
 from fleet_core.settings import DeployTiming
 from fleet_core.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
-from fleet_core.tracking import DeploymentResult, DeploymentTracker, HostResult
+from fleet_core.tracking import DeploymentResult, DeploymentTracker, HostResult, Outage
 
-__all__ = ["Deployer", "OnUpdate", "new_deployment_id"]
+__all__ = ["Deployer", "OnConnection", "OnUpdate", "new_deployment_id"]
 
 log = structlog.get_logger("fleet.deployer")
 
 OnUpdate = Callable[[HostResult, DeploymentResult], None]
-_Event = Message | PermissionDenied
+# The deployer's connection dropped (``outage.duration_s`` is None) or came back.
+OnConnection = Callable[[Outage, DeploymentResult], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Connection:
+    connected: bool
+    gone: bool = False  # closed for good: nats-py ran out of reconnect attempts
+
+
+@dataclass(frozen=True, slots=True)
+class _JobAnswers:
+    answers: dict[str, JobSummary | None]
+
+
+_Event = Message | PermissionDenied | _Connection | _JobAnswers
 
 
 def new_deployment_id() -> str:
@@ -101,6 +132,8 @@ class Deployer:
                         break
                     if isinstance(event, PermissionDenied):
                         raise event
+                    if not isinstance(event, Message):
+                        continue  # only a deployment posts events of its own
                     if event.no_responders:
                         break
                     info = parse_host_info(event.data)
@@ -119,13 +152,16 @@ class Deployer:
         expect: Iterable[str] = (),
         deployment_id: str | None = None,
         on_update: OnUpdate | None = None,
+        on_connection: OnConnection | None = None,
     ) -> DeploymentResult:
         """Deploy ``revision`` to ``target`` and return once every host is final.
 
         ``expect`` names hosts that must answer even if discovery does not find them (an
-        offline host then ends ``missing``). Raises ``UsageError`` for a bad revision, action
-        or deployment id (building the request is their one check) and ``PermissionDenied``
-        when the server refuses this key the subject.
+        offline host then ends ``missing``). ``on_update`` hears every host change,
+        ``on_connection`` every drop and return of this deployer's own NATS connection.
+        Raises ``UsageError`` for a bad revision, action or deployment id (building the
+        request is their one check) and ``PermissionDenied`` when the server refuses this key
+        the subject.
         """
         deployment_id = deployment_id or new_deployment_id()
         reply = RESPONSES_PREFIX + deployment_id
@@ -152,49 +188,50 @@ class Deployer:
                 expected |= {h.hostname for h in found if _listens_to(h, target)}
             elif target.name is not None:
                 expected.add(target.name)
-            started = time.monotonic()
             tracker = DeploymentTracker(
                 expected,
-                started_at=started,
+                started_at=time.monotonic(),
                 timeout=timeout,
                 answer_within=self.timing.answer_within,
                 silence_limit=self.timing.silence_limit,
             )
-
-            def snapshot(now: float) -> DeploymentResult:
-                return tracker.result(
-                    deployment_id=deployment_id,
-                    subject=target.subject,
-                    tier=target.tier.value,
-                    action=action.value,
-                    revision=revision,
-                    now=now,
-                )
-
-            def report(changed: list[HostResult], now: float) -> None:
-                if on_update is None or not changed:
-                    return
-                current = snapshot(now)
-                for host in changed:
-                    on_update(host, current)
-
-            def take(event: _Event, now: float) -> list[HostResult]:
-                if isinstance(event, PermissionDenied):
-                    raise event
-                if event.no_responders:
-                    return tracker.nobody_listens(now)
-                status = parse_status(event.data)
-                if status is None:
-                    bound.warning("status_ignored", size=len(event.data))
-                    return []
-                if status.request_id not in (None, deployment_id):
-                    return []  # a late status of another deployment on a reused subject
-                changed = tracker.observe(status, now)
-                return [changed] if changed is not None else []
-
+            gathering = _Gathering(
+                tracker,
+                deployment_id=deployment_id,
+                target=target,
+                action=action,
+                revision=revision,
+                log=bound,
+                on_update=on_update,
+                on_connection=on_connection,
+            )
             bound.info("deploy_publish", expected=sorted(expected))
-            await self._bus.publish(target.subject, encode(request), reply=reply)
-            await self._bus.flush()
+            stop_watching = self._bus.watch_connection(
+                lambda connected: events.post(_Connection(connected, gone=self._bus.is_closed))
+            )
+            try:
+                await self._bus.publish(target.subject, encode(request), reply=reply)
+                await self._bus.flush()
+                await self._gather(gathering, events)
+            finally:
+                stop_watching()
+            result = gathering.snapshot(time.monotonic())
+        bound.info("deploy_done", ok=result.ok, counts=result.counts)
+        return result
+
+    async def _gather(self, gathering: _Gathering, events: _Inbox) -> None:
+        """Feed the tracker until every host is final, sending the job queries it asks for.
+
+        Raises ``PermissionDenied`` as itself, not wrapped by the queries' task group.
+        """
+        try:
+            await self._gather_with_queries(gathering, events)
+        except BaseExceptionGroup as group:
+            raise only_fleet_error(group) from None
+
+    async def _gather_with_queries(self, gathering: _Gathering, events: _Inbox) -> None:
+        tracker = gathering.tracker
+        async with anyio.create_task_group() as queries:
             while not tracker.done:
                 changed: list[HostResult] = []
                 with anyio.move_on_after(max(0.0, tracker.next_check() - time.monotonic())):
@@ -205,16 +242,127 @@ class Deployer:
                             batch.append(events.receive_nowait())
                     now = time.monotonic()
                     for event in batch:
-                        changed += take(event, now)
+                        changed += gathering.take(event, now)
                 now = time.monotonic()
                 changed += tracker.expire(now)
-                report(changed, now)
-            result = snapshot(time.monotonic())
-        bound.info("deploy_done", ok=result.ok, counts=result.counts)
-        return result
+                ask = tracker.due_queries(now)
+                if ask:
+                    gathering.log.info("job_query", hosts=len(ask))
+                    queries.start_soon(self._ask_for_jobs, events, gathering, ask)
+                gathering.report(changed, now)
+            queries.cancel_scope.cancel()  # a query still out has nothing left to say
+
+    async def _ask_for_jobs(self, events: _Inbox, gathering: _Gathering, hosts: list[str]) -> None:
+        """Send the job query the tracker asked for; its answers, even none, come back as
+        one event (a query that could not be sent has no answers)."""
+        request_id = gathering.deployment_id
+        answers: dict[str, JobSummary | None] = {}
+        try:
+            found = await self.query_job(request_id, hosts=hosts, tier=gathering.target.tier)
+        except FleetError as exc:
+            gathering.log.info("job_query_failed", error=str(exc))
+        else:
+            answers = {name: _job_of(info, request_id) for name, info in found.items()}
+        events.post(_JobAnswers(answers))
 
     def _inbox(self, reply: str, watched: tuple[str, ...]) -> _Inbox:
         return _Inbox(self._bus, reply, watched)
+
+
+class _Gathering:
+    """One deployment's tracker and its caller's callbacks: what each event does to them."""
+
+    def __init__(
+        self,
+        tracker: DeploymentTracker,
+        *,
+        deployment_id: str,
+        target: Target,
+        action: Action,
+        revision: str,
+        log: Any,
+        on_update: OnUpdate | None,
+        on_connection: OnConnection | None,
+    ) -> None:
+        self.tracker = tracker
+        self.deployment_id = deployment_id
+        self.target = target
+        self.log = log
+        self._action = action
+        self._revision = revision
+        self._on_update = on_update
+        self._on_connection = on_connection
+
+    def snapshot(self, now: float) -> DeploymentResult:
+        return self.tracker.result(
+            deployment_id=self.deployment_id,
+            subject=self.target.subject,
+            tier=self.target.tier.value,
+            action=self._action.value,
+            revision=self._revision,
+            now=now,
+        )
+
+    def report(self, changed: list[HostResult], now: float) -> None:
+        if self._on_update is None or not changed:
+            return
+        current = self.snapshot(now)
+        for host in changed:
+            self._on_update(host, current)
+
+    def take(self, event: _Event, now: float) -> list[HostResult]:
+        """One event into the tracker; returns the hosts that changed."""
+        if isinstance(event, PermissionDenied):
+            raise event
+        if isinstance(event, _Connection):
+            return self._connection(event, now)
+        if isinstance(event, _JobAnswers):
+            changed = self.tracker.take_job_answers(event.answers, now)
+            for host in changed:
+                self.log.info(
+                    "job_query_settled",
+                    host=host.hostname,
+                    status=host.status,
+                    recovered=host.recovered,
+                )
+            return changed
+        if event.no_responders:
+            return self.tracker.nobody_listens(now)
+        status = parse_status(event.data)
+        if status is None:
+            self.log.warning("status_ignored", size=len(event.data))
+            return []
+        if status.request_id not in (None, self.deployment_id):
+            return []  # a late status of another deployment on a reused subject
+        updated = self.tracker.observe(status, now)
+        return [updated] if updated is not None else []
+
+    def _connection(self, event: _Connection, now: float) -> list[HostResult]:
+        if event.gone:
+            self.log.warning("deploy_connection_gone")
+            return self.tracker.connection_gone(now)
+        if event.connected:
+            outage = self.tracker.connection_back(now)
+        else:
+            outage = self.tracker.connection_lost(now, at=time.time())
+        if outage is None:
+            return []
+        if event.connected:
+            self.log.info("deploy_connection_back", outage_s=outage.duration_s)
+        else:
+            self.log.info("deploy_connection_lost")
+        if self._on_connection is not None:
+            self._on_connection(outage, self.snapshot(now))
+        return []
+
+
+def _job_of(info: HostInfo, request_id: str) -> JobSummary | None:
+    """What a job query's answer says of the job; None when the listener cannot tell."""
+    if info.job is not None:
+        return info.job
+    if info.running_job == request_id:  # knows running_job but not job: still, it runs
+        return JobSummary(request_id=request_id, phase=JobPhase.RUNNING)
+    return None
 
 
 def _listens_to(host: HostInfo, target: Target) -> bool:
@@ -227,14 +375,25 @@ def _listens_to(host: HostInfo, target: Target) -> bool:
 
 
 class _Inbox:
-    """A reply subscription plus permission denials on ``watched``, as one event stream."""
+    """A reply subscription plus permission denials on ``watched``, as one event stream;
+    ``post`` adds events of the deployer's own (connection changes, job answers)."""
 
     def __init__(self, bus: Bus, reply: str, watched: tuple[str, ...]) -> None:
         self._bus = bus
         self._reply = reply
         self._watched = watched
 
-    async def __aenter__(self) -> MemoryObjectReceiveStream[_Event]:
+    async def receive(self) -> _Event:
+        return await self._receive.receive()
+
+    def receive_nowait(self) -> _Event:
+        return self._receive.receive_nowait()
+
+    def post(self, event: _Event) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError):  # the deployment is over
+            self._send.send_nowait(event)
+
+    async def __aenter__(self) -> _Inbox:
         send: MemoryObjectSendStream[_Event]
         send, self._receive = anyio.create_memory_object_stream[_Event](math.inf)
 
@@ -252,7 +411,7 @@ class _Inbox:
         except BaseException:
             self._stop_watching()
             raise
-        return self._receive
+        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._stop_watching()

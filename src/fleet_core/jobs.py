@@ -1,11 +1,14 @@
 """The jobs room: one directory per deploy job on the host, with a typed record of it.
 
     <state-dir>/jobs/<stamp>-<request-id>/
-        job.json      the JobRecord, replaced atomically at every phase change
-        output.log    everything the rebuild printed
+        job.json      the JobRecord, replaced atomically at every phase change (the listener)
+        runner.json   the job runner's pid, then the rebuild's           (the job runner)
+        output.log    everything the rebuild printed, bounded             (the job runner)
+        exit.json     how the rebuild ended, written once at its end      (the job runner)
 
 The record is what survives the listener: a later listener (or a deployer asking by request
-id) reads it to learn whether a job was accepted, is running, or how it ended. So it is
+id) reads it to learn whether a job was accepted, is running, or how it ended; a later
+listener resumes a job whose record is not finished (``unfinished``). So it is
 written whole or not at all — a temporary file in the same directory, fsynced, then renamed
 over the old one — and reading it never raises: a record that cannot be read is no record.
 
@@ -27,22 +30,23 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from fleet_core.errors import RequestRejected
+from fleet_core.job_runner import EXIT_FILE, OUTPUT_LOG
 from fleet_core.messages import DeployRequest, JobPhase, JobSummary, StatusKind, is_request_id
 from fleet_core.outcome import Outcome
 
-__all__ = ["OUTPUT_LOG", "RECORD_FILE", "JobPhase", "JobRecord", "JobStore"]
+__all__ = ["EXIT_FILE", "OUTPUT_LOG", "RECORD_FILE", "JobPhase", "JobRecord", "JobStore"]
 
 log = structlog.get_logger("fleet.jobs")
 
 RECORD_FILE = "job.json"
-OUTPUT_LOG = "output.log"
 
 
 class JobRecord(BaseModel):
     """Everything known about one job; each phase change is a new record, never an edit.
 
     ``argv`` is redacted: the record may be shown to anyone who can read the state dir.
-    ``pid`` and ``unit`` stay None while the rebuild runs inside the listener.
+    ``pid`` is the job runner's (None until known: a transient unit's runner reports its own
+    in ``runner.json``), ``unit`` the transient systemd unit's name (None in session mode).
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -139,6 +143,15 @@ class JobStore:
             if directory.name.partition("-")[2] == request_id:
                 return self._read(directory)
         return None
+
+    def unfinished(self) -> list[tuple[Path, JobRecord]]:
+        """Every job whose record is not finished, with its directory, oldest first."""
+        found = []
+        for directory in self._directories():
+            record = self._read(directory)
+            if record is not None and record.phase is not JobPhase.FINISHED:
+                found.append((directory, record))
+        return found
 
     def latest(self) -> JobRecord | None:
         """The newest job's record; None when there is none or it cannot be read."""

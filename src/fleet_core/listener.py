@@ -2,21 +2,25 @@
 
 A deploy request walks accepted → started → progress… → completed | failed, or is rejected
 at once with an error code. The NATS callbacks only validate, reply and hand the job to a
-task the listener owns; the rebuild itself never runs inside a callback. Whatever arrives,
-the callbacks catch it: bad input costs a log line, never the daemon.
+task the listener owns; the rebuild itself never runs inside a callback, nor inside this
+process: ``fleet_core.host_jobs`` runs and follows it under the job runner, so a listener that
+stops leaves it running and the next one reports it. Whatever arrives, the callbacks catch
+it: bad input costs a log line, never the daemon.
 
-Every status goes out through the request's ``StatusReporter``; each phase of a job is in its
-record on disk (``fleet_core.jobs``) before the requester hears of it; and which final status
-a rebuild's result becomes is ``fleet_core.outcome.decide``, a pure function.
+Upgrades take effect: with ``--restart-if-changed PATH`` (the NixOS module passes the
+listener's own unit file) the listener fingerprints those files when it starts and again
+after each switch or test it ran; when they changed, it reports that job's final status and
+then ``serve`` returns with ``restart_reason`` set, for the command to exit with
+``RESTART_EXIT_CODE``, which the unit restarts (its ``restartIfChanged`` is false).
 """
 
 from __future__ import annotations
 
-import time
+import hashlib
+import os
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -26,7 +30,8 @@ import structlog
 from fleet_core import __version__
 from fleet_core.bus import Bus, Message, Subscription
 from fleet_core.errors import FleetError
-from fleet_core.jobs import OUTPUT_LOG, JobRecord, JobStore
+from fleet_core.host_jobs import HostJobs, Job
+from fleet_core.jobs import JobRecord
 from fleet_core.messages import (
     DeployRequest,
     ErrorCode,
@@ -39,62 +44,90 @@ from fleet_core.messages import (
     parse_deploy_request,
     parse_discover_request,
 )
-from fleet_core.outcome import Outcome, RebuildResult, decide
-from fleet_core.rebuild import build_argv, redact
-from fleet_core.rebuild_output import phase_of
-from fleet_core.runner import Rebuilder, RebuildJob
+from fleet_core.options import RESTART_EXIT_STATUS
+from fleet_core.outcome import Outcome
+from fleet_core.rebuild import Action
+from fleet_core.runner import Rebuilder, rebuilder_for
 from fleet_core.settings import ListenerSettings
 from fleet_core.status_reporter import StatusReporter
 
-__all__ = ["Listener"]
+__all__ = ["RESTART_EXIT_CODE", "Listener", "fingerprint"]
 
 log = structlog.get_logger("fleet.listener")
 
+RESTART_EXIT_CODE = RESTART_EXIT_STATUS  # the NixOS unit lists it in RestartForceExitStatus
+_ACTIVATING = frozenset({Action.SWITCH, Action.TEST})
 
-@dataclass
-class _Job:
-    request: DeployRequest
-    request_id: str
-    reporter: StatusReporter
-    started: float = field(default_factory=time.monotonic)
-    record: JobRecord | None = None  # None until the job's record is first written
-    directory: Path | None = None  # None when the state dir cannot be written
-    final: tuple[Outcome, float] | None = None  # the outcome and duration, once decided
-    phase: str | None = None
-    latest_line: str | None = None
-    new_output: anyio.Event = field(default_factory=anyio.Event)
+Fingerprint = tuple[tuple[str, str, str | None], ...]
+
+
+def fingerprint(paths: Sequence[Path]) -> Fingerprint:
+    """Each path, where it resolves to, and a hash of its content (of a directory: of its
+    entries and where they resolve to); None for a path that is not there. Blocking I/O."""
+    found = []
+    for path in paths:
+        real = os.path.realpath(path)
+        digest: str | None
+        try:
+            if os.path.isdir(real):
+                entries = sorted(os.listdir(real))
+                listing = "\n".join(f"{e} {os.path.realpath(Path(real, e))}" for e in entries)
+                digest = hashlib.sha256(listing.encode()).hexdigest()
+            else:
+                digest = hashlib.sha256(Path(real).read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        found.append((str(path), real, digest))
+    return tuple(found)
 
 
 class Listener:
-    """Serves deploy requests for one host until its ``serve`` task is cancelled."""
+    """Serves deploy requests for one host until its ``serve`` task is cancelled, or until
+    an upgrade of its own unit asks for a restart (then ``restart_reason`` says why).
 
-    def __init__(self, settings: ListenerSettings, rebuilder: Rebuilder) -> None:
+    ``rebuilder`` launches the job runner; by default as ``settings.rebuild_runner`` says.
+    """
+
+    def __init__(self, settings: ListenerSettings, rebuilder: Rebuilder | None = None) -> None:
         self.settings = settings
-        self._rebuilder = rebuilder
-        self._jobs = JobStore(settings.state_dir, keep=settings.jobs_kept)
-        self._job: _Job | None = None
+        self.jobs = HostJobs(
+            settings,
+            rebuilder if rebuilder is not None else rebuilder_for(settings),
+            reporter_for=self._reporter,
+            on_finished=self._after_job,
+        )
+        self.restart_reason: str | None = None
+        self._baseline: Fingerprint = ()
+        self._restart: anyio.Event | None = None  # made in serve: an event needs a loop
         self._bus: Bus | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._log = log.bind(host=settings.hostname, tier=settings.tier.value)
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return bool(self.jobs.active)
 
     async def serve(
         self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Subscribe, report ready through ``task_status``, and serve until cancelled.
+        """Resume unfinished jobs, subscribe, report ready through ``task_status``, and serve
+        until cancelled (or until an upgrade asks for a restart: then it returns).
 
-        On cancellation no new request is taken from that moment on (each is answered
-        ``rejected/cancelled`` until the subscriptions are gone), and a running job is
-        cancelled: its process group is killed and its requester told ``failed/cancelled``.
+        Jobs left on disk are taken up before the first subscription, so a request can never
+        start a rebuild beside one that is still running. On cancellation no new request is
+        taken from that moment on (each is answered ``rejected/cancelled`` until the
+        subscriptions are gone), and a running rebuild is left running: the next listener
+        resumes it. Only ``stop_jobs`` stops rebuilds.
         """
         self._bus = bus
+        self._restart = restart = anyio.Event()
         subscriptions: list[Subscription] = []
+        paths = self.settings.restart_if_changed
+        self._baseline = await anyio.to_thread.run_sync(fingerprint, paths)
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
+                await self.jobs.resume(tasks)
                 for subject in self.settings.subjects:
                     subscriptions.append(await bus.subscribe(subject, self._on_deploy))
                 subscriptions.append(
@@ -106,19 +139,30 @@ class Listener:
                     subjects=list(self.settings.subjects),
                     discover=self.settings.discover_subject,
                     version=__version__,
+                    rebuild_runner=self.settings.rebuild_runner,
+                    resumed=[job.request_id for job in self.jobs.active],
                 )
                 task_status.started()
                 try:
-                    await anyio.sleep_forever()
+                    await restart.wait()
                 finally:
-                    # Before the running job is cancelled: from here on a request is refused.
+                    # Before the job tasks are cancelled: from here on a request is refused.
                     self._tasks = None
+                tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 for subscription in subscriptions:
                     await subscription.unsubscribe()
             self._tasks = None
-            self._log.info("stopped")
+            self._log.info("stopped", restart=self.restart_reason)
+
+    async def stop_jobs(self) -> int:
+        """Stop this host's running rebuilds and report them ``failed/cancelled``.
+
+        For clean-ups that promise nothing outlives them (``fleet_core.testing``, the
+        sandbox), after ``serve`` has ended and while its connection is still open.
+        """
+        return await self.jobs.stop_jobs()
 
     # -- callbacks: the edge where every error is caught -------------------------------------
 
@@ -180,8 +224,8 @@ class Listener:
                 "deploy again once it is back",
             )
             return
-        if self._job is not None:
-            running = self._job.request_id
+        if self.jobs.active:
+            running = self.jobs.active[-1].request_id
             self._log.info(
                 "request_rejected",
                 request_id=request_id,
@@ -196,9 +240,8 @@ class Listener:
             )
             return
         # Taken before the first await, so a second request can never slip in beside it.
-        job = _Job(request=request, request_id=request_id, reporter=reporter)
-        self._tasks.start_soon(self._run_job, job)
-        self._job = job
+        job = self.jobs.take(request, request_id, reporter)
+        self._tasks.start_soon(self.jobs.run, job)
 
     async def _handle_discover(self, msg: Message) -> None:
         try:
@@ -211,7 +254,7 @@ class Listener:
         if request.hosts is not None and self.settings.hostname not in request.hosts:
             return
         assert self._bus is not None
-        running = self._job.request_id if self._job is not None else None
+        running = self.jobs.active[-1].request_id if self.jobs.active else None
         info = HostInfo(
             hostname=self.settings.hostname,
             tier=self.settings.tier.value,
@@ -226,149 +269,38 @@ class Listener:
 
     async def _job_summary(self, request_id: str) -> JobSummary:
         """What this host knows of the job ``request_id``: its record, or ``unknown``."""
-        job = self._job
-        if job is not None and job.request_id == request_id and job.record is not None:
-            record: JobRecord | None = job.record
-        else:
-            record = await anyio.to_thread.run_sync(self._jobs.load, request_id)
+        followed = [j.record for j in self.jobs.active if j.request_id == request_id]
+        record: JobRecord | None = followed[-1] if followed else None
+        if record is None:
+            record = await anyio.to_thread.run_sync(self.jobs.store.load, request_id)
         if record is None:
             return JobSummary(request_id=request_id, phase=JobPhase.UNKNOWN)
         return record.summary()
 
-    async def _run_job(self, job: _Job) -> None:
-        """The job task's edge: whatever happens, the requester hears a final status."""
-        request = job.request
-        jlog = self._log.bind(
-            request_id=job.request_id, action=request.action.value, revision=request.revision
-        )
-        try:
-            await self._execute(job, jlog)
-        except anyio.get_cancelled_exc_class():
-            stopped = Outcome(
-                StatusKind.FAILED,
-                ErrorCode.CANCELLED,
-                f"the listener on {self.settings.hostname} stopped during the rebuild",
-            )
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._finish(job, stopped, exit_code=None)
-            jlog.warning("job_cancelled")
-            raise
-        except Exception:  # a bug must not leave the requester waiting or the host stuck busy
-            jlog.exception("job_crashed")
-            crashed = Outcome(
-                StatusKind.FAILED,
-                ErrorCode.BUILD_FAILED,
-                f"internal error in the listener on {self.settings.hostname}: see its log",
-            )
-            await self._finish(job, crashed, exit_code=None)
-        finally:
-            self._job = None
+    # -- upgrades ----------------------------------------------------------------------------
 
-    async def _execute(self, job: _Job, jlog: Any) -> None:
-        request = job.request
-        argv = build_argv(
-            self.settings.rebuild_command,
-            request.action,
-            flake_url=self.settings.flake_url,
-            revision=request.revision,
-            hostname=self.settings.hostname,
+    async def _after_job(self, job: Job, outcome: Outcome) -> None:
+        """After a switch or test (whatever its outcome: activation may have begun), restart
+        if the watched files changed — its final status has been sent already."""
+        paths = self.settings.restart_if_changed
+        if job.request.action not in _ACTIVATING or not paths or self.restart_reason:
+            return
+        now = await anyio.to_thread.run_sync(fingerprint, paths)
+        changed = [
+            path for (path, *new), (_, *old) in zip(now, self._baseline, strict=True) if new != old
+        ]
+        if not changed:
+            return
+        self.restart_reason = (
+            f"{job.request.action.value} of {job.request.revision} changed {', '.join(changed)}"
         )
-        shown = tuple(redact(arg) for arg in argv)
-        # On disk before the requester hears of it: a job it was told about has a record.
-        job.record = JobRecord(
-            request_id=job.request_id, request=request, argv=shown, started_at=time.time()
-        )
-        job.directory = await anyio.to_thread.run_sync(self._jobs.create, job.record)
-        await job.reporter.send(
-            StatusKind.ACCEPTED, message=f"{request.action.value} of {request.revision} accepted"
-        )
-        job.record = job.record.running()
-        await anyio.to_thread.run_sync(self._jobs.save, job.directory, job.record)
-        jlog.info("job_started", argv=list(shown))
-        await job.reporter.send(StatusKind.STARTED, message=" ".join(shown))
-        result = await self._rebuild(job, argv)
-        outcome = decide(
-            result,
-            action=request.action,
-            revision=request.revision,
-            timeout=self.settings.timeout,
-        )
-        (jlog.info if outcome.ok else jlog.warning)(
-            "job_finished",
+        self._log.warning(
+            "restarting_after_upgrade",
+            request_id=job.request_id,
             status=outcome.kind.value,
-            error=outcome.error,
-            exit_code=result.exit_code,
-            duration_s=round(result.duration_s, 3),
+            changed=changed,
+            exit_code=RESTART_EXIT_CODE,
         )
-        await self._finish(job, outcome, exit_code=result.exit_code, duration_s=result.duration_s)
-
-    async def _rebuild(self, job: _Job, argv: list[str]) -> RebuildResult:
-        """Run the rebuild while a companion task turns its output into progress messages."""
-
-        def on_line(line: str) -> None:
-            job.latest_line = line
-            job.phase = phase_of(line, job.phase)
-            job.new_output.set()
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._heartbeat, job)
-            result = await self._rebuilder.run(
-                RebuildJob(
-                    argv=argv,
-                    timeout=self.settings.timeout,
-                    log_path=job.directory / OUTPUT_LOG if job.directory is not None else None,
-                    kill_grace=self.settings.kill_grace,
-                ),
-                on_line,
-            )
-            tasks.cancel_scope.cancel()
-        return result
-
-    async def _heartbeat(self, job: _Job) -> None:
-        """Progress on new output (rate-limited), and at least every heartbeat interval."""
-        heartbeat = self.settings.heartbeat_interval
-        sent = time.monotonic()
-        while True:
-            with anyio.move_on_after(max(0.0, sent + heartbeat - time.monotonic())):
-                await job.new_output.wait()
-            job.new_output = anyio.Event()
-            await job.reporter.send(
-                StatusKind.PROGRESS,
-                message=job.latest_line or "still running",
-                phase=job.phase,
-                duration_s=time.monotonic() - job.started,
-            )
-            sent = time.monotonic()
-            await anyio.sleep(min(self.settings.progress_interval, heartbeat))
-
-    async def _finish(
-        self,
-        job: _Job,
-        outcome: Outcome,
-        *,
-        exit_code: int | None,
-        duration_s: float | None = None,
-    ) -> None:
-        """Record the final status, then send it: a requester that heard it finds it on disk.
-
-        The first outcome stands: a listener stopped while reporting a finished rebuild sends
-        that result again instead of contradicting its own record with ``cancelled``.
-        """
-        if job.final is None:
-            if duration_s is None:
-                duration_s = time.monotonic() - job.started
-            job.final = (outcome, duration_s)
-            if job.record is not None:
-                job.record = job.record.finished(
-                    outcome, exit_code=exit_code, duration_s=duration_s, now=time.time()
-                )
-                await anyio.to_thread.run_sync(self._jobs.save, job.directory, job.record)
-        outcome, duration_s = job.final
-        await job.reporter.send(
-            outcome.kind,
-            error=outcome.error,
-            message=outcome.message,
-            duration_s=duration_s,
-            phase=job.phase,
-            log_tail=outcome.log_tail,
-        )
+        self._tasks = None  # refuse requests from now on
+        if self._restart is not None:
+            self._restart.set()

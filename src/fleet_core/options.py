@@ -33,14 +33,19 @@ __all__ = [
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MCP_HEARTBEAT",
     "DEFAULT_REBUILD_COMMAND",
+    "DEFAULT_REBUILD_RUNNER",
+    "DEFAULT_SANDBOX_CLUSTER",
     "DEFAULT_SANDBOX_HOSTS",
     "DEFAULT_SANDBOX_PORT",
     "DEFAULT_SIM_DELAY",
     "DEFAULT_STATE_DIR",
     "ENV_PREFIX",
     "LOG_LEVELS",
+    "MAX_SANDBOX_CLUSTER",
     "MAX_SANDBOX_HOSTS",
     "MIN_SANDBOX_HOSTS",
+    "REBUILD_RUNNERS",
+    "RESTART_EXIT_STATUS",
     "Command",
     "Option",
     "add_arguments",
@@ -57,12 +62,17 @@ DEFAULT_LISTENER_TIMEOUT = 600.0
 DEFAULT_DEPLOY_TIMEOUT = 900.0
 DEFAULT_REBUILD_COMMAND = "nixos-rebuild"
 DEFAULT_STATE_DIR = Path("/var/lib/fleet-deploy")
+DEFAULT_REBUILD_RUNNER = "auto"
+REBUILD_RUNNERS = ("auto", "systemd", "session")
+RESTART_EXIT_STATUS = 75  # EX_TEMPFAIL: "restart me"; the NixOS unit restarts on it
 DEFAULT_LOG_LEVEL = "info"
 DEFAULT_MCP_HEARTBEAT = 5.0  # progress at least this often; the promise to clients is 10 s
 DEFAULT_SANDBOX_HOSTS = 6
 MIN_SANDBOX_HOSTS = 3  # a test host that deploys, one that fails, and a prod host to refuse
 MAX_SANDBOX_HOSTS = 50
 DEFAULT_SANDBOX_PORT = 4222
+DEFAULT_SANDBOX_CLUSTER = 1  # one nats-server; more are routed into a cluster
+MAX_SANDBOX_CLUSTER = 5
 DEFAULT_SIM_DELAY = 0.15
 
 Kind = Literal["value", "list", "switch", "positional"]
@@ -178,7 +188,13 @@ def markdown_table(options: Sequence[Option]) -> str:
 
 # -- shared ----------------------------------------------------------------------------------
 
-NATS_URL = Option("nats_url", "NATS server URL", metavar="URL", required=True)
+NATS_URL = Option(
+    "nats_url",
+    "NATS server URL; several servers of one cluster separated by commas "
+    "(nats://a:4222,nats://b:4222), each nats://, tls:// or HOST:PORT",
+    metavar="URL[,URL]",
+    required=True,
+)
 NKEY_FILE = Option("nkey_file", "NKey seed file, mode 0600", metavar="PATH", required=True)
 JSON = Option("json", "print JSON instead of a table", env=False, kind="switch")
 LOG_LEVEL = Option(
@@ -231,6 +247,24 @@ LISTENER = Command(
             default=DEFAULT_STATE_DIR,
             shown_default=f"$STATE_DIRECTORY, else {DEFAULT_STATE_DIR}",
             metavar="DIR",
+        ),
+        Option(
+            "rebuild_runner",
+            "how a rebuild is run outside the listener, so that stopping the listener never "
+            "stops it: systemd (a transient unit via systemd-run), session (a session of its "
+            "own), or auto (systemd when the listener is a root service of a systemd system)",
+            default=DEFAULT_REBUILD_RUNNER,
+            choices=REBUILD_RUNNERS,
+            metavar="MODE",
+        ),
+        Option(
+            "restart_if_changed",
+            "after a switch or test that changed this file, report, then exit "
+            f"{RESTART_EXIT_STATUS} for the service manager to restart the listener; "
+            "repeatable (the NixOS module passes the listener's own unit file)",
+            env=False,
+            kind="list",
+            metavar="PATH",
         ),
         LOG_LEVEL,
     ),
@@ -369,6 +403,8 @@ SANDBOX = Command(
     "every process it started.\n\n"
     "--once runs a guided tour instead and exits: discover, deploy to the test\n"
     "tier, explain the failing host, and show the test key refused on prod.\n"
+    "--cluster 3 runs three nats-servers routed into a cluster instead of one; the\n"
+    "URL printed then names all three, comma-separated, as --nats-url takes them.\n"
     "Exit status: 0 stopped by Ctrl-C or SIGTERM, or the tour went as expected;\n"
     "1 the tour saw something it did not expect; 2 a usage error such as a busy\n"
     "port; 128+N the tour was interrupted by signal N.\n\n"
@@ -388,6 +424,14 @@ SANDBOX = Command(
             env=False,
             metavar="P",
             shown_default=f"{DEFAULT_SANDBOX_PORT}, or a free one with --once",
+        ),
+        Option(
+            "cluster",
+            f"run N nats-servers routed into a cluster, 1 to {MAX_SANDBOX_CLUSTER}; --port is "
+            "the first one's, the others pick free ports",
+            default=DEFAULT_SANDBOX_CLUSTER,
+            env=False,
+            metavar="N",
         ),
         Option(
             "dir",

@@ -1,8 +1,9 @@
 """Which final status a rebuild's result becomes (pure: no I/O).
 
 The listener runs the rebuild; this module only judges what came back, so every way a
-rebuild can end — done, failed with nix's error, stopped at its deadline, never started —
-is decided in one function that is tested against recorded nixos-rebuild output.
+rebuild can end — done, failed with nix's error, stopped at its deadline, stopped on request,
+never started, or lost with its job runner — is decided in one function that is tested
+against recorded nixos-rebuild output.
 
 The outcome is what people are told, on the wire and in the job record alike, so its
 message and tail are redacted and bounded here rather than by each reader.
@@ -28,10 +29,18 @@ class RebuildResult:
     tail: list[str]
     duration_s: float
     start_error: str | None = None  # the program could not be started at all
+    cancelled: bool = False  # its job runner was told to stop it (SIGTERM to the runner)
+    lost: str | None = None  # why the result cannot be known: the job runner vanished
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.start_error is None
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.cancelled
+            and self.start_error is None
+            and self.lost is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +60,10 @@ class Outcome:
 def decide(result: RebuildResult, *, action: Action, revision: str, timeout: float) -> Outcome:
     """The final status of a rebuild of ``revision`` with ``action`` that ran into ``result``.
 
-    A deadline wins over the exit code: a group stopped by SIGTERM exits non-zero, and
-    "build_failed" would send the reader looking for a nix error that is not there.
+    A deadline or a stop wins over the exit code: a group stopped by SIGTERM exits non-zero,
+    and "build_failed" would send the reader looking for a nix error that is not there. A
+    result that was lost with its job runner is ``cancelled`` too: the rebuild did not finish
+    under supervision, and nothing says it failed to build.
     """
     if result.ok:
         message = success_summary(result.tail, action.value, revision)
@@ -63,6 +74,12 @@ def decide(result: RebuildResult, *, action: Action, revision: str, timeout: flo
             f"nixos-rebuild ran longer than {timeout:g} s and was stopped with its whole "
             "process group"
         )
+    elif result.lost is not None:
+        error = ErrorCode.CANCELLED
+        message = result.lost
+    elif result.cancelled:
+        error = ErrorCode.CANCELLED
+        message = "the rebuild was stopped before it finished: its job runner was told to stop"
     else:
         error = ErrorCode.BUILD_FAILED
         message = result.start_error or failure_summary(result.tail, result.exit_code)

@@ -5,11 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fleet_core.messages import HostInfo
-from fleet_core.tracking import DeploymentResult, HostResult
+from fleet_core.tracking import DeploymentResult, HostResult, Outage
 
-__all__ = ["host_line", "hosts_table", "summary"]
+__all__ = ["RECOVERED", "connection_line", "host_line", "hosts_table", "summary"]
 
 _TAIL_LINES = 20
+RECOVERED = "(recovered from its job record)"  # a final status whose message was lost
+
+
+def connection_line(outage: Outage) -> str:
+    """The deployer's own connection dropped (no duration yet) or came back."""
+    if outage.duration_s is None:
+        return "NATS connection lost — reconnecting"
+    return f"reconnected after {outage.duration_s:.1f} s"
 
 
 def host_line(host: HostResult) -> str:
@@ -19,6 +27,8 @@ def host_line(host: HostResult) -> str:
         detail = f"[{host.phase}] {detail}"
     if host.error:
         detail = f"{host.error}: {detail}"
+    if host.recovered:
+        detail = f"{detail} {RECOVERED}"
     return f"  {host.hostname:<20} {host.status:<10} {detail}".rstrip()
 
 
@@ -34,6 +44,7 @@ def summary(result: DeploymentResult) -> str:
         took = f"{host.duration_s:.1f}s" if host.duration_s is not None else "-"
         note = f"{host.error}: {host.message}" if host.error else host.message
         marker = "" if host.expected else " (unexpected)"
+        marker += f" {RECOVERED}" if host.recovered else ""
         lines.append(f"  {host.hostname:<20} {host.status:<10} {took:>8}  {note}{marker}")
     for host in result.hosts:
         if host.log_tail:
@@ -43,8 +54,31 @@ def summary(result: DeploymentResult) -> str:
     verdict = "OK" if result.ok else "NOT OK"
     if not result.hosts:
         counts = "no host answered"
+    if result.outages:
+        lines += ["", _outages(result)]
     lines += ["", f"{verdict}: {counts}"]
     return "\n".join(lines)
+
+
+def _outages(result: DeploymentResult) -> str:
+    """What the deployer's own outages did: a status sent meanwhile is read back, not lost."""
+    times = "once" if len(result.outages) == 1 else f"{len(result.outages)} times"
+    down = sum(o.duration_s or 0.0 for o in result.outages)
+    text = f"This deployer's NATS connection was lost {times} ({down:.1f} s in all)"
+    if result.outages[-1].duration_s is None:
+        text += " and was still down at the end"
+    recovered = [host.hostname for host in result.hosts if host.recovered]
+    if len(recovered) == 1:
+        text += (
+            f"; the final status of {recovered[0]}, sent meanwhile, was read back from its "
+            "job record"
+        )
+    elif recovered:
+        text += (
+            f"; the final statuses of {len(recovered)} hosts, sent meanwhile, were read back "
+            "from their job records"
+        )
+    return text + "."
 
 
 def hosts_table(hosts: Sequence[HostInfo]) -> str:

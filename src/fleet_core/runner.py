@@ -1,221 +1,177 @@
-"""Running one rebuild: a process group with a deadline, its output in a ring and a log file.
+"""Starting a rebuild outside the listener: the ``Rebuilder`` seam and its two launch modes.
 
-The rebuild starts in a new session, so at the deadline (or when the listener shuts down)
-the whole group — nixos-rebuild, nix, and anything they spawned — gets SIGTERM, then SIGKILL.
-Output is read in chunks and split into lines here, so one endless line cannot exhaust memory.
+A rebuild never runs as the listener's child in its process group: it runs under the job
+runner (``fleet_core.job_runner``), which owns the deadline, the process group and the
+job's result on disk, so stopping, restarting or crashing the listener never stops a switch.
+The runner is launched one of two ways (``--rebuild-runner``):
 
-``Rebuilder`` is the seam between the listener and the host: ``ProcessRebuilder`` runs a
-real program; the benchmark and tests may pass anything with the same ``run`` method.
-``RebuildResult`` lives with the pure judgement of it (``fleet_core.outcome``) and is
-re-exported here; the job directories are ``fleet_core.jobs``.
+- ``systemd``: a transient unit, ``systemd-run --unit fleet-deploy-job-<id> --collect …``,
+  in a cgroup of its own, so ``systemctl restart`` of the listener's unit, and its
+  KillMode, cannot reach it. The listener's environment (minus what systemd sets per unit)
+  is passed on with ``--setenv NAME``, as a transient unit starts with a clean one.
+- ``session``: the runner in a new session (``setsid``), its stdio on /dev/null; for hosts
+  without systemd, tests and the sandbox. Under a systemd unit this does *not* survive a
+  restart of that unit (KillMode=control-group reaches every process of its cgroup).
+
+``Rebuilder.start`` only launches; following the job to its end is the same for every mode,
+through the job directory (``fleet_core.job_follow``). ``fleet_core.testing.InstantRebuilder``
+is a rebuilder that "launches" by writing a finished job's files itself.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Literal, Protocol
 
 import anyio
-import anyio.abc
 import structlog
 
+from fleet_core.job_follow import MAX_LINE_CHARS, TailBuffer, adopt_child
+from fleet_core.job_runner import runner_argv
 from fleet_core.outcome import RebuildResult
+from fleet_core.settings import ListenerSettings
 
 __all__ = [
+    "MAX_LINE_CHARS",
+    "Launched",
     "ProcessRebuilder",
     "RebuildJob",
     "RebuildResult",
     "Rebuilder",
+    "RunnerMode",
+    "StartFailed",
     "TailBuffer",
+    "rebuilder_for",
+    "unit_name",
 ]
 
 log = structlog.get_logger("fleet.runner")
 
-MAX_LINE_CHARS = 2000
-MAX_LOG_BYTES = 64 * 1024 * 1024
-_CHUNK = 65536
+RunnerMode = Literal["systemd", "session"]
+UNIT_PREFIX = "fleet-deploy-job-"
+SYSTEMD_RUN_LIMIT = 30.0  # seconds systemd-run may take to start the unit (it may be busy)
 
 
 @dataclass(frozen=True, slots=True)
 class RebuildJob:
+    """One rebuild to start: ``directory`` is its job directory, ``job_id`` its request id."""
+
+    job_id: str
     argv: Sequence[str]
+    directory: Path
     timeout: float
-    log_path: Path | None = None
     kill_grace: float = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class Launched:
+    """How a started job can be found again: the runner's pid (None until a transient unit's
+    runner has written it) and the transient unit's name (None in session mode)."""
+
+    pid: int | None = None
+    unit: str | None = None
+
+
+class StartFailed(Exception):
+    """The job runner could not be launched; the message says why (``systemd-run``'s own)."""
+
+
 class Rebuilder(Protocol):
-    async def run(self, job: RebuildJob, on_line: Callable[[str], None]) -> RebuildResult: ...
+    async def start(self, job: RebuildJob) -> Launched: ...
 
 
-class TailBuffer:
-    """The last lines of output, bounded in count and in total characters."""
-
-    def __init__(self, max_lines: int = 200, max_chars: int = 16 * 1024) -> None:
-        self._lines: deque[str] = deque(maxlen=max_lines)
-        self._max_chars = max_chars
-
-    def append(self, line: str) -> None:
-        self._lines.append(line[:MAX_LINE_CHARS])
-
-    def lines(self) -> list[str]:
-        """The newest lines whose total size stays within the character budget."""
-        budget = self._max_chars
-        kept: list[str] = []
-        for line in reversed(self._lines):
-            budget -= len(line) + 1
-            if budget < 0:
-                break
-            kept.append(line)
-        return kept[::-1]
-
-
-class _LineSplitter:
-    """Turns byte chunks into lines, cutting over-long lines instead of buffering them."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self._emit = emit
-        self._partial = bytearray()
-
-    def feed(self, chunk: bytes) -> None:
-        self._partial += chunk
-        while True:
-            newline = self._partial.find(b"\n")
-            if newline < 0:
-                if len(self._partial) > MAX_LINE_CHARS * 4:
-                    self._emit_bytes(bytes(self._partial))
-                    self._partial.clear()
-                return
-            line = bytes(self._partial[:newline])
-            del self._partial[: newline + 1]
-            self._emit_bytes(line)
-
-    def close(self) -> None:
-        if self._partial:
-            self._emit_bytes(bytes(self._partial))
-            self._partial.clear()
-
-    def _emit_bytes(self, raw: bytes) -> None:
-        self._emit(raw.decode("utf-8", "replace").rstrip("\r")[:MAX_LINE_CHARS])
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> bool:
-    """Signal a process group; False when it no longer exists."""
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - the group was reused by another user
-        return False
-    return True
+def unit_name(job_id: str) -> str:
+    """The transient unit of a job (a request id is a valid unit name; one job at a time)."""
+    return f"{UNIT_PREFIX}{job_id}"
 
 
 class ProcessRebuilder:
-    """Runs the rebuild as a real process group (``start_new_session``), never via a shell."""
+    """Launches the job runner as a transient systemd unit or in a session of its own.
 
-    async def run(self, job: RebuildJob, on_line: Callable[[str], None]) -> RebuildResult:
-        tail = TailBuffer()
-        started = time.monotonic()
-        log_file = _open_log(job.log_path)
-        logged = 0
+    ``pass_env`` names the variables a transient unit gets from the listener's environment;
+    ``systemd_run`` is the program (a stand-in in tests: ``fleet_core.simulated_systemd_run``).
+    """
 
-        def emit(line: str) -> None:
-            nonlocal logged
-            tail.append(line)
-            if log_file is not None and logged < MAX_LOG_BYTES:
-                data = line + "\n"
-                logged += len(data)
-                log_file.write(data)
-            on_line(line)
+    def __init__(
+        self,
+        mode: RunnerMode = "session",
+        *,
+        systemd_run: Sequence[str] = ("systemd-run",),
+        pass_env: Sequence[str] = (),
+    ) -> None:
+        self.mode = mode
+        self._systemd_run = tuple(systemd_run)
+        self._pass_env = tuple(pass_env)
 
+    async def start(self, job: RebuildJob) -> Launched:
+        argv = runner_argv(
+            sys.executable,
+            job.directory.absolute(),
+            list(job.argv),
+            timeout=job.timeout,
+            kill_grace=job.kill_grace,
+        )
+        if self.mode == "systemd":
+            return await self._start_unit(job, argv)
+        return self._start_session(argv)
+
+    def _start_session(self, argv: list[str]) -> Launched:
         try:
-            try:
-                process = await anyio.open_process(
-                    list(job.argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                message = f"cannot start {job.argv[0]!r}: {exc.strerror or exc}"
-                emit(message)
-                return RebuildResult(None, False, tail.lines(), 0.0, start_error=message)
-            exit_code, timed_out = await self._supervise(process, job, emit)
-        finally:
-            if log_file is not None:
-                log_file.close()
-        return RebuildResult(exit_code, timed_out, tail.lines(), time.monotonic() - started)
+            process = subprocess.Popen(  # noqa: S603 - our own runner, from an argv
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StartFailed(f"cannot start the job runner: {exc.strerror or exc}") from exc
+        adopt_child(process)
+        return Launched(pid=process.pid)
 
-    async def _supervise(
-        self, process: anyio.abc.Process, job: RebuildJob, emit: Callable[[str], None]
-    ) -> tuple[int | None, bool]:
-        pgid = process.pid  # a new session: its leader's pid is the group id
-        splitter = _LineSplitter(emit)
-        timed_out = False
-        output_done = anyio.Event()
-
-        async def pump() -> None:
-            assert process.stdout is not None
-            try:
-                async for chunk in process.stdout:
-                    splitter.feed(chunk)
-            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
-            finally:
-                splitter.close()
-                output_done.set()
-
+    async def _start_unit(self, job: RebuildJob, argv: list[str]) -> Launched:
+        unit = unit_name(job.job_id)
+        backstop = job.timeout + 2 * job.kill_grace + 30  # the runner's own deadline comes first
+        command = [
+            *self._systemd_run,
+            "--unit",
+            unit,
+            "--description",
+            f"fleet-deploy job {job.job_id}",
+            "--collect",
+            "--quiet",
+            "--service-type=exec",
+            "--property",
+            f"RuntimeMaxSec={backstop:g}",
+            *(f"--setenv={name}" for name in self._pass_env),
+            "--",
+            *argv,
+        ]
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(pump)
-                with anyio.move_on_after(job.timeout) as deadline:
-                    await process.wait()
-                if deadline.cancelled_caught:
-                    timed_out = True
-                    emit(f"fleet-deploy: the rebuild ran past its {job.timeout:g} s deadline")
-                    await self._stop_group(process, pgid, job.kill_grace)
-                # Children that outlive the rebuild would hold the pipe open: stop them too.
-                with anyio.move_on_after(2):
-                    await output_done.wait()
-                if not output_done.is_set():
-                    await self._stop_group(process, pgid, job.kill_grace)
-                    tasks.cancel_scope.cancel()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._stop_group(process, pgid, job.kill_grace)
-            raise
-        finally:
-            with anyio.CancelScope(shield=True):
-                await process.aclose()
-        return process.returncode, timed_out
-
-    @staticmethod
-    async def _stop_group(process: anyio.abc.Process, pgid: int, grace: float) -> None:
-        """SIGTERM the group, SIGKILL what is left after ``grace`` seconds."""
-        if not _signal_group(pgid, signal.SIGTERM):
-            return
-        with anyio.move_on_after(grace):
-            if process.returncode is None:
-                await process.wait()
-        _signal_group(pgid, signal.SIGKILL)
-        with anyio.move_on_after(grace):
-            if process.returncode is None:
-                await process.wait()
+            with anyio.fail_after(SYSTEMD_RUN_LIMIT):
+                done = await anyio.run_process(command, check=False, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            raise StartFailed(f"cannot run {command[0]!r}: {exc.strerror or exc}") from exc
+        except TimeoutError:
+            raise StartFailed(
+                f"systemd-run did not start {unit} within {SYSTEMD_RUN_LIMIT:g} s"
+            ) from None
+        if done.returncode != 0:
+            said = done.stderr.decode(errors="replace").strip()[-500:]
+            raise StartFailed(
+                f"systemd-run could not start {unit} (exit {done.returncode}): {said}"
+            )
+        return Launched(unit=unit)
 
 
-def _open_log(path: Path | None) -> IO[str] | None:
-    if path is None:
-        return None
-    try:
-        return path.open("w", encoding="utf-8")
-    except OSError as exc:
-        log.warning("job_log_unwritable", path=str(path), error=str(exc))
-        return None
+def rebuilder_for(settings: ListenerSettings) -> ProcessRebuilder:
+    """The rebuilder a listener with ``settings`` uses unless it is given one."""
+    return ProcessRebuilder(
+        "systemd" if settings.rebuild_runner == "systemd" else "session",
+        systemd_run=settings.systemd_run,
+        pass_env=settings.rebuild_env,
+    )

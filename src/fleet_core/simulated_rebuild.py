@@ -5,7 +5,8 @@
 It checks its arguments the way nixos-rebuild would, prints realistic build and activation
 output, and can be told to fail with a nix evaluation error, hang, leave a grandchild behind,
 or wait for a file (so a test can hold a rebuild open without sleeping). ``--sim-record``
-appends the nixos-rebuild part of its argv as one JSON line, for tests to assert on.
+appends its argv and pid as one JSON line, for tests to assert on; ``--sim-activate-writes``
+appends a line to a file when a switch or test activates, as activation rewrites unit files.
 Standard library only: it starts once per job and must start fast.
 """
 
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sim-grandchild-pid", type=Path, help="start a grandchild, write its pid")
     parser.add_argument("--sim-wait-for", type=Path, help="block until this file exists")
     parser.add_argument("--sim-spam", type=int, default=0, help="print this many extra lines")
+    parser.add_argument(
+        "--sim-activate-writes", type=Path, help="append to this file when switch/test activates"
+    )
     parser.add_argument("action", choices=ACTIONS)
     parser.add_argument("--flake", required=True)
     parser.add_argument("--refresh", action="store_true")
@@ -109,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in EVAL_ERROR.replace("{host}", host).splitlines():
             print(line, file=sys.stderr, flush=True)
         return 1
-    _succeed(args.action, args.flake, host, delay)
+    _succeed(args.action, args.flake, host, delay, args.sim_activate_writes)
     return 0
 
 
-def _succeed(action: str, flake: str, host: str, delay: float) -> None:
+def _succeed(action: str, flake: str, host: str, delay: float, writes: Path | None) -> None:
     """The output of a rebuild that works, shaped by the action."""
     system = _store_path(flake, f"nixos-system-{host}-24.11.20241122.5e4fbfb")
     _say("building the system configuration...", delay)
@@ -127,6 +131,9 @@ def _succeed(action: str, flake: str, host: str, delay: float) -> None:
     if action in ("switch", "test"):
         _say("activating the configuration...", delay)
         _say("setting up /etc...", 0)
+        if writes is not None:
+            with writes.open("a", encoding="utf-8") as file:
+                file.write(f"activated {flake}\n")
         _say("reloading user units for root...", 0)
         _say("restarting the following units: nginx.service", delay)
     if action == "dry-activate":

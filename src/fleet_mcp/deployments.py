@@ -7,8 +7,10 @@ deploy call, or a later ``deployment_status`` call) replays the log after the la
 reported and then sleeps until the next change, the next heartbeat, or its own deadline. The
 log stays small: a host's change that repeats its previous state (progress after progress)
 replaces it, and a finished deployment keeps only each host's last state — a waiter skips
-what it had not reported yet and still hears every host's final state. The sentences of the
-notes are pure functions in ``fleet_mcp.models``.
+what it had not reported yet and still hears every host's final state. A drop or return of
+the server's own NATS connection is an entry of the log too (the latest one replaces the
+one before), so a waiter says "lost its NATS connection" and then what the hosts answered
+once it was back. The sentences of the notes are pure functions in ``fleet_mcp.models``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ from fleet_core.deployer import Deployer, new_deployment_id
 from fleet_core.errors import FleetError
 from fleet_core.rebuild import Action
 from fleet_core.subjects import Target
-from fleet_core.tracking import DeploymentResult, HostResult
+from fleet_core.tracking import DeploymentResult, HostResult, Outage
 from fleet_mcp.link import NatsLink
-from fleet_mcp.models import batch_note, heartbeat_note, host_note, opening_note
+from fleet_mcp.models import (
+    batch_note,
+    connection_note,
+    heartbeat_note,
+    host_note,
+    opening_note,
+)
 
 __all__ = [
     "BATCH",
@@ -43,9 +51,11 @@ __all__ = [
 log = structlog.get_logger("fleet.mcp")
 
 Notify = Callable[[str], Awaitable[None]]
+Update = HostResult | Outage  # a host's change, or this server's NATS connection's
 BATCH = 5  # more changes than this at once are reported as counts
 COALESCE = 0.05  # seconds between progress notifications while changes pour in
 KEEP_DEPLOYMENTS = 200  # finished deployments remembered for deployment_status
+_CONNECTION = ""  # the update log's key of the connection's entry: never a hostname
 
 
 class Deployment:
@@ -66,9 +76,9 @@ class Deployment:
         self.action = action
         self.admin = admin
         self.started_at = time.monotonic()
-        # Host changes by sequence number, ascending; numbers only grow, entries may go.
-        self._updates: dict[int, HostResult] = {}
-        self._newest: dict[str, int] = {}  # hostname -> number of its latest change
+        # Changes by sequence number, ascending; numbers only grow, entries may go.
+        self._updates: dict[int, Update] = {}
+        self._newest: dict[str, int] = {}  # hostname (or _CONNECTION) -> its latest change
         self._seq = 0  # number of the latest change
         self.result: DeploymentResult | None = None
         self.error: FleetError | None = None
@@ -83,7 +93,7 @@ class Deployment:
     @property
     def updates(self) -> list[HostResult]:
         """The host changes kept for waiters, oldest first."""
-        return list(self._updates.values())
+        return [u for u in self._updates.values() if isinstance(u, HostResult)]
 
     def current(self) -> DeploymentResult:
         """The final result, else the latest snapshot, else an empty one (still discovering)."""
@@ -112,16 +122,28 @@ class Deployment:
         A change in the state the host was already in (progress after progress) replaces
         the previous one: a waiter that had not reported that one yet reports the newer.
         """
-        previous = self._newest.get(host.hostname)
-        if previous is not None and self._updates[previous].status == host.status:
+        previous = self._updates.get(self._newest.get(host.hostname, 0))
+        same = isinstance(previous, HostResult) and previous.status == host.status
+        self._record(host.hostname, host, snapshot, replace=same)
+
+    def on_connection(self, outage: Outage, snapshot: DeploymentResult) -> None:
+        """The deployer's callback for this server's NATS connection dropping or coming
+        back: the newest such change replaces the one before it in the log."""
+        self._record(_CONNECTION, outage, snapshot, replace=True)
+
+    def _record(
+        self, key: str, update: Update, snapshot: DeploymentResult, *, replace: bool
+    ) -> None:
+        previous = self._newest.get(key)
+        if previous is not None and replace:
             del self._updates[previous]
         self._seq += 1
-        self._updates[self._seq] = host
-        self._newest[host.hostname] = self._seq
+        self._updates[self._seq] = update
+        self._newest[key] = self._seq
         self._snapshot = snapshot
         self._pulse()
 
-    def _since(self, seen: int) -> list[HostResult]:
+    def _since(self, seen: int) -> list[Update]:
         """The changes numbered after ``seen``, oldest first."""
         newer = list(itertools.takewhile(lambda seq: seq > seen, reversed(self._updates)))
         return [self._updates[seq] for seq in reversed(newer)]
@@ -145,6 +167,7 @@ class Deployment:
                 timeout=limit,
                 deployment_id=self.id,
                 on_update=self.on_update,
+                on_connection=self.on_connection,
             )
         except FleetError as exc:
             bound.warning("deployment_failed", error=str(exc))
@@ -180,6 +203,9 @@ class Deployment:
           reported: by name while a note covers at most ``BATCH`` changes, else counted in
           it (a hundred hosts answering at once make a handful of notes, not three hundred).
         - While nothing changes, a note at least every ``heartbeat`` seconds.
+        - This server's NATS connection dropping, and coming back, each get a note (the
+          latest of the two, if both happened since the last note), in order with the host
+          changes around them.
         """
         seen = 0  # the number of the latest change reported
         with anyio.move_on_after(wait):
@@ -192,11 +218,14 @@ class Deployment:
                         await self.finished.wait()
                 if seen < self._seq:
                     batch, seen = self._since(seen), self._seq
-                    if len(batch) <= BATCH:
-                        for host in batch:
-                            await notify(host_note(self.id, host))
-                    else:
-                        await notify(batch_note(batch, self.current()))
+                    for part in _parts(batch):
+                        if isinstance(part, Outage):
+                            await notify(connection_note(self.id, part))
+                        elif len(part) <= BATCH:
+                            for host in part:
+                                await notify(host_note(self.id, host))
+                        else:
+                            await notify(batch_note(part, self.current()))
                     sent = anyio.current_time()
                 if self.done and seen == self._seq:
                     return
@@ -208,6 +237,19 @@ class Deployment:
                 if beat.cancelled_caught:
                     await notify(heartbeat_note(self.current()))
                     sent = anyio.current_time()
+
+
+def _parts(batch: list[Update]) -> list[list[HostResult] | Outage]:
+    """``batch`` cut at each connection change: runs of host changes, and the changes."""
+    parts: list[list[HostResult] | Outage] = []
+    for update in batch:
+        if isinstance(update, Outage):
+            parts.append(update)
+        elif parts and isinstance(parts[-1], list):
+            parts[-1].append(update)
+        else:
+            parts.append([update])
+    return parts
 
 
 class DeploymentRegistry:

@@ -6,7 +6,8 @@ running across a NATS restart carries on; this module adds only what nats-py doe
 - Its first ``connect()`` fails at once for a deployer (so a tool call gets the reason, not a
   hang). ``NatsLink.run`` — a task of the lifespan's task group — therefore retries every
   ``RETRY_INTERVAL`` seconds until a connection stands, each attempt within
-  ``ATTEMPT_DEADLINE``: a NATS server that comes up after the MCP server is still found.
+  ``ATTEMPT_DEADLINE`` per server named: a NATS server that comes up after the MCP server is
+  still found.
 - A tool that finds no connection waits for one, at most ``CONNECTION_WAIT`` seconds (and no
   longer than the outcome of a fresh attempt, which it asks for), then fails with the reason.
 - Once connected, the connection is asked to reconnect forever: a server that runs for
@@ -18,7 +19,7 @@ from __future__ import annotations
 import anyio
 import structlog
 
-from fleet_core.bus import Bus
+from fleet_core.bus import Bus, Servers, describe_servers, server_urls
 from fleet_core.deployer import Deployer
 from fleet_core.errors import ConnectionFailed
 from fleet_core.keys import Seed
@@ -45,20 +46,21 @@ class NatsLink:
 
     def __init__(
         self,
-        url: str,
+        servers: Servers,
         seed: Seed,
         *,
         name: str,
         timing: DeployTiming,
     ) -> None:
-        self.url = url
+        self.servers = server_urls(servers)
+        self.url = ",".join(self.servers)  # as --nats-url takes it: what messages show
         self.public_key = seed.public_key
         self._seed = seed
         self._name = name
         self._timing = timing
         self._bus: Bus | None = None
         self._deployer: Deployer | None = None
-        self._failure = f"no connection to the NATS server at {url} could be made yet"
+        self._failure = f"no connection to {describe_servers(self.servers)} could be made yet"
         self._failed_attempts = 0
         self._changed = anyio.Event()  # pulsed when any of the above changes
         self._wanted = anyio.Event()  # a tool call asks for an attempt now
@@ -100,11 +102,12 @@ class NatsLink:
 
     async def _connect(self) -> Bus:
         """A new connection, after as many attempts as it takes."""
+        deadline = ATTEMPT_DEADLINE * len(self.servers)  # an unresponsive server costs one
         while True:
             try:
-                with anyio.fail_after(ATTEMPT_DEADLINE):
+                with anyio.fail_after(deadline):
                     bus = await Bus.connect(
-                        self.url,
+                        self.servers,
                         self._seed,
                         name=self._name,
                         reconnect_forever=True,
@@ -112,8 +115,8 @@ class NatsLink:
                     )
             except TimeoutError:
                 failure = (
-                    f"the NATS server at {self.url} did not complete a connection within "
-                    f"{ATTEMPT_DEADLINE:g} s"
+                    f"{describe_servers(self.servers)} did not complete a connection within "
+                    f"{deadline:g} s"
                 )
             except ConnectionFailed as exc:
                 failure = str(exc)
@@ -132,7 +135,8 @@ class NatsLink:
     def _on_connection(self, connected: bool) -> None:
         if not connected:
             self._failure = (
-                f"the connection to the NATS server at {self.url} dropped and has not come back yet"
+                f"the connection to {describe_servers(self.servers)} dropped and has not come "
+                "back yet"
             )
         self._pulse()
 

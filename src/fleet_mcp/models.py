@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_core.messages import HostInfo
-from fleet_core.tracking import DeploymentResult, HostResult
+from fleet_core.tracking import DeploymentResult, HostResult, Outage
 
 __all__ = [
     "MAX_NOTE_DETAIL",
@@ -25,6 +26,7 @@ __all__ = [
     "DeploymentReport",
     "HostsReport",
     "batch_note",
+    "connection_note",
     "deployment_report",
     "heartbeat_note",
     "host_note",
@@ -34,6 +36,7 @@ __all__ = [
 
 MAX_TAIL_LINES = 50  # nix prints the cause last; fifty lines hold it and its trace
 MAX_NOTE_DETAIL = 200  # characters of a host's message in a note: a glance, not the log
+MAX_NAMED = 5  # hosts a summary names before it stops naming them
 
 
 class DeploymentReport(BaseModel):
@@ -57,6 +60,11 @@ class DeploymentReport(BaseModel):
         "the last lines of nixos-rebuild's output (log_tail)"
     )
     duration_s: float = Field(description="seconds since the request was published")
+    outages: list[Outage] = Field(
+        default_factory=list,
+        description="times this MCP server's own NATS connection was down during the "
+        "deployment: statuses sent meanwhile were read back from the hosts' job records",
+    )
     next_step: str | None = Field(
         None, description="set while running: how to wait for the rest of the deployment"
     )
@@ -105,6 +113,42 @@ def _problems(result: DeploymentResult, *, test_only: bool) -> list[str]:
     return notes
 
 
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%H:%M:%S UTC")
+
+
+def _outage_sentence(result: DeploymentResult, *, finished: bool) -> str:
+    """What this server's own NATS outages mean for the result; "" when there were none."""
+    if not result.outages:
+        return ""
+    last = result.outages[-1]
+    if last.duration_s is None:
+        sentence = (
+            f"The MCP server lost its NATS connection at {_clock(last.started_at)}; the "
+            "hosts may still be deploying"
+        )
+        if finished:
+            return (
+                sentence + ": it was still down when the deployment's time ran out. Once NATS "
+                "is back, list_hosts shows which hosts are busy; deploy again if needed."
+            )
+        return sentence + ": it reconnects by itself, then asks the hosts what happened."
+    lost = (
+        f"at {_clock(last.started_at)} for {last.duration_s:.1f} s"
+        if len(result.outages) == 1
+        else f"{len(result.outages)} times, last at {_clock(last.started_at)}"
+    )
+    recovered = [h.hostname for h in result.hosts if h.recovered]
+    sentence = f"The MCP server lost its NATS connection {lost}"
+    if recovered:
+        names = ", ".join(recovered[:MAX_NAMED]) + ("…" if len(recovered) > MAX_NAMED else "")
+        sentence += (
+            f"; the outcome of {names} was read from the hosts' job records (recovered: true), "
+            "as the status messages sent meanwhile were lost"
+        )
+    return sentence + "."
+
+
 def deployment_report(
     result: DeploymentResult,
     *,
@@ -138,6 +182,9 @@ def deployment_report(
             f"wait_seconds up to {wait_hint:g}) to wait for the result. Do not deploy again: "
             "the deployment keeps running."
         )
+    outage = _outage_sentence(result, finished=finished)
+    if outage:
+        summary = f"{summary} {outage}"
     return DeploymentReport(
         summary=summary,
         state="finished" if finished else "running",
@@ -150,6 +197,7 @@ def deployment_report(
         counts=result.counts,
         hosts=[_trimmed(h) for h in result.hosts],
         duration_s=result.duration_s,
+        outages=result.outages,
         next_step=next_step,
     )
 
@@ -180,9 +228,25 @@ def opening_note(result: DeploymentResult) -> str:
 def host_note(deployment_id: str, host: HostResult) -> str:
     """One host's new state, with the first line of its message (or error) as a glance."""
     detail = ": ".join(part for part in (host.error, host.message) if part)
-    first = detail.splitlines()[0] if detail else ""
+    first = detail.splitlines()[0][:MAX_NOTE_DETAIL] if detail else ""
+    if host.recovered:
+        first = f"{first} (recovered from its job record)".lstrip()
     return f"deployment {deployment_id}: {host.hostname} {host.status}" + (
-        f" — {first[:MAX_NOTE_DETAIL]}" if first else ""
+        f" — {first}" if first else ""
+    )
+
+
+def connection_note(deployment_id: str, outage: Outage) -> str:
+    """This server's NATS connection dropped (no duration yet) or came back."""
+    if outage.duration_s is None:
+        return (
+            f"deployment {deployment_id}: the MCP server lost its NATS connection at "
+            f"{_clock(outage.started_at)}; the hosts may still be deploying — waiting for it "
+            "to come back"
+        )
+    return (
+        f"deployment {deployment_id}: the MCP server's NATS connection is back after "
+        f"{outage.duration_s:.1f} s; asking the hosts what happened meanwhile"
     )
 
 
@@ -203,7 +267,10 @@ def batch_note(batch: Sequence[HostResult], result: DeploymentResult) -> str:
 def heartbeat_note(result: DeploymentResult) -> str:
     """Nothing changed for a while: say so, so the client knows the call is alive."""
     hosts = _final(result) if result.hosts else "no answer yet"
+    down = ""
+    if result.outages and result.outages[-1].duration_s is None:
+        down = f"; NATS connection lost at {_clock(result.outages[-1].started_at)}"
     return (
         f"deployment {result.deployment_id}: still running after {result.duration_s:.0f} s "
-        f"({hosts})"
+        f"({hosts}{down})"
     )

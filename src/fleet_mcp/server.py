@@ -83,15 +83,15 @@ def build_server(settings: McpSettings) -> MCPServer[FleetState]:
     ``settings.log_level`` is also the SDK's and uvicorn's (stdlib logging, on stderr).
     Raises ``KeyFileError`` for a seed that is missing, unreadable or readable by others.
     """
-    url = settings.connection.nats_url
+    urls = settings.connection.nats_urls
     test_seed = load_seed(settings.connection.nkey_file)
     admin_seed = load_seed(settings.admin_nkey_file) if settings.admin_nkey_file else None
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[FleetState]) -> AsyncIterator[FleetState]:
-        test = NatsLink(url, test_seed, name="fleet-mcp", timing=settings.timing)
+        test = NatsLink(urls, test_seed, name="fleet-mcp", timing=settings.timing)
         admin = (
-            NatsLink(url, admin_seed, name="fleet-mcp admin", timing=settings.timing)
+            NatsLink(urls, admin_seed, name="fleet-mcp admin", timing=settings.timing)
             if admin_seed is not None
             else None
         )
@@ -127,7 +127,7 @@ def build_server(settings: McpSettings) -> MCPServer[FleetState]:
         server.add_tool(fn, title=title, annotations=hints, structured_output=True)
     log.info(
         "mcp_server_built",
-        nats_url=url,
+        nats_url=",".join(urls),
         key=test_seed.public_key,
         admin_key=admin_seed.public_key if admin_seed else None,
     )

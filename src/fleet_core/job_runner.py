@@ -1,0 +1,296 @@
+"""The job runner: one rebuild, supervised outside the listener, its result left on disk.
+
+    python -I <site-packages>/fleet_core/job_runner.py <job-dir> --timeout S --kill-grace G \\
+        -- <argv…>
+
+The listener starts this program (as a transient systemd unit, or in a session of its own)
+and then only watches the job directory, so stopping, restarting or crashing the listener
+never touches the rebuild. The runner:
+
+- writes ``runner.json`` first (its own pid, later the rebuild's), atomically;
+- runs ``argv`` in a new session and process group, stdin from /dev/null, stdout and stderr
+  into one pipe that only this program reads — a listener that dies cannot SIGPIPE it;
+- copies that output to ``output.log``, at most ``MAX_LOG_BYTES``; past that it writes a
+  visible marker, drops the rest, and says at the end how much was dropped;
+- at the deadline sends the whole group SIGTERM, then SIGKILL after the grace; on SIGTERM
+  or SIGINT to itself (``systemctl stop`` of its unit, a test's clean-up) does the same and
+  records ``cancelled``; children that outlive the rebuild and hold the pipe open are
+  stopped the same way two seconds after it exits;
+- finally writes ``exit.json`` atomically (fsynced, then renamed): ``exit_code`` (as Python
+  reports it: negative for a signal), ``timed_out``, ``cancelled``, ``start_error``,
+  ``started_at``, ``finished_at``, ``duration_s``. That file is the truth a listener reads,
+  even one that started after the job ended.
+
+Standard library only, and run with ``-I`` by path rather than ``-m``: it starts in tens of
+milliseconds, needs no site-packages (a Nix-wrapped interpreter would not find them), and the
+isolated mode keeps ``fleet_core/`` (which has a ``logging.py``) off ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EXIT_FILE",
+    "MAX_LOG_BYTES",
+    "OUTPUT_LOG",
+    "RUNNER_FILE",
+    "main",
+    "runner_argv",
+    "write_json_atomically",
+]
+
+RUNNER_FILE = "runner.json"
+EXIT_FILE = "exit.json"
+OUTPUT_LOG = "output.log"
+MAX_LOG_BYTES = 64 * 1024 * 1024
+OUTLIVE_GRACE = 2.0  # seconds children may hold the output open after the rebuild exits
+_CHUNK = 65536
+
+
+def runner_argv(
+    python: str, job_dir: Path, argv: list[str], *, timeout: float, kill_grace: float
+) -> list[str]:
+    """The command line that runs ``argv`` under this program for the job in ``job_dir``."""
+    return [
+        python,
+        "-I",
+        str(Path(__file__).resolve()),
+        str(job_dir),
+        "--timeout",
+        f"{timeout:g}",
+        "--kill-grace",
+        f"{kill_grace:g}",
+        "--",
+        *argv,
+    ]
+
+
+def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    """Replace ``path`` with ``value`` as JSON: a crash leaves the old file or the new one."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o640)
+            json.dump(value, file)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+class _Log:
+    """``output.log``, bounded: past the limit a marker, and at the end what was dropped."""
+
+    def __init__(self, path: Path, limit: int = MAX_LOG_BYTES) -> None:
+        self._file = path.open("ab")
+        self._limit = limit
+        self._written = 0
+        self._dropped = 0
+        self._at_line_start = True
+
+    def write(self, data: bytes) -> None:
+        room = self._limit - self._written
+        kept = data[: max(room, 0)]
+        if kept:
+            self._file.write(kept)
+            self._written += len(kept)
+            self._at_line_start = kept.endswith(b"\n")
+        if len(kept) < len(data):
+            if not self._dropped:
+                self.note(
+                    f"fleet-deploy: output.log reached its limit of {self._limit} bytes; "
+                    "the rest of the output is not kept"
+                )
+            self._dropped += len(data) - len(kept)
+        self._file.flush()
+
+    def note(self, line: str) -> None:
+        """A line of the runner's own, always kept (it is not the rebuild's output)."""
+        start = b"" if self._at_line_start else b"\n"
+        self._file.write(start + f"{line}\n".encode())
+        self._file.flush()
+        self._at_line_start = True
+
+    def close(self) -> None:
+        if self._dropped:
+            self.note(f"fleet-deploy: {self._dropped} more bytes of output were not kept")
+        with contextlib.suppress(OSError):
+            os.fsync(self._file.fileno())
+        self._file.close()
+
+
+class _Supervisor:
+    """Runs the rebuild's process group to its end, its deadline, or a stop request."""
+
+    def __init__(self, job_dir: Path, argv: list[str], timeout: float, grace: float) -> None:
+        self.job_dir = job_dir
+        self.argv = argv
+        self.timeout = timeout
+        self.grace = grace
+        self.stop_requested: str | None = None  # the signal's name, once one arrived
+        self.log = _Log(job_dir / OUTPUT_LOG)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        if signum != signal.SIGCHLD and self.stop_requested is None:
+            self.stop_requested = signal.Signals(signum).name
+
+    def run(self) -> dict[str, Any]:
+        started_at, began = time.time(), time.monotonic()
+        write_json_atomically(self.job_dir / RUNNER_FILE, {"pid": os.getpid()})
+        result: dict[str, Any] = {
+            "exit_code": None,
+            "timed_out": False,
+            "cancelled": False,
+            "start_error": None,
+            "started_at": started_at,
+        }
+        try:
+            process = subprocess.Popen(  # noqa: S603 - the listener's argv, never a shell
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            result["start_error"] = f"cannot start {self.argv[0]!r}: {exc.strerror or exc}"
+            self.log.note(result["start_error"])
+        else:
+            write_json_atomically(
+                self.job_dir / RUNNER_FILE, {"pid": os.getpid(), "rebuild_pid": process.pid}
+            )
+            timed_out, cancelled = self._supervise(process)
+            result.update(exit_code=process.returncode, timed_out=timed_out, cancelled=cancelled)
+        finally:
+            self.log.close()
+        result["finished_at"] = time.time()
+        result["duration_s"] = round(time.monotonic() - began, 3)
+        return result
+
+    def _supervise(self, process: subprocess.Popen[bytes]) -> tuple[bool, bool]:
+        assert process.stdout is not None
+        pipe = process.stdout.fileno()
+        os.set_blocking(pipe, False)
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write)
+        deadline = time.monotonic() + self.timeout
+        reason: str | None = None  # why the group is being stopped, once it is
+        next_step = deadline  # the next moment something is due: the deadline, or a signal
+        killed = False
+        exited_at: float | None = None
+        eof = False
+        while not (eof and process.poll() is not None):
+            now = time.monotonic()
+            if exited_at is None and process.poll() is not None:
+                exited_at = now
+                next_step = min(next_step, now + OUTLIVE_GRACE)
+            if reason is None:
+                reason = self._stop_reason(now, deadline, exited_at)
+                if reason is not None:
+                    _signal_group(process.pid, signal.SIGTERM)
+                    next_step = now + self.grace
+            elif now >= next_step and not killed:
+                _signal_group(process.pid, signal.SIGKILL)
+                killed, next_step = True, now + self.grace
+            elif now >= next_step:
+                break  # killed, and still the output is held open: by nothing of the group
+            wait = max(0.0, min(next_step, now + 1.0) - now)
+            watched = [wake_read] if eof else [wake_read, pipe]
+            readable, _, _ = select.select(watched, [], [], wait)
+            if wake_read in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_read, 512)
+            if pipe in readable:
+                eof = self._pump(pipe)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(self.grace)
+        signal.set_wakeup_fd(-1)
+        os.close(wake_read)
+        os.close(wake_write)
+        process.stdout.close()
+        return reason == "deadline", reason == "signal"
+
+    def _stop_reason(self, now: float, deadline: float, exited_at: float | None) -> str | None:
+        """Why the group must be stopped now, noted in the log; None while it may run on."""
+        if self.stop_requested is not None:
+            self.log.note(
+                f"fleet-deploy: the job runner got {self.stop_requested}: stopping the rebuild"
+            )
+            return "signal"
+        if now >= deadline and exited_at is None:
+            self.log.note(f"fleet-deploy: the rebuild ran past its {self.timeout:g} s deadline")
+            return "deadline"
+        if exited_at is not None and now >= exited_at + OUTLIVE_GRACE:
+            return "outlived"  # its children hold the output open: stop them too
+        return None
+
+    def _pump(self, pipe: int) -> bool:
+        """Copy what is waiting in the pipe to the log; True at end of output."""
+        try:
+            chunk = os.read(pipe, _CHUNK)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        self.log.write(chunk)
+        return False
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(pgid, signum)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleet-deploy job runner", allow_abbrev=False)
+    parser.add_argument("job_dir", type=Path)
+    parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--kill-grace", type=float, default=5.0)
+    return parser
+
+
+def main(args: list[str] | None = None) -> int:
+    given = sys.argv[1:] if args is None else args
+    if "--" not in given or given.index("--") == len(given) - 1:
+        print("usage: job_runner.py JOB_DIR --timeout S [--kill-grace G] -- ARGV…", file=sys.stderr)
+        return 2
+    split = given.index("--")
+    options = _parser().parse_args(given[:split])
+    job_dir: Path = options.job_dir
+    supervisor = _Supervisor(job_dir, given[split + 1 :], options.timeout, options.kill_grace)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(signum, supervisor.on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = supervisor.run()
+        write_json_atomically(job_dir / EXIT_FILE, result)
+    except OSError as exc:
+        print(f"fleet-deploy job runner: {job_dir}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,493 @@
+"""Durable deploys: the true outcome survives listener restarts, crashes and kills, with real
+processes — the installed ``fleet-deploy listener`` as a subprocess (restarted with the same
+state directory, as systemd's Restart=always would), its job runner, and the simulated
+rebuild held open with ``--sim-wait-for`` until the test releases it.
+
+Every wait is for an event with a deadline: a status reaching the deployer, a log line of the
+listener, a pidfd turning readable (``process_gone``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import pytest
+from anyio.abc import Process
+
+from fleet_core.deployer import Deployer
+from fleet_core.job_follow import read_runner, stop_runner
+from fleet_core.job_runner import EXIT_FILE, RUNNER_FILE
+from fleet_core.jobs import JobPhase, JobRecord, JobStore
+from fleet_core.listener import RESTART_EXIT_CODE, Listener, fingerprint
+from fleet_core.messages import DeployRequest
+from fleet_core.subjects import Tier
+from fleet_core.tracking import DeploymentResult, HostResult
+
+from .conftest import FAST, FLAKE_URL, Fleet, scripts_dir
+from .test_listener import process_gone, replies_on
+
+pytestmark = pytest.mark.anyio
+
+HOST = "web1"
+START_LIMIT = 30.0
+
+RecordProperty = Callable[[str, object], None]  # pytest's record_property fixture
+
+
+class Daemon:
+    """A ``fleet-deploy listener`` subprocess whose JSON log lines are read as they come."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self.log = b""
+        self._changed = anyio.Event()
+
+    async def drain(self) -> None:
+        assert self.process.stderr is not None
+        async for chunk in self.process.stderr:
+            self.log += chunk
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def wait_for(self, needle: str, limit: float = START_LIMIT) -> None:
+        with anyio.fail_after(limit):
+            while needle.encode() not in self.log:
+                await self._changed.wait()
+
+    def events(self) -> list[dict[str, object]]:
+        lines = self.log.decode(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def event(self, name: str) -> dict[str, object]:
+        return next(e for e in self.events() if e["event"] == name)
+
+    async def exit_code(self, limit: float = 20) -> int:
+        with anyio.fail_after(limit):
+            return await self.process.wait()
+
+
+class Deployment:
+    """One deploy to web1 through the core deployer, run in a task; every update timestamped."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.updates: list[tuple[float, HostResult]] = []
+        self.result: DeploymentResult | None = None
+        self._changed = anyio.Event()
+
+    def _on_update(self, host: HostResult, _: DeploymentResult) -> None:
+        self.updates.append((time.time(), host))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def run(self) -> None:
+        self.result = await self.fleet.deploy(f"deploy.test.{HOST}", on_update=self._on_update)
+        self._changed.set()
+
+    async def wait_for(self, status: str, limit: float = 20, *, since: int = 0) -> None:
+        """Until an update with ``status`` arrives (after the first ``since`` updates)."""
+        with anyio.fail_after(limit):
+            while not any(h.status == status for _, h in self.updates[since:]):
+                await self._changed.wait()
+
+    async def finished(self, limit: float = 30) -> HostResult:
+        with anyio.fail_after(limit):
+            while self.result is None:
+                await self._changed.wait()
+        (host,) = self.result.hosts
+        return host
+
+    @property
+    def final_at(self) -> float:
+        return next(at for at, host in self.updates if host.final)
+
+
+@pytest.fixture
+async def state(fleet: Fleet) -> AsyncIterator[Path]:
+    """web1's state directory; at the end, any job runner a failed test left is stopped."""
+    directory = fleet.root / "state" / HOST
+    yield directory
+    # A passing test leaves nothing; a failing one must not leave a held rebuild behind.
+    for job_dir, _ in JobStore(directory).unfinished():
+        await stop_runner(job_dir, 1.0)
+
+
+def listener_argv(fleet: Fleet, state: Path, sim: tuple[str, ...], *extra: str) -> list[str]:
+    return [
+        str(scripts_dir() / "fleet-deploy"),
+        "listener",
+        "--hostname",
+        HOST,
+        "--tier",
+        "test",
+        "--nats-url",
+        fleet.url,
+        "--nkey-file",
+        str(fleet.keys[HOST]),
+        "--flake-url",
+        FLAKE_URL,
+        "--rebuild-command",
+        fleet.rebuild_command(*sim),
+        "--state-dir",
+        str(state),
+        *extra,
+    ]
+
+
+@asynccontextmanager
+async def listening(
+    fleet: Fleet,
+    state: Path,
+    sim: tuple[str, ...],
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Daemon]:
+    """The real daemon, started and listening; killed at the end if it still runs."""
+    argv = listener_argv(fleet, state, sim, *("--rebuild-runner", "session", *extra))
+    process = await anyio.open_process(argv, env=env or fleet.cli_env())
+    daemon = Daemon(process)
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(daemon.drain)
+            await daemon.wait_for('"event": "listening"')
+            yield daemon
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+
+
+def the_job(state: Path) -> Path:
+    (job,) = (state / "jobs").iterdir()
+    return job
+
+
+async def gone(pid: int, limit: float = 10) -> bool:
+    return await anyio.to_thread.run_sync(process_gone, pid, limit)
+
+
+def rebuild_pids(fleet: Fleet) -> list[int]:
+    return [json.loads(line)["pid"] for line in fleet.record.read_text().splitlines()]
+
+
+def finished_at(state: Path) -> float:
+    """When the job runner saw the rebuild end (its exit.json): the true end."""
+    value: float = json.loads((the_job(state) / EXIT_FILE).read_text())["finished_at"]
+    return value
+
+
+class TestListenerRestarts:
+    async def test_kill_9_mid_rebuild_then_restart_reports_the_truth(
+        self, fleet: Fleet, state: Path, tmp_path: Path, record_property: RecordProperty
+    ) -> None:
+        """SIGKILL to the listener mid-rebuild: the rebuild runs on, the restarted listener
+        re-attaches (busy, already_running to a new request, job query says running) and the
+        original deployer gets the true final status. Exactly one rebuild ran."""
+        release = tmp_path / "release"
+        sim = ("--sim-wait-for", str(release))
+        deployment = Deployment(fleet)
+        async with anyio.create_task_group() as tasks:
+            async with listening(fleet, state, sim) as first:
+                tasks.start_soon(deployment.run)
+                await deployment.wait_for("progress")
+                first.process.kill()
+                assert await first.exit_code() == -signal.SIGKILL
+            (rebuild,) = rebuild_pids(fleet)
+            assert not await gone(rebuild, 0), "the rebuild died with the listener"
+            heard_before = len(deployment.updates)
+            async with listening(fleet, state, sim) as second:
+                await deployment.wait_for("progress", since=heard_before)  # the heartbeat
+                resumed = second.event("job_resumed")
+                assert (resumed["action"], resumed["request_id"]) == (
+                    "follow",
+                    deployment_id(state),
+                )
+                refused = await fleet.deploy(f"deploy.test.{HOST}")
+                async with await fleet.connect() as bus:
+                    deployer = Deployer(bus, timing=FAST)
+                    (info,) = await deployer.discover(Tier.TEST)
+                    query = await deployer.query_job(deployment_id(state), hosts=[HOST])
+                release.touch()
+                host = await deployment.finished()
+        assert (refused.hosts[0].status, refused.hosts[0].error) == ("rejected", "already_running")
+        assert info.busy and info.running_job == deployment_id(state)
+        job = query[HOST].job
+        assert job is not None and job.phase == JobPhase.RUNNING
+        assert (host.status, host.error) == ("completed", None), host
+        assert host.message.startswith("switch of master done")
+        assert len(fleet.runs()) == 1
+        record_property("latency_s", round(deployment.final_at - finished_at(state), 3))
+
+    async def test_sigterm_mid_switch_leaves_the_switch_running(
+        self, fleet: Fleet, state: Path, tmp_path: Path, record_property: RecordProperty
+    ) -> None:
+        """SIGTERM (systemctl restart) mid-switch: the listener exits 0 at once and logs the job
+        left running; the switch is not aborted, and the restarted listener reports completed."""
+        release = tmp_path / "release"
+        sim = ("--sim-wait-for", str(release))
+        deployment = Deployment(fleet)
+        async with anyio.create_task_group() as tasks:
+            async with listening(fleet, state, sim) as first:
+                tasks.start_soon(deployment.run)
+                await deployment.wait_for("progress")
+                first.process.terminate()
+                assert await first.exit_code() == 0
+                left = first.event("job_left_running")
+            (rebuild,) = rebuild_pids(fleet)
+            assert not await gone(rebuild, 0), "stopping the listener stopped the rebuild"
+            async with listening(fleet, state, sim):
+                release.touch()
+                host = await deployment.finished()
+        assert left["request_id"] == deployment_id(state) and left["pid"]
+        assert (host.status, host.error) == ("completed", None), host
+        exit_file = json.loads((the_job(state) / EXIT_FILE).read_text())
+        assert (exit_file["exit_code"], exit_file["cancelled"]) == (0, False)
+        assert len(fleet.runs()) == 1
+        record_property("latency_s", round(deployment.final_at - finished_at(state), 3))
+
+    async def test_a_rebuild_that_ended_while_no_listener_ran_is_reported_at_start(
+        self, fleet: Fleet, state: Path, tmp_path: Path, record_property: RecordProperty
+    ) -> None:
+        """The rebuild ends while no listener runs: the next listener reports the final status
+        at once, from exit.json, to the original requester."""
+        release = tmp_path / "release"
+        sim = ("--sim-wait-for", str(release))
+        deployment = Deployment(fleet)
+        async with anyio.create_task_group() as tasks:
+            async with listening(fleet, state, sim) as first:
+                tasks.start_soon(deployment.run)
+                await deployment.wait_for("progress")
+                first.process.kill()
+                await first.exit_code()
+            runner = read_runner(the_job(state))
+            assert runner is not None
+            release.touch()
+            assert await gone(runner.runner), "the job runner did not end"
+            assert (the_job(state) / EXIT_FILE).exists()
+            started = time.time()
+            async with listening(fleet, state, sim) as second:
+                host = await deployment.finished()
+                assert second.event("job_resumed")["action"] == "report"
+        assert (host.status, host.error) == ("completed", None), host
+        assert len(fleet.runs()) == 1
+        record_property("start_to_final_s", round(deployment.final_at - started, 3))
+
+    async def test_a_job_runner_killed_without_a_result_fails_clearly(
+        self, fleet: Fleet, state: Path, tmp_path: Path, record_property: RecordProperty
+    ) -> None:
+        """SIGKILL to the job runner: no exit.json; the listener notices at once, stops what is
+        left of the rebuild and reports failed/cancelled saying the outcome is unknown."""
+        sim = ("--sim-wait-for", str(tmp_path / "never"))
+        deployment = Deployment(fleet)
+        async with anyio.create_task_group() as tasks, listening(fleet, state, sim):
+            tasks.start_soon(deployment.run)
+            await deployment.wait_for("progress")
+            runner = read_runner(the_job(state))
+            assert runner is not None and runner.rebuild is not None
+            runner_pid, rebuild_pid = runner.runner, runner.rebuild
+            killed = time.time()
+            os.kill(runner_pid, signal.SIGKILL)
+            host = await deployment.finished()
+        record_property("kill_to_final_s", round(deployment.final_at - killed, 3))
+        assert (host.status, host.error) == ("failed", "cancelled"), host
+        assert f"job runner (pid {runner_pid}) ended without recording" in host.message
+        assert await gone(rebuild_pid), "the orphaned rebuild was left running"
+        assert not (the_job(state) / EXIT_FILE).exists()
+        record = JobStore(state).latest()
+        assert record is not None and (record.phase, record.error) == (
+            JobPhase.FINISHED,
+            "cancelled",
+        )
+
+
+class TestUpgrades:
+    async def test_a_switch_that_changes_the_unit_reports_then_exits_75(
+        self, fleet: Fleet, state: Path, tmp_path: Path
+    ) -> None:
+        """A switch whose activation rewrites a --restart-if-changed file: completed reaches
+        the deployer first, then the listener exits 75, saying why."""
+        unit = tmp_path / "fleet-deploy-listener.service"
+        unit.write_text("[Service]\nExecStart=old\n")
+        sim = ("--sim-activate-writes", str(unit))
+        async with listening(fleet, state, sim, "--restart-if-changed", str(unit)) as daemon:
+            result = await fleet.deploy(f"deploy.test.{HOST}")
+            assert await daemon.exit_code() == RESTART_EXIT_CODE
+        assert result.ok, result
+        names = [e["event"] for e in daemon.events()]
+        assert names.index("job_finished") < names.index("restarting_after_upgrade")
+        assert daemon.event("restarting_after_upgrade")["changed"] == [str(unit)]
+
+    async def test_a_switch_that_changes_nothing_keeps_serving(
+        self, fleet: Fleet, state: Path, tmp_path: Path
+    ) -> None:
+        """A switch that leaves the watched files alone: the listener serves the next deploy."""
+        unit = tmp_path / "fleet-deploy-listener.service"
+        unit.write_text("[Service]\nExecStart=same\n")
+        elsewhere = tmp_path / "other.service"
+        sim = ("--sim-activate-writes", str(elsewhere))
+        async with listening(fleet, state, sim, "--restart-if-changed", str(unit)) as daemon:
+            first = await fleet.deploy(f"deploy.test.{HOST}")
+            second = await fleet.deploy(f"deploy.test.{HOST}")
+            assert daemon.process.returncode is None
+        assert first.ok and second.ok
+        assert elsewhere.read_text().count("activated") == 2
+        assert "restarting_after_upgrade" not in daemon.log.decode()
+
+    def test_a_fingerprint_sees_a_re_pointed_link_and_new_content(self, tmp_path: Path) -> None:
+        """A switch re-points /etc/systemd/system's links into the store: a link to a new
+        target is a change even with equal content, and so is new content or a new file."""
+        old, new = tmp_path / "old.service", tmp_path / "new.service"
+        old.write_text("[Service]\n")
+        new.write_text("[Service]\n")
+        unit, missing = tmp_path / "unit", tmp_path / "missing"
+        unit.symlink_to(old)
+        before = fingerprint([unit, missing])
+        assert fingerprint([unit, missing]) == before
+        unit.unlink()
+        unit.symlink_to(new)
+        assert fingerprint([unit, missing]) != before
+        relinked = fingerprint([unit, missing])
+        new.write_text("[Service]\nExecStart=x\n")
+        assert fingerprint([unit, missing]) != relinked
+        missing.write_text("")
+        assert fingerprint([unit, missing])[1][2] is not None
+
+
+class TestSystemdMode:
+    async def test_a_transient_unit_survives_the_listener(
+        self, fleet: Fleet, state: Path, tmp_path: Path
+    ) -> None:
+        """--rebuild-runner systemd starts the job as a transient unit through systemd-run (the
+        packaged stand-in, found on PATH); the job survives a SIGKILL of the listener and the
+        restarted one reports completed. The record names the unit."""
+        calls = tmp_path / "systemd-run.jsonl"
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        stand_in = bin_dir / "systemd-run"
+        stand_in.write_text(
+            f"#!/bin/sh\nexec {sys.executable} -m fleet_core.simulated_systemd_run "
+            f'--sim-record {calls} "$@"\n'
+        )
+        stand_in.chmod(0o755)
+        env = fleet.cli_env(PATH=f"{bin_dir}:{os.environ['PATH']}", GIT_SSH_COMMAND="ssh -x")
+        release = tmp_path / "release"
+        sim = ("--sim-wait-for", str(release))
+        systemd = ("--rebuild-runner", "systemd")
+        deployment = Deployment(fleet)
+        async with anyio.create_task_group() as tasks:
+            async with listening(fleet, state, sim, *systemd, env=env) as first:
+                tasks.start_soon(deployment.run)
+                await deployment.wait_for("progress")
+                first.process.kill()
+                await first.exit_code()
+            async with listening(fleet, state, sim, *systemd, env=env):
+                release.touch()
+                host = await deployment.finished()
+        assert (host.status, host.error) == ("completed", None), host
+        (call,) = [json.loads(line) for line in calls.read_text().splitlines()]
+        request_id = deployment_id(state)
+        assert call["unit"] == f"fleet-deploy-job-{request_id}.service"
+        assert call["collect"] and call["quiet"]
+        assert call["properties"] == ["RuntimeMaxSec=640"]  # 600 s + 2 x 5 s grace + 30 s
+        assert {"PATH", "GIT_SSH_COMMAND"} <= set(call["setenv"])
+        record = JobStore(state).load(request_id)
+        assert record is not None and record.unit == f"fleet-deploy-job-{request_id}"
+        assert len(fleet.runs()) == 1
+
+
+class TestInProcess:
+    async def test_stopping_leaves_the_job_running(self, fleet: Fleet, tmp_path: Path) -> None:
+        """A listener stopped mid-rebuild leaves it running and tells nobody; a new listener
+        on the same state dir resumes it, and the requester hears completed."""
+        release = tmp_path / "release"
+        settings = fleet.settings(HOST, "--sim-wait-for", str(release))
+        deployment = Deployment(fleet)
+        host_bus = await fleet.connect(HOST)
+        try:
+            async with anyio.create_task_group() as outer:
+                async with anyio.create_task_group() as hosting:
+                    await hosting.start(Listener(settings).serve, host_bus)
+                    outer.start_soon(deployment.run)
+                    await deployment.wait_for("progress")
+                    hosting.cancel_scope.cancel()
+                (rebuild,) = rebuild_pids(fleet)
+                assert not await gone(rebuild, 0)
+                assert not any(h.final for _, h in deployment.updates)
+                async with fleet.local.listeners([settings]) as running:
+                    assert running[HOST].busy
+                    release.touch()
+                    host = await deployment.finished()
+        finally:
+            await host_bus.close()
+        assert (host.status, host.error) == ("completed", None), host
+        assert len(fleet.runs()) == 1
+
+    async def test_the_fleets_clean_up_stops_what_listeners_left(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        """local_fleet's listeners promise nothing outlives them: at the block's end a held
+        rebuild is stopped and its requester told failed/cancelled."""
+        deployment = Deployment(fleet)
+        async with anyio.create_task_group() as tasks:
+            async with fleet.listeners(HOST, sim={HOST: ["--sim-wait-for", str(tmp_path / "x")]}):
+                tasks.start_soon(deployment.run)
+                await deployment.wait_for("progress")
+            host = await deployment.finished()
+        (rebuild,) = rebuild_pids(fleet)
+        assert await gone(rebuild, 5)
+        assert (host.status, host.error) == ("failed", "cancelled"), host
+        assert "told to stop" in host.message
+
+    async def test_jobs_found_unfinished_without_a_runner_are_reported_at_start(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        """At start, a job whose runner is gone without exit.json, and an older listener's
+        job no runner ever reported for, are each reported failed/cancelled to their own
+        requester; then the host takes requests."""
+        store = JobStore(fleet.root / "state" / HOST)
+        gone_pid = os.getpid()  # alive, but not a job runner: as a reused pid would be
+        replies = {name: f"deploy.responses.{name}" for name in ("vanished", "older")}
+        for name, reply in replies.items():
+            request = DeployRequest(revision="main", reply_to=reply, id=name)
+            record = JobRecord(
+                request_id=name,
+                request=request,
+                argv=("nixos-rebuild",),
+                started_at=time.time() - 3600,
+            ).running()
+            directory = store.create(record)
+            assert directory is not None
+            if name == "vanished":
+                (directory / RUNNER_FILE).write_text(json.dumps({"pid": gone_pid}))
+        async with (
+            await fleet.connect() as bus,
+            replies_on(bus, "deploy.responses.*") as heard,
+            fleet.local.listeners([fleet.settings(HOST)]) as running,
+        ):
+            await heard.wait_for(lambda s: len([x for x in s if x.is_final]) == 2)
+            assert not running[HOST].busy
+        finals = {s.request_id: s for s in heard.final()}
+        assert {(s.status, s.error) for s in finals.values()} == {("failed", "cancelled")}
+        assert f"job runner (pid {gone_pid}) ended without recording" in finals["vanished"].message
+        assert "no job runner ever started" in finals["older"].message
+        records = [store.load(name) for name in replies]
+        assert [r.phase if r else None for r in records] == [JobPhase.FINISHED] * 2
+
+
+def deployment_id(state: Path) -> str:
+    """The request id of the one job in ``state``."""
+    return the_job(state).name.partition("-")[2]

@@ -1,0 +1,78 @@
+"""What the CLI prints about a deployment (pure): live lines, outages, recovered statuses."""
+
+from __future__ import annotations
+
+from fleet_core.report import RECOVERED, connection_line, host_line, summary
+from fleet_core.tracking import DeploymentResult, HostResult, Outage
+
+
+def result(hosts: list[HostResult], outages: list[Outage]) -> DeploymentResult:
+    return DeploymentResult(
+        deployment_id="d1",
+        subject="deploy.test.all",
+        tier="test",
+        action="switch",
+        revision="master",
+        ok=all(h.status == "completed" for h in hosts),
+        done=True,
+        counts={"completed": len(hosts)},
+        hosts=hosts,
+        duration_s=20.0,
+        outages=outages,
+    )
+
+
+def completed(name: str, *, recovered: bool = False) -> HostResult:
+    return HostResult(
+        hostname=name, status="completed", final=True, message="done", recovered=recovered
+    )
+
+
+class TestConnectionLines:
+    def test_lost_then_reconnected(self) -> None:
+        """A drop is one line, and the return another that says how long it lasted."""
+        assert connection_line(Outage(started_at=1.0)) == "NATS connection lost — reconnecting"
+        assert connection_line(Outage(started_at=1.0, duration_s=3.14)) == (
+            "reconnected after 3.1 s"
+        )
+
+    def test_a_recovered_status_says_where_it_came_from(self) -> None:
+        """A final status read back from the host's job record is marked so, live and in the
+        summary."""
+        line = host_line(completed("web1", recovered=True))
+        assert line.endswith(f"done {RECOVERED}")
+        assert RECOVERED not in host_line(completed("web1"))
+
+
+class TestSummary:
+    def test_no_outage_no_sentence(self) -> None:
+        """A deployment without an outage says nothing about NATS."""
+        assert "NATS" not in summary(result([completed("web1")], []))
+
+    def test_an_outage_and_what_was_read_back(self) -> None:
+        """The summary tells of the deployer's outage and which final status was read back."""
+        text = summary(
+            result(
+                [completed("web1", recovered=True), completed("web2")],
+                [Outage(started_at=1.0, duration_s=3.1)],
+            )
+        )
+        assert (
+            "This deployer's NATS connection was lost once (3.1 s in all); the final status "
+            "of web1, sent meanwhile, was read back from its job record."
+        ) in text
+        assert f"web1                 completed         -  done {RECOVERED}" in text
+        assert text.endswith("OK: 2 completed")
+
+    def test_several_outages_and_one_still_on(self) -> None:
+        """Outages are counted and summed; one still going at the end is said to be."""
+        text = summary(
+            result(
+                [completed("a", recovered=True), completed("b", recovered=True)],
+                [Outage(started_at=1.0, duration_s=2.0), Outage(started_at=9.0)],
+            )
+        )
+        assert (
+            "lost 2 times (2.0 s in all) and was still down at the end; the final statuses "
+            "of 2 hosts, sent meanwhile, were read back from their job records."
+        ) in text
