@@ -20,10 +20,11 @@ measured, one after the other:
 Against each fleet, in shuffled order every round:
 
 ``raw``
-    plain nats-py with the deployer's seed: subscribe to a fresh ``deploy.responses.<id>``,
-    publish the same request JSON as the deployer to ``deploy.test.all``, ``json.loads`` each
-    message and stop when every one of the N hosts sent a final status. Timed from just
-    before the publish to the last final status.
+    plain nats-py with the deployer's seed: subscribe to a fresh ``deploy.responses.<id>``
+    and its bound replies ``deploy.responses.<id>.test.*`` (as the deployer does), publish
+    the same request JSON as the deployer (``"bind": true``) to ``deploy.test.all``,
+    ``json.loads`` each message and stop when every one of the N hosts sent a final status.
+    Timed from just before the publish to the last final status.
 ``deploy`` / ``deploy+cb``
     ``Deployer.deploy(Target.all(Tier.TEST))`` without / with an ``on_update`` callback (the
     CLI and the MCP server pass one; here it does nothing). A ``Bus`` subclass notes when the
@@ -162,6 +163,10 @@ async def responder_fleet(fleet: LocalFleet) -> AsyncIterator[None]:
             }
         ).encode()
 
+        def answer_to(request: dict[str, Any]) -> str:
+            reply = str(request["reply_to"])
+            return f"{reply}.test.{name}" if request.get("bind") else reply
+
         async def on_deploy(msg: Msg) -> None:
             request = json.loads(msg.data)
             for status in ("accepted", "started", "completed"):
@@ -172,10 +177,10 @@ async def responder_fleet(fleet: LocalFleet) -> AsyncIterator[None]:
                     "message": "",
                     "request_id": request.get("id"),
                 }
-                await client.publish(request["reply_to"], json.dumps(body).encode())
+                await client.publish(answer_to(request), json.dumps(body).encode())
 
         async def on_discover(msg: Msg) -> None:
-            await client.publish(json.loads(msg.data)["reply_to"], info)
+            await client.publish(answer_to(json.loads(msg.data)), info)
 
         await client.subscribe(TARGET.subject, cb=on_deploy)
         await client.subscribe(DISCOVER_SUBJECT, cb=on_discover)
@@ -251,10 +256,12 @@ class Series:
 
 
 async def _round_trip(
-    client: Client, subject: str, request: dict[str, str], done: Callable[[dict[str, Any]], bool]
+    client: Client, subject: str, request: dict[str, Any], done: Callable[[dict[str, Any]], bool]
 ) -> float:
-    """Publish ``request`` (with a fresh ``reply_to``) and time it until ``done`` holds for a
-    reply: plain nats-py and ``json.loads``, the baseline the deployer is compared with."""
+    """Publish ``request`` (with a fresh ``reply_to``, asking for bound replies) and time it
+    until ``done`` holds for a reply: plain nats-py and ``json.loads``, subscribed as the
+    deployer is (the bare reply and the test tier's bound ones), the baseline it is compared
+    with."""
     reply = RESPONSES_PREFIX + uuid.uuid4().hex
     finished = anyio.Event()
 
@@ -262,8 +269,11 @@ async def _round_trip(
         if done(json.loads(msg.data)):
             finished.set()
 
-    subscription = await client.subscribe(reply, cb=on_reply)
-    body = json.dumps({**request, "reply_to": reply}).encode()
+    subscriptions = [
+        await client.subscribe(reply, cb=on_reply),
+        await client.subscribe(f"{reply}.test.*", cb=on_reply),
+    ]
+    body = json.dumps({**request, "reply_to": reply, "bind": True}).encode()
     try:
         with anyio.fail_after(RUN_LIMIT):
             started = time.perf_counter()
@@ -271,7 +281,8 @@ async def _round_trip(
             await finished.wait()
             return time.perf_counter() - started
     finally:
-        await subscription.unsubscribe()
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
 
 
 async def raw_gather(client: Client, n: int, subject: str = TARGET.subject) -> float:

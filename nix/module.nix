@@ -64,7 +64,20 @@ let
     if cfg.deploySubjects == null then [ ] else cfg.deploySubjects
   );
 
-  # The command line without the seed and extraArgs. Unset options pass no flag.
+  # A user public key as `fleet-deploy keygen` prints it (the listener checks its checksum).
+  isPublicKey = k: builtins.match "U[A-Z2-7]{55}" k != null;
+  badTrustedKeys = lib.filter (k: !(isPublicKey k)) cfg.trustedDeployerKeys;
+
+  # A flake URL whose userinfo holds a secret (`user:token@`): it would sit in the store and
+  # on the listener's command line, where every local user can read it.
+  flakeUrlHasPassword =
+    cfg.flakeUrl != null && builtins.match "[^/]*://[^/@]*:[^/@]*@.*" cfg.flakeUrl != null;
+  # How other messages show the flake URL: never with its secret.
+  shownFlakeUrl =
+    if flakeUrlHasPassword then "(a URL with a password, not shown)" else toString cfg.flakeUrl;
+
+  # The command line without the seed, the flake URL file and extraArgs. Unset options pass
+  # no flag.
   listenerArgs = [
     "listener"
     "--hostname"
@@ -73,10 +86,12 @@ let
     cfg.tier
     "--nats-url"
     (if lib.isList cfg.natsUrl then lib.concatStringsSep "," cfg.natsUrl else cfg.natsUrl)
-    "--flake-url"
-    cfg.flakeUrl
     "--state-dir"
     cfg.stateDir
+  ]
+  ++ optionals (cfg.flakeUrl != null) [
+    "--flake-url"
+    cfg.flakeUrl
   ]
   ++ optionals (cfg.role != null) [
     "--role"
@@ -100,6 +115,10 @@ let
     "--log-level"
     cfg.logLevel
   ]
+  ++ concatMap (k: [
+    "--trusted-deployer-key"
+    k
+  ]) cfg.trustedDeployerKeys
   # Rebuilds run as transient units (systemd-run), outside this unit's cgroup: a restart or
   # crash of the listener never stops a switch. Explicit rather than `auto`: where systemd
   # could not be detected, deploys fail to start, loudly, rather than run where a restart of
@@ -120,14 +139,18 @@ let
 
   # escapeSystemdExecArgs quotes each argument and doubles `%` and `$`, so no option value can
   # become a systemd specifier or variable. `%d` (the credentials directory) is the one
-  # specifier we want, so that argument is appended unescaped.
+  # specifier we want, so those arguments are appended unescaped.
   execStart = lib.concatStringsSep " " (
     [
       (utils.escapeSystemdExecArgs ([ (lib.getExe' cfg.package "fleet-deploy") ] ++ listenerArgs))
       "--nkey-file %d/nkey"
     ]
+    ++ optionals (cfg.flakeUrlFile != null) [ "--flake-url-file %d/flake-url" ]
     ++ optionals (cfg.extraArgs != [ ]) [ (utils.escapeSystemdExecArgs cfg.extraArgs) ]
   );
+
+  # Read by systemd as root and handed to the service read-only under $CREDENTIALS_DIRECTORY.
+  credential = name: path: "${name}:${lib.replaceStrings [ "%" ] [ "%%" ] path}";
 
   # Typed as a string so that a Nix path (./listener.seed), which would be copied into the
   # world-readable store, is a type error rather than a leaked secret.
@@ -201,11 +224,45 @@ in
     };
 
     flakeUrl = mkOption {
-      type = types.nonEmptyStr;
+      type = types.nullOr types.nonEmptyStr;
+      default = null;
       example = "git+https://git.example.com/user/nixos-configs.git";
       description = ''
         Flake holding this host's configuration, without a revision or attribute: the
         listener appends `?ref=<revision>#<hostname>` (or `&ref=` after an existing query).
+        It lands in the world-readable store and on the listener's command line: a URL with
+        a token (`git+https://user:TOKEN@…`) goes in `flakeUrlFile` instead. Set exactly one
+        of the two.
+      '';
+    };
+
+    flakeUrlFile = mkOption {
+      type = types.nullOr secretPath;
+      default = null;
+      example = "/run/secrets/fleet-deploy-flake-url";
+      description = ''
+        Path of a file holding the flake URL (one line), outside the Nix store, for a URL that
+        carries a token. systemd reads it as root and hands it to the listener as a credential
+        (`LoadCredential=`), so the URL never reaches the store, the unit file or a command
+        line of the listener or its job runner. `nixos-rebuild`'s own command line still holds
+        it while a rebuild runs: prefer a git credential helper or a netrc file for private
+        repositories (see the security documentation). Set exactly one of `flakeUrl` and
+        `flakeUrlFile`.
+      '';
+    };
+
+    trustedDeployerKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "UADMIN..." ];
+      description = ''
+        Public NKeys (`U…`) of the deployers allowed to deploy to this host. Given any, the
+        listener accepts only requests signed by one of them, for the subject they arrived on,
+        within their lifetime, once (fleet-deploy signs every request with its key); given
+        none, unsigned requests are accepted. A host serves one tier, so this is its tier's
+        list: on a test host the admin key and the test-tier (assistant) key, on a prod host
+        the admin key alone — then even a leaked listener key, or a NATS config looser than
+        the one `fleet-deploy nats-config` writes, cannot deploy production.
       '';
     };
 
@@ -326,10 +383,38 @@ in
         message = "${opt}.role is \"${toString cfg.role}\", which is not a valid subject token. Use letters, digits, '_' and '-' (at most 63 characters, starting with a letter or digit), or null for no role.";
       }
       {
+        assertion = (cfg.flakeUrl == null) != (cfg.flakeUrlFile == null);
+        message = "${opt}.flakeUrl and ${opt}.flakeUrlFile: set exactly one of flakeUrl (the flake's URL) and flakeUrlFile (a file holding it, for a URL with a token).";
+      }
+      {
         assertion =
-          builtins.match ".*[#[:space:]].*" cfg.flakeUrl == null
-          && builtins.match ".*[?&](ref|rev)=.*" cfg.flakeUrl == null;
-        message = "${opt}.flakeUrl is \"${cfg.flakeUrl}\". Give the flake without a '#attribute', spaces, ref= or rev=: the listener adds ?ref=<revision>#<hostname> for each deploy.";
+          cfg.flakeUrl == null
+          || (
+            builtins.match ".*[#[:space:]].*" cfg.flakeUrl == null
+            && builtins.match ".*[?&](ref|rev)=.*" cfg.flakeUrl == null
+          );
+        message = "${opt}.flakeUrl is \"${shownFlakeUrl}\". Give the flake without a '#attribute', spaces, ref= or rev=: the listener adds ?ref=<revision>#<hostname> for each deploy.";
+      }
+      {
+        # The message leaves the URL out: it holds a secret.
+        assertion = !flakeUrlHasPassword;
+        message = "${opt}.flakeUrl carries a password or token (user:secret@), which would be readable by every local user in the Nix store, the unit file and the listener's command line. Put the URL in a file outside the store and set ${opt}.flakeUrlFile instead, or use a git credential helper.";
+      }
+      {
+        assertion = cfg.flakeUrlFile == null || hasPrefix "/" cfg.flakeUrlFile;
+        message = "${opt}.flakeUrlFile must be an absolute path, but it is \"${toString cfg.flakeUrlFile}\".";
+      }
+      {
+        assertion = cfg.flakeUrlFile == null || !(hasPrefix "${builtins.storeDir}/" cfg.flakeUrlFile);
+        message = "${opt}.flakeUrlFile points into the Nix store (${toString cfg.flakeUrlFile}), which every local user can read. Keep the file outside the store (for example a sops-nix or agenix secret under /run/secrets) and give its path as a string.";
+      }
+      {
+        assertion = badTrustedKeys == [ ];
+        message = "${opt}.trustedDeployerKeys has entries that are not user public keys: ${
+          lib.concatMapStringsSep ", " (
+            k: if hasPrefix "S" k then "(a seed: a secret, left out here)" else "\"${k}\""
+          ) badTrustedKeys
+        }. Give each deployer's public key (56 characters starting with U), as `fleet-deploy keygen` prints it, never a seed.";
       }
       {
         assertion = cfg.deploySubjects != [ ];
@@ -356,6 +441,10 @@ in
       {
         assertion = !(lib.any (a: a == "--nkey-file" || hasPrefix "--nkey-file=" a) cfg.extraArgs);
         message = "${opt}.extraArgs sets --nkey-file. Set ${opt}.nkeyFile instead: the module passes the seed as a systemd credential.";
+      }
+      {
+        assertion = !(lib.any (a: builtins.match "--flake-url(-file)?(=.*)?" a != null) cfg.extraArgs);
+        message = "${opt}.extraArgs sets --flake-url or --flake-url-file. Set ${opt}.flakeUrl or ${opt}.flakeUrlFile instead.";
       }
     ];
 
@@ -401,7 +490,11 @@ in
         # The seed is read by systemd (as root) and exposed read-only at
         # $CREDENTIALS_DIRECTORY/nkey, mode 0400; `%d` is that directory. The listener never
         # opens the original path, and the path never appears on its command line.
-        LoadCredential = "nkey:${lib.replaceStrings [ "%" ] [ "%%" ] cfg.nkeyFile}";
+        # The flake URL file, when given, the same way, as $CREDENTIALS_DIRECTORY/flake-url.
+        LoadCredential = [
+          (credential "nkey" cfg.nkeyFile)
+        ]
+        ++ optionals (cfg.flakeUrlFile != null) [ (credential "flake-url" cfg.flakeUrlFile) ];
 
         StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
         StateDirectoryMode = "0700";
@@ -442,7 +535,8 @@ in
         # - UMask: the rebuild and activation inherit it (session mode), and files they create
         #   without an explicit mode must stay readable as on a console (umask 022).
         # What is set: the state directory is private to root (StateDirectoryMode=0700), and
-        # the seed arrives as a credential rather than a path the listener opens.
+        # the seed (and flakeUrlFile) arrive as credentials rather than paths the listener
+        # opens.
       };
     };
   };

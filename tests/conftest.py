@@ -29,6 +29,7 @@ from fleet_core.deployer import Deployer, OnUpdate
 from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.keys import Seed
 from fleet_core.listener import Listener
+from fleet_core.natsconfig import DEFAULT_LAYOUT, Layout
 from fleet_core.rebuild import Action
 from fleet_core.settings import DeployTiming, ListenerSettings
 from fleet_core.subjects import Tier, parse_target
@@ -151,9 +152,10 @@ class Fleet:
         action: Action = Action.SWITCH,
         on_update: OnUpdate | None = None,
     ) -> DeploymentResult:
-        """Deploy through the core deployer on a connection of its own, with FAST timing."""
+        """Deploy through the core deployer on a connection of its own, with FAST timing;
+        the request is signed with ``who``'s key, as the CLI and the MCP server sign theirs."""
         async with await self.connect(who) as bus:
-            return await Deployer(bus, timing=FAST).deploy(
+            return await Deployer(bus, timing=FAST, signer=self.seed(who)).deploy(
                 parse_target(subject),
                 revision=revision,
                 action=action,
@@ -200,7 +202,12 @@ def expected_argv(host: str, revision: str = "master", action: str = "switch") -
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+async def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Fleet]:
+    """The fleet under the layout nats-config writes; ``parametrize("fleet", ["homelab"],
+    indirect=True)`` runs a test under homelab-deploy's published layout instead."""
     hosts = [FleetHost(name, tier, role) for name, (tier, role) in HOSTS.items()]
-    async with local_fleet(hosts, DEPLOYERS, outsiders=["stranger"], root=tmp_path) as local:
+    layout: Layout = getattr(request, "param", DEFAULT_LAYOUT)
+    async with local_fleet(
+        hosts, DEPLOYERS, outsiders=["stranger"], root=tmp_path, layout=layout
+    ) as local:
         yield Fleet(local=local, record=tmp_path / "runs.jsonl")

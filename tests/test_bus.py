@@ -95,7 +95,7 @@ class TestFlush:
                 async def deliver(_: Message, got: anyio.Event = got) -> None:
                     got.set()
 
-                subject = f"deploy.responses.flush{round_}"
+                subject = f"deploy.responses.flush{round_}.test.web1"  # web1's own
                 subscription = await receiver.subscribe(subject, deliver)
                 await receiver.flush()
                 await sender.publish(subject, b"x")
@@ -124,7 +124,7 @@ class TestFlush:
                 await receiver.flush()
 
         try:
-            await receiver.subscribe("deploy.responses.after-cancel", deliver)
+            await receiver.subscribe("deploy.responses.after-cancel.test.web1", deliver)
             await receiver.flush()
             scope = anyio.CancelScope()
             os.kill(server, signal.SIGSTOP)  # the PONG cannot come before the cancel
@@ -136,7 +136,7 @@ class TestFlush:
                     os.kill(server, signal.SIGCONT)
             finally:
                 os.kill(server, signal.SIGCONT)
-            await sender.publish("deploy.responses.after-cancel", b"x")
+            await sender.publish("deploy.responses.after-cancel.test.web1", b"x")
             await sender.flush()
             with anyio.fail_after(5):
                 await got.wait()

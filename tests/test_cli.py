@@ -190,10 +190,11 @@ class TestDeployCommand:
 
 class TestHostsCommand:
     async def test_table_and_json(self, fleet: Fleet) -> None:
-        """hosts lists every listener; --tier filters; --json is machine-readable."""
+        """hosts lists every listener the key may read of (the admin's: every one); --tier
+        filters; --json is machine-readable."""
         async with fleet.listeners("web1", "db1", "pweb1"):
-            table = await fleet.cli("hosts")
-            as_json = await fleet.cli("hosts", "--tier", "prod", "--json")
+            table = await fleet.cli("hosts", who="admin")
+            as_json = await fleet.cli("hosts", "--tier", "prod", "--json", who="admin")
         lines = table.stdout.decode().splitlines()
         assert lines[0].split() == ["HOST", "TIER", "ROLE", "STATE", "VERSION"]
         assert sorted(line.split()[0] for line in lines[1:]) == ["db1", "pweb1", "web1"]

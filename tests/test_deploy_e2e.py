@@ -69,14 +69,15 @@ class TestTargets:
 
 class TestHostileAnswers:
     async def test_garbage_from_a_listener_key_is_ignored(self, fleet: Fleet) -> None:
-        """Junk answers to discovery and to the deploy (from a listener's key) change nothing."""
+        """Junk answers to discovery and to the deploy (from a listener's key, on the subject
+        bound to it) change nothing."""
         junk = (b"[" * 60000, b"not json", b'{"hostname": 5}', b"[]", b"{}")
-        rogue = await fleet.connect("web2")  # a listener key may publish deploy.responses.>
+        rogue = await fleet.connect("web2")  # it may publish on deploy.responses.*.test.web2
 
         async def answer(msg: Message) -> None:
             reply = json.loads(msg.data)["reply_to"]
             for body in junk:
-                await rogue.publish(reply, body)
+                await rogue.publish(f"{reply}.test.web2", body)
 
         try:
             await rogue.subscribe("deploy.discover", answer)

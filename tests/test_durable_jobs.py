@@ -462,7 +462,7 @@ class TestInProcess:
         gone_pid = os.getpid()  # alive, but not a job runner: as a reused pid would be
         replies = {name: f"deploy.responses.{name}" for name in ("vanished", "older")}
         for name, reply in replies.items():
-            request = DeployRequest(revision="main", reply_to=reply, id=name)
+            request = DeployRequest(revision="main", reply_to=reply, id=name, bind=True)
             record = JobRecord(
                 request_id=name,
                 request=request,
@@ -475,7 +475,7 @@ class TestInProcess:
                 (directory / RUNNER_FILE).write_text(json.dumps({"pid": gone_pid}))
         async with (
             await fleet.connect() as bus,
-            replies_on(bus, "deploy.responses.*") as heard,
+            replies_on(bus, "deploy.responses.*.test.*") as heard,  # bound to each host
             fleet.local.listeners([fleet.settings(HOST)]) as running,
         ):
             await heard.wait_for(lambda s: len([x for x in s if x.is_final]) == 2)

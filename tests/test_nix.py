@@ -33,6 +33,14 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from fleet_core.natsconfig import (
+    HostEntry,
+    UserPermissions,
+    deployer_permissions,
+    listener_permissions,
+)
+from fleet_core.subjects import Tier
+
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"
 KEYS_DIR = NIX_DIR / "tests" / "keys"
@@ -42,6 +50,11 @@ OPT = "services.fleet-deploy.listener"
 # What eval-module.nix stands in for the fleet-deploy package.
 FAKE_EXE = "/nix/store/00000000000000000000000000000000-fleet-deploy/bin/fleet-deploy"
 SEED = "/run/secrets/fleet-deploy-listener.seed"
+FLAKE_FILE = "/run/secrets/fleet-deploy-flake-url"
+# The public test keys of the VM test (nix/tests/keys/): an admin and a test-tier deployer.
+ADMIN_KEY = (KEYS_DIR / "admin-deployer.pub").read_text().strip()
+TEST_KEY = (KEYS_DIR / "test-deployer.pub").read_text().strip()
+A_SEED = (KEYS_DIR / "test-deployer.seed").read_text().strip()  # public too: test-only
 
 MINIMAL: dict[str, Any] = {
     "enable": True,
@@ -68,7 +81,13 @@ FULL: dict[str, Any] = {
     "environment": {"GIT_SSH_COMMAND": "ssh -i /etc/ssh/fleet-deploy_ed25519"},
     "stateDir": "/var/lib/fleet-deploy-prod",
     "logLevel": "warning",
+    "trustedDeployerKeys": [ADMIN_KEY, TEST_KEY],
     "extraArgs": ["--rebuild-command", "nixos-rebuild --show-trace"],
+}
+# flakeUrlFile instead of flakeUrl: the two exclude each other.
+WITH_FLAKE_FILE: dict[str, Any] = {
+    **{k: v for k, v in MINIMAL.items() if k != "flakeUrl"},
+    "flakeUrlFile": FLAKE_FILE,
 }
 
 # The flag each listener option turns into; the other options are not flags.
@@ -79,11 +98,13 @@ FLAG_FOR_OPTION = {
     "natsUrl": "--nats-url",
     "nkeyFile": "--nkey-file",
     "flakeUrl": "--flake-url",
+    "flakeUrlFile": "--flake-url-file",
     "timeout": "--timeout",
     "deploySubjects": "--deploy-subject",
     "discoverSubject": "--discover-subject",
     "stateDir": "--state-dir",
     "logLevel": "--log-level",
+    "trustedDeployerKeys": "--trusted-deployer-key",
     "restartOnUpgrade": "--restart-if-changed",
 }
 NOT_FLAGS = {"enable", "package", "environment", "extraArgs"}
@@ -128,6 +149,32 @@ BAD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
         {"extraArgs": ["--nkey-file", "/root/listener.seed"]},
         "extraArgs sets --nkey-file",
     ),
+    "flake URL through extraArgs": (
+        {"extraArgs": ["--flake-url-file=/root/flake"]},
+        "extraArgs sets --flake-url or --flake-url-file",
+    ),
+    "no flake at all": ({"flakeUrl": None}, "set exactly one of flakeUrl"),
+    "flake URL and flake URL file": ({"flakeUrlFile": FLAKE_FILE}, "set exactly one of flakeUrl"),
+    "flake URL with a token": (
+        {"flakeUrl": "git+https://oauth2:glpat-SECRET@git.example.com/fleet.git"},
+        "set services.fleet-deploy.listener.flakeUrlFile instead",
+    ),
+    "flake URL file in the store": (
+        {"flakeUrl": None, "flakeUrlFile": "/nix/store/0000-flake-url"},
+        "flakeUrlFile points into the Nix store",
+    ),
+    "relative flake URL file": (
+        {"flakeUrl": None, "flakeUrlFile": "secrets/flake-url"},
+        "flakeUrlFile must be an absolute path",
+    ),
+    "trusted key that is not a key": (
+        {"trustedDeployerKeys": [ADMIN_KEY, "UNOTAKEY"]},
+        'not user public keys: "UNOTAKEY"',
+    ),
+    "trusted key that is a seed": (
+        {"trustedDeployerKeys": [A_SEED]},
+        "(a seed: a secret, left out here)",
+    ),
 }
 
 # Settings the option types reject before any assertion runs.
@@ -152,6 +199,7 @@ CASES: dict[str, dict[str, Any]] = {
     "no-hostname": {"hostName": "", "listener": MINIMAL},
     "disabled": {"hostName": "web1", "listener": {**MINIMAL, "enable": False}},
     "no-restart": {"hostName": "web1", "listener": {**MINIMAL, "restartOnUpgrade": False}},
+    "flake-file": {"hostName": "web1", "listener": WITH_FLAKE_FILE},
     "escaping": {
         "hostName": "web1",
         "listener": {
@@ -333,11 +381,13 @@ def test_full_configuration_passes_a_flag_for_every_option(evaluated: dict[str, 
         "--discover-subject": ["fleet.discover"],
         "--state-dir": ["/var/lib/fleet-deploy-prod"],
         "--log-level": ["warning"],
+        "--trusted-deployer-key": [ADMIN_KEY, TEST_KEY],
         **ALWAYS,
         "--rebuild-command": ["nixos-rebuild --show-trace"],
     }
     assert _argv(service)[-2:] == FULL["extraArgs"]
-    assert set(FLAG_FOR_OPTION.values()) <= set(_flags(service))
+    # flakeUrlFile excludes flakeUrl: test_a_token_in_the_flake_url_stays_a_credential has it.
+    assert set(FLAG_FOR_OPTION.values()) - {"--flake-url-file"} <= set(_flags(service))
 
 
 def test_minimal_configuration_leaves_defaults_to_the_application(
@@ -388,10 +438,34 @@ def test_the_unit_starts_once_the_network_is_online(evaluated: dict[str, Any]) -
 def test_the_seed_is_passed_as_a_systemd_credential(evaluated: dict[str, Any]) -> None:
     """The seed is loaded with LoadCredential and its path never reaches the command line."""
     service = evaluated["full"]["service"]
-    assert service["serviceConfig"]["LoadCredential"] == f"nkey:{SEED}"
+    assert service["serviceConfig"]["LoadCredential"] == [f"nkey:{SEED}"]
     exec_start = service["serviceConfig"]["ExecStart"]
     assert " --nkey-file %d/nkey" in exec_start
     assert SEED not in exec_start
+
+
+def test_a_token_in_the_flake_url_stays_a_credential(evaluated: dict[str, Any]) -> None:
+    """flakeUrlFile is loaded as a credential like the seed, and read by the listener from
+    the credentials directory: neither the file's path nor the URL is on the command line."""
+    service = evaluated["flake-file"]["service"]
+    config = service["serviceConfig"]
+    assert config["LoadCredential"] == [f"nkey:{SEED}", f"flake-url:{FLAKE_FILE}"]
+    flags = _flags(service)
+    assert flags["--flake-url-file"] == ["%d/flake-url"]
+    assert "--flake-url" not in flags
+    assert FLAKE_FILE not in config["ExecStart"]
+    assert evaluated["flake-file"]["failedAssertions"] == []
+
+
+def test_a_token_in_the_flake_url_is_not_repeated_in_its_assertion(
+    evaluated: dict[str, Any],
+) -> None:
+    """The assertion that refuses a flake URL with a token does not print the token, and the
+    one that refuses a seed among the trusted keys does not print the seed."""
+    (token,) = evaluated[_case_name("flake URL with a token")]["failedAssertions"]
+    assert "SECRET" not in token
+    (seed,) = evaluated[_case_name("trusted key that is a seed")]["failedAssertions"]
+    assert A_SEED not in seed
 
 
 def test_the_state_directory_is_created_by_systemd(evaluated: dict[str, Any]) -> None:
@@ -429,7 +503,7 @@ def test_option_values_cannot_become_systemd_specifiers(evaluated: dict[str, Any
     config = evaluated["escaping"]["service"]["serviceConfig"]
     assert '"git+https://git.example.com/fleet%%20configs.git"' in config["ExecStart"]
     assert '"nixos-rebuild --option cores $$CORES"' in config["ExecStart"]
-    assert config["LoadCredential"] == "nkey:/run/secrets/fleet%%deploy.seed"
+    assert config["LoadCredential"] == ["nkey:/run/secrets/fleet%%deploy.seed"]
 
 
 def test_a_disabled_listener_defines_no_unit(evaluated: dict[str, Any]) -> None:
@@ -443,7 +517,7 @@ def test_a_disabled_listener_defines_no_unit(evaluated: dict[str, Any]) -> None:
 
 def test_valid_configurations_pass_every_assertion(evaluated: dict[str, Any]) -> None:
     """The full, minimal and escaping configurations trip no assertion."""
-    for case in ("full", "minimal", "escaping", "no-restart"):
+    for case in ("full", "minimal", "escaping", "no-restart", "flake-file"):
         assert evaluated[case]["failedAssertions"] == [], case
 
 
@@ -732,30 +806,26 @@ def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
     ]
 
 
+def _as_nats(permissions: UserPermissions) -> dict[str, object]:
+    """``permissions`` as the NixOS NATS module's settings hold them."""
+    subscribe: object = list(permissions.subscribe)
+    if permissions.deny_subscribe:
+        subscribe = {"allow": subscribe, "deny": list(permissions.deny_subscribe)}
+    return {"publish": list(permissions.publish), "subscribe": subscribe}
+
+
 def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
-    """The VM's NATS server admits the committed test keys with the tiered permissions."""
+    """The VM's NATS server admits the committed test keys with the permissions
+    `fleet-deploy nats-config` writes (its default, bound layout)."""
     users = {u["nkey"]: u["permissions"] for u in _eval_expr(VM_EXPR, lib_dir)["users"]}
 
     def public(name: str) -> str:
         return (KEYS_DIR / f"{name}.pub").read_text().strip()
 
-    assert users[public("listener-web1")] == {
-        "publish": ["deploy.responses.>", "deploy.discover"],
-        "subscribe": [
-            "deploy.test.web1",
-            "deploy.test.all",
-            "deploy.test.role.web",
-            "deploy.discover",
-        ],
-    }
-    assert users[public("test-deployer")] == {
-        "publish": ["deploy.test.>", "deploy.discover"],
-        "subscribe": ["deploy.responses.>", "deploy.discover"],
-    }
-    assert users[public("admin-deployer")] == {
-        "publish": ["deploy.>"],
-        "subscribe": ["deploy.>"],
-    }
+    web1 = HostEntry("web1", Tier.TEST, public("listener-web1"), role="web")
+    assert users[public("listener-web1")] == _as_nats(listener_permissions(web1))
+    assert users[public("test-deployer")] == _as_nats(deployer_permissions("test"))
+    assert users[public("admin-deployer")] == _as_nats(deployer_permissions("admin"))
 
 
 def test_the_test_seeds_match_their_public_keys() -> None:

@@ -270,7 +270,7 @@ def body(**fields: object) -> bytes:
 class TestDeployRequestParsing:
     def test_defaults(self) -> None:
         """Action and revision default to switch and master; unknown fields are ignored."""
-        request = parse_deploy_request(body(reply_to=REPLY, signature="later", extra=[1]))
+        request = parse_deploy_request(body(reply_to=REPLY, note="later", extra=[1]))
         assert request == DeployRequest(action=Action.SWITCH, revision="master", reply_to=REPLY)
 
     def test_nats_reply_is_a_fallback(self) -> None:
@@ -500,8 +500,23 @@ class TestInventory:
             'subscribe: ["deploy.test.web1", "deploy.test.all", "deploy.test.role.web", '
             '"deploy.discover"]' in rendered
         )
-        assert 'publish: ["deploy.responses.>", "deploy.discover"]' in rendered
+        assert 'publish: ["deploy.responses.*.test.web1", "deploy.discover"]' in rendered
         assert 'publish: ["deploy.>"]' in rendered
+        homelab = render_authorization(parse_inventory(text), "homelab")
+        assert 'publish: ["deploy.responses.>", "deploy.discover"]' in homelab
+
+    def test_test_deployer_reads_test_replies_only(self) -> None:
+        """Under the bound layout the test key subscribes to bare and test-tier replies, and
+        a deny keeps prod replies from a deploy.responses.> that deploy.responses.* admits;
+        under homelab-deploy's layout it reads every reply."""
+        text = f'[deployers.ai]\naccess = "test"\nnkey = "{self.KEY}"\n'
+        assert (
+            'subscribe: { allow: ["deploy.responses.*", "deploy.responses.*.test.*", '
+            '"deploy.discover"], deny: ["deploy.responses.*.prod.>"] }'
+        ) in render_authorization(parse_inventory(text))
+        assert 'subscribe: ["deploy.responses.>", "deploy.discover"]' in render_authorization(
+            parse_inventory(text), "homelab"
+        )
 
 
 def test_only_fleet_error_unwraps_task_groups() -> None:

@@ -311,16 +311,19 @@ class TestSandbox:
     def test_serves_discovery_and_a_deploy_then_sigterm_stops_everything(
         self, tmp_path: Path, start_sandbox: type[RunningSandbox]
     ) -> None:
-        """The CLI discovers all six hosts and deploys the test tier (web2 fails with its nix
-        error); SIGTERM then ends the sandbox with 0, leaving no process and keeping --dir."""
+        """The CLI discovers all six hosts with the admin key (the test tier's with the test
+        key) and deploys the test tier (web2 fails with its nix error); SIGTERM then ends the
+        sandbox with 0, leaving no process and keeping --dir."""
         sandbox = start_sandbox(tmp_path, "--dir", str(tmp_path / "sbx"))
         assert sandbox.directory == tmp_path / "sbx"
         assert "mcpServers" in sandbox.lines.text()
 
-        hosts = sandbox.cli("hosts", "--json")
+        hosts = sandbox.cli("hosts", "--json", key=ADMIN)
         assert hosts.returncode == 0, hosts.stderr
         found = {h["hostname"]: h["tier"] for h in json.loads(hosts.stdout)}
         assert found == {h.name: h.tier.value for h in plan_hosts(DEFAULT_SANDBOX_HOSTS)}
+        test_key = sandbox.cli("hosts", "--json")
+        assert {h["hostname"] for h in json.loads(test_key.stdout)} == TEST_HOSTS
 
         deploy = sandbox.cli("deploy", "deploy.test.all", "--json")
         assert deploy.returncode == 1, deploy.stderr
@@ -452,12 +455,13 @@ class TestSandbox:
         self, tmp_path: Path, start_sandbox: type[RunningSandbox]
     ) -> None:
         """--cluster 3 prints three comma-separated URLs; the CLI given them discovers every
-        host; SIGTERM then ends all three nats-servers and every other process."""
+        host (with the admin key); SIGTERM then ends all three nats-servers and every other
+        process."""
         sandbox = start_sandbox(tmp_path, "--cluster", "3", "--hosts", "3")
         assert len(sandbox.url.split(",")) == 3
         assert "a cluster of 3 nats-servers" in sandbox.lines.text()
         assert f"FLEET_DEPLOY_NATS_URL={sandbox.url}" in sandbox.lines.text()
-        hosts = sandbox.cli("hosts", "--json")
+        hosts = sandbox.cli("hosts", "--json", key=ADMIN)
         assert hosts.returncode == 0, hosts.stderr
         assert {h["hostname"] for h in json.loads(hosts.stdout)} == {"web1", "web2", "pweb1"}
         watch = PidWatch(sandbox.tree())
@@ -505,7 +509,8 @@ class TestTour:
         out = result.stdout
         for expected in (
             "1. Who is listening?",
-            "pweb1  prod  web",
+            "web1  test  web",
+            "keeps prod's answers from the test key",
             "web1                 progress",
             "web2                 failed     build_failed: nixos-rebuild failed (exit 1): "
             "undefined variable 'webroot'",

@@ -113,6 +113,25 @@ class TestNatsConfig:
         assert checked.returncode == 0, checked.stderr
         assert output.read_text().count("permissions:") == 7  # 4 hosts, 3 deployers
 
+    @pytest.mark.parametrize(
+        ("layout", "listener_publish"),
+        [
+            ("bound", '"deploy.responses.*.test.web1", "deploy.discover"'),
+            ("homelab", '"deploy.responses.>", "deploy.discover"'),
+        ],
+    )
+    def test_layouts(self, tmp_path: Path, layout: str, listener_publish: str) -> None:
+        """--layout picks the permissions; the header says which, and nats-server takes both."""
+        output = tmp_path / "auth.conf"
+        result = run("nats-config", str(EXAMPLE), "-o", str(output), "--layout", layout)
+        assert result.returncode == 0, result.stderr
+        text = output.read_text()
+        assert f"# Layout `{layout}`:" in text
+        assert f"publish: [{listener_publish}]" in text
+        checked = nats_server_test(output)
+        assert checked.returncode == 0, checked.stderr
+        assert run("nats-config", str(EXAMPLE), "--layout", "loose").returncode == 2
+
     def test_stdout_and_file_output_agree(self, tmp_path: Path) -> None:
         """Without -o the same config goes to stdout, and `-` reads the inventory from stdin."""
         output = tmp_path / "auth.conf"
@@ -276,18 +295,46 @@ class TestGeneratedConfigEnforcesTiers:
             await server.refused_subscribe("assistant", "deploy.prod.all")
 
     async def test_listener_publishes_only_statuses_and_discovery(self, tmp_path: Path) -> None:
-        """A listener key cannot publish deploy requests (its own tier included) or anything
-        outside deploy.responses.> and deploy.discover."""
+        """A listener key answers only on reply subjects bound to its own tier and hostname
+        (deploy.responses.<id>.test.web1) and on deploy.discover: not on a bare reply subject,
+        not in another host's or tier's name, and it publishes no deploy request."""
         async with enforced(tmp_path) as server:
-            await server.allowed_publish("web1", "deploy.responses.0123abcd")
+            await server.allowed_publish("web1", "deploy.responses.0123abcd.test.web1")
             await server.allowed_publish("web1", "deploy.discover")
             for subject in (
                 "deploy.test.web1",
                 "deploy.test.all",
                 "deploy.prod.pweb1",
                 "deploy.history",
+                "deploy.responses.0123abcd",
+                "deploy.responses.0123abcd.test.web2",
+                "deploy.responses.0123abcd.prod.web1",
+                "deploy.responses.0123abcd.prod.pweb1",
+                "deploy.responses.a.b.test.web1",
             ):
-                await server.refused_publish("web1", subject, "deploy.responses.next")
+                await server.refused_publish("web1", subject, "deploy.responses.next.test.web1")
+
+    async def test_test_key_reads_no_prod_reply(self, tmp_path: Path) -> None:
+        """The test deployer reads bare and test-tier replies; a prod one it may neither
+        subscribe to nor receive through deploy.responses.>, which its deploy.responses.*
+        admits (a * matches the literal token >): the deny rule withholds it."""
+        async with enforced(tmp_path) as server:
+            await server.allowed_subscribe("assistant", "deploy.responses.abc")
+            await server.allowed_subscribe("assistant", "deploy.responses.abc.test.web1")
+            for subject in ("deploy.responses.abc.prod.*", "deploy.responses.*.*.*"):
+                await server.refused_subscribe("assistant", subject)
+            send, receive = anyio.create_memory_object_stream[Message](math.inf)
+
+            async def deliver(msg: Message) -> None:
+                send.send_nowait(msg)
+
+            with send, receive:
+                await server.buses["assistant"].subscribe("deploy.responses.>", deliver)
+                await server.buses["assistant"].flush()
+                await server.allowed_publish("admin", "deploy.responses.abc.prod.pweb1")
+                await server.allowed_publish("admin", "deploy.responses.abc.test.web1")
+                with anyio.fail_after(5):  # one publisher's messages arrive in order
+                    assert (await receive.receive()).subject == "deploy.responses.abc.test.web1"
 
     async def test_listener_subscribes_only_to_its_own_subjects(self, tmp_path: Path) -> None:
         """web1 hears deploy.test.web1, .all and .role.web; not another host's, nor prod's."""

@@ -52,11 +52,12 @@ pkgs.testers.runNixOSTest {
           http = "127.0.0.1:8222";
           authorization.users = [
             {
-              # The listener on web1: tier test, role web.
+              # The listener on web1: tier test, role web. As `fleet-deploy nats-config`
+              # writes it: it answers only on reply subjects bound to its tier and name.
               nkey = publicKey "listener-web1";
               permissions = {
                 publish = [
-                  "deploy.responses.>"
+                  "deploy.responses.*.test.web1"
                   "deploy.discover"
                 ];
                 subscribe = [
@@ -75,10 +76,16 @@ pkgs.testers.runNixOSTest {
                   "deploy.test.>"
                   "deploy.discover"
                 ];
-                subscribe = [
-                  "deploy.responses.>"
-                  "deploy.discover"
-                ];
+                # Bare and test-tier replies only; the deny keeps prod's out of a
+                # deploy.responses.> subscription, which deploy.responses.* admits.
+                subscribe = {
+                  allow = [
+                    "deploy.responses.*"
+                    "deploy.responses.*.test.*"
+                    "deploy.discover"
+                  ];
+                  deny = [ "deploy.responses.*.prod.>" ];
+                };
               };
             }
             {
@@ -109,6 +116,12 @@ pkgs.testers.runNixOSTest {
         natsUrl = "nats://nats:4222";
         nkeyFile = "/etc/fleet-deploy/listener.seed";
         flakeUrl = "git+https://git.example.invalid/fleet.git";
+        # A test host trusts the admin and the test-tier deployer: every deploy below is
+        # signed by the CLI with the key it connects with.
+        trustedDeployerKeys = [
+          (publicKey "admin-deployer")
+          (publicKey "test-deployer")
+        ];
         timeout = 120;
         logLevel = "debug";
         extraArgs = [

@@ -16,6 +16,7 @@ Pure protocol — no I/O, tested without a server:
     outcome           which final status a rebuild result becomes
     job_state         a job directory's files read, and what a starting listener does with them
     tracking          one deployment host by host, and when it is over
+    trust             bound replies: which host answered, and what a deployer believes
     report            results as text for people
     natsconfig        an inventory, and the tiered NATS config and TOML it renders
     signing           signed requests: the canonical text, ed25519, TTL and replay checks
@@ -33,7 +34,7 @@ On the host:
     listener          the daemon: subscriptions, one job at a time, discovery, upgrades
     host_jobs         run, follow, resume and report jobs; the rebuild outlives the listener
     runner            launch the job runner: a transient systemd unit or a session of its own
-    job_runner        the job runner program: process group, deadline, bounded log, exit.json
+    job_runner        the job runner program: argv file, process group, deadline, redacted log
     job_follow        follow a job from its directory: output lines, its runner's end
     jobs              one record per job on disk, written atomically
     status_reporter   one job's statuses: bound once, redacted and size-limited in one place

@@ -59,7 +59,8 @@ class Message:
 
 
 Handler = Callable[[Message], Awaitable[None]]
-DenialWatcher = Callable[[PermissionDenied], None]
+# A watcher returns True for a denial it expected (the log line is then only debug).
+DenialWatcher = Callable[[PermissionDenied], bool | None]
 ConnectionWatcher = Callable[[bool], None]
 Servers = str | Sequence[str]  # one URL, several joined by commas, or a sequence of URLs
 
@@ -222,9 +223,10 @@ class Bus:
             "deploy.test.>; production needs the admin key)",
             subject=subject,
         )
-        log.warning("nats_permission_denied", subject=subject, operation=operation)
-        for watcher in list(self._watchers):
-            watcher(denial)
+        expected = [watcher(denial) for watcher in list(self._watchers)]
+        (log.debug if any(expected) else log.warning)(
+            "nats_permission_denied", subject=subject, operation=operation
+        )
 
     def _on_connection(self, *, connected: bool) -> None:
         if self._closing:
@@ -249,7 +251,10 @@ class Bus:
         return stop
 
     def watch_denials(self, watcher: DenialWatcher) -> Callable[[], None]:
-        """Call ``watcher`` for every permission violation; returns the function that stops."""
+        """Call ``watcher`` for every permission violation; returns the function that stops.
+
+        A watcher that expected the denial (a deployer probing whether its key may read a
+        tier) returns True: the violation is then logged at debug level, not as a warning."""
         self._watchers.append(watcher)
 
         def stop() -> None:
@@ -321,9 +326,17 @@ class Bus:
         return current.geturl() if current is not None else None
 
     async def close(self, deadline: float = CLOSE_DEADLINE) -> None:
-        """Flush what is pending and close, shielded and within ``deadline``; safe twice."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(deadline):
-            await self._close()
+        """Flush what is pending and close, shielded and within ``deadline``; safe twice.
+
+        A drain that runs out of time is cut short and the connection closed outright, so
+        no socket or nats-py task outlives the call.
+        """
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(deadline):
+                await self._close()
+            if not self._client.is_closed:
+                with anyio.move_on_after(1), contextlib.suppress(OSError, nats.errors.Error):
+                    await self._client.close()
 
     async def _close(self) -> None:
         self._closing = True

@@ -14,6 +14,7 @@ from typing import TextIO
 
 from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
+from fleet_core.errors import UsageError
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import run_until_signal
 from fleet_core.listener import RESTART_EXIT_CODE, Listener
@@ -32,6 +33,11 @@ def run_listener(settings: ListenerSettings) -> int:
     listener's own unit (``--restart-if-changed``) exit ``RESTART_EXIT_CODE`` instead."""
     configure_logging(settings.log_level)
     seed = load_seed(settings.nkey_file)
+    if seed.public_key in settings.trusted_deployer_keys:
+        raise UsageError(
+            f"--trusted-deployer-key {seed.public_key} is this listener's own key: trust only "
+            "deployers' keys, so that a leaked listener key cannot deploy"
+        )
     listener = Listener(settings)
 
     async def main() -> None:
@@ -63,7 +69,7 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
     async def main() -> DeploymentResult:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
-            return await Deployer(bus, timing=settings.timing).deploy(
+            return await Deployer(bus, timing=settings.timing, signer=seed).deploy(
                 settings.target,
                 revision=settings.revision,
                 action=settings.action,
@@ -83,7 +89,7 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
     result = finished.value
     if result is None:
         print("fleet-deploy: interrupted; the hosts carry on with the deploy", file=sys.stderr)
-        return 130
+        return finished.exit_code
     if settings.json:
         print(result.model_dump_json(indent=2), file=out)
     else:
@@ -92,18 +98,25 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
 
 
 def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
-    """Discover and print the hosts."""
+    """Discover and print the hosts; say on stderr which tiers this key may not read."""
     configure_logging("warning")
     seed = load_seed(settings.connection.nkey_file)
+    hidden: list[str] = []
 
     async def main() -> list[HostInfo]:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy hosts") as bus:
-            return await Deployer(bus, timing=settings.timing).discover(settings.tier)
+            deployer = Deployer(bus, timing=settings.timing)
+            found = await deployer.discover(settings.tier)
+            hidden.extend(t.value for t in sorted(deployer.unreadable_tiers))
+            return found
 
-    found = run_until_signal(main).value
+    finished = run_until_signal(main)
+    found = finished.value
     if found is None:
-        return 130
+        return finished.exit_code
+    for tier in hidden:
+        print(f"{tier} hosts are not shown: this key may not read their answers", file=sys.stderr)
     if settings.json:
         print(json.dumps([h.model_dump(mode="json") for h in found], indent=2), file=out)
     else:

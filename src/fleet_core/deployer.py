@@ -10,6 +10,14 @@ reconnect go to the tracker (and to ``on_connection``), and the job queries the 
 asks for — after a reconnect, and before a silent host is called lost — run as tasks of the
 deployment whose answers come back through the same event stream as the statuses. The
 decisions are all the tracker's; this module only does the I/O.
+
+Every request asks for bound replies (``fleet_core.trust``): the deployer subscribes to
+``<reply>.<tier>.*`` for the tier it expects and to the bare ``<reply>`` (homelab-deploy's
+listeners answer there), reads the sender from the subject, and drops — logging it and
+listing it as ``flagged`` in the result — what contradicts its subject, carries another
+request id, or comes on the bare subject for a host or tier it cannot believe. A discovery
+tolerates the server refusing it a tier's replies (the test key may not read prod's): that
+tier's hosts are simply not found, and the deployer does not ask again.
 """
 
 from __future__ import annotations
@@ -18,15 +26,15 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from fleet_core.bus import Bus, Message
+from fleet_core.bus import Bus, Message, Subscription
 from fleet_core.errors import (
     FleetError,
     PermissionDenied,
@@ -34,6 +42,7 @@ from fleet_core.errors import (
     UsageError,
     only_fleet_error,
 )
+from fleet_core.keys import Seed
 from fleet_core.messages import (
     DeployRequest,
     DiscoverRequest,
@@ -47,8 +56,17 @@ from fleet_core.messages import (
 )
 from fleet_core.rebuild import Action
 from fleet_core.settings import DeployTiming
+from fleet_core.signing import sign_request
 from fleet_core.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
 from fleet_core.tracking import DeploymentResult, DeploymentTracker, HostResult, Outage
+from fleet_core.trust import (
+    Flagged,
+    bound_replies,
+    judge_answer,
+    judge_status,
+    reply_origin,
+    shown,
+)
 
 __all__ = ["Deployer", "OnConnection", "OnUpdate", "new_deployment_id"]
 
@@ -68,6 +86,23 @@ class _Connection:
 @dataclass(frozen=True, slots=True)
 class _JobAnswers:
     answers: dict[str, JobSummary | None]
+    bare: frozenset[str] = frozenset()  # hosts whose answer came on the bare reply subject
+    flagged: tuple[Flagged, ...] = ()
+    reply: str = ""  # the job query's reply subject
+
+
+@dataclass
+class _Answers:
+    """What a discovery or job query gathered, and on which subjects."""
+
+    reply: str = ""
+    hosts: dict[str, HostInfo] = field(default_factory=dict)
+    bound: set[str] = field(default_factory=set)  # answered on their own bound subject
+    flagged: list[Flagged] = field(default_factory=list)
+
+    @property
+    def bare(self) -> frozenset[str]:
+        return frozenset(self.hosts.keys() - self.bound)
 
 
 _Event = Message | PermissionDenied | _Connection | _JobAnswers
@@ -78,17 +113,39 @@ def new_deployment_id() -> str:
 
 
 class Deployer:
-    """Deploys and discovers over one ``Bus``; safe to use for several deployments at once."""
+    """Deploys and discovers over one ``Bus``; safe to use for several deployments at once.
 
-    def __init__(self, bus: Bus, *, timing: DeployTiming | None = None) -> None:
+    With a ``signer`` (the deployer's own NKey seed) every deploy request is signed, as
+    listeners with trusted deployer keys require (``fleet_core.signing``); without one,
+    requests go unsigned.
+    """
+
+    def __init__(
+        self, bus: Bus, *, timing: DeployTiming | None = None, signer: Seed | None = None
+    ) -> None:
         self._bus = bus
         self.timing = timing or DeployTiming()
+        self._signer = signer
+        # Tiers whose replies the server refused this key (the test key, prod's): discovery
+        # does not ask for them again. A restart picks up a change of permissions.
+        self._unreadable: set[Tier] = set()
+
+    @property
+    def unreadable_tiers(self) -> frozenset[Tier]:
+        """The tiers whose replies the server has refused this key (their hosts are never
+        discovered): the test key's prod, under the layout nats-config writes."""
+        return frozenset(self._unreadable)
 
     async def discover(self, tier: Tier | None = None) -> list[HostInfo]:
-        """Ask every listener (of ``tier``) to answer; the window closes once replies stop."""
+        """Ask every listener (of ``tier``) to answer; the window closes once replies stop.
+
+        Hosts of a tier whose replies this key may not read are not found: no error."""
+        found = await self._discover(tier)
+        return sorted(found.hosts.values(), key=lambda h: (h.tier, h.hostname))
+
+    async def _discover(self, tier: Tier | None) -> _Answers:
         reply = RESPONSES_PREFIX + uuid.uuid4().hex
-        found = await self._ask(DiscoverRequest(reply_to=reply, tier=tier))
-        return sorted(found.values(), key=lambda h: (h.tier, h.hostname))
+        return await self._ask(DiscoverRequest(reply_to=reply, tier=tier, bind=True))
 
     async def query_job(
         self, request_id: str, *, hosts: Iterable[str], tier: Tier | None = None
@@ -99,33 +156,48 @@ class Deployer:
         the discovery window closes. An answer whose ``job`` is None came from a listener
         that does not know job queries: it is alive, but cannot tell.
         """
+        found = await self._query_job(request_id, hosts=hosts, tier=tier)
+        return dict(found.hosts)
+
+    async def _query_job(
+        self, request_id: str, *, hosts: Iterable[str], tier: Tier | None
+    ) -> _Answers:
         names = sorted(set(hosts))
         if not names:
-            return {}
+            return _Answers()
         reply = RESPONSES_PREFIX + uuid.uuid4().hex
-        request = DiscoverRequest(reply_to=reply, tier=tier, job=request_id, hosts=names)
-        found = await self._ask(request, until=set(names))
-        return {name: info for name, info in found.items() if name in names}
+        request = DiscoverRequest(reply_to=reply, tier=tier, job=request_id, hosts=names, bind=True)
+        return await self._ask(request, until=set(names))
 
-    async def _ask(
-        self, request: DiscoverRequest, *, until: set[str] | None = None
-    ) -> dict[str, HostInfo]:
-        """Publish a discovery request and gather the answers of its tier.
+    async def _ask(self, request: DiscoverRequest, *, until: set[str] | None = None) -> _Answers:
+        """Publish a discovery request and gather the answers of its tier (of the hosts it
+        names, for a job query), on the bound subject of each tier it may read and the bare one.
 
         The window closes once replies stop coming (``discovery_quiet`` after the last, or
         ``discovery_first`` when none comes), at ``discovery_cap``, or as soon as every host
         in ``until`` has answered.
         """
         timing = self.timing
-        tier = request.tier
-        hosts: dict[str, HostInfo] = {}
         reply = request.reply_to
-        async with self._inbox(reply, (DISCOVER_SUBJECT, reply)) as events:
+        tiers = [request.tier] if request.tier is not None else list(Tier)
+        readable = {t: bound_replies(reply, t) for t in tiers if t not in self._unreadable}
+        found = _Answers(reply)
+        inbox = _Inbox(
+            self._bus,
+            (reply, *readable.values()),
+            watched=(DISCOVER_SUBJECT, reply),
+            optional=readable.values(),
+        )
+        async with inbox as events:
             await self._bus.publish(DISCOVER_SUBJECT, encode(request), reply=reply)
-            await self._bus.flush()
+            await self._bus.flush()  # a refused subscription has been reported by now
+            for tier, subject in readable.items():
+                if subject in events.refused:
+                    self._unreadable.add(tier)
+                    log.info("tier_unreadable", tier=tier.value, key_may_not_read=subject)
             with anyio.move_on_after(timing.discovery_cap):
                 wait = timing.discovery_first
-                while until is None or not until <= hosts.keys():
+                while until is None or not until <= found.hosts.keys():
                     with anyio.move_on_after(wait) as window:
                         event = await events.receive()
                     if window.cancelled_caught:
@@ -136,11 +208,9 @@ class Deployer:
                         continue  # only a deployment posts events of its own
                     if event.no_responders:
                         break
-                    info = parse_host_info(event.data)
-                    if info is not None and (tier is None or info.tier == tier.value):
-                        hosts[info.hostname] = info
+                    _take_answer(found, request, event)
                     wait = timing.discovery_quiet
-        return hosts
+        return found
 
     async def deploy(
         self,
@@ -167,7 +237,7 @@ class Deployer:
         reply = RESPONSES_PREFIX + deployment_id
         try:
             request = DeployRequest(
-                action=action, revision=revision, reply_to=reply, id=deployment_id
+                action=action, revision=revision, reply_to=reply, id=deployment_id, bind=True
             )
         except RequestRejected as exc:
             if exc.code == ErrorCode.INVALID_REQUEST:  # here only the id can make the reply bad
@@ -181,11 +251,18 @@ class Deployer:
             action=action.value,
             revision=revision,
         )
-        async with self._inbox(reply, (target.subject, reply, DISCOVER_SUBJECT)) as events:
+        tier_replies = bound_replies(reply, target.tier)
+        inbox = _Inbox(
+            self._bus,
+            (reply, tier_replies),
+            watched=(target.subject, reply, tier_replies, DISCOVER_SUBJECT),
+        )
+        async with inbox as events:
             expected = set(expect)
+            found = _Answers()
             if target.is_group:
-                found = await self.discover(target.tier)
-                expected |= {h.hostname for h in found if _listens_to(h, target)}
+                found = await self._discover(target.tier)
+                expected |= {h.hostname for h in found.hosts.values() if _listens_to(h, target)}
             elif target.name is not None:
                 expected.add(target.name)
             tracker = DeploymentTracker(
@@ -195,8 +272,12 @@ class Deployer:
                 answer_within=self.timing.answer_within,
                 silence_limit=self.timing.silence_limit,
             )
+            tracker.heard_bound(found.bound)
+            for flagged in found.flagged:
+                tracker.flag(flagged)
             gathering = _Gathering(
                 tracker,
+                reply=reply,
                 deployment_id=deployment_id,
                 target=target,
                 action=action,
@@ -205,19 +286,44 @@ class Deployer:
                 on_update=on_update,
                 on_connection=on_connection,
             )
-            bound.info("deploy_publish", expected=sorted(expected))
+            signer = self._signer.public_key if self._signer is not None else None
+            bound.info("deploy_publish", expected=sorted(expected), signer=signer)
             stop_watching = self._bus.watch_connection(
                 lambda connected: events.post(_Connection(connected, gone=self._bus.is_closed))
             )
             try:
-                await self._bus.publish(target.subject, encode(request), reply=reply)
+                # Signed last, after discovery: its lifetime starts as it goes out.
+                payload = encode(self._sign(request, target.subject))
+                await self._bus.publish(target.subject, payload, reply=reply)
                 await self._bus.flush()
+                events.raise_denied(prefer=target.subject)  # the refusal that says most
                 await self._gather(gathering, events)
             finally:
                 stop_watching()
             result = gathering.snapshot(time.monotonic())
-        bound.info("deploy_done", ok=result.ok, counts=result.counts)
+        bound.info(
+            "deploy_done",
+            ok=result.ok,
+            counts=result.counts,
+            server_verified=result.server_verified,
+            flagged=result.flagged_count,
+        )
         return result
+
+    def _sign(self, request: DeployRequest, subject: str) -> DeployRequest:
+        """``request`` signed for ``subject`` now, when this deployer has a signer."""
+        if self._signer is None:
+            return request
+        assert request.id is not None  # deploy always gives its request an id
+        signature = sign_request(
+            self._signer.reveal(),
+            request_id=request.id,
+            subject=subject,
+            action=request.action.value,
+            revision=request.revision,
+            now=time.time(),
+        )
+        return request.signed(signature)
 
     async def _gather(self, gathering: _Gathering, events: _Inbox) -> None:
         """Feed the tracker until every host is final, sending the job queries it asks for.
@@ -256,17 +362,15 @@ class Deployer:
         """Send the job query the tracker asked for; its answers, even none, come back as
         one event (a query that could not be sent has no answers)."""
         request_id = gathering.deployment_id
-        answers: dict[str, JobSummary | None] = {}
         try:
-            found = await self.query_job(request_id, hosts=hosts, tier=gathering.target.tier)
+            found = await self._query_job(request_id, hosts=hosts, tier=gathering.target.tier)
         except FleetError as exc:
             gathering.log.info("job_query_failed", error=str(exc))
-        else:
-            answers = {name: _job_of(info, request_id) for name, info in found.items()}
-        events.post(_JobAnswers(answers))
-
-    def _inbox(self, reply: str, watched: tuple[str, ...]) -> _Inbox:
-        return _Inbox(self._bus, reply, watched)
+            found = _Answers()
+        answers = {name: _job_of(info, request_id) for name, info in found.hosts.items()}
+        events.post(
+            _JobAnswers(answers, bare=found.bare, flagged=tuple(found.flagged), reply=found.reply)
+        )
 
 
 class _Gathering:
@@ -276,6 +380,7 @@ class _Gathering:
         self,
         tracker: DeploymentTracker,
         *,
+        reply: str,
         deployment_id: str,
         target: Target,
         action: Action,
@@ -285,6 +390,7 @@ class _Gathering:
         on_connection: OnConnection | None,
     ) -> None:
         self.tracker = tracker
+        self.reply = reply
         self.deployment_id = deployment_id
         self.target = target
         self.log = log
@@ -317,7 +423,8 @@ class _Gathering:
         if isinstance(event, _Connection):
             return self._connection(event, now)
         if isinstance(event, _JobAnswers):
-            changed = self.tracker.take_job_answers(event.answers, now)
+            answers, bare = self._believed(event)
+            changed = self.tracker.take_job_answers(answers, now, bare=bare)
             for host in changed:
                 self.log.info(
                     "job_query_settled",
@@ -328,14 +435,57 @@ class _Gathering:
             return changed
         if event.no_responders:
             return self.tracker.nobody_listens(now)
+        origin = reply_origin(self.reply, event.subject)
         status = parse_status(event.data)
-        if status is None:
-            self.log.warning("status_ignored", size=len(event.data))
+        if status is None or origin is None:
+            self.log.warning("status_ignored", subject=shown(event.subject), size=len(event.data))
             return []
-        if status.request_id not in (None, self.deployment_id):
-            return []  # a late status of another deployment on a reused subject
-        updated = self.tracker.observe(status, now)
+        tracker = self.tracker
+        reason = judge_status(
+            status,
+            origin,
+            deployment_id=self.deployment_id,
+            tier=self.target.tier.value,
+            expected=tracker.expects(status.hostname),
+            group=self.target.is_group,
+            speaks_bound=tracker.speaks_bound(status.hostname),
+        )
+        if reason is not None:
+            self.flag(Flagged.of(event.subject, status.hostname, status.status.value, reason))
+            return []
+        updated = tracker.observe(status, now, bound=origin.bound)
         return [updated] if updated is not None else []
+
+    def flag(self, flagged: Flagged) -> None:
+        """Drop what is not believed: a warning, and a line in the result."""
+        self.log.warning(
+            "reply_flagged",
+            reply_subject=flagged.subject,
+            claimed_host=flagged.hostname,
+            claim=flagged.claim,
+            reason=flagged.reason,
+        )
+        self.tracker.flag(flagged)
+
+    def _believed(self, event: _JobAnswers) -> tuple[dict[str, JobSummary | None], Collection[str]]:
+        """A job query's answers less those on the bare subject for a host known to answer
+        bound; its flagged answers go to the result."""
+        answers = dict(event.answers)
+        for flagged in event.flagged:
+            self.flag(flagged)
+        for name in sorted(event.bare & answers.keys()):
+            if self.tracker.speaks_bound(name):
+                del answers[name]
+                self.flag(
+                    Flagged.of(
+                        event.reply,
+                        name,
+                        "job answer",
+                        f"it came on the bare reply subject, but {name} answers on its own "
+                        "reply subject (any listener key may publish to the bare one)",
+                    )
+                )
+        return answers, event.bare
 
     def _connection(self, event: _Connection, now: float) -> list[HostResult]:
         if event.gone:
@@ -359,10 +509,45 @@ class _Gathering:
 def _job_of(info: HostInfo, request_id: str) -> JobSummary | None:
     """What a job query's answer says of the job; None when the listener cannot tell."""
     if info.job is not None:
-        return info.job
+        return info.job if info.job.request_id == request_id else None
     if info.running_job == request_id:  # knows running_job but not job: still, it runs
         return JobSummary(request_id=request_id, phase=JobPhase.RUNNING)
     return None
+
+
+def _take_answer(found: _Answers, request: DiscoverRequest, event: Message) -> None:
+    """One answer to a discovery or job query into ``found``, unless it is not believed: an
+    answer on a bound subject must name that subject's host and tier, and one on the bare
+    subject for a host that answered bound is dropped."""
+    info = parse_host_info(event.data)
+    origin = reply_origin(request.reply_to, event.subject)
+    if info is None or origin is None:
+        return
+    reason = judge_answer(info, origin)
+    if reason is None and request.tier is not None and info.tier != request.tier.value:
+        return  # not asked for: an answer of a listener that ignores the tier
+    if reason is None and request.hosts is not None and info.hostname not in request.hosts:
+        return
+    if reason is None and not origin.bound and info.hostname in found.bound:
+        reason = (
+            f"it came on the bare reply subject, but {info.hostname} answered on its own "
+            "reply subject (any listener key may publish to the bare one)"
+        )
+    if reason is not None:
+        claim = "job answer" if request.job is not None else "discovery"
+        flagged = Flagged.of(event.subject, info.hostname, claim, reason)
+        log.warning(
+            "reply_flagged",
+            reply_subject=flagged.subject,
+            claimed_host=flagged.hostname,
+            claim=claim,
+            reason=reason,
+        )
+        found.flagged.append(flagged)
+        return
+    if origin.bound:
+        found.bound.add(info.hostname)
+    found.hosts[info.hostname] = info
 
 
 def _listens_to(host: HostInfo, target: Target) -> bool:
@@ -375,13 +560,29 @@ def _listens_to(host: HostInfo, target: Target) -> bool:
 
 
 class _Inbox:
-    """A reply subscription plus permission denials on ``watched``, as one event stream;
-    ``post`` adds events of the deployer's own (connection changes, job answers)."""
+    """Reply subscriptions plus permission denials, as one event stream; ``post`` adds events
+    of the deployer's own (connection changes, job answers).
 
-    def __init__(self, bus: Bus, reply: str, watched: tuple[str, ...]) -> None:
+    A denial on a ``watched`` subject is an event, and kept for ``raise_denied``. A denial of
+    an ``optional`` subscription (a tier's replies, in discovery) is expected: it is only
+    noted in ``refused``, and the bus logs it at debug level.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        subjects: tuple[str, ...],
+        *,
+        watched: tuple[str, ...],
+        optional: Iterable[str] = (),
+    ) -> None:
         self._bus = bus
-        self._reply = reply
+        self._subjects = subjects
         self._watched = watched
+        self._optional = frozenset(optional)
+        self._denials: list[PermissionDenied] = []
+        self._subscriptions: list[Subscription] = []
+        self.refused: set[str] = set()
 
     async def receive(self) -> _Event:
         return await self._receive.receive()
@@ -393,6 +594,12 @@ class _Inbox:
         with contextlib.suppress(anyio.ClosedResourceError):  # the deployment is over
             self._send.send_nowait(event)
 
+    def raise_denied(self, *, prefer: str) -> None:
+        """Raise the server's refusal so far, if any: the one of ``prefer`` if it is there
+        (a test key deploying prod is refused the publish, and the subscription before it)."""
+        if self._denials:
+            raise next((d for d in self._denials if d.subject == prefer), self._denials[0])
+
     async def __aenter__(self) -> _Inbox:
         send: MemoryObjectSendStream[_Event]
         send, self._receive = anyio.create_memory_object_stream[_Event](math.inf)
@@ -400,22 +607,32 @@ class _Inbox:
         async def deliver(msg: Message) -> None:
             send.send_nowait(msg)
 
-        def denied(exc: PermissionDenied) -> None:
+        def denied(exc: PermissionDenied) -> bool:
+            if exc.subject in self._optional:
+                self.refused.add(exc.subject)
+                return True
             if exc.subject in self._watched:
+                self._denials.append(exc)
                 send.send_nowait(exc)
+            return False
 
         self._send = send
         self._stop_watching = self._bus.watch_denials(denied)
         try:
-            self._subscription = await self._bus.subscribe(self._reply, deliver)
+            for subject in self._subjects:
+                self._subscriptions.append(await self._bus.subscribe(subject, deliver))
         except BaseException:
-            self._stop_watching()
+            await self._close()
             raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
         self._stop_watching()
         with anyio.CancelScope(shield=True):
-            await self._subscription.unsubscribe()
+            for subscription in self._subscriptions:
+                await subscription.unsubscribe()
         self._send.close()
         self._receive.close()

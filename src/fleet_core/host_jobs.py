@@ -19,7 +19,6 @@ runner is launched the job belongs to the host, not to this process:
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ import anyio.to_thread
 import structlog
 
 from fleet_core.job_follow import follow, read_exit, read_runner, runner_alive, stop_runner
+from fleet_core.job_runner import discard_argv
 from fleet_core.job_state import Resume, resume_action
 from fleet_core.jobs import JobRecord, JobStore
 from fleet_core.messages import DeployRequest, ErrorCode, StatusKind
@@ -126,14 +126,17 @@ class HostJobs:
             if job.launched is not None and job.final is None:
                 # The rebuild runs on regardless: follow it afresh from its directory rather
                 # than free the host beside it. A second failure ends in the report below.
-                with contextlib.suppress(Exception):
+                try:
                     result = await self._follow(job, launched_at=time.time(), resumed=True)
                     await self._judge(job, result, jlog)
+                except Exception:
+                    jlog.exception("job_follow_crashed_again")
             if job.final is None:
                 crashed = Outcome(
                     StatusKind.FAILED,
                     ErrorCode.BUILD_FAILED,
-                    f"internal error in the listener on {self.settings.hostname}: see its log",
+                    f"internal error in the listener on {self.settings.hostname} (see its log); "
+                    "the rebuild itself may have run on",
                 )
                 await self._finish(job, crashed, exit_code=None)
         finally:
@@ -266,7 +269,7 @@ class HostJobs:
                 reply_to=record.request.reply_to,
                 **self._where(job),
             )
-            if action is Resume.FOLLOW:
+            if action is not Resume.REPORT:  # LOST still stops its leftovers: busy till then
                 self.active.append(job)
             tasks.start_soon(self._resumed, job, action is Resume.FOLLOW)
 
@@ -322,6 +325,8 @@ class HostJobs:
             if duration_s is None:
                 duration_s = self._running_for(job)
             job.final = (outcome, duration_s)
+            if job.directory is not None:  # a runner that never read its argv never will
+                await anyio.to_thread.run_sync(discard_argv, job.directory)
             if job.record is not None:
                 job.record = job.record.finished(
                     outcome, exit_code=exit_code, duration_s=duration_s, now=time.time()

@@ -280,17 +280,22 @@ async def stop_leftovers(directory: Path, grace: float = 5.0) -> None:
     """
     runner = await anyio.to_thread.run_sync(read_runner, directory)
     group = runner.rebuild if runner is not None else None
-    if group is None or not _group_exists(group):
+    if group is None or not await _group_alive(group):
         return
     log.warning("job_leftovers_stopped", group=group, directory=str(directory))
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGTERM)
     limit = time.monotonic() + grace
     # No pidfd exists for a whole group: its end can only be polled for.
-    while _group_exists(group) and time.monotonic() < limit:  # noqa: ASYNC110
+    while await _group_alive(group) and time.monotonic() < limit:  # noqa: ASYNC110
         await anyio.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGKILL)
+
+
+async def _group_alive(group: int) -> bool:
+    """``_group_exists`` off the event loop: it reads /proc/*/stat of every process."""
+    return await anyio.to_thread.run_sync(_group_exists, group)
 
 
 def _group_exists(group: int) -> bool:

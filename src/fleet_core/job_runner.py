@@ -1,16 +1,19 @@
 """The job runner: one rebuild, supervised outside the listener, its result left on disk.
 
-    python -I <site-packages>/fleet_core/job_runner.py <job-dir> --timeout S --kill-grace G \\
-        -- <argv…>
+    python -I <site-packages>/fleet_core/job_runner.py <job-dir> --timeout S --kill-grace G
 
 The listener starts this program (as a transient systemd unit, or in a session of its own)
 and then only watches the job directory, so stopping, restarting or crashing the listener
 never touches the rebuild. The runner:
 
+- takes the rebuild's argv from ``argv.json`` in the job directory (mode 0600, written by the
+  listener with ``write_argv``) and deletes that file at once: the argv holds the flake URL,
+  token and all, and a command line is public (``/proc/<pid>/cmdline``, ``systemctl show``);
 - writes ``runner.json`` first (its own pid, later the rebuild's), atomically;
 - runs ``argv`` in a new session and process group, stdin from /dev/null, stdout and stderr
   into one pipe that only this program reads — a listener that dies cannot SIGPIPE it;
-- copies that output to ``output.log``, at most ``MAX_LOG_BYTES``; past that it writes a
+- copies that output to ``output.log``, at most ``MAX_LOG_BYTES``, with any ``user:token@``
+  of a URL replaced by ``***@`` (nix and git echo the flake URL); past the limit it writes a
   visible marker, drops the rest, and says at the end how much was dropped;
 - at the deadline sends the whole group SIGTERM, then SIGKILL after the grace; on SIGTERM
   or SIGINT to itself (``systemctl stop`` of its unit, a test's clean-up) does the same and
@@ -32,37 +35,48 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ARGV_FILE",
     "EXIT_FILE",
     "MAX_LOG_BYTES",
     "OUTPUT_LOG",
     "RUNNER_FILE",
+    "discard_argv",
     "main",
+    "redact_output",
     "runner_argv",
+    "write_argv",
     "write_json_atomically",
 ]
 
+ARGV_FILE = "argv.json"
 RUNNER_FILE = "runner.json"
 EXIT_FILE = "exit.json"
 OUTPUT_LOG = "output.log"
 MAX_LOG_BYTES = 64 * 1024 * 1024
 OUTLIVE_GRACE = 2.0  # seconds children may hold the output open after the rebuild exits
 _CHUNK = 65536
+# fleet_core.rebuild.redact's pattern, for bytes (this program imports nothing of ours; a
+# test holds the two to the same answers). A match never spans whitespace.
+_USERINFO = re.compile(rb"(://)[^/@\s]*@")
+_BLANKS = (b"\n", b"\r", b"\t", b" ", b"\x0b", b"\x0c")
+_HOLD = 64 * 1024  # bytes without whitespace held back for redaction before written anyway
 
 
-def runner_argv(
-    python: str, job_dir: Path, argv: list[str], *, timeout: float, kill_grace: float
-) -> list[str]:
-    """The command line that runs ``argv`` under this program for the job in ``job_dir``."""
+def runner_argv(python: str, job_dir: Path, *, timeout: float, kill_grace: float) -> list[str]:
+    """The command line that runs the job in ``job_dir`` under this program; the rebuild's
+    own argv goes in the job's ``ARGV_FILE`` (``write_argv``), never on a command line."""
     return [
         python,
         "-I",
@@ -72,9 +86,50 @@ def runner_argv(
         f"{timeout:g}",
         "--kill-grace",
         f"{kill_grace:g}",
-        "--",
-        *argv,
     ]
+
+
+def write_argv(job_dir: Path, argv: Sequence[str]) -> None:
+    """Leave the rebuild's ``argv`` for the runner in ``job_dir``, readable by the owner only
+    (mode 0600, as ``mkstemp`` makes it); the runner deletes it once read."""
+    fd, temporary = tempfile.mkstemp(dir=job_dir, prefix=f".{ARGV_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(list(argv), file)
+        os.replace(temporary, job_dir / ARGV_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def discard_argv(job_dir: Path) -> None:
+    """Delete the job's argv file if it is still there (its runner never read it)."""
+    with contextlib.suppress(OSError):
+        (job_dir / ARGV_FILE).unlink()
+
+
+def _take_argv(job_dir: Path) -> list[str] | str:
+    """The argv the listener left, its file deleted; a sentence saying why not, if not."""
+    path = job_dir / ARGV_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read the job's {ARGV_FILE}: {exc.strerror or exc}"
+    finally:
+        discard_argv(job_dir)
+    try:
+        argv = json.loads(data)
+    except ValueError:
+        argv = None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return f"the job's {ARGV_FILE} does not hold a command line"
+    return argv
+
+
+def redact_output(data: bytes) -> bytes:
+    """``data`` with any ``user:token@`` of a URL replaced by ``***@``."""
+    return _USERINFO.sub(rb"\1***@", data)
 
 
 def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
@@ -101,16 +156,40 @@ def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
 
 
 class _Log:
-    """``output.log``, bounded: past the limit a marker, and at the end what was dropped."""
+    """``output.log``, redacted and bounded: past the limit a marker, and at the end what was
+    dropped.
+
+    Output is written up to its last whitespace, redacted: the rest waits for more, so a URL
+    split between two reads is redacted whole. A run of more than ``_HOLD`` bytes without
+    whitespace is written as it is (a URL that long could be cut by that).
+    """
 
     def __init__(self, path: Path, limit: int = MAX_LOG_BYTES) -> None:
-        self._file = path.open("ab")
+        # 0600: nix may print the flake URL, token and all, in a fetch error.
+        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         self._limit = limit
         self._written = 0
         self._dropped = 0
         self._at_line_start = True
+        self._pending = bytearray()
 
     def write(self, data: bytes) -> None:
+        self._pending += data
+        cut = max(self._pending.rfind(blank) for blank in _BLANKS) + 1
+        if not cut and len(self._pending) > _HOLD:
+            cut = len(self._pending)
+        if cut:
+            ready = bytes(self._pending[:cut])
+            del self._pending[:cut]
+            self._keep(redact_output(ready))
+
+    def _flush_pending(self) -> None:
+        ready = bytes(self._pending)
+        self._pending.clear()
+        if ready:
+            self._keep(redact_output(ready))
+
+    def _keep(self, data: bytes) -> None:
         room = self._limit - self._written
         kept = data[: max(room, 0)]
         if kept:
@@ -119,7 +198,7 @@ class _Log:
             self._at_line_start = kept.endswith(b"\n")
         if len(kept) < len(data):
             if not self._dropped:
-                self.note(
+                self._note(
                     f"fleet-deploy: output.log reached its limit of {self._limit} bytes; "
                     "the rest of the output is not kept"
                 )
@@ -127,13 +206,19 @@ class _Log:
         self._file.flush()
 
     def note(self, line: str) -> None:
-        """A line of the runner's own, always kept (it is not the rebuild's output)."""
+        """A line of the runner's own, always kept (it is not the rebuild's output), after
+        the output so far."""
+        self._flush_pending()
+        self._note(line)
+
+    def _note(self, line: str) -> None:
         start = b"" if self._at_line_start else b"\n"
         self._file.write(start + f"{line}\n".encode())
         self._file.flush()
         self._at_line_start = True
 
     def close(self) -> None:
+        self._flush_pending()
         if self._dropped:
             self.note(f"fleet-deploy: {self._dropped} more bytes of output were not kept")
         with contextlib.suppress(OSError):
@@ -144,13 +229,13 @@ class _Log:
 class _Supervisor:
     """Runs the rebuild's process group to its end, its deadline, or a stop request."""
 
-    def __init__(self, job_dir: Path, argv: list[str], timeout: float, grace: float) -> None:
+    def __init__(self, job_dir: Path, argv: list[str] | str, timeout: float, grace: float) -> None:
         self.job_dir = job_dir
-        self.argv = argv
+        self.argv = argv  # or why there is none to run
         self.timeout = timeout
         self.grace = grace
         self.stop_requested: str | None = None  # the signal's name, once one arrived
-        self.log = _Log(job_dir / OUTPUT_LOG)
+        self.log: _Log  # opened once runner.json is written: that file comes first
 
     def on_signal(self, signum: int, _frame: object) -> None:
         if signum != signal.SIGCHLD and self.stop_requested is None:
@@ -159,6 +244,7 @@ class _Supervisor:
     def run(self) -> dict[str, Any]:
         started_at, began = time.time(), time.monotonic()
         write_json_atomically(self.job_dir / RUNNER_FILE, {"pid": os.getpid()})
+        self.log = _Log(self.job_dir / OUTPUT_LOG)
         result: dict[str, Any] = {
             "exit_code": None,
             "timed_out": False,
@@ -167,27 +253,39 @@ class _Supervisor:
             "started_at": started_at,
         }
         try:
-            process = subprocess.Popen(  # noqa: S603 - the listener's argv, never a shell
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            result["start_error"] = f"cannot start {self.argv[0]!r}: {exc.strerror or exc}"
-            self.log.note(result["start_error"])
-        else:
-            write_json_atomically(
-                self.job_dir / RUNNER_FILE, {"pid": os.getpid(), "rebuild_pid": process.pid}
-            )
-            timed_out, cancelled = self._supervise(process)
-            result.update(exit_code=process.returncode, timed_out=timed_out, cancelled=cancelled)
+            process = self._start(result)
+            if process is not None:
+                write_json_atomically(
+                    self.job_dir / RUNNER_FILE, {"pid": os.getpid(), "rebuild_pid": process.pid}
+                )
+                timed_out, cancelled = self._supervise(process)
+                result.update(
+                    exit_code=process.returncode, timed_out=timed_out, cancelled=cancelled
+                )
         finally:
             self.log.close()
         result["finished_at"] = time.time()
         result["duration_s"] = round(time.monotonic() - began, 3)
         return result
+
+    def _start(self, result: dict[str, Any]) -> subprocess.Popen[bytes] | None:
+        """The rebuild, started; None, with ``start_error`` set and noted, if it cannot be."""
+        if isinstance(self.argv, str):
+            error = self.argv
+        else:
+            try:
+                return subprocess.Popen(  # noqa: S603 - the listener's argv, never a shell
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                error = f"cannot start {self.argv[0]!r}: {exc.strerror or exc}"
+        result["start_error"] = error
+        self.log.note(error)
+        return None
 
     def _supervise(self, process: subprocess.Popen[bytes]) -> tuple[bool, bool]:
         assert process.stdout is not None
@@ -234,11 +332,13 @@ class _Supervisor:
 
     def _stop_reason(self, now: float, deadline: float, exited_at: float | None) -> str | None:
         """Why the group must be stopped now, noted in the log; None while it may run on."""
-        if self.stop_requested is not None:
+        if self.stop_requested is not None and exited_at is None:
             self.log.note(
                 f"fleet-deploy: the job runner got {self.stop_requested}: stopping the rebuild"
             )
             return "signal"
+        if self.stop_requested is not None:
+            return "outlived"  # the rebuild had already exited: its result stands
         if now >= deadline and exited_at is None:
             self.log.note(f"fleet-deploy: the rebuild ran past its {self.timeout:g} s deadline")
             return "deadline"
@@ -272,14 +372,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(args: list[str] | None = None) -> int:
-    given = sys.argv[1:] if args is None else args
-    if "--" not in given or given.index("--") == len(given) - 1:
-        print("usage: job_runner.py JOB_DIR --timeout S [--kill-grace G] -- ARGV…", file=sys.stderr)
-        return 2
-    split = given.index("--")
-    options = _parser().parse_args(given[:split])
+    options = _parser().parse_args(sys.argv[1:] if args is None else args)
     job_dir: Path = options.job_dir
-    supervisor = _Supervisor(job_dir, given[split + 1 :], options.timeout, options.kill_grace)
+    argv = _take_argv(job_dir)  # first: the file holding the token is gone at once
+    supervisor = _Supervisor(job_dir, argv, options.timeout, options.kill_grace)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(signum, supervisor.on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

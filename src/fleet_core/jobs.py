@@ -3,7 +3,8 @@
     <state-dir>/jobs/<stamp>-<request-id>/
         job.json      the JobRecord, replaced atomically at every phase change (the listener)
         runner.json   the job runner's pid, then the rebuild's           (the job runner)
-        output.log    everything the rebuild printed, bounded             (the job runner)
+        argv.json     the rebuild's argv, 0600, until the runner reads it (the listener)
+        output.log    everything the rebuild printed, bounded, redacted   (the job runner)
         exit.json     how the rebuild ended, written once at its end      (the job runner)
 
 The record is what survives the listener: a later listener (or a deployer asking by request

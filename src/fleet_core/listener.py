@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import structlog
 
 from fleet_core import __version__
 from fleet_core.bus import Bus, Message, Subscription
-from fleet_core.errors import FleetError
+from fleet_core.errors import FleetError, RequestRejected
 from fleet_core.host_jobs import HostJobs, Job
 from fleet_core.jobs import JobRecord
 from fleet_core.messages import (
@@ -49,7 +50,9 @@ from fleet_core.outcome import Outcome
 from fleet_core.rebuild import Action
 from fleet_core.runner import Rebuilder, rebuilder_for
 from fleet_core.settings import ListenerSettings
+from fleet_core.signing import ReplayCache, verify_request
 from fleet_core.status_reporter import StatusReporter
+from fleet_core.trust import bound_reply
 
 __all__ = ["RESTART_EXIT_CODE", "Listener", "fingerprint"]
 
@@ -101,6 +104,7 @@ class Listener:
         self._restart: anyio.Event | None = None  # made in serve: an event needs a loop
         self._bus: Bus | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
+        self._replays = ReplayCache()  # signed request ids seen, until they would expire
         self._log = log.bind(host=settings.hostname, tier=settings.tier.value)
 
     @property
@@ -140,6 +144,7 @@ class Listener:
                     discover=self.settings.discover_subject,
                     version=__version__,
                     rebuild_runner=self.settings.rebuild_runner,
+                    trusted_deployer_keys=list(self.settings.trusted_deployer_keys),
                     resumed=[job.request_id for job in self.jobs.active],
                 )
                 task_status.started()
@@ -185,17 +190,30 @@ class Listener:
     # -- handling ----------------------------------------------------------------------------
 
     def _reporter(
-        self, reply_to: str, request: DeployRequest | None = None, request_id: str | None = None
+        self,
+        reply_to: str,
+        request: DeployRequest | None = None,
+        request_id: str | None = None,
+        *,
+        bind: bool = False,
     ) -> StatusReporter:
+        """A reporter to ``reply_to`` — bound to this host's tier and hostname when the
+        request asked for ``bind`` (a resumed job's request still does)."""
         assert self._bus is not None
         return StatusReporter(
             self._bus,
             hostname=self.settings.hostname,
             tier=self.settings.tier.value,
-            reply_to=reply_to,
+            reply_to=self._reply_subject(reply_to, bind or bool(request and request.bind)),
             request=request,
             request_id=request_id,
         )
+
+    def _reply_subject(self, reply_to: str, bind: bool | None) -> str:
+        """Where this host answers ``reply_to``: ``<reply_to>.<tier>.<hostname>`` when bound."""
+        if not bind:
+            return reply_to
+        return bound_reply(reply_to, self.settings.tier.value, self.settings.hostname)
 
     async def _handle_deploy(self, msg: Message) -> None:
         try:
@@ -204,19 +222,36 @@ class Listener:
             self._log.warning(
                 "request_rejected",
                 subject=msg.subject,
+                signer=exc.signer,
                 error=exc.code,
                 reason=str(exc),
                 reply_to=exc.reply_to,
                 size=len(msg.data),
             )
             if exc.reply_to is not None:
-                reporter = self._reporter(exc.reply_to)
+                reporter = self._reporter(exc.reply_to, bind=exc.bind)
                 await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
             return
         request_id = request.id or uuid.uuid4().hex
         reporter = self._reporter(request.reply_to, request, request_id)
+        signer = request.signer  # as the request claims it: a public key, never a secret
+        try:
+            await self._verify(request, msg.subject)
+        except RequestRejected as exc:
+            self._log.warning(
+                "request_rejected",
+                request_id=request_id,
+                subject=msg.subject,
+                signer=signer,
+                error=exc.code,
+                reason=str(exc),
+            )
+            await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
+            return
         if self._tasks is None:
-            self._log.info("request_rejected", request_id=request_id, error="shutting_down")
+            self._log.info(
+                "request_rejected", request_id=request_id, signer=signer, error="shutting_down"
+            )
             await reporter.send(
                 StatusKind.REJECTED,
                 error=ErrorCode.CANCELLED,
@@ -229,6 +264,7 @@ class Listener:
             self._log.info(
                 "request_rejected",
                 request_id=request_id,
+                signer=signer,
                 error=ErrorCode.ALREADY_RUNNING.value,
                 running=running,
             )
@@ -241,7 +277,42 @@ class Listener:
             return
         # Taken before the first await, so a second request can never slip in beside it.
         job = self.jobs.take(request, request_id, reporter)
+        self._log.info(
+            "request_accepted",
+            request_id=request_id,
+            subject=msg.subject,
+            signer=signer,
+            action=request.action.value,
+            revision=request.revision,
+        )
         self._tasks.start_soon(self.jobs.run, job)
+
+    async def _verify(self, request: DeployRequest, subject: str) -> None:
+        """Raise ``RequestRejected`` unless this host may act on ``request``, which arrived
+        on ``subject``: with trusted deployer keys, it must be signed by one of them for that
+        very subject, recently, and be seen for the first time — by this process (the replay
+        cache) and by this host (a job record of its id survives restarts)."""
+        trusted = self.settings.trusted_deployer_keys
+        if not trusted:
+            return
+        verify_request(
+            request.signature_fields(),
+            request_id=request.id,
+            subject=subject,
+            action=request.action.value,
+            revision=request.revision,
+            trusted=trusted,
+            now=time.time(),
+            replays=self._replays,
+            ttl=self.settings.request_ttl,
+        )
+        assert request.id is not None  # verify_request refuses a request without one
+        if await anyio.to_thread.run_sync(self.jobs.store.load, request.id) is not None:
+            raise RequestRejected(
+                ErrorCode.REPLAYED_REQUEST,
+                f"request {request.id} already ran on {self.settings.hostname}: a signed "
+                "request runs at most once",
+            )
 
     async def _handle_discover(self, msg: Message) -> None:
         try:
@@ -265,7 +336,7 @@ class Listener:
             running_job=running,
             job=await self._job_summary(request.job) if request.job is not None else None,
         )
-        await self._bus.publish(request.reply_to, encode(info))
+        await self._bus.publish(self._reply_subject(request.reply_to, request.bind), encode(info))
 
     async def _job_summary(self, request_id: str) -> JobSummary:
         """What this host knows of the job ``request_id``: its record, or ``unknown``."""

@@ -12,6 +12,7 @@ deployer from its caller's arguments. Both sides encode with ``encode``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from enum import StrEnum
 from typing import Any, Final
@@ -34,6 +35,7 @@ from fleet_core.rebuild import (
     validate_action,
     validate_revision,
 )
+from fleet_core.signing import Signature
 from fleet_core.subjects import RESPONSES_PREFIX, Tier, is_reply_subject
 
 __all__ = [
@@ -64,6 +66,8 @@ MAX_STATUS_BYTES: Final = 64 * 1024
 MAX_MESSAGE_CHARS: Final = 2000
 MAX_QUERY_HOSTS: Final = 5000  # hosts one job query may name (it must fit MAX_REQUEST_BYTES)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SIGNING_FIELDS = ("signer", "signed_at", "signature")
+_MAX_SIGNING_CHARS = 128  # a public key is 56 characters, an ed25519 signature 86
 
 
 class StatusKind(StrEnum):
@@ -86,6 +90,13 @@ class ErrorCode(StrEnum):
     BUILD_FAILED = "build_failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    # A host with trusted deployer keys refuses a request that is not signed by one of them,
+    # over exactly what arrived, recently and once (fleet_core.signing raises these codes).
+    UNSIGNED_REQUEST = "unsigned_request"
+    UNTRUSTED_SIGNER = "untrusted_signer"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED_REQUEST = "expired_request"
+    REPLAYED_REQUEST = "replayed_request"
 
 
 class _Wire(BaseModel):
@@ -112,12 +123,39 @@ class DeployRequest(_Request):
     Building one raises ``RequestRejected`` (with the wire error code) for a reply subject
     outside ``deploy.responses.``, a malformed id, an unknown action or an unsafe revision,
     checked in that order. A null id is left off the wire, as homelab-deploy sends none.
+
+    ``signer``, ``signed_at`` and ``signature`` (``fleet_core.signing``) come together or not
+    at all; homelab-deploy's listeners ignore them, as they ignore any unknown field.
+
+    ``bind`` (``fleet_core.trust``): true asks the listener to publish every status to
+    ``<reply_to>.<tier>.<hostname>``, a subject only it may publish to under the layout
+    ``nats-config`` writes; homelab-deploy's listeners ignore it and use ``reply_to``.
     """
 
     action: Action = DEFAULT_ACTION
     revision: str = DEFAULT_REVISION
     reply_to: str
     id: str | None = None
+    bind: bool | None = None
+    signer: str | None = None
+    signed_at: float | None = None
+    signature: str | None = None
+
+    def signature_fields(self) -> Signature | None:
+        """The request's signature as ``fleet_core.signing`` checks it; None if unsigned."""
+        if self.signer is None or self.signed_at is None or self.signature is None:
+            return None
+        return Signature(self.signer, self.signed_at, self.signature)
+
+    def signed(self, signature: Signature) -> DeployRequest:
+        """This request carrying ``signature`` (made over its id, subject, action, revision)."""
+        return self.model_copy(
+            update={
+                "signer": signature.signer,
+                "signed_at": signature.signed_at,
+                "signature": signature.signature,
+            }
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -135,11 +173,42 @@ class DeployRequest(_Request):
             raise RequestRejected(
                 ErrorCode.INVALID_REQUEST, "id must be 1-64 letters, digits, '-' or '_'"
             )
+        _check_bind(data)
+        _check_signing_fields(data)
         return {
             **data,
             "action": validate_action(data.get("action", DEFAULT_ACTION.value)),
             "revision": validate_revision(data.get("revision", DEFAULT_REVISION)),
         }
+
+
+def _check_bind(data: dict[str, Any]) -> None:
+    """``bind`` is true, false or absent: never a string or number read as one."""
+    if not isinstance(data.get("bind", False), bool | None):
+        raise RequestRejected(ErrorCode.INVALID_REQUEST, "bind must be true or false")
+
+
+def _check_signing_fields(data: dict[str, Any]) -> None:
+    """The signing fields are all there or all absent, and of the right shape."""
+    given = [name for name in _SIGNING_FIELDS if data.get(name) is not None]
+    if not given:
+        return
+    signer, signed_at, signature = (data.get(name) for name in _SIGNING_FIELDS)
+    if (
+        len(given) != len(_SIGNING_FIELDS)
+        or not isinstance(signer, str)
+        or not isinstance(signature, str)
+        or len(signer) > _MAX_SIGNING_CHARS
+        or len(signature) > _MAX_SIGNING_CHARS
+        or isinstance(signed_at, bool)
+        or not isinstance(signed_at, int | float)
+        or not math.isfinite(signed_at)
+    ):
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST,
+            "signer, signed_at and signature come together: a public key, a time in seconds "
+            "and a signature",
+        )
 
 
 class Status(_Wire):
@@ -171,13 +240,15 @@ class DiscoverRequest(_Request):
     the job with that request id. It rides on ``deploy.discover`` because homelab-deploy's
     published permissions let every deployer publish there and every listener subscribe.
     Only the named hosts answer; a listener that predates job queries answers as to any
-    discovery, without ``job``, which the deployer reads as "cannot tell".
+    discovery, without ``job``, which the deployer reads as "cannot tell". With ``bind`` a
+    listener answers on ``<reply_to>.<tier>.<hostname>``, as it does a bound deploy request.
     """
 
     reply_to: str
     tier: Tier | None = None
     job: str | None = None
     hosts: list[str] | None = None
+    bind: bool | None = None
 
 
 class JobPhase(StrEnum):
@@ -218,11 +289,22 @@ class HostInfo(_Wire):
 
 
 class InvalidRequest(RequestRejected):
-    """A request that cannot be served; ``reply_to`` is where to say so (None: only log it)."""
+    """A request that cannot be served; ``reply_to`` is where to say so (None: only log it),
+    bound to the listener's tier and hostname when the body asked for ``bind``."""
 
-    def __init__(self, code: str, message: str, *, reply_to: str | None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        reply_to: str | None,
+        bind: bool = False,
+        signer: str | None = None,
+    ) -> None:
         super().__init__(code, message)
         self.reply_to = reply_to
+        self.bind = bind
+        self.signer = signer  # the public key the body claims to be signed by, for the log
 
 
 def encode(model: BaseModel) -> bytes:
@@ -280,13 +362,20 @@ def parse_deploy_request(data: bytes, *, nats_reply: str | None = None) -> Deplo
         raise InvalidRequest(ErrorCode.INVALID_REQUEST, "request has no reply_to", reply_to=None)
     reply = obj.get("reply_to", fallback)
     answer = reply if is_reply_subject(reply) else None  # a bad reply_to is never answered
+    bind = obj.get("bind") is True  # a refusal goes where the statuses would have gone
+    claimed = obj.get("signer")
+    signer = claimed[:_MAX_SIGNING_CHARS] if isinstance(claimed, str) else None
     try:
         return DeployRequest.model_validate({**obj, "reply_to": reply})
     except RequestRejected as exc:
-        raise InvalidRequest(exc.code, str(exc), reply_to=answer) from exc
+        raise InvalidRequest(exc.code, str(exc), reply_to=answer, bind=bind, signer=signer) from exc
     except ValidationError:  # the validator leaves pydantic nothing to refuse; kept as a net
         raise InvalidRequest(
-            ErrorCode.INVALID_REQUEST, "request fields have the wrong types", reply_to=answer
+            ErrorCode.INVALID_REQUEST,
+            "request fields have the wrong types",
+            reply_to=answer,
+            bind=bind,
+            signer=signer,
         ) from None
 
 
@@ -302,9 +391,11 @@ def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> Dis
             f"discovery reply_to must begin with {RESPONSES_PREFIX}",
             reply_to=None,
         )
-    job, hosts = obj.get("job"), obj.get("hosts")
+    job, hosts, bind = obj.get("job"), obj.get("hosts"), obj.get("bind")
     if job is not None and not is_request_id(job):
         raise InvalidRequest(ErrorCode.INVALID_REQUEST, "job must be a request id", reply_to=None)
+    if not isinstance(bind, bool | None):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, "bind must be true or false", reply_to=None)
     if hosts is not None and not (
         isinstance(hosts, list)
         and len(hosts) <= MAX_QUERY_HOSTS
@@ -316,7 +407,9 @@ def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> Dis
             reply_to=None,
         )
     try:
-        return DiscoverRequest(reply_to=reply, tier=obj.get("tier"), job=job, hosts=hosts)
+        return DiscoverRequest(
+            reply_to=reply, tier=obj.get("tier"), job=job, hosts=hosts, bind=bind
+        )
     except ValidationError:
         raise InvalidRequest(
             ErrorCode.INVALID_REQUEST, "discovery tier must be 'test' or 'prod'", reply_to=None

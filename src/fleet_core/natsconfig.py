@@ -7,6 +7,21 @@ NATS permission templates (``{{name()}}``) are taken literally for config-file n
 so every host gets a permission block of its own: it may subscribe to exactly its deploy
 subjects and ``deploy.discover``, and publish only statuses and discovery answers.
 
+Two layouts (``LAYOUTS``):
+
+``bound`` (the default)
+    A listener may publish answers only on ``deploy.responses.*.<tier>.<hostname>``: the
+    server vouches for the host and tier of every bound reply (``fleet_core.trust``), and
+    no listener can publish to a bare reply subject. The test deployer may read only
+    bare and test-tier replies: ``deploy.responses.*`` and ``deploy.responses.*.test.*``.
+    Because a ``*`` in a permission also admits a subscription to a literal ``>`` token,
+    ``deploy.responses.*`` alone would let it subscribe to ``deploy.responses.>``; the deny
+    rule ``deploy.responses.*.prod.>`` keeps prod replies from being delivered there.
+``homelab``
+    homelab-deploy's published example, unchanged: listeners publish on
+    ``deploy.responses.>``, the test deployer reads ``deploy.responses.>``. Nothing binds a
+    reply to its sender; the deployer flags what it cannot believe.
+
 Inventory (TOML)::
 
     [hosts.web1]
@@ -26,9 +41,10 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from fleet_core.errors import UsageError
+from fleet_core.options import DEFAULT_NATS_LAYOUT, NATS_LAYOUTS, NatsLayout
 from fleet_core.subjects import (
     DEFAULT_DEPLOY_SUBJECTS,
     DISCOVER_SUBJECT,
@@ -38,11 +54,16 @@ from fleet_core.subjects import (
     validate_hostname,
     validate_role,
 )
+from fleet_core.trust import bound_replies, bound_reply
 
 __all__ = [
+    "DEFAULT_LAYOUT",
+    "LAYOUTS",
     "DeployerEntry",
     "HostEntry",
     "Inventory",
+    "Layout",
+    "UserPermissions",
     "deployer_permissions",
     "inventory_toml",
     "listener_permissions",
@@ -53,6 +74,25 @@ __all__ = [
 
 _PUBLIC_KEY = re.compile(r"U[A-Z2-7]{55}")
 RESPONSES_WILDCARD = RESPONSES_PREFIX + ">"
+BARE_REPLIES = RESPONSES_PREFIX + "*"  # deploy.responses.<id>: homelab-style answers
+
+Layout = NatsLayout
+LAYOUTS: Final = NATS_LAYOUTS
+DEFAULT_LAYOUT: Final = DEFAULT_NATS_LAYOUT
+_GUARANTEES: Final[dict[Layout, tuple[str, ...]]] = {
+    "bound": (
+        "# Layout `bound`: each listener may publish answers only on",
+        "# deploy.responses.*.<its tier>.<its hostname>, so the server vouches for the host and",
+        "# tier of every status and discovery answer, and the test deployer cannot read",
+        "# prod replies (nor discover prod hosts). Every listener must know `bind`.",
+    ),
+    "homelab": (
+        "# Layout `homelab`: homelab-deploy's published example. Any listener key may publish",
+        "# to any reply subject and the test deployer reads every reply, prod included: the",
+        "# deployer flags what it cannot believe, but cannot tell a forgery in a host's own",
+        "# name. Use `--layout bound` once every listener runs fleet-deploy.",
+    ),
+}
 _BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -140,43 +180,75 @@ def parse_inventory(text: str, *, source: str = "inventory") -> Inventory:
     return Inventory(hosts=tuple(hosts), deployers=tuple(deployers))
 
 
-def listener_permissions(host: HostEntry) -> dict[str, list[str]]:
+@dataclass(frozen=True, slots=True)
+class UserPermissions:
+    """One user's permissions; ``deny_subscribe`` only where a wildcard needs fencing."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    deny_subscribe: tuple[str, ...] = ()
+
+
+def listener_permissions(host: HostEntry, layout: Layout = DEFAULT_LAYOUT) -> UserPermissions:
+    """A listener hears its own deploy subjects; under ``bound`` it answers only on reply
+    subjects that carry its own tier and hostname."""
     subjects = expand_templates(
         DEFAULT_DEPLOY_SUBJECTS, hostname=host.name, tier=host.tier, role=host.role
     )
-    return {
-        "publish": [RESPONSES_WILDCARD, DISCOVER_SUBJECT],
-        "subscribe": [*subjects, DISCOVER_SUBJECT],
-    }
+    answers = (
+        bound_reply(BARE_REPLIES, host.tier.value, host.name)
+        if layout == "bound"
+        else RESPONSES_WILDCARD
+    )
+    return UserPermissions(
+        publish=(answers, DISCOVER_SUBJECT), subscribe=(*subjects, DISCOVER_SUBJECT)
+    )
 
 
-def deployer_permissions(access: Literal["test", "admin"]) -> dict[str, list[str]]:
+def deployer_permissions(
+    access: Literal["test", "admin"], layout: Layout = DEFAULT_LAYOUT
+) -> UserPermissions:
+    """The admin reaches everything; the test deployer publishes to the test tier and, under
+    ``bound``, reads only bare and test-tier replies."""
     if access == "admin":
-        return {"publish": ["deploy.>"], "subscribe": ["deploy.>"]}
-    return {
-        "publish": ["deploy.test.>", DISCOVER_SUBJECT],
-        "subscribe": [RESPONSES_WILDCARD, DISCOVER_SUBJECT],
-    }
+        return UserPermissions(publish=("deploy.>",), subscribe=("deploy.>",))
+    publish = ("deploy.test.>", DISCOVER_SUBJECT)
+    if layout == "homelab":
+        return UserPermissions(publish=publish, subscribe=(RESPONSES_WILDCARD, DISCOVER_SUBJECT))
+    return UserPermissions(
+        publish=publish,
+        subscribe=(
+            BARE_REPLIES,
+            bound_replies(BARE_REPLIES, Tier.TEST),
+            DISCOVER_SUBJECT,
+        ),
+        # deploy.responses.* admits a subscription to deploy.responses.> (a ``*`` matches
+        # the literal token ``>``); the server then withholds what this deny matches.
+        deny_subscribe=(bound_reply(BARE_REPLIES, Tier.PROD.value, ">"),),
+    )
 
 
 def _quoted(items: Iterable[str]) -> str:
     return ", ".join(f'"{item}"' for item in items)
 
 
-def _user(comment: str, nkey: str, permissions: Mapping[str, list[str]]) -> list[str]:
+def _user(comment: str, nkey: str, permissions: UserPermissions) -> list[str]:
+    subscribe = f"[{_quoted(permissions.subscribe)}]"
+    if permissions.deny_subscribe:
+        subscribe = f"{{ allow: {subscribe}, deny: [{_quoted(permissions.deny_subscribe)}] }}"
     return [
         f"    # {comment}",
         "    {",
         f'      nkey: "{nkey}"',
         "      permissions: {",
-        f"        publish: [{_quoted(permissions['publish'])}]",
-        f"        subscribe: [{_quoted(permissions['subscribe'])}]",
+        f"        publish: [{_quoted(permissions.publish)}]",
+        f"        subscribe: {subscribe}",
         "      }",
         "    }",
     ]
 
 
-def render_authorization(inventory: Inventory) -> str:
+def render_authorization(inventory: Inventory, layout: Layout = DEFAULT_LAYOUT) -> str:
     """The ``authorization { users = [...] }`` block for nats-server's config file."""
     lines = ["authorization {", "  users = ["]
     for host in sorted(inventory.hosts, key=lambda h: (h.tier.value, h.name)):
@@ -184,30 +256,32 @@ def render_authorization(inventory: Inventory) -> str:
         lines += _user(
             f"listener {host.name} (tier {host.tier.value}{role})",
             host.nkey,
-            listener_permissions(host),
+            listener_permissions(host, layout),
         )
     for deployer in inventory.deployers:
         lines += _user(
             f"deployer {deployer.name} ({deployer.access})",
             deployer.nkey,
-            deployer_permissions(deployer.access),
+            deployer_permissions(deployer.access, layout),
         )
     lines += ["  ]", "}", ""]
     return "\n".join(lines)
 
 
-def nats_config(inventory: Inventory, *, source: str) -> str:
-    """A complete nats-server config for ``inventory``: a header comment and its users."""
+def nats_config(inventory: Inventory, *, source: str, layout: Layout = DEFAULT_LAYOUT) -> str:
+    """A complete nats-server config for ``inventory``: a header comment (which layout, and
+    what it guarantees) and its users."""
     tiers = [host.tier.value for host in inventory.hosts]
     header = [
         "# NATS authorization for fleet-deploy, written by `fleet-deploy nats-config` from",
         f"# {source}: {len(tiers)} hosts ({tiers.count('test')} test, "
         f"{tiers.count('prod')} prod) and {len(inventory.deployers)} deployers.",
+        *_GUARANTEES[layout],
         "# Regenerate it rather than edit it. Load it with `nats-server -c <this file>`, or",
         "# `include` it from your server's config; check it with `nats-server -t -c <file>`.",
         "",
     ]
-    return "\n".join(header) + render_authorization(inventory)
+    return "\n".join(header) + render_authorization(inventory, layout)
 
 
 def _toml_key(name: str) -> str:

@@ -32,8 +32,11 @@ __all__ = [
     "DEFAULT_LISTENER_TIMEOUT",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MCP_HEARTBEAT",
+    "DEFAULT_NATS_LAYOUT",
     "DEFAULT_REBUILD_COMMAND",
     "DEFAULT_REBUILD_RUNNER",
+    "DEFAULT_REQUEST_SKEW",
+    "DEFAULT_REQUEST_TTL",
     "DEFAULT_SANDBOX_CLUSTER",
     "DEFAULT_SANDBOX_HOSTS",
     "DEFAULT_SANDBOX_PORT",
@@ -44,9 +47,11 @@ __all__ = [
     "MAX_SANDBOX_CLUSTER",
     "MAX_SANDBOX_HOSTS",
     "MIN_SANDBOX_HOSTS",
+    "NATS_LAYOUTS",
     "REBUILD_RUNNERS",
     "RESTART_EXIT_STATUS",
     "Command",
+    "NatsLayout",
     "Option",
     "add_arguments",
     "command",
@@ -65,6 +70,8 @@ DEFAULT_STATE_DIR = Path("/var/lib/fleet-deploy")
 DEFAULT_REBUILD_RUNNER = "auto"
 REBUILD_RUNNERS = ("auto", "systemd", "session")
 RESTART_EXIT_STATUS = 75  # EX_TEMPFAIL: "restart me"; the NixOS unit restarts on it
+DEFAULT_REQUEST_TTL = 60.0  # seconds a signed deploy request stays valid (fleet_core.signing)
+DEFAULT_REQUEST_SKEW = 30.0  # seconds of clock difference a listener tolerates either way
 DEFAULT_LOG_LEVEL = "info"
 DEFAULT_MCP_HEARTBEAT = 5.0  # progress at least this often; the promise to clients is 10 s
 DEFAULT_SANDBOX_HOSTS = 6
@@ -74,6 +81,11 @@ DEFAULT_SANDBOX_PORT = 4222
 DEFAULT_SANDBOX_CLUSTER = 1  # one nats-server; more are routed into a cluster
 MAX_SANDBOX_CLUSTER = 5
 DEFAULT_SIM_DELAY = 0.15
+# nats-config's layouts (fleet_core.natsconfig): replies bound to their sender, or
+# homelab-deploy's published example.
+NatsLayout = Literal["bound", "homelab"]
+NATS_LAYOUTS: tuple[NatsLayout, ...] = ("bound", "homelab")
+DEFAULT_NATS_LAYOUT: NatsLayout = "bound"
 
 Kind = Literal["value", "list", "switch", "positional"]
 
@@ -215,7 +227,18 @@ LISTENER = Command(
         Option("tier", "deployment tier", choices=TIERS, metavar="TIER", required=True),
         NATS_URL,
         NKEY_FILE,
-        Option("flake_url", "flake to deploy, without #host", metavar="URL", required=True),
+        Option(
+            "flake_url",
+            "flake to deploy, without #host; required unless --flake-url-file is given. A "
+            "command line is public (/proc): give a URL with a token in the variable or a file",
+            metavar="URL",
+        ),
+        Option(
+            "flake_url_file",
+            "file holding the flake URL instead, read once at start: keeps a token "
+            "(git+https://user:TOKEN@…) off the command line",
+            metavar="PATH",
+        ),
         Option("role", "role for deploy.<tier>.role.<role> targeting", metavar="ROLE"),
         Option(
             "timeout",
@@ -256,6 +279,22 @@ LISTENER = Command(
             default=DEFAULT_REBUILD_RUNNER,
             choices=REBUILD_RUNNERS,
             metavar="MODE",
+        ),
+        Option(
+            "trusted_deployer_key",
+            "public key (U…) of a deployer allowed to deploy to this host; repeatable, "
+            "comma-separated in the variable. Given any, a request must be signed by one of "
+            "them (unsigned, forged, expired and replayed requests are rejected); given none, "
+            "unsigned requests are accepted",
+            kind="list",
+            metavar="KEY",
+        ),
+        Option(
+            "request_ttl",
+            "how long a signed request stays valid after it was signed, in seconds "
+            f"({DEFAULT_REQUEST_SKEW:g} s of clock difference are allowed on top)",
+            default=DEFAULT_REQUEST_TTL,
+            metavar="SECONDS",
         ),
         Option(
             "restart_if_changed",
@@ -372,7 +411,13 @@ NATS_CONFIG = Command(
     '  nkey = "U..."            # the listener\'s public key (fleet-deploy keygen)\n\n'
     "  [deployers.assistant]\n"
     '  access = "test"          # test: deploy.test.> only; admin: deploy.>\n'
-    '  nkey = "U..."',
+    '  nkey = "U..."\n\n'
+    "Layouts: `bound` (the default) lets each listener answer only on reply subjects\n"
+    "that carry its own tier and hostname, so the server vouches for who sent each\n"
+    "status, and keeps prod replies from the test deployer; every listener must run\n"
+    "fleet-deploy. `homelab` is homelab-deploy's published example, for fleets that\n"
+    "still run its listeners or deployer: the deployer then flags what it cannot\n"
+    "believe, but cannot tell a forgery in a host's own name.",
     (
         Option(
             "inventory",
@@ -388,6 +433,14 @@ NATS_CONFIG = Command(
             metavar="FILE",
             short="-o",
             shown_default="stdout",
+        ),
+        Option(
+            "layout",
+            "which permissions to write",
+            default=DEFAULT_NATS_LAYOUT,
+            env=False,
+            choices=NATS_LAYOUTS,
+            metavar="LAYOUT",
         ),
     ),
 )

@@ -91,15 +91,17 @@ def validate_revision(value: object) -> str:
 
 
 def validate_flake_url(value: str) -> str:
-    """Return ``value`` if the listener can append a revision and a host to it."""
+    """Return ``value`` if the listener can append a revision and a host to it; an error
+    shows it redacted, as it may carry a token."""
+    shown = redact(value)
     if not value or any(c.isspace() for c in value) or "#" in value:
         raise UsageError(
-            f"invalid flake URL {value!r}: give the repository without '#<host>' and without "
+            f"invalid flake URL {shown!r}: give the repository without '#<host>' and without "
             "spaces, e.g. git+https://git.example.com/nixos-configs.git"
         )
     if re.search(r"[?&](ref|rev)=", value):
         raise UsageError(
-            f"flake URL {value!r} already pins ref= or rev=: drop it, each deploy names its "
+            f"flake URL {shown!r} already pins ref= or rev=: drop it, each deploy names its "
             "revision"
         )
     return value

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from fleet_core.messages import HostInfo
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
 
-__all__ = ["RECOVERED", "connection_line", "host_line", "hosts_table", "summary"]
+__all__ = ["RECOVERED", "connection_line", "host_line", "hosts_table", "summary", "trust_lines"]
 
 _TAIL_LINES = 20
 RECOVERED = "(recovered from its job record)"  # a final status whose message was lost
@@ -56,8 +56,31 @@ def summary(result: DeploymentResult) -> str:
         counts = "no host answered"
     if result.outages:
         lines += ["", _outages(result)]
+    lines += trust_lines(result)
+    if result.ok and not result.server_verified:
+        verdict += " (not server-verified)"
     lines += ["", f"{verdict}: {counts}"]
     return "\n".join(lines)
+
+
+def trust_lines(result: DeploymentResult) -> list[str]:
+    """What the deployer did not believe, and what it believed without the server's word."""
+    lines: list[str] = []
+    if result.flagged_count:
+        lines += ["", f"Not believed, so not counted ({result.flagged_count}):"]
+        lines += [
+            f"  {f.hostname:<20} {f.claim:<10} on {f.subject}: {f.reason}" for f in result.flagged
+        ]
+        if result.flagged_count > len(result.flagged):
+            lines.append(f"  … and {result.flagged_count - len(result.flagged)} more")
+    if result.unverified:
+        lines += [
+            "",
+            f"Not server-verified: {', '.join(result.unverified)} answered on the bare reply "
+            "subject (as homelab-deploy listeners do), which any listener key may publish to "
+            "under homelab-deploy's NATS layout.",
+        ]
+    return lines
 
 
 def _outages(result: DeploymentResult) -> str:

@@ -7,15 +7,19 @@ The runner is launched one of two ways (``--rebuild-runner``):
 
 - ``systemd``: a transient unit, ``systemd-run --unit fleet-deploy-job-<id> --collect …``,
   in a cgroup of its own, so ``systemctl restart`` of the listener's unit, and its
-  KillMode, cannot reach it. The listener's environment (minus what systemd sets per unit)
-  is passed on with ``--setenv NAME``, as a transient unit starts with a clean one.
+  KillMode, cannot reach it. The listener's environment (minus what systemd sets per unit,
+  and its own ``FLEET_DEPLOY_*`` settings) is passed on with ``--setenv NAME``, as a
+  transient unit starts with a clean one.
 - ``session``: the runner in a new session (``setsid``), its stdio on /dev/null; for hosts
   without systemd, tests and the sandbox. Under a systemd unit this does *not* survive a
   restart of that unit (KillMode=control-group reaches every process of its cgroup).
 
-``Rebuilder.start`` only launches; following the job to its end is the same for every mode,
-through the job directory (``fleet_core.job_follow``). ``fleet_core.testing.InstantRebuilder``
-is a rebuilder that "launches" by writing a finished job's files itself.
+Either way the rebuild's argv, which holds the flake URL and any token in it, reaches the
+runner in a file of the job directory (mode 0600, deleted once read), never on the runner's
+command line, which every local user can read. ``Rebuilder.start`` only launches; following
+the job to its end is the same for every mode, through the job directory
+(``fleet_core.job_follow``). ``fleet_core.testing.InstantRebuilder`` is a rebuilder that
+"launches" by writing a finished job's files itself.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -31,7 +35,7 @@ import anyio
 import structlog
 
 from fleet_core.job_follow import MAX_LINE_CHARS, TailBuffer, adopt_child
-from fleet_core.job_runner import runner_argv
+from fleet_core.job_runner import discard_argv, runner_argv, write_argv
 from fleet_core.outcome import RebuildResult
 from fleet_core.settings import ListenerSettings
 
@@ -61,7 +65,7 @@ class RebuildJob:
     """One rebuild to start: ``directory`` is its job directory, ``job_id`` its request id."""
 
     job_id: str
-    argv: Sequence[str]
+    argv: Sequence[str] = field(repr=False)  # it holds the flake URL, token and all
     directory: Path
     timeout: float
     kill_grace: float = 5.0
@@ -108,16 +112,24 @@ class ProcessRebuilder:
         self._pass_env = tuple(pass_env)
 
     async def start(self, job: RebuildJob) -> Launched:
+        """Launch the runner; the rebuild's argv reaches it in a file, not a command line."""
+        directory = job.directory.absolute()
         argv = runner_argv(
-            sys.executable,
-            job.directory.absolute(),
-            list(job.argv),
-            timeout=job.timeout,
-            kill_grace=job.kill_grace,
+            sys.executable, directory, timeout=job.timeout, kill_grace=job.kill_grace
         )
-        if self.mode == "systemd":
-            return await self._start_unit(job, argv)
-        return self._start_session(argv)
+        try:
+            write_argv(directory, job.argv)
+        except OSError as exc:
+            raise StartFailed(
+                f"cannot hand the rebuild's command line to the job runner: {exc.strerror or exc}"
+            ) from exc
+        try:
+            if self.mode == "systemd":
+                return await self._start_unit(job, argv)
+            return self._start_session(argv)
+        except StartFailed:
+            discard_argv(directory)  # no runner will read it
+            raise
 
     def _start_session(self, argv: list[str]) -> Launched:
         try:

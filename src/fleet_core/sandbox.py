@@ -215,12 +215,16 @@ def _locked(root: Path) -> Iterator[None]:
 def _listener_settings(
     fleet: LocalFleet, host: SimulatedHost, index: int, settings: SandboxSettings
 ) -> ListenerSettings:
+    # Signed requests as docs/security.md recommends: a test host trusts the admin and the
+    # test-tier deployer, a prod host the admin alone.
+    trusted = (ADMIN, TEST_DEPLOYER) if host.tier is Tier.TEST else (ADMIN,)
     return fleet.listener_settings(
         host.name,
         flake_url=FLAKE_URL,
         rebuild_command=_rebuild_command(host, index, fleet.root / "hosts" / host.name, settings),
         progress_interval=0.25,
         kill_grace=2.0,
+        trusted_deployer_keys=tuple(fleet.seed(name).public_key for name in trusted),
     )
 
 
@@ -403,7 +407,9 @@ class _Sandbox:
         )
         self.say(f"{READY_LINE}: the tour uses the test deployer key, as an assistant would")
         async with await self.fleet.connect(TEST_DEPLOYER, name="tour") as test_bus:
-            deployer = Deployer(test_bus, timing=_TOUR_TIMING)
+            deployer = Deployer(
+                test_bus, timing=_TOUR_TIMING, signer=self.fleet.seed(TEST_DEPLOYER)
+            )
             await self._discover(deployer, problems, cli)
             await self._deploy_test(deployer, problems, cli)
             await self._refused(deployer, problems, cli)
@@ -423,9 +429,17 @@ class _Sandbox:
         self.say(f"\n1. Who is listening?    $ {cli} hosts\n")
         found = await deployer.discover()
         self.say("\n".join("  " + line for line in hosts_table(found).splitlines()))
-        missing = sorted({h.name for h in self.plan} - {h.hostname for h in found})
+        self.say(
+            "  Only the test tier: the NATS server keeps prod's answers from the test key, so "
+            "it\n  learns neither the statuses nor the names of production hosts."
+        )
+        test_hosts = {h.name for h in self.plan if h.tier is Tier.TEST}
+        missing = sorted(test_hosts - {h.hostname for h in found})
         if missing:
             problems.append(f"discovery did not find {', '.join(missing)}")
+        shown = sorted({h.hostname for h in found} - test_hosts)
+        if shown:
+            problems.append(f"the test key discovered {', '.join(shown)}: prod is not hidden")
 
     async def _deploy_test(self, deployer: Deployer, problems: list[str], cli: str) -> None:
         self.say(f"\n2. Deploy master to the test tier    $ {cli} deploy deploy.test.all\n")
@@ -470,7 +484,8 @@ class _Sandbox:
             f"$ {cli} deploy deploy.prod.role.web --nkey-file {shlex.quote(str(admin_key))}\n"
         )
         async with await self.fleet.connect(ADMIN, name="tour admin") as bus:
-            result = await self._deploy(Deployer(bus, timing=_TOUR_TIMING), "deploy.prod.role.web")
+            admin = Deployer(bus, timing=_TOUR_TIMING, signer=self.fleet.seed(ADMIN))
+            result = await self._deploy(admin, "deploy.prod.role.web")
         self.say("\n" + summary(result))
         web = sorted(h.name for h in self.plan if h.tier is Tier.PROD and h.role == "web")
         if not result.ok or sorted(h.hostname for h in result.hosts) != web:

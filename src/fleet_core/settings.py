@@ -23,8 +23,10 @@ from fleet_core.options import (
     DEFAULT_LISTENER_TIMEOUT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MCP_HEARTBEAT,
+    DEFAULT_NATS_LAYOUT,
     DEFAULT_REBUILD_COMMAND,
     DEFAULT_REBUILD_RUNNER,
+    DEFAULT_REQUEST_TTL,
     DEFAULT_SANDBOX_CLUSTER,
     DEFAULT_SANDBOX_HOSTS,
     DEFAULT_SANDBOX_PORT,
@@ -35,9 +37,11 @@ from fleet_core.options import (
     MAX_SANDBOX_HOSTS,
     MIN_SANDBOX_HOSTS,
     Command,
+    NatsLayout,
     command,
 )
 from fleet_core.rebuild import Action, validate_flake_url
+from fleet_core.signing import public_key_bytes
 from fleet_core.subjects import (
     DEFAULT_DEPLOY_SUBJECTS,
     DISCOVER_SUBJECT,
@@ -123,7 +127,7 @@ class ListenerSettings:
     tier: Tier
     nats_urls: tuple[str, ...]  # one server, or several of one cluster (parse_nats_urls)
     nkey_file: Path
-    flake_url: str
+    flake_url: str = field(repr=False)  # it may carry a token: never in a repr
     role: str | None = None
     timeout: float = DEFAULT_LISTENER_TIMEOUT
     deploy_subject_templates: tuple[str, ...] = DEFAULT_DEPLOY_SUBJECTS
@@ -139,6 +143,10 @@ class ListenerSettings:
     restart_if_changed: tuple[Path, ...] = ()
     rebuild_env: tuple[str, ...] = ()  # variables a transient unit takes from the listener's
     systemd_run: tuple[str, ...] = ("systemd-run",)
+    # Public keys of the deployers whose signed requests this host (its tier) accepts; when
+    # there are none, unsigned requests are accepted (fleet_core.signing).
+    trusted_deployer_keys: tuple[str, ...] = ()
+    request_ttl: float = DEFAULT_REQUEST_TTL
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +166,10 @@ class ListenerSettings:
         for path in self.restart_if_changed:
             if not path.is_absolute():
                 raise UsageError(f"--restart-if-changed {str(path)!r} must be an absolute path")
+        for key in self.trusted_deployer_keys:
+            _check_public_key(key, "--trusted-deployer-key")
+        if not self.request_ttl > 0:
+            raise UsageError("--request-ttl must be a positive number of seconds")
         subjects = expand_templates(
             self.deploy_subject_templates, hostname=self.hostname, tier=self.tier, role=self.role
         )
@@ -244,6 +256,7 @@ class NatsConfigSettings:
 
     inventory: str
     output: Path | None = None
+    layout: NatsLayout = DEFAULT_NATS_LAYOUT
 
 
 # -- reading one option ----------------------------------------------------------------------
@@ -341,10 +354,15 @@ class _Values:
         raise UsageError(f"{variable}={raw!r} is not a boolean: use true or false")
 
     def items(self, name: str) -> tuple[str, ...]:
-        """A repeatable flag's values; the declared default when it was not given."""
+        """A repeatable flag's values, else its variable's comma-separated ones; the declared
+        default when neither was given."""
         given = self._flags.get(name)
         if isinstance(given, list | tuple) and given:
             return tuple(str(item) for item in given)
+        variable = self._options[name].variable
+        listed = self.environ.get(variable, "") if variable is not None else ""
+        if listed.strip():
+            return tuple(item.strip() for item in listed.split(",") if item.strip())
         default = self._options[name].default
         return tuple(default) if isinstance(default, tuple) else ()
 
@@ -415,6 +433,49 @@ def _tier(value: str | None) -> Tier | None:
     return Tier(value) if value is not None else None
 
 
+def _check_public_key(key: str, source: str) -> None:
+    """``key`` is a user public key (``U…``), or a ``UsageError`` that never repeats a seed."""
+    if key.startswith("S"):  # a seed given by mistake: the secret must not reach the journal
+        raise UsageError(
+            f"{source}: that is an NKey seed, a secret: give the deployer's public key (U…), "
+            "which `fleet-deploy keygen` prints"
+        )
+    try:
+        public_key_bytes(key)
+    except ValueError as exc:
+        raise UsageError(
+            f"{source}: {exc}: give the deployer's public key (U…), which `fleet-deploy "
+            "keygen` prints"
+        ) from None
+
+
+def _flake_url(values: _Values) -> str:
+    """``--flake-url`` (or its variable), or the content of ``--flake-url-file``: one only.
+    No error shows the URL: it may carry a token."""
+    url = values.given("flake_url")
+    path = values.given("flake_url_file")
+    if url is not None and path is not None:
+        raise UsageError(f"give {url[1]} or {path[1]}, not both")
+    if url is not None:
+        return url[0]
+    if path is None:
+        raise UsageError(
+            "--flake-url is required (or set FLEET_DEPLOY_FLAKE_URL), or --flake-url-file "
+            "with the URL in a file"
+        )
+    try:
+        text = Path(path[0]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise UsageError(f"{path[1]}: cannot read {path[0]}: {reason}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise UsageError(
+            f"{path[1]}: {path[0]} must hold the flake URL on one line, not {len(lines)} lines"
+        )
+    return lines[0]
+
+
 # -- one builder per command -----------------------------------------------------------------
 
 
@@ -435,13 +496,14 @@ def listener_settings(
         tier=Tier(values.required_choice("tier")),
         nats_urls=_nats_urls(values),
         nkey_file=Path(values.required("nkey_file")),
-        flake_url=values.required("flake_url"),
+        flake_url=_flake_url(values),
         role=values.text("role"),
         timeout=values.number("timeout"),
         deploy_subject_templates=values.items("deploy_subject"),
         discover_subject=values.required("discover_subject"),
         rebuild_command=argv,
-        state_dir=Path(state_dir) if state_dir else DEFAULT_STATE_DIR,
+        # Absolute: the job runner is matched against it in /proc/<pid>/cmdline.
+        state_dir=Path(state_dir).absolute() if state_dir else DEFAULT_STATE_DIR,
         log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
         rebuild_runner=choose_rebuild_runner(
             values.choice("rebuild_runner") or DEFAULT_REBUILD_RUNNER,
@@ -450,7 +512,18 @@ def listener_settings(
             root=os.geteuid() == 0,
         ),
         restart_if_changed=tuple(Path(p) for p in values.items("restart_if_changed")),
-        rebuild_env=tuple(sorted(n for n in values.environ if n not in _PER_UNIT_VARIABLES)),
+        rebuild_env=tuple(
+            sorted(
+                name
+                for name in values.environ
+                # The listener's own settings stay its own: a transient unit's environment is
+                # shown to every local user (systemctl show), and FLEET_DEPLOY_FLAKE_URL may
+                # hold a token.
+                if name not in _PER_UNIT_VARIABLES and not name.startswith(ENV_PREFIX)
+            )
+        ),
+        trusted_deployer_keys=tuple(dict.fromkeys(values.items("trusted_deployer_key"))),
+        request_ttl=values.number("request_ttl"),
     )
 
 
@@ -579,6 +652,9 @@ def nats_config_settings(flags: Flags) -> NatsConfigSettings:
     """Settings for ``fleet-deploy nats-config``."""
     values = _Values(command("nats-config"), flags, {})
     output = values.text("output")
+    layout = values.choice("layout")
     return NatsConfigSettings(
-        inventory=values.required("inventory"), output=Path(output) if output else None
+        inventory=values.required("inventory"),
+        output=Path(output) if output else None,
+        layout="homelab" if layout == "homelab" else DEFAULT_NATS_LAYOUT,
     )

@@ -54,7 +54,9 @@ def run_nats_config(
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise UsageError(f"cannot read inventory {inventory}: {reason}") from exc
-    config = nats_config(parse_inventory(text, source=source), source=source)
+    config = nats_config(
+        parse_inventory(text, source=source), source=source, layout=settings.layout
+    )
     if settings.output is None:
         out.write(config)
         out.flush()

@@ -33,6 +33,7 @@ import nacl.signing
 import nkeys
 
 from fleet_core.errors import RequestRejected
+from fleet_core.options import DEFAULT_REQUEST_SKEW, DEFAULT_REQUEST_TTL
 
 __all__ = [
     "DEFAULT_SKEW",
@@ -45,8 +46,8 @@ __all__ = [
     "verify_request",
 ]
 
-DEFAULT_TTL = 60.0  # seconds a signed request stays valid
-DEFAULT_SKEW = 30.0  # seconds of clock difference tolerated in either direction
+DEFAULT_TTL = DEFAULT_REQUEST_TTL  # seconds a signed request stays valid (--request-ttl)
+DEFAULT_SKEW = DEFAULT_REQUEST_SKEW  # seconds of clock difference tolerated in either direction
 _DOMAIN = "fleet-deploy-request-v1"
 _PUBLIC_USER_PREFIX = nkeys.PREFIX_BYTE_USER
 

@@ -26,7 +26,8 @@ log = structlog.get_logger("fleet.listener")
 
 @dataclass(frozen=True, slots=True)
 class StatusReporter:
-    """Publishes the statuses of one request to its ``reply_to``.
+    """Publishes the statuses of one request to ``reply_to``: the request's own, or — when it
+    asked for ``bind`` — that subject bound to this host (``Listener._reporter`` decides).
 
     ``request`` and ``request_id`` are None for a request too malformed to have them.
     """

@@ -58,7 +58,15 @@ from fleet_core.errors import FleetError
 from fleet_core.job_runner import EXIT_FILE, OUTPUT_LOG
 from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
 from fleet_core.listener import Listener
-from fleet_core.natsconfig import DeployerEntry, HostEntry, Inventory, inventory_toml, nats_config
+from fleet_core.natsconfig import (
+    DEFAULT_LAYOUT,
+    DeployerEntry,
+    HostEntry,
+    Inventory,
+    Layout,
+    inventory_toml,
+    nats_config,
+)
 from fleet_core.runner import Launched, Rebuilder, RebuildJob
 from fleet_core.settings import DeployTiming, ListenerSettings
 from fleet_core.subjects import Tier
@@ -69,6 +77,7 @@ __all__ = [
     "FleetHost",
     "InstantRebuilder",
     "LocalFleet",
+    "Permissions",
     "local_fleet",
     "simulated_rebuild_command",
     "simulated_systemd_run_command",
@@ -81,6 +90,8 @@ CLUSTER_SPREAD_DEADLINE = 15.0  # for every server of a cluster to learn of new 
 _PROBE_TIMING = DeployTiming(discovery_first=1.0, discovery_quiet=0.05, discovery_cap=2.0)
 
 Access = Literal["test", "admin"]
+# An extra user's permissions: {"publish": [...], "subscribe": [...]}, as nats-server takes them.
+Permissions = Mapping[str, Sequence[str]]
 
 log = structlog.get_logger("fleet.testing")
 
@@ -139,11 +150,13 @@ class LocalFleet:
         seeds: Mapping[str, Seed],
         inventory: Inventory,
         cluster: EmbeddedNatsCluster,
+        layout: Layout = DEFAULT_LAYOUT,
     ) -> None:
         self.root = root
         self.state_root = state_root
         self.hosts = {host.name: host for host in hosts}
         self.inventory = inventory
+        self.layout = layout
         self.cluster = cluster
         self._seeds = dict(seeds)
         self._opened: list[Bus] = []
@@ -273,19 +286,24 @@ class LocalFleet:
         that came over it came after everything its sender had to tell of earlier
         subscriptions. So once each server heard every listener answer, each knows all
         their subscriptions. ``listeners`` does this by itself; a test that starts a
-        listener otherwise (the CLI) calls it. Uses the first deployer's key; a server
-        that was stopped or killed is left out.
+        listener otherwise (the CLI) calls it. Uses an admin key (else the first deployer's,
+        which under the bound layout waits for test hosts only: it may not hear prod's); a
+        server that was stopped or killed is left out.
         """
         wanted = set(hosts)
+        deployers = self.inventory.deployers
+        if not deployers:
+            raise FleetError("wait_for_listeners asks with a deployer key: the fleet has none")
+        chosen = next((d for d in deployers if d.access == "admin"), deployers[0])
+        who = chosen.name
+        if chosen.access == "test" and self.layout == "bound":
+            wanted = {h for h in wanted if h not in self.hosts or self.hosts[h].tier is Tier.TEST}
         if not wanted:
             return
-        if not self.inventory.deployers:
-            raise FleetError("wait_for_listeners asks with a deployer key: the fleet has none")
-        who = self.inventory.deployers[0].name
 
         async def from_server(url: str) -> None:
             async with await Bus.connect(url, self.seed(who), name="fleet probe") as bus:
-                deployer = Deployer(bus, timing=_PROBE_TIMING)
+                deployer = Deployer(bus, timing=_PROBE_TIMING, signer=self.seed(who))
                 # Each round waits for answers (or discovery_first): no busy loop.
                 while not wanted <= {info.hostname for info in await deployer.discover()}:
                     log.info("cluster_not_spread_yet", server=url)
@@ -328,25 +346,33 @@ async def local_fleet(
     deployers: Mapping[str, Access],
     *,
     outsiders: Sequence[str] = (),
+    extra_users: Mapping[str, Permissions] | None = None,
     root: Path | None = None,
     state_root: Path | None = None,
     port: int = -1,
     reuse_keys: bool = False,
     cluster: int = 1,
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> AsyncIterator[LocalFleet]:
     """Keys, the tiered permissions and a started nats-server for ``hosts`` and ``deployers``.
 
-    ``outsiders`` get a key the server does not know. ``port`` is nats-server's: -1 picks a
+    ``outsiders`` get a key the server does not know; ``extra_users`` get a key the server
+    knows with the permissions given, outside the inventory (a looser config than
+    ``nats-config`` writes: a leaked key that may publish on ``deploy.>``, say). ``port`` is
+    nats-server's: -1 picks a
     free one. ``reuse_keys`` keeps the seeds already in ``root/keys`` (the sandbox's --dir),
     generating only the missing ones. ``cluster`` > 1 starts that many nats-servers on the
     same config, routed into a cluster (``port`` is then the first one's), all routes up
-    before the block starts. Listeners start with ``LocalFleet.listeners``.
+    before the block starts. ``layout`` is ``nats-config``'s: ``bound`` (its default), or
+    ``homelab`` for homelab-deploy's published example. Listeners start with
+    ``LocalFleet.listeners``.
     """
     async with AsyncExitStack() as stack:  # clean-up runs in the reverse order of set-up
         if root is None:
             root = Path(tempfile.mkdtemp(prefix="fleet-"))
             stack.callback(shutil.rmtree, root, ignore_errors=True)
-        names = [*(h.name for h in hosts), *deployers, *outsiders]
+        extra = dict(extra_users or {})
+        names = [*(h.name for h in hosts), *deployers, *outsiders, *extra]
         seeds = _seeds(root / "keys", names, reuse=reuse_keys)
         inventory = Inventory(
             hosts=tuple(
@@ -360,7 +386,9 @@ async def local_fleet(
         )
         inventory_path = root / "inventory.toml"
         inventory_path.write_text(inventory_toml(inventory), encoding="utf-8")
-        config = nats_config(inventory, source=str(inventory_path))
+        config = nats_config(inventory, source=str(inventory_path), layout=layout)
+        if extra:
+            config = _with_users(config, {name: (seeds[name], extra[name]) for name in extra})
         servers = EmbeddedNatsCluster(root / "nats", config, size=cluster, port=port)
         stack.callback(_stop_servers, servers)
         # In a thread: start() blocks until every server (and route) is up, 15 s at most.
@@ -372,9 +400,30 @@ async def local_fleet(
             seeds=seeds,
             inventory=inventory,
             cluster=servers,
+            layout=layout,
         )
         stack.push_async_callback(fleet._close_connections)
         yield fleet
+
+
+def _with_users(config: str, users: Mapping[str, tuple[Seed, Permissions]]) -> str:
+    """``config`` with ``users`` added at the end of its authorization block's user list."""
+    head, closing, tail = config.rpartition("\n  ]\n")
+    if not closing:
+        raise FleetError("the NATS config has no user list to add extra users to")
+    lines = []
+    for name, (seed, permissions) in users.items():
+        lines += [
+            f"    # extra user {name} (a test's own permissions, not nats-config's)",
+            "    {",
+            f'      nkey: "{seed.public_key}"',
+            "      permissions: {",
+            f"        publish: {json.dumps(list(permissions.get('publish', ())))}",
+            f"        subscribe: {json.dumps(list(permissions.get('subscribe', ())))}",
+            "      }",
+            "    }",
+        ]
+    return head + "\n" + "\n".join(lines) + closing + tail
 
 
 def _stop_servers(servers: EmbeddedNatsCluster) -> None:

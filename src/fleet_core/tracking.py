@@ -27,6 +27,11 @@ the answers back (``take_job_answers``):
   ``timeout`` with a message that blames NATS, not the host — as does every open host at
   once when the connection is given up for good (``connection_gone``).
 
+Which statuses count is the deployer's to judge (``fleet_core.trust``); the tracker keeps
+what it needs for that — the hosts known to answer on their own bound reply subject, whether
+something counted came on the bare one (then the result is not ``server_verified``) — and
+the list of what was ``flagged`` and dropped.
+
 It is longer than most modules because these rules interlock (a host being asked is not
 missing yet; a question asked across a drop is void); keeping them in one pure class is what
 lets ``tests/test_tracking.py`` drive every case with explicit clocks.
@@ -35,12 +40,13 @@ lets ``tests/test_tracking.py`` drive every case with explicit clocks.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_core.messages import FINAL_STATUSES, JobPhase, JobSummary, Status
+from fleet_core.trust import MAX_FLAGGED, Flagged
 
 __all__ = [
     "FINAL_STATES",
@@ -120,6 +126,24 @@ class DeploymentResult(BaseModel):
         default_factory=list,
         description="times the deployer's own NATS connection was down (not the hosts')",
     )
+    server_verified: bool = Field(
+        True,
+        description="true when every status that counted came on its host's own reply subject "
+        "(<reply>.<tier>.<host>), which under the layout nats-config writes only that host may "
+        "publish to; false when one came on the bare reply subject (homelab-deploy listeners "
+        "answer there), which any listener key may publish to under homelab-deploy's layout",
+    )
+    flagged: list[Flagged] = Field(
+        default_factory=list,
+        description=f"statuses and answers not believed, so not counted (the first {MAX_FLAGGED})"
+        ": a body that contradicts the subject it came on, another request id, an unexpected "
+        "host or tier on the bare reply subject",
+    )
+    flagged_count: int = Field(0, description="how many were flagged in all")
+    unverified: list[str] = Field(
+        default_factory=list,
+        description="hosts whose counted status or job answer came on the bare reply subject",
+    )
 
 
 class DeploymentTracker:
@@ -174,6 +198,10 @@ class DeploymentTracker:
         self._outages: list[Outage] = []
         self._nobody_listens = False
         self._now = started_at
+        self._bound: set[str] = set()  # hosts that answered on their own bound reply subject
+        self._unverified: set[str] = set()  # hosts whose counted status came on the bare one
+        self._flagged: list[Flagged] = []
+        self._flagged_count = 0
 
     @property
     def hosts(self) -> list[HostResult]:
@@ -198,13 +226,37 @@ class DeploymentTracker:
     def ok(self) -> bool:
         return bool(self._hosts) and self._counts["completed"] == len(self._hosts)
 
-    def observe(self, status: Status, now: float) -> HostResult | None:
-        """Take one status message; returns the host's new state, or None if nothing changed."""
+    def expects(self, name: str) -> bool:
+        """Whether ``name`` is one of the hosts the deployment waits for."""
+        host = self._hosts.get(name)
+        return host is not None and host.expected
+
+    def speaks_bound(self, name: str) -> bool:
+        """Whether ``name`` has answered on its own bound reply subject (here or in discovery)."""
+        return name in self._bound
+
+    def heard_bound(self, names: Iterable[str]) -> None:
+        """``names`` answered the deployment's discovery on their bound reply subjects."""
+        self._bound.update(names)
+
+    def flag(self, flagged: Flagged) -> None:
+        """A status or answer the deployer did not believe: listed (the first few), not counted."""
+        self._flagged_count += 1
+        if len(self._flagged) < MAX_FLAGGED:
+            self._flagged.append(flagged)
+
+    def observe(self, status: Status, now: float, *, bound: bool = True) -> HostResult | None:
+        """Take one status message the deployer believes; returns the host's new state, or
+        None if nothing changed. ``bound``: it came on the host's own bound reply subject."""
         self._now = max(self._now, now)
         name = status.hostname
+        if bound:
+            self._bound.add(name)
         current = self._hosts.get(name)
         if current is not None and current.final:
             return None  # a late or duplicate message for a host that is already decided
+        if not bound:
+            self._unverified.add(name)
         if current is None:
             self._open += 1  # a host that answered unasked: it must finish too
         else:
@@ -295,13 +347,19 @@ class DeploymentTracker:
         return sorted(ask)
 
     def take_job_answers(
-        self, answers: Mapping[str, JobSummary | None], now: float
+        self,
+        answers: Mapping[str, JobSummary | None],
+        now: float,
+        *,
+        bare: Collection[str] = (),
     ) -> list[HostResult]:
         """The answers to the query ``due_queries`` asked for, by hostname; returns the changes.
 
         ``None`` is the answer of a listener too old to know job queries. A host that did not
         answer is ``lost`` if it was asked for its silence — unless the deployer's connection
         dropped meanwhile, which voids the question: it is asked again once NATS is back.
+        ``bare`` names the hosts whose answer came on the bare reply subject: the result is
+        then not server-verified.
         """
         self._now = max(self._now, now)
         asked, self._asking, self._asking_pending = self._asking, set(), 0
@@ -315,6 +373,8 @@ class DeploymentTracker:
             if host.final:
                 continue  # its own final status came first
             if name in answers:
+                if name in bare:
+                    self._unverified.add(name)
                 changed += self._take_answer(host, answers[name], now)
             elif (
                 name in self._silent and not void and (rounds_over or name not in self._unconfirmed)
@@ -408,6 +468,10 @@ class DeploymentTracker:
             hosts=self.hosts,
             duration_s=round(now - self._started_at, 3),
             outages=list(self._outages),
+            server_verified=not self._unverified,
+            flagged=list(self._flagged),
+            flagged_count=self._flagged_count,
+            unverified=sorted(self._unverified),
         )
 
     # -- internals ------------------------------------------------------------------------------

@@ -91,7 +91,8 @@ class NatsLink:
         """Connect, keep the connection, and close it when cancelled (at the server's exit)."""
         async with await self._connect() as bus:  # closed shielded, within a deadline
             stop = bus.watch_connection(self._on_connection)
-            self._bus, self._deployer = bus, Deployer(bus, timing=self._timing)
+            deployer = Deployer(bus, timing=self._timing, signer=self._seed)  # signs requests
+            self._bus, self._deployer = bus, deployer
             self._pulse()
             try:
                 await anyio.sleep_forever()  # nats-py reconnects it; the server's exit ends it

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_core.messages import HostInfo
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
+from fleet_core.trust import Flagged
 
 __all__ = [
     "MAX_NOTE_DETAIL",
@@ -65,6 +66,20 @@ class DeploymentReport(BaseModel):
         description="times this MCP server's own NATS connection was down during the "
         "deployment: statuses sent meanwhile were read back from the hosts' job records",
     )
+    server_verified: bool = Field(
+        True,
+        description="false when a host answered on the bare reply subject (see unverified), "
+        "which the NATS server does not bind to its sender",
+    )
+    unverified: list[str] = Field(
+        default_factory=list, description="hosts whose status the NATS server did not vouch for"
+    )
+    flagged: list[Flagged] = Field(
+        default_factory=list,
+        description="status messages not believed and not counted: one claiming another "
+        "host, tier or deployment, or an unexpected host on the bare reply subject",
+    )
+    flagged_count: int = Field(0, description="how many were flagged in all")
     next_step: str | None = Field(
         None, description="set while running: how to wait for the rest of the deployment"
     )
@@ -182,9 +197,9 @@ def deployment_report(
             f"wait_seconds up to {wait_hint:g}) to wait for the result. Do not deploy again: "
             "the deployment keeps running."
         )
-    outage = _outage_sentence(result, finished=finished)
-    if outage:
-        summary = f"{summary} {outage}"
+    for sentence in (_outage_sentence(result, finished=finished), _trust_sentence(result)):
+        if sentence:
+            summary = f"{summary} {sentence}"
     return DeploymentReport(
         summary=summary,
         state="finished" if finished else "running",
@@ -198,11 +213,37 @@ def deployment_report(
         hosts=[_trimmed(h) for h in result.hosts],
         duration_s=result.duration_s,
         outages=result.outages,
+        server_verified=result.server_verified,
+        unverified=result.unverified,
+        flagged=result.flagged,
+        flagged_count=result.flagged_count,
         next_step=next_step,
     )
 
 
-def hosts_report(hosts: Sequence[HostInfo], tier: str | None) -> HostsReport:
+def _trust_sentence(result: DeploymentResult) -> str:
+    """What was not believed, and what the NATS server did not vouch for; "" if nothing."""
+    sentences = []
+    if result.flagged_count:
+        first = result.flagged[0]
+        sentences.append(
+            f"{result.flagged_count} status message(s) were not believed and not counted "
+            f"(see flagged), e.g. one for {first.hostname}: {first.reason}."
+        )
+    if result.unverified:
+        names = ", ".join(result.unverified[:MAX_NAMED])
+        names += "…" if len(result.unverified) > MAX_NAMED else ""
+        sentences.append(
+            f"Not server-verified: {names} answered on the bare reply subject, which the NATS "
+            "server does not bind to its sender."
+        )
+    return " ".join(sentences)
+
+
+def hosts_report(
+    hosts: Sequence[HostInfo], tier: str | None, *, hidden: Sequence[str] = ()
+) -> HostsReport:
+    """``hidden``: tiers whose answers this server's key may not read (never listed)."""
     where = f"the {tier} tier" if tier else "any tier"
     if not hosts:
         summary = f"No listener of {where} answered discovery."
@@ -210,6 +251,11 @@ def hosts_report(hosts: Sequence[HostInfo], tier: str | None) -> HostsReport:
         busy = [h.hostname for h in hosts if h.busy]
         summary = f"{len(hosts)} host(s) of {where} answered" + (
             f"; busy deploying: {', '.join(busy)}." if busy else "; none is busy."
+        )
+    if hidden:
+        summary += (
+            f" Hosts of the {' and '.join(hidden)} tier are not shown: this server's NATS key "
+            "may not read their answers."
         )
     return HostsReport(summary=summary, tier=tier, hosts=list(hosts))
 

@@ -109,7 +109,8 @@ async def list_hosts(
 ) -> HostsReport:
     """List the hosts whose listeners answer: name, tier, role, busy (deploying now), version.
 
-    Read-only. Use it to find hostnames and roles before deploying.
+    Read-only. Use it to find hostnames and roles before deploying. Hosts of a tier this
+    server's key may not read (production, with the usual test key) are not listed.
     """
     _reject_unknown(ctx, "list_hosts", ("tier",))
     state = _state(ctx)
@@ -119,7 +120,8 @@ async def list_hosts(
         hosts = await deployer.discover(chosen)
     except FleetError as exc:
         raise ToolError(f"Discovery failed: {exc}") from exc
-    return hosts_report(hosts, chosen.value if chosen else None)
+    hidden = [t.value for t in Tier if t in deployer.unreadable_tiers and chosen in (None, t)]
+    return hosts_report(hosts, chosen.value if chosen else None, hidden=hidden)
 
 
 async def deploy(
