@@ -120,6 +120,23 @@ class Fleet:
     async def connect(self, who: str = "deployer") -> Bus:
         return await self.local.connect(who, name=f"test {who}")
 
+    def listener_argv(
+        self, host: str, *extra: str, sim: Sequence[str] = (), state: Path | None = None
+    ) -> list[str]:
+        """The installed ``fleet-deploy listener`` for ``host`` as a real process would run:
+        its tier, role and key, the simulated rebuild (``sim`` flags), its own state dir."""
+        tier, role = HOSTS[host]
+        return [
+            str(scripts_dir() / "fleet-deploy"),
+            "listener",
+            *("--hostname", host, "--tier", tier.value),
+            *(("--role", role) if role else ()),
+            *("--nats-url", self.url, "--nkey-file", str(self.keys[host])),
+            *("--flake-url", FLAKE_URL, "--rebuild-command", self.rebuild_command(*sim)),
+            *("--state-dir", str(state or self.root / "state" / host)),
+            *extra,
+        ]
+
     def rebuild_command(self, *sim: str) -> str:
         """The simulated rebuild as a ``--rebuild-command`` value, recording into ``record``."""
         return shlex.join(self._rebuild_argv(*sim))

@@ -17,7 +17,7 @@ from fleet_core.deployer import Deployer
 from fleet_core.rebuild import Action
 from fleet_core.subjects import Target, Tier
 
-from .conftest import FAST, FLAKE_URL, Fleet, expected_argv, scripts_dir
+from .conftest import FAST, Fleet, expected_argv, scripts_dir
 from .test_bus import free_port
 
 pytestmark = pytest.mark.anyio
@@ -217,34 +217,11 @@ async def read_until(process: Process, needle: bytes, limit: float = 15) -> byte
 
 
 class TestListenerCommand:
-    def listener_argv(self, fleet: Fleet, host: str, *extra: str) -> list[str]:
-        return [
-            str(scripts_dir() / "fleet-deploy"),
-            "listener",
-            "--hostname",
-            host,
-            "--tier",
-            "test",
-            "--role",
-            "web",
-            "--nats-url",
-            fleet.url,
-            "--nkey-file",
-            str(fleet.keys[host]),
-            "--flake-url",
-            FLAKE_URL,
-            "--rebuild-command",
-            fleet.rebuild_command(),
-            "--state-dir",
-            str(fleet.root / "state"),
-            *extra,
-        ]
-
     @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
     async def test_serves_then_stops_on_signal(self, fleet: Fleet, signum: signal.Signals) -> None:
         """The real daemon logs JSON, serves a deploy, and exits 0 on SIGTERM or SIGINT."""
         async with await anyio.open_process(
-            self.listener_argv(fleet, "web2"), env=fleet.cli_env()
+            fleet.listener_argv("web2"), env=fleet.cli_env()
         ) as process:
             log = await read_until(process, b'"event": "listening"')
             first = json.loads(log.splitlines()[0])
@@ -260,7 +237,7 @@ class TestListenerCommand:
         """The daemon will not start with a seed file the group can read."""
         fleet.keys["web2"].chmod(0o640)
         proc = await anyio.run_process(
-            self.listener_argv(fleet, "web2"), check=False, env=fleet.cli_env()
+            fleet.listener_argv("web2"), check=False, env=fleet.cli_env()
         )
         assert proc.returncode == 2
         assert "is readable by others (mode 0640)" in proc.stderr.decode()
@@ -276,7 +253,7 @@ class TestListenerCommand:
     async def test_bad_settings_exit_2(self, fleet: Fleet, extra: list[str], message: str) -> None:
         """Bad listener settings are refused at start with a message saying what to change."""
         proc = await anyio.run_process(
-            self.listener_argv(fleet, "web2", *extra), check=False, env=fleet.cli_env()
+            fleet.listener_argv("web2", *extra), check=False, env=fleet.cli_env()
         )
         assert proc.returncode == 2
         assert message in proc.stderr.decode()
@@ -289,7 +266,7 @@ class TestListenerCommand:
 
         port = free_port()
         url = f"nats://127.0.0.1:{port}"
-        argv = self.listener_argv(fleet, "web2")
+        argv = fleet.listener_argv("web2")
         argv[argv.index(fleet.url)] = url
         async with await anyio.open_process(argv, env=fleet.cli_env()) as process:
             await read_until(process, b"nats_connect_failed")

@@ -33,7 +33,7 @@ from fleet_core.messages import DeployRequest
 from fleet_core.subjects import Tier
 from fleet_core.tracking import DeploymentResult, HostResult
 
-from .conftest import FAST, FLAKE_URL, Fleet, scripts_dir
+from .conftest import FAST, Fleet
 from .test_listener import process_gone, replies_on
 
 pytestmark = pytest.mark.anyio
@@ -122,28 +122,6 @@ async def state(fleet: Fleet) -> AsyncIterator[Path]:
         await stop_runner(job_dir, 1.0)
 
 
-def listener_argv(fleet: Fleet, state: Path, sim: tuple[str, ...], *extra: str) -> list[str]:
-    return [
-        str(scripts_dir() / "fleet-deploy"),
-        "listener",
-        "--hostname",
-        HOST,
-        "--tier",
-        "test",
-        "--nats-url",
-        fleet.url,
-        "--nkey-file",
-        str(fleet.keys[HOST]),
-        "--flake-url",
-        FLAKE_URL,
-        "--rebuild-command",
-        fleet.rebuild_command(*sim),
-        "--state-dir",
-        str(state),
-        *extra,
-    ]
-
-
 @asynccontextmanager
 async def listening(
     fleet: Fleet,
@@ -153,7 +131,7 @@ async def listening(
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Daemon]:
     """The real daemon, started and listening; killed at the end if it still runs."""
-    argv = listener_argv(fleet, state, sim, *("--rebuild-runner", "session", *extra))
+    argv = fleet.listener_argv(HOST, "--rebuild-runner", "session", *extra, sim=sim, state=state)
     process = await anyio.open_process(argv, env=env or fleet.cli_env())
     daemon = Daemon(process)
     try:

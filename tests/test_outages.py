@@ -39,7 +39,7 @@ from fleet_core.subjects import Target, Tier
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
 from fleet_mcp.models import DeploymentReport
 
-from .conftest import FAST, FLAKE_URL, Fleet, scripts_dir
+from .conftest import FAST, Fleet, scripts_dir
 from .test_mcp import session, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -421,29 +421,6 @@ class TestCommandLine:
 # -- (c) a host that really went silent --------------------------------------------------------
 
 
-def listener_argv(fleet: Fleet, host: str, *sim: str) -> list[str]:
-    return [
-        str(scripts_dir() / "fleet-deploy"),
-        "listener",
-        "--hostname",
-        host,
-        "--tier",
-        "test",
-        "--role",
-        "web",
-        "--nats-url",
-        fleet.url,
-        "--nkey-file",
-        str(fleet.keys[host]),
-        "--flake-url",
-        FLAKE_URL,
-        "--rebuild-command",
-        fleet.rebuild_command(*sim),
-        "--state-dir",
-        str(fleet.root / "state" / host),
-    ]
-
-
 class TestSilentHosts:
     async def test_a_killed_listener_is_lost_a_quiet_one_is_not(
         self, fleet: Fleet, wire: Wire, tmp_path: Path
@@ -453,7 +430,7 @@ class TestSilentHosts:
         alive, answers the job query that precedes "lost", and completes."""
         release = tmp_path / "release"
         quiet = {"web2": held(release)}
-        argv = listener_argv(fleet, "web1", *held(release))
+        argv = fleet.listener_argv("web1", sim=held(release))
         try:
             with anyio.fail_after(LIMIT):
                 async with (

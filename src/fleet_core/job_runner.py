@@ -53,10 +53,12 @@ __all__ = [
     "OUTPUT_LOG",
     "RUNNER_FILE",
     "discard_argv",
+    "fsync_directory",
     "main",
     "redact_output",
     "runner_argv",
     "write_argv",
+    "write_atomically",
     "write_json_atomically",
 ]
 
@@ -134,12 +136,20 @@ def redact_output(data: bytes) -> bytes:
 
 def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
     """Replace ``path`` with ``value`` as JSON: a crash leaves the old file or the new one."""
+    write_atomically(path, (json.dumps(value) + "\n").encode())
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o640) -> None:
+    """Replace ``path`` with ``data``, durably: a crash leaves the old file or the new one.
+
+    Written to a temporary file in the same directory, fsynced, renamed over ``path``, and
+    the rename fsynced too. The job store's records use it as well.
+    """
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), 0o640)
-            json.dump(value, file)
-            file.write("\n")
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), mode)
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -147,12 +157,17 @@ def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or new entry in ``directory`` durable (where the file system can)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(directory)
+            os.fsync(fd)
         finally:
-            os.close(directory)
+            os.close(fd)
 
 
 class _Log:

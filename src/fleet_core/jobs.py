@@ -19,10 +19,7 @@ records and logs, never the deploy.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from fleet_core.errors import RequestRejected
-from fleet_core.job_runner import EXIT_FILE, OUTPUT_LOG
+from fleet_core.job_runner import EXIT_FILE, OUTPUT_LOG, fsync_directory, write_atomically
 from fleet_core.messages import DeployRequest, JobPhase, JobSummary, StatusKind, is_request_id
 from fleet_core.outcome import Outcome
 
@@ -119,8 +116,8 @@ class JobStore:
             self.jobs.mkdir(parents=True, exist_ok=True, mode=0o750)
             directory = self.jobs / f"{_stamp(record.started_at)}-{record.request_id}"
             directory.mkdir(mode=0o750)
-            _fsync_directory(self.jobs)
-            _write_atomically(directory / RECORD_FILE, _dump(record))
+            fsync_directory(self.jobs)
+            write_atomically(directory / RECORD_FILE, _dump(record))
         except OSError as exc:
             log.warning("state_dir_unwritable", state_dir=str(self.root), error=str(exc))
             return None
@@ -132,7 +129,7 @@ class JobStore:
         if directory is None:
             return
         try:
-            _write_atomically(directory / RECORD_FILE, _dump(record))
+            write_atomically(directory / RECORD_FILE, _dump(record))
         except OSError as exc:
             log.warning("state_dir_unwritable", state_dir=str(self.root), error=str(exc))
 
@@ -192,34 +189,3 @@ def _stamp(when: float) -> str:
 
 def _dump(record: JobRecord) -> bytes:
     return (record.model_dump_json(indent=2) + "\n").encode()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old file or the new one."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), 0o640)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or new entry in ``directory`` durable (where the platform allows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory; the rename still happened
-        pass
-    finally:
-        os.close(fd)
