@@ -39,7 +39,15 @@ from nats.aio.subscription import Subscription as _NatsSubscription
 from fleet_core.errors import ConnectionFailed, PermissionDenied
 from fleet_core.keys import Seed
 
-__all__ = ["Bus", "Message", "Servers", "Subscription", "describe_servers", "server_urls"]
+__all__ = [
+    "CLOSE_DEADLINE",
+    "Bus",
+    "Message",
+    "Servers",
+    "Subscription",
+    "describe_servers",
+    "server_urls",
+]
 
 log = structlog.get_logger("fleet.bus")
 

@@ -34,7 +34,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from fleet_core.bus import Bus, Message, Subscription
+from fleet_core.bus import CLOSE_DEADLINE, Bus, Message, Subscription
 from fleet_core.errors import (
     FleetError,
     PermissionDenied,
@@ -605,7 +605,9 @@ class _Inbox:
         send, self._receive = anyio.create_memory_object_stream[_Event](math.inf)
 
         async def deliver(msg: Message) -> None:
-            send.send_nowait(msg)
+            # A late reply after the inbox closed is no one's news; nats-py must not see an error.
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                send.send_nowait(msg)
 
         def denied(exc: PermissionDenied) -> bool:
             if exc.subject in self._optional:
@@ -631,7 +633,7 @@ class _Inbox:
 
     async def _close(self) -> None:
         self._stop_watching()
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_DEADLINE):
             for subscription in self._subscriptions:
                 await subscription.unsubscribe()
         self._send.close()
