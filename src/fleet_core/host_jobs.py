@@ -1,5 +1,6 @@
 """A host's jobs as the listener runs them: start one, follow it, resume one a previous
-listener left, and report each to its requester exactly once with its true outcome.
+listener left, and report each to its requester with its true outcome — its first outcome
+stands, re-sent if a stop interrupted the sending (the deployer ignores the duplicate).
 
 A job walks accepted → started → progress… → completed | failed. Its record
 (``fleet_core.jobs``) is on disk before the requester hears of each phase, and its rebuild

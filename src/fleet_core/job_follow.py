@@ -181,6 +181,21 @@ def runner_alive(pid: int, directory: Path) -> bool:
     return cmdline is not None and is_job_runner(cmdline, str(directory))
 
 
+def _still_ours(pid: int, directory: Path, started_at: float) -> bool:
+    """Whether ``pid`` is (or is about to become) the job runner of ``directory``.
+
+    Between fork and exec a freshly launched runner still shows the listener's command line,
+    and it writes ``runner.json`` first thing once it runs: until then a live process of
+    that pid is given the start grace.
+    """
+    if runner_alive(pid, directory):
+        return True
+    if read_runner(directory) is not None or time.time() - started_at > START_GRACE:
+        return False
+    stat = _read(Path(f"/proc/{pid}/stat"))
+    return stat is not None and stat.rpartition(b")")[2].split()[:1] != [b"Z"]
+
+
 def _open_pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
@@ -230,7 +245,7 @@ async def follow(
             if pid is not None:
                 if pidfd is None:
                     pidfd = _open_pidfd(pid)
-                if not runner_alive(pid, directory):
+                if not await anyio.to_thread.run_sync(_still_ours, pid, directory, started_at):
                     if read_exit(directory) is not None:  # written just before it exited
                         continue
                     _reap()
