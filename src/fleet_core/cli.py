@@ -22,7 +22,7 @@ __all__ = ["build_parser", "main"]
 
 # command -> (module, its run function, the settings builder of fleet_core.settings)
 _RUNNERS: dict[str, tuple[str, str, str]] = {
-    "listener": ("fleet_core.commands", "run_listener", "listener_settings"),
+    "listener": ("fleet_core.daemon", "run_listener", "listener_settings"),
     "deploy": ("fleet_core.commands", "run_deploy", "deploy_settings"),
     "hosts": ("fleet_core.commands", "run_hosts", "hosts_settings"),
     "keygen": ("fleet_core.setup_commands", "run_keygen", "keygen_settings"),

@@ -14,39 +14,15 @@ from typing import TextIO
 
 from fleet_core.bus import Bus
 from fleet_core.deployer import Deployer
-from fleet_core.errors import UsageError
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import run_until_signal
-from fleet_core.listener import RESTART_EXIT_CODE, Listener
 from fleet_core.logging import configure_logging
 from fleet_core.messages import HostInfo
 from fleet_core.report import connection_line, host_line, hosts_table, summary
-from fleet_core.settings import DeploySettings, HostsSettings, ListenerSettings
+from fleet_core.settings import DeploySettings, HostsSettings
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
 
-__all__ = ["run_deploy", "run_hosts", "run_listener"]
-
-
-def run_listener(settings: ListenerSettings) -> int:
-    """Serve until SIGTERM or SIGINT, then stop taking work and exit 0, leaving a running
-    rebuild to run on (the next listener reports it). After a switch that changed the
-    listener's own unit (``--restart-if-changed``) exit ``RESTART_EXIT_CODE`` instead."""
-    configure_logging(settings.log_level)
-    seed = load_seed(settings.nkey_file)
-    if seed.public_key in settings.trusted_deployer_keys:
-        raise UsageError(
-            f"--trusted-deployer-key {seed.public_key} is this listener's own key: trust only "
-            "deployers' keys, so that a leaked listener key cannot deploy"
-        )
-    listener = Listener(settings)
-
-    async def main() -> None:
-        name = f"fleet-listener {settings.hostname}"
-        async with await Bus.connect(settings.nats_urls, seed, name=name, persistent=True) as bus:
-            await listener.serve(bus)
-
-    run_until_signal(main)
-    return RESTART_EXIT_CODE if listener.restart_reason else 0
+__all__ = ["run_deploy", "run_hosts"]
 
 
 def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
