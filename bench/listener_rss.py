@@ -5,7 +5,9 @@
    "listening" log line, lets it sit idle, and reads VmRSS (plus VmHWM, PSS and USS from
    ``smaps_rollup``) from /proc. Then it deploys once to that host (the packaged
    ``simulated_rebuild`` as the rebuild command, a real subprocess) and reads them again.
-   Repeated ``--runs`` times, medians.
+   Each run does this twice: metrics off (the default, the figure with a target), then
+   ``--metrics-enabled`` on a loopback port, scraped once before each reading as
+   Prometheus would. Repeated ``--runs`` times, medians.
 2. Resident memory of a bare interpreter and of one with each big dependency imported,
    to show where the listener's memory goes.
 3. ``fleet-deploy --help`` wall time (subprocess, median of ``--help-runs``), next to
@@ -18,9 +20,11 @@ Run ``python bench/listener_rss.py`` (about 30 s); results go to RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from _results import Stats, load_average, machine, ms, update_section
 from anyio.streams.text import TextReceiveStream
 
@@ -62,6 +67,7 @@ IMPORTS = (
     "pydantic",
     "fleet_core.messages",  # the wire models (pydantic classes)
     "fleet_core.daemon",  # everything the listener runs
+    "prometheus_client",  # only with --metrics-enabled
 )
 _RSS_PROBE = (
     "import sys\n"
@@ -118,13 +124,33 @@ def _kb_fields(text: str) -> dict[str, int]:
 
 @dataclass
 class ListenerRun:
+    metrics: bool  # started with --metrics-enabled
     start_s: float  # spawn → "listening" logged
     idle: Memory
     after_job: Memory
     job_s: float  # deploy() of one simulated rebuild
 
 
-async def one_listener_run(fleet: LocalFleet) -> ListenerRun:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> str:
+    """GET /metrics from the listener, as Prometheus would (blocking: run in a thread)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200, f"/metrics answered {response.status}"
+        return response.read().decode()
+    finally:
+        connection.close()
+
+
+async def one_listener_run(fleet: LocalFleet, *, metrics: bool) -> ListenerRun:
     argv = [
         str(fleet_deploy()), "listener",
         "--hostname", HOST, "--tier", "test",
@@ -133,7 +159,14 @@ async def one_listener_run(fleet: LocalFleet) -> ListenerRun:
         "--state-dir", str(fleet.state_dir(HOST)),
         "--rebuild-command", shlex.join(simulated_rebuild_command()),
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_DEPLOY_")}
+    port = _free_port()
+    if metrics:
+        argv += ["--metrics-enabled", "--metrics-addr", f"127.0.0.1:{port}"]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLEET_DEPLOY_", "HOMELAB_DEPLOY_"))
+    }
     log: list[str] = []
     listening = anyio.Event()
     spawned = time.perf_counter()
@@ -144,9 +177,15 @@ async def one_listener_run(fleet: LocalFleet) -> ListenerRun:
             with anyio.fail_after(START_LIMIT):
                 await listening.wait()
             start_s = time.perf_counter() - spawned
+            if metrics:
+                await anyio.to_thread.run_sync(_scrape, port)
             await anyio.sleep(SETTLE)
             idle = read_memory(process.pid)
             job_s = await _deploy_once(fleet)
+            if metrics:
+                scraped = await anyio.to_thread.run_sync(_scrape, port)
+                done = 'action="switch",error_code="",status="completed"} 1.0'
+                assert f"fleet_deploy_deployments_total{{{done}" in scraped, "deploy not counted"
             await anyio.sleep(SETTLE)
             after_job = read_memory(process.pid)
             process.terminate()
@@ -159,7 +198,9 @@ async def one_listener_run(fleet: LocalFleet) -> ListenerRun:
         if process.returncode is None:
             process.kill()
         await process.aclose()
-    return ListenerRun(start_s=start_s, idle=idle, after_job=after_job, job_s=job_s)
+    return ListenerRun(
+        metrics=metrics, start_s=start_s, idle=idle, after_job=after_job, job_s=job_s
+    )
 
 
 async def _read_log(process: anyio.abc.Process, log: list[str], listening: anyio.Event) -> None:
@@ -283,7 +324,10 @@ def report(
     def med(values: Sequence[float]) -> float:
         return Stats(values).median
 
-    idle_rss = med([r.idle.rss_mb for r in runs])
+    plain = [r for r in runs if not r.metrics]
+    with_metrics = [r for r in runs if r.metrics]
+    idle_rss = med([r.idle.rss_mb for r in plain])
+    metrics_rss = med([r.idle.rss_mb for r in with_metrics])
     rss_ok = idle_rss <= RSS_TARGET_MB
     help_ok = help_s.median < HELP_TARGET_S
     mcp_free = all(not found for _, _, found in mcp)
@@ -296,35 +340,43 @@ def report(
         "",
         f"- Machine: {machine(load_before)}",
         f"- Command: `{command}`; the listener is the environment's installed `fleet-deploy` "
-        f"(`fleet-deploy listener`, JSON logs), measured {len(runs)} times from a fresh start.",
+        f"(`fleet-deploy listener`, JSON logs), measured {len(plain)} times from a fresh start "
+        f"with metrics off (the default) and {len(with_metrics)} times with "
+        "`--metrics-enabled --metrics-addr 127.0.0.1:PORT`, scraped once before each reading.",
         "",
         "| target | measured (median) | target | verdict |",
         "|---|---:|---:|---|",
-        f"| idle listener VmRSS | {idle_rss:.1f} MB | <= {RSS_TARGET_MB:g} MB "
+        f"| idle listener VmRSS (metrics off) | {idle_rss:.1f} MB | <= {RSS_TARGET_MB:g} MB "
         f"| {verdict(rss_ok)} |",
+        f"| idle listener VmRSS with `--metrics-enabled` | {metrics_rss:.1f} MB "
+        f"({metrics_rss - idle_rss:+.1f}) | reported | — |",
         f"| `fleet-deploy --help` wall time | {ms(help_s.median)} ms (p90 {ms(help_s.p90)}) "
         f"| < {HELP_TARGET_S * 1000:g} ms | {verdict(help_ok)} |",
         f"| MCP modules imported by the CLI and the listener | "
         f"{'none' if mcp_free else 'some'} | none | {verdict(mcp_free)} |",
         "",
-        f"Listener process ({len(runs)} runs; idle = {SETTLE:g} s after its `listening` line; "
+        f"Listener process ({len(plain)} runs each; idle = {SETTLE:g} s after its `listening` "
+        "line; "
         "after one job = after one deploy of the simulated rebuild, then "
         f"{SETTLE:g} s idle):",
         "",
         "| | VmRSS MB | VmHWM MB | PSS MB | USS MB |",
         "|---|---:|---:|---:|---:|",
     ]
-    for label, pick in (("idle", "idle"), ("after one job", "after_job")):
-        mems = [getattr(r, pick) for r in runs]
-        figures = [
-            med([getattr(m, f) for m in mems]) for f in ("rss_mb", "hwm_mb", "pss_mb", "uss_mb")
-        ]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in figures) + " |")
+    for mode, chosen in (("", plain), (", metrics on", with_metrics)):
+        for label, pick in (("idle", "idle"), ("after one job", "after_job")):
+            mems = [getattr(r, pick) for r in chosen]
+            figures = [
+                med([getattr(m, f) for m in mems]) for f in ("rss_mb", "hwm_mb", "pss_mb", "uss_mb")
+            ]
+            lines.append(f"| {label}{mode} | " + " | ".join(f"{v:.1f}" for v in figures) + " |")
     lines += [
         "",
         f"Start-up, spawn → `listening` logged (imports, key check, connect, subscribe): "
-        f"{ms(med([r.start_s for r in runs]))} ms; one single-host deploy with the simulated "
-        f"rebuild (a Python subprocess): {ms(med([r.job_s for r in runs]))} ms.",
+        f"{ms(med([r.start_s for r in plain]))} ms "
+        f"({ms(med([r.start_s for r in with_metrics]))} ms with metrics); one single-host "
+        f"deploy with the simulated rebuild (a Python subprocess): "
+        f"{ms(med([r.job_s for r in plain]))} ms.",
         "",
         "Where the memory goes — VmRSS of `python -c` importing these cumulatively "
         "(each row adds one step to the one above):",
@@ -372,14 +424,16 @@ def report(
 async def measure_listener(runs: int) -> list[ListenerRun]:
     results: list[ListenerRun] = []
     for i in range(runs):
-        async with local_fleet([FleetHost(HOST)], {DEPLOYER: "test"}) as fleet:
-            results.append(await one_listener_run(fleet))
-        last = results[-1]
-        print(
-            f"run {i + 1}: start {ms(last.start_s)} ms, idle RSS {last.idle.rss_mb:.1f} MB, "
-            f"after one job {last.after_job.rss_mb:.1f} MB",
-            flush=True,
-        )
+        for metrics in (False, True):
+            async with local_fleet([FleetHost(HOST)], {DEPLOYER: "test"}) as fleet:
+                results.append(await one_listener_run(fleet, metrics=metrics))
+            last = results[-1]
+            print(
+                f"run {i + 1}{' (metrics on)' if metrics else ''}: start {ms(last.start_s)} ms, "
+                f"idle RSS {last.idle.rss_mb:.1f} MB, after one job "
+                f"{last.after_job.rss_mb:.1f} MB",
+                flush=True,
+            )
     return results
 
 

@@ -6,11 +6,17 @@
 #
 # `nixpkgsLib` is a checkout of nix-community/nixpkgs.lib (or of nixpkgs): the directory
 # that holds lib/, or lib/ itself. Each case is
-#   { "hostName": "<networking.hostName>" (optional), "listener": { <listener options> } }
+#   { "hostName": "<networking.hostName>" (optional),
+#     "listener": { <services.fleet-deploy.listener options> } (optional),
+#     "homelab": { <services.homelab-deploy options, as homelab-deploy's users write them> }
+#       (optional) }
 # and its result is
 #   { failedAssertions = [ <message> ... ];
+#     warnings = [ <message> ... ];
 #     service = <systemd.services.fleet-deploy-listener as the module set it, or null>;
-#     optionNames = [ <the options under services.fleet-deploy.listener> ]; }
+#     allowedTCPPorts = [ <networking.firewall.allowedTCPPorts> ];
+#     optionNames = [ <the options under services.fleet-deploy.listener, as "a.b"> ];
+#     homelabOptionNames = [ <the options under services.homelab-deploy, as "a.b"> ]; }
 { nixpkgsLib, casesJson }:
 
 let
@@ -49,6 +55,10 @@ let
         type = types.str;
         default = "stub-host";
       };
+      networking.firewall.allowedTCPPorts = mkOption {
+        type = types.listOf types.port;
+        default = [ ];
+      };
       nix.package = mkOption {
         type = types.package;
         default = fakePackage "nix";
@@ -80,6 +90,13 @@ let
     };
   };
 
+  # The options under `options`, as dotted paths relative to it.
+  optionPaths =
+    prefixLength: options:
+    map (o: lib.concatStringsSep "." (lib.drop prefixLength o.loc)) (
+      lib.collect lib.isOption options
+    );
+
   evalCase =
     case:
     let
@@ -89,16 +106,22 @@ let
           nixosStubs
           {
             networking = lib.optionalAttrs (case ? hostName) { inherit (case) hostName; };
-            services.fleet-deploy.listener = case.listener;
+            services = lib.optionalAttrs (case ? listener) {
+              fleet-deploy.listener = case.listener;
+            }
+            // lib.optionalAttrs (case ? homelab) { homelab-deploy = case.homelab; };
           }
         ];
       };
-      inherit (evaluated) config;
+      inherit (evaluated) config options;
     in
     {
       failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+      inherit (config) warnings;
       service = config.systemd.services.fleet-deploy-listener or null;
-      optionNames = builtins.attrNames evaluated.options.services.fleet-deploy.listener;
+      inherit (config.networking.firewall) allowedTCPPorts;
+      optionNames = optionPaths 3 options.services.fleet-deploy.listener;
+      homelabOptionNames = optionPaths 2 options.services.homelab-deploy;
     };
 in
 builtins.mapAttrs (_: evalCase) (builtins.fromJSON casesJson)

@@ -1,12 +1,15 @@
 # NixOS module: the fleet-deploy listener, `services.fleet-deploy.listener`.
 #
-# Option names follow homelab-deploy's module so its users can switch over by renaming
-# `services.homelab-deploy` to `services.fleet-deploy`.
+# Option names follow homelab-deploy's module, and its `services.homelab-deploy.listener.*`
+# options are accepted too, each renamed to the option of the same name here with a warning
+# (./homelab-compat.nix holds that table), so a homelab-deploy configuration evaluates
+# unchanged.
 #
 # Defaults live once, in the application. An option whose default is the application's
 # (`timeout`, `deploySubjects`, `discoverSubject`, `logLevel`) is `null` unless set, and an
-# unset option passes no flag. `stateDir` is the exception: systemd creates that directory
-# (StateDirectory=), so the unit has to name it and always passes it.
+# unset option passes no flag. Two exceptions, which the module itself needs to know:
+# `stateDir`, because systemd creates that directory (StateDirectory=), and
+# `metrics.address`, because `metrics.openFirewall` opens its port; both are always passed.
 {
   config,
   lib,
@@ -30,6 +33,30 @@ let
 
   cfg = config.services.fleet-deploy.listener;
   opt = "services.fleet-deploy.listener";
+
+  # Whether an extraArgs entry sets `flag`, spelled out or abbreviated as the listener's
+  # argument parser accepts (down to `shortest`, the shortest unambiguous prefix), with or
+  # without `=value`.
+  setsFlag =
+    flag: shortest: arg:
+    let
+      name = builtins.head (lib.splitString "=" arg);
+    in
+    hasPrefix shortest name && hasPrefix name flag;
+  extraArgsSet = flag: shortest: lib.any (setsFlag flag shortest) cfg.extraArgs;
+
+  # The port of `metrics.address`, or null when the address is not `[HOST]:PORT` as the
+  # listener takes it (fleet_core.settings.parse_listen_address): `:9972` (every address),
+  # `127.0.0.1:9972`, `metrics.example.com:9972`, `[::1]:9972`.
+  metricsPort =
+    let
+      # A host name or IPv4 address, or an IPv6 address (with a zone) in brackets.
+      # (`[[]` and `[]]` are the brackets themselves: POSIX regexes have no `\\]`.)
+      host = "[A-Za-z0-9][A-Za-z0-9._-]*|[[][0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?[]]";
+      parts = builtins.match "(${host})?:([0-9]{1,5})" cfg.metrics.address;
+      port = lib.toIntBase10 (lib.last parts);
+    in
+    if parts != null && port >= 1 && port <= 65535 then port else null;
 
   # A hostname or role becomes one token of a NATS subject (`deploy.<tier>.<hostname>`,
   # `deploy.<tier>.role.<role>`), so it can hold no dot, space or wildcard; the listener
@@ -119,6 +146,11 @@ let
     "--trusted-deployer-key"
     k
   ]) cfg.trustedDeployerKeys
+  ++ optionals cfg.metrics.enable [
+    "--metrics-enabled"
+    "--metrics-addr"
+    cfg.metrics.address
+  ]
   # Rebuilds run as transient units (systemd-run), outside this unit's cgroup: a restart or
   # crash of the listener never stops a switch. Explicit rather than `auto`: where systemd
   # could not be detected, deploys fail to start, loudly, rather than run where a restart of
@@ -159,6 +191,10 @@ let
   };
 in
 {
+  # homelab-deploy's option names, renamed to these (with a warning) or refused with what to
+  # do instead.
+  imports = [ ./homelab-compat.nix ];
+
   ### Interface
 
   options.services.fleet-deploy.listener = {
@@ -351,14 +387,45 @@ in
       '';
     };
 
+    metrics = {
+      enable = mkEnableOption "Prometheus metrics from the listener, served over HTTP at `/metrics` on `metrics.address`";
+
+      address = mkOption {
+        type = types.str;
+        default = ":9972";
+        example = "127.0.0.1:9972";
+        description = ''
+          Where the listener serves metrics: `HOST:PORT`, `[IPV6]:PORT`, or `:PORT` for every
+          address of this host. The module needs the port for `openFirewall`, so it always
+          passes this address (`--metrics-addr`) rather than leave the default to the
+          listener.
+        '';
+      };
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Open the port of `metrics.address` in the firewall (TCP), so that a Prometheus
+          server on another host can scrape it. Has an effect only with `metrics.enable`.
+        '';
+      };
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
       example = [
+        "--heartbeat-interval"
+        "5"
         "--rebuild-command"
         "nixos-rebuild --show-trace"
       ];
-      description = "Extra arguments appended to `fleet-deploy listener`.";
+      description = ''
+        Extra arguments appended to `fleet-deploy listener` (each one argument, quoted for
+        systemd). What has an option of its own is set through that option instead: the seed,
+        the flake URL, the rebuild runner and the metrics address are refused here.
+      '';
     };
   };
 
@@ -439,14 +506,32 @@ in
         message = "${opt}.stateDir is \"${cfg.stateDir}\". It must be a directory under /var/lib (such as /var/lib/fleet-deploy), without '..' or a trailing '/', because systemd creates it with StateDirectory=.";
       }
       {
-        assertion = !(lib.any (a: a == "--nkey-file" || hasPrefix "--nkey-file=" a) cfg.extraArgs);
+        assertion = !(extraArgsSet "--nkey-file" "--nk");
         message = "${opt}.extraArgs sets --nkey-file. Set ${opt}.nkeyFile instead: the module passes the seed as a systemd credential.";
       }
       {
-        assertion = !(lib.any (a: builtins.match "--flake-url(-file)?(=.*)?" a != null) cfg.extraArgs);
+        # `--flake-url` must be spelled out: its prefixes are ambiguous with --flake-url-file.
+        assertion =
+          !(extraArgsSet "--flake-url" "--flake-url" || extraArgsSet "--flake-url-file" "--flake-url-");
         message = "${opt}.extraArgs sets --flake-url or --flake-url-file. Set ${opt}.flakeUrl or ${opt}.flakeUrlFile instead.";
       }
+      {
+        assertion = !(extraArgsSet "--rebuild-runner" "--rebuild-r");
+        message = "${opt}.extraArgs sets --rebuild-runner. Remove it: the module always runs rebuilds as transient systemd units, and hardens the listener's own unit on that ground; a rebuild run inside that unit would inherit its sandbox and could not activate the new system.";
+      }
+      {
+        assertion = !(cfg.metrics.enable && extraArgsSet "--metrics-addr" "--metrics-a");
+        message = "${opt}.extraArgs sets --metrics-addr while ${opt}.metrics.enable is on. Set ${opt}.metrics.address instead, so that the listener and metrics.openFirewall agree on the port.";
+      }
+      {
+        assertion = !cfg.metrics.enable || metricsPort != null;
+        message = "${opt}.metrics.address is \"${cfg.metrics.address}\", which is not an address the listener can serve metrics on. Give HOST:PORT, [IPV6]:PORT or :PORT (every address), with a port from 1 to 65535: for example \":9972\" or \"127.0.0.1:9972\".";
+      }
     ];
+
+    networking.firewall.allowedTCPPorts = optionals (
+      cfg.metrics.enable && cfg.metrics.openFirewall && metricsPort != null
+    ) [ metricsPort ];
 
     systemd.services.fleet-deploy-listener = {
       description = "fleet-deploy listener (deploys this host's NixOS configuration on request)";
@@ -503,40 +588,76 @@ in
         # there when not on a TTY.
         SyslogIdentifier = "fleet-deploy-listener";
 
-        # Hardening. The rebuild runs in its transient unit (fleet-deploy-job-<id>), which
-        # systemd-run starts with none of this unit's settings, so sandboxing here would not
-        # reach it. The listener itself must still, as root: start transient units through
-        # systemd's private socket or D-Bus (User=/DynamicUser= would need polkit rules;
-        # PrivateUsers, RestrictAddressFamilies without AF_UNIX and a SystemCallFilter
-        # without @ipc break it); see the job runner's /proc/<pid>/cmdline to re-attach after
-        # a restart (ProtectProc=invisible, PrivatePIDs break that); and stop what is left of
-        # a rebuild whose runner died (CapabilityBoundingSet without CAP_KILL breaks it).
-        # And with `--rebuild-runner session` (extraArgs) the rebuild would run in this unit
-        # and inherit all of it, so what activation needs applies here too, and
-        # systemd's sandboxing is left off on purpose:
-        # - ProtectSystem, ProtectHome, PrivateTmp, ReadOnlyPaths, ProtectKernelTunables,
-        #   ProtectControlGroups, ProtectProc and every other option that gives the unit its
-        #   own mount namespace: activation writes /etc, /boot, /nix/var and /run/wrappers and
-        #   mounts file systems; inside a private namespace those mounts would not be seen by
-        #   the rest of the system.
-        # - PrivateDevices, DeviceAllow, ProtectClock: installing a boot loader needs the
-        #   block devices.
-        # - NoNewPrivileges, RestrictSUIDSGID: activation creates the setuid wrappers in
-        #   /run/wrappers, and its scripts may run them.
-        # - CapabilityBoundingSet, SystemCallFilter, User=/DynamicUser=: activation needs
-        #   full root (users, groups, sysctls, kernel modules).
-        # - RestrictNamespaces, PrivateUsers, RestrictAddressFamilies: Nix's build sandbox
-        #   uses user, mount, network and PID namespaces and netlink.
-        # - LockPersonality, SystemCallArchitectures: i686 builds on x86_64 switch personality
-        #   and run 32-bit code.
-        # - MemoryDenyWriteExecute: builders and activation scripts may JIT (guile, node).
-        # - ProtectHostname: a switch may set the host name.
-        # - ProtectKernelModules, ProtectKernelLogs: activation may load kernel modules.
-        # - UMask: the rebuild and activation inherit it (session mode), and files they create
-        #   without an explicit mode must stay readable as on a console (umask 022).
-        # What is set: the state directory is private to root (StateDirectoryMode=0700), and
-        # the seed (and flakeUrlFile) arrive as credentials rather than paths the listener
-        # opens.
+        # Hardening. The module always passes `--rebuild-runner systemd` (extraArgs may not
+        # change it), so each rebuild runs in a transient unit of its own,
+        # fleet-deploy-job-<id>, which PID 1 starts with none of this unit's settings:
+        # activation, the boot loader and nix never run in this sandbox, and the listener
+        # can be confined to what it does itself. That is: talk to NATS, serve metrics, ask
+        # PID 1 over its private socket (or D-Bus) for transient units (systemd-run), read
+        # and signal the job runners of those units through /proc, and keep job records in
+        # stateDir. Starting a root unit is root's power by design, so this sandbox guards
+        # against a bug short of running code in the listener (a stray write, a confused
+        # read, a runaway library), not against code that already runs in it.
+        #
+        # Left off, each for a reason:
+        # - User=/DynamicUser=, PrivateUsers, CapabilityBoundingSet: systemd-run must reach
+        #   PID 1 as root of the host's user namespace. It connects to PID 1's private
+        #   socket, which only root may use, and falls back to D-Bus, where PID 1 wants
+        #   CAP_SYS_ADMIN (or a polkit rule) to start a unit. A bounding set that keeps
+        #   CAP_SYS_ADMIN would bound little, and none bounds a listener that can start a
+        #   root unit; the Protect* settings below already drop CAP_SYS_MODULE,
+        #   CAP_SYS_TIME, CAP_SYSLOG, CAP_MKNOD and CAP_SYS_RAWIO.
+        # - PrivatePIDs: the listener reads the job runner's /proc/<pid>/cmdline, in the
+        #   job's unit, to re-attach to a running job after a restart, and signals what is
+        #   left of a job whose runner died.
+        # - ProtectProc=invisible: it hides nothing from root that keeps CAP_SYS_PTRACE, and
+        #   without CAP_SYS_PTRACE it would hide the job runner, whose capabilities exceed
+        #   the listener's, for the same reason.
+        # - PrivateTmp: when stateDir refuses a job record, the job directory falls back to
+        #   /tmp, where the runner, outside this unit's namespace, must find it at the same
+        #   path; /tmp stays writable (ReadWritePaths) for that reason.
+        # - PrivateNetwork, IPAddressAllow/Deny: NATS servers and Prometheus may be anywhere.
+        # - SystemCallFilter beyond @system-service minus @privileged: systemd-run (sd-bus
+        #   credential passing, rlimits) and Python's subprocess need the rest of that set.
+        # Seccomp filters (SystemCallFilter, MemoryDenyWriteExecute, RestrictNamespaces, …)
+        # also bind systemd-run, which the listener runs as a child; it needs nothing they
+        # refuse. The job's unit is started by PID 1 and inherits none of them.
+        ProtectSystem = "strict"; # StateDirectory= is writable regardless
+        ReadWritePaths = [ "/tmp" ];
+        ProtectHome = true;
+        # /proc/<pid> entries only: the listener reads nothing else there.
+        ProcSubset = "pid";
+        PrivateDevices = true;
+        PrivateIPC = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true; # the host name comes from the option, not uname
+        NoNewPrivileges = true; # systemd-run is not setuid; the rebuild's unit is unaffected
+        RestrictSUIDSGID = true;
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true; # CPython and the listener's libraries do not JIT
+        SystemCallArchitectures = "native";
+        # AF_UNIX for PID 1's socket and D-Bus, AF_NETLINK for glibc's address lookups.
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+          "AF_NETLINK"
+        ];
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        # A refused call fails as an error the listener reports, rather than killing it in
+        # the middle of a deploy.
+        SystemCallErrorNumber = "EPERM";
+        # Job records are root's alone; the rebuild's unit keeps the default umask (022).
+        UMask = "0077";
       };
     };
   };

@@ -22,6 +22,8 @@ let
       mcp
       nats-py
       nkeys
+      # The listener's metrics (--metrics-enabled); nixpkgs' is new enough (>= 0.20).
+      prometheus-client
       pydantic
       structlog
     ];

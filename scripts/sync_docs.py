@@ -4,8 +4,10 @@
     python scripts/sync_docs.py          rewrite the tables in place
     python scripts/sync_docs.py --check  exit 1 (and say which) when a table is out of date
 
-Each table stands between ``<!-- options:COMMAND -->`` and ``<!-- /options:COMMAND -->``;
-the prose around them is written by hand. tests/test_docs.py runs the check.
+Each table stands between ``<!-- options:COMMAND -->`` and ``<!-- /options:COMMAND -->``,
+and the table of homelab-deploy's variables between ``<!-- options:homelab-env -->`` and
+``<!-- /options:homelab-env -->``; the prose around them is written by hand.
+tests/test_docs.py runs the check.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from fleet_core.options import COMMANDS, markdown_table
+from fleet_core.options import COMMANDS, legacy_env_table, markdown_table
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 _BLOCK = re.compile(r"(<!-- options:([a-z-]+) -->\n)(.*?)(<!-- /options:\2 -->)", re.S)
@@ -23,6 +25,7 @@ _BLOCK = re.compile(r"(<!-- options:([a-z-]+) -->\n)(.*?)(<!-- /options:\2 -->)"
 def synced(text: str) -> str:
     """``text`` with every marked table replaced by the one its command declares."""
     tables = {declared.name: markdown_table(declared.options) for declared in COMMANDS}
+    tables["homelab-env"] = legacy_env_table(COMMANDS)
 
     def table(match: re.Match[str]) -> str:
         name = match.group(2)

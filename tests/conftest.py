@@ -191,13 +191,14 @@ class Fleet:
         return sorted(argv[2].rpartition("#")[2] for argv in self.runs())
 
     def cli_env(self, **extra: str) -> dict[str, str]:
-        """This environment without FLEET_DEPLOY_* and INVOCATION_ID: run from a systemd
-        service (a CI runner), a listener would otherwise start its rebuilds with the real
-        systemd-run (--rebuild-runner auto)."""
+        """This environment without FLEET_DEPLOY_*, homelab-deploy's HOMELAB_DEPLOY_* (read
+        as their fallback) and INVOCATION_ID: run from a systemd service (a CI runner), a
+        listener would otherwise start its rebuilds with the real systemd-run
+        (--rebuild-runner auto)."""
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("FLEET_DEPLOY_") and k != "INVOCATION_ID"
+            if not k.startswith(("FLEET_DEPLOY_", "HOMELAB_DEPLOY_")) and k != "INVOCATION_ID"
         }
         env.update(extra)
         return env

@@ -127,6 +127,50 @@ class TestDeployCommand:
             expected_argv(h, "v1.2.3", "boot") for h in ("web1", "web2", "web3")
         ]
 
+    async def test_homelab_deploy_environment_alone(self, fleet: Fleet) -> None:
+        """A homelab-deploy user's variables work unchanged: with only HOMELAB_DEPLOY_* set
+        (server, key, branch, action, and an alias) the deploy runs as asked."""
+        async with fleet.listeners("web1", "web2", "web3", "db1"):
+            proc = await anyio.run_process(
+                [str(scripts_dir() / "fleet-deploy"), "deploy", "web-hosts"],
+                check=False,
+                env=fleet.cli_env(
+                    HOMELAB_DEPLOY_NATS_URL=fleet.url,
+                    HOMELAB_DEPLOY_NKEY_FILE=str(fleet.keys["deployer"]),
+                    HOMELAB_DEPLOY_BRANCH="v2.0.0",
+                    HOMELAB_DEPLOY_ACTION="boot",
+                    HOMELAB_DEPLOY_TIMEOUT="120",
+                    HOMELAB_DEPLOY_ALIAS_WEB_HOSTS="deploy.test.role.web",
+                ),
+            )
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert sorted(fleet.runs()) == [
+            expected_argv(h, "v2.0.0", "boot") for h in ("web1", "web2", "web3")
+        ]
+
+    async def test_fleet_deploy_variables_win_over_homelab_deploy_ones(self, fleet: Fleet) -> None:
+        """Where both are set, FLEET_DEPLOY_* wins (a broken HOMELAB_DEPLOY_* beside it is
+        never read); a bad value that is read is reported under the variable it came from."""
+        base = {
+            "HOMELAB_DEPLOY_NATS_URL": "nats://127.0.0.1:1",
+            "FLEET_DEPLOY_NATS_URL": fleet.url,
+            "HOMELAB_DEPLOY_NKEY_FILE": str(fleet.keys["deployer"]),
+            "HOMELAB_DEPLOY_ALIAS_WEB": "deploy.test.web2",
+            "FLEET_DEPLOY_ALIAS_WEB": "deploy.test.web1",
+        }
+        argv = [str(scripts_dir() / "fleet-deploy"), "deploy", "web"]
+        async with fleet.listeners("web1", "web2"):
+            proc = await anyio.run_process(argv, check=False, env=fleet.cli_env(**base))
+            bad = await anyio.run_process(
+                argv, check=False, env=fleet.cli_env(**base, HOMELAB_DEPLOY_TIMEOUT="soon")
+            )
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert fleet.runs() == [expected_argv("web1")]
+        assert bad.returncode == 2
+        assert "HOMELAB_DEPLOY_TIMEOUT must be a number of seconds, not 'soon'" in (
+            bad.stderr.decode()
+        )
+
     @pytest.mark.parametrize(
         ("args", "message"),
         [

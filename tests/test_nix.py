@@ -82,6 +82,7 @@ FULL: dict[str, Any] = {
     "stateDir": "/var/lib/fleet-deploy-prod",
     "logLevel": "warning",
     "trustedDeployerKeys": [ADMIN_KEY, TEST_KEY],
+    "metrics": {"enable": True, "address": "127.0.0.1:9100", "openFirewall": True},
     "extraArgs": ["--rebuild-command", "nixos-rebuild --show-trace"],
 }
 # flakeUrlFile instead of flakeUrl: the two exclude each other.
@@ -106,8 +107,12 @@ FLAG_FOR_OPTION = {
     "logLevel": "--log-level",
     "trustedDeployerKeys": "--trusted-deployer-key",
     "restartOnUpgrade": "--restart-if-changed",
+    "metrics.enable": "--metrics-enabled",
+    "metrics.address": "--metrics-addr",
 }
-NOT_FLAGS = {"enable", "package", "environment", "extraArgs"}
+NOT_FLAGS = {"enable", "package", "environment", "extraArgs", "metrics.openFirewall"}
+# Flags without a value.
+SWITCHES = {"--metrics-enabled", "--debug"}
 # Passed whatever the options: rebuilds run as transient units; restartOnUpgrade watches this.
 UNIT_FILE = "/etc/systemd/system/fleet-deploy-listener.service"
 ALWAYS = {"--rebuild-runner": ["systemd"], "--restart-if-changed": [UNIT_FILE]}
@@ -175,6 +180,34 @@ BAD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
         {"trustedDeployerKeys": [A_SEED]},
         "(a seed: a secret, left out here)",
     ),
+    "abbreviated seed flag in extraArgs": (
+        {"extraArgs": ["--nkey=/root/listener.seed"]},
+        "extraArgs sets --nkey-file",
+    ),
+    "rebuild runner through extraArgs": (
+        {"extraArgs": ["--rebuild-runner", "session"]},
+        "extraArgs sets --rebuild-runner. Remove it",
+    ),
+    "abbreviated rebuild runner in extraArgs": (
+        {"extraArgs": ["--rebuild-r=session"]},
+        "extraArgs sets --rebuild-runner",
+    ),
+    "metrics address through extraArgs": (
+        {"metrics": {"enable": True}, "extraArgs": ["--metrics-addr", ":9100"]},
+        "Set services.fleet-deploy.listener.metrics.address instead",
+    ),
+    "metrics address without a port": (
+        {"metrics": {"enable": True, "address": "9972"}},
+        'metrics.address is "9972", which is not an address',
+    ),
+    "metrics address with port 0": (
+        {"metrics": {"enable": True, "address": ":0"}},
+        "with a port from 1 to 65535",
+    ),
+    "metrics address with a bare IPv6 host": (
+        {"metrics": {"enable": True, "address": "::1:9972"}},
+        "[IPV6]:PORT",
+    ),
 }
 
 # Settings the option types reject before any assertion runs.
@@ -193,6 +226,55 @@ def _case_name(label: str) -> str:
     return label.replace(" ", "-").replace("/", "")
 
 
+# A host as homelab-deploy's users configure it, untouched: only services.homelab-deploy
+# options (those of its README, and metrics and extraArgs of its later releases).
+HOMELAB: dict[str, Any] = {
+    "listener": {
+        "enable": True,
+        "tier": "prod",
+        "role": "dns",
+        "natsUrl": "nats://nats.example.com:4222",
+        "nkeyFile": "/run/secrets/homelab-deploy-nkey",
+        "flakeUrl": "git+https://git.example.com/user/nixos-configs.git",
+        "timeout": 900,
+        "deploySubjects": [
+            "deploy.<tier>.<hostname>",
+            "deploy.<tier>.all",
+            "deploy.<tier>.role.<role>",
+        ],
+        "discoverSubject": "deploy.discover",
+        "environment": {"GIT_SSH_COMMAND": "ssh -i /etc/ssh/deploy_ed25519"},
+        "metrics": {"enable": True, "address": ":9972", "openFirewall": True},
+        "extraArgs": ["--debug", "--heartbeat-interval", "5"],
+    }
+}
+# homelab-deploy's listener options, each renamed to fleet-deploy's option of the same name.
+HOMELAB_RENAMED = {
+    "enable",
+    "hostname",
+    "tier",
+    "role",
+    "natsUrl",
+    "nkeyFile",
+    "flakeUrl",
+    "timeout",
+    "deploySubjects",
+    "discoverSubject",
+    "environment",
+    "extraArgs",
+    "metrics.enable",
+    "metrics.address",
+    "metrics.openFirewall",
+}
+# homelab-deploy's options that fleet-deploy refuses, and a piece of what each says to do.
+HOMELAB_REMOVED: dict[str, tuple[dict[str, Any], str]] = {
+    "listener.package": (
+        {"package": "homelab-deploy"},
+        "set that option to use another build of fleet-deploy",
+    ),
+    "builder": ({"builder": {"enable": True}}, "fleet-deploy has no build service"),
+}
+
 CASES: dict[str, dict[str, Any]] = {
     "full": {"hostName": "ignored-hostname", "listener": FULL},
     "minimal": {"hostName": "web1", "listener": MINIMAL},
@@ -208,6 +290,47 @@ CASES: dict[str, dict[str, Any]] = {
             "flakeUrl": "git+https://git.example.com/fleet%20configs.git",
             "extraArgs": ["--rebuild-command", "nixos-rebuild --option cores $CORES"],
         },
+    },
+    "metrics-defaults": {"hostName": "web1", "listener": {**MINIMAL, "metrics": {"enable": True}}},
+    "metrics-firewall": {
+        "hostName": "web1",
+        "listener": {**MINIMAL, "metrics": {"enable": True, "openFirewall": True}},
+    },
+    "metrics-ipv6": {
+        "hostName": "web1",
+        "listener": {
+            **MINIMAL,
+            "metrics": {"enable": True, "address": "[::1]:9100", "openFirewall": True},
+        },
+    },
+    "metrics-off-firewall": {
+        "hostName": "web1",
+        "listener": {**MINIMAL, "metrics": {"openFirewall": True}},
+    },
+    "homelab": {"hostName": "dns1", "homelab": HOMELAB},
+    # homelab-deploy's own metrics flags, through extraArgs, with metrics.enable off.
+    "homelab-metrics-flags": {
+        "hostName": "dns1",
+        "homelab": {
+            "listener": {
+                **{k: v for k, v in HOMELAB["listener"].items() if k != "metrics"},
+                "extraArgs": ["--metrics-enabled", "--metrics-addr", "127.0.0.1:9100"],
+            }
+        },
+    },
+    **{
+        _case_name(f"homelab {path}"): {
+            "hostName": "dns1",
+            "homelab": {
+                **HOMELAB,
+                **(
+                    {"listener": {**HOMELAB["listener"], **override}}
+                    if path.startswith("listener.")
+                    else override
+                ),
+            },
+        }
+        for path, (override, _) in HOMELAB_REMOVED.items()
     },
     **{
         _case_name(label): {"hostName": "web1", "listener": {**MINIMAL, **override}}
@@ -301,15 +424,19 @@ def _argv(service: dict[str, Any]) -> list[str]:
 
 
 def _flags(service: dict[str, Any]) -> dict[str, list[str]]:
-    """ExecStart's `--flag value` pairs after `fleet-deploy listener`, values in order."""
+    """ExecStart's `--flag value` pairs after `fleet-deploy listener`, values in order; a
+    switch (SWITCHES) has no value, so its list stays empty."""
     argv = _argv(service)
     assert argv[:2] == [FAKE_EXE, "listener"], argv
-    rest = argv[2:]
-    assert len(rest) % 2 == 0, rest
-    assert all(a.startswith("--") for a in rest[::2]), rest
+    rest = iter(argv[2:])
     flags: dict[str, list[str]] = {}
-    for flag, value in zip(rest[::2], rest[1::2], strict=True):
-        flags.setdefault(flag, []).append(value)
+    for flag in rest:
+        assert flag.startswith("--"), argv
+        values = flags.setdefault(flag, [])
+        if flag not in SWITCHES:
+            value = next(rest, None)
+            assert value is not None, f"{flag} has no value: {argv}"
+            values.append(value)
     return flags
 
 
@@ -382,6 +509,8 @@ def test_full_configuration_passes_a_flag_for_every_option(evaluated: dict[str, 
         "--state-dir": ["/var/lib/fleet-deploy-prod"],
         "--log-level": ["warning"],
         "--trusted-deployer-key": [ADMIN_KEY, TEST_KEY],
+        "--metrics-enabled": [],
+        "--metrics-addr": ["127.0.0.1:9100"],
         **ALWAYS,
         "--rebuild-command": ["nixos-rebuild --show-trace"],
     }
@@ -405,6 +534,29 @@ def test_minimal_configuration_leaves_defaults_to_the_application(
         **ALWAYS,
     }
     assert service["environment"] == {}
+    assert evaluated["minimal"]["allowedTCPPorts"] == []
+    assert evaluated["minimal"]["warnings"] == []
+
+
+def test_metrics_are_served_where_the_address_says(evaluated: dict[str, Any]) -> None:
+    """metrics.enable passes --metrics-enabled and always the address, homelab-deploy's
+    :9972 unless set; without it neither flag is passed."""
+    assert _flags(evaluated["metrics-defaults"]["service"])["--metrics-enabled"] == []
+    assert _flags(evaluated["metrics-defaults"]["service"])["--metrics-addr"] == [":9972"]
+    assert _flags(evaluated["metrics-ipv6"]["service"])["--metrics-addr"] == ["[::1]:9100"]
+    for case in ("minimal", "metrics-off-firewall"):
+        flags = _flags(evaluated[case]["service"])
+        assert "--metrics-enabled" not in flags, case
+        assert "--metrics-addr" not in flags, case
+
+
+def test_open_firewall_opens_the_metrics_port(evaluated: dict[str, Any]) -> None:
+    """metrics.openFirewall opens the address's port (TCP), only while metrics are on."""
+    assert evaluated["metrics-firewall"]["allowedTCPPorts"] == [9972]
+    assert evaluated["metrics-ipv6"]["allowedTCPPorts"] == [9100]
+    assert evaluated["full"]["allowedTCPPorts"] == [9100]
+    assert evaluated["metrics-defaults"]["allowedTCPPorts"] == []
+    assert evaluated["metrics-off-firewall"]["allowedTCPPorts"] == []
 
 
 def test_a_switch_does_not_restart_the_listener(evaluated: dict[str, Any]) -> None:
@@ -512,12 +664,75 @@ def test_a_disabled_listener_defines_no_unit(evaluated: dict[str, Any]) -> None:
     assert evaluated["disabled"]["failedAssertions"] == []
 
 
+# Sandboxing the listener's unit can afford, because each rebuild runs in a transient unit
+# of its own (--rebuild-runner systemd) that inherits none of it.
+HARDENING = {
+    "ProtectSystem": "strict",
+    "ReadWritePaths": ["/tmp"],  # noqa: S108 - a unit setting: /tmp stays writable
+    "ProtectHome": True,
+    "ProcSubset": "pid",
+    "PrivateDevices": True,
+    "PrivateIPC": True,
+    "ProtectKernelTunables": True,
+    "ProtectKernelModules": True,
+    "ProtectKernelLogs": True,
+    "ProtectControlGroups": True,
+    "ProtectClock": True,
+    "ProtectHostname": True,
+    "NoNewPrivileges": True,
+    "RestrictSUIDSGID": True,
+    "RestrictNamespaces": True,
+    "RestrictRealtime": True,
+    "LockPersonality": True,
+    "MemoryDenyWriteExecute": True,
+    "SystemCallArchitectures": "native",
+    "RestrictAddressFamilies": ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"],
+    "SystemCallFilter": ["@system-service", "~@privileged"],
+    "SystemCallErrorNumber": "EPERM",
+    "UMask": "0077",
+}
+# What it must not set: each would break starting, following or stopping the job's unit
+# (nix/module.nix says why for each).
+NOT_HARDENED = {
+    "User",
+    "DynamicUser",
+    "PrivateUsers",
+    "CapabilityBoundingSet",
+    "PrivatePIDs",
+    "ProtectProc",
+    "PrivateTmp",
+    "PrivateNetwork",
+}
+
+
+@pytest.mark.parametrize("case", ["minimal", "full", "homelab"])
+def test_the_listener_unit_is_hardened(evaluated: dict[str, Any], case: str) -> None:
+    """The unit carries the sandboxing a listener that hands rebuilds to systemd-run allows,
+    and none of what would cut it off from PID 1 or from its jobs' runners."""
+    config = evaluated[case]["service"]["serviceConfig"]
+    assert {k: config.get(k) for k in HARDENING} == HARDENING
+    assert not NOT_HARDENED & set(config)
+    assert _flags(evaluated[case]["service"])["--rebuild-runner"] == ["systemd"]
+
+
 # --- assertions and types ----------------------------------------------------------------
 
 
 def test_valid_configurations_pass_every_assertion(evaluated: dict[str, Any]) -> None:
-    """The full, minimal and escaping configurations trip no assertion."""
-    for case in ("full", "minimal", "escaping", "no-restart", "flake-file"):
+    """The full, minimal, escaping, metrics and homelab configurations trip no assertion."""
+    for case in (
+        "full",
+        "minimal",
+        "escaping",
+        "no-restart",
+        "flake-file",
+        "metrics-defaults",
+        "metrics-firewall",
+        "metrics-ipv6",
+        "metrics-off-firewall",
+        "homelab",
+        "homelab-metrics-flags",
+    ):
         assert evaluated[case]["failedAssertions"] == [], case
 
 
@@ -536,6 +751,87 @@ def test_an_empty_hostname_points_at_networking_hostname(evaluated: dict[str, An
     (message,) = evaluated["no-hostname"]["failedAssertions"]
     assert 'hostname is ""' in message
     assert "networking.hostName" in message
+
+
+# --- homelab-deploy's options --------------------------------------------------------------
+
+
+def test_a_homelab_deploy_configuration_runs_the_listener(evaluated: dict[str, Any]) -> None:
+    """A configuration written for homelab-deploy, unchanged, gives the listener every
+    setting as its flag, metrics and extraArgs included, and opens the metrics port."""
+    result = evaluated["homelab"]
+    listener = HOMELAB["listener"]
+    service = result["service"]
+    assert _flags(service) == {
+        "--hostname": ["dns1"],
+        "--tier": ["prod"],
+        "--nats-url": ["nats://nats.example.com:4222"],
+        "--state-dir": ["/var/lib/fleet-deploy"],
+        "--flake-url": [listener["flakeUrl"]],
+        "--role": ["dns"],
+        "--timeout": ["900"],
+        "--deploy-subject": listener["deploySubjects"],
+        "--discover-subject": ["deploy.discover"],
+        "--metrics-enabled": [],
+        "--metrics-addr": [":9972"],
+        **ALWAYS,
+        "--nkey-file": ["%d/nkey"],
+        "--debug": [],
+        "--heartbeat-interval": ["5"],
+    }
+    assert _argv(service)[-3:] == listener["extraArgs"]
+    assert service["serviceConfig"]["LoadCredential"] == [f"nkey:{listener['nkeyFile']}"]
+    assert service["environment"] == listener["environment"]
+    assert result["allowedTCPPorts"] == [9972]
+
+
+def test_each_homelab_deploy_option_warns_of_its_new_name(evaluated: dict[str, Any]) -> None:
+    """Every homelab-deploy option the configuration sets produces one warning naming the
+    fleet-deploy option it now sets; a native configuration produces none."""
+    listener = HOMELAB["listener"]
+    used = [k for k in listener if k != "metrics"] + [f"metrics.{k}" for k in listener["metrics"]]
+    expected = sorted(
+        f"The option `services.homelab-deploy.listener.{name}' defined in `<unknown-file>' "
+        f"has been renamed to `{OPT}.{name}'."
+        for name in used
+    )
+    assert sorted(evaluated["homelab"]["warnings"]) == expected
+    for case in ("minimal", "full"):
+        assert evaluated[case]["warnings"] == [], case
+
+
+def test_every_homelab_deploy_option_is_mapped(evaluated: dict[str, Any]) -> None:
+    """services.homelab-deploy declares exactly homelab-deploy's options: each listener
+    option renamed to ours of the same name (which exists), or refused."""
+    declared = set(evaluated["minimal"]["homelabOptionNames"])
+    renamed = {f"listener.{name}" for name in HOMELAB_RENAMED}
+    assert declared == renamed | set(HOMELAB_REMOVED)
+    assert set(evaluated["minimal"]["optionNames"]) >= HOMELAB_RENAMED
+
+
+def test_homelab_metrics_flags_in_extra_args_still_work(evaluated: dict[str, Any]) -> None:
+    """homelab-deploy's own metrics flags, passed through extraArgs with metrics.enable off,
+    reach the listener unchanged (and open nothing)."""
+    result = evaluated["homelab-metrics-flags"]
+    assert _argv(result["service"])[-3:] == [
+        "--metrics-enabled",
+        "--metrics-addr",
+        "127.0.0.1:9100",
+    ]
+    assert result["allowedTCPPorts"] == []
+
+
+@pytest.mark.parametrize("path", list(HOMELAB_REMOVED))
+def test_a_homelab_deploy_option_fleet_deploy_cannot_honour_is_refused(
+    evaluated: dict[str, Any], path: str
+) -> None:
+    """An option fleet-deploy has no counterpart for fails an assertion that names it and
+    says what to do instead; it is never ignored silently."""
+    _, fragment = HOMELAB_REMOVED[path]
+    (message,) = evaluated[_case_name(f"homelab {path}")]["failedAssertions"]
+    assert f"`services.homelab-deploy.{path}'" in message, message
+    assert "no longer has any effect" in message, message
+    assert fragment in " ".join(message.split()), message
 
 
 @pytest.mark.parametrize("label", list(BAD_TYPES))
@@ -719,7 +1015,7 @@ let
   fake = pname: { inherit pname; version = "999"; optional-dependencies.crypto = [ ]; };
   nixpkgsPython = lib.genAttrs [
     "anyio" "hatchling" "mcp" "mcp-types" "httpx2" "httpcore2" "nats-py" "nkeys" "pydantic"
-    "structlog"
+    "prometheus-client" "structlog"
   ] fake // {
     buildPythonApplication = attrs: attrs;
   };
@@ -784,17 +1080,22 @@ in
   nodes = builtins.attrNames test.nodes;
   users = test.nodes.nats.services.nats.settings.authorization.users;
   listener = builtins.removeAttrs test.nodes.web1.services.fleet-deploy.listener [ "enable" ];
+  homelab = test.nodes.web2.services;
   seeds = lib.mapAttrsToList (_: f: toString f.source) (
-    test.nodes.web1.environment.etc // test.nodes.deployer.environment.etc
+    test.nodes.web1.environment.etc
+    // test.nodes.web2.environment.etc
+    // test.nodes.deployer.environment.etc
   );
 }
 """
 
 
 def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
-    """The VM test has three nodes, a Python script that compiles, and subtests."""
+    """The VM test has four nodes, a Python script that compiles, and subtests; web2 is
+    configured with homelab-deploy's option names alone, metrics and extraArgs included, and
+    the script scrapes its metrics."""
     vm = _eval_expr(VM_EXPR, lib_dir)
-    assert vm["nodes"] == ["deployer", "nats", "web1"]
+    assert vm["nodes"] == ["deployer", "nats", "web1", "web2"]
     compile(vm["testScript"], "nix/tests/vm.nix:testScript", "exec")
     assert vm["testScript"].count("with subtest(") >= 5
     assert "fleet-deploy deploy" in vm["testScript"]
@@ -802,8 +1103,16 @@ def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
     assert sorted(Path(s).name for s in vm["seeds"]) == [
         "admin-deployer.seed",
         "listener-web1.seed",
+        "listener-web2.seed",
         "test-deployer.seed",
     ]
+    assert list(vm["homelab"]) == ["homelab-deploy"]
+    homelab = vm["homelab"]["homelab-deploy"]["listener"]
+    assert set(homelab) - {"metrics"} <= HOMELAB_RENAMED
+    assert homelab["metrics"] == {"enable": True, "address": ":9972", "openFirewall": True}
+    assert "--heartbeat-interval" in homelab["extraArgs"]
+    assert "curl -sf http://127.0.0.1:9972/metrics" in vm["testScript"]
+    assert "fleet_deploy_info" in vm["testScript"]
 
 
 def _as_nats(permissions: UserPermissions) -> dict[str, object]:
@@ -822,8 +1131,9 @@ def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
     def public(name: str) -> str:
         return (KEYS_DIR / f"{name}.pub").read_text().strip()
 
-    web1 = HostEntry("web1", Tier.TEST, public("listener-web1"), role="web")
-    assert users[public("listener-web1")] == _as_nats(listener_permissions(web1))
+    for host in ("web1", "web2"):
+        entry = HostEntry(host, Tier.TEST, public(f"listener-{host}"), role="web")
+        assert users[public(f"listener-{host}")] == _as_nats(listener_permissions(entry))
     assert users[public("test-deployer")] == _as_nats(deployer_permissions("test"))
     assert users[public("admin-deployer")] == _as_nats(deployer_permissions("admin"))
 
@@ -831,7 +1141,7 @@ def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
 def test_the_test_seeds_match_their_public_keys() -> None:
     """Each committed test-only seed derives the public key the VM's NATS server trusts."""
     seeds = sorted(KEYS_DIR.glob("*.seed"))
-    assert len(seeds) == 3
+    assert len(seeds) == 4
     for seed in seeds:
         derived = nkeys.from_seed(bytearray(seed.read_bytes().strip())).public_key.decode()
         assert derived == seed.with_suffix(".pub").read_text().strip(), seed.name

@@ -116,3 +116,26 @@ def test_every_command_is_declared_once() -> None:
     for declared in COMMANDS:
         options = [o.name for o in declared.options]
         assert len(options) == len(set(options)), declared.name
+
+
+def test_homelab_deploy_counterparts_are_the_ones_it_reads() -> None:
+    """Only the variables homelab-deploy reads with the same meaning fall back to it: its
+    deploy command's five. The listener's --timeout (a rebuild's deadline) is not its
+    HOMELAB_DEPLOY_TIMEOUT (a deployer's wait), and the sandbox reads nothing."""
+    declared = {(c.name, o.legacy_variable) for c in COMMANDS for o in c.options}
+    assert {v for _, v in declared if v} == {
+        "HOMELAB_DEPLOY_NATS_URL",
+        "HOMELAB_DEPLOY_NKEY_FILE",
+        "HOMELAB_DEPLOY_BRANCH",
+        "HOMELAB_DEPLOY_ACTION",
+        "HOMELAB_DEPLOY_TIMEOUT",
+    }
+    assert ("deploy", "HOMELAB_DEPLOY_TIMEOUT") in declared
+    assert ("listener", "HOMELAB_DEPLOY_TIMEOUT") not in declared
+    for declared_command in COMMANDS:
+        for option in declared_command.options:
+            if option.legacy_variable is not None:
+                assert option.variable is not None
+                assert option.legacy_variable.removeprefix("HOMELAB_DEPLOY_") == (
+                    option.variable.removeprefix(ENV_PREFIX)
+                )

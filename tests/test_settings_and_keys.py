@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from fleet_core.errors import KeyFileError, UsageError
 from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
+from fleet_core.options import command
 from fleet_core.rebuild import Action
 from fleet_core.settings import (
     DEFAULT_LISTENER_TIMEOUT,
     DEFAULT_STATE_DIR,
+    SandboxSettings,
     choose_rebuild_runner,
     deploy_settings,
     listener_settings,
     mcp_settings,
+    sandbox_settings,
 )
 from fleet_core.subjects import Target, Tier
 
@@ -87,6 +91,162 @@ class TestListenerSettings:
         """Each bad setting is a UsageError that names it."""
         with pytest.raises(UsageError, match=message):
             listener_settings({**LISTENER, **override}, environ={})
+
+
+class TestListenerFlagsOfHomelabDeploy:
+    def test_heartbeat_interval(self) -> None:
+        """--heartbeat-interval (or FLEET_DEPLOY_HEARTBEAT_INTERVAL) sets how often a running
+        job's progress goes out; 10 s by default; a non-positive one names its source."""
+        assert listener_settings(LISTENER, environ={}).heartbeat_interval == 10.0
+        flagged = listener_settings({**LISTENER, "heartbeat_interval": "2.5"}, environ={})
+        assert flagged.heartbeat_interval == 2.5
+        env = {"FLEET_DEPLOY_HEARTBEAT_INTERVAL": "4"}
+        assert listener_settings(LISTENER, environ=env).heartbeat_interval == 4.0
+        with pytest.raises(UsageError, match="--heartbeat-interval must be a positive"):
+            listener_settings({**LISTENER, "heartbeat_interval": "0"}, environ={})
+
+    def test_debug_is_log_level_debug(self) -> None:
+        """--debug (or FLEET_DEPLOY_DEBUG=true) logs at debug level, whatever --log-level."""
+        assert listener_settings(LISTENER, environ={}).log_level == "info"
+        both = {**LISTENER, "debug": True, "log_level": "warning"}
+        assert listener_settings(both, environ={}).log_level == "debug"
+        env = {"FLEET_DEPLOY_DEBUG": "true"}
+        assert listener_settings(LISTENER, environ=env).log_level == "debug"
+        with pytest.raises(UsageError, match="FLEET_DEPLOY_DEBUG='loud' is not a boolean"):
+            listener_settings(LISTENER, environ={"FLEET_DEPLOY_DEBUG": "loud"})
+
+    @pytest.mark.parametrize(
+        ("address", "expected"),
+        [
+            (None, ("", 9972)),  # homelab-deploy's default, :9972
+            (":9100", ("", 9100)),
+            ("127.0.0.1:9972", ("127.0.0.1", 9972)),
+            ("metrics.lan:80", ("metrics.lan", 80)),
+            ("[::1]:9972", ("::1", 9972)),
+            ("[::]:9972", ("::", 9972)),
+        ],
+    )
+    def test_metrics_address(self, address: str | None, expected: tuple[str, int]) -> None:
+        """--metrics-addr takes HOST:PORT, [IPV6]:PORT or :PORT (every address); it is used
+        only with --metrics-enabled."""
+        flags = {**LISTENER, "metrics_addr": address}
+        assert listener_settings(flags, environ={}).metrics_addr is None
+        enabled = listener_settings({**flags, "metrics_enabled": True}, environ={})
+        assert enabled.metrics_addr == expected
+        env = {"FLEET_DEPLOY_METRICS_ENABLED": "1"}
+        assert listener_settings(flags, environ=env).metrics_addr == expected
+
+    @pytest.mark.parametrize(
+        ("address", "message"),
+        [
+            ("9972", "must be HOST:PORT or :PORT"),
+            (":0", "a port from 1 to 65535"),
+            (":99999", "a port from 1 to 65535"),
+            ("host:http", "must be HOST:PORT or :PORT"),
+            ("::1:9972", "an IPv6 address goes in brackets"),
+            ("my host:9972", "is not a host name or address"),
+        ],
+    )
+    def test_a_bad_metrics_address_is_refused_even_with_metrics_off(
+        self, address: str, message: str
+    ) -> None:
+        """A bad address is a usage error naming the flag or variable it came from, caught
+        before the day metrics are turned on."""
+        with pytest.raises(UsageError, match="^" + re.escape(f"--metrics-addr {address!r}")):
+            listener_settings({**LISTENER, "metrics_addr": address}, environ={})
+        with pytest.raises(UsageError, match=re.escape(message)):
+            listener_settings({**LISTENER, "metrics_addr": address}, environ={})
+        with pytest.raises(UsageError, match=r"^FLEET_DEPLOY_METRICS_ADDR "):
+            listener_settings(LISTENER, environ={"FLEET_DEPLOY_METRICS_ADDR": address})
+
+
+HOMELAB = {
+    "HOMELAB_DEPLOY_NATS_URL": "nats://homelab:4222",
+    "HOMELAB_DEPLOY_NKEY_FILE": "/homelab.seed",
+    "HOMELAB_DEPLOY_BRANCH": "v1",
+    "HOMELAB_DEPLOY_ACTION": "boot",
+    "HOMELAB_DEPLOY_TIMEOUT": "60",
+}
+
+
+class TestHomelabDeployVariables:
+    """homelab-deploy's HOMELAB_DEPLOY_* variables stand in for ours: flag, then
+    FLEET_DEPLOY_*, then HOMELAB_DEPLOY_*, then the default."""
+
+    def test_each_counterpart_is_read_when_ours_is_unset(self) -> None:
+        """Server, key, branch, action and timeout of a deploy come from HOMELAB_DEPLOY_*."""
+        settings = deploy_settings({"target": "deploy.test.all"}, environ=HOMELAB)
+        assert settings.connection.nats_urls == ("nats://homelab:4222",)
+        assert settings.connection.nkey_file == Path("/homelab.seed")
+        assert (settings.revision, settings.action, settings.timeout) == ("v1", Action.BOOT, 60)
+
+    def test_ours_wins_and_a_flag_wins_over_both(self) -> None:
+        """FLEET_DEPLOY_X beats HOMELAB_DEPLOY_X; a flag beats both; an empty one of ours
+        counts as unset."""
+        env = {
+            **HOMELAB,
+            "FLEET_DEPLOY_NATS_URL": "nats://fleet:4222",
+            "FLEET_DEPLOY_BRANCH": "v2",
+            "FLEET_DEPLOY_ACTION": "",
+        }
+        settings = deploy_settings({"target": "deploy.test.all", "timeout": "5"}, environ=env)
+        assert settings.connection.nats_urls == ("nats://fleet:4222",)
+        assert (settings.revision, settings.action, settings.timeout) == ("v2", Action.BOOT, 5)
+
+    def test_an_error_names_the_variable_that_was_read(self) -> None:
+        """A bad value is reported under the variable it came from — and one that lost to
+        ours is never read."""
+        flags = {"target": "deploy.test.all"}
+        with pytest.raises(UsageError, match=r"^HOMELAB_DEPLOY_TIMEOUT must be a number"):
+            deploy_settings(flags, environ={**HOMELAB, "HOMELAB_DEPLOY_TIMEOUT": "soon"})
+        with pytest.raises(UsageError, match=r"^HOMELAB_DEPLOY_NATS_URL: 'ftp://x'"):
+            deploy_settings(flags, environ={**HOMELAB, "HOMELAB_DEPLOY_NATS_URL": "ftp://x"})
+        env = {**HOMELAB, "HOMELAB_DEPLOY_TIMEOUT": "soon", "FLEET_DEPLOY_TIMEOUT": "9"}
+        assert deploy_settings(flags, environ=env).timeout == 9
+
+    def test_only_the_same_meaning_falls_back(self) -> None:
+        """HOMELAB_DEPLOY_TIMEOUT is a deployer's wait: it never becomes a listener's rebuild
+        deadline. Server and key mean the same for every command."""
+        env = {**HOMELAB, "HOMELAB_DEPLOY_TIMEOUT": "5"}
+        flags = {k: v for k, v in LISTENER.items() if k not in ("nats_url", "nkey_file")}
+        settings = listener_settings(flags, environ=env)
+        assert settings.timeout == DEFAULT_LISTENER_TIMEOUT
+        assert settings.nats_urls == ("nats://homelab:4222",)
+        mcp = mcp_settings({}, environ=env)
+        assert mcp.connection.nkey_file == Path("/homelab.seed")
+
+    def test_transient_units_get_neither_prefix(self) -> None:
+        """The listener's own settings, ours or homelab-deploy's, stay out of the
+        environment a transient unit is given."""
+        env = {"PATH": "/bin", "FLEET_DEPLOY_ROLE": "web", **HOMELAB}
+        settings = listener_settings({**LISTENER, "rebuild_runner": "systemd"}, environ=env)
+        assert settings.rebuild_env == ("PATH",)
+
+    def test_aliases_of_both_are_merged_and_ours_wins(self) -> None:
+        """FLEET_DEPLOY_ALIAS_<NAME> and HOMELAB_DEPLOY_ALIAS_<NAME> both define targets; for
+        the same NAME ours wins; a bad subject names the variable it came from."""
+        env = {
+            "FLEET_DEPLOY_ALIAS_WEB": "deploy.test.role.web",
+            "HOMELAB_DEPLOY_ALIAS_WEB": "deploy.prod.role.web",
+            "HOMELAB_DEPLOY_ALIAS_PROD_DNS": "deploy.prod.role.dns",
+            "HOMELAB_DEPLOY_ALIAS_BROKEN": "deploy.staging.all",
+        }
+        flags = {"nats_url": "n", "nkey_file": "k"}
+        target = deploy_settings({**flags, "target": "web"}, environ=env).target
+        assert target == Target.role(Tier.TEST, "web")
+        target = deploy_settings({**flags, "target": "prod-dns"}, environ=env).target
+        assert target == Target.role(Tier.PROD, "dns")
+        with pytest.raises(UsageError, match=r"^HOMELAB_DEPLOY_ALIAS_BROKEN: 'deploy\.staging"):
+            deploy_settings({**flags, "target": "broken"}, environ=env)
+        with pytest.raises(UsageError, match="define it with FLEET_DEPLOY_ALIAS_NOPE="):
+            deploy_settings({**flags, "target": "nope"}, environ=env)
+
+    def test_the_sandbox_reads_neither(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The sandbox declares no variable, so no fallback either, and reads none."""
+        assert not [o.name for o in command("sandbox").options if o.variables]
+        monkeypatch.setenv("HOMELAB_DEPLOY_HOSTS", "4")
+        monkeypatch.setenv("FLEET_DEPLOY_HOSTS", "4")
+        assert sandbox_settings({}) == SandboxSettings()
 
 
 class TestRebuildRunnerSettings:

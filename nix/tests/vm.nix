@@ -1,12 +1,16 @@
-# NixOS VM test: a NATS server with homelab-deploy's tiered permissions, a host running the
-# listener through the NixOS module, and a deployer that deploys it with the CLI.
+# NixOS VM test: a NATS server with homelab-deploy's tiered permissions, two hosts running
+# the listener through the NixOS module, and a deployer that deploys them with the CLI.
+# `web1` is configured with fleet-deploy's options; `web2` exactly as a homelab-deploy user
+# configures homelab-deploy (`services.homelab-deploy.listener`, metrics and extraArgs
+# included), and serves metrics through its firewall.
 #
 # The host's rebuild is a stand-in with nixos-rebuild's interface that records its argv, so
 # the test checks the whole request path (deployer → NATS → listener → rebuild → status →
 # deployer) without building a system inside the VM. It runs as a transient unit
-# (fleet-deploy-job-<id>), can be held open (/tmp/hold-rebuild) so the listener can be
-# restarted in the middle of a deploy, and can activate a real system (/tmp/switch-to) so a
-# deploy can change the listener's own unit.
+# (fleet-deploy-job-<id>), outside the listener's sandbox (it proves so by writing to
+# /var/lib, which the listener's unit sees read-only), can be held open (/tmp/hold-rebuild)
+# so the listener can be restarted in the middle of a deploy, and can activate a real system
+# (/tmp/switch-to) so a deploy can change the listener's own unit.
 #
 # The NKeys under ./keys are public test-only keys (see ./keys/README.md).
 {
@@ -32,6 +36,12 @@ let
   standInRebuild = pkgs.writeShellScript "stand-in-nixos-rebuild" ''
     printf '%s\n' "$*" >> /tmp/stand-in-rebuild.argv
     echo "stand-in nixos-rebuild: $*"
+    # A real switch writes /etc, /boot and /nix/var: the rebuild must not run in the
+    # listener's sandbox (ProtectSystem=strict), where this would fail.
+    if ! touch /var/lib/stand-in-rebuild-unsandboxed; then
+      echo "stand-in nixos-rebuild: running inside the listener's sandbox" >&2
+      exit 1
+    fi
     while [ -e /tmp/hold-rebuild ]; do sleep 0.2; done
     if [ -e /tmp/switch-to ]; then
       "$(cat /tmp/switch-to)/bin/switch-to-configuration" test
@@ -62,6 +72,22 @@ pkgs.testers.runNixOSTest {
                 ];
                 subscribe = [
                   "deploy.test.web1"
+                  "deploy.test.all"
+                  "deploy.test.role.web"
+                  "deploy.discover"
+                ];
+              };
+            }
+            {
+              # The listener on web2, the same for tier test, role web.
+              nkey = publicKey "listener-web2";
+              permissions = {
+                publish = [
+                  "deploy.responses.*.test.web2"
+                  "deploy.discover"
+                ];
+                subscribe = [
+                  "deploy.test.web2"
                   "deploy.test.all"
                   "deploy.test.role.web"
                   "deploy.discover"
@@ -136,8 +162,42 @@ pkgs.testers.runNixOSTest {
       };
     };
 
+    # A host as homelab-deploy's users configure it: only homelab-deploy's option names,
+    # which fleet-deploy's module renames to its own (with a warning at build time).
+    web2 = {
+      imports = [ module ];
+
+      environment.etc."homelab-deploy/listener.seed" = seedFile "listener-web2";
+      environment.systemPackages = [ pkgs.curl ];
+
+      services.homelab-deploy.listener = {
+        enable = true;
+        tier = "test";
+        role = "web";
+        natsUrl = "nats://nats:4222";
+        nkeyFile = "/etc/homelab-deploy/listener.seed";
+        flakeUrl = "git+https://git.example.invalid/fleet.git";
+        timeout = 120;
+        metrics = {
+          enable = true;
+          address = ":9972";
+          openFirewall = true;
+        };
+        extraArgs = [
+          "--debug"
+          "--heartbeat-interval"
+          "5"
+          "--rebuild-command"
+          "${standInRebuild}"
+        ];
+      };
+    };
+
     deployer = {
-      environment.systemPackages = [ package ];
+      environment.systemPackages = [
+        package
+        pkgs.curl
+      ];
       environment.etc."fleet-deploy/admin.seed" = seedFile "admin-deployer";
       environment.etc."fleet-deploy/test.seed" = seedFile "test-deployer";
     };
@@ -176,12 +236,25 @@ pkgs.testers.runNixOSTest {
         }
 
 
+    def subscribed(subject: str) -> bool:
+        """Whether some NATS connection is subscribed to subject."""
+        connz = json.loads(nats.succeed("curl -sf 'http://127.0.0.1:8222/connz?subs=1'"))
+        return any(
+            subject in (conn.get("subscriptions_list") or [])
+            for conn in connz.get("connections") or []
+        )
+
+
     def rebuild_calls() -> int:
         return int(web1.succeed(f"grep -cxF -- '{EXPECTED_ARGV}' {ARGV_LOG} || true").strip())
 
 
     def listener_pid() -> str:
         return web1.succeed("systemctl show -P MainPID fleet-deploy-listener.service").strip()
+
+
+    def unit_property(machine, name: str) -> str:
+        return machine.succeed(f"systemctl show -P {name} fleet-deploy-listener.service").strip()
 
 
     def running_jobs() -> str:
@@ -208,15 +281,53 @@ pkgs.testers.runNixOSTest {
         assert "--rebuild-runner" in unit and "--restart-if-changed" in unit, unit
         web1.succeed("test -d /var/lib/fleet-deploy")
 
+    with subtest("the listener runs sandboxed"):
+        for name, value in {
+            "ProtectSystem": "strict",
+            "ProtectHome": "yes",
+            "NoNewPrivileges": "yes",
+            "PrivateDevices": "yes",
+            "ProtectKernelModules": "yes",
+            "MemoryDenyWriteExecute": "yes",
+            "ProtectClock": "yes",
+            "UMask": "0077",
+        }.items():
+            assert unit_property(web1, name) == value, (name, unit_property(web1, name))
+        print(web1.succeed("systemd-analyze security fleet-deploy-listener.service || true"))
+
     with subtest("the listener subscribes to its subjects with its own key"):
         retry(lambda _: len(listener_connections()) == 1)
 
-    with subtest("an admin deploy to the host completes"):
+    with subtest("an admin deploy to the host completes, its rebuild outside the sandbox"):
         deployer.succeed(deploy("deploy.test.web1", "admin"), timeout=120)
         assert rebuild_calls() == 1, web1.succeed(f"cat {ARGV_LOG}")
+        web1.succeed("test -e /var/lib/stand-in-rebuild-unsandboxed")
 
-    with subtest("the test-tier key deploys the whole test tier"):
-        deployer.succeed(deploy("deploy.test.all", "test"), timeout=120)
+    with subtest("a host configured for homelab-deploy runs the same listener"):
+        web2.wait_for_unit("fleet-deploy-listener.service")
+        unit = web2.succeed("systemctl cat fleet-deploy-listener.service")
+        assert "LoadCredential=nkey:/etc/homelab-deploy/listener.seed" in unit, unit
+        assert '"--metrics-enabled" "--metrics-addr" ":9972"' in unit, unit
+        assert '"--debug" "--heartbeat-interval" "5"' in unit, unit
+        assert unit_property(web2, "ProtectSystem") == "strict"
+        web2.wait_for_open_port(9972)
+        retry(lambda _: subscribed("deploy.test.web2"))
+        deployer.succeed(deploy("deploy.test.web2", "admin"), timeout=120)
+        expected = EXPECTED_ARGV.replace("#web1", "#web2")
+        web2.succeed(f"grep -qxF -- '{expected}' {ARGV_LOG}")
+
+    with subtest("the homelab-style host serves its metrics, through its firewall"):
+        local = web2.succeed("curl -sf http://127.0.0.1:9972/metrics")
+        assert 'fleet_deploy_info{' in local and 'hostname="web2"' in local, local
+        assert 'fleet_deploy_deployments_total{' in local, local
+        remote = deployer.succeed("curl -sf --max-time 10 http://web2:9972/metrics")
+        assert "fleet_deploy_info" in remote, remote
+        # web1 has metrics off: nothing listens there.
+        deployer.fail("curl -sf --max-time 5 http://web1:9972/metrics")
+
+    with subtest("the test-tier key deploys the whole test tier, both hosts"):
+        output = deployer.succeed(deploy("deploy.test.all", "test"), timeout=120)
+        assert "web1" in output and "web2" in output, output
         assert rebuild_calls() == 2, web1.succeed(f"cat {ARGV_LOG}")
 
     with subtest("the test-tier key cannot deploy prod, and says so at once"):

@@ -29,6 +29,7 @@ Shared plumbing:
     keys              NKey seeds: generate, load with the mode and checksum checks
     bus               the NATS connection: the only module that imports nats
     lifecycle         run a command until it ends or SIGINT/SIGTERM stops it
+    metrics           Prometheus metrics, listener and MCP; prometheus_client only when on
 
 On the host:
     daemon            ``fleet-deploy listener``: the daemon's settings, connection and exit

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -53,6 +54,9 @@ from fleet_core.settings import ListenerSettings
 from fleet_core.signing import ReplayCache, verify_request
 from fleet_core.status_reporter import StatusReporter
 from fleet_core.trust import bound_reply
+
+if TYPE_CHECKING:
+    from fleet_core.metrics import ListenerMetrics
 
 __all__ = ["RESTART_EXIT_CODE", "Listener", "fingerprint"]
 
@@ -89,9 +93,17 @@ class Listener:
     an upgrade of its own unit asks for a restart (then ``restart_reason`` says why).
 
     ``rebuilder`` launches the job runner; by default as ``settings.rebuild_runner`` says.
+    ``metrics`` (``--metrics-enabled``) counts every final status this listener sends and
+    reads how many jobs are in progress.
     """
 
-    def __init__(self, settings: ListenerSettings, rebuilder: Rebuilder | None = None) -> None:
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        rebuilder: Rebuilder | None = None,
+        *,
+        metrics: ListenerMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.jobs = HostJobs(
             settings,
@@ -106,10 +118,19 @@ class Listener:
         self._tasks: anyio.abc.TaskGroup | None = None
         self._replays = ReplayCache()  # signed request ids seen, until they would expire
         self._log = log.bind(host=settings.hostname, tier=settings.tier.value)
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.count_in_progress(self._in_progress)
 
     @property
     def busy(self) -> bool:
         return bool(self.jobs.active)
+
+    def _in_progress(self) -> int:
+        """Jobs without a final outcome yet: one is decided before its status goes out, so a
+        requester that heard it never sees it still in progress. Called from the metrics
+        server's thread: it only reads a copy of the list."""
+        return sum(1 for job in list(self.jobs.active) if job.final is None)
 
     async def serve(
         self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -207,6 +228,7 @@ class Listener:
             reply_to=self._reply_subject(reply_to, bind or bool(request and request.bind)),
             request=request,
             request_id=request_id,
+            on_final=self._metrics.final_status if self._metrics is not None else None,
         )
 
     def _reply_subject(self, reply_to: str, bind: bool | None) -> str:

@@ -5,8 +5,10 @@ they cannot drift apart:
 
 - the argparse parsers (``add_arguments``): ``--help`` shows each default from its constant
   and names its ``FLEET_DEPLOY_*`` variable;
-- the environment fallback in ``settings.py`` (flag, then variable, then default);
-- the option tables of ``docs/cli.md`` (``markdown_table``; a test keeps the file in step).
+- the environment fallback in ``settings.py`` (flag, then variable, then homelab-deploy's
+  variable where ``legacy_env`` says it has one, then default);
+- the option tables of ``docs/cli.md`` (``markdown_table``, ``legacy_env_table``; a test
+  keeps the file in step).
 
 Parsers keep every value as text: ``settings.py`` converts flag and variable alike, so a bad
 ``--timeout`` and a bad ``FLEET_DEPLOY_TIMEOUT`` get the same message. Only argparse and the
@@ -24,14 +26,22 @@ from pathlib import Path
 from typing import Literal
 
 from fleet_core.rebuild import DEFAULT_ACTION, DEFAULT_REVISION, Action
-from fleet_core.subjects import ALIAS_ENV_PREFIX, DEFAULT_DEPLOY_SUBJECTS, DISCOVER_SUBJECT, Tier
+from fleet_core.subjects import (
+    ALIAS_ENV_PREFIX,
+    DEFAULT_DEPLOY_SUBJECTS,
+    DISCOVER_SUBJECT,
+    LEGACY_ALIAS_ENV_PREFIX,
+    Tier,
+)
 
 __all__ = [
     "COMMANDS",
     "DEFAULT_DEPLOY_TIMEOUT",
+    "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_LISTENER_TIMEOUT",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MCP_HEARTBEAT",
+    "DEFAULT_METRICS_ADDR",
     "DEFAULT_NATS_LAYOUT",
     "DEFAULT_REBUILD_COMMAND",
     "DEFAULT_REBUILD_RUNNER",
@@ -40,9 +50,11 @@ __all__ = [
     "DEFAULT_SANDBOX_CLUSTER",
     "DEFAULT_SANDBOX_HOSTS",
     "DEFAULT_SANDBOX_PORT",
+    "DEFAULT_SILENCE_LIMIT",
     "DEFAULT_SIM_DELAY",
     "DEFAULT_STATE_DIR",
     "ENV_PREFIX",
+    "LEGACY_ENV_PREFIX",
     "LOG_LEVELS",
     "MAX_SANDBOX_CLUSTER",
     "MAX_SANDBOX_HOSTS",
@@ -55,10 +67,14 @@ __all__ = [
     "Option",
     "add_arguments",
     "command",
+    "legacy_env_table",
     "markdown_table",
 ]
 
 ENV_PREFIX = "FLEET_DEPLOY_"
+# homelab-deploy's prefix: an option with ``legacy_env`` falls back to HOMELAB_DEPLOY_<NAME>,
+# so that its users switch over without renaming their variables.
+LEGACY_ENV_PREFIX = "HOMELAB_DEPLOY_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACTIONS = tuple(a.value for a in Action)
 TIERS = tuple(t.value for t in Tier)
@@ -73,6 +89,12 @@ RESTART_EXIT_STATUS = 75  # EX_TEMPFAIL: "restart me"; the NixOS unit restarts o
 DEFAULT_REQUEST_TTL = 60.0  # seconds a signed deploy request stays valid (fleet_core.signing)
 DEFAULT_REQUEST_SKEW = 30.0  # seconds of clock difference a listener tolerates either way
 DEFAULT_LOG_LEVEL = "info"
+# The protocol's promise: a running job's progress at least this often (docs/protocol.md).
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# A deployer asks after a host silent this long (fleet_core.tracking): 3.5 heartbeats.
+DEFAULT_SILENCE_LIMIT = 3.5 * DEFAULT_HEARTBEAT_INTERVAL
+# homelab-deploy's metrics address: every address of this host, port 9972.
+DEFAULT_METRICS_ADDR = ":9972"
 DEFAULT_MCP_HEARTBEAT = 5.0  # progress at least this often; the promise to clients is 10 s
 DEFAULT_SANDBOX_HOSTS = 6
 MIN_SANDBOX_HOSTS = 3  # a test host that deploys, one that fails, and a prod host to refuse
@@ -96,8 +118,10 @@ class Option:
 
     ``name`` is the attribute the parsed flags carry (``nats_url``); the flag is derived
     from it (``--nats-url``) and, when ``env`` is true, so is the variable
-    (``FLEET_DEPLOY_NATS_URL``). ``default`` is the constant the settings fall back to;
-    ``shown_default`` is for a default that is not one value (``$STATE_DIRECTORY or …``).
+    (``FLEET_DEPLOY_NATS_URL``). ``legacy_env`` says homelab-deploy reads the same setting,
+    with the same meaning, from ``HOMELAB_DEPLOY_<NAME>``: that variable is the fallback when
+    ours is unset. ``default`` is the constant the settings fall back to; ``shown_default``
+    is for a default that is not one value (``$STATE_DIRECTORY or …``).
     """
 
     name: str
@@ -110,6 +134,10 @@ class Option:
     required: bool = False
     shown_default: str | None = None
     short: str | None = None
+    legacy_env: bool = False
+
+    def __post_init__(self) -> None:
+        assert self.env or not self.legacy_env, f"{self.name}: a fallback needs a variable"
 
     @property
     def flag(self) -> str:
@@ -118,6 +146,16 @@ class Option:
     @property
     def variable(self) -> str | None:
         return ENV_PREFIX + self.name.upper() if self.env else None
+
+    @property
+    def legacy_variable(self) -> str | None:
+        """homelab-deploy's variable for this setting, read when ``variable`` is unset."""
+        return LEGACY_ENV_PREFIX + self.name.upper() if self.legacy_env else None
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The variables read for this option, the one that wins first."""
+        return tuple(v for v in (self.variable, self.legacy_variable) if v is not None)
 
     @property
     def default_text(self) -> str | None:
@@ -198,6 +236,29 @@ def markdown_table(options: Sequence[Option]) -> str:
     return "\n".join(rows)
 
 
+def legacy_env_table(commands: Sequence[Command]) -> str:
+    """The Markdown table of homelab-deploy's variables and the ones they stand in for.
+
+    One row per variable (an option shared by several commands is one row), in the order
+    the commands declare them, and the aliases last.
+    """
+    used: dict[tuple[str, str], list[str]] = {}
+    for declared in commands:
+        for option in declared.options:
+            if option.variable is not None and option.legacy_variable is not None:
+                used.setdefault((option.variable, option.legacy_variable), []).append(declared.name)
+    rows = [
+        "| variable | falls back to | read by |",
+        "|---|---|---|",
+        *(
+            f"| `{ours}` | `{theirs}` | {', '.join(f'`{name}`' for name in names)} |"
+            for (ours, theirs), names in used.items()
+        ),
+        f"| `{ALIAS_ENV_PREFIX}<NAME>` | `{LEGACY_ALIAS_ENV_PREFIX}<NAME>` | `deploy` |",
+    ]
+    return "\n".join(rows)
+
+
 # -- shared ----------------------------------------------------------------------------------
 
 NATS_URL = Option(
@@ -206,8 +267,11 @@ NATS_URL = Option(
     "(nats://a:4222,nats://b:4222), each nats://, tls:// or HOST:PORT",
     metavar="URL[,URL]",
     required=True,
+    legacy_env=True,
 )
-NKEY_FILE = Option("nkey_file", "NKey seed file, mode 0600", metavar="PATH", required=True)
+NKEY_FILE = Option(
+    "nkey_file", "NKey seed file, mode 0600", metavar="PATH", required=True, legacy_env=True
+)
 JSON = Option("json", "print JSON instead of a table", env=False, kind="switch")
 LOG_LEVEL = Option(
     "log_level", "log level", default=DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, metavar="LEVEL"
@@ -305,7 +369,27 @@ LISTENER = Command(
             kind="list",
             metavar="PATH",
         ),
+        Option(
+            "heartbeat_interval",
+            "while a deploy runs, send its progress at least this often, in seconds; keep it "
+            f"well below {DEFAULT_SILENCE_LIMIT:g}, after which deployers ask a silent host "
+            "whether it is still at the job",
+            default=DEFAULT_HEARTBEAT_INTERVAL,
+            metavar="SECONDS",
+        ),
         LOG_LEVEL,
+        Option("debug", "log at debug level: the same as --log-level debug", kind="switch"),
+        Option(
+            "metrics_enabled",
+            "serve Prometheus metrics over HTTP at /metrics (see --metrics-addr)",
+            kind="switch",
+        ),
+        Option(
+            "metrics_addr",
+            "where to serve metrics: HOST:PORT, or :PORT for every address of this host",
+            default=DEFAULT_METRICS_ADDR,
+            metavar="[HOST]:PORT",
+        ),
     ),
 )
 
@@ -316,7 +400,8 @@ DEPLOY = Command(
     "deploy to a host, a tier or a role and wait for every result",
     "Publish a deploy request and gather every host's result.\n\n"
     "TARGET is deploy.<tier>.<host>, deploy.<tier>.all, deploy.<tier>.role.<role>,\n"
-    f"or an alias defined as {ALIAS_ENV_PREFIX}<NAME>=<subject> (NAME upper-cased, - as _).\n\n"
+    f"or an alias defined as {ALIAS_ENV_PREFIX}<NAME>=<subject> (NAME upper-cased, - as _;\n"
+    f"{LEGACY_ALIAS_ENV_PREFIX}<NAME> when that is unset).\n\n"
     "Exit status: 0 every host completed; 1 a host failed, was rejected, missing,\n"
     "lost or timed out; 2 usage, key, connection or permission error.",
     (
@@ -328,6 +413,7 @@ DEPLOY = Command(
             "branch, tag or full commit to deploy",
             default=DEFAULT_REVISION,
             metavar="REV",
+            legacy_env=True,
         ),
         Option(
             "action",
@@ -335,12 +421,14 @@ DEPLOY = Command(
             default=DEFAULT_ACTION.value,
             choices=ACTIONS,
             metavar="ACTION",
+            legacy_env=True,
         ),
         Option(
             "timeout",
             "how long to wait for every result once the request is out, in seconds",
             default=DEFAULT_DEPLOY_TIMEOUT,
             metavar="SECONDS",
+            legacy_env=True,
         ),
         Option(
             "expect",

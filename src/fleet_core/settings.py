@@ -3,8 +3,10 @@
 This is the one module that reads ``os.environ``. Each ``*_settings`` function takes the
 parsed flags (a mapping from option name to text, ``None`` where a flag was not given —
 what ``vars(parser.parse_args())`` gives) and an environment mapping, applies "flag, then
-``FLEET_DEPLOY_*`` variable, then default" as ``fleet_core.options`` declares it, validates,
-and returns a frozen dataclass. Nothing below a command reads the environment or a flag.
+``FLEET_DEPLOY_*`` variable, then homelab-deploy's ``HOMELAB_DEPLOY_*`` where the option
+declares one, then default" as ``fleet_core.options`` declares it, validates, and returns a
+frozen dataclass. An error names the flag or variable the bad value came from. Nothing below
+a command reads the environment or a flag.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from fleet_core.errors import UsageError
 from fleet_core.options import (
     DEFAULT_DEPLOY_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_LISTENER_TIMEOUT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MCP_HEARTBEAT,
@@ -30,9 +33,11 @@ from fleet_core.options import (
     DEFAULT_SANDBOX_CLUSTER,
     DEFAULT_SANDBOX_HOSTS,
     DEFAULT_SANDBOX_PORT,
+    DEFAULT_SILENCE_LIMIT,
     DEFAULT_SIM_DELAY,
     DEFAULT_STATE_DIR,
     ENV_PREFIX,
+    LEGACY_ENV_PREFIX,
     MAX_SANDBOX_CLUSTER,
     MAX_SANDBOX_HOSTS,
     MIN_SANDBOX_HOSTS,
@@ -80,16 +85,19 @@ __all__ = [
     "listener_settings",
     "mcp_settings",
     "nats_config_settings",
+    "parse_listen_address",
     "parse_nats_urls",
     "sandbox_settings",
 ]
 
-HEARTBEAT_INTERVAL = 10.0  # the protocol's promise: progress at least this often while running
+HEARTBEAT_INTERVAL = DEFAULT_HEARTBEAT_INTERVAL  # the protocol's promise (fleet_core.options)
 SEED_SUFFIX = ".seed"
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 _NATS_SCHEMES = ("nats", "tls")
+# A host name, an IPv4 address, or an IPv6 address in brackets (as in a URL).
+_LISTEN_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]")
 # What systemd sets for one unit: a transient unit gets its own, never the listener's.
 _PER_UNIT_VARIABLES = frozenset(
     {
@@ -135,8 +143,10 @@ class ListenerSettings:
     rebuild_command: tuple[str, ...] = (DEFAULT_REBUILD_COMMAND,)
     state_dir: Path = DEFAULT_STATE_DIR
     log_level: str = DEFAULT_LOG_LEVEL
-    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    heartbeat_interval: float = HEARTBEAT_INTERVAL  # progress at least this often while running
     progress_interval: float = 1.0  # at most one output-line progress message per interval
+    # Where to serve Prometheus metrics (host "" is every address); None: not served.
+    metrics_addr: tuple[str, int] | None = None
     kill_grace: float = 5.0
     jobs_kept: int = 50
     rebuild_runner: str = "session"  # systemd or session: "auto" is resolved when built
@@ -159,6 +169,8 @@ class ListenerSettings:
         validate_subject(self.discover_subject)
         if self.timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
+        if not self.heartbeat_interval > 0:
+            raise UsageError("--heartbeat-interval must be a positive number of seconds")
         if not self.rebuild_command:
             raise UsageError("--rebuild-command must name a program")
         if self.rebuild_runner not in ("systemd", "session"):
@@ -191,7 +203,7 @@ class DeployTiming:
     """How long a deployer waits for what (seconds). Tests shorten these, users rarely need to."""
 
     answer_within: float = 5.0  # an expected host that says nothing for this long is missing
-    silence_limit: float = 3.5 * HEARTBEAT_INTERVAL  # a host that went quiet this long is lost
+    silence_limit: float = DEFAULT_SILENCE_LIMIT  # a host quiet this long is asked, then lost
     discovery_first: float = 1.0  # discovery gives up when nobody answers within this
     discovery_quiet: float = 0.3  # ... and closes once replies stop for this long
     discovery_cap: float = 3.0  # ... and never takes longer than this
@@ -276,10 +288,15 @@ class _Values:
         flag = self._flags.get(name)
         if flag is not None:
             return str(flag), option.flag
-        if option.variable is not None:
-            value = self.environ.get(option.variable, "")
-            if value:
-                return value, option.variable
+        return self._variable(name)
+
+    def _variable(self, name: str) -> tuple[str, str] | None:
+        """The first of the option's variables that is set (not empty), and its name: ours,
+        then homelab-deploy's."""
+        for variable in self._options[name].variables:
+            value = self.environ.get(variable, "")
+            if value.strip():
+                return value, variable
         return None
 
     def text(self, name: str) -> str | None:
@@ -343,10 +360,10 @@ class _Values:
     def switch(self, name: str) -> bool:
         if self._flags.get(name):
             return True
-        variable = self._options[name].variable
-        if variable is None:
+        given = self._variable(name)
+        if given is None:
             return False
-        raw = self.environ.get(variable, "").strip().lower()
+        raw, variable = given[0].strip().lower(), given[1]
         if raw in _TRUE:
             return True
         if raw in _FALSE:
@@ -359,10 +376,9 @@ class _Values:
         given = self._flags.get(name)
         if isinstance(given, list | tuple) and given:
             return tuple(str(item) for item in given)
-        variable = self._options[name].variable
-        listed = self.environ.get(variable, "") if variable is not None else ""
-        if listed.strip():
-            return tuple(item.strip() for item in listed.split(",") if item.strip())
+        listed = self._variable(name)
+        if listed is not None:
+            return tuple(item.strip() for item in listed[0].split(",") if item.strip())
         default = self._options[name].default
         return tuple(default) if isinstance(default, tuple) else ()
 
@@ -415,6 +431,33 @@ def parse_nats_urls(text: str, source: str = "--nats-url") -> tuple[str, ...]:
             raise UsageError(f"{source} names {url} twice")
         urls.append(url)
     return tuple(urls)
+
+
+def parse_listen_address(text: str, source: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPV6]:PORT`` or ``:PORT``, as homelab-deploy's ``--metrics-addr``
+    (Go's ``net.Listen``) takes them: the host and port to bind, host ``""`` meaning every
+    address of this host. ``source`` (the flag or variable) begins every error."""
+    host, sep, port = text.strip().rpartition(":")
+    example = "e.g. :9972 (every address) or 127.0.0.1:9972"
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise UsageError(
+            f"{source} {text!r} must be HOST:PORT or :PORT, with a port from 1 to 65535: {example}"
+        )
+    if host and not _LISTEN_HOST.fullmatch(host):
+        raise UsageError(
+            f"{source} {text!r}: {host!r} is not a host name or address (an IPv6 address goes "
+            f"in brackets, [::1]:9972): {example}"
+        )
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _metrics_addr(values: _Values) -> tuple[str, int] | None:
+    """The metrics address when metrics are on, else None. Checked either way, so that a
+    typo shows before the day metrics are turned on."""
+    text = values.required("metrics_addr")
+    given = values.given("metrics_addr")
+    address = parse_listen_address(text, given[1] if given else "--metrics-addr")
+    return address if values.switch("metrics_enabled") else None
 
 
 def _nats_urls(values: _Values) -> tuple[str, ...]:
@@ -491,6 +534,7 @@ def listener_settings(
         raise UsageError(f"--rebuild-command {rebuild!r} cannot be split: {exc}") from None
     state = values.given("state_dir")
     state_dir = state[0] if state else values.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    log_level = values.choice("log_level") or DEFAULT_LOG_LEVEL
     return ListenerSettings(
         hostname=values.required("hostname"),
         tier=Tier(values.required_choice("tier")),
@@ -504,7 +548,9 @@ def listener_settings(
         rebuild_command=argv,
         # Absolute: the job runner is matched against it in /proc/<pid>/cmdline.
         state_dir=Path(state_dir).absolute() if state_dir else DEFAULT_STATE_DIR,
-        log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
+        log_level="debug" if values.switch("debug") else log_level,
+        heartbeat_interval=values.number("heartbeat_interval"),
+        metrics_addr=_metrics_addr(values),
         rebuild_runner=choose_rebuild_runner(
             values.choice("rebuild_runner") or DEFAULT_REBUILD_RUNNER,
             invocation_id=values.environ.get("INVOCATION_ID"),
@@ -518,8 +564,9 @@ def listener_settings(
                 for name in values.environ
                 # The listener's own settings stay its own: a transient unit's environment is
                 # shown to every local user (systemctl show), and FLEET_DEPLOY_FLAKE_URL may
-                # hold a token.
-                if name not in _PER_UNIT_VARIABLES and not name.startswith(ENV_PREFIX)
+                # hold a token. homelab-deploy's variables are settings of ours too.
+                if name not in _PER_UNIT_VARIABLES
+                and not name.startswith((ENV_PREFIX, LEGACY_ENV_PREFIX))
             )
         ),
         trusted_deployer_keys=tuple(dict.fromkeys(values.items("trusted_deployer_key"))),

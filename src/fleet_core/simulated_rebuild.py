@@ -3,8 +3,9 @@
     python -m fleet_core.simulated_rebuild [--sim-* options] <action> --flake <ref> [--refresh]
 
 It checks its arguments the way nixos-rebuild would, prints realistic build and activation
-output, and can be told to fail with a nix evaluation error, hang, leave a grandchild behind,
-or wait for a file (so a test can hold a rebuild open without sleeping). ``--sim-record``
+output, and can be told to fail with a nix evaluation error (always, or only for one
+revision, so one listener can both succeed and fail), hang, leave a grandchild behind, or
+wait for a file (so a test can hold a rebuild open without sleeping). ``--sim-record``
 appends its argv and pid as one JSON line, for tests to assert on; ``--sim-activate-writes``
 appends a line to a file when a switch or test activates, as activation rewrites unit files.
 Standard library only: it starts once per job and must start fast.
@@ -19,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
@@ -70,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nixos-rebuild (simulated)", allow_abbrev=False)
     parser.add_argument("--sim-record", type=Path, help="append the argv as a JSON line here")
     parser.add_argument("--sim-fail", action="store_true", help="fail with an evaluation error")
+    parser.add_argument(
+        "--sim-fail-revision", metavar="REV", help="fail so only when deploying this revision"
+    )
     parser.add_argument("--sim-delay", type=float, default=0.0, help="seconds between lines")
     parser.add_argument("--sim-hang", action="store_true", help="never finish")
     parser.add_argument("--sim-grandchild-pid", type=Path, help="start a grandchild, write its pid")
@@ -108,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(3600)
     for index in range(args.sim_spam):
         print(f"building '/nix/store/{index:032d}-spam.drv'...", flush=True)
-    if args.sim_fail:
+    query = urllib.parse.parse_qs(flake.partition("?")[2])
+    revision = (query.get("ref") or query.get("rev") or [None])[0]
+    if args.sim_fail or (args.sim_fail_revision is not None and revision == args.sim_fail_revision):
         _say("building the system configuration...", delay)
         for line in EVAL_ERROR.replace("{host}", host).splitlines():
             print(line, file=sys.stderr, flush=True)

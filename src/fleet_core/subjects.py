@@ -7,7 +7,8 @@ A deploy subject names who should act:
     deploy.<tier>.role.<role>    every host of a role in a tier
 
 Listeners subscribe to templates (``deploy.<tier>.<hostname>``) expanded at start; deployers
-address a subject directly or through an alias (``FLEET_DEPLOY_ALIAS_<NAME>``).
+address a subject directly or through an alias (``FLEET_DEPLOY_ALIAS_<NAME>``, or
+homelab-deploy's ``HOMELAB_DEPLOY_ALIAS_<NAME>`` when ours is not set for that name).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "ALIAS_ENV_PREFIX",
     "DEFAULT_DEPLOY_SUBJECTS",
     "DISCOVER_SUBJECT",
+    "LEGACY_ALIAS_ENV_PREFIX",
     "RESPONSES_PREFIX",
     "Target",
     "Tier",
@@ -53,6 +55,7 @@ DEFAULT_DEPLOY_SUBJECTS: tuple[str, ...] = (
     "deploy.<tier>.role.<role>",
 )
 ALIAS_ENV_PREFIX = "FLEET_DEPLOY_ALIAS_"
+LEGACY_ALIAS_ENV_PREFIX = "HOMELAB_DEPLOY_ALIAS_"  # homelab-deploy's, read when ours is unset
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _RESERVED_HOSTNAMES = frozenset({"all", "role"})
@@ -180,20 +183,29 @@ def parse_target(subject: str) -> Target:
     raise UsageError(f"{subject!r} is not a deploy subject: use {_SHAPES}")
 
 
-def alias_env_name(alias: str) -> str:
+def alias_env_name(alias: str, prefix: str = ALIAS_ENV_PREFIX) -> str:
     """The environment variable that defines ``alias``: upper-cased, ``-`` becomes ``_``."""
-    return ALIAS_ENV_PREFIX + alias.upper().replace("-", "_")
+    return prefix + alias.upper().replace("-", "_")
 
 
 def resolve_target(subject_or_alias: str, environ: Mapping[str, str]) -> Target:
-    """Resolve a subject, or an alias defined in ``environ``, to a ``Target``."""
+    """Resolve a subject, or an alias defined in ``environ``, to a ``Target``.
+
+    An alias is ``FLEET_DEPLOY_ALIAS_<NAME>``, else homelab-deploy's
+    ``HOMELAB_DEPLOY_ALIAS_<NAME>``: the names of both are usable, ours wins for the same
+    name. A bad subject in an alias is an error that names the variable it came from.
+    """
     if subject_or_alias.startswith("deploy."):
         return parse_target(subject_or_alias)
     variable = alias_env_name(subject_or_alias)
-    aliased = environ.get(variable)
-    if not aliased:
-        raise UsageError(
-            f"{subject_or_alias!r} is neither a deploy subject nor a defined alias: "
-            f"use {_SHAPES}, or define it with {variable}=deploy.test.all"
-        )
-    return parse_target(aliased.strip())
+    for name in (variable, alias_env_name(subject_or_alias, LEGACY_ALIAS_ENV_PREFIX)):
+        aliased = environ.get(name, "").strip()
+        if aliased:
+            try:
+                return parse_target(aliased)
+            except UsageError as exc:
+                raise UsageError(f"{name}: {exc}") from None
+    raise UsageError(
+        f"{subject_or_alias!r} is neither a deploy subject nor a defined alias: "
+        f"use {_SHAPES}, or define it with {variable}=deploy.test.all"
+    )
