@@ -6,6 +6,10 @@
     ``notifications/initialized`` and ``tools/list``. Baseline: ``python -c "import
     mcp.server"`` (spawn to import done, and to exit). Runs alternate in a random order;
     target: median ratio to the import (exit excluded on both sides) at most 1.5.
+``where the start goes``
+    ``python -X importtime -c "import fleet_mcp.server"``, each module's own import time
+    summed by top-level package (median of the start runs): what is ours to cut
+    (``fleet_core``, ``fleet_mcp``) against what the MCP stack costs anyway.
 ``deploy to N hosts``
     N real ``Listener`` objects in this process, each on its own connection and key, with
     ``fleet_core.testing.InstantRebuilder``, against one nats-server with the tiered
@@ -313,6 +317,51 @@ def _cold_start_rounds(url: str, key: Path, runs: int) -> dict[str, Stats]:
     return {name: Stats(tuple(values)) for name, values in samples.items()}
 
 
+_OURS = ("fleet_core", "fleet_mcp")
+
+
+def import_breakdown() -> dict[str, float]:
+    """Seconds of each top-level package's own import time in ``import fleet_mcp.server``."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import fleet_mcp.server"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    totals: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        own, _, name = line.removeprefix("import time:").split("|")
+        if not own.strip().isdigit():
+            continue  # the header line
+        package = name.strip().split(".")[0]
+        totals[package] = totals.get(package, 0.0) + int(own) / 1e6
+    return totals
+
+
+def breakdown_rows(runs: int) -> list[str]:
+    """The biggest packages of the start, ours marked, as table lines (median of ``runs``)."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for package, seconds in import_breakdown().items():
+            samples.setdefault(package, []).append(seconds)
+    medians = {p: statistics.median(v + [0.0] * (runs - len(v))) for p, v in samples.items()}
+    total = sum(medians.values())
+    top = sorted(medians.items(), key=lambda item: -item[1])[:10]
+    ours = sum(seconds for package, seconds in medians.items() if package in _OURS)
+    lines = ["| package | own import ms | share |", "|---|---:|---:|"]
+    for package, seconds in top:
+        mark = " (ours)" if package in _OURS else ""
+        lines.append(f"| {package}{mark} | {ms(seconds)} | {seconds / total:.0%} |")
+    lines.append(
+        f"\nAll of `import fleet_mcp.server`: {ms(total)} ms of module execution, of which "
+        f"fleet_core and fleet_mcp {ms(ours)} ms ({ours / total:.0%}); median of {runs} runs of "
+        '`python -X importtime -c "import fleet_mcp.server"`.'
+    )
+    return lines
+
+
 # -- the report -------------------------------------------------------------------------------
 
 
@@ -331,6 +380,7 @@ def table(rows: dict[str, Stats], baseline: str, *, runs: int) -> list[str]:
 
 def render(
     start: dict[str, Stats],
+    breakdown: list[str],
     deploys: Sequence[tuple[str, DeployTiming, dict[str, Stats], dict[str, int]]],
     *,
     hosts: int,
@@ -349,6 +399,10 @@ def render(
         "",
         f"Cold start against the import alone (interpreter exit excluded from both, the "
         f"stricter reading): {verdict(start_ratio, START_TARGET)}.",
+        "",
+        "### Where the start goes",
+        "",
+        *breakdown,
     ]
     for title, timing, stats, notes in deploys:
         worst = max(
@@ -385,6 +439,7 @@ async def main(arguments: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="mcp-bench-") as scratch:
         root = Path(scratch)
         start = await cold_start(root / "cold-start", arguments.start_runs)
+        breakdown = await anyio.to_thread.run_sync(breakdown_rows, arguments.start_runs)
         async with bench_fleet(root / "fleet", arguments.hosts) as fleet:
             deploys: list[tuple[str, DeployTiming, dict[str, Stats], dict[str, int]]] = []
             for title, timing in (
@@ -394,7 +449,12 @@ async def main(arguments: argparse.Namespace) -> str:
                 stats, notes = await deploy_round_trip(fleet, timing, arguments.runs)
                 deploys.append((title, timing, stats, notes))
     return render(
-        start, deploys, hosts=arguments.hosts, runs=arguments.runs, start_runs=arguments.start_runs
+        start,
+        breakdown,
+        deploys,
+        hosts=arguments.hosts,
+        runs=arguments.runs,
+        start_runs=arguments.start_runs,
     )
 
 

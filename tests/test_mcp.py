@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 import mcp
 import pytest
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, TextContent, TextResourceContents
 
 from fleet_core.bus import Bus, Message
 from fleet_core.embedded_server import EmbeddedNatsServer
@@ -27,15 +27,16 @@ from fleet_core.rebuild import Action
 from fleet_core.settings import McpSettings, mcp_settings
 from fleet_core.tracking import FINAL_STATES
 from fleet_mcp.link import CONNECTION_WAIT
-from fleet_mcp.models import DeploymentReport, HostsReport
+from fleet_mcp.models import DeploymentReport, DeploymentsReport, HostsReport
 from fleet_mcp.server import build_server
 
 from .conftest import FAST, HOSTS, TEST_HOSTS, Fleet, expected_argv, scripts_dir
+from .test_metrics import scrape, series, value
 
 pytestmark = pytest.mark.anyio
 
 PROD_HOSTS = sorted(h for h in HOSTS if h not in TEST_HOSTS)
-BASE_TOOLS = {"list_hosts", "deploy", "deployment_status"}
+BASE_TOOLS = {"list_hosts", "deploy", "deployment_status", "list_deployments"}
 _DEPLOYMENT_ID = re.compile(r"deployment ([0-9a-f]{32})")
 _HOST_NOTE = re.compile(r"(?P<host>[a-z0-9-]+) (?P<status>[a-z]+)(?: — .+)?")
 _ORDER = ("accepted", "started", "progress")  # then one of FINAL_STATES
@@ -185,6 +186,43 @@ class TestToolList:
         assert deploy_args["action"]["enum"] == [a.value for a in Action]
         assert tools["deploy_admin"].input_schema["required"] == ["tier"]
 
+    async def test_descriptions_are_plain_sentences(self, fleet: Fleet, mode: str) -> None:
+        """What a model reads has no docstring indentation and no markup."""
+        async with session(settings_for(fleet, admin="admin"), mode) as s:
+            tools = (await s.client.list_tools()).tools
+            templates = (await s.client.list_resource_templates()).resource_templates
+            prompts = (await s.client.list_prompts()).prompts
+        texts = [t.description or "" for t in tools]
+        texts += [t.description or "" for t in templates]
+        texts += [p.description or "" for p in prompts]
+        texts += [
+            str(field.get("description", ""))
+            for t in tools
+            for field in t.input_schema["properties"].values()
+        ]
+        assert all(texts[: len(tools)])
+        for text in texts:
+            assert not re.search(r"(^|\n)[ \t]", text), text
+            assert not re.search(r"`|\*\*|::|^\s*[-*] ", text), text
+
+    async def test_capabilities_have_something_behind_them(self, fleet: Fleet, mode: str) -> None:
+        """Tools, resources and prompts are advertised, and each lists something; nothing
+        else is (no logging or completions to offer)."""
+        async with session(settings_for(fleet), mode) as s:
+            capabilities = s.client.server_capabilities
+            templates = (await s.client.list_resource_templates()).resource_templates
+            prompts = (await s.client.list_prompts()).prompts
+        assert capabilities.tools is not None
+        assert [t.uri_template for t in templates] == ["fleet://deployments/{deployment_id}"]
+        assert [p.name for p in prompts] == ["deploy_safely"]
+        assert capabilities.resources is not None and capabilities.prompts is not None
+        assert not capabilities.resources.subscribe  # no events behind them: none promised
+        assert not capabilities.resources.list_changed
+        assert not capabilities.prompts.list_changed
+        assert not capabilities.tools.list_changed
+        assert capabilities.logging is None
+        assert capabilities.completions is None
+
     async def test_with_admin_key(self, fleet: Fleet, mode: str) -> None:
         """With --enable-admin and a loadable admin seed, deploy_admin is listed too."""
         async with session(settings_for(fleet, admin="admin"), mode) as s:
@@ -261,7 +299,7 @@ class TestDeploy:
         assert host.message.startswith("switch of master done: /nix/store/")
         assert host.duration_s is not None
         assert host.duration_s > 0
-        assert report.next_step is None
+        assert report.next_step == "Nothing to wait for: every host completed."
         assert "finished OK" in report.summary
         assert fleet.runs() == [expected_argv("web1")]
         assert_notes_keep_the_promise(s, report)
@@ -300,24 +338,43 @@ class TestDeploy:
         assert "error: undefined variable 'webroot'" in text_of(result)
 
     async def test_list_hosts(self, fleet: Fleet, mode: str) -> None:
-        """list_hosts shows every test listener with tier, role, busy and version; with the
-        test key no prod host at all (the server keeps prod's answers from it); tier filters."""
+        """list_hosts shows every test listener with tier, role, busy, version and that deploy
+        reaches it; the test key's server shows no prod host, and asking for prod says why."""
         async with fleet.listeners(*HOSTS), session(settings_for(fleet), mode) as s:
             everything = await s.call("list_hosts", tier=None)
             test_only = await s.call("list_hosts", tier="test")
-            prod = await s.call("list_hosts", tier="prod")
+            prod = await s.error("list_hosts", tier="prod")
         report = HostsReport.model_validate(everything.structured_content)
         assert sorted(h.hostname for h in report.hosts) == TEST_HOSTS
         web1 = next(h for h in report.hosts if h.hostname == "web1")
         assert (web1.tier, web1.role, web1.busy) == ("test", "web", False)
         assert web1.version
+        assert all(h.reachable_by == ["deploy"] for h in report.hosts)
         filtered = HostsReport.model_validate(test_only.structured_content)
         assert sorted(h.hostname for h in filtered.hosts) == TEST_HOSTS
         assert filtered.tier == "test"
-        assert HostsReport.model_validate(prod.structured_content).hosts == []
         assert "prod tier are not shown" in report.summary
-        assert not prod.is_error
+        assert "test tier only" in prod and "deploy_admin" in prod
         assert fleet.runs() == []
+
+    async def test_list_hosts_with_the_admin_key_marks_what_each_tool_reaches(
+        self, fleet: Fleet, mode: str
+    ) -> None:
+        """With the admin key every tier is listed, and each host says which tools reach it:
+        test hosts both, prod hosts only deploy_admin."""
+        settings = settings_for(fleet, admin="admin")
+        async with fleet.listeners(*HOSTS), session(settings, mode) as s:
+            report = HostsReport.model_validate((await s.call("list_hosts")).structured_content)
+            prod = HostsReport.model_validate(
+                (await s.call("list_hosts", tier="prod")).structured_content
+            )
+        reach = {h.hostname: h.reachable_by for h in report.hosts}
+        assert reach == {
+            **{h: ["deploy", "deploy_admin"] for h in TEST_HOSTS},
+            **{h: ["deploy_admin"] for h in PROD_HOSTS},
+        }
+        assert sorted(h.hostname for h in prod.hosts) == PROD_HOSTS
+        assert "not shown" not in report.summary
 
 
 class TestProductionIsOutOfReach:
@@ -398,6 +455,11 @@ class TestArguments:
             ({"hostname": "web1", "branch": "../../etc"}, "not a branch, tag or full"),
             ({"hostname": "web1", "branch": "main#pdb1"}, "not a branch, tag or full"),
             ({"hostname": "web1", "wait_seconds": -1}, "wait_seconds"),
+            ({"all": "yes"}, "valid boolean"),
+            ({"all": 1}, "valid boolean"),
+            ({"all": "true"}, "valid boolean"),
+            ({"hostname": 1}, "valid string"),
+            ({"hostname": "web1", "wait_seconds": "45"}, "valid number"),
         ],
     )
     async def test_bad_arguments_say_what_to_send(
@@ -444,9 +506,20 @@ class TestAdmin:
             with anyio.fail_after(10):
                 message = await s.error("deploy_admin", tier="prod", **target)
             took = anyio.current_time() - started
+            [brief] = DeploymentsReport.model_validate(
+                (await s.call("list_deployments")).structured_content
+            ).deployments
+            with pytest.raises(mcp.MCPError, match="refused this MCP server's admin key"):
+                await s.client.read_resource(brief.resource)
+        assert brief.state == "finished" and not brief.ok
+        assert brief.error is not None and "refused" in brief.error
         assert "refused" in message
         assert "admin key" in message
         assert "nothing was deployed" in message
+        assert re.search(
+            r"by deployment [0-9a-f]{32} \(switch of master to deploy\.prod\.", message
+        )
+        assert "Next step:" in message
         # Under FAST.answer_within (5 s): the refusal, not a host that never answered.
         assert took < FAST.answer_within
         assert fleet.runs() == []
@@ -489,11 +562,101 @@ class TestWaiting:
         assert final.deployment_id == pending.deployment_id
         assert final.ok
 
+    async def test_status_without_id_prefers_the_running_one_to_a_rejected_duplicate(
+        self, fleet: Fleet, mode: str, tmp_path: Path
+    ) -> None:
+        """A second deploy to a busy host is rejected at once; deployment_status without an
+        id still follows the first, which is running, and list_deployments shows both."""
+        release = tmp_path / "release-web1"
+        sim = {"web1": ["--sim-wait-for", str(release)]}
+        async with fleet.listeners("web1", sim=sim), session(settings_for(fleet), mode) as s:
+            first = await s.deploy(hostname="web1", wait_seconds=0)
+            with anyio.fail_after(30):  # the first reached web1 before the duplicate is sent
+                while not [h for h in first.hosts if h.status in ("started", "progress")]:
+                    first = await s.deploy(
+                        "deployment_status", deployment_id=first.deployment_id, wait_seconds=0.2
+                    )
+            duplicate = await s.deploy(hostname="web1", wait_seconds=30)
+            assert duplicate.state == "finished"
+            assert [h.status for h in duplicate.hosts] == ["rejected"]
+            listed = DeploymentsReport.model_validate(
+                (await s.call("list_deployments")).structured_content
+            )
+            followed = await s.deploy("deployment_status", wait_seconds=0)
+            release.touch()
+            final = await s.deploy("deployment_status", wait_seconds=30)
+        assert [d.deployment_id for d in listed.deployments] == [
+            duplicate.deployment_id,
+            first.deployment_id,
+        ]
+        assert [d.state for d in listed.deployments] == ["finished", "running"]
+        assert first.deployment_id in listed.next_step
+        assert followed.deployment_id == first.deployment_id
+        assert followed.state == "running"
+        assert final.deployment_id == first.deployment_id
+        assert final.ok
+
+    async def test_each_deployment_is_a_resource(
+        self, fleet: Fleet, mode: str, tmp_path: Path
+    ) -> None:
+        """A client can reattach through resources: every deployment of the server is listed
+        as fleet://deployments/<id>, and reading it gives the report deployment_status does."""
+        release = tmp_path / "release-web1"
+        sim = {"web1": ["--sim-wait-for", str(release)]}
+        async with fleet.listeners("web1", sim=sim), session(settings_for(fleet), mode) as s:
+            assert (await s.client.list_resources()).resources == []
+            pending = await s.deploy(hostname="web1", wait_seconds=0)
+            uri = f"fleet://deployments/{pending.deployment_id}"
+            listed = (await s.client.list_resources()).resources
+            running = await s.client.read_resource(uri)
+            release.touch()
+            await s.deploy("deployment_status", wait_seconds=30)
+            finished = await s.client.read_resource(uri)
+            with pytest.raises(mcp.MCPError, match=r"No deployment '0+' is known"):
+                await s.client.read_resource("fleet://deployments/" + "0" * 32)
+        assert [str(r.uri) for r in listed] == [uri]
+        assert listed[0].mime_type == "application/json"
+        assert "running" in (listed[0].description or "")
+        states = []
+        for read in (running, finished):
+            [content] = read.contents
+            assert isinstance(content, TextResourceContents)
+            states.append(DeploymentReport.model_validate_json(content.text))
+        assert [r.state for r in states] == ["running", "finished"]
+        assert states[1].ok
+        assert states[1].deployment_id == pending.deployment_id
+
+    async def test_the_deploy_safely_prompt(self, fleet: Fleet, mode: str) -> None:
+        """The prompt walks a model through list, dry run on one host, that host, the rest;
+        without the admin key it says production is out of reach."""
+        async with session(settings_for(fleet), mode) as s:
+            test_only = await s.client.get_prompt(
+                "deploy_safely", {"branch": "release-1", "target": "role web"}
+            )
+        async with session(settings_for(fleet, admin="admin"), mode) as s:
+            admin = await s.client.get_prompt(
+                "deploy_safely", {"branch": "release-1", "target": "role web"}
+            )
+        texts = []
+        for prompt in (test_only, admin):
+            [message] = prompt.messages
+            assert message.role == "user"
+            assert isinstance(message.content, TextContent)
+            texts.append(message.content.text)
+        steps = ["list_hosts", "dry-activate", "action='switch'", "Stop at the first step"]
+        for text in texts:
+            assert "Deploy release-1 to role web" in text
+            positions = [text.index(step) for step in steps]
+            assert positions == sorted(positions)
+        assert "a person must enable deploy_admin" in texts[0]
+        assert "tier='prod'" in texts[1]
+
     async def test_unknown_deployment_id(self, fleet: Fleet, mode: str) -> None:
         """An id this server never issued is a tool error that says where ids come from."""
         async with session(settings_for(fleet), mode) as s:
             message = await s.error("deployment_status", deployment_id="0" * 32)
-        assert "deployment_id from a deploy" in message
+        assert "No deployment '" + "0" * 32 + "' is known to this server" in message
+        assert "list_deployments" in message
 
     async def test_cancelled_call_stops_waiting_not_the_deployment(
         self, fleet: Fleet, mode: str, tmp_path: Path
@@ -635,7 +798,8 @@ class TestSubprocess:
         assert names == BASE_TOOLS | {"deploy_admin"}
 
     async def test_fleet_mcp_over_streamable_http(self, fleet: Fleet) -> None:
-        """fleet-mcp --http HOST:PORT serves streamable HTTP at /mcp."""
+        """fleet-mcp --http HOST:PORT serves streamable HTTP at /mcp, and at /metrics the
+        counts of its tool calls and deployments, every series there from zero."""
         port = free_port()
         argv = [
             str(scripts_dir() / "fleet-mcp"),
@@ -671,8 +835,24 @@ class TestSubprocess:
                     with anyio.fail_after(30):
                         names = {t.name for t in (await client.list_tools()).tools}
                         result = await client.call_tool("list_hosts", {"tier": "test"})
+                        deployed = await client.call_tool("deploy", {"hostname": "db1"})
+                        missed = await client.call_tool("deploy", {"hostname": "nosuch"})
+                with anyio.fail_after(30):
+                    metrics = series(await anyio.to_thread.run_sync(scrape, port))
             finally:
                 process.terminate()
         assert names == BASE_TOOLS
         report = HostsReport.model_validate(result.structured_content)
         assert [h.hostname for h in report.hosts] == ["db1"]
+        assert DeploymentReport.model_validate(deployed.structured_content).ok
+        assert not DeploymentReport.model_validate(missed.structured_content).ok
+        calls = "fleet_deploy_mcp_tool_calls_total"
+        assert value(metrics, calls, tool="list_hosts") == 1
+        assert value(metrics, calls, tool="deploy") == 2
+        assert value(metrics, calls, tool="deployment_status") == 0
+        done = "fleet_deploy_mcp_deployments_total"
+        switch = {"tier": "test", "action": "switch"}
+        assert value(metrics, done, **switch, outcome="completed") == 1
+        assert value(metrics, done, **switch, outcome="failed") == 1
+        assert value(metrics, done, tier="prod", action="boot", outcome="error") == 0
+        assert sum(v for (name, _), v in metrics.items() if name == done) == 2

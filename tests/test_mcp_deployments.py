@@ -7,6 +7,7 @@ restart it on the same port, so nats-py drops and reconnects them exactly as in 
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +23,25 @@ from fleet_core.errors import ConnectionFailed
 from fleet_core.rebuild import Action
 from fleet_core.subjects import Target, Tier
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
+from fleet_core.trust import Flagged
 from fleet_mcp import deployments
 from fleet_mcp.deployments import BATCH, Deployment, DeploymentRegistry
 from fleet_mcp.link import NatsLink
 from fleet_mcp.models import (
     MAX_NOTE_DETAIL,
     MAX_TAIL_LINES,
+    TEXT_BUDGET,
+    DeploymentReport,
+    FleetHost,
     batch_note,
     connection_note,
     deployment_report,
     heartbeat_note,
     host_note,
+    hosts_report,
+    hosts_text,
     opening_note,
+    report_text,
 )
 
 from .conftest import FAST, Fleet
@@ -60,7 +68,7 @@ def result(d: Deployment, hosts: list[HostResult], *, done: bool) -> DeploymentR
         tier="test",
         action="switch",
         revision="master",
-        ok=done and all(h.status == "completed" for h in hosts),
+        ok=done and bool(hosts) and all(h.status == "completed" for h in hosts),
         done=done,
         counts=counts,
         hosts=hosts,
@@ -260,6 +268,23 @@ class TestRegistry:
         assert running.done
         assert running.result is not None
 
+    async def test_latest_is_the_newest_running_else_the_newest(self) -> None:
+        """Without an id, deployment_status means the newest deployment still running — not
+        a duplicate started later and rejected at once — and the newest when none runs."""
+        held, quick = StubDeployer(hold=True), StubDeployer(hold=False)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                registry = DeploymentRegistry(tasks)
+                running = registry.start(deployment(), stub(held), limit=60)
+                duplicate = registry.start(deployment(), stub(quick), limit=60)
+                await duplicate.finished.wait()
+                assert registry.latest() is running
+                assert registry.recent(5) == [duplicate, running]
+                assert registry.recent(1) == [duplicate]
+                held.release.set()
+                await running.finished.wait()
+                assert registry.latest() is duplicate
+
     async def test_a_deployment_stopped_at_exit_says_so_to_its_waiters(self) -> None:
         """Cancelling the task group (the server's exit) ends a running deployment with an
         error that says the hosts may still be deploying, and its waiters return."""
@@ -345,7 +370,7 @@ class TestCompaction:
             "web2 completed",
             "web3 failed — build_failed: nixos-rebuild failed",
         ]
-        report = deployment_report(d.current(), finished=d.done, test_only=True, wait_hint=300)
+        report = deployment_report(d.current(), finished=d.done, test_only=True)
         assert report.state != "running"
         assert not report.ok
         assert [(h.hostname, h.status) for h in report.hosts] == [
@@ -423,12 +448,12 @@ class TestReport:
     def test_running_report_says_how_to_keep_waiting(self) -> None:
         """A report of a running deployment names deployment_status and the id to pass."""
         d = deployment()
-        report = deployment_report(d.current(), finished=False, test_only=True, wait_hint=45)
+        report = deployment_report(d.current(), finished=False, test_only=True)
         assert report.state == "running"
         assert not report.ok
-        assert report.next_step is not None
         assert f"deployment_id={d.id!r}" in report.next_step
-        assert "wait_seconds up to 45" in report.next_step
+        assert "waits up to 45 s per call" in report.next_step
+        assert "Do not deploy again" in report.next_step
 
     def test_failure_keeps_the_end_of_the_log(self) -> None:
         """A long log tail is cut to its last lines, where nix prints the cause."""
@@ -437,13 +462,166 @@ class TestReport:
         failed = host(
             "web2", "failed", error="build_failed", message="nixos-rebuild failed", log_tail=tail
         )
-        report = deployment_report(
-            result(d, [failed], done=True), finished=True, test_only=True, wait_hint=300
-        )
+        report = deployment_report(result(d, [failed], done=True), finished=True, test_only=True)
         [web2] = report.hosts
         assert len(web2.log_tail) == MAX_TAIL_LINES
         assert web2.log_tail[-1] == "error: undefined variable 'webroot'"
         assert "web2 failed (build_failed: nixos-rebuild failed)" in report.summary
+
+    def test_every_report_says_what_to_do_next(self) -> None:
+        """A finished report has a next_step too: nothing to wait for, or what to read."""
+        d = deployment()
+        ok = deployment_report(
+            result(d, [host("web1", "completed")], done=True), finished=True, test_only=True
+        )
+        assert ok.next_step == "Nothing to wait for: every host completed."
+        failed = deployment_report(
+            result(d, [host("web1", "failed", error="build_failed")], done=True),
+            finished=True,
+            test_only=True,
+        )
+        assert "log_tail" in failed.next_step and "Fix the cause" in failed.next_step
+        nobody = deployment_report(result(d, [], done=True), finished=True, test_only=True)
+        assert "list_hosts" in nobody.next_step
+
+
+class TestLargeFleets:
+    """A result for 10,000 hosts: its text stays under 16 KB, its structured content whole."""
+
+    HOSTS = 10_000
+    TAIL = [f"building '/nix/store/{i:032d}-unit.drv'..." for i in range(45)] + [
+        "error: undefined variable 'webroot'"
+    ]
+
+    def report(self, failed: int) -> DeploymentReport:
+        d = deployment()
+        hosts = [
+            host(
+                f"host{i:05d}",
+                "failed",
+                error="build_failed",
+                message="nixos-rebuild failed: undefined variable 'webroot'",
+                log_tail=self.TAIL,
+            )
+            if i < failed
+            else host(f"host{i:05d}", "completed", message="switch of master done")
+            for i in range(self.HOSTS)
+        ]
+        return deployment_report(result(d, hosts, done=True), finished=True, test_only=True)
+
+    def test_every_failed_host_in_full_and_the_rest_counted(self) -> None:
+        report = self.report(failed=10)
+        text = report_text(report)
+        assert len(text.encode()) < 16 * 1024
+        digest = json.loads(text)
+        assert [h["hostname"] for h in digest["hosts_not_completed"]] == [
+            f"host{i:05d}" for i in range(10)
+        ]
+        assert digest["hosts_not_completed"][0]["log_tail"][-1] == self.TAIL[-1]
+        assert digest["completed_hosts"]["count"] == self.HOSTS - 10
+        assert "hosts_not_completed_omitted" not in digest
+        assert digest["deployment_id"] == report.deployment_id
+        assert "deployment_status" not in digest["next_step"]  # finished: nothing to wait for
+        assert len(report.hosts) == self.HOSTS  # the structured content keeps every host
+
+    def test_when_even_the_failures_do_not_fit_they_are_counted(self) -> None:
+        report = self.report(failed=self.HOSTS)
+        text = report_text(report)
+        assert len(text.encode()) < 16 * 1024
+        digest = json.loads(text)
+        shown = len(digest["hosts_not_completed"])
+        assert shown >= 1
+        assert digest["hosts_not_completed_omitted"] == {
+            "count": self.HOSTS - shown,
+            "by_status": {"failed": self.HOSTS - shown},
+        }
+        assert f"fleet://deployments/{report.deployment_id}" in digest["note"]
+
+    def test_one_huge_log_does_not_hide_the_failures(self) -> None:
+        """A host whose log lines are 2,000 characters each is cut down, not dropped: it and
+        every other failure are in the text, each with the last line of its log."""
+        d = deployment()
+        huge = ["x" * 1990 + f" {i}" for i in range(50)] + ["error: the cause"]
+        hosts = [
+            host("web0", "failed", error="build_failed", message="é" * 3000, log_tail=huge),
+            *(
+                host(f"web{i}", "failed", error="build_failed", log_tail=["error: small"])
+                for i in range(1, 6)
+            ),
+        ]
+        report = deployment_report(result(d, hosts, done=True), finished=True, test_only=True)
+        text = report_text(report)
+        assert len(text.encode()) <= TEXT_BUDGET
+        digest = json.loads(text)
+        shown = {h["hostname"]: h for h in digest["hosts_not_completed"]}
+        assert sorted(shown) == [f"web{i}" for i in range(6)]
+        assert shown["web0"]["log_tail"][-1] == "error: the cause"
+        assert shown["web0"]["cut"] is True
+        assert len(report.summary) < 2000  # five causes named by their first line, cut
+
+    def test_long_lists_are_cut_in_the_digest(self) -> None:
+        """Flagged statuses and outages are cut to the last few; the counts stay."""
+        d = deployment()
+        base = self.report(failed=3)
+        many = base.model_copy(
+            update={
+                "flagged": [
+                    Flagged(
+                        hostname=f"h{i}",
+                        subject="deploy." + "x" * 248,
+                        claim="completed",
+                        reason="r" * 200,
+                    )
+                    for i in range(50)
+                ],
+                "flagged_count": 50,
+                "outages": [
+                    Outage(started_at=1_800_000_000.0 + i, duration_s=1.0) for i in range(500)
+                ],
+                "deployment_id": d.id,
+            }
+        )
+        text = report_text(many)
+        assert len(text.encode()) <= TEXT_BUDGET
+        digest = json.loads(text)
+        assert len(digest["flagged"]) == 5 and digest["flagged_count"] == 50
+        assert len(digest["outages"]) == 5 and digest["outage_count"] == 500
+        assert [h["hostname"] for h in digest["hosts_not_completed"]] == [
+            "host00000",
+            "host00001",
+            "host00002",
+        ]
+
+    def test_list_hosts_text_of_a_large_fleet(self) -> None:
+        """10,000 hosts with 10,000 roles: the text is counts of the largest groups, the busy
+        hosts and as many names as fit, under 16 KB."""
+        hosts = [
+            FleetHost(
+                hostname=f"host{i:05d}",
+                tier="test",
+                role=f"role{i}",
+                busy=i < 30,
+                reachable_by=["deploy"],
+            )
+            for i in range(self.HOSTS)
+        ]
+        report = hosts_report(hosts, None)
+        text = hosts_text(report)
+        assert len(text.encode()) <= TEXT_BUDGET
+        digest = json.loads(text)
+        assert digest["host_count"] == self.HOSTS
+        assert len(digest["groups"]) == 20 and digest["groups_omitted"] == self.HOSTS - 20
+        assert digest["busy_count"] == 30 and len(digest["busy"]) == 20
+        assert digest["hostnames"][0] == "host00000"
+        assert len(digest["hostnames"]) + digest["hostnames_omitted"] == self.HOSTS
+        assert len(report.hosts) == self.HOSTS
+
+    def test_a_small_result_is_the_whole_report(self) -> None:
+        d = deployment()
+        report = deployment_report(
+            result(d, [host("web1", "completed")], done=True), finished=True, test_only=True
+        )
+        assert json.loads(report_text(report)) == report.model_dump(mode="json")
 
 
 class TestOutageReport:
@@ -453,7 +631,7 @@ class TestOutageReport:
         down = result(d, [host("web1", "started")], done=False).model_copy(
             update={"outages": [Outage(started_at=1_800_000_000.0)]}
         )
-        report = deployment_report(down, finished=False, test_only=True, wait_hint=45)
+        report = deployment_report(down, finished=False, test_only=True)
         assert report.summary.endswith(
             "The MCP server lost its NATS connection at 08:00:00 UTC; the hosts may still be "
             "deploying: it reconnects by itself, then asks the hosts what happened."
@@ -467,7 +645,7 @@ class TestOutageReport:
         done = result(d, [recovered], done=True).model_copy(
             update={"outages": [Outage(started_at=1_800_000_000.0, duration_s=3.14)]}
         )
-        report = deployment_report(done, finished=True, test_only=True, wait_hint=45)
+        report = deployment_report(done, finished=True, test_only=True)
         assert report.ok
         assert report.summary.endswith(
             "The MCP server lost its NATS connection at 08:00:00 UTC for 3.1 s; the outcome "
@@ -483,7 +661,7 @@ class TestOutageReport:
         ended = result(d, [timed_out], done=True).model_copy(
             update={"outages": [Outage(started_at=1_800_000_000.0)]}
         )
-        report = deployment_report(ended, finished=True, test_only=True, wait_hint=45)
+        report = deployment_report(ended, finished=True, test_only=True)
         assert not report.ok
         assert "web1 timeout (NATS was unreachable when …)" in report.summary
         assert "it was still down when the deployment's time ran out" in report.summary

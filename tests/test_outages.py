@@ -602,3 +602,54 @@ class TestMcpServer:
         back = next(i for i, n in enumerate(notes) if "NATS connection is back after" in n)
         done = next(i for i, n in enumerate(notes) if n.startswith(prefix + "web1 completed"))
         assert lost < back < done, notes
+
+    async def test_a_call_that_ends_in_the_outage_is_recovered_by_deployment_status(
+        self, fleet: Fleet, wire: Wire, tmp_path: Path
+    ) -> None:
+        """A client gives up on its call while the MCP server's NATS is down; the host
+        finishes meanwhile. After the reconnect, deployment_status reports the true outcome
+        (re-sent by the listener or read back from its job record, whichever comes first)
+        and says the connection was lost."""
+        release = tmp_path / "release"
+        running, dropped = anyio.Event(), anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if re.search(r": web1 (started|progress)\b", message or ""):
+                running.set()
+            if "lost its NATS connection" in (message or ""):
+                dropped.set()
+
+        with anyio.fail_after(LIMIT), restartable(fleet) as again:
+            async with (
+                fleet.listeners("web1", sim={"web1": held(release)}),
+                session(settings_for(fleet), "auto") as s,
+            ):
+                first = await s.client.call_tool("deploy", {"hostname": "web1", "wait_seconds": 0})
+                pending = DeploymentReport.model_validate(first.structured_content)
+                assert pending.state == "running"
+                async with anyio.create_task_group() as tasks:
+
+                    async def status_call() -> None:  # the client's call that times out
+                        await s.client.call_tool(
+                            "deployment_status", {}, progress_callback=on_progress
+                        )
+
+                    tasks.start_soon(status_call)
+                    await running.wait()
+                    fleet.server.stop()
+                    await dropped.wait()
+                    tasks.cancel_scope.cancel()
+                release.touch()
+                await wire.final_published("web1").wait()
+                await start(again)
+                result = await s.client.call_tool(
+                    "deployment_status",
+                    {"deployment_id": pending.deployment_id, "wait_seconds": 30},
+                )
+        assert not result.is_error, result
+        report = DeploymentReport.model_validate(result.structured_content)
+        assert report.state == "finished" and report.ok
+        assert [(h.hostname, h.status) for h in report.hosts] == [("web1", "completed")]
+        assert "The MCP server lost its NATS connection at" in report.summary
+        [outage] = report.outages
+        assert outage.duration_s is not None

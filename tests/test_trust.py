@@ -316,7 +316,7 @@ class TestPure:
         assert "\x1b" not in text and '"\\u001b[2Jweb2"' in text
         assert "Not server-verified: web3 answered on the bare reply subject" in text
         assert text.endswith("OK (not server-verified): 1 completed")
-        report = deployment_report(result, finished=True, test_only=True, wait_hint=60)
+        report = deployment_report(result, finished=True, test_only=True)
         assert report.flagged_count == 1 and report.unverified == ["web3"]
         assert "were not believed and not counted" in report.summary
         assert "Not server-verified: web3" in report.summary

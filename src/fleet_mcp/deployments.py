@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -31,6 +32,9 @@ from fleet_core.rebuild import Action
 from fleet_core.subjects import Target
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
 from fleet_mcp.link import NatsLink
+
+if TYPE_CHECKING:
+    from fleet_core.metrics import DeployerMetrics, DeploymentOutcome
 from fleet_mcp.models import (
     batch_note,
     connection_note,
@@ -76,6 +80,7 @@ class Deployment:
         self.action = action
         self.admin = admin
         self.started_at = time.monotonic()
+        self.started_wall = time.time()  # for people: when, in a list of deployments
         # Changes by sequence number, ascending; numbers only grow, entries may go.
         self._updates: dict[int, Update] = {}
         self._newest: dict[str, int] = {}  # hostname (or _CONNECTION) -> its latest change
@@ -253,25 +258,57 @@ def _parts(batch: list[Update]) -> list[list[HostResult] | Outage]:
 
 
 class DeploymentRegistry:
-    """Deployments started by this server, newest last; finished ones beyond ``keep`` go."""
+    """Deployments started by this server, newest last; finished ones beyond ``keep`` go.
 
-    def __init__(self, tasks: anyio.abc.TaskGroup, *, keep: int = KEEP_DEPLOYMENTS) -> None:
+    With ``metrics`` (the server runs over HTTP), each deployment is counted once it ends.
+    """
+
+    def __init__(
+        self,
+        tasks: anyio.abc.TaskGroup,
+        *,
+        keep: int = KEEP_DEPLOYMENTS,
+        metrics: DeployerMetrics | None = None,
+    ) -> None:
         self._tasks = tasks
         self._keep = keep
+        self._metrics = metrics
         self._deployments: OrderedDict[str, Deployment] = OrderedDict()
 
     def start(self, deployment: Deployment, deployer: Deployer, *, limit: float) -> Deployment:
         """Run ``deployment`` in the lifespan's task group; it may last ``limit`` seconds."""
         self._deployments[deployment.id] = deployment
-        self._tasks.start_soon(deployment.run, deployer, limit, name=f"deploy {deployment.id}")
+        self._tasks.start_soon(
+            self._run, deployment, deployer, limit, name=f"deploy {deployment.id}"
+        )
         self._prune()
         return deployment
+
+    async def _run(self, deployment: Deployment, deployer: Deployer, limit: float) -> None:
+        await deployment.run(deployer, limit)
+        if self._metrics is not None:
+            result = deployment.result
+            outcome: DeploymentOutcome = "error"  # no host reached: refused, or no connection
+            if result is not None and result.hosts:
+                outcome = "completed" if result.ok else "failed"
+            self._metrics.deployment_finished(
+                tier=deployment.target.tier.value,
+                action=deployment.action.value,
+                outcome=outcome,
+            )
 
     def get(self, deployment_id: str) -> Deployment | None:
         return self._deployments.get(deployment_id)
 
     def latest(self) -> Deployment | None:
-        return next(reversed(self._deployments.values()), None)
+        """The deployment a caller without an id means: the newest one still running, else
+        the newest one (a rejected duplicate started later must not hide the running one)."""
+        running = next((d for d in reversed(self._deployments.values()) if not d.done), None)
+        return running or next(reversed(self._deployments.values()), None)
+
+    def recent(self, limit: int) -> list[Deployment]:
+        """Up to ``limit`` deployments, newest first."""
+        return list(itertools.islice(reversed(self._deployments.values()), limit))
 
     def __len__(self) -> int:
         return len(self._deployments)
@@ -297,3 +334,4 @@ class FleetState:
     registry: DeploymentRegistry
     heartbeat: float
     deploy_timeout: float
+    metrics: DeployerMetrics | None = None  # over HTTP only: counts calls and deployments

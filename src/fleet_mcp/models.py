@@ -2,18 +2,25 @@
 summaries, and the progress notes sent while a deployment runs — all pure.
 
 A tool result is read by a model, so besides the data it carries ``summary`` — one or two
-sentences saying what happened and, when something went wrong, what to look at — and, while a
-deployment is still running, ``next_step``: how to keep waiting for it. A progress note is one
-line that starts with ``deployment <id>:``, so a client that shows notes of several calls
-side by side can tell them apart; ``Deployment.follow`` decides when each is sent.
+sentences saying what happened and, when something went wrong, what to look at — and
+``next_step``: what to do now (keep waiting with ``deployment_status`` while it runs, read
+the failures when it failed). A progress note is one line that starts with
+``deployment <id>:``, so a client that shows notes of several calls side by side can tell
+them apart; ``Deployment.follow`` decides when each is sent.
+
+A model reads a result's *text*, and its context is small: ``report_text`` is the whole
+report while it fits ``TEXT_BUDGET``, and beyond that (a thousand hosts and up) keeps every
+host that did not complete in full and counts the completed ones. The structured content
+always has every host.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,22 +29,41 @@ from fleet_core.tracking import DeploymentResult, HostResult, Outage
 from fleet_core.trust import Flagged
 
 __all__ = [
+    "DEFAULT_WAIT",
     "MAX_NOTE_DETAIL",
     "MAX_TAIL_LINES",
+    "TEXT_BUDGET",
+    "DeploymentBrief",
     "DeploymentReport",
+    "DeploymentsReport",
+    "FleetHost",
     "HostsReport",
     "batch_note",
     "connection_note",
+    "deployment_brief",
     "deployment_report",
+    "deployment_resource",
+    "deployments_report",
     "heartbeat_note",
     "host_note",
     "hosts_report",
+    "hosts_text",
     "opening_note",
+    "report_text",
+    "status_step",
 ]
 
+# How long a deploy or deployment_status call waits by default. Claude Desktop and the
+# official TypeScript SDK end a call after 60 s whatever progress says; 45 s leaves 15 s for
+# the connection, the result's transfer and the client's own latency. A deployment that needs
+# longer is not cut short: the call returns it as running, and deployment_status waits again.
+DEFAULT_WAIT = 45.0
 MAX_TAIL_LINES = 50  # nix prints the cause last; fifty lines hold it and its trace
 MAX_NOTE_DETAIL = 200  # characters of a host's message in a note: a glance, not the log
 MAX_NAMED = 5  # hosts a summary names before it stops naming them
+TEXT_BUDGET = 15_000  # bytes of a result's text: under 16 KB, whatever the fleet's size
+_LISTED = 20  # hosts named in a text that had to count the rest
+_TEXT_TAIL = 10  # log lines per host in a digest that could not hold the whole tails
 
 
 class DeploymentReport(BaseModel):
@@ -80,8 +106,48 @@ class DeploymentReport(BaseModel):
         "host, tier or deployment, or an unexpected host on the bare reply subject",
     )
     flagged_count: int = Field(0, description="how many were flagged in all")
-    next_step: str | None = Field(
-        None, description="set while running: how to wait for the rest of the deployment"
+    next_step: str = Field(
+        description="what to do now: while running, how to wait for the rest (never deploy "
+        "again); when finished, what to read or check"
+    )
+
+
+class DeploymentBrief(BaseModel):
+    """One deployment in a list: enough to pick it, not its hosts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployment_id: str
+    state: Literal["running", "finished"]
+    ok: bool = Field(description="true only when finished and every host completed")
+    subject: str
+    tier: str
+    action: str
+    revision: str
+    started: str = Field(description="when it started (UTC, ISO 8601)")
+    counts: dict[str, int] = Field(description="number of hosts in each state")
+    resource: str = Field(description="the deployment's MCP resource, a recovery handle")
+    error: str | None = Field(
+        None, description="why the deployment itself failed (no host reached), if it did"
+    )
+
+
+class DeploymentsReport(BaseModel):
+    """The deployments this server knows, newest first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str
+    deployments: list[DeploymentBrief]
+    next_step: str
+
+
+class FleetHost(HostInfo):
+    """A listener that answered discovery, and which of this server's tools can deploy it."""
+
+    reachable_by: list[str] = Field(
+        description="the tools of this server that can deploy this host: 'deploy' for the "
+        "test tier, 'deploy_admin' (only with the admin key) for any tier"
     )
 
 
@@ -91,9 +157,10 @@ class HostsReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     summary: str
-    tier: str | None = Field(description="the tier asked for; null means both tiers")
-    hosts: list[HostInfo] = Field(
-        description="hostname, tier, role, whether a deploy is running (busy), listener version"
+    tier: str | None = Field(description="the tier asked for; null means every tier shown")
+    hosts: list[FleetHost] = Field(
+        description="hostname, tier, role, whether a deploy is running (busy), listener "
+        "version, and which tools can deploy it (reachable_by)"
     )
 
 
@@ -113,7 +180,8 @@ def _problems(result: DeploymentResult, *, test_only: bool) -> list[str]:
     for host in result.hosts:
         if not host.final or host.status == "completed":
             continue
-        why = f"{host.error}: {host.message}" if host.error else host.message
+        message = _glance(host.message)
+        why = f"{host.error}: {message}" if host.error else message
         note = f"{host.hostname} {host.status} ({why})"
         if host.log_tail:
             note += "; its log_tail holds the end of nixos-rebuild's output"
@@ -126,6 +194,13 @@ def _problems(result: DeploymentResult, *, test_only: bool) -> list[str]:
                 note += " (this tool reaches only the test tier)"
         notes.append(note)
     return notes
+
+
+def _glance(text: str) -> str:
+    """The first line of a message, at most ``MAX_NOTE_DETAIL`` characters: a sentence
+    names the cause; the host's own entry has the rest."""
+    first = text.splitlines()[0] if text else ""
+    return first if len(first) <= MAX_NOTE_DETAIL else first[: MAX_NOTE_DETAIL - 1] + "…"
 
 
 def _clock(timestamp: float) -> str:
@@ -164,39 +239,55 @@ def _outage_sentence(result: DeploymentResult, *, finished: bool) -> str:
     return sentence + "."
 
 
+def status_step(deployment_id: str) -> str:
+    """How to keep waiting for a running deployment: the same words in results and errors."""
+    return (
+        f"Call deployment_status with deployment_id={deployment_id!r} to wait for the rest "
+        f"(it waits up to {DEFAULT_WAIT:g} s per call, which fits clients that cut calls off "
+        "at 60 s; call it again while state is 'running'). Do not deploy again: the "
+        "deployment keeps running."
+    )
+
+
 def deployment_report(
     result: DeploymentResult,
     *,
     finished: bool,
     test_only: bool,
-    wait_hint: float,
 ) -> DeploymentReport:
     """A report for the model from the deployer's result (or its latest snapshot)."""
     what = f"{result.action} of {result.revision} to {result.subject}"
-    next_step = None
     if finished:
         if result.ok:
             summary = f"{what} finished OK: {_counts(result.counts)} ({result.duration_s:.1f} s)."
+            next_step = "Nothing to wait for: every host completed."
         elif not result.hosts:
             summary = (
                 f"{what} reached no host: no listener is subscribed to {result.subject}. "
                 "Check the hostname or role with list_hosts."
             )
-        else:
-            summary = f"{what} finished NOT OK: {_counts(result.counts)}. " + "; ".join(
-                _problems(result, test_only=test_only)
+            next_step = (
+                "Call list_hosts to see the hostnames and roles of this tier, then deploy to "
+                "one of them."
             )
+        else:
+            problems = _problems(result, test_only=test_only)
+            if len(problems) > MAX_NAMED:
+                more = len(problems) - MAX_NAMED
+                problems = [*problems[:MAX_NAMED], f"and {more} more host(s) (see hosts)"]
+            summary = f"{what} finished NOT OK: {_counts(result.counts)}. " + "; ".join(problems)
             summary = summary.rstrip() + ("" if summary.endswith(".") else ".")
+            next_step = (
+                "Read each host's message and log_tail that did not complete: they hold "
+                "nixos-rebuild's error. Fix the cause before deploying again, and then deploy "
+                "only to the hosts that did not complete (hostname=...)."
+            )
     else:
         summary = (
             f"{what} is still running after {result.duration_s:.0f} s: "
             f"{_counts(result.counts) if result.hosts else 'waiting for the hosts to answer'}."
         )
-        next_step = (
-            f"Call deployment_status with deployment_id={result.deployment_id!r} (and "
-            f"wait_seconds up to {wait_hint:g}) to wait for the result. Do not deploy again: "
-            "the deployment keeps running."
-        )
+        next_step = status_step(result.deployment_id)
     for sentence in (_outage_sentence(result, finished=finished), _trust_sentence(result)):
         if sentence:
             summary = f"{summary} {sentence}"
@@ -221,6 +312,118 @@ def deployment_report(
     )
 
 
+def deployment_resource(deployment_id: str) -> str:
+    """The URI of a deployment's MCP resource."""
+    return f"fleet://deployments/{deployment_id}"
+
+
+def deployment_brief(
+    result: DeploymentResult, *, finished: bool, started: float, error: str | None = None
+) -> DeploymentBrief:
+    """``started``: Unix time the deployment started; ``error``: why it failed as a whole."""
+    return DeploymentBrief(
+        deployment_id=result.deployment_id,
+        state="finished" if finished else "running",
+        ok=result.ok and finished,
+        subject=result.subject,
+        tier=result.tier,
+        action=result.action,
+        revision=result.revision,
+        started=datetime.fromtimestamp(started, tz=UTC).isoformat(timespec="seconds"),
+        counts=result.counts,
+        resource=deployment_resource(result.deployment_id),
+        error=error,
+    )
+
+
+def deployments_report(briefs: Sequence[DeploymentBrief], *, kept: int) -> DeploymentsReport:
+    """``briefs`` newest first; ``kept``: how many finished deployments the server keeps."""
+    running = [b.deployment_id for b in briefs if b.state == "running"]
+    named = ", ".join(running[:MAX_NAMED]) + ("…" if len(running) > MAX_NAMED else "")
+    if not briefs:
+        return DeploymentsReport(
+            summary="No deployment has been started through this server since it started.",
+            deployments=[],
+            next_step="Call list_hosts, then deploy.",
+        )
+    summary = f"{len(briefs)} deployment(s), newest first; " + (
+        f"running: {named}." if running else "none is running."
+    )
+    if running:
+        next_step = status_step(running[0])
+    else:
+        next_step = (
+            "Call deployment_status with a deployment_id to see its hosts (this server keeps "
+            f"up to {kept} deployments)."
+        )
+    return DeploymentsReport(summary=summary, deployments=list(briefs), next_step=next_step)
+
+
+def report_text(report: DeploymentReport) -> str:
+    """The result's text for the model: all of it while it fits ``TEXT_BUDGET``, else a
+    digest — every host that did not complete, problems first, as many as fit (an entry too
+    big is cut down: its message to the first line, its log tail to the last lines, each line
+    shortened), the completed ones counted, long lists cut; the structured content keeps
+    every host."""
+    full = _json(report.model_dump(mode="json"))
+    if _size(full) <= TEXT_BUDGET:
+        return full
+    digest: dict[str, Any] = report.model_dump(
+        mode="json", exclude={"hosts", "unverified", "flagged", "outages"}
+    )
+    digest["unverified_count"] = len(report.unverified)
+    digest["unverified"] = report.unverified[:_LISTED]
+    digest["flagged"] = [f.model_dump(mode="json") for f in report.flagged[:MAX_NAMED]]
+    digest["outage_count"] = len(report.outages)
+    digest["outages"] = [o.model_dump(mode="json") for o in report.outages[-MAX_NAMED:]]
+    completed = [h.hostname for h in report.hosts if h.status == "completed"]
+    digest["completed_hosts"] = {"count": len(completed), "first": completed[:_LISTED]}
+    others = sorted(
+        (h for h in report.hosts if h.status != "completed"),
+        key=lambda h: (not h.final, h.hostname),  # final problems first, then the open ones
+    )
+    digest["note"] = (
+        f"This text is a digest of {len(report.hosts)} hosts: hosts_not_completed lists the "
+        "hosts that did not complete, as far as they fit; the structured content and the "
+        f"resource {deployment_resource(report.deployment_id)} have every host in full."
+    )
+    room = TEXT_BUDGET - _size(_json(digest)) - 300  # for what is added below
+    shown = _fit(others, room, tail=None)
+    if len(shown) < len(others):  # the cause is at a tail's end: shorter tails, more hosts
+        cut = _fit(others, room, tail=_TEXT_TAIL)
+        if len(cut) > len(shown):
+            shown = cut
+            digest["note"] += f" Log tails are cut to their last {_TEXT_TAIL} lines here."
+    digest["hosts_not_completed"] = shown
+    if len(shown) < len(others):
+        left = Counter(h.status for h in others[len(shown) :])
+        digest["hosts_not_completed_omitted"] = {
+            "count": len(others) - len(shown),
+            "by_status": dict(sorted(left.items())),
+        }
+    return _within_budget(digest)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _size(text: str) -> int:
+    return len(text.encode())
+
+
+def _within_budget(digest: dict[str, Any]) -> str:
+    """The digest as text; should a summary of very long names still overflow, the summary
+    is cut (the structured content keeps it whole)."""
+    text = _json(digest)
+    excess = _size(text) - TEXT_BUDGET
+    if excess > 0:
+        summary = str(digest.get("summary", ""))
+        digest["summary"] = summary[: max(0, len(summary) - excess - 2)] + "…"
+        text = _json(digest)
+    return text
+
+
 def _trust_sentence(result: DeploymentResult) -> str:
     """What was not believed, and what the NATS server did not vouch for; "" if nothing."""
     sentences = []
@@ -240,24 +443,104 @@ def _trust_sentence(result: DeploymentResult) -> str:
     return " ".join(sentences)
 
 
+def _fit(hosts: Sequence[HostResult], room: int, *, tail: int | None) -> list[dict[str, Any]]:
+    """As many of ``hosts`` (in order) as fit in ``room`` bytes of JSON, log tails cut to
+    ``tail`` lines when given. An entry too big for a quarter of the room is cut down rather
+    than dropped: one host's huge log must not hide every failure."""
+    shown: list[dict[str, Any]] = []
+    limit = max(room // 4, 1000)
+    for host in hosts:
+        entry = host.model_dump(mode="json")
+        if tail is not None:
+            entry["log_tail"] = entry["log_tail"][-tail:]
+        if _size(_json(entry)) > limit:
+            entry = _shrunk(entry, limit)
+        room -= _size(_json(entry)) + 2
+        if room < 0:
+            break
+        shown.append(entry)
+    return shown
+
+
+def _shrunk(entry: dict[str, Any], limit: int) -> dict[str, Any]:
+    """``entry`` within ``limit`` bytes: the message's first line, short log lines, and as
+    many of the last log lines as fit."""
+    entry = {**entry, "message": _glance(str(entry.get("message") or ""))}
+    entry["hostname"] = str(entry["hostname"])[:MAX_NOTE_DETAIL]
+    lines = [line if len(line) <= 300 else line[:299] + "…" for line in entry["log_tail"]]
+    entry["log_tail"] = []
+    room = limit - _size(_json(entry))
+    kept: list[str] = []
+    for line in reversed(lines):
+        room -= _size(_json(line)) + 2
+        if room < 0:
+            break
+        kept.append(line)
+    entry["log_tail"] = kept[::-1]
+    entry["cut"] = True
+    return entry
+
+
 def hosts_report(
-    hosts: Sequence[HostInfo], tier: str | None, *, hidden: Sequence[str] = ()
+    hosts: Sequence[FleetHost], tier: str | None, *, hidden: Sequence[str] = ()
 ) -> HostsReport:
-    """``hidden``: tiers whose answers this server's key may not read (never listed)."""
+    """``hidden``: tiers this server does not show (the test key's server shows only test)."""
     where = f"the {tier} tier" if tier else "any tier"
     if not hosts:
         summary = f"No listener of {where} answered discovery."
     else:
         busy = [h.hostname for h in hosts if h.busy]
         summary = f"{len(hosts)} host(s) of {where} answered" + (
-            f"; busy deploying: {', '.join(busy)}." if busy else "; none is busy."
+            f"; busy deploying: {', '.join(busy[:MAX_NAMED])}"
+            f"{'…' if len(busy) > MAX_NAMED else ''}."
+            if busy
+            else "; none is busy."
         )
+        if any(not h.reachable_by for h in hosts):
+            summary += " Hosts whose reachable_by is empty cannot be deployed from here."
     if hidden:
         summary += (
-            f" Hosts of the {' and '.join(hidden)} tier are not shown: this server's NATS key "
-            "may not read their answers."
+            f" Hosts of the {' and '.join(hidden)} tier are not shown: this server deploys to "
+            "the test tier only (production needs deploy_admin, which a person enables with "
+            "the admin key)."
         )
     return HostsReport(summary=summary, tier=tier, hosts=list(hosts))
+
+
+def hosts_text(report: HostsReport) -> str:
+    """The text of a ``list_hosts`` result: all of it while it fits ``TEXT_BUDGET``, else
+    counts per tier and role (the largest groups), the busy hosts, and as many hostnames
+    as fit; the structured content has every host."""
+    full = _json(report.model_dump(mode="json"))
+    if _size(full) <= TEXT_BUDGET:
+        return full
+    groups = Counter((h.tier, h.role or "", tuple(h.reachable_by)) for h in report.hosts)
+    largest = groups.most_common(_LISTED)
+    busy = [h for h in report.hosts if h.busy]
+    digest: dict[str, Any] = {
+        "summary": report.summary,
+        "tier": report.tier,
+        "host_count": len(report.hosts),
+        "groups": [
+            {"tier": tier, "role": role or None, "reachable_by": list(by), "count": n}
+            for (tier, role, by), n in largest
+        ],
+        "groups_omitted": len(groups) - len(largest),
+        "busy_count": len(busy),
+        "busy": [h.hostname for h in busy[:_LISTED]],
+        "note": f"This text is a digest of {len(report.hosts)} hosts; the structured content "
+        "has every host. Deploy by role or all=true rather than host by host.",
+    }
+    room = TEXT_BUDGET - _size(_json(digest)) - 100
+    names: list[str] = []
+    for host in report.hosts:
+        room -= _size(_json(host.hostname)) + 2
+        if room < 0:
+            break
+        names.append(host.hostname)
+    digest["hostnames"] = names
+    digest["hostnames_omitted"] = len(report.hosts) - len(names)
+    return _within_budget(digest)
 
 
 # -- progress notes --------------------------------------------------------------------------

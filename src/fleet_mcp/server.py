@@ -1,7 +1,11 @@
-"""The MCP server: ``build_server(settings)`` registers the tools of ``fleet_mcp.tools``.
+"""The MCP server: ``build_server(settings)`` registers the tools of ``fleet_mcp.tools``, a
+resource per deployment and the "deploy safely" prompt.
 
 ``deploy_admin`` is registered only when the settings carry an admin key (``--enable-admin``
 with ``--admin-nkey-file``), and both seeds are loaded here, so a bad key fails at start.
+Tool descriptions are the tools' docstrings without their indentation; the capabilities
+advertised are the ones with something behind them (tools, resources, prompts). Over HTTP
+the server also serves Prometheus counters of its tool calls and deployments at /metrics.
 The lifespan owns a task group holding one NATS connection per key (``fleet_mcp.link``:
 connected in the background, so ``tools/list`` never waits for NATS) and the deployments;
 at exit it cancels the group, which stops following deployments (the hosts carry on) and
@@ -10,30 +14,37 @@ closes the connections.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import anyio
 import structlog
+from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
+from mcp.types import Resource, ToolAnnotations
 
 from fleet_core import __version__
 from fleet_core.keys import load_seed
+from fleet_core.metrics import DeployerMetrics
 from fleet_core.settings import McpSettings
-from fleet_mcp.deployments import DeploymentRegistry, FleetState
+from fleet_mcp import prompts
+from fleet_mcp.deployments import KEEP_DEPLOYMENTS, DeploymentRegistry, FleetState
 from fleet_mcp.link import NatsLink
+from fleet_mcp.models import deployment_resource
 from fleet_mcp.tools import (
     DEFAULT_WAIT,
     MAX_WAIT,
     deploy,
     deploy_admin,
     deployment_status,
+    list_deployments,
     list_hosts,
+    read_deployment,
 )
 
-__all__ = ["DEFAULT_WAIT", "MAX_WAIT", "SERVER_NAME", "build_server"]
+__all__ = ["DEFAULT_WAIT", "MAX_WAIT", "SERVER_NAME", "FleetServer", "build_server"]
 
 log = structlog.get_logger("fleet.mcp")
 
@@ -55,11 +66,17 @@ def _instructions(admin: bool) -> str:
         "fleet-deploy deploys NixOS configurations to hosts over NATS.",
         "Hosts belong to a tier: 'test' (deploy freely) or 'prod' (production).",
         "Target exactly one of: hostname='web1', all=true (the whole tier) or role='web'.",
-        "Call list_hosts first to see hostnames, tiers, roles and which hosts are busy.",
+        "Call list_hosts first to see hostnames, tiers, roles, which hosts are busy and which "
+        "tool can reach each (reachable_by).",
         "deploy reaches the test tier only. A deploy returns when every host has finished or "
-        "wait_seconds runs out; then call deployment_status with the deployment_id (the "
-        "deployment keeps running — never start it again). If your client cuts tool calls "
-        "off after about a minute, pass wait_seconds=45.",
+        f"after {DEFAULT_WAIT:g} s; a result with state 'running' is not a failure: the "
+        "deployment keeps running, so call deployment_status with its deployment_id until "
+        "state is 'finished', and never start it again. Every result says what to do next "
+        "in next_step.",
+        "Recovery: after a call that timed out or failed, call deployment_status (without "
+        "arguments it follows the newest running deployment) before anything else; "
+        "list_deployments and the fleet://deployments/{id} resources show what this server "
+        "started.",
         "A failed host's message and log_tail hold nixos-rebuild's error: read them before "
         "retrying.",
     ]
@@ -76,7 +93,38 @@ def _instructions(admin: bool) -> str:
     return "\n".join(lines)
 
 
-def build_server(settings: McpSettings) -> MCPServer[FleetState]:
+class FleetServer(MCPServer[FleetState]):
+    """The SDK's server, listing one resource per deployment this server knows.
+
+    The SDK lists only resources registered ahead; deployments come and go, so the list is
+    made when asked, from the registry the lifespan sets while the server runs.
+    """
+
+    registry: DeploymentRegistry | None = None
+
+    async def list_resources(self) -> list[Resource]:
+        listed = await super().list_resources()
+        registry = self.registry
+        if registry is None:
+            return listed
+        for deployment in registry.recent(KEEP_DEPLOYMENTS):
+            what = (
+                f"{deployment.action.value} of {deployment.revision} to {deployment.target.subject}"
+            )
+            listed.append(
+                Resource(
+                    uri=deployment_resource(deployment.id),
+                    name=f"deployment {deployment.id}",
+                    title=f"Deployment: {what}",
+                    description=f"{what} ({'finished' if deployment.done else 'running'}); "
+                    "read for its hosts' outcome",
+                    mime_type="application/json",
+                )
+            )
+        return listed
+
+
+def build_server(settings: McpSettings) -> FleetServer:
     """Build the server from settings; seeds are loaded now, so a bad key fails at start.
 
     NATS is not touched here: the lifespan connects in the background when a session starts.
@@ -87,8 +135,23 @@ def build_server(settings: McpSettings) -> MCPServer[FleetState]:
     test_seed = load_seed(settings.connection.nkey_file)
     admin_seed = load_seed(settings.admin_nkey_file) if settings.admin_nkey_file else None
 
+    tools: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
+        (list_hosts, "List fleet hosts", _READ_ONLY),
+        (deploy, "Deploy to the test tier", _destructive()),
+        (deployment_status, "Follow a deployment", _READ_ONLY),
+        (list_deployments, "List this server's deployments", _READ_ONLY),
+    ]
+    if admin_seed is not None:
+        tools.insert(2, (deploy_admin, "Deploy to any tier (admin key)", _destructive()))
+    # Counters only where something can scrape them: over stdio there is no port to serve.
+    metrics = (
+        DeployerMetrics(tools=[fn.__name__ for fn, _, _ in tools])
+        if settings.http is not None
+        else None
+    )
+
     @asynccontextmanager
-    async def lifespan(_: MCPServer[FleetState]) -> AsyncIterator[FleetState]:
+    async def lifespan(server: MCPServer[FleetState]) -> AsyncIterator[FleetState]:
         test = NatsLink(urls, test_seed, name="fleet-mcp", timing=settings.timing)
         admin = (
             NatsLink(urls, admin_seed, name="fleet-mcp admin", timing=settings.timing)
@@ -99,32 +162,63 @@ def build_server(settings: McpSettings) -> MCPServer[FleetState]:
             for link in (test, admin):
                 if link is not None:
                     tasks.start_soon(link.run, name=f"nats link {link.public_key}")
-            yield FleetState(
-                test=test,
-                admin=admin,
-                registry=DeploymentRegistry(tasks),
-                heartbeat=settings.heartbeat,
-                deploy_timeout=settings.deploy_timeout,
-            )
+            registry = DeploymentRegistry(tasks, metrics=metrics)
+            if isinstance(server, FleetServer):
+                server.registry = registry
+            try:
+                yield FleetState(
+                    test=test,
+                    admin=admin,
+                    registry=registry,
+                    heartbeat=settings.heartbeat,
+                    deploy_timeout=settings.deploy_timeout,
+                    metrics=metrics,
+                )
+            finally:
+                if isinstance(server, FleetServer):
+                    server.registry = None
             # Stop following deployments (the hosts carry on) and close the connections.
             tasks.cancel_scope.cancel()
 
-    server: MCPServer[FleetState] = MCPServer(
+    server = FleetServer(
         SERVER_NAME,
         version=__version__,
         instructions=_instructions(admin_seed is not None),
         lifespan=lifespan,
+        cache_hints={"resources/list": CacheHint(ttl_ms=0)},  # deployments come and go
+        # No subscriptions/listen: this server publishes no list-changed or resource-updated
+        # events, so it must not advertise them (clients re-list; the hint above says when).
+        subscriptions=False,
         log_level=_SDK_LEVELS.get(settings.log_level, "WARNING"),
     )
-    tools: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
-        (list_hosts, "List fleet hosts", _READ_ONLY),
-        (deploy, "Deploy to the test tier", _destructive()),
-        (deployment_status, "Follow a deployment", _READ_ONLY),
-    ]
-    if admin_seed is not None:
-        tools.insert(2, (deploy_admin, "Deploy to any tier (admin key)", _destructive()))
     for fn, title, hints in tools:
-        server.add_tool(fn, title=title, annotations=hints, structured_output=True)
+        server.add_tool(
+            fn,
+            title=title,
+            description=_plain(fn.__doc__),
+            annotations=hints,
+            structured_output=True,
+        )
+    server.resource(
+        deployment_resource("{deployment_id}"),
+        name="deployment",
+        title="A deployment started through this server",
+        description=_plain(read_deployment.__doc__),
+        mime_type="application/json",
+    )(read_deployment)
+    admin = admin_seed is not None
+    if metrics is not None:
+        _serve_metrics(server, metrics)
+
+    @server.prompt(
+        name="deploy_safely",
+        title="Deploy safely",
+        description="Deploy a branch to hosts one step at a time: list the hosts, dry-run on "
+        "one host, switch that host, then the rest, stopping at the first failure.",
+    )
+    def deploy_safely(branch: str, target: str) -> str:
+        return prompts.deploy_safely(branch, target, admin=admin)
+
     log.info(
         "mcp_server_built",
         nats_url=",".join(urls),
@@ -132,6 +226,23 @@ def build_server(settings: McpSettings) -> MCPServer[FleetState]:
         admin_key=admin_seed.public_key if admin_seed else None,
     )
     return server
+
+
+def _serve_metrics(server: FleetServer, metrics: DeployerMetrics) -> None:
+    from starlette.requests import Request  # the HTTP stack: loaded only to serve HTTP
+    from starlette.responses import Response
+
+    async def scrape(_: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    server.custom_route("/metrics", methods=["GET"], include_in_schema=False)(scrape)
+
+
+def _plain(docstring: str | None) -> str:
+    """A docstring as a model should read it: no indentation, paragraphs joined into lines."""
+    paragraphs = inspect.cleandoc(docstring or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 def _destructive() -> ToolAnnotations:

@@ -4,6 +4,12 @@
     deploy(hostname | all | role, branch, action)       the test tier, and only the test tier
     deploy_admin(tier, hostname | all | role, ...)      any tier, with the admin key
     deployment_status(deployment_id?, wait_seconds)     keeps waiting for a running deployment
+    list_deployments(limit)                             read-only: this server's deployments
+
+The same state is readable as MCP resources (``fleet://deployments/{id}``, through
+``read_deployment``), so a client can reattach to a deployment without the model keeping its
+id. A tool's text is ``models.report_text``: small whatever the fleet; the structured
+content has everything.
 
 Safety does not rest on the model behaving: ``deploy`` builds its subject with the test tier
 fixed, so no argument can name production whatever the key could do, and the NATS
@@ -20,8 +26,9 @@ from typing import Annotated, Any
 import anyio
 import structlog
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import Field
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
 
 from fleet_core.deployer import Deployer
 from fleet_core.errors import ConnectionFailed, FleetError, PermissionDenied, RequestRejected
@@ -37,21 +44,37 @@ from fleet_core.settings import DEFAULT_DEPLOY_TIMEOUT
 from fleet_core.subjects import Target, Tier
 from fleet_mcp.deployments import KEEP_DEPLOYMENTS, Deployment, FleetState
 from fleet_mcp.link import NatsLink
-from fleet_mcp.models import DeploymentReport, HostsReport, deployment_report, hosts_report
+from fleet_mcp.models import (
+    DEFAULT_WAIT,
+    DeploymentReport,
+    DeploymentsReport,
+    FleetHost,
+    HostsReport,
+    deployment_brief,
+    deployment_report,
+    deployments_report,
+    hosts_report,
+    hosts_text,
+    report_text,
+)
 
 __all__ = [
     "DEFAULT_WAIT",
     "MAX_WAIT",
+    "RECENT",
     "deploy",
     "deploy_admin",
     "deployment_status",
+    "list_deployments",
     "list_hosts",
+    "read_deployment",
 ]
 
 log = structlog.get_logger("fleet.mcp")
 
-DEFAULT_WAIT = 300.0  # an ordinary rebuild finishes well within this
 MAX_WAIT = DEFAULT_DEPLOY_TIMEOUT  # waiting longer than a deployment may last is pointless
+RECENT = 10  # deployments list_deployments shows unless asked for more
+MAX_LISTED = 40  # and at most: forty briefs are about 15 KB of text
 
 _ACTIONS = [a.value for a in Action]
 
@@ -59,18 +82,30 @@ FleetContext = Context[FleetState, Any]
 
 # -- parameters: the schema the model sees -----------------------------------------------------
 
+# strict=True: a model's "yes" or 1 for a boolean is a mistake to report, not a whole tier
+# to deploy. (The SDK leaves JSON-looking strings alone for scalars, so "true" stays a string.)
 Hostname = Annotated[
-    str | None, Field(description="deploy one host, by the name list_hosts shows (e.g. 'web1')")
+    str | None,
+    Field(strict=True, description="deploy one host, by the name list_hosts shows (e.g. 'web1')"),
 ]
-All = Annotated[bool, Field(description="deploy every host of the tier")]
-Role = Annotated[str | None, Field(description="deploy every host that has this role (e.g. 'web')")]
+All = Annotated[
+    bool, Field(strict=True, description="true: deploy every host of the tier (a JSON boolean)")
+]
+Role = Annotated[
+    str | None,
+    Field(strict=True, description="deploy every host that has this role (e.g. 'web')"),
+]
 Branch = Annotated[
     str,
-    Field(description="branch, tag or full 40-character commit hash of the NixOS configuration"),
+    Field(
+        strict=True,
+        description="branch, tag or full 40-character commit hash of the NixOS configuration",
+    ),
 ]
 ActionName = Annotated[
     str,
     Field(
+        strict=True,
         description="nixos-rebuild action: switch (activate now and at boot), boot (at next "
         "boot), test (now, not at boot), dry-activate (show what would change), build (only "
         "build)",
@@ -80,20 +115,30 @@ ActionName = Annotated[
 WaitSeconds = Annotated[
     float,
     Field(
+        strict=True,
         ge=0,
         le=MAX_WAIT,
-        description="how long this call waits for the result; when it runs out the deployment "
-        "goes on and deployment_status waits for the rest. If your client cuts tool calls off "
-        "after about a minute, pass 45.",
+        description=f"seconds this call waits for the result (default {DEFAULT_WAIT:g}, which "
+        "fits clients that cut calls off at 60 s); when it runs out the deployment goes on "
+        "and deployment_status waits for the rest",
     ),
 ]
 TierName = Annotated[
-    str, Field(description="'test' or 'prod'", json_schema_extra={"enum": [t.value for t in Tier]})
+    str,
+    Field(
+        strict=True,
+        description="'test' or 'prod'",
+        json_schema_extra={"enum": [t.value for t in Tier]},
+    ),
 ]
 
 _DEPLOY_ARGS = ("hostname", "all", "role", "branch", "action", "wait_seconds")
 
 # -- tools ---------------------------------------------------------------------------------------
+# Docstrings are the tools' descriptions (``server`` strips their indentation): plain sentences
+# for a model, no markup.
+
+DeployResult = Annotated[CallToolResult, DeploymentReport]
 
 
 async def list_hosts(
@@ -102,26 +147,42 @@ async def list_hosts(
     tier: Annotated[
         str | None,
         Field(
-            description="only hosts of this tier: 'test' or 'prod' (default: both)",
+            strict=True,
+            description="only hosts of this tier: 'test' or 'prod' (default: every tier this "
+            "server shows)",
             json_schema_extra={"enum": [*(t.value for t in Tier), None]},
         ),
     ] = None,
-) -> HostsReport:
-    """List the hosts whose listeners answer: name, tier, role, busy (deploying now), version.
+) -> Annotated[CallToolResult, HostsReport]:
+    """List the hosts whose listeners answer: name, tier, role, busy (deploying now),
+    listener version, and which of this server's tools can deploy each (reachable_by).
 
-    Read-only. Use it to find hostnames and roles before deploying. Hosts of a tier this
-    server's key may not read (production, with the usual test key) are not listed.
+    Read-only. Use it to find hostnames and roles before deploying. Without the admin key
+    this server shows and deploys the test tier only.
     """
-    _reject_unknown(ctx, "list_hosts", ("tier",))
-    state = _state(ctx)
+    state = _begin(ctx, "list_hosts", ("tier",))
     chosen = _tier(tier) if tier else None
-    deployer = await _deployer(state.test, "listed")
+    admin = state.admin is not None
+    if not admin and chosen not in (None, Tier.TEST):
+        raise ToolError(
+            f"This server shows and deploys the test tier only, so it does not list {tier} "
+            "hosts. Production needs deploy_admin, which a person enables by starting the "
+            "server with the admin key."
+        )
+    link = state.admin if state.admin is not None else state.test
+    deployer = await _deployer(link, "listed")
     try:
-        hosts = await deployer.discover(chosen)
+        found = await deployer.discover(chosen if admin else Tier.TEST)
     except FleetError as exc:
         raise ToolError(f"Discovery failed: {exc}") from exc
-    hidden = [t.value for t in Tier if t in deployer.unreadable_tiers and chosen in (None, t)]
-    return hosts_report(hosts, chosen.value if chosen else None, hidden=hidden)
+    hosts = [
+        FleetHost(**host.model_dump(), reachable_by=_reachable_by(host.tier, admin=admin))
+        for host in found
+    ]
+    hidden = [] if admin or chosen is not None else [Tier.PROD.value]
+    hidden += [t.value for t in deployer.unreadable_tiers if admin and chosen in (None, t)]
+    report = hosts_report(hosts, chosen.value if chosen else None, hidden=hidden)
+    return _result(report, hosts_text(report))
 
 
 async def deploy(
@@ -133,16 +194,16 @@ async def deploy(
     branch: Branch = DEFAULT_REVISION,
     action: ActionName = DEFAULT_ACTION.value,
     wait_seconds: WaitSeconds = DEFAULT_WAIT,
-) -> DeploymentReport:
+) -> DeployResult:
     """Deploy a NixOS configuration to hosts of the TEST tier and report each host's outcome.
 
     Give exactly one target: hostname, all=true, or role. Production is out of reach of this
-    tool whatever the arguments. Returns when every host has finished or wait_seconds runs out
-    (then state is 'running': call deployment_status with the deployment_id to keep waiting).
-    A failed host's message and log_tail carry nixos-rebuild's error.
+    tool whatever the arguments. Returns when every host has finished or wait_seconds runs
+    out; then state is 'running' and the deployment goes on: call deployment_status with the
+    deployment_id, never deploy again. A failed host's message and log_tail carry
+    nixos-rebuild's error.
     """
-    _reject_unknown(ctx, "deploy", _DEPLOY_ARGS)
-    state = _state(ctx)
+    state = _begin(ctx, "deploy", _DEPLOY_ARGS)
     target = _target(Tier.TEST, hostname, all, role)
     return await _start(
         ctx, state, target, branch=branch, action=action, wait_seconds=wait_seconds, admin=False
@@ -159,15 +220,14 @@ async def deploy_admin(
     branch: Branch = DEFAULT_REVISION,
     action: ActionName = DEFAULT_ACTION.value,
     wait_seconds: WaitSeconds = DEFAULT_WAIT,
-) -> DeploymentReport:
+) -> DeployResult:
     """Deploy to any tier, production included, with the admin key a person gave this server.
 
-    Give the tier and exactly one target: hostname, all=true, or role. Prefer `deploy` for
-    the test tier. Deploying to prod changes live systems: do it only when the user asked for
-    that deployment. Returns like `deploy`.
+    Give the tier and exactly one target: hostname, all=true, or role. Prefer deploy for the
+    test tier. Deploying to prod changes live systems: do it only when the user asked for
+    that deployment. Returns like deploy.
     """
-    _reject_unknown(ctx, "deploy_admin", ("tier", *_DEPLOY_ARGS))
-    state = _state(ctx)
+    state = _begin(ctx, "deploy_admin", ("tier", *_DEPLOY_ARGS))
     if state.admin is None:  # registered only with an admin key; this is a second lock
         raise ToolError("deploy_admin is not enabled on this server")
     target = _target(_tier(tier), hostname, all, role)
@@ -182,29 +242,78 @@ async def deployment_status(
     deployment_id: Annotated[
         str | None,
         Field(
-            description="the deployment_id a deploy call returned (default: the most recent "
-            "deployment started through this server)"
+            strict=True,
+            description="the deployment_id a deploy call returned (default: the newest "
+            "deployment still running, else the newest one)",
         ),
     ] = None,
     wait_seconds: WaitSeconds = DEFAULT_WAIT,
-) -> DeploymentReport:
+) -> DeployResult:
     """Wait for a deployment started by deploy or deploy_admin, and report it like they do.
 
     Read-only: it never starts or stops anything. Returns at once for a finished deployment.
+    Call it first after a deploy call that timed out or failed: the deployment may be
+    running. Without a deployment_id it follows the newest deployment still running, else
+    the newest one; list_deployments shows the others.
     """
-    _reject_unknown(ctx, "deployment_status", ("deployment_id", "wait_seconds"))
-    state = _state(ctx)
+    state = _begin(ctx, "deployment_status", ("deployment_id", "wait_seconds"))
     wanted = (deployment_id or "").strip()
     deployment = state.registry.get(wanted) if wanted else state.registry.latest()
     if deployment is None:
         if wanted:
             raise ToolError(
-                f"No deployment {wanted!r} is known to this server: use the deployment_id from "
-                f"a deploy or deploy_admin result (the server keeps the last {KEEP_DEPLOYMENTS}), "
-                "or omit it for the most recent deployment."
+                f"No deployment {wanted!r} is known to this server: it keeps up to "
+                f"{KEEP_DEPLOYMENTS} deployments, and forgets all of them when it restarts. "
+                "Next step: call list_deployments for the ids it knows, or list_hosts to see "
+                "which hosts are busy deploying now."
             )
-        raise ToolError("No deployment has been started through this server yet.")
+        raise ToolError(
+            "No deployment has been started through this server since it started. Next "
+            "step: call list_hosts to see which hosts are busy deploying now."
+        )
     return await _follow(ctx, state, deployment, wait_seconds)
+
+
+async def list_deployments(
+    ctx: FleetContext,
+    *,
+    limit: Annotated[
+        int,
+        Field(strict=True, ge=1, le=MAX_LISTED, description="how many to list"),
+    ] = RECENT,
+) -> Annotated[CallToolResult, DeploymentsReport]:
+    """List the deployments started through this server, newest first: id, state, target,
+    action, revision, when it started and its host counts.
+
+    Read-only. Use it to find a deployment_id for deployment_status, for example after your
+    client lost a deploy call's result.
+    """
+    state = _begin(ctx, "list_deployments", ("limit",))
+    briefs = [
+        deployment_brief(
+            d.current(),
+            finished=d.done,
+            started=d.started_wall,
+            error=_failure(d, d.error) if d.error is not None else None,
+        )
+        for d in state.registry.recent(limit)
+    ]
+    report = deployments_report(briefs, kept=KEEP_DEPLOYMENTS)
+    return _result(report, report.model_dump_json())
+
+
+async def read_deployment(deployment_id: str, ctx: FleetContext) -> str:
+    """One deployment as JSON, as deployment_status reports it, without waiting; one that
+    failed as a whole (refused, or its connection lost) is an error saying why."""
+    deployment = _state(ctx).registry.get(deployment_id.strip())
+    if deployment is None:
+        raise ResourceError(
+            f"No deployment {deployment_id!r} is known to this server (it keeps up to "
+            f"{KEEP_DEPLOYMENTS} deployments while it runs)."
+        )
+    if deployment.error is not None:  # what deployment_status would raise, not a report
+        raise ResourceError(_failure(deployment, deployment.error))
+    return _report(deployment).model_dump_json()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -212,6 +321,15 @@ async def deployment_status(
 
 def _state(ctx: FleetContext) -> FleetState:
     return ctx.request_context.lifespan_context
+
+
+def _begin(ctx: FleetContext, tool: str, known: tuple[str, ...]) -> FleetState:
+    """Every tool's first step: count the call (over HTTP), refuse unknown arguments."""
+    state = _state(ctx)
+    if state.metrics is not None:
+        state.metrics.tool_called(tool)
+    _reject_unknown(ctx, tool, known)
+    return state
 
 
 def _reject_unknown(ctx: FleetContext, tool: str, known: tuple[str, ...]) -> None:
@@ -272,6 +390,19 @@ def _request(branch: str, action: str) -> tuple[str, Action]:
         raise ToolError(str(exc)) from None
 
 
+def _reachable_by(tier: str, *, admin: bool) -> list[str]:
+    tools = ["deploy"] if tier == Tier.TEST.value else []
+    return [*tools, "deploy_admin"] if admin else tools
+
+
+def _result(report: BaseModel, text: str) -> CallToolResult:
+    """The tool result: ``report`` as structured content, ``text`` for the model."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=report.model_dump(mode="json"),
+    )
+
+
 async def _start(
     ctx: FleetContext,
     state: FleetState,
@@ -281,7 +412,7 @@ async def _start(
     action: str,
     wait_seconds: float,
     admin: bool,
-) -> DeploymentReport:
+) -> CallToolResult:
     """Check the request, start the deployment in the server's registry, and follow it."""
     revision, chosen = _request(branch, action)
     link = state.admin if admin else state.test
@@ -329,27 +460,40 @@ class _Progress:
 
 async def _follow(
     ctx: FleetContext, state: FleetState, deployment: Deployment, wait_seconds: float
-) -> DeploymentReport:
+) -> CallToolResult:
     await deployment.follow(wait_seconds, _Progress(ctx), heartbeat=state.heartbeat)
     if deployment.error is not None:
         raise ToolError(_failure(deployment, deployment.error))
+    return _result(report := _report(deployment), report_text(report))
+
+
+def _report(deployment: Deployment) -> DeploymentReport:
     return deployment_report(
-        deployment.current(),
-        finished=deployment.done,
-        test_only=not deployment.admin,
-        wait_hint=wait_seconds or DEFAULT_WAIT,
+        deployment.current(), finished=deployment.done, test_only=not deployment.admin
     )
 
 
 def _failure(deployment: Deployment, error: FleetError) -> str:
-    what = f"{deployment.action.value} of {deployment.revision} to {deployment.target.subject}"
+    """A deployment that ended in an error: what happened, its id, and what to do next."""
+    what = (
+        f"deployment {deployment.id} ({deployment.action.value} of {deployment.revision} to "
+        f"{deployment.target.subject})"
+    )
     if isinstance(error, PermissionDenied):
         key = "admin key" if deployment.admin else "key"
         return (
-            f"The NATS server refused this MCP server's {key}, so nothing was deployed "
-            f"({what}): {error}. The key's NATS permissions decide what it may reach; only a "
-            "person can change them or give the server another key."
+            f"The NATS server refused this MCP server's {key}, so nothing was deployed by "
+            f"{what}: {error}. Next step: none from here — the key's NATS permissions decide "
+            "what it may reach; only a person can change them or give the server another key."
         )
     if isinstance(error, ConnectionFailed):
-        return f"The NATS connection failed during the deployment ({what}): {error}"
-    return f"The deployment ({what}) failed: {error}"
+        return (
+            f"The NATS connection failed during {what}: {error}. The hosts may still be "
+            f"deploying. Next step: call deployment_status with deployment_id="
+            f"{deployment.id!r}, then list_hosts to see which hosts are busy, before deploying "
+            "again."
+        )
+    return (
+        f"{what[0].upper()}{what[1:]} failed: {error}. Next step: call list_hosts to see which "
+        "hosts are busy before deploying again."
+    )
