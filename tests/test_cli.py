@@ -108,44 +108,27 @@ class TestDeployCommand:
         }
         assert fleet.hosts_run() == ["web1", "web2"]
 
-    async def test_alias_and_environment(self, fleet: Fleet) -> None:
-        """Flags can come from FLEET_DEPLOY_* variables and a target from an alias."""
+    @pytest.mark.parametrize("prefix", ["FLEET_DEPLOY_", "HOMELAB_DEPLOY_"])
+    async def test_alias_and_environment(self, fleet: Fleet, prefix: str) -> None:
+        """Flags can come from FLEET_DEPLOY_* variables and a target from an alias — and a
+        homelab-deploy user's HOMELAB_DEPLOY_* variables alone work unchanged."""
+        variables = {
+            "NATS_URL": fleet.url,
+            "NKEY_FILE": str(fleet.keys["deployer"]),
+            "BRANCH": "v1.2.3",
+            "ACTION": "boot",
+            "TIMEOUT": "120",
+            "ALIAS_WEB_HOSTS": "deploy.test.role.web",
+        }
         async with fleet.listeners("web1", "web2", "web3", "db1"):
             proc = await anyio.run_process(
                 [str(scripts_dir() / "fleet-deploy"), "deploy", "web-hosts"],
                 check=False,
-                env=fleet.cli_env(
-                    FLEET_DEPLOY_NATS_URL=fleet.url,
-                    FLEET_DEPLOY_NKEY_FILE=str(fleet.keys["deployer"]),
-                    FLEET_DEPLOY_BRANCH="v1.2.3",
-                    FLEET_DEPLOY_ACTION="boot",
-                    FLEET_DEPLOY_ALIAS_WEB_HOSTS="deploy.test.role.web",
-                ),
+                env=fleet.cli_env(**{prefix + name: value for name, value in variables.items()}),
             )
         assert proc.returncode == 0, proc.stderr.decode()
         assert sorted(fleet.runs()) == [
             expected_argv(h, "v1.2.3", "boot") for h in ("web1", "web2", "web3")
-        ]
-
-    async def test_homelab_deploy_environment_alone(self, fleet: Fleet) -> None:
-        """A homelab-deploy user's variables work unchanged: with only HOMELAB_DEPLOY_* set
-        (server, key, branch, action, and an alias) the deploy runs as asked."""
-        async with fleet.listeners("web1", "web2", "web3", "db1"):
-            proc = await anyio.run_process(
-                [str(scripts_dir() / "fleet-deploy"), "deploy", "web-hosts"],
-                check=False,
-                env=fleet.cli_env(
-                    HOMELAB_DEPLOY_NATS_URL=fleet.url,
-                    HOMELAB_DEPLOY_NKEY_FILE=str(fleet.keys["deployer"]),
-                    HOMELAB_DEPLOY_BRANCH="v2.0.0",
-                    HOMELAB_DEPLOY_ACTION="boot",
-                    HOMELAB_DEPLOY_TIMEOUT="120",
-                    HOMELAB_DEPLOY_ALIAS_WEB_HOSTS="deploy.test.role.web",
-                ),
-            )
-        assert proc.returncode == 0, proc.stderr.decode()
-        assert sorted(fleet.runs()) == [
-            expected_argv(h, "v2.0.0", "boot") for h in ("web1", "web2", "web3")
         ]
 
     async def test_fleet_deploy_variables_win_over_homelab_deploy_ones(self, fleet: Fleet) -> None:

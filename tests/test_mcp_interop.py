@@ -28,6 +28,7 @@ import anyio.abc
 import pytest
 
 from .conftest import Fleet, expected_argv, scripts_dir
+from .test_durable_jobs import Daemon
 from .test_mcp import prod_witness
 
 pytestmark = pytest.mark.anyio
@@ -186,44 +187,20 @@ async def drive(
 # -- real listeners ------------------------------------------------------------------------------
 
 
-class Listener:
-    """A ``fleet-deploy listener`` subprocess whose stderr is read to the end."""
-
-    def __init__(self, host: str, process: anyio.abc.Process) -> None:
-        self.host = host
-        self.process = process
-        self.log = b""
-        self._changed = anyio.Event()
-
-    async def drain(self) -> None:
-        assert self.process.stderr is not None
-        async for chunk in self.process.stderr:
-            self.log += chunk
-            self._changed.set()
-            self._changed = anyio.Event()
-        self._changed.set()
-
-    async def listening(self) -> None:
-        with anyio.fail_after(LISTENER_START_S):
-            while b'"event": "listening"' not in self.log:
-                assert self.process.returncode is None, self.log.decode(errors="replace")
-                await self._changed.wait()
-
-
 @asynccontextmanager
 async def listeners(fleet: Fleet, hosts: Mapping[str, Sequence[str]]) -> AsyncIterator[None]:
     """Real listener processes for ``hosts`` (each with its stand-in rebuild's --sim flags),
     all listening when the block starts, stopped at its end."""
-    running: list[Listener] = []
+    running: list[Daemon] = []
     try:
         async with anyio.create_task_group() as tasks:
             for host, sim in hosts.items():
                 argv = fleet.listener_argv(host, sim=sim)
                 process = await anyio.open_process(argv, env=fleet.cli_env())
-                running.append(Listener(host, process))
+                running.append(Daemon(process))
                 tasks.start_soon(running[-1].drain)
             for listener in running:
-                await listener.listening()
+                await listener.wait_for('"event": "listening"', LISTENER_START_S)
             yield
             for listener in running:
                 listener.process.terminate()
