@@ -496,8 +496,6 @@ def hosts_report(
             if busy
             else "; none is busy."
         )
-        if any(not h.reachable_by for h in hosts):
-            summary += " Hosts whose reachable_by is empty cannot be deployed from here."
     if hidden:
         summary += (
             f" Hosts of the {' and '.join(hidden)} tier are not shown: this server deploys to "
