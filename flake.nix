@@ -35,15 +35,32 @@
         fleet-deploy = final.callPackage ./nix/package.nix { };
       };
 
-      # The listener service, with `package` defaulting to this flake's build.
+      # The listener and builder services, with `package` defaulting to this flake's build.
       nixosModules.fleet-deploy =
         { lib, pkgs, ... }:
         {
           _file = "${toString ./flake.nix}#nixosModules.fleet-deploy";
           imports = [ ./nix/module.nix ];
           services.fleet-deploy.listener.package = lib.mkDefault (packageFor pkgs);
+          services.fleet-deploy.builder.package = lib.mkDefault (packageFor pkgs);
         };
       nixosModules.default = self.nixosModules.fleet-deploy;
+
+      # The listener as a user service for Home Manager (launchd on macOS, systemd --user on
+      # Linux), running home-manager switch or darwin-rebuild. `package` defaults to this
+      # flake's build where the flake builds for the system, and to the same package.nix
+      # built with the configuration's pkgs elsewhere (macOS).
+      homeManagerModules.fleet-deploy =
+        { lib, pkgs, ... }:
+        {
+          _file = "${toString ./flake.nix}#homeManagerModules.fleet-deploy";
+          imports = [ ./nix/home-manager.nix ];
+          services.fleet-deploy.listener.package = lib.mkDefault (
+            self.packages.${pkgs.stdenv.hostPlatform.system}.default
+              or (pkgs.callPackage ./nix/package.nix { })
+          );
+        };
+      homeManagerModules.default = self.homeManagerModules.fleet-deploy;
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {

@@ -1,7 +1,8 @@
 # homelab-deploy's option names, so that a host configured for homelab-deploy evaluates
 # unchanged with fleet-deploy's module in place of homelab-deploy's: one row per option of
-# homelab-deploy's module (the `listener` options its README documents, plus `metrics.*`,
-# `extraArgs` and the `builder` service of its later releases), each with what becomes of it.
+# homelab-deploy's module (the `listener` options its README documents, plus `metrics.*` and
+# `extraArgs` of its later releases, and the `builder` service those releases add), each with
+# what becomes of it.
 #
 # - Renamed: the value is forwarded unchanged to fleet-deploy's option of the same name, with
 #   a warning that names both (lib.mkRenamedOptionModule). fleet-deploy's option takes the
@@ -12,6 +13,21 @@
 #   takes homelab-deploy's (`--debug`, `--heartbeat-interval`, `--metrics-*`, …).
 # - Removed: an option fleet-deploy cannot honour fails evaluation with what to do instead
 #   (lib.mkRemovedOptionModule); none is ignored silently.
+#
+# The builder: homelab-deploy's later releases add a build service, and fleet-deploy now has
+# one (./builder.nix). homelab-deploy documents no list of its builder's options as it does
+# for its listener, so its rows here are only the names it shares, by its convention, with a
+# listener row above, which mean for fleet-deploy's builder what they mean for the listener:
+# `enable`, `natsUrl`, `nkeyFile` (a string path outside the store, here too),
+# `environment`, `extraArgs` (appended to `fleet-deploy builder`, which takes the listener's
+# `--debug`, `--heartbeat-interval`, `--log-level` and `--timeout` too), and `timeout`, the
+# seconds before nix is killed (fleet-deploy's bounds each nix step, the fetch, the listing,
+# one host's build or one copy, so a value meant for a whole build never stops one sooner).
+# `package` is refused, as the listener's is. fleet-deploy's other builder options (`repos`,
+# `reposFile`, `cache`, `name`, `heartbeatInterval`, `logLevel`, `credentials`) are set
+# under `services.fleet-deploy.builder`: whatever homelab-deploy calls them is not guessed
+# at, and any other `services.homelab-deploy.builder.*` fails evaluation as an option that
+# does not exist, so none is ignored silently either.
 #
 # No option's meaning changed, so nothing needs lib.mkChangedOptionModule. homelab-deploy's
 # module has no options for `--debug` or `--heartbeat-interval` (it passes them through
@@ -48,6 +64,12 @@ let
     "listener.metrics.enable"
     "listener.metrics.address"
     "listener.metrics.openFirewall"
+    "builder.enable"
+    "builder.natsUrl"
+    "builder.nkeyFile"
+    "builder.timeout"
+    "builder.environment"
+    "builder.extraArgs"
   ];
 
   # Each row: services.homelab-deploy.<row> fails evaluation with what to do instead.
@@ -59,12 +81,11 @@ let
       services.fleet-deploy.listener.package defaults to the fleet-deploy flake's package;
       set that option to use another build of fleet-deploy.
     '';
-    # homelab-deploy's later releases add a build service; fleet-deploy has none.
-    "builder" = ''
-      fleet-deploy has no build service: each host builds its own configuration when it is
-      deployed. Run homelab-deploy's builder on its build host with homelab-deploy's own
-      module (a host that imports fleet-deploy's module cannot also import homelab-deploy's),
-      or pre-build with `nix build` in CI.
+    # The same for the builder: fleet-deploy's runs `fleet-deploy builder`.
+    "builder.package" = ''
+      It names homelab-deploy's package, which cannot run fleet-deploy's builder.
+      services.fleet-deploy.builder.package defaults to the fleet-deploy flake's package;
+      set that option to use another build of fleet-deploy.
     '';
   };
 in

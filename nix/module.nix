@@ -1,9 +1,10 @@
-# NixOS module: the fleet-deploy listener, `services.fleet-deploy.listener`.
+# NixOS module: the fleet-deploy listener, `services.fleet-deploy.listener`; it imports the
+# builder, `services.fleet-deploy.builder`, from ./builder.nix.
 #
 # Option names follow homelab-deploy's module, and its `services.homelab-deploy.listener.*`
 # options are accepted too, each renamed to the option of the same name here with a warning
-# (./homelab-compat.nix holds that table), so a homelab-deploy configuration evaluates
-# unchanged.
+# (./homelab-compat.nix holds that table, and the builder's), so a homelab-deploy
+# configuration evaluates unchanged.
 #
 # Defaults live once, in the application. An option whose default is the application's
 # (`timeout`, `deploySubjects`, `discoverSubject`, `logLevel`) is `null` unless set, and an
@@ -20,8 +21,6 @@
 
 let
   inherit (lib)
-    concatMap
-    hasPrefix
     literalExpression
     literalMD
     mkEnableOption
@@ -30,20 +29,18 @@ let
     optionals
     types
     ;
+  fleetLib = import ./lib.nix { inherit lib; };
+  inherit (fleetLib)
+    credential
+    optionalFlag
+    repeatedFlag
+    secretPath
+    ;
 
   cfg = config.services.fleet-deploy.listener;
   opt = "services.fleet-deploy.listener";
 
-  # Whether an extraArgs entry sets `flag`, spelled out or abbreviated as the listener's
-  # argument parser accepts (down to `shortest`, the shortest unambiguous prefix), with or
-  # without `=value`.
-  setsFlag =
-    flag: shortest: arg:
-    let
-      name = builtins.head (lib.splitString "=" arg);
-    in
-    hasPrefix shortest name && hasPrefix name flag;
-  extraArgsSet = flag: shortest: lib.any (setsFlag flag shortest) cfg.extraArgs;
+  extraArgsSet = fleetLib.extraArgsSet cfg.extraArgs;
 
   # The port of `metrics.address`, or null when the address is not `[HOST]:PORT` as the
   # listener takes it (fleet_core.settings.parse_listen_address): `:9972` (every address),
@@ -57,16 +54,6 @@ let
       port = lib.toIntBase10 (lib.last parts);
     in
     if parts != null && port >= 1 && port <= 65535 then port else null;
-
-  # A hostname or role becomes one token of a NATS subject (`deploy.<tier>.<hostname>`,
-  # `deploy.<tier>.role.<role>`), so it can hold no dot, space or wildcard; the listener
-  # checks the same rule (src/fleet_core/subjects.py). `all` and `role` would collide with
-  # `deploy.<tier>.all` and `deploy.<tier>.role.<role>`, so they are not valid hostnames.
-  isToken = s: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]{0,62}" s != null;
-  reservedHostnames = [
-    "all"
-    "role"
-  ];
 
   # A subject the listener subscribes to: dot-separated tokens, none empty, no whitespace,
   # and no wildcard (a listener on `deploy.test.*` would run every test host's deploys).
@@ -91,18 +78,6 @@ let
     if cfg.deploySubjects == null then [ ] else cfg.deploySubjects
   );
 
-  # A user public key as `fleet-deploy keygen` prints it (the listener checks its checksum).
-  isPublicKey = k: builtins.match "U[A-Z2-7]{55}" k != null;
-  badTrustedKeys = lib.filter (k: !(isPublicKey k)) cfg.trustedDeployerKeys;
-
-  # A flake URL whose userinfo holds a secret (`user:token@`): it would sit in the store and
-  # on the listener's command line, where every local user can read it.
-  flakeUrlHasPassword =
-    cfg.flakeUrl != null && builtins.match "[^/]*://[^/@]*:[^/@]*@.*" cfg.flakeUrl != null;
-  # How other messages show the flake URL: never with its secret.
-  shownFlakeUrl =
-    if flakeUrlHasPassword then "(a URL with a password, not shown)" else toString cfg.flakeUrl;
-
   # The command line without the seed, the flake URL file and extraArgs. Unset options pass
   # no flag.
   listenerArgs = [
@@ -112,40 +87,17 @@ let
     "--tier"
     cfg.tier
     "--nats-url"
-    (if lib.isList cfg.natsUrl then lib.concatStringsSep "," cfg.natsUrl else cfg.natsUrl)
+    (fleetLib.natsUrlArg cfg.natsUrl)
     "--state-dir"
     cfg.stateDir
   ]
-  ++ optionals (cfg.flakeUrl != null) [
-    "--flake-url"
-    cfg.flakeUrl
-  ]
-  ++ optionals (cfg.role != null) [
-    "--role"
-    cfg.role
-  ]
-  ++ optionals (cfg.timeout != null) [
-    "--timeout"
-    (toString cfg.timeout)
-  ]
-  ++ optionals (cfg.deploySubjects != null) (
-    concatMap (s: [
-      "--deploy-subject"
-      s
-    ]) cfg.deploySubjects
-  )
-  ++ optionals (cfg.discoverSubject != null) [
-    "--discover-subject"
-    cfg.discoverSubject
-  ]
-  ++ optionals (cfg.logLevel != null) [
-    "--log-level"
-    cfg.logLevel
-  ]
-  ++ concatMap (k: [
-    "--trusted-deployer-key"
-    k
-  ]) cfg.trustedDeployerKeys
+  ++ optionalFlag "--flake-url" cfg.flakeUrl
+  ++ optionalFlag "--role" cfg.role
+  ++ optionalFlag "--timeout" cfg.timeout
+  ++ optionals (cfg.deploySubjects != null) (repeatedFlag "--deploy-subject" cfg.deploySubjects)
+  ++ optionalFlag "--discover-subject" cfg.discoverSubject
+  ++ optionalFlag "--log-level" cfg.logLevel
+  ++ repeatedFlag "--trusted-deployer-key" cfg.trustedDeployerKeys
   ++ optionals cfg.metrics.enable [
     "--metrics-enabled"
     "--metrics-addr"
@@ -169,42 +121,29 @@ let
   # new package, new options or a new PATH all change it.
   unitFile = "/etc/systemd/system/fleet-deploy-listener.service";
 
-  # escapeSystemdExecArgs quotes each argument and doubles `%` and `$`, so no option value can
-  # become a systemd specifier or variable. `%d` (the credentials directory) is the one
-  # specifier we want, so those arguments are appended unescaped.
-  execStart = lib.concatStringsSep " " (
-    [
-      (utils.escapeSystemdExecArgs ([ (lib.getExe' cfg.package "fleet-deploy") ] ++ listenerArgs))
-      "--nkey-file %d/nkey"
-    ]
-    ++ optionals (cfg.flakeUrlFile != null) [ "--flake-url-file %d/flake-url" ]
-    ++ optionals (cfg.extraArgs != [ ]) [ (utils.escapeSystemdExecArgs cfg.extraArgs) ]
-  );
-
-  # Read by systemd as root and handed to the service read-only under $CREDENTIALS_DIRECTORY.
-  credential = name: path: "${name}:${lib.replaceStrings [ "%" ] [ "%%" ] path}";
-
-  # Typed as a string so that a Nix path (./listener.seed), which would be copied into the
-  # world-readable store, is a type error rather than a leaked secret.
-  secretPath = types.str // {
-    description = "absolute path outside the Nix store, given as a string";
-  };
+  # The seed and the flake URL file, read from the credentials directory (`%d`).
+  credentialArgs = [
+    "--nkey-file %d/nkey"
+  ]
+  ++ optionals (cfg.flakeUrlFile != null) [ "--flake-url-file %d/flake-url" ];
+  command = [ (lib.getExe' cfg.package "fleet-deploy") ] ++ listenerArgs;
+  execStart = fleetLib.execStart utils.escapeSystemdExecArgs command credentialArgs cfg.extraArgs;
 in
 {
-  # homelab-deploy's option names, renamed to these (with a warning) or refused with what to
-  # do instead.
-  imports = [ ./homelab-compat.nix ];
+  imports = [
+    # homelab-deploy's option names, renamed to these (with a warning) or refused with what
+    # to do instead.
+    ./homelab-compat.nix
+    # The build service, `services.fleet-deploy.builder`.
+    ./builder.nix
+  ];
 
   ### Interface
 
   options.services.fleet-deploy.listener = {
     enable = mkEnableOption "the fleet-deploy listener, which runs `nixos-rebuild` when a deploy request reaches this host over NATS";
 
-    package = mkOption {
-      type = types.package;
-      defaultText = literalMD "`packages.<system>.default` of the fleet-deploy flake (set by its `nixosModules.default`)";
-      description = "The fleet-deploy package that provides the `fleet-deploy` command.";
-    };
+    package = fleetLib.packageOption "nixosModules";
 
     hostname = mkOption {
       type = types.str;
@@ -237,17 +176,7 @@ in
       '';
     };
 
-    natsUrl = mkOption {
-      type = types.either types.nonEmptyStr (types.nonEmptyListOf types.nonEmptyStr);
-      example = [
-        "nats://nats1.example.com:4222"
-        "nats://nats2.example.com:4222"
-      ];
-      description = ''
-        URL of the NATS server, or the URLs of several servers of one cluster (a list, or one
-        string with commas); the listener connects to one and fails over to the others.
-      '';
-    };
+    natsUrl = fleetLib.natsUrlOption "listener";
 
     nkeyFile = mkOption {
       type = secretPath;
@@ -287,11 +216,7 @@ in
       '';
     };
 
-    trustedDeployerKeys = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [ "UADMIN..." ];
-      description = ''
+    trustedDeployerKeys = fleetLib.trustedDeployerKeysOption ''
         Public NKeys (`U…`) of the deployers allowed to deploy to this host. Given any, the
         listener accepts only requests signed by one of them, for the subject they arrived on,
         within their lifetime, once (fleet-deploy signs every request with its key); given
@@ -300,12 +225,8 @@ in
         the admin key alone — then even a leaked listener key, or a NATS config looser than
         the one `fleet-deploy nats-config` writes, cannot deploy production.
       '';
-    };
 
-    timeout = mkOption {
-      type = types.nullOr types.ints.positive;
-      default = null;
-      defaultText = literalMD "`null`: the listener's built-in default (600 seconds)";
+    timeout = fleetLib.secondsOption "listener" 600 {
       example = 1800;
       description = ''
         Seconds a rebuild may run before its whole process group is killed. `null` passes
@@ -359,19 +280,9 @@ in
       '';
     };
 
-    logLevel = mkOption {
-      type = types.nullOr (
-        types.enum [
-          "debug"
-          "info"
-          "warning"
-          "error"
-        ]
-      );
-      default = null;
-      defaultText = literalMD "`null`: the listener's built-in default";
-      description = "Log level. The listener logs JSON lines to the journal.";
-    };
+    logLevel =
+      fleetLib.logLevelOption "listener"
+        "Log level. The listener logs JSON lines to the journal.";
 
     restartOnUpgrade = mkOption {
       type = types.bool;
@@ -412,9 +323,7 @@ in
       };
     };
 
-    extraArgs = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
+    extraArgs = fleetLib.extraArgsOption {
       example = [
         "--heartbeat-interval"
         "5"
@@ -433,56 +342,20 @@ in
 
   config = mkIf cfg.enable {
     assertions = [
-      {
-        assertion = hasPrefix "/" cfg.nkeyFile;
-        message = "${opt}.nkeyFile must be an absolute path, but it is \"${cfg.nkeyFile}\".";
-      }
-      {
-        assertion = !(hasPrefix "${builtins.storeDir}/" cfg.nkeyFile);
-        message = "${opt}.nkeyFile points into the Nix store (${cfg.nkeyFile}), which every local user can read. Keep the seed outside the store (for example a sops-nix or agenix secret under /run/secrets) and give its path as a string.";
-      }
-      {
-        assertion = isToken cfg.hostname && !(builtins.elem cfg.hostname reservedHostnames);
-        message = "${opt}.hostname is \"${cfg.hostname}\", which is not a valid subject token. Use letters, digits, '_' and '-' (at most 63 characters, starting with a letter or digit), and not \"all\" or \"role\". It defaults to networking.hostName; set either.";
-      }
-      {
-        assertion = cfg.role == null || isToken cfg.role;
-        message = "${opt}.role is \"${toString cfg.role}\", which is not a valid subject token. Use letters, digits, '_' and '-' (at most 63 characters, starting with a letter or digit), or null for no role.";
-      }
-      {
-        assertion = (cfg.flakeUrl == null) != (cfg.flakeUrlFile == null);
-        message = "${opt}.flakeUrl and ${opt}.flakeUrlFile: set exactly one of flakeUrl (the flake's URL) and flakeUrlFile (a file holding it, for a URL with a token).";
-      }
-      {
-        assertion =
-          cfg.flakeUrl == null
-          || (
-            builtins.match ".*[#[:space:]].*" cfg.flakeUrl == null
-            && builtins.match ".*[?&](ref|rev)=.*" cfg.flakeUrl == null
-          );
-        message = "${opt}.flakeUrl is \"${shownFlakeUrl}\". Give the flake without a '#attribute', spaces, ref= or rev=: the listener adds ?ref=<revision>#<hostname> for each deploy.";
-      }
-      {
-        # The message leaves the URL out: it holds a secret.
-        assertion = !flakeUrlHasPassword;
-        message = "${opt}.flakeUrl carries a password or token (user:secret@), which would be readable by every local user in the Nix store, the unit file and the listener's command line. Put the URL in a file outside the store and set ${opt}.flakeUrlFile instead, or use a git credential helper.";
-      }
-      {
-        assertion = cfg.flakeUrlFile == null || hasPrefix "/" cfg.flakeUrlFile;
-        message = "${opt}.flakeUrlFile must be an absolute path, but it is \"${toString cfg.flakeUrlFile}\".";
-      }
-      {
-        assertion = cfg.flakeUrlFile == null || !(hasPrefix "${builtins.storeDir}/" cfg.flakeUrlFile);
-        message = "${opt}.flakeUrlFile points into the Nix store (${toString cfg.flakeUrlFile}), which every local user can read. Keep the file outside the store (for example a sops-nix or agenix secret under /run/secrets) and give its path as a string.";
-      }
-      {
-        assertion = badTrustedKeys == [ ];
-        message = "${opt}.trustedDeployerKeys has entries that are not user public keys: ${
-          lib.concatMapStringsSep ", " (
-            k: if hasPrefix "S" k then "(a seed: a secret, left out here)" else "\"${k}\""
-          ) badTrustedKeys
-        }. Give each deployer's public key (56 characters starting with U), as `fleet-deploy keygen` prints it, never a seed.";
-      }
+      (fleetLib.absolutePathAssertion opt "nkeyFile" cfg.nkeyFile)
+      (fleetLib.outsideStoreAssertion opt "nkeyFile" "seed" cfg.nkeyFile)
+      (fleetLib.hostnameAssertion opt cfg.hostname
+        " It defaults to networking.hostName; set either."
+      )
+      (fleetLib.roleAssertion opt cfg.role fleetLib.tokenRule)
+      (fleetLib.flakeUrlSourceAssertion opt cfg)
+      (fleetLib.flakeUrlPinnableAssertion opt cfg.flakeUrl "hostname")
+      (fleetLib.flakeUrlPasswordAssertion opt cfg.flakeUrl
+        "by every local user in the Nix store, the unit file and the listener's command line"
+      )
+      (fleetLib.absolutePathAssertion opt "flakeUrlFile" cfg.flakeUrlFile)
+      (fleetLib.outsideStoreAssertion opt "flakeUrlFile" "file" cfg.flakeUrlFile)
+      (fleetLib.trustedKeysAssertion opt cfg.trustedDeployerKeys true)
       {
         assertion = cfg.deploySubjects != [ ];
         message = "${opt}.deploySubjects is an empty list, which the listener would take as its default subjects. Set it to null to use the defaults, or list the subjects to subscribe to.";
@@ -505,16 +378,8 @@ in
           && !(builtins.elem ".." (lib.splitString "/" cfg.stateDir));
         message = "${opt}.stateDir is \"${cfg.stateDir}\". It must be a directory under /var/lib (such as /var/lib/fleet-deploy), without '..' or a trailing '/', because systemd creates it with StateDirectory=.";
       }
-      {
-        assertion = !(extraArgsSet "--nkey-file" "--nk");
-        message = "${opt}.extraArgs sets --nkey-file. Set ${opt}.nkeyFile instead: the module passes the seed as a systemd credential.";
-      }
-      {
-        # `--flake-url` must be spelled out: its prefixes are ambiguous with --flake-url-file.
-        assertion =
-          !(extraArgsSet "--flake-url" "--flake-url" || extraArgsSet "--flake-url-file" "--flake-url-");
-        message = "${opt}.extraArgs sets --flake-url or --flake-url-file. Set ${opt}.flakeUrl or ${opt}.flakeUrlFile instead.";
-      }
+      (fleetLib.seedFlagAssertion opt cfg.extraArgs true)
+      (fleetLib.flakeUrlFlagAssertion opt cfg.extraArgs)
       {
         assertion = !(extraArgsSet "--rebuild-runner" "--rebuild-r");
         message = "${opt}.extraArgs sets --rebuild-runner. Remove it: the module always runs rebuilds as transient systemd units, and hardens the listener's own unit on that ground; a rebuild run inside that unit would inherit its sandbox and could not activate the new system.";
@@ -622,43 +487,10 @@ in
         # Seccomp filters (SystemCallFilter, MemoryDenyWriteExecute, RestrictNamespaces, …)
         # also bind systemd-run, which the listener runs as a child; it needs nothing they
         # refuse. The job's unit is started by PID 1 and inherits none of them.
-        ProtectSystem = "strict"; # StateDirectory= is writable regardless
+        # The sandbox itself is the one the builder's unit has too (./lib.nix), and:
         ReadWritePaths = [ "/tmp" ];
-        ProtectHome = true;
-        # /proc/<pid> entries only: the listener reads nothing else there.
-        ProcSubset = "pid";
-        PrivateDevices = true;
-        PrivateIPC = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true; # the host name comes from the option, not uname
-        NoNewPrivileges = true; # systemd-run is not setuid; the rebuild's unit is unaffected
-        RestrictSUIDSGID = true;
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true; # CPython and the listener's libraries do not JIT
-        SystemCallArchitectures = "native";
-        # AF_UNIX for PID 1's socket and D-Bus, AF_NETLINK for glibc's address lookups.
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-          "AF_NETLINK"
-        ];
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-        # A refused call fails as an error the listener reports, rather than killing it in
-        # the middle of a deploy.
-        SystemCallErrorNumber = "EPERM";
-        # Job records are root's alone; the rebuild's unit keeps the default umask (022).
-        UMask = "0077";
-      };
+      }
+      // fleetLib.hardening;
     };
   };
 }

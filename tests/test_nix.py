@@ -9,24 +9,18 @@ nix/python-deps.nix and nix/tests/vm.nix against stand-ins for nixpkgs: that che
 structure and wiring but builds nothing. `nix flake check` on a Nix machine (package build, VM
 test) does the rest.
 
-A test whose tool is missing is skipped with the command that provides it. Under CI
-(`CI=true`, which .ci/run sets) it fails with the same message instead, so a CI run cannot
-pass by skipping the Nix checks.
-
-Every nix-instantiate call uses `--store dummy://`, so no Nix daemon or store is touched and
-anything that would copy a file into the store fails loudly.
+A test whose tool is missing is skipped with the command that provides it; under CI it fails
+instead. Every nix-instantiate call uses `--store dummy://`, so no Nix daemon or store is
+touched. tests/nix_eval.py, shared with tests/test_nix_home.py, says more.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import nkeys
 import pytest
@@ -34,27 +28,38 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from fleet_core.natsconfig import (
+    BuilderEntry,
     HostEntry,
     UserPermissions,
+    builder_permissions,
     deployer_permissions,
     listener_permissions,
 )
 from fleet_core.subjects import Tier
 
-REPO = Path(__file__).resolve().parents[1]
-NIX_DIR = REPO / "nix"
-KEYS_DIR = NIX_DIR / "tests" / "keys"
-NIX_TIMEOUT_S = 60  # each call takes well under a second; this only bounds a hang
-OPT = "services.fleet-deploy.listener"
+from .nix_eval import (
+    A_SEED,
+    ADMIN_KEY,
+    FLAKE_PRELUDE,
+    KEYS_DIR,
+    OPT,
+    REPO,
+    TEST_KEY,
+    assert_fails_one_assertion,
+    case_name,
+    eval_cases,
+    eval_expr,
+    evaluate,
+    lib_dir,
+    parse_flags,
+    run_nix,
+)
 
-# What eval-module.nix stands in for the fleet-deploy package.
-FAKE_EXE = "/nix/store/00000000000000000000000000000000-fleet-deploy/bin/fleet-deploy"
+__all__ = ["lib_dir"]  # the fixture, imported for pytest to find
+
+HARNESS = "eval-module.nix"
 SEED = "/run/secrets/fleet-deploy-listener.seed"
 FLAKE_FILE = "/run/secrets/fleet-deploy-flake-url"
-# The public test keys of the VM test (nix/tests/keys/): an admin and a test-tier deployer.
-ADMIN_KEY = (KEYS_DIR / "admin-deployer.pub").read_text().strip()
-TEST_KEY = (KEYS_DIR / "test-deployer.pub").read_text().strip()
-A_SEED = (KEYS_DIR / "test-deployer.seed").read_text().strip()  # public too: test-only
 
 MINIMAL: dict[str, Any] = {
     "enable": True,
@@ -222,10 +227,6 @@ BAD_TYPES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def _case_name(label: str) -> str:
-    return label.replace(" ", "-").replace("/", "")
-
-
 # A host as homelab-deploy's users configure it, untouched: only services.homelab-deploy
 # options (those of its README, and metrics and extraArgs of its later releases).
 HOMELAB: dict[str, Any] = {
@@ -272,8 +273,160 @@ HOMELAB_REMOVED: dict[str, tuple[dict[str, Any], str]] = {
         {"package": "homelab-deploy"},
         "set that option to use another build of fleet-deploy",
     ),
-    "builder": ({"builder": {"enable": True}}, "fleet-deploy has no build service"),
+    "builder.package": (
+        {"builder": {"package": "homelab-deploy"}},
+        "set that option to use another build of fleet-deploy",
+    ),
 }
+
+# --- the builder -------------------------------------------------------------------------
+
+BOPT = "services.fleet-deploy.builder"
+BUILDER_SEED = "/run/secrets/fleet-deploy-builder.seed"
+REPOS_FILE = "/run/secrets/fleet-deploy-builder-repos.toml"
+BUILDER_CREDENTIALS_DIR = "/run/credentials/fleet-deploy-builder.service"
+
+BUILDER_MINIMAL: dict[str, Any] = {
+    "enable": True,
+    "natsUrl": "nats://nats.example.com:4222",
+    "nkeyFile": BUILDER_SEED,
+    "repos": {"nixos-servers": "git+https://git.example.com/infra/nixos.git"},
+}
+BUILDER_FULL: dict[str, Any] = {
+    **BUILDER_MINIMAL,
+    "name": "ci",
+    "natsUrl": ["nats://nats1.example.com:4222", "nats://nats2.example.com:4222"],
+    "repos": {
+        "nixos-servers": "git+https://git.example.com/infra/nixos.git",
+        "edge": "github:example/edge?dir=hosts",
+    },
+    "reposFile": REPOS_FILE,
+    "cache": "s3://nix-cache?region=eu-west-1",
+    "timeout": 7200,
+    "heartbeatInterval": 5,
+    "logLevel": "warning",
+    "environment": {"AWS_SHARED_CREDENTIALS_FILE": f"{BUILDER_CREDENTIALS_DIR}/aws"},
+    "credentials": {"aws": "/run/secrets/nix-cache-aws", "git-ssh-key": "/run/secrets/git-key"},
+    "extraArgs": ["--nix-command", "nix --option max-jobs 4"],
+}
+# Only the repositories file: the repos option may stay empty then.
+BUILDER_FILE_ONLY: dict[str, Any] = {
+    **{k: v for k, v in BUILDER_MINIMAL.items() if k != "repos"},
+    "reposFile": REPOS_FILE,
+}
+
+# The flag each builder option turns into; the other options are not flags.
+BUILDER_FLAG_FOR_OPTION = {
+    "name": "--name",
+    "natsUrl": "--nats-url",
+    "nkeyFile": "--nkey-file",
+    "repos": "--repo",
+    "reposFile": "--repos-file",
+    "cache": "--cache",
+    "timeout": "--timeout",
+    "heartbeatInterval": "--heartbeat-interval",
+    "logLevel": "--log-level",
+}
+BUILDER_NOT_FLAGS = {"enable", "package", "environment", "credentials", "extraArgs"}
+
+# One bad setting on top of BUILDER_MINIMAL (and networking.hostName = "ci1"), and a piece of
+# the assertion message it must produce.
+BUILDER_BAD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
+    "builder without a seed": ({"nkeyFile": None}, "nkeyFile is not set"),
+    "builder seed in the store": (
+        {"nkeyFile": "/nix/store/0000-builder.seed"},
+        "nkeyFile points into the Nix store",
+    ),
+    "relative builder seed path": ({"nkeyFile": "secrets/builder.seed"}, "must be an absolute"),
+    "builder without repositories": ({"repos": {}}, "give the builder at least one repository"),
+    "repositories file in the store": (
+        {"reposFile": "/nix/store/0000-repos.toml"},
+        "reposFile points into the Nix store",
+    ),
+    "relative repositories file": (
+        {"reposFile": "secrets/repos.toml"},
+        "reposFile must be an absolute path",
+    ),
+    "repository name with a dot": (
+        {"repos": {"nixos.servers": "git+https://git.example.com/nixos.git"}},
+        'not valid repository names: "nixos.servers"',
+    ),
+    "repository named responses": (
+        {"repos": {"responses": "git+https://git.example.com/nixos.git"}},
+        'not valid repository names: "responses"',
+    ),
+    "repository name too long": (
+        {"repos": {"r" * 64: "git+https://git.example.com/nixos.git"}},
+        "not valid repository names",
+    ),
+    "repository URL with a token": (
+        {"repos": {"private": "git+https://oauth2:glpat-SECRET@git.example.com/nixos.git"}},
+        "the URL of private carries a password or token",
+    ),
+    "repository URL with an attribute": (
+        {"repos": {"nixos": "git+https://git.example.com/nixos.git#web1"}},
+        "the URL of nixos names a '#attribute'",
+    ),
+    "repository URL with a ref": (
+        {"repos": {"nixos": "git+https://git.example.com/nixos.git?ref=main"}},
+        "a ref= or rev=",
+    ),
+    "cache URL with a password": (
+        {"cache": "https://upload:SECRET@cache.example.com"},
+        "cache carries a password or token",
+    ),
+    "builder name with a dot": ({"name": "ci.example.com"}, 'name is "ci.example.com"'),
+    "credential named nkey": (
+        {"credentials": {"nkey": "/run/secrets/other.seed"}},
+        'cannot name a credential: "nkey"',
+    ),
+    "credential name with a slash": (
+        {"credentials": {"aws/creds": "/run/secrets/aws"}},
+        'cannot name a credential: "aws/creds"',
+    ),
+    "credential in the store": (
+        {"credentials": {"aws": "/nix/store/0000-aws"}},
+        '"aws" must be an absolute path outside the Nix store',
+    ),
+    "builder seed through extraArgs": (
+        {"extraArgs": ["--nkey=/root/builder.seed"]},
+        "extraArgs sets --nkey-file",
+    ),
+    "repositories file through extraArgs": (
+        {"extraArgs": ["--repos-file", "/root/repos.toml"]},
+        "extraArgs sets --repos-file",
+    ),
+    "abbreviated repositories file in extraArgs": (
+        {"extraArgs": ["--repos=/root/repos.toml"]},
+        "extraArgs sets --repos-file",
+    ),
+}
+
+# Builder settings the option types reject before any assertion runs.
+BUILDER_BAD_TYPES: dict[str, tuple[dict[str, Any], str]] = {
+    "builder seed path that is not a string": (
+        {"nkeyFile": 42},
+        "outside the Nix store, given as a string",
+    ),
+    "zero builder timeout": ({"timeout": 0}, f"{BOPT}.timeout"),
+    "zero heartbeat interval": ({"heartbeatInterval": 0}, f"{BOPT}.heartbeatInterval"),
+    "unknown builder log level": ({"logLevel": "verbose"}, f"{BOPT}.logLevel"),
+    "repository URL that is not a string": ({"repos": {"nixos": 1}}, f"{BOPT}.repos"),
+    "empty cache URL": ({"cache": ""}, f"{BOPT}.cache"),
+}
+
+# A builder as homelab-deploy's users configure it, with what fleet-deploy's builder needs
+# and homelab-deploy's names cannot say (the repositories) set under services.fleet-deploy.
+HOMELAB_BUILDER: dict[str, Any] = {
+    "enable": True,
+    "natsUrl": "nats://nats.example.com:4222",
+    "nkeyFile": "/run/secrets/homelab-deploy-builder-nkey",
+    "timeout": 5400,
+    "environment": {"AWS_PROFILE": "nix-cache"},
+    "extraArgs": ["--debug", "--heartbeat-interval", "5"],
+}
+# homelab-deploy's builder options, each renamed to fleet-deploy's option of the same name.
+HOMELAB_BUILDER_RENAMED = {"enable", "natsUrl", "nkeyFile", "timeout", "environment", "extraArgs"}
 
 CASES: dict[str, dict[str, Any]] = {
     "full": {"hostName": "ignored-hostname", "listener": FULL},
@@ -319,7 +472,7 @@ CASES: dict[str, dict[str, Any]] = {
         },
     },
     **{
-        _case_name(f"homelab {path}"): {
+        case_name(f"homelab {path}"): {
             "hostName": "dns1",
             "homelab": {
                 **HOMELAB,
@@ -333,73 +486,38 @@ CASES: dict[str, dict[str, Any]] = {
         for path, (override, _) in HOMELAB_REMOVED.items()
     },
     **{
-        _case_name(label): {"hostName": "web1", "listener": {**MINIMAL, **override}}
+        case_name(label): {"hostName": "web1", "listener": {**MINIMAL, **override}}
         for label, (override, _) in BAD_SETTINGS.items()
+    },
+    "builder-full": {"hostName": "ignored-hostname", "builder": BUILDER_FULL},
+    "builder-minimal": {"hostName": "ci1", "builder": BUILDER_MINIMAL},
+    "builder-file-only": {"hostName": "ci1", "builder": BUILDER_FILE_ONLY},
+    "builder-no-hostname": {"hostName": "", "builder": BUILDER_MINIMAL},
+    "builder-disabled": {"hostName": "ci1", "builder": {**BUILDER_MINIMAL, "enable": False}},
+    "builder-escaping": {
+        "hostName": "ci1",
+        "builder": {
+            **BUILDER_MINIMAL,
+            "nkeyFile": "/run/secrets/fleet%builder.seed",
+            "repos": {"nixos": "git+https://git.example.com/nixos%20configs.git"},
+            "extraArgs": ["--nix-command", "nix --option cores $CORES"],
+        },
+    },
+    # Both services on one host: neither changes the other.
+    "listener-and-builder": {"hostName": "web1", "listener": MINIMAL, "builder": BUILDER_MINIMAL},
+    "homelab-builder": {
+        "hostName": "ci1",
+        "homelab": {"builder": HOMELAB_BUILDER},
+        "builder": {"repos": BUILDER_MINIMAL["repos"]},
+    },
+    **{
+        case_name(label): {"hostName": "ci1", "builder": {**BUILDER_MINIMAL, **override}}
+        for label, (override, _) in BUILDER_BAD_SETTINGS.items()
     },
 }
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def _missing(reason: str, provide: str) -> NoReturn:
-    """Skips the calling test for want of a tool; under CI, where none may be missing, fails it."""
-    message = f"{reason}: {provide}"
-    if _under_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def _nix_instantiate() -> str:
-    path = shutil.which("nix-instantiate")
-    if path is None:
-        _missing(
-            "nix-instantiate is not installed",
-            "apt-get install -y nix-bin (Debian), as .ci/run does",
-        )
-    return path
-
-
-def _run_nix(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [_nix_instantiate(), "--store", "dummy://", *args],
-        capture_output=True,
-        text=True,
-        timeout=NIX_TIMEOUT_S,
-        check=False,
-    )
-
-
-def _eval_json(nix_args: list[str]) -> Any:
-    result = _run_nix("--eval", "--strict", "--json", *nix_args)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def _eval_expr(expr: str, lib_dir: Path) -> Any:
-    """Evaluates a function of { lib, repo } to JSON."""
-    return _eval_json(
-        ["--argstr", "libDir", str(lib_dir), "--argstr", "repo", str(REPO), "-E", expr]
-    )
-
-
-def _eval_cases(lib_dir: Path, cases: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    return _run_nix(
-        "--eval",
-        "--strict",
-        "--json",
-        str(NIX_DIR / "eval-module.nix"),
-        "--argstr",
-        "nixpkgsLib",
-        str(lib_dir),
-        "--argstr",
-        "casesJson",
-        json.dumps(cases),
-    )
 
 
 def _nix_files() -> list[Path]:
@@ -423,49 +541,19 @@ def _argv(service: dict[str, Any]) -> list[str]:
     return shlex.split(service["serviceConfig"]["ExecStart"])
 
 
-def _flags(service: dict[str, Any]) -> dict[str, list[str]]:
-    """ExecStart's `--flag value` pairs after `fleet-deploy listener`, values in order; a
+def _flags(service: dict[str, Any], command: str = "listener") -> dict[str, list[str]]:
+    """ExecStart's `--flag value` pairs after `fleet-deploy <command>`, values in order; a
     switch (SWITCHES) has no value, so its list stays empty."""
-    argv = _argv(service)
-    assert argv[:2] == [FAKE_EXE, "listener"], argv
-    rest = iter(argv[2:])
-    flags: dict[str, list[str]] = {}
-    for flag in rest:
-        assert flag.startswith("--"), argv
-        values = flags.setdefault(flag, [])
-        if flag not in SWITCHES:
-            value = next(rest, None)
-            assert value is not None, f"{flag} has no value: {argv}"
-            values.append(value)
-    return flags
+    return parse_flags(_argv(service), command, SWITCHES)
 
 
 # --- fixtures ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def lib_dir() -> Path:
-    value = os.environ.get("NIXPKGS_LIB")
-    if not value:
-        _missing(
-            "NIXPKGS_LIB is not set",
-            "export NIXPKGS_LIB=<checkout of nix-community/nixpkgs.lib> "
-            "(CI uses ../shared/nixpkgs-lib)",
-        )
-    root = Path(value).resolve()
-    for candidate in (root / "lib", root):
-        if (candidate / "default.nix").is_file() and (candidate / "modules.nix").is_file():
-            return candidate
-    pytest.fail(f"NIXPKGS_LIB={value} holds no nixpkgs lib (lib/modules.nix)", pytrace=False)
-
-
-@pytest.fixture(scope="module")
 def evaluated(lib_dir: Path) -> dict[str, Any]:
     """Every case in CASES, evaluated in one nix-instantiate call."""
-    result = _eval_cases(lib_dir, CASES)
-    assert result.returncode == 0, result.stderr
-    cases: dict[str, Any] = json.loads(result.stdout)
-    return cases
+    return evaluate(HARNESS, lib_dir, CASES)
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -478,7 +566,7 @@ def test_every_nix_file_parses() -> None:
     assert expected <= {p.relative_to(REPO).as_posix() for p in files}, files
     failures = []
     for path in files:
-        result = _run_nix("--parse", str(path))
+        result = run_nix("--parse", str(path))
         if result.returncode != 0:
             failures.append(f"{path.relative_to(REPO)}:\n{result.stderr}")
     assert not failures, "\n".join(failures)
@@ -614,9 +702,9 @@ def test_a_token_in_the_flake_url_is_not_repeated_in_its_assertion(
 ) -> None:
     """The assertion that refuses a flake URL with a token does not print the token, and the
     one that refuses a seed among the trusted keys does not print the seed."""
-    (token,) = evaluated[_case_name("flake URL with a token")]["failedAssertions"]
+    (token,) = evaluated[case_name("flake URL with a token")]["failedAssertions"]
     assert "SECRET" not in token
-    (seed,) = evaluated[_case_name("trusted key that is a seed")]["failedAssertions"]
+    (seed,) = evaluated[case_name("trusted key that is a seed")]["failedAssertions"]
     assert A_SEED not in seed
 
 
@@ -740,10 +828,7 @@ def test_valid_configurations_pass_every_assertion(evaluated: dict[str, Any]) ->
 def test_a_bad_setting_fails_its_assertion(evaluated: dict[str, Any], label: str) -> None:
     """Each bad setting fails exactly one assertion, naming the option and what to change."""
     _, fragment = BAD_SETTINGS[label]
-    failed = evaluated[_case_name(label)]["failedAssertions"]
-    assert len(failed) == 1, failed
-    assert fragment in failed[0], failed[0]
-    assert failed[0].startswith(f"{OPT}."), failed[0]
+    assert_fails_one_assertion(evaluated[case_name(label)]["failedAssertions"], fragment, OPT)
 
 
 def test_an_empty_hostname_points_at_networking_hostname(evaluated: dict[str, Any]) -> None:
@@ -805,8 +890,12 @@ def test_every_homelab_deploy_option_is_mapped(evaluated: dict[str, Any]) -> Non
     option renamed to ours of the same name (which exists), or refused."""
     declared = set(evaluated["minimal"]["homelabOptionNames"])
     renamed = {f"listener.{name}" for name in HOMELAB_RENAMED}
+    renamed |= {f"builder.{name}" for name in HOMELAB_BUILDER_RENAMED}
     assert declared == renamed | set(HOMELAB_REMOVED)
     assert set(evaluated["minimal"]["optionNames"]) >= HOMELAB_RENAMED
+    assert set(evaluated["minimal"]["builderOptionNames"]) >= HOMELAB_BUILDER_RENAMED
+    # By convention: each builder row is a listener row's name too.
+    assert HOMELAB_BUILDER_RENAMED <= HOMELAB_RENAMED
 
 
 def test_homelab_metrics_flags_in_extra_args_still_work(evaluated: dict[str, Any]) -> None:
@@ -828,7 +917,7 @@ def test_a_homelab_deploy_option_fleet_deploy_cannot_honour_is_refused(
     """An option fleet-deploy has no counterpart for fails an assertion that names it and
     says what to do instead; it is never ignored silently."""
     _, fragment = HOMELAB_REMOVED[path]
-    (message,) = evaluated[_case_name(f"homelab {path}")]["failedAssertions"]
+    (message,) = evaluated[case_name(f"homelab {path}")]["failedAssertions"]
     assert f"`services.homelab-deploy.{path}'" in message, message
     assert "no longer has any effect" in message, message
     assert fragment in " ".join(message.split()), message
@@ -838,24 +927,284 @@ def test_a_homelab_deploy_option_fleet_deploy_cannot_honour_is_refused(
 def test_a_bad_option_type_is_rejected(lib_dir: Path, label: str) -> None:
     """A value of the wrong type stops evaluation with an error naming the option."""
     override, fragment = BAD_TYPES[label]
-    result = _eval_cases(lib_dir, {"case": {"listener": {**MINIMAL, **override}}})
+    result = eval_cases(HARNESS, lib_dir, {"case": {"listener": {**MINIMAL, **override}}})
     assert result.returncode != 0, result.stdout
     assert fragment in result.stderr, result.stderr
 
 
+# --- the builder ---------------------------------------------------------------------------
+
+
+def test_every_builder_option_is_a_flag_or_accounted_for(evaluated: dict[str, Any]) -> None:
+    """The module declares exactly the builder options this file maps to flags, and each of
+    those flags is one `fleet-deploy builder` takes."""
+    from fleet_core.options import BUILDER
+
+    declared = set(evaluated["builder-minimal"]["builderOptionNames"])
+    assert declared == set(BUILDER_FLAG_FOR_OPTION) | BUILDER_NOT_FLAGS
+    taken = {option.flag for option in BUILDER.options}
+    assert set(BUILDER_FLAG_FOR_OPTION.values()) <= taken
+
+
+def test_full_builder_configuration_passes_a_flag_for_every_option(
+    evaluated: dict[str, Any],
+) -> None:
+    """With every builder option set, ExecStart carries each one as its flag (a repository
+    as NAME=URL), the credentials from %d, extraArgs last."""
+    service = evaluated["builder-full"]["builderService"]
+    assert _flags(service, "builder") == {
+        "--name": ["ci"],
+        "--nats-url": ["nats://nats1.example.com:4222,nats://nats2.example.com:4222"],
+        "--repo": [
+            "edge=github:example/edge?dir=hosts",
+            "nixos-servers=git+https://git.example.com/infra/nixos.git",
+        ],
+        "--cache": ["s3://nix-cache?region=eu-west-1"],
+        "--timeout": ["7200"],
+        "--heartbeat-interval": ["5"],
+        "--log-level": ["warning"],
+        "--nkey-file": ["%d/nkey"],
+        "--repos-file": ["%d/repos"],
+        "--nix-command": ["nix --option max-jobs 4"],
+    }
+    assert _argv(service)[-2:] == BUILDER_FULL["extraArgs"]
+    assert set(BUILDER_FLAG_FOR_OPTION.values()) <= set(_flags(service, "builder"))
+    assert evaluated["builder-full"]["failedAssertions"] == []
+
+
+def test_minimal_builder_configuration_leaves_defaults_to_the_application(
+    evaluated: dict[str, Any],
+) -> None:
+    """Unset builder options pass no flag, and the name comes from networking.hostName."""
+    result = evaluated["builder-minimal"]
+    assert _flags(result["builderService"], "builder") == {
+        "--name": ["ci1"],
+        "--nats-url": ["nats://nats.example.com:4222"],
+        "--repo": ["nixos-servers=git+https://git.example.com/infra/nixos.git"],
+        "--nkey-file": ["%d/nkey"],
+    }
+    assert result["failedAssertions"] == []
+    assert result["warnings"] == []
+    # The builder alone: no listener unit.
+    assert result["service"] is None
+
+
+def test_the_builder_secrets_are_credentials_not_arguments(evaluated: dict[str, Any]) -> None:
+    """The seed, the repositories file and each of `credentials` are loaded with
+    LoadCredential; no path of theirs is on the command line, only %d/nkey and %d/repos."""
+    service = evaluated["builder-full"]["builderService"]
+    config = service["serviceConfig"]
+    assert config["LoadCredential"] == [
+        f"nkey:{BUILDER_SEED}",
+        f"repos:{REPOS_FILE}",
+        "aws:/run/secrets/nix-cache-aws",
+        "git-ssh-key:/run/secrets/git-key",
+    ]
+    exec_start = config["ExecStart"]
+    assert " --nkey-file %d/nkey --repos-file %d/repos " in exec_start
+    for path in (BUILDER_SEED, REPOS_FILE, "/run/secrets/nix-cache-aws", "/run/secrets/git-key"):
+        assert path not in exec_start, path
+    # A credential's fixed path, as `environment` names it.
+    assert service["environment"]["AWS_SHARED_CREDENTIALS_FILE"] == f"{BUILDER_CREDENTIALS_DIR}/aws"
+
+
+def test_the_repositories_file_alone_is_enough(evaluated: dict[str, Any]) -> None:
+    """reposFile without repos: no --repo at all, the file as a credential, no assertion."""
+    result = evaluated["builder-file-only"]
+    flags = _flags(result["builderService"], "builder")
+    assert "--repo" not in flags
+    assert flags["--repos-file"] == ["%d/repos"]
+    assert result["builderService"]["serviceConfig"]["LoadCredential"] == [
+        f"nkey:{BUILDER_SEED}",
+        f"repos:{REPOS_FILE}",
+    ]
+    assert result["failedAssertions"] == []
+
+
+def test_a_token_in_a_repository_or_cache_url_is_not_repeated(evaluated: dict[str, Any]) -> None:
+    """The assertions that refuse a repository URL or a cache URL with a secret name the
+    repository (or the option), never the secret."""
+    (repo,) = evaluated[case_name("repository URL with a token")]["failedAssertions"]
+    assert "SECRET" not in repo and "glpat" not in repo
+    assert f"{BOPT}.reposFile" in repo
+    (cache,) = evaluated[case_name("cache URL with a password")]["failedAssertions"]
+    assert "SECRET" not in cache
+
+
+def test_the_builder_talks_to_the_nix_daemon_from_its_own_directories(
+    evaluated: dict[str, Any],
+) -> None:
+    """nix (the host's), git and ssh are on the PATH; nix uses the daemon, and its home and
+    cache are the state and cache directories systemd creates for the dynamic user; the
+    environment option adds to these."""
+    service = evaluated["builder-full"]["builderService"]
+    names = {entry.rsplit("-", 1)[-1] for entry in service["path"]}
+    assert {"nix", "git", "openssh"} <= names
+    config = service["serviceConfig"]
+    assert config["StateDirectory"] == config["CacheDirectory"] == "fleet-deploy-builder"
+    assert config["StateDirectoryMode"] == config["CacheDirectoryMode"] == "0700"
+    assert service["environment"] == {
+        "NIX_REMOTE": "daemon",
+        "HOME": "/var/lib/fleet-deploy-builder",
+        "XDG_CACHE_HOME": "/var/cache/fleet-deploy-builder",
+        **BUILDER_FULL["environment"],
+    }
+
+
+def test_the_builder_restarts_on_failure_once_the_network_is_online(
+    evaluated: dict[str, Any],
+) -> None:
+    """The builder's unit starts at boot after network-online.target, restarts on failure,
+    and logs to the journal under its own name."""
+    service = evaluated["builder-minimal"]["builderService"]
+    assert "network-online.target" in service["wants"]
+    assert "network-online.target" in service["after"]
+    assert service["wantedBy"] == ["multi-user.target"]
+    config = service["serviceConfig"]
+    assert config["Restart"] == "on-failure"
+    assert config["SyslogIdentifier"] == "fleet-deploy-builder"
+
+
+def test_builder_option_values_cannot_become_systemd_specifiers(
+    evaluated: dict[str, Any],
+) -> None:
+    """`%` and `$` in builder option values are escaped, as for the listener."""
+    config = evaluated["builder-escaping"]["builderService"]["serviceConfig"]
+    assert '"nixos=git+https://git.example.com/nixos%%20configs.git"' in config["ExecStart"]
+    assert '"nix --option cores $$CORES"' in config["ExecStart"]
+    assert config["LoadCredential"] == ["nkey:/run/secrets/fleet%%builder.seed"]
+
+
+def test_a_disabled_builder_defines_no_unit(evaluated: dict[str, Any]) -> None:
+    """With enable = false the module adds no builder unit and no assertion."""
+    assert evaluated["builder-disabled"]["builderService"] is None
+    assert evaluated["builder-disabled"]["failedAssertions"] == []
+    assert evaluated["minimal"]["builderService"] is None
+
+
+def test_the_listener_and_the_builder_share_a_host(evaluated: dict[str, Any]) -> None:
+    """Both services on one host: each unit is what it is alone."""
+    both = evaluated["listener-and-builder"]
+    assert both["failedAssertions"] == []
+    assert both["service"] == evaluated["minimal"]["service"]
+    assert _flags(both["builderService"], "builder")["--name"] == ["web1"]
+
+
+# Sandboxing for a service that only asks the nix-daemon to build, as a dynamic user.
+BUILDER_HARDENING = {
+    "DynamicUser": True,
+    "CapabilityBoundingSet": "",
+    "PrivateUsers": True,
+    "ProtectSystem": "strict",
+    "ProtectHome": True,
+    "PrivateTmp": True,
+    "ProtectProc": "invisible",
+    "ProcSubset": "pid",
+    "PrivateDevices": True,
+    "PrivateIPC": True,
+    "ProtectKernelTunables": True,
+    "ProtectKernelModules": True,
+    "ProtectKernelLogs": True,
+    "ProtectControlGroups": True,
+    "ProtectClock": True,
+    "ProtectHostname": True,
+    "NoNewPrivileges": True,
+    "RestrictSUIDSGID": True,
+    "RemoveIPC": True,
+    "RestrictNamespaces": True,
+    "RestrictRealtime": True,
+    "LockPersonality": True,
+    "MemoryDenyWriteExecute": True,
+    "SystemCallArchitectures": "native",
+    "RestrictAddressFamilies": ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"],
+    "SystemCallFilter": ["@system-service", "~@privileged"],
+    "SystemCallErrorNumber": "EPERM",
+    "UMask": "0077",
+}
+# What it must not set (nix/builder.nix says why): NATS, git and caches may be anywhere; a
+# PID namespace would make Python PID 1; a static user is not needed.
+BUILDER_NOT_HARDENED = {"PrivateNetwork", "IPAddressDeny", "PrivatePIDs", "User"}
+
+
+@pytest.mark.parametrize("case", ["builder-minimal", "builder-full", "homelab-builder"])
+def test_the_builder_unit_is_hardened(evaluated: dict[str, Any], case: str) -> None:
+    """The builder's unit runs as a dynamic user without capabilities, in the sandbox a
+    nix-daemon client allows."""
+    config = evaluated[case]["builderService"]["serviceConfig"]
+    assert {k: config.get(k) for k in BUILDER_HARDENING} == BUILDER_HARDENING
+    assert not BUILDER_NOT_HARDENED & set(config)
+
+
+def test_valid_builder_configurations_pass_every_assertion(evaluated: dict[str, Any]) -> None:
+    for case in (
+        "builder-full",
+        "builder-minimal",
+        "builder-file-only",
+        "builder-escaping",
+        "listener-and-builder",
+        "homelab-builder",
+    ):
+        assert evaluated[case]["failedAssertions"] == [], case
+
+
+@pytest.mark.parametrize("label", list(BUILDER_BAD_SETTINGS))
+def test_a_bad_builder_setting_fails_its_assertion(evaluated: dict[str, Any], label: str) -> None:
+    """Each bad builder setting fails exactly one assertion, naming the option and what to
+    change."""
+    _, fragment = BUILDER_BAD_SETTINGS[label]
+    assert_fails_one_assertion(evaluated[case_name(label)]["failedAssertions"], fragment, BOPT)
+
+
+def test_an_empty_hostname_points_the_builder_at_networking_hostname(
+    evaluated: dict[str, Any],
+) -> None:
+    (message,) = evaluated["builder-no-hostname"]["failedAssertions"]
+    assert 'name is ""' in message
+    assert "networking.hostName" in message
+
+
+@pytest.mark.parametrize("label", list(BUILDER_BAD_TYPES))
+def test_a_bad_builder_option_type_is_rejected(lib_dir: Path, label: str) -> None:
+    """A builder value of the wrong type stops evaluation with an error naming the option."""
+    override, fragment = BUILDER_BAD_TYPES[label]
+    result = eval_cases(HARNESS, lib_dir, {"case": {"builder": {**BUILDER_MINIMAL, **override}}})
+    assert result.returncode != 0, result.stdout
+    assert fragment in result.stderr, result.stderr
+
+
+def test_a_homelab_deploy_builder_configuration_runs_the_builder(
+    evaluated: dict[str, Any],
+) -> None:
+    """homelab-deploy's builder options, unchanged, reach fleet-deploy's builder, each with a
+    warning naming its new name."""
+    result = evaluated["homelab-builder"]
+    service = result["builderService"]
+    assert _flags(service, "builder") == {
+        "--name": ["ci1"],
+        "--nats-url": ["nats://nats.example.com:4222"],
+        "--repo": ["nixos-servers=git+https://git.example.com/infra/nixos.git"],
+        "--timeout": ["5400"],
+        "--nkey-file": ["%d/nkey"],
+        "--debug": [],
+        "--heartbeat-interval": ["5"],
+    }
+    assert _argv(service)[-3:] == HOMELAB_BUILDER["extraArgs"]
+    assert service["serviceConfig"]["LoadCredential"] == [f"nkey:{HOMELAB_BUILDER['nkeyFile']}"]
+    assert service["environment"]["AWS_PROFILE"] == "nix-cache"
+    expected = sorted(
+        f"The option `services.homelab-deploy.builder.{name}' defined in `<unknown-file>' "
+        f"has been renamed to `{BOPT}.{name}'."
+        for name in HOMELAB_BUILDER
+    )
+    assert sorted(result["warnings"]) == expected
+    assert set(HOMELAB_BUILDER) == HOMELAB_BUILDER_RENAMED
+
+
 # --- the flake, the Python overlay and the VM test, against stand-ins for nixpkgs ---------
 
-FLAKE_EXPR = """
-{ libDir, repo }:
-let
-  lib = import libDir;
-  flake = import (repo + "/flake.nix");
-  systems = [ "x86_64-linux" "aarch64-linux" ];
-  nixpkgs = {
-    inherit lib;
-    legacyPackages = lib.genAttrs systems (_: throw "nixpkgs is not available here");
-  };
-  self = flake.outputs { inherit self nixpkgs; };
+FLAKE_EXPR = (
+    FLAKE_PRELUDE
+    + """
   names = builtins.mapAttrs (_: builtins.attrNames);
 in
 {
@@ -871,11 +1220,12 @@ in
   overlays = builtins.attrNames self.overlays;
 }
 """
+)
 
 
 def test_the_flake_declares_its_outputs_for_both_systems(lib_dir: Path) -> None:
     """flake.nix offers package, app, module, dev shell, formatter and checks on both Linuxes."""
-    flake = _eval_expr(FLAKE_EXPR, lib_dir)
+    flake = eval_expr(FLAKE_EXPR, lib_dir)
     systems = ["aarch64-linux", "x86_64-linux"]
     assert flake["inputs"] == ["nixpkgs"]
     assert set(flake["outputs"]) >= {
@@ -975,7 +1325,7 @@ in
 
 def test_python_overlay_fills_in_what_nixpkgs_lacks(lib_dir: Path) -> None:
     """nix/python-deps.nix takes mcp 2.3 and friends from PyPI only where nixpkgs' are too old."""
-    result = _eval_expr(OVERLAY_EXPR, lib_dir)
+    result = eval_expr(OVERLAY_EXPR, lib_dir)
     pinned = {
         "mcp": "2.3.0",
         "mcp-types": "2.3.0",
@@ -1039,7 +1389,7 @@ in
 def test_the_package_follows_pyproject(lib_dir: Path) -> None:
     """nix/package.nix takes name, version and license from pyproject.toml and its deps."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    package = _eval_expr(PACKAGE_EXPR, lib_dir)
+    package = eval_expr(PACKAGE_EXPR, lib_dir)
     assert package["pname"] == project["name"]
     assert package["version"] == project["version"]
     assert package["license"] == project["license"]
@@ -1066,14 +1416,26 @@ let
   pkgs = {
     inherit lib;
     testers.runNixOSTest = test: test;
-    writeShellScript = name: _: "/nix/store/00000000000000000000000000000000-${name}";
+    # The script's text is forced, so what it interpolates must exist.
+    writeShellScript =
+      name: text: builtins.seq text "/nix/store/00000000000000000000000000000000-${name}";
     curl = "curl";
   };
   test = import (repo + "/nix/tests/vm.nix") {
     inherit pkgs;
     module = "fleet-deploy-module";
-    package = "fleet-deploy-package";
+    # Like the package: a derivation's outPath, and passthru.python.
+    package = {
+      outPath = "/nix/store/00000000000000000000000000000000-fleet-deploy";
+      python = {
+        interpreter = "/nix/store/00000000000000000000000000000000-python3/bin/python3.13";
+        sitePackages = "lib/python3.13/site-packages";
+      };
+    };
   };
+  etc = lib.foldl' (all: node: all // test.nodes.${node}.environment.etc or { }) { } (
+    builtins.attrNames test.nodes
+  );
 in
 {
   inherit (test) name testScript;
@@ -1081,11 +1443,10 @@ in
   users = test.nodes.nats.services.nats.settings.authorization.users;
   listener = builtins.removeAttrs test.nodes.web1.services.fleet-deploy.listener [ "enable" ];
   homelab = test.nodes.web2.services;
-  seeds = lib.mapAttrsToList (_: f: toString f.source) (
-    test.nodes.web1.environment.etc
-    // test.nodes.web2.environment.etc
-    // test.nodes.deployer.environment.etc
-  );
+  builder = test.nodes.builder.services.fleet-deploy.builder;
+  builderImports = test.nodes.builder.imports;
+  seeds = map (f: toString f.source) (lib.filter (f: f ? source) (builtins.attrValues etc));
+  etcModes = lib.mapAttrs (_: f: f.mode or null) etc;
 }
 """
 
@@ -1094,14 +1455,15 @@ def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
     """The VM test has four nodes, a Python script that compiles, and subtests; web2 is
     configured with homelab-deploy's option names alone, metrics and extraArgs included, and
     the script scrapes its metrics."""
-    vm = _eval_expr(VM_EXPR, lib_dir)
-    assert vm["nodes"] == ["deployer", "nats", "web1", "web2"]
+    vm = eval_expr(VM_EXPR, lib_dir)
+    assert vm["nodes"] == ["builder", "deployer", "nats", "web1", "web2"]
     compile(vm["testScript"], "nix/tests/vm.nix:testScript", "exec")
     assert vm["testScript"].count("with subtest(") >= 5
     assert "fleet-deploy deploy" in vm["testScript"]
     assert vm["listener"]["nkeyFile"].startswith("/etc/")
     assert sorted(Path(s).name for s in vm["seeds"]) == [
         "admin-deployer.seed",
+        "builder.seed",
         "listener-web1.seed",
         "listener-web2.seed",
         "test-deployer.seed",
@@ -1115,18 +1477,42 @@ def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
     assert "fleet_deploy_info" in vm["testScript"]
 
 
+def test_the_vm_test_runs_the_builder_through_the_module(lib_dir: Path) -> None:
+    """The builder node runs the builder through the module with the package's stand-in
+    nix, both ways of giving repositories, a seed and a repositories file outside the store
+    and readable by root alone; a deployer builds with `fleet-deploy build <repo> all`."""
+    vm = eval_expr(VM_EXPR, lib_dir)
+    builder = vm["builder"]
+    assert vm["builderImports"] == ["fleet-deploy-module"]
+    assert builder["enable"] is True
+    assert builder["nkeyFile"].startswith("/etc/")
+    assert builder["reposFile"].startswith("/etc/")
+    assert list(builder["repos"]) == ["fleet"]
+    assert builder["cache"].startswith("file:///var/cache/fleet-deploy-builder/")
+    assert builder["extraArgs"][0] == "--nix-command"
+    assert builder["extraArgs"][1].endswith("-stand-in-nix")
+    assert vm["etcModes"]["fleet-deploy/builder-repos.toml"] == "0400"
+    script = vm["testScript"]
+    assert "fleet-deploy build {repo} {target}" in script
+    assert 'build("fleet", "all", "admin")' in script
+    assert 'build("private", "web1", "test")' in script
+
+
 def _as_nats(permissions: UserPermissions) -> dict[str, object]:
     """``permissions`` as the NixOS NATS module's settings hold them."""
     subscribe: object = list(permissions.subscribe)
     if permissions.deny_subscribe:
         subscribe = {"allow": subscribe, "deny": list(permissions.deny_subscribe)}
-    return {"publish": list(permissions.publish), "subscribe": subscribe}
+    publish: object = list(permissions.publish)
+    if permissions.deny_publish:
+        publish = {"allow": publish, "deny": list(permissions.deny_publish)}
+    return {"publish": publish, "subscribe": subscribe}
 
 
 def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
     """The VM's NATS server admits the committed test keys with the permissions
     `fleet-deploy nats-config` writes (its default, bound layout)."""
-    users = {u["nkey"]: u["permissions"] for u in _eval_expr(VM_EXPR, lib_dir)["users"]}
+    users = {u["nkey"]: u["permissions"] for u in eval_expr(VM_EXPR, lib_dir)["users"]}
 
     def public(name: str) -> str:
         return (KEYS_DIR / f"{name}.pub").read_text().strip()
@@ -1136,12 +1522,15 @@ def test_the_vm_nats_users_follow_the_tiered_layout(lib_dir: Path) -> None:
         assert users[public(f"listener-{host}")] == _as_nats(listener_permissions(entry))
     assert users[public("test-deployer")] == _as_nats(deployer_permissions("test"))
     assert users[public("admin-deployer")] == _as_nats(deployer_permissions("admin"))
+    builder = BuilderEntry("builder", public("builder"), repos=("fleet", "private"))
+    assert users[public("builder")] == _as_nats(builder_permissions(builder))
+    assert len(users) == 5
 
 
 def test_the_test_seeds_match_their_public_keys() -> None:
     """Each committed test-only seed derives the public key the VM's NATS server trusts."""
     seeds = sorted(KEYS_DIR.glob("*.seed"))
-    assert len(seeds) == 4
+    assert len(seeds) == 5
     for seed in seeds:
         derived = nkeys.from_seed(bytearray(seed.read_bytes().strip())).public_key.decode()
         assert derived == seed.with_suffix(".pub").read_text().strip(), seed.name

@@ -25,7 +25,12 @@ from fleet_core.messages import (
     parse_host_info,
     parse_status,
 )
-from fleet_core.natsconfig import parse_inventory, render_authorization
+from fleet_core.natsconfig import (
+    BuilderEntry,
+    inventory_toml,
+    parse_inventory,
+    render_authorization,
+)
 from fleet_core.rebuild import (
     Action,
     build_argv,
@@ -224,7 +229,7 @@ class TestArgv:
             Action.SWITCH,
             flake_url="git+https://g/r.git",
             revision="main",
-            hostname="web1",
+            configuration="web1",
         )
         assert argv == [
             "nixos-rebuild",
@@ -250,7 +255,11 @@ class TestArgv:
     def test_command_with_arguments(self) -> None:
         """A rebuild command with fixed arguments keeps them in front."""
         argv = build_argv(
-            ("sudo", "-n", "nixos-rebuild"), Action.BUILD, flake_url="f", revision="m", hostname="h"
+            ("sudo", "-n", "nixos-rebuild"),
+            Action.BUILD,
+            flake_url="f",
+            revision="m",
+            configuration="h",
         )
         assert argv[:4] == ["sudo", "-n", "nixos-rebuild", "build"]
 
@@ -501,7 +510,9 @@ class TestInventory:
             '"deploy.discover"]' in rendered
         )
         assert 'publish: ["deploy.responses.*.test.web1", "deploy.discover"]' in rendered
-        assert 'publish: ["deploy.>"]' in rendered
+        assert (
+            'publish: { allow: ["deploy.>", "build.*.*"], deny: ["build.responses.>"] }'
+        ) in rendered
         homelab = render_authorization(parse_inventory(text), "homelab")
         assert 'publish: ["deploy.responses.>", "deploy.discover"]' in homelab
 
@@ -512,11 +523,47 @@ class TestInventory:
         text = f'[deployers.ai]\naccess = "test"\nnkey = "{self.KEY}"\n'
         assert (
             'subscribe: { allow: ["deploy.responses.*", "deploy.responses.*.test.*", '
-            '"deploy.discover"], deny: ["deploy.responses.*.prod.>"] }'
+            '"deploy.discover", "build.responses.*"], deny: ["deploy.responses.*.prod.>"] }'
         ) in render_authorization(parse_inventory(text))
-        assert 'subscribe: ["deploy.responses.>", "deploy.discover"]' in render_authorization(
-            parse_inventory(text), "homelab"
+        assert (
+            'subscribe: ["deploy.responses.>", "deploy.discover", "build.responses.*"]'
+            in render_authorization(parse_inventory(text), "homelab")
         )
+
+    def test_builders_hear_their_repositories_and_answer_on_build_responses(self) -> None:
+        """A builder subscribes to build.<repo>.* for its repositories only and publishes
+        only answers; every deployer may ask for builds but never answer one."""
+        text = (
+            f'[builders.ci]\nrepos = ["nixos", "home"]\nnkey = "{self.KEY}"\n'
+            f'[deployers.ai]\naccess = "test"\nnkey = "U{"B" * 55}"\n'
+        )
+        inventory = parse_inventory(text)
+        assert inventory.builders == (BuilderEntry("ci", self.KEY, ("nixos", "home")),)
+        rendered = render_authorization(inventory)
+        assert "# builder ci (repos nixos, home)" in rendered
+        assert 'publish: ["build.responses.>"]' in rendered
+        assert 'subscribe: ["build.nixos.*", "build.home.*"]' in rendered
+        assert (
+            'publish: { allow: ["deploy.test.>", "deploy.discover", "build.*.*"], '
+            'deny: ["build.responses.>"] }'
+        ) in rendered
+        assert parse_inventory(inventory_toml(inventory)) == inventory
+
+    @pytest.mark.parametrize(
+        ("entry", "message"),
+        [
+            ('repos = []\nnkey = "{key}"', "repos must be a list"),
+            ('repos = "nixos"\nnkey = "{key}"', "repos must be a list"),
+            ('repos = ["responses"]\nnkey = "{key}"', "not 'responses'"),
+            ('repos = ["a.b"]\nnkey = "{key}"', "invalid repository name"),
+            ('repos = ["nixos"]\nnkey = "SU..."', "nkey must be a user public key"),
+        ],
+    )
+    def test_a_bad_builder_entry_is_refused_by_place(self, entry: str, message: str) -> None:
+        text = "[builders.ci]\n" + entry.format(key=self.KEY) + "\n"
+        with pytest.raises(UsageError, match=message) as caught:
+            parse_inventory(text)
+        assert "[builders.ci]" in str(caught.value)
 
 
 def test_only_fleet_error_unwraps_task_groups() -> None:

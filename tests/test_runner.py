@@ -191,6 +191,7 @@ class TestLaunchers:
         (call,) = [json.loads(line) for line in record.read_text().splitlines()]
         assert call["unit"] == "fleet-deploy-job-j2.service"
         assert call["collect"] and call["quiet"] and call["service_type"] == "exec"
+        assert (call["user"], call["same_dir"]) == (False, False)  # the system manager
         assert call["properties"] == ["RuntimeMaxSec=100"]
         assert {"PATH", "HOME", "INVOCATION_ID"} <= set(call["setenv"])
         runner_path = job_runner.__file__

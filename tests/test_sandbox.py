@@ -338,6 +338,20 @@ class TestSandbox:
         assert "undefined variable 'webroot'" in web2["message"]
         assert any("hosts/web2/nginx.nix" in line for line in web2["log_tail"])
 
+        build = sandbox.cli("build", "fleet", "all", "--json")
+        assert build.returncode == 1, build.stderr  # web2's configuration fails to build
+        built = json.loads(build.stdout)
+        states = {h["host"]: h["state"] for h in built["hosts"]}
+        assert states == {
+            h.name: "failed" if h.name == "web2" else "built"
+            for h in plan_hosts(DEFAULT_SANDBOX_HOSTS)
+        }
+        cached = {
+            p.read_text().removeprefix("StorePath: ").strip()
+            for p in (sandbox.directory / "cache").glob("*.narinfo")
+        }
+        assert cached == {h["store_path"] for h in built["hosts"] if h["state"] == "built"}
+
         watch = PidWatch(sandbox.tree())
         try:
             assert any("nats-server" in command for _, command in watch.fds.values())
@@ -518,6 +532,10 @@ class TestTour:
             "refused at once by the NATS server",
             "permission to publish to 'deploy.prod.all'",
             "OK: 2 completed",
+            "6. Build every host's system once, for the binary cache",
+            "web2                 failed         ",
+            "failed: 1 of 6 hosts failed: web2 (build_failed)",
+            "a build finds it before any host switches",
             "Tour complete.",
         ):
             assert expected in out, out

@@ -111,7 +111,9 @@ class TestNatsConfig:
         assert result.returncode == 0, result.stderr
         checked = nats_server_test(output)
         assert checked.returncode == 0, checked.stderr
-        assert output.read_text().count("permissions:") == 7  # 4 hosts, 3 deployers
+        text = output.read_text()
+        assert text.count("permissions:") == 8  # 4 hosts, 3 deployers, 1 builder
+        assert 'subscribe: ["build.nixos.*"]' in text
 
     @pytest.mark.parametrize(
         ("layout", "listener_publish"),

@@ -14,6 +14,9 @@
 # The settings go in as fleet-mcp's flags, after "--": `claude mcp add`'s own --env takes
 # several values and would swallow the server's name. Undo with
 # `claude mcp remove fleet-deploy --scope local` (or --scope user).
+#
+# For the build tools (build, build_status: the builder builds closures, no host changes),
+# add --enable-builds to the fleet-mcp flags below (docs/mcp.md#builds).
 set -eu
 
 NATS_URL=${NATS_URL:-nats://nats.example.internal:4222}

@@ -1,5 +1,6 @@
 # NixOS VM test: a NATS server with homelab-deploy's tiered permissions, two hosts running
-# the listener through the NixOS module, and a deployer that deploys them with the CLI.
+# the listener through the NixOS module, a build host running the builder through it, and a
+# deployer that deploys and builds with the CLI.
 # `web1` is configured with fleet-deploy's options; `web2` exactly as a homelab-deploy user
 # configures homelab-deploy (`services.homelab-deploy.listener`, metrics and extraArgs
 # included), and serves metrics through its firewall.
@@ -11,6 +12,12 @@
 # /var/lib, which the listener's unit sees read-only), can be held open (/tmp/hold-rebuild)
 # so the listener can be restarted in the middle of a deploy, and can activate a real system
 # (/tmp/switch-to) so a deploy can change the listener's own unit.
+#
+# `builder` runs the build service through the module (`services.fleet-deploy.builder`), as
+# its dynamic user, with the package's stand-in for nix (fleet_core.simulated_nix: a flake
+# with the hosts web1 and web2, which records each call and "copies" to a file:// cache by
+# writing a .narinfo), so the deployer's `fleet-deploy build` goes the whole way (deployer →
+# NATS → builder → nix → cache → statuses → deployer) without evaluating a flake.
 #
 # The NKeys under ./keys are public test-only keys (see ./keys/README.md).
 {
@@ -48,6 +55,19 @@ let
     fi
     echo "Done. The new configuration is /nix/store/00000000000000000000000000000000-stand-in"
   '';
+
+  # nix's stand-in for the builder: the package's simulated nix (standard library only, so
+  # the package's Python with the package's own site-packages is enough). It records every
+  # call in the builder's state directory.
+  standInNix = pkgs.writeShellScript "stand-in-nix" ''
+    export PYTHONPATH=${package}/${package.python.sitePackages}
+    exec ${package.python.interpreter} -m fleet_core.simulated_nix --sim-hosts web1,web2 \
+      --sim-record /var/lib/fleet-deploy-builder/nix.argv "$@"
+  '';
+
+  # The repositories file's URL carries a (fake) token: the test checks that it reaches nix
+  # but neither the unit file nor the builder's command line.
+  privateRepo = "git+https://oauth2:TEST-TOKEN@git.example.invalid/private.git";
 in
 pkgs.testers.runNixOSTest {
   name = "fleet-deploy";
@@ -95,13 +115,18 @@ pkgs.testers.runNixOSTest {
               };
             }
             {
-              # Test-tier deployer (the MCP key).
+              # Test-tier deployer (the MCP key). It may ask for builds (they change no
+              # host) but never answer one.
               nkey = publicKey "test-deployer";
               permissions = {
-                publish = [
-                  "deploy.test.>"
-                  "deploy.discover"
-                ];
+                publish = {
+                  allow = [
+                    "deploy.test.>"
+                    "deploy.discover"
+                    "build.*.*"
+                  ];
+                  deny = [ "build.responses.>" ];
+                };
                 # Bare and test-tier replies only; the deny keeps prod's out of a
                 # deploy.responses.> subscription, which deploy.responses.* admits.
                 subscribe = {
@@ -109,6 +134,7 @@ pkgs.testers.runNixOSTest {
                     "deploy.responses.*"
                     "deploy.responses.*.test.*"
                     "deploy.discover"
+                    "build.responses.*"
                   ];
                   deny = [ "deploy.responses.*.prod.>" ];
                 };
@@ -118,8 +144,30 @@ pkgs.testers.runNixOSTest {
               # Admin deployer.
               nkey = publicKey "admin-deployer";
               permissions = {
-                publish = [ "deploy.>" ];
-                subscribe = [ "deploy.>" ];
+                publish = {
+                  allow = [
+                    "deploy.>"
+                    "build.*.*"
+                  ];
+                  deny = [ "build.responses.>" ];
+                };
+                subscribe = [
+                  "deploy.>"
+                  "build.responses.*"
+                ];
+              };
+            }
+            {
+              # The builder, as `fleet-deploy nats-config` writes [builders.builder] with
+              # repos = [ "fleet" "private" ]: it hears build requests for its repositories
+              # and alone may answer them.
+              nkey = publicKey "builder";
+              permissions = {
+                publish = [ "build.responses.>" ];
+                subscribe = [
+                  "build.fleet.*"
+                  "build.private.*"
+                ];
               };
             }
           ];
@@ -193,6 +241,39 @@ pkgs.testers.runNixOSTest {
       };
     };
 
+    builder = {
+      imports = [ module ];
+
+      environment.etc."fleet-deploy/builder.seed" = seedFile "builder";
+      # A real one would be a secret outside the store (sops-nix, agenix); this one's token
+      # is fake.
+      environment.etc."fleet-deploy/builder-repos.toml" = {
+        text = ''
+          [repos]
+          private = "${privateRepo}"
+        '';
+        mode = "0400";
+      };
+
+      services.fleet-deploy.builder = {
+        enable = true;
+        # name defaults to networking.hostName, "builder"
+        natsUrl = "nats://nats:4222";
+        nkeyFile = "/etc/fleet-deploy/builder.seed";
+        repos.fleet = "git+https://git.example.invalid/fleet.git";
+        reposFile = "/etc/fleet-deploy/builder-repos.toml";
+        # The cache directory systemd gives the dynamic user: writable in its sandbox.
+        cache = "file:///var/cache/fleet-deploy-builder/binary-cache";
+        timeout = 120;
+        heartbeatInterval = 2;
+        logLevel = "debug";
+        extraArgs = [
+          "--nix-command"
+          "${standInNix}"
+        ];
+      };
+    };
+
     deployer = {
       environment.systemPackages = [
         package
@@ -261,6 +342,49 @@ pkgs.testers.runNixOSTest {
         return web1.succeed(
             "systemctl list-units --no-legend --state=running 'fleet-deploy-job-*' || true"
         )
+
+
+    BUILDER_UNIT = "fleet-deploy-builder.service"
+    NIX_CALLS = "/var/lib/fleet-deploy-builder/nix.argv"
+    BINARY_CACHE = "/var/cache/fleet-deploy-builder/binary-cache"
+
+
+    def build(repo: str, target: str, key: str) -> dict:
+        """Asks the builder for a build with the CLI; its JSON result."""
+        output = deployer.succeed(
+            f"fleet-deploy build {repo} {target} --nats-url nats://nats:4222"
+            f" --nkey-file /etc/fleet-deploy/{key}.seed --branch master --timeout 120 --json",
+            timeout=180,
+        )
+        return json.loads(output)
+
+
+    def built_hosts(result: dict) -> dict[str, str]:
+        return {h["host"]: h["state"] for h in result["hosts"]}
+
+
+    def nix_calls() -> list[list[str]]:
+        """The stand-in nix's argv of every call so far, --sim-* flags left out, after the
+        experimental features each call must enable (a stock nix has neither)."""
+        lines = builder.succeed(f"cat {NIX_CALLS} || true").splitlines()
+        argvs = [json.loads(line)["argv"] for line in lines if line.strip()]
+        features = ["--extra-experimental-features", "nix-command flakes"]
+        assert all(argv[:2] == features for argv in argvs), argvs
+        return [argv[2:] for argv in argvs]
+
+
+    def builder_pid() -> str:
+        return builder.succeed(f"systemctl show -P MainPID {BUILDER_UNIT}").strip()
+
+
+    def builder_connections() -> set[int]:
+        """Client ids of NATS connections subscribed to both of the builder's repositories."""
+        connz = json.loads(nats.succeed("curl -sf 'http://127.0.0.1:8222/connz?subs=1'"))
+        return {
+            conn["cid"]
+            for conn in connz.get("connections") or []
+            if {"build.fleet.*", "build.private.*"} <= set(conn.get("subscriptions_list") or [])
+        }
 
 
     start_all()
@@ -388,5 +512,67 @@ pkgs.testers.runNixOSTest {
         )
         assert '"debug"' in web1.succeed("systemctl cat fleet-deploy-listener.service")
         assert rebuild_calls() == 5, web1.succeed(f"cat {ARGV_LOG}")
+
+    with subtest("the builder runs as a dynamic user, its seed and repositories as credentials"):
+        builder.wait_for_unit(BUILDER_UNIT)
+        unit = builder.succeed(f"systemctl cat {BUILDER_UNIT}")
+        assert "LoadCredential=nkey:/etc/fleet-deploy/builder.seed" in unit, unit
+        assert "LoadCredential=repos:/etc/fleet-deploy/builder-repos.toml" in unit, unit
+        assert "--nkey-file %d/nkey" in unit and "--repos-file %d/repos" in unit, unit
+        assert '"--repo" "fleet=git+https://git.example.invalid/fleet.git"' in unit, unit
+        assert "TEST-TOKEN" not in unit, unit
+        for name, value in {
+            "DynamicUser": "yes",
+            "PrivateUsers": "yes",
+            "ProtectSystem": "strict",
+            "ProtectHome": "yes",
+            "NoNewPrivileges": "yes",
+            "PrivateDevices": "yes",
+            "MemoryDenyWriteExecute": "yes",
+            "CapabilityBoundingSet": "",
+            "Restart": "on-failure",
+        }.items():
+            actual = builder.succeed(f"systemctl show -P {name} {BUILDER_UNIT}").strip()
+            assert actual == value, (name, actual)
+        pid = builder_pid()
+        user = builder.succeed(f"stat -c %U /proc/{pid}").strip()
+        assert user == "fleet-deploy-builder", user
+        cmdline = builder.succeed(f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+        assert "--repos-file" in cmdline and "TEST-TOKEN" not in cmdline, cmdline
+        print(builder.succeed(f"systemd-analyze security {BUILDER_UNIT} || true"))
+
+    with subtest("the builder subscribes to its repositories with its own key"):
+        retry(lambda _: len(builder_connections()) == 1)
+
+    with subtest("an admin build of every host succeeds, each copied to the cache"):
+        result = build("fleet", "all", "admin")
+        assert built_hosts(result) == {"web1": "built", "web2": "built"}, result
+        calls = nix_calls()
+        assert calls[0] == [
+            "flake",
+            "metadata",
+            "--json",
+            "--refresh",
+            "git+https://git.example.invalid/fleet.git?ref=master",
+        ], calls
+        assert [c[0] for c in calls] == ["flake", "eval", "build", "copy", "build", "copy"]
+        assert all(
+            c[1:3] == ["--to", f"file://{BINARY_CACHE}"] for c in calls if c[0] == "copy"
+        ), calls
+        narinfos = builder.succeed(f"ls {BINARY_CACHE}").split()
+        assert len(narinfos) == 2 and all(n.endswith(".narinfo") for n in narinfos), narinfos
+
+    with subtest("the test-tier key builds a repository of the repositories file"):
+        result = build("private", "web1", "test")
+        assert built_hosts(result) == {"web1": "built"}, result
+        # The URL with its token reached nix through the credential, not the command line.
+        assert any("oauth2:TEST-TOKEN@" in " ".join(c) for c in nix_calls()[6:])
+
+    with subtest("a killed builder comes back (Restart=on-failure) and builds again"):
+        old = builder_connections()
+        builder.succeed(f"systemctl kill --signal=SIGKILL {BUILDER_UNIT}")
+        retry(lambda _: len(builder_connections() - old) == 1)
+        result = build("fleet", "web2", "admin")
+        assert built_hosts(result) == {"web2": "built"}, result
   '';
 }

@@ -11,7 +11,7 @@ other):
 Pure protocol — no I/O, tested without a server:
     subjects          tiers, subjects, targets, aliases
     messages          wire models and their size limits
-    rebuild           actions, revisions, the nixos-rebuild argv (never a shell)
+    rebuild           actions, revisions, host kinds, the rebuild argv (never a shell)
     rebuild_output    phases and failure summaries from nixos-rebuild's output
     outcome           which final status a rebuild result becomes
     job_state         a job directory's files read, and what a starting listener does with them
@@ -20,6 +20,7 @@ Pure protocol — no I/O, tested without a server:
     report            results as text for people
     natsconfig        an inventory, and the tiered NATS config and TOML it renders
     signing           signed requests: the canonical text, ed25519, TTL and replay checks
+    builds            build subjects, requests, statuses, the nix argv, one build's result
     options           every flag, variable and default, declared once
 
 Shared plumbing:
@@ -40,8 +41,12 @@ On the host:
     job_follow        follow a job from its directory: output lines, its runner's end
     jobs              one record per job on disk, written atomically
     status_reporter   one job's statuses: bound once, redacted and size-limited in one place
-    simulated_rebuild the nixos-rebuild stand-in shared by tests and the sandbox
+    simulated_rebuild the nixos-rebuild, darwin-rebuild and home-manager stand-in: tests, sandbox
     simulated_systemd_run  the systemd-run stand-in, for the systemd launch mode in tests
+
+On the build host:
+    builder           ``fleet-deploy builder``: one build at a time, nix run and reported
+    simulated_nix     the nix stand-in (flake metadata, eval, build, copy) for tests
 
 At the deployer:
     deployer          publish a request, gather statuses, decide when it is done

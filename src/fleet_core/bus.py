@@ -277,7 +277,10 @@ class Bus:
         except nats.errors.Error as exc:
             raise ConnectionFailed(f"cannot publish to {subject!r}: {_describe(exc)}") from exc
 
-    async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+        """Deliver every message on ``subject`` to ``handler``; with ``queue``, each message
+        goes to one member of that queue group only."""
+
         async def deliver(msg: Msg) -> None:
             headers = msg.headers or {}
             await handler(
@@ -290,7 +293,7 @@ class Bus:
             )
 
         try:
-            return Subscription(await self._client.subscribe(subject, cb=deliver))
+            return Subscription(await self._client.subscribe(subject, queue=queue, cb=deliver))
         except nats.errors.Error as exc:
             raise ConnectionFailed(f"cannot subscribe to {subject!r}: {_describe(exc)}") from exc
 

@@ -25,6 +25,8 @@ _RUNNERS: dict[str, tuple[str, str, str]] = {
     "listener": ("fleet_core.daemon", "run_listener", "listener_settings"),
     "deploy": ("fleet_core.commands", "run_deploy", "deploy_settings"),
     "hosts": ("fleet_core.commands", "run_hosts", "hosts_settings"),
+    "builder": ("fleet_core.builder", "run_builder", "builder_settings"),
+    "build": ("fleet_core.commands", "run_build", "build_settings"),
     "keygen": ("fleet_core.setup_commands", "run_keygen", "keygen_settings"),
     "nats-config": ("fleet_core.setup_commands", "run_nats_config", "nats_config_settings"),
     "sandbox": ("fleet_core.sandbox", "run_sandbox", "sandbox_settings"),

@@ -34,6 +34,14 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
+from fleet_core.builds import (
+    BUILD_RESPONSES_PREFIX,
+    BuildRequest,
+    BuildResult,
+    BuildTarget,
+    BuildTracker,
+    parse_build_status,
+)
 from fleet_core.bus import CLOSE_DEADLINE, Bus, Message, Subscription
 from fleet_core.errors import (
     FleetError,
@@ -68,13 +76,96 @@ from fleet_core.trust import (
     shown,
 )
 
-__all__ = ["Deployer", "OnConnection", "OnUpdate", "new_deployment_id"]
+__all__ = ["Deployer", "OnBuildUpdate", "OnConnection", "OnUpdate", "new_deployment_id"]
 
 log = structlog.get_logger("fleet.deployer")
 
 OnUpdate = Callable[[HostResult, DeploymentResult], None]
 # The deployer's connection dropped (``outage.duration_s`` is None) or came back.
 OnConnection = Callable[[Outage, DeploymentResult], None]
+OnBuildUpdate = Callable[[BuildResult], None]
+
+
+@dataclass
+class _BuildFollower:
+    """Feeds a build's statuses to its tracker until it is over, or silent for too long."""
+
+    tracker: BuildTracker
+    target: BuildTarget
+    timing: DeployTiming
+    started: float
+    on_update: OnBuildUpdate | None
+    outage_from: float | None = None  # this deployer's connection is down since then
+    down_s: float = 0.0  # how long it was down, in all
+
+    def quiet(self) -> float:
+        """How long to wait for the next status: the overall timeout alone bounds an outage;
+        before a builder took the build, ``answer_within``; then its heartbeat's 3.5."""
+        if self.outage_from is not None:
+            return math.inf
+        if self.tracker.result.builder is None:
+            return self.timing.answer_within
+        return max(self.timing.silence_limit, 3.5 * (self.tracker.heartbeat_s or 0.0))
+
+    async def run(self, events: _Inbox) -> None:
+        result = self.tracker.result
+        while not result.done:
+            quiet = self.quiet()
+            with anyio.move_on_after(quiet) as window:
+                event = await events.receive()
+            if window.cancelled_caught:
+                self._silent(quiet)
+            elif isinstance(event, PermissionDenied):
+                raise event
+            elif isinstance(event, _Connection):
+                self._connection(event)
+            elif isinstance(event, Message):
+                self._message(event)
+
+    def _silent(self, quiet: float) -> None:
+        builder = self.tracker.result.builder
+        if builder is None:
+            self.tracker.lose(_no_builder(self.target, quiet), status="no_builder")
+            return
+        missed = (
+            f" (this deployer's connection was down for {self.down_s:.1f} s, and what the "
+            "builder sent meanwhile is lost)"
+            if self.down_s
+            else ""
+        )
+        self.tracker.lose(
+            f"builder {builder} fell silent for {quiet:g} s{missed}: it may have stopped; "
+            "ask again (nix keeps what it built)"
+        )
+
+    def _connection(self, event: _Connection) -> None:
+        if not event.connected and event.gone:
+            self.tracker.lose("this deployer's NATS connection closed for good")
+        elif not event.connected:
+            self.outage_from = self.outage_from or time.monotonic()
+        elif self.outage_from is not None:
+            self.down_s += time.monotonic() - self.outage_from
+            self.outage_from = None
+
+    def _message(self, message: Message) -> None:
+        if message.no_responders:
+            self.tracker.lose(_no_builder(self.target), status="no_builder")
+            return
+        status = parse_build_status(message.data)
+        if status is None or not self.tracker.feed(status):
+            return
+        result = self.tracker.result
+        result.elapsed_s = round(time.monotonic() - self.started, 3)
+        if self.on_update is not None:
+            self.on_update(result)
+
+
+def _no_builder(target: BuildTarget, waited: float | None = None) -> str:
+    after = f" within {waited:g} s" if waited is not None else ""
+    return (
+        f"no builder answered on {target.subject}{after}: is `fleet-deploy builder` running "
+        f"with --repo {target.repo}=<flake>, and may it subscribe there?"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +399,63 @@ class Deployer:
             server_verified=result.server_verified,
             flagged=result.flagged_count,
         )
+        return result
+
+    async def build(
+        self,
+        target: BuildTarget,
+        *,
+        revision: str,
+        timeout: float,
+        build_id: str | None = None,
+        on_update: OnBuildUpdate | None = None,
+    ) -> BuildResult:
+        """Ask a builder to build ``target`` at ``revision``; return once the build is over.
+
+        The result is ``no_builder`` when the server says nobody listens on the subject (or
+        nothing answers within ``answer_within``), ``lost`` when the builder falls silent for
+        ``silence_limit`` or 3.5 of the heartbeats it announced, whichever is longer, or
+        ``timeout`` passes. This deployer's own outage is not the builder's silence: the
+        clock stops while the connection is down (what the builder sent meanwhile is gone,
+        so the report then says so).
+        ``on_update`` hears the result after every status that changed it. Raises
+        ``UsageError`` for a bad revision or id and ``PermissionDenied`` when the server refuses
+        this key the subject.
+        """
+        build_id = build_id or new_deployment_id()
+        reply = BUILD_RESPONSES_PREFIX + build_id
+        try:
+            request = BuildRequest(revision=revision, reply_to=reply, id=build_id)
+        except RequestRejected as exc:
+            raise UsageError(str(exc)) from None
+        result = BuildResult(
+            build_id=build_id, target=target.subject, repo=target.repo, revision=revision
+        )
+        tracker = BuildTracker(result)
+        bound = log.bind(build_id=build_id, subject=target.subject, revision=revision)
+        started = time.monotonic()
+        timing = self.timing
+        async with _Inbox(self._bus, (reply,), watched=(target.subject, reply)) as events:
+            bound.info("build_publish")
+            stop_watching = self._bus.watch_connection(
+                lambda connected: events.post(_Connection(connected, gone=self._bus.is_closed))
+            )
+            try:
+                await self._bus.publish(target.subject, request.encode(), reply=reply)
+                await self._bus.flush()
+                events.raise_denied(prefer=target.subject)
+                follower = _BuildFollower(tracker, target, timing, started, on_update)
+                with anyio.move_on_after(timeout) as overall:
+                    await follower.run(events)
+            finally:
+                stop_watching()
+            if overall.cancelled_caught:
+                tracker.lose(
+                    f"the build did not finish within {timeout:g} s; builder "
+                    f"{result.builder or '?'} may still be at it"
+                )
+        result.elapsed_s = round(time.monotonic() - started, 3)
+        bound.info("build_done", status=result.status, counts=result.counts())
         return result
 
     def _sign(self, request: DeployRequest, subject: str) -> DeployRequest:

@@ -39,7 +39,7 @@ from fleet_core.job_state import Resume, resume_action
 from fleet_core.jobs import JobRecord, JobStore
 from fleet_core.messages import DeployRequest, ErrorCode, StatusKind
 from fleet_core.outcome import Outcome, RebuildResult, decide
-from fleet_core.rebuild import build_argv, redact
+from fleet_core.rebuild import build_argv, rebuild_program, redact
 from fleet_core.rebuild_output import phase_of
 from fleet_core.runner import Launched, Rebuilder, RebuildJob, StartFailed
 from fleet_core.settings import ListenerSettings
@@ -150,7 +150,8 @@ class HostJobs:
             request.action,
             flake_url=self.settings.flake_url,
             revision=request.revision,
-            hostname=self.settings.hostname,
+            configuration=self.settings.flake_configuration,
+            kind=self.settings.host_kind,
         )
         shown = tuple(redact(arg) for arg in argv)
         # On disk before the requester hears of it: a job it was told about has a record.
@@ -192,6 +193,7 @@ class HostJobs:
             action=job.request.action,
             revision=job.request.revision,
             timeout=self.settings.timeout,
+            program=rebuild_program(self.settings.host_kind),
         )
         (jlog.info if outcome.ok else jlog.warning)(
             "job_finished",

@@ -7,7 +7,10 @@ same code follows a job this listener started and one a previous listener left b
 - ``output.log`` is read as it grows, split into lines (an endless line is cut, not
   buffered), kept in a bounded tail and handed to ``on_line`` for progress messages;
 - the runner's pid is watched through a pidfd, so its end is noticed at once, and checked
-  against ``/proc/<pid>/cmdline`` so that a reused pid is never taken for it;
+  against ``/proc/<pid>/cmdline`` so that a reused pid is never taken for it. Where there
+  is no ``/proc`` (macOS, for a Home Manager or nix-darwin listener) ``ps`` (run from an
+  argv) shows the command line instead, the end is polled for, and a process group is
+  looked for with signal 0;
 - the end is ``exit.json``; a runner that is gone without one is a lost result, and what is
   left of its rebuild's process group is stopped, so two rebuilds never overlap.
 
@@ -17,8 +20,10 @@ gathers the facts and waits.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -35,6 +40,7 @@ from fleet_core.job_state import (
     START_GRACE,
     RunnerPids,
     is_job_runner,
+    is_job_runner_command,
     lost_before_start,
     lost_runner,
     parse_runner,
@@ -58,6 +64,9 @@ log = structlog.get_logger("fleet.jobs")
 OnLine = Callable[[str], None]
 
 MAX_LINE_CHARS = 2000
+# Linux's process table. Where it is missing (macOS) ps and signal 0 stand in; tests point
+# this elsewhere to take that path on Linux.
+_PROC = Path("/proc")
 POLL_INTERVAL = 0.25  # how often output.log is read while the runner is quiet
 RESUME_WINDOW = 256 * 1024  # a resumed job's tail is read from this far before the end
 _CHUNK = 1024 * 1024
@@ -177,8 +186,60 @@ def read_exit(directory: Path) -> bytes | None:
 
 def runner_alive(pid: int, directory: Path) -> bool:
     """Whether ``pid`` is (still) the job runner of ``directory``."""
-    cmdline = _read(Path(f"/proc/{pid}/cmdline"))
+    if not _PROC.is_dir():
+        shown = _ps(pid)
+        return shown is not None and is_job_runner_command(shown[1], str(directory))
+    cmdline = _read(_PROC / str(pid) / "cmdline")
     return cmdline is not None and is_job_runner(cmdline, str(directory))
+
+
+def _ps(pid: int) -> tuple[str, str] | None:
+    """The state and command line of ``pid`` as ``ps`` shows them, where there is no /proc;
+    None for no such process, or a zombie (it has exited, whoever reaps it)."""
+    try:
+        done = subprocess.run(  # noqa: S603 - a fixed argv, no shell
+            ["ps", "-ww", "-o", "stat=,command=", "-p", str(pid)],  # noqa: S607 - ps on PATH
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = done.stdout.strip().split(None, 1)
+    if done.returncode != 0 or not fields or fields[0].startswith("Z"):
+        return None
+    return fields[0], fields[1] if len(fields) > 1 else ""
+
+
+_START_SLACK = 2.0  # ps shows start times to the second; a file's mtime is finer
+
+
+def _ps_started(pid: int) -> float | None:
+    """When ``pid`` started, as ``ps -o lstart=`` says (the C locale's format); None for
+    no such process, a zombie, or a start ps did not tell."""
+    ps = shutil.which("ps")
+    if ps is None:
+        return None
+    try:
+        done = subprocess.run(  # noqa: S603 - a fixed argv, no shell
+            [ps, "-o", "stat=,lstart=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            env={"LC_ALL": "C", "TZ": "UTC"},  # a fixed format, and a zone to read it in
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = done.stdout.strip().split(None, 1)
+    if done.returncode != 0 or len(fields) != 2 or fields[0].startswith("Z"):
+        return None
+    try:
+        shown = time.strptime(" ".join(fields[1].split()), "%a %b %d %H:%M:%S %Y")
+    except ValueError:
+        return None
+    return float(calendar.timegm(shown))
 
 
 def _still_ours(pid: int, directory: Path, started_at: float) -> bool:
@@ -192,7 +253,9 @@ def _still_ours(pid: int, directory: Path, started_at: float) -> bool:
         return True
     if read_runner(directory) is not None or time.time() - started_at > START_GRACE:
         return False
-    stat = _read(Path(f"/proc/{pid}/stat"))
+    if not _PROC.is_dir():
+        return _ps(pid) is not None
+    stat = _read(_PROC / str(pid) / "stat")
     return stat is not None and stat.rpartition(b")")[2].split()[:1] != [b"Z"]
 
 
@@ -295,27 +358,52 @@ async def stop_leftovers(directory: Path, grace: float = 5.0) -> None:
     """
     runner = await anyio.to_thread.run_sync(read_runner, directory)
     group = runner.rebuild if runner is not None else None
-    if group is None or not await _group_alive(group):
+    since = _mtime(directory / RUNNER_FILE)  # the rebuild had started when this was written
+    if group is None or not await _group_alive(group, since):
         return
     log.warning("job_leftovers_stopped", group=group, directory=str(directory))
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGTERM)
     limit = time.monotonic() + grace
     # No pidfd exists for a whole group: its end can only be polled for.
-    while await _group_alive(group) and time.monotonic() < limit:  # noqa: ASYNC110
+    while await _group_alive(group, since) and time.monotonic() < limit:  # noqa: ASYNC110
         await anyio.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGKILL)
 
 
-async def _group_alive(group: int) -> bool:
+async def _group_alive(group: int, since: float | None = None) -> bool:
     """``_group_exists`` off the event loop: it reads /proc/*/stat of every process."""
-    return await anyio.to_thread.run_sync(_group_exists, group)
+    return await anyio.to_thread.run_sync(_group_exists, group, since)
 
 
-def _group_exists(group: int) -> bool:
-    """Whether a live process is in process group and session ``group`` (as the runner made)."""
-    for entry in Path("/proc").iterdir():
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _group_exists(group: int, since: float | None = None) -> bool:
+    """Whether a live process is in process group and session ``group`` (as the runner made).
+
+    Without /proc (macOS) the session cannot be read, so the group's leader tells: its id is
+    the leader's pid. While the leader lives, it is ours only if it started by ``since`` (a
+    pid reused after a reboot started later); once it is gone, the id cannot be reused while
+    any member lives, so signal 0 tells.
+    """
+    if not _PROC.is_dir():
+        started = _ps_started(group)
+        if started is not None:
+            return since is None or started <= since + _START_SLACK
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # there is one, of another user
+            return True
+        return True
+    for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
         stat = _read(entry / "stat")

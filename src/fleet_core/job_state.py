@@ -75,6 +75,15 @@ def is_job_runner(cmdline: bytes, job_dir: str) -> bool:
     return runs_runner and job_dir in args
 
 
+def is_job_runner_command(command: str, job_dir: str) -> bool:
+    """Whether ``command``, a process's arguments joined by spaces as ``ps -o command=``
+    shows them, is the job runner of ``job_dir``: the check of ``is_job_runner`` where there
+    is no ``/proc`` (macOS, whose launchd runs a Home Manager listener)."""
+    words = command.split()
+    runs_runner = any(word.endswith(_RUNNER_NAMES) for word in words[:4])
+    return runs_runner and f" {job_dir} " in f" {command.strip()} "
+
+
 def resume_action(
     *, exit_data: bytes | None, runner_pid: int | None, runner_alive: bool, age_s: float
 ) -> Resume:

@@ -48,7 +48,7 @@ from fleet_core.messages import (
 )
 from fleet_core.options import RESTART_EXIT_STATUS
 from fleet_core.outcome import Outcome
-from fleet_core.rebuild import Action
+from fleet_core.rebuild import Action, validate_action_for
 from fleet_core.runner import Rebuilder, rebuilder_for
 from fleet_core.settings import ListenerSettings
 from fleet_core.signing import ReplayCache, verify_request
@@ -165,6 +165,8 @@ class Listener:
                     discover=self.settings.discover_subject,
                     version=__version__,
                     rebuild_runner=self.settings.rebuild_runner,
+                    host_kind=self.settings.host_kind.value,
+                    configuration=self.settings.flake_configuration,
                     trusted_deployer_keys=list(self.settings.trusted_deployer_keys),
                     resumed=[job.request_id for job in self.jobs.active],
                 )
@@ -258,6 +260,9 @@ class Listener:
         reporter = self._reporter(request.reply_to, request, request_id)
         signer = request.signer  # as the request claims it: a public key, never a secret
         try:
+            # Every action is valid on the wire; this host's kind may lack one (a Home
+            # Manager host has no boot): refused now, before anything is accepted.
+            validate_action_for(self.settings.host_kind, request.action)
             await self._verify(request, msg.subject)
         except RequestRejected as exc:
             self._log.warning(
@@ -355,6 +360,7 @@ class Listener:
             version=__version__,
             busy=self.busy,
             deploy_subjects=list(self.settings.subjects),
+            kind=self.settings.host_kind.value,
             running_job=running,
             job=await self._job_summary(request.job) if request.job is not None else None,
         )

@@ -286,6 +286,9 @@ class HostInfo(_Wire):
     deploy_subjects: list[str] = Field(default_factory=list)
     running_job: str | None = None  # the request id of the job in progress, if any
     job: JobSummary | None = None  # set only in the answer to a job query
+    # What the host runs (fleet_core.rebuild.HostKind): nixos, darwin or home-manager. None
+    # from a listener that predates host kinds, or homelab-deploy's (both are NixOS).
+    kind: str | None = None
 
 
 class InvalidRequest(RequestRejected):

@@ -32,6 +32,14 @@ Inventory (TOML)::
     [deployers.claude]
     access = "test"           # "test": deploy.test.> only; "admin": deploy.>
     nkey = "U..."
+
+    [builders.ci]             # optional: fleet-deploy builder
+    repos = ["nixos-servers"] # it hears build.<repo>.* for these
+    nkey = "U..."
+
+Builds change no host, so every deployer may ask for one (``build.<repo>.<target>``) and read
+the answers on ``build.responses.*``; only a builder may publish answers there, and only
+on that prefix.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from fleet_core.builds import BUILD_PREFIX, BUILD_RESPONSES_PREFIX, validate_repo
 from fleet_core.errors import UsageError
 from fleet_core.options import DEFAULT_NATS_LAYOUT, NATS_LAYOUTS, NatsLayout
 from fleet_core.subjects import (
@@ -59,11 +68,13 @@ from fleet_core.trust import bound_replies, bound_reply
 __all__ = [
     "DEFAULT_LAYOUT",
     "LAYOUTS",
+    "BuilderEntry",
     "DeployerEntry",
     "HostEntry",
     "Inventory",
     "Layout",
     "UserPermissions",
+    "builder_permissions",
     "deployer_permissions",
     "inventory_toml",
     "listener_permissions",
@@ -75,6 +86,9 @@ __all__ = [
 _PUBLIC_KEY = re.compile(r"U[A-Z2-7]{55}")
 RESPONSES_WILDCARD = RESPONSES_PREFIX + ">"
 BARE_REPLIES = RESPONSES_PREFIX + "*"  # deploy.responses.<id>: homelab-style answers
+BUILD_REQUESTS = BUILD_PREFIX + "*.*"  # build.<repo>.<host|all>
+BUILD_REPLIES = BUILD_RESPONSES_PREFIX + "*"  # build.responses.<id>
+BUILD_RESPONSES_WILDCARD = BUILD_RESPONSES_PREFIX + ">"
 
 Layout = NatsLayout
 LAYOUTS: Final = NATS_LAYOUTS
@@ -112,9 +126,17 @@ class DeployerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class BuilderEntry:
+    name: str
+    nkey: str
+    repos: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Inventory:
     hosts: tuple[HostEntry, ...]
     deployers: tuple[DeployerEntry, ...] = ()
+    builders: tuple[BuilderEntry, ...] = ()
 
 
 def _public_key(value: object, where: str) -> str:
@@ -171,13 +193,38 @@ def parse_inventory(text: str, *, source: str = "inventory") -> Inventory:
         deployers.append(
             DeployerEntry(name=name, access=access, nkey=_public_key(entry.get("nkey"), where))
         )
-    if not hosts and not deployers:
-        raise UsageError(f"{source} defines no [hosts.*] and no [deployers.*]")
-    keys = [h.nkey for h in hosts] + [d.nkey for d in deployers]
+    builders = _builders(data, source)
+    if not hosts and not deployers and not builders:
+        raise UsageError(f"{source} defines no [hosts.*], no [deployers.*] and no [builders.*]")
+    keys = [h.nkey for h in hosts] + [d.nkey for d in deployers] + [b.nkey for b in builders]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise UsageError(f"{source}: key {duplicates[0]} is used twice; give each its own")
-    return Inventory(hosts=tuple(hosts), deployers=tuple(deployers))
+    return Inventory(hosts=tuple(hosts), deployers=tuple(deployers), builders=builders)
+
+
+def _builders(data: Mapping[str, Any], source: str) -> tuple[BuilderEntry, ...]:
+    builders: list[BuilderEntry] = []
+    for name, raw in _table(data.get("builders", {}), f"{source}: [builders]").items():
+        where = f"{source}: [builders.{name}]"
+        entry = _table(raw, where)
+        try:
+            validate_role(name)
+        except UsageError:
+            raise UsageError(
+                f"{where}: a builder name is 1-63 letters, digits, '-' or '_'"
+            ) from None
+        repos = entry.get("repos")
+        if not isinstance(repos, list) or not repos or not all(isinstance(r, str) for r in repos):
+            raise UsageError(f'{where}: repos must be a list of repository names, e.g. ["nixos"]')
+        try:
+            checked = tuple(validate_repo(repo) for repo in repos)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        builders.append(
+            BuilderEntry(name=name, nkey=_public_key(entry.get("nkey"), where), repos=checked)
+        )
+    return tuple(builders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +234,7 @@ class UserPermissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     deny_subscribe: tuple[str, ...] = ()
+    deny_publish: tuple[str, ...] = ()
 
 
 def listener_permissions(host: HostEntry, layout: Layout = DEFAULT_LAYOUT) -> UserPermissions:
@@ -211,20 +259,39 @@ def deployer_permissions(
     """The admin reaches everything; the test deployer publishes to the test tier and, under
     ``bound``, reads only bare and test-tier replies."""
     if access == "admin":
-        return UserPermissions(publish=("deploy.>",), subscribe=("deploy.>",))
-    publish = ("deploy.test.>", DISCOVER_SUBJECT)
+        return UserPermissions(
+            publish=("deploy.>", BUILD_REQUESTS),
+            subscribe=("deploy.>", BUILD_REPLIES),
+            deny_publish=(BUILD_RESPONSES_WILDCARD,),
+        )
+    publish = ("deploy.test.>", DISCOVER_SUBJECT, BUILD_REQUESTS)
     if layout == "homelab":
-        return UserPermissions(publish=publish, subscribe=(RESPONSES_WILDCARD, DISCOVER_SUBJECT))
+        return UserPermissions(
+            publish=publish,
+            subscribe=(RESPONSES_WILDCARD, DISCOVER_SUBJECT, BUILD_REPLIES),
+            deny_publish=(BUILD_RESPONSES_WILDCARD,),
+        )
     return UserPermissions(
         publish=publish,
         subscribe=(
             BARE_REPLIES,
             bound_replies(BARE_REPLIES, Tier.TEST),
             DISCOVER_SUBJECT,
+            BUILD_REPLIES,
         ),
         # deploy.responses.* admits a subscription to deploy.responses.> (a ``*`` matches
         # the literal token ``>``); the server then withholds what this deny matches.
         deny_subscribe=(bound_reply(BARE_REPLIES, Tier.PROD.value, ">"),),
+        # build.*.* would let a deployer answer a build in a builder's name.
+        deny_publish=(BUILD_RESPONSES_WILDCARD,),
+    )
+
+
+def builder_permissions(builder: BuilderEntry) -> UserPermissions:
+    """A builder hears build requests for its repositories and answers on build.responses."""
+    return UserPermissions(
+        publish=(BUILD_RESPONSES_WILDCARD,),
+        subscribe=tuple(f"{BUILD_PREFIX}{repo}.*" for repo in builder.repos),
     )
 
 
@@ -236,12 +303,15 @@ def _user(comment: str, nkey: str, permissions: UserPermissions) -> list[str]:
     subscribe = f"[{_quoted(permissions.subscribe)}]"
     if permissions.deny_subscribe:
         subscribe = f"{{ allow: {subscribe}, deny: [{_quoted(permissions.deny_subscribe)}] }}"
+    publish = f"[{_quoted(permissions.publish)}]"
+    if permissions.deny_publish:
+        publish = f"{{ allow: {publish}, deny: [{_quoted(permissions.deny_publish)}] }}"
     return [
         f"    # {comment}",
         "    {",
         f'      nkey: "{nkey}"',
         "      permissions: {",
-        f"        publish: [{_quoted(permissions.publish)}]",
+        f"        publish: {publish}",
         f"        subscribe: {subscribe}",
         "      }",
         "    }",
@@ -264,6 +334,12 @@ def render_authorization(inventory: Inventory, layout: Layout = DEFAULT_LAYOUT) 
             deployer.nkey,
             deployer_permissions(deployer.access, layout),
         )
+    for builder in inventory.builders:
+        lines += _user(
+            f"builder {builder.name} (repos {', '.join(builder.repos)})",
+            builder.nkey,
+            builder_permissions(builder),
+        )
     lines += ["  ]", "}", ""]
     return "\n".join(lines)
 
@@ -275,7 +351,8 @@ def nats_config(inventory: Inventory, *, source: str, layout: Layout = DEFAULT_L
     header = [
         "# NATS authorization for fleet-deploy, written by `fleet-deploy nats-config` from",
         f"# {source}: {len(tiers)} hosts ({tiers.count('test')} test, "
-        f"{tiers.count('prod')} prod) and {len(inventory.deployers)} deployers.",
+        f"{tiers.count('prod')} prod), {len(inventory.deployers)} deployers and "
+        f"{len(inventory.builders)} builders.",
         *_GUARANTEES[layout],
         "# Regenerate it rather than edit it. Load it with `nats-server -c <this file>`, or",
         "# `include` it from your server's config; check it with `nats-server -t -c <file>`.",
@@ -306,5 +383,12 @@ def inventory_toml(inventory: Inventory) -> str:
             f"[deployers.{_toml_key(deployer.name)}]",
             f'access = "{deployer.access}"',
             f'nkey = "{deployer.nkey}"',
+        ]
+    for builder in inventory.builders:
+        lines += [
+            "",
+            f"[builders.{_toml_key(builder.name)}]",
+            f"repos = [{_quoted(builder.repos)}]",
+            f'nkey = "{builder.nkey}"',
         ]
     return "\n".join(lines) + "\n"

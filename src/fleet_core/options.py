@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from fleet_core.rebuild import DEFAULT_ACTION, DEFAULT_REVISION, Action
+from fleet_core.rebuild import DEFAULT_ACTION, DEFAULT_HOST_KIND, DEFAULT_REVISION, Action, HostKind
 from fleet_core.subjects import (
     ALIAS_ENV_PREFIX,
     DEFAULT_DEPLOY_SUBJECTS,
@@ -36,6 +36,8 @@ from fleet_core.subjects import (
 
 __all__ = [
     "COMMANDS",
+    "DEFAULT_BUILD_STEP_TIMEOUT",
+    "DEFAULT_BUILD_TIMEOUT",
     "DEFAULT_DEPLOY_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_LISTENER_TIMEOUT",
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_MCP_HEARTBEAT",
     "DEFAULT_METRICS_ADDR",
     "DEFAULT_NATS_LAYOUT",
+    "DEFAULT_NIX_COMMAND",
     "DEFAULT_REBUILD_COMMAND",
     "DEFAULT_REBUILD_RUNNER",
     "DEFAULT_REQUEST_SKEW",
@@ -77,6 +80,7 @@ ENV_PREFIX = "FLEET_DEPLOY_"
 LEGACY_ENV_PREFIX = "HOMELAB_DEPLOY_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACTIONS = tuple(a.value for a in Action)
+HOST_KINDS = tuple(k.value for k in HostKind)
 TIERS = tuple(t.value for t in Tier)
 
 DEFAULT_LISTENER_TIMEOUT = 600.0
@@ -103,6 +107,9 @@ DEFAULT_SANDBOX_PORT = 4222
 DEFAULT_SANDBOX_CLUSTER = 1  # one nats-server; more are routed into a cluster
 MAX_SANDBOX_CLUSTER = 5
 DEFAULT_SIM_DELAY = 0.15
+DEFAULT_NIX_COMMAND = "nix"
+DEFAULT_BUILD_STEP_TIMEOUT = 3600.0  # one host's closure from scratch can take long
+DEFAULT_BUILD_TIMEOUT = 7200.0  # a whole fleet's build, as the build command waits for it
 # nats-config's layouts (fleet_core.natsconfig): replies bound to their sender, or
 # homelab-deploy's published example.
 NatsLayout = Literal["bound", "homelab"]
@@ -198,7 +205,12 @@ def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) ->
     """Add ``options`` to ``parser``; every value stays text (or None when not given)."""
     for option in options:
         if option.kind == "positional":
-            parser.add_argument(option.name, metavar=option.metavar, help=option.help_text())
+            nargs = (
+                "?" if option.default is not None else None
+            )  # one with a default may be left off
+            parser.add_argument(
+                option.name, metavar=option.metavar, nargs=nargs, help=option.help_text()
+            )
             continue
         flags = [option.flag, *([option.short] if option.short else [])]
         if option.kind == "switch":
@@ -281,9 +293,10 @@ LOG_LEVEL = Option(
 
 LISTENER = Command(
     "listener",
-    "run the deploy listener on a NixOS host",
+    "run the deploy listener on a NixOS host (or a nix-darwin or Home Manager one)",
     "Subscribe to this host's deploy subjects, run nixos-rebuild for each valid request "
-    "(one at a time) and stream its status to the requester.\n\n"
+    "(one at a time) and stream its status to the requester. With --host-kind darwin or "
+    "home-manager it runs darwin-rebuild or home-manager instead.\n\n"
     "Subjects default to deploy.<tier>.<hostname>, deploy.<tier>.all and "
     "deploy.<tier>.role.<role> (the last only with --role).",
     (
@@ -304,6 +317,22 @@ LISTENER = Command(
             metavar="PATH",
         ),
         Option("role", "role for deploy.<tier>.role.<role> targeting", metavar="ROLE"),
+        Option(
+            "host_kind",
+            "what this host is, and so what a deploy runs: nixos-rebuild (nixos), "
+            "darwin-rebuild (darwin) or home-manager (home-manager); darwin-rebuild and Home "
+            "Manager have no boot or test, so those actions are rejected",
+            default=DEFAULT_HOST_KIND.value,
+            choices=HOST_KINDS,
+            metavar="KIND",
+        ),
+        Option(
+            "configuration",
+            "the flake attribute to build, <flake-url>#<NAME>: letters, digits and . _ - @ "
+            "(Home Manager's are often user@host)",
+            metavar="NAME",
+            shown_default="the hostname",
+        ),
         Option(
             "timeout",
             "deadline of one rebuild, in seconds",
@@ -326,6 +355,7 @@ LISTENER = Command(
             "rebuild_command",
             "rebuild program and fixed arguments, split like a shell would but never run by one",
             default=DEFAULT_REBUILD_COMMAND,
+            shown_default="nixos-rebuild, darwin-rebuild or home-manager, as --host-kind says",
             metavar="CMD",
         ),
         Option(
@@ -339,7 +369,9 @@ LISTENER = Command(
             "rebuild_runner",
             "how a rebuild is run outside the listener, so that stopping the listener never "
             "stops it: systemd (a transient unit via systemd-run), session (a session of its "
-            "own), or auto (systemd when the listener is a root service of a systemd system)",
+            "own), or auto (systemd when the listener is a root service of a systemd system, "
+            "or a home-manager listener's user service under systemd --user, whose rebuilds "
+            "then run in the user's own service manager: systemd-run --user)",
             default=DEFAULT_REBUILD_RUNNER,
             choices=REBUILD_RUNNERS,
             metavar="MODE",
@@ -454,6 +486,119 @@ HOSTS = Command(
     ),
 )
 
+# -- builds ----------------------------------------------------------------------------------
+
+BUILDER = Command(
+    "builder",
+    "build the fleet's system closures once, on a build host",
+    "Answer build requests on build.<repo>.<host> and build.<repo>.all, one at a\n"
+    "time: fetch the revision once (pinned to its commit), list the flake's\n"
+    "nixosConfigurations, nix build each requested host's\n"
+    "config.system.build.toplevel and, with --cache, nix copy it to that binary cache,\n"
+    "streaming every step's status to the requester. Hosts that use the cache as a\n"
+    "substituter then download their systems instead of building them.\n\n"
+    "  fleet-deploy builder --repo nixos-servers=git+https://git.example.com/nixos.git \\\n"
+    "      --cache s3://nix-cache?region=eu-west-1 --nats-url nats://nats:4222 \\\n"
+    "      --nkey-file /run/keys/builder.seed",
+    (
+        Option(
+            "repo",
+            "a repository to build, as NAME=FLAKE_URL (the flake without #host); NAME is the "
+            "<repo> of build.<repo>.*; repeatable, comma-separated in the variable. A command "
+            "line is public (/proc): give a URL with a token in --repos-file",
+            kind="list",
+            metavar="NAME=URL",
+        ),
+        Option(
+            "repos_file",
+            'TOML file of more repositories, one NAME = "FLAKE_URL" per line under [repos]: '
+            "keeps a token off the command line",
+            metavar="PATH",
+        ),
+        Option(
+            "cache",
+            "binary cache to nix copy each built closure to (a nix store URL, e.g. "
+            "s3://bucket?region=eu-west-1 or ssh-ng://cache.example.com)",
+            metavar="STORE_URL",
+            shown_default="none: build only",
+        ),
+        Option(
+            "name",
+            "this builder's name in statuses and logs",
+            metavar="NAME",
+            shown_default="this machine's hostname",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "timeout",
+            "deadline of one nix step (fetching, listing, one host's build, one copy), in seconds",
+            default=DEFAULT_BUILD_STEP_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "nix_command",
+            "nix program and fixed arguments, split like a shell would but never run by one",
+            default=DEFAULT_NIX_COMMAND,
+            metavar="CMD",
+        ),
+        Option(
+            "heartbeat_interval",
+            "while a build runs, send its progress at least this often, in seconds",
+            default=DEFAULT_HEARTBEAT_INTERVAL,
+            metavar="SECONDS",
+        ),
+        LOG_LEVEL,
+        Option("debug", "log at debug level: the same as --log-level debug", kind="switch"),
+    ),
+)
+
+BUILD = Command(
+    "build",
+    "ask the builder to build hosts' system closures and wait for every result",
+    "Publish a build request to build.<REPO>.<TARGET> and follow it: the builder\n"
+    "pins the revision to its commit, builds each host's system closure and copies it\n"
+    "to its binary cache, so that a deploy afterwards downloads instead of building.\n"
+    "TARGET is a host (a nixosConfiguration of the flake) or all.\n\n"
+    "  fleet-deploy build nixos-servers all --branch main\n\n"
+    "Exit status: 0 every host built (and copied); 1 a host failed, the build was\n"
+    "rejected, no builder answered or it fell silent; 2 usage, key, connection or\n"
+    "permission error.",
+    (
+        Option(
+            "repo",
+            "repository name the builder knows",
+            env=False,
+            kind="positional",
+            metavar="REPO",
+        ),
+        Option(
+            "target",
+            "a host to build, or all",
+            default="all",
+            env=False,
+            kind="positional",
+            metavar="TARGET",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "branch",
+            "branch, tag or full commit to build",
+            default=DEFAULT_REVISION,
+            metavar="REV",
+            legacy_env=True,
+        ),
+        Option(
+            "timeout",
+            "how long to wait for the whole build once the request is out, in seconds",
+            default=DEFAULT_BUILD_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        replace(JSON, help="print one JSON result object instead of lines"),
+    ),
+)
+
 # -- setting up ------------------------------------------------------------------------------
 
 KEYGEN = Command(
@@ -499,6 +644,9 @@ NATS_CONFIG = Command(
     '  nkey = "U..."            # the listener\'s public key (fleet-deploy keygen)\n\n'
     "  [deployers.assistant]\n"
     '  access = "test"          # test: deploy.test.> only; admin: deploy.>\n'
+    '  nkey = "U..."\n\n'
+    "  [builders.buildbox]      # optional: a build host (fleet-deploy builder)\n"
+    '  repos = ["nixos"]        # it hears build.<repo>.*; every deployer may ask\n'
     '  nkey = "U..."\n\n'
     "Layouts: `bound` (the default) lets each listener answer only on reply subjects\n"
     "that carry its own tier and hostname, so the server vouches for who sent each\n"
@@ -598,7 +746,9 @@ MCP = Command(
     "mcp",
     "serve the MCP server (same as fleet-mcp)",
     "Serve fleet-deploy's MCP server: list_hosts, deploy (test tier only),\n"
-    "deployment_status, and deploy_admin when --enable-admin and an admin key are given.\n\n"
+    "deployment_status, list_deployments, deploy_admin when --enable-admin and an\n"
+    "admin key are given, and build and build_status (the builder builds closures;\n"
+    "no host changes) with --enable-builds.\n\n"
     "Serves stdio by default (what an editor launches); --http serves streamable HTTP\n"
     "at /mcp.",
     (
@@ -613,6 +763,12 @@ MCP = Command(
             "admin_nkey_file",
             "seed of the admin deployer key, used only by deploy_admin",
             metavar="PATH",
+        ),
+        Option(
+            "enable_builds",
+            "register build and build_status: ask the builder (fleet-deploy builder) to build "
+            "closures with the test key; a build changes no host",
+            kind="switch",
         ),
         Option(
             "http",
@@ -636,7 +792,17 @@ MCP = Command(
     ),
 )
 
-COMMANDS: tuple[Command, ...] = (LISTENER, DEPLOY, HOSTS, KEYGEN, NATS_CONFIG, SANDBOX, MCP)
+COMMANDS: tuple[Command, ...] = (
+    LISTENER,
+    DEPLOY,
+    HOSTS,
+    BUILDER,
+    BUILD,
+    KEYGEN,
+    NATS_CONFIG,
+    SANDBOX,
+    MCP,
+)
 
 
 def command(name: str) -> Command:

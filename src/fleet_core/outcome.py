@@ -57,8 +57,16 @@ class Outcome:
         return self.kind is StatusKind.COMPLETED
 
 
-def decide(result: RebuildResult, *, action: Action, revision: str, timeout: float) -> Outcome:
-    """The final status of a rebuild of ``revision`` with ``action`` that ran into ``result``.
+def decide(
+    result: RebuildResult,
+    *,
+    action: Action,
+    revision: str,
+    timeout: float,
+    program: str = "nixos-rebuild",
+) -> Outcome:
+    """The final status of a rebuild of ``revision`` with ``action`` that ran into ``result``;
+    ``program`` (darwin-rebuild, home-manager) is what the messages say ran.
 
     A deadline or a stop wins over the exit code: a group stopped by SIGTERM exits non-zero,
     and "build_failed" would send the reader looking for a nix error that is not there. A
@@ -71,8 +79,7 @@ def decide(result: RebuildResult, *, action: Action, revision: str, timeout: flo
     if result.timed_out:
         error = ErrorCode.TIMEOUT
         message = (
-            f"nixos-rebuild ran longer than {timeout:g} s and was stopped with its whole "
-            "process group"
+            f"{program} ran longer than {timeout:g} s and was stopped with its whole process group"
         )
     elif result.lost is not None:
         error = ErrorCode.CANCELLED
@@ -82,7 +89,9 @@ def decide(result: RebuildResult, *, action: Action, revision: str, timeout: flo
         message = "the rebuild was stopped before it finished: its job runner was told to stop"
     else:
         error = ErrorCode.BUILD_FAILED
-        message = result.start_error or failure_summary(result.tail, result.exit_code)
+        message = result.start_error or failure_summary(
+            result.tail, result.exit_code, program=program
+        )
     tail = tuple(redact(line) for line in result.tail)
     return Outcome(StatusKind.FAILED, error, _shown(message), tail)
 

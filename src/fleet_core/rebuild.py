@@ -1,13 +1,22 @@
 """What a deploy runs on the host: validated action and revision, and the argv (pure).
 
-The argv is built here and nowhere else, and it never passes through a shell:
+The argv is built here and nowhere else, and it never passes through a shell. What it is
+depends on the host's kind (``--host-kind``):
 
-    nixos-rebuild <action> --flake <flake-url>?ref=<revision>#<hostname> --refresh
+    nixos         nixos-rebuild <action> --flake <flake-url>?ref=<revision>#<name> --refresh
+    darwin        darwin-rebuild <verb> --flake … --refresh     (dry-activate is its check)
+    home-manager  home-manager <verb> --flake … --refresh       (dry-activate is switch --dry-run)
+
+``<name>`` is the configuration (``--configuration``, the hostname unless set). The actions
+are nixos-rebuild's; a kind that has no counterpart for one (darwin-rebuild and Home Manager
+have no ``boot`` or ``test``) rejects it when the request arrives, before anything is
+accepted, so that a deploy never starts something other than what was asked for.
 
 ``rev=`` replaces ``ref=`` for a full commit hash; ``&`` replaces ``?`` when the flake URL
 already has a query. ``--refresh`` makes nix re-fetch a moved branch instead of deploying the
 commit it cached an hour ago. A revision is checked so strictly that it can never end the
-query, start a fragment, or become an argument of its own.
+query, start a fragment, or become an argument of its own; a configuration name so that it
+can never end the fragment or become an argument.
 """
 
 from __future__ import annotations
@@ -20,20 +29,27 @@ from fleet_core.errors import RequestRejected, UsageError
 
 __all__ = [
     "DEFAULT_ACTION",
+    "DEFAULT_HOST_KIND",
     "DEFAULT_REVISION",
+    "MAX_CONFIGURATION_LENGTH",
     "MAX_REVISION_LENGTH",
     "Action",
+    "HostKind",
+    "actions_for",
     "build_argv",
     "flake_reference",
+    "rebuild_program",
     "redact",
     "validate_action",
+    "validate_action_for",
+    "validate_configuration",
     "validate_flake_url",
     "validate_revision",
 ]
 
 
 class Action(StrEnum):
-    """The nixos-rebuild actions a deploy may ask for."""
+    """The actions a deploy may ask for: nixos-rebuild's (other kinds map them, ``_VERBS``)."""
 
     SWITCH = "switch"
     BOOT = "boot"
@@ -42,12 +58,49 @@ class Action(StrEnum):
     BUILD = "build"
 
 
+class HostKind(StrEnum):
+    """What a host is, and so which program deploys it (``--host-kind``)."""
+
+    NIXOS = "nixos"
+    DARWIN = "darwin"  # nix-darwin: darwin-rebuild
+    HOME_MANAGER = "home-manager"  # a user's Home Manager configuration, on macOS or Linux
+
+
 DEFAULT_ACTION = Action.SWITCH
+DEFAULT_HOST_KIND = HostKind.NIXOS
 DEFAULT_REVISION = "master"
 MAX_REVISION_LENGTH = 255
+MAX_CONFIGURATION_LENGTH = 63
+
+_PROGRAMS: dict[HostKind, str] = {
+    HostKind.NIXOS: "nixos-rebuild",
+    HostKind.DARWIN: "darwin-rebuild",
+    HostKind.HOME_MANAGER: "home-manager",
+}
+# The arguments before --flake that run each action, per kind. An action a kind lacks is
+# absent: darwin-rebuild and Home Manager have no boot entry to write and no "activate but
+# not at next boot". dry-activate's meaning, "show what activation would change", is
+# darwin-rebuild's check and home-manager's switch --dry-run (-n).
+_VERBS: dict[HostKind, dict[Action, tuple[str, ...]]] = {
+    HostKind.NIXOS: {action: (action.value,) for action in Action},
+    HostKind.DARWIN: {
+        Action.SWITCH: ("switch",),
+        Action.BUILD: ("build",),
+        Action.DRY_ACTIVATE: ("check",),
+    },
+    HostKind.HOME_MANAGER: {
+        Action.SWITCH: ("switch",),
+        Action.BUILD: ("build",),
+        Action.DRY_ACTIVATE: ("switch", "--dry-run"),
+    },
+}
 
 _ACTIONS = ", ".join(a.value for a in Action)
 _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# A flake attribute as the three programs take it after '#': a NixOS or nix-darwin host name,
+# or Home Manager's user@host. Nothing that could end the fragment (#, ?, &, space), quote
+# it, or, leading with '-', become an argument.
+_CONFIGURATION = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._@-]{{0,{MAX_CONFIGURATION_LENGTH - 1}}}")
 # A conservative subset of git's ref-name rules: it can hold ordinary branch and tag names
 # (release/1.2, v1.0.0-rc1, feature_x) and nothing that has meaning in a flake URL or argv.
 _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]*")
@@ -61,6 +114,50 @@ def validate_action(value: object) -> Action:
         except ValueError:
             pass
     raise RequestRejected("invalid_action", f"unknown action {value!r}: use one of {_ACTIONS}")
+
+
+def rebuild_program(kind: HostKind) -> str:
+    """The program that deploys a host of ``kind``: the default ``--rebuild-command``."""
+    return _PROGRAMS[kind]
+
+
+def actions_for(kind: HostKind) -> tuple[Action, ...]:
+    """The actions a host of ``kind`` can run, in ``Action``'s order."""
+    return tuple(action for action in Action if action in _VERBS[kind])
+
+
+def validate_action_for(kind: HostKind, action: Action) -> Action:
+    """Return ``action`` if a host of ``kind`` can run it; raise ``invalid_action`` saying
+    which actions it runs otherwise (a NixOS host runs them all)."""
+    if action in _VERBS[kind]:
+        return action
+    runs = ", ".join(a.value for a in actions_for(kind))
+    raise RequestRejected(
+        "invalid_action",
+        f"{action.value} is not an action for a {kind.value} host, which runs only {runs} "
+        f"({_PROGRAMS[kind]} has no {action.value}): deploy it with one of those",
+    )
+
+
+def validate_configuration(value: str, kind: HostKind | None = None) -> str:
+    """Return ``value`` if it can be the flake attribute after ``#``; raise ``UsageError``.
+
+    darwin-rebuild puts the name into ``darwinConfigurations.<name>`` unquoted, where a dot
+    would select another attribute and an ``@`` would not parse: for that kind a name is
+    letters, digits, ``_`` and ``-`` only (nixos-rebuild and home-manager quote it).
+    """
+    shown = value if len(value) <= 80 else value[:77] + "..."
+    if not _CONFIGURATION.fullmatch(value):
+        raise UsageError(
+            f"invalid configuration name {shown!r}: use 1-{MAX_CONFIGURATION_LENGTH} letters, "
+            "digits and . _ - @ (such as web1 or alice@mac1), starting with a letter or digit"
+        )
+    if kind is HostKind.DARWIN and any(c in value for c in ".@"):
+        raise UsageError(
+            f"invalid configuration name {shown!r} for a darwin host: darwin-rebuild does not "
+            "quote it, so use letters, digits, _ and - only (such as mac1)"
+        )
+    return value
 
 
 def validate_revision(value: object) -> str:
@@ -107,11 +204,12 @@ def validate_flake_url(value: str) -> str:
     return value
 
 
-def flake_reference(flake_url: str, revision: str, hostname: str) -> str:
-    """``<flake-url>?ref=<revision>#<hostname>`` (``rev=`` for a commit, ``&`` after a query)."""
+def flake_reference(flake_url: str, revision: str, configuration: str) -> str:
+    """``<flake-url>?ref=<revision>#<configuration>`` (``rev=`` for a commit, ``&`` after a
+    query)."""
     key = "rev" if _COMMIT.fullmatch(revision) else "ref"
     separator = "&" if "?" in flake_url else "?"
-    return f"{flake_url}{separator}{key}={revision}#{hostname}"
+    return f"{flake_url}{separator}{key}={revision}#{configuration}"
 
 
 _USERINFO = re.compile(r"(://)[^/@\s]*@")
@@ -127,8 +225,19 @@ def redact(text: str) -> str:
 
 
 def build_argv(
-    command: Sequence[str], action: Action, *, flake_url: str, revision: str, hostname: str
+    command: Sequence[str],
+    action: Action,
+    *,
+    flake_url: str,
+    revision: str,
+    configuration: str,
+    kind: HostKind = DEFAULT_HOST_KIND,
 ) -> list[str]:
-    """The full argv of one rebuild; ``command`` is the rebuild program and its fixed args."""
-    reference = flake_reference(flake_url, validate_revision(revision), hostname)
-    return [*command, action.value, "--flake", reference, "--refresh"]
+    """The full argv of one rebuild of ``configuration`` on a host of ``kind``; ``command`` is
+    the rebuild program and its fixed args. An action the kind cannot run is
+    ``invalid_action``, as when the listener checked the request."""
+    verb = _VERBS[kind][validate_action_for(kind, action)]
+    reference = flake_reference(
+        flake_url, validate_revision(revision), validate_configuration(configuration, kind)
+    )
+    return [*command, *verb, "--flake", reference, "--refresh"]

@@ -1,7 +1,9 @@
 """Reading nixos-rebuild's output (pure): which phase a line announces, and why a build failed.
 
 nixos-rebuild prints no machine-readable progress, so the phase is recognised from the few
-lines it and nix always print; an unrecognised line keeps the previous phase.
+lines it and nix always print; an unrecognised line keeps the previous phase. darwin-rebuild
+and home-manager print nix's same build lines, and activation lines of their own that are
+recognised too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ _PHASES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^(updating GRUB|installing the boot loader|Copied |Created \")"), "bootloader"),
     (re.compile(r"^activating the configuration"), "activating"),
     (re.compile(r"^(setting up /etc|reloading user units|setting up tmpfiles)"), "activating"),
+    # darwin-rebuild's activation, and Home Manager's.
+    (re.compile(r"^setting up (groups|users|launchd services|/run/current-system)"), "activating"),
+    (re.compile(r"^Starting Home Manager activation"), "activating"),
     (re.compile(r"^(stopping|starting|restarting|reloading) the following units"), "activating"),
     (re.compile(r"^Done\. The new configuration is"), "done"),
 )
@@ -43,7 +48,9 @@ def phase_of(line: str, previous: str | None = None) -> str | None:
     return previous
 
 
-def failure_summary(lines: Sequence[str], exit_code: int | None) -> str:
+def failure_summary(
+    lines: Sequence[str], exit_code: int | None, *, program: str = "nixos-rebuild"
+) -> str:
     """One sentence for a failed rebuild: nix's last ``error:`` line, else the last line.
 
     nix prints the outermost context first ("error:", "… while evaluating …") and the cause
@@ -64,7 +71,7 @@ def failure_summary(lines: Sequence[str], exit_code: int | None) -> str:
     if not detail:
         detail = next((t.strip() for t in reversed(cleaned) if t.strip()), "")
     suffix = f": {detail}" if detail else " without output"
-    return f"nixos-rebuild failed (exit {exit_code}){suffix}"[:500]
+    return f"{program} failed (exit {exit_code}){suffix}"[:500]
 
 
 def success_summary(lines: Iterable[str], action: str, revision: str) -> str:

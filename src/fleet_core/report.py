@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fleet_core.builds import BuildResult, HostBuild
 from fleet_core.messages import HostInfo
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
 
-__all__ = ["RECOVERED", "connection_line", "host_line", "hosts_table", "summary", "trust_lines"]
+__all__ = [
+    "RECOVERED",
+    "build_line",
+    "build_summary",
+    "connection_line",
+    "host_line",
+    "hosts_table",
+    "summary",
+    "trust_lines",
+]
 
 _TAIL_LINES = 20
 RECOVERED = "(recovered from its job record)"  # a final status whose message was lost
@@ -105,16 +115,64 @@ def _outages(result: DeploymentResult) -> str:
 
 
 def hosts_table(hosts: Sequence[HostInfo]) -> str:
-    """Discovered hosts as an aligned table."""
+    """Discovered hosts as an aligned table; a KIND column only when a host is not NixOS
+    (a listener that does not say is NixOS), so an all-NixOS fleet's table is unchanged."""
     if not hosts:
         return "no hosts answered discovery"
-    rows = [("HOST", "TIER", "ROLE", "STATE", "VERSION")]
+    kinds = [h.kind or "nixos" for h in hosts]
+    with_kind = any(kind != "nixos" for kind in kinds)
+    rows = [("HOST", "TIER", "ROLE", *(("KIND",) if with_kind else ()), "STATE", "VERSION")]
     rows += [
-        (h.hostname, h.tier, h.role or "-", "busy" if h.busy else "idle", h.version or "-")
-        for h in hosts
+        (
+            h.hostname,
+            h.tier,
+            h.role or "-",
+            *((kind,) if with_kind else ()),
+            "busy" if h.busy else "idle",
+            h.version or "-",
+        )
+        for h, kind in zip(hosts, kinds, strict=True)
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def build_line(host: HostBuild) -> str:
+    """One line for a host whose part of a build just changed."""
+    detail = host.store_path or host.message
+    if host.state.value == "building" and host.phase:
+        detail = f"[{host.phase}] {detail}"
+    if host.copied_to:
+        detail = f"{detail} (copied to {host.copied_to})"
+    if host.error:
+        detail = f"{host.error}: {host.message}"
+    return f"  {host.host:<20} {host.state.value:<10} {detail}".rstrip()
+
+
+def build_summary(result: BuildResult) -> str:
+    """The final report of a build: a row per host, the output of every failure, a verdict."""
+    commit = f" = {result.commit}" if result.commit else ""
+    by = f" by {result.builder}" if result.builder else ""
+    lines = [
+        f"build {result.build_id}: {result.target} at {result.revision}{commit}{by} "
+        f"({result.elapsed_s:.1f} s)",
+        "",
+    ]
+    if result.hosts:
+        lines.append(f"  {'HOST':<20} {'STATE':<10} {'TIME':>8}  RESULT")
+        for host in result.hosts:
+            took = f"{host.duration_s:.1f}s" if host.duration_s is not None else "-"
+            note = f"{host.error}: {host.message}" if host.error else (host.store_path or "")
+            lines.append(f"  {host.host:<20} {host.state.value:<10} {took:>8}  {note}".rstrip())
+        for host in result.hosts:
+            if host.log_tail:
+                lines += ["", f"--- last output of {host.host} ---"]
+                lines += [f"  {line}" for line in host.log_tail[-_TAIL_LINES:]]
+        lines.append("")
+    if result.message:
+        lines.append(f"{result.status}: {result.message}")
+    lines.append("OK" if result.ok else "NOT OK")
+    return "\n".join(lines)

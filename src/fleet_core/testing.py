@@ -60,6 +60,7 @@ from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
 from fleet_core.listener import Listener
 from fleet_core.natsconfig import (
     DEFAULT_LAYOUT,
+    BuilderEntry,
     DeployerEntry,
     HostEntry,
     Inventory,
@@ -68,7 +69,7 @@ from fleet_core.natsconfig import (
     nats_config,
 )
 from fleet_core.runner import Launched, Rebuilder, RebuildJob
-from fleet_core.settings import DeployTiming, ListenerSettings
+from fleet_core.settings import BuilderSettings, DeployTiming, ListenerSettings
 from fleet_core.subjects import Tier
 
 __all__ = [
@@ -79,6 +80,9 @@ __all__ = [
     "LocalFleet",
     "Permissions",
     "local_fleet",
+    "simulated_darwin_rebuild_command",
+    "simulated_home_manager_command",
+    "simulated_nix_command",
     "simulated_rebuild_command",
     "simulated_systemd_run_command",
     "stop_jobs",
@@ -129,6 +133,24 @@ def simulated_rebuild_command(*sim: str) -> tuple[str, ...]:
     """The packaged stand-in for ``nixos-rebuild`` (``--sim-*`` flags first), for
     ``ProcessRebuilder``: a real process that prints, sleeps and fails as it is told."""
     return (sys.executable, "-m", "fleet_core.simulated_rebuild", *sim)
+
+
+def simulated_darwin_rebuild_command(*sim: str) -> tuple[str, ...]:
+    """The stand-in for ``darwin-rebuild`` (switch, build, check): the ``nixos-rebuild``
+    one told which program it is, for a listener with ``host_kind=HostKind.DARWIN``."""
+    return simulated_rebuild_command("--sim-program", "darwin-rebuild", *sim)
+
+
+def simulated_home_manager_command(*sim: str) -> tuple[str, ...]:
+    """The stand-in for ``home-manager`` (switch [--dry-run], build), for a listener with
+    ``host_kind=HostKind.HOME_MANAGER``."""
+    return simulated_rebuild_command("--sim-program", "home-manager", *sim)
+
+
+def simulated_nix_command(*sim: str) -> tuple[str, ...]:
+    """The packaged stand-in for the builder's ``nix`` (``--sim-*`` flags first), for
+    ``BuilderSettings.nix_command``."""
+    return (sys.executable, "-m", "fleet_core.simulated_nix", *sim)
 
 
 def simulated_systemd_run_command(*sim: str) -> tuple[str, ...]:
@@ -208,6 +230,19 @@ class LocalFleet:
             flake_url=FLAKE_URL,
             rebuild_command=simulated_rebuild_command(),
             state_dir=self.state_dir(host),
+        )
+        return replace(base, **overrides) if overrides else base
+
+    def builder_settings(self, name: str, **overrides: Any) -> BuilderSettings:
+        """Settings for builder ``name`` with its key, a repository per name the inventory gives
+        it (all at ``FLAKE_URL``) and the simulated nix; ``overrides`` replace any field."""
+        entry = next(b for b in self.inventory.builders if b.name == name)
+        base = BuilderSettings(
+            name=name,
+            nats_urls=self.urls,
+            nkey_file=self.key_path(name),
+            repos={repo: FLAKE_URL for repo in entry.repos},
+            nix_command=simulated_nix_command(),
         )
         return replace(base, **overrides) if overrides else base
 
@@ -346,6 +381,7 @@ async def local_fleet(
     deployers: Mapping[str, Access],
     *,
     outsiders: Sequence[str] = (),
+    builders: Mapping[str, Sequence[str]] | None = None,
     extra_users: Mapping[str, Permissions] | None = None,
     root: Path | None = None,
     state_root: Path | None = None,
@@ -356,7 +392,8 @@ async def local_fleet(
 ) -> AsyncIterator[LocalFleet]:
     """Keys, the tiered permissions and a started nats-server for ``hosts`` and ``deployers``.
 
-    ``outsiders`` get a key the server does not know; ``extra_users`` get a key the server
+    ``outsiders`` get a key the server does not know; ``builders`` (name → repositories) a
+    builder's key and permissions; ``extra_users`` get a key the server
     knows with the permissions given, outside the inventory (a looser config than
     ``nats-config`` writes: a leaked key that may publish on ``deploy.>``, say). ``port`` is
     nats-server's: -1 picks a
@@ -372,7 +409,8 @@ async def local_fleet(
             root = Path(tempfile.mkdtemp(prefix="fleet-"))
             stack.callback(shutil.rmtree, root, ignore_errors=True)
         extra = dict(extra_users or {})
-        names = [*(h.name for h in hosts), *deployers, *outsiders, *extra]
+        builders = dict(builders or {})
+        names = [*(h.name for h in hosts), *deployers, *builders, *outsiders, *extra]
         seeds = _seeds(root / "keys", names, reuse=reuse_keys)
         inventory = Inventory(
             hosts=tuple(
@@ -382,6 +420,10 @@ async def local_fleet(
             deployers=tuple(
                 DeployerEntry(name=name, access=access, nkey=seeds[name].public_key)
                 for name, access in deployers.items()
+            ),
+            builders=tuple(
+                BuilderEntry(name=name, nkey=seeds[name].public_key, repos=tuple(repos))
+                for name, repos in builders.items()
             ),
         )
         inventory_path = root / "inventory.toml"

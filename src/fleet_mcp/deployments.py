@@ -28,6 +28,7 @@ import structlog
 
 from fleet_core.deployer import Deployer, new_deployment_id
 from fleet_core.errors import FleetError
+from fleet_core.options import DEFAULT_BUILD_TIMEOUT
 from fleet_core.rebuild import Action
 from fleet_core.subjects import Target
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
@@ -35,6 +36,7 @@ from fleet_mcp.link import NatsLink
 
 if TYPE_CHECKING:
     from fleet_core.metrics import DeployerMetrics, DeploymentOutcome
+    from fleet_mcp.builds import BuildRegistry  # which imports this module
 from fleet_mcp.models import (
     batch_note,
     connection_note,
@@ -335,3 +337,5 @@ class FleetState:
     heartbeat: float
     deploy_timeout: float
     metrics: DeployerMetrics | None = None  # over HTTP only: counts calls and deployments
+    builds: BuildRegistry | None = None  # with --enable-builds only
+    build_timeout: float = DEFAULT_BUILD_TIMEOUT  # how long the server follows one build

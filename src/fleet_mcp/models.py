@@ -12,6 +12,10 @@ A model reads a result's *text*, and its context is small: ``report_text`` is th
 report while it fits ``TEXT_BUDGET``, and beyond that (a thousand hosts and up) keeps every
 host that did not complete in full and counts the completed ones. The structured content
 always has every host.
+
+Builds (``build`` and ``build_status``, with ``--enable-builds``) follow the same rules:
+``BuildReport`` with its ``summary`` and ``next_step``, ``build_text`` within the same
+budget, and notes that start with ``build <id>:``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_core.builds import BuildError, BuildResult, HostBuild, HostBuildState
 from fleet_core.messages import HostInfo
 from fleet_core.tracking import DeploymentResult, HostResult, Outage
 from fleet_core.trust import Flagged
@@ -33,12 +38,22 @@ __all__ = [
     "MAX_NOTE_DETAIL",
     "MAX_TAIL_LINES",
     "TEXT_BUDGET",
+    "BuildReport",
     "DeploymentBrief",
     "DeploymentReport",
     "DeploymentsReport",
     "FleetHost",
     "HostsReport",
     "batch_note",
+    "build_accepted_note",
+    "build_batch_note",
+    "build_end_note",
+    "build_heartbeat_note",
+    "build_host_note",
+    "build_opening_note",
+    "build_report",
+    "build_status_step",
+    "build_text",
     "connection_note",
     "deployment_brief",
     "deployment_report",
@@ -443,7 +458,9 @@ def _trust_sentence(result: DeploymentResult) -> str:
     return " ".join(sentences)
 
 
-def _fit(hosts: Sequence[HostResult], room: int, *, tail: int | None) -> list[dict[str, Any]]:
+def _fit(
+    hosts: Sequence[HostResult] | Sequence[HostBuild], room: int, *, tail: int | None
+) -> list[dict[str, Any]]:
     """As many of ``hosts`` (in order) as fit in ``room`` bytes of JSON, log tails cut to
     ``tail`` lines when given. An entry too big for a quarter of the room is cut down rather
     than dropped: one host's huge log must not hide every failure."""
@@ -466,7 +483,8 @@ def _shrunk(entry: dict[str, Any], limit: int) -> dict[str, Any]:
     """``entry`` within ``limit`` bytes: the message's first line, short log lines, and as
     many of the last log lines as fit."""
     entry = {**entry, "message": _glance(str(entry.get("message") or ""))}
-    entry["hostname"] = str(entry["hostname"])[:MAX_NOTE_DETAIL]
+    name = "hostname" if "hostname" in entry else "host"  # a deployment's host, or a build's
+    entry[name] = str(entry[name])[:MAX_NOTE_DETAIL]
     lines = [line if len(line) <= 300 else line[:299] + "…" for line in entry["log_tail"]]
     entry["log_tail"] = []
     room = limit - _size(_json(entry))
@@ -601,3 +619,343 @@ def heartbeat_note(result: DeploymentResult) -> str:
         f"deployment {result.deployment_id}: still running after {result.duration_s:.0f} s "
         f"({hosts}{down})"
     )
+
+
+# -- builds ----------------------------------------------------------------------------------
+
+
+class BuildReport(BaseModel):
+    """One build as the build tool and ``build_status`` report it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str = Field(description="what happened, in a sentence or two; read this first")
+    state: Literal["running", "finished"] = Field(
+        description="'running' when wait_seconds ran out first: the build goes on"
+    )
+    ok: bool = Field(
+        description="true only when every host was built (and copied to the binary cache, "
+        "when the builder has one)"
+    )
+    build_id: str = Field(description="pass to build_status to keep waiting")
+    status: str = Field(
+        description="the build's own status: running, completed, failed, rejected (the "
+        "builder refused the request: see error and message), lost (the builder fell silent) "
+        "or no_builder (no builder listens on subject)"
+    )
+    subject: str = Field(description="the NATS subject the request went to")
+    repo: str = Field(description="the repository's name, as the builder knows it")
+    revision: str = Field(description="the branch, tag or commit asked for")
+    commit: str | None = Field(
+        description="the commit the builder pinned the revision to: every host of the build "
+        "comes from it"
+    )
+    builder: str | None = Field(description="the builder that took the build")
+    error: str | None = Field(description="the error code of the build as a whole, if any")
+    message: str = Field(description="the builder's last word on the whole build")
+    counts: dict[str, int] = Field(description="number of hosts in each state")
+    hosts: list[HostBuild] = Field(
+        description="per host: state (waiting, building, built, failed, lost), phase, error "
+        "code, message, store_path, copied_to (the binary cache), duration_s and, for a "
+        "failure, the last lines of nix's output (log_tail)"
+    )
+    elapsed_s: float = Field(description="seconds since the request was published")
+    next_step: str = Field(
+        description="what to do now: while running, how to wait for the rest (never build "
+        "again); when finished, what to read, fix or run"
+    )
+
+
+_DONE_BUILDS = (HostBuildState.BUILT, HostBuildState.FAILED, HostBuildState.LOST)
+# Problems first in a digest: failures, then hosts the build lost, then the open ones.
+_BUILD_RANK = {
+    HostBuildState.FAILED: 0,
+    HostBuildState.LOST: 1,
+    HostBuildState.BUILDING: 2,
+    HostBuildState.WAITING: 3,
+    HostBuildState.BUILT: 4,
+}
+
+
+def build_status_step(build_id: str) -> str:
+    """How to keep waiting for a running build: the same words in results and errors."""
+    return (
+        f"Call build_status with build_id={build_id!r} to wait for the rest (it waits up to "
+        f"{DEFAULT_WAIT:g} s per call, which fits clients that cut calls off at 60 s; call it "
+        "again while state is 'running'). Do not build again: the build keeps running, and "
+        "the builder refuses a second one meanwhile."
+    )
+
+
+def _trimmed_build(host: HostBuild) -> HostBuild:
+    if len(host.log_tail) <= MAX_TAIL_LINES:
+        return host
+    return host.model_copy(update={"log_tail": host.log_tail[-MAX_TAIL_LINES:]})
+
+
+def _build_problems(result: BuildResult) -> list[str]:
+    """One sentence per host that failed or was lost, in the build's order."""
+    notes = []
+    for host in result.hosts:
+        if host.state not in (HostBuildState.FAILED, HostBuildState.LOST):
+            continue
+        message = _glance(host.message)
+        why = f"{host.error}: {message}" if host.error else message
+        note = f"{host.host} {host.state.value} ({why})"
+        if host.log_tail:
+            note += "; its log_tail holds the end of nix's output"
+        notes.append(note)
+    return notes
+
+
+def _sentence(text: str) -> str:
+    text = text.rstrip()
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def build_report(
+    result: BuildResult, *, finished: bool, other_running: str | None = None
+) -> BuildReport:
+    """A report for the model from the deployer's build result (or its latest state).
+
+    ``other_running``: the id of another build this server is following, if any — what a
+    build refused as ``already_running`` most likely waits for.
+    """
+    what = f"build of {result.target} at {result.revision}"
+    if result.commit:
+        what += f" (commit {result.commit[:12]})"
+    if not finished:
+        summary, next_step = _build_running(result, what)
+    elif result.ok:
+        summary, next_step = _build_ok(result, what)
+    elif result.status in ("no_builder", "rejected", "lost"):
+        summary, next_step = _build_unanswered(result, what, other_running)
+    else:
+        summary, next_step = _build_failed(result, what)
+    return BuildReport(
+        summary=summary,
+        state="finished" if finished else "running",
+        ok=result.ok and finished,
+        build_id=result.build_id,
+        status=result.status,
+        subject=result.target,
+        repo=result.repo,
+        revision=result.revision,
+        commit=result.commit,
+        builder=result.builder,
+        error=result.error,
+        message=result.message,
+        counts=result.counts(),
+        hosts=[_trimmed_build(h) for h in result.hosts],
+        elapsed_s=result.elapsed_s,
+        next_step=next_step,
+    )
+
+
+def _builder_name(result: BuildResult) -> str:
+    return f"builder {result.builder}" if result.builder else "the builder"
+
+
+def _build_running(result: BuildResult, what: str) -> tuple[str, str]:
+    if result.hosts:
+        doing = _counts(result.counts())
+    elif result.builder:
+        doing = f"{_builder_name(result)} is fetching the revision and listing its hosts"
+    else:
+        doing = "waiting for a builder to answer"
+    summary = f"{what} is still running after {result.elapsed_s:.0f} s: {doing}."
+    return summary, build_status_step(result.build_id)
+
+
+def _build_ok(result: BuildResult, what: str) -> tuple[str, str]:
+    summary = (
+        f"{what} finished OK by {_builder_name(result)}: {_counts(result.counts())} "
+        f"({result.elapsed_s:.1f} s)."
+    )
+    caches = {h.copied_to for h in result.hosts if h.copied_to}
+    cached = f" and copied to the binary cache {sorted(caches)[0]}" if caches else ""
+    next_step = f"Nothing to wait for: every host was built{cached}."
+    if result.commit:
+        next_step += (
+            f" To deploy exactly what was built, deploy with branch={result.commit!r} "
+            f"(the branch {result.revision!r} may move on)."
+        )
+    return summary, next_step
+
+
+def _build_unanswered(result: BuildResult, what: str, other_running: str | None) -> tuple[str, str]:
+    """No builder, a refusal, or a builder that fell silent: nothing (more) was built."""
+    message = _sentence(_glance(result.message))
+    if result.status == "no_builder":
+        return f"{what}: nothing was built. {message}", (
+            f"Nothing is building. Check the repository name {result.repo!r}; if it is right, "
+            "ask the user to start a builder for it: fleet-deploy builder --repo "
+            f"{result.repo}=<flake URL>, with a builder key whose NATS permissions "
+            f"(nats-config's [builders.<name>] with repos = [{result.repo!r}]) let it hear "
+            f"{result.target}. Then call build again."
+        )
+    if result.status == "lost":
+        return f"{what} was lost: {message} Hosts: {_counts(result.counts())}.", (
+            "Ask the user to check the builder (its service and its logs): it stopped "
+            "answering. nix keeps what it built, so building again once it is back redoes "
+            "only the rest."
+        )
+    summary = f"{what} was refused by {_builder_name(result)} ({result.error}): {message}"
+    if result.error != BuildError.ALREADY_RUNNING.value:
+        return summary, (
+            "Read message: it says what the builder found wrong with the request. Fix that "
+            "before building again."
+        )
+    if other_running:
+        return summary, (
+            f"The builder is busy with build {other_running}, which this server follows: call "
+            f"build_status with build_id={other_running!r} until it is finished, then build "
+            "again."
+        )
+    return summary, (
+        "The builder is busy with a build someone else asked for (it takes one at a time). "
+        "Tell the user, and build again once that build is over."
+    )
+
+
+def _build_failed(result: BuildResult, what: str) -> tuple[str, str]:
+    problems = _build_problems(result)
+    if not problems:
+        message = _sentence(_glance(result.message))
+        return f"{what} failed ({result.error or result.status}): {message}", (
+            "Read message: it says why the build failed as a whole (a host the flake does not "
+            "have, a revision that could not be fetched or evaluated, a builder that "
+            "stopped). Fix that before building again."
+        )
+    if len(problems) > MAX_NAMED:
+        more = len(problems) - MAX_NAMED
+        problems = [*problems[:MAX_NAMED], f"and {more} more host(s) (see hosts)"]
+    summary = f"{what} finished NOT OK: {_counts(result.counts())}. " + "; ".join(problems)
+    return _sentence(summary), _build_advice(result)
+
+
+def _build_advice(result: BuildResult) -> str:
+    """What to do about a build that ended with failed hosts, by why they failed: a stopped
+    or slow builder is not a broken configuration."""
+    codes = {host.error for host in result.hosts if host.error}
+    if result.error == "cancelled" or codes <= {"cancelled", "lost"}:
+        return (
+            "The builder stopped before it finished: nothing is wrong with the configuration. "
+            "Build again once the builder is back (nix keeps what it already built)."
+        )
+    if codes <= {"timeout", "lost"}:
+        return (
+            "A nix step ran past the builder's --timeout: the build may just be big. Build "
+            "the slow hosts again one at a time (target='<host>'), or ask the user to raise "
+            "the builder's timeout."
+        )
+    if codes <= {"copy_failed", "lost"}:
+        return (
+            "The hosts were built but could not be copied to the binary cache: tell the user "
+            "the cache refused (message says how). Nothing is wrong with the configuration."
+        )
+    return (
+        "Read the message and log_tail of each host that failed: they hold nix's error. Fix "
+        "the cause in the configuration before building again; target='<host>' builds only "
+        "that host."
+    )
+
+
+def build_text(report: BuildReport) -> str:
+    """The text of a build result: all of it while it fits ``TEXT_BUDGET``, else a digest
+    like ``report_text``'s — the hosts that were not built, failures first, as many as fit
+    (an entry too big cut down), the built ones counted; the structured content keeps every
+    host."""
+    full = _json(report.model_dump(mode="json"))
+    if _size(full) <= TEXT_BUDGET:
+        return full
+    digest: dict[str, Any] = report.model_dump(mode="json", exclude={"hosts", "message"})
+    digest["message"] = _glance(report.message)
+    built = [h.host for h in report.hosts if h.state is HostBuildState.BUILT]
+    digest["built_hosts"] = {"count": len(built), "first": built[:_LISTED]}
+    others = sorted(
+        (h for h in report.hosts if h.state is not HostBuildState.BUILT),
+        key=lambda h: (_BUILD_RANK[h.state], h.host),
+    )
+    digest["note"] = (
+        f"This text is a digest of {len(report.hosts)} hosts: hosts_not_built lists the "
+        "hosts that were not built, failures first, as far as they fit; the structured "
+        "content has every host in full."
+    )
+    room = TEXT_BUDGET - _size(_json(digest)) - 300  # for what is added below
+    shown = _fit(others, room, tail=None)
+    if len(shown) < len(others):  # nix prints the cause last: shorter tails, more hosts
+        cut = _fit(others, room, tail=_TEXT_TAIL)
+        if len(cut) > len(shown):
+            shown = cut
+            digest["note"] += f" Log tails are cut to their last {_TEXT_TAIL} lines here."
+    digest["hosts_not_built"] = shown
+    if len(shown) < len(others):
+        left = Counter(h.state.value for h in others[len(shown) :])
+        digest["hosts_not_built_omitted"] = {
+            "count": len(others) - len(shown),
+            "by_state": dict(sorted(left.items())),
+        }
+    return _within_budget(digest)
+
+
+def build_opening_note(result: BuildResult) -> str:
+    """The first note of every wait: which build this is, so a model can follow it up."""
+    return f"build {result.build_id}: {result.target} at {result.revision}"
+
+
+def build_accepted_note(result: BuildResult) -> str:
+    """A builder took the build: who, which commit, how many hosts (as far as known)."""
+    note = f"build {result.build_id}: builder {result.builder} took it"
+    if result.commit:
+        note += f"; {result.revision} is commit {result.commit}"
+    if result.hosts:
+        note += f"; {len(result.hosts)} host(s) to build"
+    return note
+
+
+def build_host_note(build_id: str, host: HostBuild) -> str:
+    """One host's new state: its phase while building, its store path once built, its error
+    (and the first line of its message) when it failed."""
+    detail = ""
+    if host.state is HostBuildState.BUILDING:
+        detail = f"({host.phase})" if host.phase else ""
+    elif host.state is HostBuildState.BUILT:
+        detail = f"— {host.store_path}" if host.store_path else ""
+    elif host.error or host.message:
+        detail = "— " + ": ".join(p for p in (host.error, _glance(host.message)) if p)
+    return f"build {build_id}: {host.host} {host.state.value} {detail}".rstrip()
+
+
+def _done_of(result: BuildResult) -> str:
+    done = sum(1 for h in result.hosts if h.state in _DONE_BUILDS)
+    return f"{done}/{len(result.hosts)} hosts done"
+
+
+def build_batch_note(build_id: str, batch: Sequence[HostBuild], result: BuildResult) -> str:
+    """Many changes at once (a waiter that comes late, a builder stopping), as counts."""
+    counts = Counter(host.state.value for host in batch)
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return (
+        f"build {build_id}: {len(batch)} host changes ({states}); {_done_of(result)}; "
+        f"latest: {batch[-1].host} {batch[-1].state.value}"
+    )
+
+
+def build_heartbeat_note(result: BuildResult) -> str:
+    """Nothing changed for a while: how long, how far, and the host being built."""
+    if not result.hosts:
+        where = "waiting for the builder" if result.builder is None else "listing the hosts"
+        return f"build {result.build_id}: still running after {result.elapsed_s:.0f} s ({where})"
+    building = next((h for h in result.hosts if h.state is HostBuildState.BUILDING), None)
+    now = f"; {building.host} {building.phase or 'building'}" if building else ""
+    return (
+        f"build {result.build_id}: still running after {result.elapsed_s:.0f} s "
+        f"({_done_of(result)}{now})"
+    )
+
+
+def build_end_note(result: BuildResult) -> str:
+    """The last note of a finished build: its status and the first line of its message."""
+    message = _glance(result.message)
+    return f"build {result.build_id}: {result.status}" + (f" — {message}" if message else "")

@@ -3,13 +3,15 @@ resource per deployment and the "deploy safely" prompt.
 
 ``deploy_admin`` is registered only when the settings carry an admin key (``--enable-admin``
 with ``--admin-nkey-file``), and both seeds are loaded here, so a bad key fails at start.
+``build`` and ``build_status`` are registered only with ``--enable-builds``, and so are the
+words of the instructions about them: a model is told of nothing it cannot call.
 Tool descriptions are the tools' docstrings without their indentation; the capabilities
 advertised are the ones with something behind them (tools, resources, prompts). Over HTTP
 the server also serves Prometheus counters of its tool calls and deployments at /metrics.
 The lifespan owns a task group holding one NATS connection per key (``fleet_mcp.link``:
-connected in the background, so ``tools/list`` never waits for NATS) and the deployments;
-at exit it cancels the group, which stops following deployments (the hosts carry on) and
-closes the connections.
+connected in the background, so ``tools/list`` never waits for NATS), the deployments and
+the builds; at exit it cancels the group, which stops following them (the hosts and the
+builder carry on) and closes the connections.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from fleet_core.keys import load_seed
 from fleet_core.metrics import DeployerMetrics
 from fleet_core.settings import McpSettings
 from fleet_mcp import prompts
+from fleet_mcp.builds import BuildRegistry
 from fleet_mcp.deployments import KEEP_DEPLOYMENTS, DeploymentRegistry, FleetState
 from fleet_mcp.link import NatsLink
 from fleet_mcp.models import deployment_resource
 from fleet_mcp.tools import (
     DEFAULT_WAIT,
     MAX_WAIT,
+    build,
+    build_status,
     deploy,
     deploy_admin,
     deployment_status,
@@ -59,11 +64,19 @@ _SDK_LEVELS: dict[str, Literal["DEBUG", "INFO", "WARNING", "ERROR"]] = {
 _READ_ONLY = ToolAnnotations(
     read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
 )
+# build changes no host (not destructive) but starts work on the builder and fills its cache
+# (not read-only). Not idempotent: the branch is resolved afresh at every call, so the same
+# arguments may build a newer commit, and a second call while one runs is refused. Closed
+# world like deploy: it reaches the fleet's own builder, which fetches the fleet's flake.
+_BUILDING = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
 
 
-def _instructions(admin: bool) -> str:
+def _instructions(admin: bool, builds: bool = False) -> str:
     lines = [
-        "fleet-deploy deploys NixOS configurations to hosts over NATS.",
+        "fleet-deploy deploys NixOS configurations to hosts over NATS"
+        + (", and asks the fleet's builder to build them." if builds else "."),
         "Hosts belong to a tier: 'test' (deploy freely) or 'prod' (production).",
         "Target exactly one of: hostname='web1', all=true (the whole tier) or role='web'.",
         "Call list_hosts first to see hostnames, tiers, roles, which hosts are busy and which "
@@ -89,6 +102,14 @@ def _instructions(admin: bool) -> str:
         lines.append(
             "Production needs deploy_admin, which is not enabled here: a person must start the "
             "server with the admin key."
+        )
+    if builds:
+        lines.append(
+            "build(repo, target='all' or one host, branch) asks the builder to build the "
+            "hosts' system closures and copy them to its binary cache, so that a deploy "
+            "afterwards downloads them; it changes no host. It returns like deploy: with state "
+            "'running', call build_status with its build_id until state is 'finished', and "
+            "never start it again. A failed host's message and log_tail hold nix's error."
         )
     return "\n".join(lines)
 
@@ -143,6 +164,11 @@ def build_server(settings: McpSettings) -> FleetServer:
     ]
     if admin_seed is not None:
         tools.insert(2, (deploy_admin, "Deploy to any tier (admin key)", _destructive()))
+    if settings.enable_builds:
+        tools += [
+            (build, "Build closures on the builder (no host changes)", _BUILDING),
+            (build_status, "Follow a build", _READ_ONLY),
+        ]
     # Counters only where something can scrape them: over stdio there is no port to serve.
     metrics = (
         DeployerMetrics(tools=[fn.__name__ for fn, _, _ in tools])
@@ -163,6 +189,7 @@ def build_server(settings: McpSettings) -> FleetServer:
                 if link is not None:
                     tasks.start_soon(link.run, name=f"nats link {link.public_key}")
             registry = DeploymentRegistry(tasks, metrics=metrics)
+            builds = BuildRegistry(tasks) if settings.enable_builds else None
             if isinstance(server, FleetServer):
                 server.registry = registry
             try:
@@ -173,6 +200,7 @@ def build_server(settings: McpSettings) -> FleetServer:
                     heartbeat=settings.heartbeat,
                     deploy_timeout=settings.deploy_timeout,
                     metrics=metrics,
+                    builds=builds,
                 )
             finally:
                 if isinstance(server, FleetServer):
@@ -183,7 +211,7 @@ def build_server(settings: McpSettings) -> FleetServer:
     server = FleetServer(
         SERVER_NAME,
         version=__version__,
-        instructions=_instructions(admin_seed is not None),
+        instructions=_instructions(admin_seed is not None, settings.enable_builds),
         lifespan=lifespan,
         cache_hints={"resources/list": CacheHint(ttl_ms=0)},  # deployments come and go
         # No subscriptions/listen: this server publishes no list-changed or resource-updated

@@ -5,6 +5,8 @@
     deploy_admin(tier, hostname | all | role, ...)      any tier, with the admin key
     deployment_status(deployment_id?, wait_seconds)     keeps waiting for a running deployment
     list_deployments(limit)                             read-only: this server's deployments
+    build(repo, target, branch, wait_seconds)           --enable-builds: the builder builds
+    build_status(build_id?, wait_seconds)               keeps waiting for a running build
 
 The same state is readable as MCP resources (``fleet://deployments/{id}``, through
 ``read_deployment``), so a client can reattach to a deployment without the model keeping its
@@ -16,6 +18,11 @@ fixed, so no argument can name production whatever the key could do, and the NAT
 permissions of the test key stop it independently. Arguments are checked before anything is
 sent; a mistake is a tool error that says what to send instead. Tools read the lifespan's
 ``FleetState``: they start deployments in its registry and follow them, nothing more.
+
+``build`` asks the fleet's builder (``fleet-deploy builder``) for system closures with the
+test key: a build changes no host, and the NATS permissions let every deployer key ask for
+one. Builds run in a registry of their own (``fleet_mcp.builds``) and are followed like
+deployments; the two tools exist only with ``--enable-builds``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
+from fleet_core.builds import ALL_HOSTS, BuildTarget, parse_build_target
 from fleet_core.deployer import Deployer
 from fleet_core.errors import ConnectionFailed, FleetError, PermissionDenied, RequestRejected
 from fleet_core.errors import UsageError as FleetUsageError
@@ -42,14 +50,18 @@ from fleet_core.rebuild import (
 )
 from fleet_core.settings import DEFAULT_DEPLOY_TIMEOUT
 from fleet_core.subjects import Target, Tier
+from fleet_mcp.builds import KEEP_BUILDS, Build, BuildRegistry
 from fleet_mcp.deployments import KEEP_DEPLOYMENTS, Deployment, FleetState
 from fleet_mcp.link import NatsLink
 from fleet_mcp.models import (
     DEFAULT_WAIT,
+    BuildReport,
     DeploymentReport,
     DeploymentsReport,
     FleetHost,
     HostsReport,
+    build_report,
+    build_text,
     deployment_brief,
     deployment_report,
     deployments_report,
@@ -62,6 +74,8 @@ __all__ = [
     "DEFAULT_WAIT",
     "MAX_WAIT",
     "RECENT",
+    "build",
+    "build_status",
     "deploy",
     "deploy_admin",
     "deployment_status",
@@ -133,6 +147,33 @@ TierName = Annotated[
 ]
 
 _DEPLOY_ARGS = ("hostname", "all", "role", "branch", "action", "wait_seconds")
+
+RepoName = Annotated[
+    str,
+    Field(
+        strict=True,
+        description="the repository to build, by the name the builder was given for it "
+        "(its --repo NAME=FLAKE_URL), e.g. 'nixos'",
+    ),
+]
+BuildHost = Annotated[
+    str,
+    Field(
+        strict=True,
+        description="'all' (every nixosConfiguration of the flake) or the name of one, e.g. 'web1'",
+    ),
+]
+BuildWaitSeconds = Annotated[
+    float,
+    Field(
+        strict=True,
+        ge=0,
+        le=MAX_WAIT,
+        description=f"seconds this call waits for the result (default {DEFAULT_WAIT:g}, which "
+        "fits clients that cut calls off at 60 s); when it runs out the build goes on and "
+        "build_status waits for the rest",
+    ),
+]
 
 # -- tools ---------------------------------------------------------------------------------------
 # Docstrings are the tools' descriptions (``server`` strips their indentation): plain sentences
@@ -316,6 +357,74 @@ async def read_deployment(deployment_id: str, ctx: FleetContext) -> str:
     return _report(deployment).model_dump_json()
 
 
+BuildToolResult = Annotated[CallToolResult, BuildReport]
+
+
+async def build(
+    ctx: FleetContext,
+    *,
+    repo: RepoName,
+    target: BuildHost = ALL_HOSTS,
+    branch: Branch = DEFAULT_REVISION,
+    wait_seconds: BuildWaitSeconds = DEFAULT_WAIT,
+) -> BuildToolResult:
+    """Ask the fleet's builder to build the NixOS system closures of a repository's hosts,
+    and report each host's outcome.
+
+    The builder pins the branch to one commit, builds every host of the flake (target='all')
+    or one host, and copies each closure to its binary cache, so that a deploy afterwards
+    downloads it instead of building. A build changes no host, so this server asks with its
+    test-tier key. Returns when the build is over or wait_seconds runs out; then state is
+    'running' and the build goes on: call build_status with the build_id, never build again.
+    A failed host's message and log_tail carry nix's error.
+    """
+    state = _begin(ctx, "build", ("repo", "target", "branch", "wait_seconds"))
+    builds = _builds(state, "build")
+    chosen = _build_target(repo, target)
+    revision = _revision(branch)
+    deployer = await _deployer(state.test, "built")
+    started = Build(chosen, revision=revision)
+    builds.start(started, deployer, limit=state.build_timeout)
+    return await _follow_build(ctx, state, builds, started, wait_seconds)
+
+
+async def build_status(
+    ctx: FleetContext,
+    *,
+    build_id: Annotated[
+        str | None,
+        Field(
+            strict=True,
+            description="the build_id a build call returned (default: the newest build still "
+            "running, else the newest one)",
+        ),
+    ] = None,
+    wait_seconds: BuildWaitSeconds = DEFAULT_WAIT,
+) -> BuildToolResult:
+    """Wait for a build started by build, and report it like build does.
+
+    Read-only: it never starts or stops anything. Returns at once for a finished build. Call
+    it first after a build call that timed out or failed: the build may be running. Without a
+    build_id it follows the newest build still running, else the newest one.
+    """
+    state = _begin(ctx, "build_status", ("build_id", "wait_seconds"))
+    builds = _builds(state, "build_status")
+    wanted = (build_id or "").strip()
+    followed = builds.get(wanted) if wanted else builds.latest()
+    if followed is None:
+        if wanted:
+            raise ToolError(
+                f"No build {wanted!r} is known to this server: it keeps up to {KEEP_BUILDS} "
+                "builds, and forgets all of them when it restarts. Next step: call "
+                "build_status without build_id for the newest build, or build to start one."
+            )
+        raise ToolError(
+            "No build has been started through this server since it started. Next step: "
+            "call build to start one."
+        )
+    return await _follow_build(ctx, state, builds, followed, wait_seconds)
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -347,6 +456,8 @@ def _reject_unknown(ctx: FleetContext, tool: str, known: tuple[str, ...]) -> Non
             ". deploy always targets the test tier; production cannot be reached with it "
             "(only a person-enabled deploy_admin can)"
         )
+    if tool == "build" and {"hostname", "all", "role"} & set(unknown):
+        message += ". Name the hosts with target: 'all', or one host such as 'web1'"
     raise ToolError(message + ".")
 
 
@@ -383,11 +494,39 @@ def _target(tier: Tier, hostname: str | None, all_hosts: bool, role: str | None)
         raise ToolError(f"{exc}: {hint}.") from None
 
 
+def _revision(branch: str) -> str:
+    try:
+        return validate_revision(branch.strip())
+    except RequestRejected as exc:
+        raise ToolError(str(exc)) from None
+
+
 def _request(branch: str, action: str) -> tuple[str, Action]:
     try:
         return validate_revision(branch.strip()), validate_action(action.strip())
     except RequestRejected as exc:
         raise ToolError(str(exc)) from None
+
+
+def _builds(state: FleetState, tool: str) -> BuildRegistry:
+    """The build registry; registered only with --enable-builds, this is a second lock."""
+    if state.builds is None:
+        raise ToolError(
+            f"{tool} is not enabled on this server: a person enables it with --enable-builds"
+        )
+    return state.builds
+
+
+def _build_target(repo: str, target: str) -> BuildTarget:
+    """A repository and 'all' or one host, as one subject's tokens; else a tool error."""
+    try:
+        return parse_build_target(repo.strip(), target.strip())
+    except FleetUsageError as exc:
+        raise ToolError(
+            f"{exc}. Pass repo as the name the builder knows the repository by (its --repo "
+            "NAME=FLAKE_URL) and target as 'all' or one host's configuration name, such as "
+            "'web1'."
+        ) from None
 
 
 def _reachable_by(tier: str, *, admin: bool) -> list[str]:
@@ -465,6 +604,46 @@ async def _follow(
     if deployment.error is not None:
         raise ToolError(_failure(deployment, deployment.error))
     return _result(report := _report(deployment), report_text(report))
+
+
+async def _follow_build(
+    ctx: FleetContext,
+    state: FleetState,
+    builds: BuildRegistry,
+    followed: Build,
+    wait_seconds: float,
+) -> CallToolResult:
+    await followed.follow(wait_seconds, _Progress(ctx), heartbeat=state.heartbeat)
+    if followed.error is not None:
+        raise ToolError(_build_failure(followed, followed.error))
+    other = builds.running(besides=followed)
+    report = build_report(
+        followed.current(), finished=followed.done, other_running=other.id if other else None
+    )
+    return _result(report, build_text(report))
+
+
+def _build_failure(followed: Build, error: FleetError) -> str:
+    """A build that ended in an error rather than a result: what, its id, what next."""
+    what = f"build {followed.id} ({followed.target.subject} at {followed.revision})"
+    if isinstance(error, PermissionDenied):
+        return (
+            f"The NATS server refused this MCP server's key, so nothing was built by {what}: "
+            f"{error}. Next step: none from here — the key's NATS permissions decide what it "
+            "may ask for (nats-config lets every deployer key publish build.*.*); only a "
+            "person can change them or give the server another key."
+        )
+    if isinstance(error, ConnectionFailed):
+        return (
+            f"The NATS connection failed during {what}: {error}. The builder may still be "
+            "building. Next step: once NATS is back, call build again with the same "
+            "arguments; while the builder is still at this build it refuses the new one as "
+            "already_running (then wait and ask again), and nix keeps what it already built."
+        )
+    return (
+        f"{what[0].upper()}{what[1:]} failed: {error}. Next step: call build again if the "
+        "build is still wanted (nix keeps what the builder already built)."
+    )
 
 
 def _report(deployment: Deployment) -> DeploymentReport:
