@@ -13,27 +13,31 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
 import pytest
 
-from fleet_core.builder import AsyncLinesIterator, Builder
+from fleet_core.builder import AsyncLinesIterator, Builder, run_nix
 from fleet_core.builds import (
     NIX_FEATURES,
     BuildResult,
     BuildStatus,
+    BuildTracker,
     HostBuildState,
+    encode_build_status,
     parse_build_status,
     parse_build_target,
 )
 from fleet_core.bus import Bus, Message
-from fleet_core.deployer import Deployer
+from fleet_core.deployer import Deployer, _BuildFollower, _Connection
 from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.errors import PermissionDenied
 from fleet_core.settings import BuilderSettings, DeployTiming
@@ -677,3 +681,91 @@ async def test_a_request_in_the_running_builds_name_cannot_end_its_report(
     (result,) = results
     assert result.ok, result
     assert [h.host for h in result.hosts] == ["web1"]
+
+
+class _Events:
+    """What ``_BuildFollower`` reads from, fed by hand: connection changes and statuses."""
+
+    def __init__(self) -> None:
+        self.send, self.receiver = anyio.create_memory_object_stream[object](16)
+
+    async def receive(self) -> object:
+        return await self.receiver.receive()
+
+    def status(self, **fields: Any) -> None:
+        status = BuildStatus.model_validate(
+            {"builder": "b1", "repo": "nixos", "request_id": "r1", "revision": "main"} | fields
+        )
+        self.send.send_nowait(Message("build.responses.r1", encode_build_status(status), None))
+
+
+async def _follow(events: _Events, timing: DeployTiming) -> BuildResult:
+    result = BuildResult(build_id="r1", target="build.nixos.all", repo="nixos", revision="main")
+    follower = _BuildFollower(
+        BuildTracker(result), parse_build_target("nixos"), timing, time.monotonic(), None
+    )
+    with anyio.fail_after(20):
+        await follower.run(cast("Any", events))
+    events.send.close()
+    events.receiver.close()
+    return result
+
+
+async def test_an_outage_before_the_first_status_is_not_taken_for_no_builder() -> None:
+    """The accepted status is lost in the deployer's outage; after the reconnect the
+    builder's next status comes after answer_within: the build is followed, not reported
+    no_builder, and the heartbeat it names from then on is the one waited for."""
+    timing = DeployTiming(answer_within=0.3, silence_limit=1.0)
+    events = _Events()
+    events.send.send_nowait(_Connection(connected=False))
+    events.send.send_nowait(_Connection(connected=True))
+
+    async def builder_after_the_outage() -> None:
+        # The builder's next status, later than answer_within: the fault's timing itself.
+        await anyio.sleep(0.6)
+        events.status(status="started", hosts=["web1"], heartbeat_s=0.5)
+        await anyio.sleep(1.2)  # 2.4 heartbeats: within 3.5 of them, and past silence_limit
+        events.status(status="completed", host="web1", store_path="/nix/store/x")
+        events.status(status="completed", hosts=["web1"])
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(builder_after_the_outage)
+        result = await _follow(events, timing)
+    assert result.ok, result
+
+
+async def test_an_outage_then_silence_is_lost_with_the_outage_told() -> None:
+    timing = DeployTiming(answer_within=0.2, silence_limit=0.5)
+    events = _Events()
+    events.send.send_nowait(_Connection(connected=False))
+    events.send.send_nowait(_Connection(connected=True))
+    result = await _follow(events, timing)
+    assert result.status == "lost"
+    assert "this deployer's connection was down for" in result.message
+
+
+async def test_a_group_gets_its_grace_between_sigterm_and_sigkill(tmp_path: Path) -> None:
+    """nix exits and leaves a child that needs a moment to end on SIGTERM: the child's
+    handler runs (it is not SIGKILLed at once), and the step ends within the grace."""
+    marker = tmp_path / "termed"
+    child = (
+        "import signal, sys, time\n"
+        f"def done(*_):\n    open({str(marker)!r}, 'w').write('1'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, done)\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        "import subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.DEVNULL)\n"
+        "print('/nix/store/' + 'a' * 32 + '-x')\n"
+    )
+
+    async def ignore(_: str) -> None:
+        return None
+
+    with anyio.fail_after(20):
+        run = await run_nix(
+            [sys.executable, "-c", parent], timeout=30, on_line=ignore, kill_grace=1
+        )
+    assert run.ok
+    assert marker.read_text() == "1"

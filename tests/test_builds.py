@@ -277,6 +277,22 @@ class TestTracker:
         assert result.counts() == {"built": 1, "failed": 1}
         assert result.hosts[1].error == "invalid_name"
 
+    def test_statuses_for_another_repository_or_revision_are_ignored(self) -> None:
+        """Another deployer's request under this build's id and reply subject, answered by
+        a second builder, must not take the report over if this one's accepted was lost."""
+        tracker = BuildTracker(result := _result())
+        other = _status(StatusKind.STARTED, hosts=["x"]).model_copy(update={"repo": "home"})
+        assert not tracker.feed(other)
+        moved = _status(StatusKind.COMPLETED).model_copy(update={"revision": "evil"})
+        assert not tracker.feed(moved)
+        assert tracker.feed(_status(StatusKind.STARTED, hosts=["a"], revision="main"))
+        assert [h.host for h in result.hosts] == ["a"]
+
+    def test_the_heartbeat_is_read_from_any_status(self) -> None:
+        tracker = BuildTracker(_result())
+        tracker.feed(_status(StatusKind.PROGRESS, "a", heartbeat_s=30))
+        assert tracker.heartbeat_s == 30
+
     def test_statuses_of_others_are_ignored(self) -> None:
         tracker = BuildTracker(result := _result())
         assert tracker.feed(_status(StatusKind.ACCEPTED))

@@ -146,6 +146,41 @@ async def prod_witness(fleet: Fleet) -> AsyncIterator[list[str]]:
         await bus.close()
 
 
+@asynccontextmanager
+async def fleet_mcp_over_http(fleet: Fleet, *flags: str) -> AsyncIterator[int]:
+    """The installed ``fleet-mcp --http`` with the test key (and ``flags``) on a free port,
+    once uvicorn says it runs; its log is drained all along, so it never blocks on stderr.
+    Yields the port; SIGTERM at the block's end."""
+    port = free_port()
+    argv = [
+        str(scripts_dir() / "fleet-mcp"),
+        *flags,
+        *("--http", f"127.0.0.1:{port}", "--log-level", "info"),
+        *("--nats-url", fleet.url, "--nkey-file", str(fleet.keys["deployer"])),
+    ]
+    ready = anyio.Event()
+    log = bytearray()
+
+    async def drain(stream: anyio.abc.ByteReceiveStream) -> None:
+        async for chunk in stream:
+            log.extend(chunk)
+            if b"Uvicorn running on" in log:
+                ready.set()
+
+    async with (
+        await anyio.open_process(argv, env=fleet.cli_env()) as process,
+        anyio.create_task_group() as tasks,
+    ):
+        assert process.stderr is not None
+        tasks.start_soon(drain, process.stderr)
+        try:
+            with anyio.fail_after(30):
+                await ready.wait()
+            yield port
+        finally:
+            process.terminate()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -800,47 +835,15 @@ class TestSubprocess:
     async def test_fleet_mcp_over_streamable_http(self, fleet: Fleet) -> None:
         """fleet-mcp --http HOST:PORT serves streamable HTTP at /mcp, and at /metrics the
         counts of its tool calls and deployments, every series there from zero."""
-        port = free_port()
-        argv = [
-            str(scripts_dir() / "fleet-mcp"),
-            "--http",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "info",
-            "--nats-url",
-            fleet.url,
-            "--nkey-file",
-            str(fleet.keys["deployer"]),
-        ]
-        ready = anyio.Event()
-        log = bytearray()
-
-        async def drain(stream: anyio.abc.ByteReceiveStream) -> None:
-            async for chunk in stream:  # read to the end, so the child never blocks on stderr
-                log.extend(chunk)
-                if b"Uvicorn running on" in log:
-                    ready.set()
-
-        async with (
-            fleet.listeners("db1"),
-            await anyio.open_process(argv, env=fleet.cli_env()) as process,
-            anyio.create_task_group() as tasks,
-        ):
-            assert process.stderr is not None
-            tasks.start_soon(drain, process.stderr)
-            try:
+        async with fleet.listeners("db1"), fleet_mcp_over_http(fleet) as port:
+            async with mcp.Client(f"http://127.0.0.1:{port}/mcp") as client:
                 with anyio.fail_after(30):
-                    await ready.wait()
-                async with mcp.Client(f"http://127.0.0.1:{port}/mcp") as client:
-                    with anyio.fail_after(30):
-                        names = {t.name for t in (await client.list_tools()).tools}
-                        result = await client.call_tool("list_hosts", {"tier": "test"})
-                        deployed = await client.call_tool("deploy", {"hostname": "db1"})
-                        missed = await client.call_tool("deploy", {"hostname": "nosuch"})
-                with anyio.fail_after(30):
-                    metrics = series(await anyio.to_thread.run_sync(scrape, port))
-            finally:
-                process.terminate()
+                    names = {t.name for t in (await client.list_tools()).tools}
+                    result = await client.call_tool("list_hosts", {"tier": "test"})
+                    deployed = await client.call_tool("deploy", {"hostname": "db1"})
+                    missed = await client.call_tool("deploy", {"hostname": "nosuch"})
+            with anyio.fail_after(30):
+                metrics = series(await anyio.to_thread.run_sync(scrape, port))
         assert names == BASE_TOOLS
         report = HostsReport.model_validate(result.structured_content)
         assert [h.hostname for h in report.hosts] == ["db1"]

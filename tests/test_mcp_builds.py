@@ -36,7 +36,14 @@ from fleet_mcp.models import TEXT_BUDGET, BuildReport, build_report, build_text
 
 from .conftest import DEPLOYERS, HOSTS, Fleet, scripts_dir
 from .test_builder import CONFIGURATIONS, Builds, commit_of
-from .test_mcp import BASE_TOOLS, Session, free_port, session, settings_for, text_of
+from .test_mcp import (
+    BASE_TOOLS,
+    Session,
+    fleet_mcp_over_http,
+    session,
+    settings_for,
+    text_of,
+)
 from .test_metrics import scrape, series, value
 
 pytestmark = pytest.mark.anyio
@@ -531,46 +538,13 @@ class TestSubprocess:
     ) -> None:
         """The installed fleet-mcp --enable-builds lists build and build_status, builds with
         a real builder, and /metrics counts the build tools' calls from zero."""
-        port = free_port()
-        argv = [
-            str(scripts_dir() / "fleet-mcp"),
-            "--enable-builds",
-            "--http",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "info",
-            "--nats-url",
-            fleet.url,
-            "--nkey-file",
-            str(fleet.keys["deployer"]),
-        ]
-        ready = anyio.Event()
-        log = bytearray()
-
-        async def drain(stream: anyio.abc.ByteReceiveStream) -> None:
-            async for chunk in stream:  # read to the end, so the child never blocks on stderr
-                log.extend(chunk)
-                if b"Uvicorn running on" in log:
-                    ready.set()
-
-        async with (
-            builds.builder(),
-            await anyio.open_process(argv, env=fleet.cli_env()) as process,
-            anyio.create_task_group() as tasks,
-        ):
-            assert process.stderr is not None
-            tasks.start_soon(drain, process.stderr)
-            try:
+        async with builds.builder(), fleet_mcp_over_http(fleet, "--enable-builds") as port:
+            async with mcp.Client(f"http://127.0.0.1:{port}/mcp") as client:
                 with anyio.fail_after(30):
-                    await ready.wait()
-                async with mcp.Client(f"http://127.0.0.1:{port}/mcp") as client:
-                    with anyio.fail_after(30):
-                        names = {t.name for t in (await client.list_tools()).tools}
-                        result = await client.call_tool("build", {"repo": "nixos"})
-                with anyio.fail_after(30):
-                    metrics = series(await anyio.to_thread.run_sync(scrape, port))
-            finally:
-                process.terminate()
+                    names = {t.name for t in (await client.list_tools()).tools}
+                    result = await client.call_tool("build", {"repo": "nixos"})
+            with anyio.fail_after(30):
+                metrics = series(await anyio.to_thread.run_sync(scrape, port))
         assert names == BASE_TOOLS | BUILD_TOOLS
         assert not result.is_error, text_of(result)
         assert BuildReport.model_validate(result.structured_content).ok
@@ -606,7 +580,8 @@ class TestAdvice:
             (("cancelled", "lost"), "cancelled", "The builder stopped before it finished"),
             (("timeout",), "build_failed", "ran past the builder's --timeout"),
             (("copy_failed", "copy_failed"), "build_failed", "could not be copied"),
-            (("build_failed", "cancelled"), "build_failed", "they hold nix's error"),
+            (("build_failed", "cancelled"), "cancelled", "they hold nix's error"),
+            (("build_failed", "cancelled"), "cancelled", "The builder stopped before the rest"),
         ],
     )
     def test_the_advice_follows_the_cause(
@@ -615,3 +590,18 @@ class TestAdvice:
         report = build_report(self.failed(*errors, error=error), finished=True)
         assert says in report.next_step
         assert not report.ok
+
+
+def test_a_refusal_by_a_builder_shutting_down_is_not_the_requests_fault() -> None:
+    refused = BuildResult(
+        build_id="b1",
+        target="build.nixos.all",
+        repo="nixos",
+        revision="main",
+        builder="builder",
+        status="rejected",
+        error="cancelled",
+        message="builder builder is shutting down: build again once it is back",
+    )
+    report = build_report(refused, finished=True)
+    assert "nothing is wrong with the request" in report.next_step

@@ -157,7 +157,9 @@ async def run_nix(
                 # A leftover child holding the pipes open must not hold the step: what it
                 # has not written within the grace is not waited for.
                 tasks.cancel_scope.deadline = anyio.current_time() + kill_grace
-        timed_out = deadline.cancelled_caught
+        # Past the deadline only if nix itself was: not when its exit beat it and only a
+        # leftover child's output was being waited for.
+        timed_out = deadline.cancelled_caught and process.returncode is None
     finally:
         with anyio.CancelScope(shield=True):
             await _stop_group(process, kill_grace)
@@ -168,17 +170,23 @@ async def run_nix(
 
 async def _stop_group(process: anyio.abc.Process, grace: float) -> None:
     """End what is left of the step's process group: the process if it still runs, and any
-    child it left behind. The group's id is the process's pid, which stays reserved while
-    any member lives, so this never signals a stranger."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:  # nobody is left in the group
-            return
-        with anyio.move_on_after(grace):
-            await process.wait()
-            if signum is signal.SIGTERM and not _group_alive(process.pid):
-                return
+    child it left behind — SIGTERM, and SIGKILL only if the group outlives ``grace``. The
+    group's id is the process's pid, which stays reserved while any member lives, so this
+    never signals a stranger."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:  # nobody is left in the group
+        return
+    with anyio.move_on_after(grace):
+        await process.wait()
+        # No pidfd exists for a whole group: its end can only be polled for.
+        while _group_alive(process.pid):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with anyio.move_on_after(grace):
+        await process.wait()
 
 
 class AsyncLinesIterator:
@@ -215,10 +223,10 @@ class AsyncLinesIterator:
 
 
 async def _unsubscribe(subscriptions: list[Subscription]) -> None:
-    """End ``subscriptions`` (shielded, within a deadline) and forget them."""
+    """Drain ``subscriptions`` (shielded, within a deadline) and forget them."""
     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
         while subscriptions:
-            await subscriptions.pop().unsubscribe()
+            await subscriptions.pop().drain()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -243,6 +251,7 @@ class _Reporter:
     reply_to: str
     request_id: str | None
     revision: str | None
+    heartbeat_s: float | None = None  # in every status: a requester that missed one knows
     commit: str | None = None
     last_sent: float = field(default=0.0)
 
@@ -262,6 +271,7 @@ class _Reporter:
                 "host": host,
                 "request_id": self.request_id,
                 "revision": self.revision,
+                "heartbeat_s": self.heartbeat_s,
                 "commit": self.commit,
                 "message": redact(message),
                 "timestamp": time.time(),
@@ -310,8 +320,9 @@ class Builder:
                 try:
                     await anyio.sleep_forever()
                 finally:
-                    # Stop hearing requests first (a builder of the same queue group takes
-                    # them from here on), then let the task group stop the running build.
+                    # From here a request is refused (shutting down); draining answers those
+                    # already delivered, and the next go to another builder of the queue
+                    # group. The running build is stopped meanwhile, by the same cancel.
                     self._tasks = None
                     await _unsubscribe(subscriptions)
         finally:
@@ -347,7 +358,13 @@ class Builder:
             request_id = uuid.uuid4().hex
         repo = msg.subject.split(".")[1]
         reporter = _Reporter(
-            self._bus, self.settings.name, repo, request.reply_to, request_id, request.revision
+            self._bus,
+            self.settings.name,
+            repo,
+            request.reply_to,
+            request_id,
+            request.revision,
+            heartbeat_s=self.settings.heartbeat_interval,
         )
         try:
             target = target_of_subject(msg.subject)
@@ -440,7 +457,6 @@ class _BuildRun:
         await reporter.send(
             StatusKind.ACCEPTED,
             phase=BuildPhase.FETCHING,
-            heartbeat_s=self.settings.heartbeat_interval,
             message=f"fetching {self.request.revision} of {redact(self.flake_url)}",
         )
         async with anyio.create_task_group() as tasks:

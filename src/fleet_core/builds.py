@@ -466,7 +466,12 @@ class BuildTracker:
         otherwise make a builder refuse a request of its own "to" this build's subject.
         """
         result = self.result
-        if result.done or status.request_id not in (None, result.build_id):
+        if (
+            result.done
+            or status.request_id not in (None, result.build_id)
+            or status.repo != result.repo
+            or status.revision not in (None, result.revision)
+        ):
             return False
         if result.builder is None:
             result.builder = status.builder

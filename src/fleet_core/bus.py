@@ -107,6 +107,14 @@ class Subscription:
             with contextlib.suppress(nats.errors.Error):
                 await self._inner.unsubscribe()
 
+    async def drain(self) -> None:
+        """Stop the interest, then handle what was delivered already: unlike ``unsubscribe``,
+        which drops it."""
+        if self._active:
+            self._active = False
+            with contextlib.suppress(nats.errors.Error):
+                await self._inner.drain()  # type: ignore[no-untyped-call]  # nats-py: untyped
+
 
 class Bus:
     """One authenticated NATS connection, to one of ``servers`` at a time.

@@ -97,21 +97,30 @@ class _BuildFollower:
     on_update: OnBuildUpdate | None
     outage_from: float | None = None  # this deployer's connection is down since then
     down_s: float = 0.0  # how long it was down, in all
+    heard_at: float = 0.0  # the last status that counted, or the end of an outage
 
     def quiet(self) -> float:
-        """How long to wait for the next status: the overall timeout alone bounds an outage;
-        before a builder took the build, ``answer_within``; then its heartbeat's 3.5."""
+        """How long a silence may last: the overall timeout alone bounds an outage; before a
+        builder took the build, ``answer_within`` (after an outage, which may have eaten
+        the answer, as long as a builder's silence); then 3.5 of the builder's heartbeats."""
         if self.outage_from is not None:
             return math.inf
+        heartbeat = max(self.timing.silence_limit, 3.5 * (self.tracker.heartbeat_s or 0.0))
         if self.tracker.result.builder is None:
-            return self.timing.answer_within
-        return max(self.timing.silence_limit, 3.5 * (self.tracker.heartbeat_s or 0.0))
+            return (
+                max(self.timing.answer_within, heartbeat)
+                if self.down_s
+                else (self.timing.answer_within)
+            )
+        return heartbeat
 
     async def run(self, events: _Inbox) -> None:
         result = self.tracker.result
+        self.heard_at = time.monotonic()
         while not result.done:
             quiet = self.quiet()
-            with anyio.move_on_after(quiet) as window:
+            left = max(0.0, self.heard_at + quiet - time.monotonic())
+            with anyio.move_on_after(left) as window:
                 event = await events.receive()
             if window.cancelled_caught:
                 self._silent(quiet)
@@ -124,7 +133,7 @@ class _BuildFollower:
 
     def _silent(self, quiet: float) -> None:
         builder = self.tracker.result.builder
-        if builder is None:
+        if builder is None and not self.down_s:
             self.tracker.lose(_no_builder(self.target, quiet), status="no_builder")
             return
         missed = (
@@ -133,9 +142,10 @@ class _BuildFollower:
             if self.down_s
             else ""
         )
+        who = f"builder {builder}" if builder else "the build"
         self.tracker.lose(
-            f"builder {builder} fell silent for {quiet:g} s{missed}: it may have stopped; "
-            "ask again (nix keeps what it built)"
+            f"{who} fell silent for {quiet:g} s{missed}: it may have stopped; ask again (nix "
+            "keeps what it built)"
         )
 
     def _connection(self, event: _Connection) -> None:
@@ -146,6 +156,7 @@ class _BuildFollower:
         elif self.outage_from is not None:
             self.down_s += time.monotonic() - self.outage_from
             self.outage_from = None
+            self.heard_at = time.monotonic()  # the silence clock starts again
 
     def _message(self, message: Message) -> None:
         if message.no_responders:
@@ -154,6 +165,7 @@ class _BuildFollower:
         status = parse_build_status(message.data)
         if status is None or not self.tracker.feed(status):
             return
+        self.heard_at = time.monotonic()
         result = self.tracker.result
         result.elapsed_s = round(time.monotonic() - self.started, 3)
         if self.on_update is not None:

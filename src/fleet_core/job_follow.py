@@ -23,6 +23,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -213,6 +214,48 @@ def _ps(pid: int) -> tuple[str, str] | None:
 
 
 _START_SLACK = 2.0  # ps shows start times to the second; a file's mtime is finer
+_BOOTTIME = re.compile(r"sec = (\d+)")
+
+
+def _group_exists_by_ps(group: int, since: float | None) -> bool:
+    """Where there is no /proc the session cannot be read, so the group's leader tells: its
+    id is the leader's pid. A job recorded (``since``) before this boot left nothing. While
+    the leader lives, the group is ours only if it started by ``since`` (a pid reused after
+    a reboot started later); once it is gone, the id cannot be reused while any member
+    lives, so signal 0 tells.
+    """
+    booted = _booted_at()
+    if since is not None and booted is not None and since < booted:
+        return False
+    started = _ps_started(group)
+    if started is not None:
+        return since is None or started <= since + _START_SLACK
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there is one, of another user
+        return True
+    return True
+
+
+def _booted_at() -> float | None:
+    """When this machine booted, where there is no /proc: BSD's ``kern.boottime``."""
+    sysctl = shutil.which("sysctl")
+    if sysctl is None:
+        return None
+    try:
+        done = subprocess.run(  # noqa: S603 - a fixed argv, no shell
+            [sysctl, "-n", "kern.boottime"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = _BOOTTIME.search(done.stdout)
+    return float(found.group(1)) if done.returncode == 0 and found else None
 
 
 def _ps_started(pid: int) -> float | None:
@@ -223,7 +266,7 @@ def _ps_started(pid: int) -> float | None:
         return None
     try:
         done = subprocess.run(  # noqa: S603 - a fixed argv, no shell
-            [ps, "-o", "stat=,lstart=", "-p", str(pid)],
+            [ps, "-o", "stat=", "-o", "lstart=", "-p", str(pid)],
             capture_output=True,
             text=True,
             timeout=10,
@@ -387,22 +430,10 @@ def _mtime(path: Path) -> float | None:
 def _group_exists(group: int, since: float | None = None) -> bool:
     """Whether a live process is in process group and session ``group`` (as the runner made).
 
-    Without /proc (macOS) the session cannot be read, so the group's leader tells: its id is
-    the leader's pid. While the leader lives, it is ours only if it started by ``since`` (a
-    pid reused after a reboot started later); once it is gone, the id cannot be reused while
-    any member lives, so signal 0 tells.
+    Without /proc (macOS) see ``_group_exists_by_ps``.
     """
     if not _PROC.is_dir():
-        started = _ps_started(group)
-        if started is not None:
-            return since is None or started <= since + _START_SLACK
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # there is one, of another user
-            return True
-        return True
+        return _group_exists_by_ps(group, since)
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue

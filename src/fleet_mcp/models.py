@@ -801,6 +801,11 @@ def _build_unanswered(result: BuildResult, what: str, other_running: str | None)
             "only the rest."
         )
     summary = f"{what} was refused by {_builder_name(result)} ({result.error}): {message}"
+    if result.error == BuildError.CANCELLED.value:
+        return summary, (
+            "The builder is shutting down: nothing is wrong with the request. Build again "
+            "once it is back (ask the user if it does not come back)."
+        )
     if result.error != BuildError.ALREADY_RUNNING.value:
         return summary, (
             "Read message: it says what the builder found wrong with the request. Fix that "
@@ -838,7 +843,7 @@ def _build_advice(result: BuildResult) -> str:
     """What to do about a build that ended with failed hosts, by why they failed: a stopped
     or slow builder is not a broken configuration."""
     codes = {host.error for host in result.hosts if host.error}
-    if result.error == "cancelled" or codes <= {"cancelled", "lost"}:
+    if codes <= {"cancelled", "lost"}:
         return (
             "The builder stopped before it finished: nothing is wrong with the configuration. "
             "Build again once the builder is back (nix keeps what it already built)."
@@ -854,10 +859,15 @@ def _build_advice(result: BuildResult) -> str:
             "The hosts were built but could not be copied to the binary cache: tell the user "
             "the cache refused (message says how). Nothing is wrong with the configuration."
         )
+    stopped = (
+        " The builder stopped before the rest, so build again once it is back."
+        if result.error == "cancelled"
+        else ""
+    )
     return (
         "Read the message and log_tail of each host that failed: they hold nix's error. Fix "
         "the cause in the configuration before building again; target='<host>' builds only "
-        "that host."
+        f"that host.{stopped}"
     )
 
 
