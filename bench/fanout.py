@@ -6,7 +6,7 @@ with the tiered authorization of docs/security.md (one permission block per host
 measured, one after the other:
 
 ``listeners``
-    N real ``fleet_core.listener.Listener`` objects in this process, each on its own
+    N real ``fleet_core.host.listener.Listener`` objects in this process, each on its own
     ``Bus`` connection with its own key, sharing ``fleet_core.testing.InstantRebuilder``
     (exit 0 at once with nixos-rebuild's last line). Each
     job still costs what it costs on a host: request validation, three statuses, structlog
@@ -65,17 +65,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from fleet_core.bus import Bus
-from fleet_core.deployer import Deployer
-from fleet_core.jobs import JobRecord, JobStore
-from fleet_core.listener import Listener
+from fleet_core.config.settings import DeployTiming
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.host.jobs.outcome import Outcome
+from fleet_core.host.jobs.store import JobRecord, JobStore
+from fleet_core.host.listener import Listener
 from fleet_core.logging import configure_logging
-from fleet_core.messages import DeployRequest, StatusKind
-from fleet_core.outcome import Outcome
-from fleet_core.rebuild import Action
-from fleet_core.settings import DeployTiming
-from fleet_core.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import DeployRequest, StatusKind
+from fleet_core.protocol.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
 from fleet_core.testing import FLAKE_URL, FleetHost, InstantRebuilder, LocalFleet, local_fleet
-from fleet_core.tracking import DeploymentResult, HostResult
 
 TARGET = Target.all(Tier.TEST)
 DEPLOYER = "deployer"

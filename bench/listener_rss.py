@@ -39,10 +39,10 @@ import anyio.to_thread
 from _results import Stats, load_average, machine, ms, update_section
 from anyio.streams.text import TextReceiveStream
 
-from fleet_core.deployer import Deployer
+from fleet_core.deploy.deployer import Deployer
 from fleet_core.logging import configure_logging
-from fleet_core.rebuild import Action
-from fleet_core.subjects import Target, Tier
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Target, Tier
 from fleet_core.testing import (
     FLAKE_URL,
     FleetHost,
@@ -65,8 +65,8 @@ IMPORTS = (
     "structlog",
     "nats",  # with nkeys and PyNaCl (libsodium)
     "pydantic",
-    "fleet_core.messages",  # the wire models (pydantic classes)
-    "fleet_core.daemon",  # everything the listener runs
+    "fleet_core.protocol.messages",  # the wire models (pydantic classes)
+    "fleet_core.host.daemon",  # everything the listener runs
     "prometheus_client",  # only with --metrics-enabled
 )
 _RSS_PROBE = (
@@ -262,8 +262,13 @@ def mcp_imports() -> list[tuple[str, int, list[str]]]:
     rows: list[tuple[str, int, list[str]]] = []
     for names in (
         ("fleet_core.cli",),
-        ("fleet_core.listener",),
-        ("fleet_core.cli", "fleet_core.daemon", "fleet_core.listener", "fleet_core.deployer"),
+        ("fleet_core.host.listener",),
+        (
+            "fleet_core.cli",
+            "fleet_core.host.daemon",
+            "fleet_core.host.listener",
+            "fleet_core.deploy.deployer",
+        ),
     ):
         done = subprocess.run(  # noqa: S603 - our own interpreter, fixed argv
             [sys.executable, "-c", _MCP_PROBE, *names], capture_output=True, text=True, check=True
@@ -286,7 +291,7 @@ def help_importtime() -> tuple[float, list[tuple[str, float]]]:
 
 def listener_importtime() -> tuple[float, list[tuple[str, float]]]:
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import fleet_core.daemon"],
+        [sys.executable, "-X", "importtime", "-c", "import fleet_core.host.daemon"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return _importtime_summary(done.stderr)
@@ -406,7 +411,7 @@ def report(
         + ". `importlib` and `email` come from `fleet_core/__init__.py` calling "
         "`importlib.metadata.version()` for `__version__`.",
         "",
-        f"`import fleet_core.daemon` (what `fleet-deploy listener` loads): "
+        f"`import fleet_core.host.daemon` (what `fleet-deploy listener` loads): "
         f"{ms(listener_total)} ms under `-X importtime`, slowest: "
         + ", ".join(f"{name} {ms(t)}" for name, t in listener_top)
         + ".",

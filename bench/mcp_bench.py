@@ -49,14 +49,15 @@ import anyio
 import anyio.to_thread
 import mcp
 
-from fleet_core.deployer import Deployer
+from fleet_core.config.resolve import mcp_settings
+from fleet_core.config.settings import DeployTiming
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
 from fleet_core.logging import configure_logging
-from fleet_core.rebuild import Action
-from fleet_core.settings import DeployTiming, mcp_settings
-from fleet_core.subjects import Target, Tier
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Target, Tier
 from fleet_core.testing import FleetHost, InstantRebuilder, LocalFleet, local_fleet
-from fleet_core.tracking import DeploymentResult, HostResult
-from fleet_mcp.models import DeploymentReport
+from fleet_mcp.reports.deployment import DeploymentReport
 from fleet_mcp.server import build_server
 
 BENCH = Path(__file__).resolve().parent

@@ -42,7 +42,7 @@ let
 
   extraArgsSet = fleetLib.extraArgsSet cfg.extraArgs;
 
-  # The listener's own rule (src/fleet_core/rebuild.py): a configuration is a flake attribute
+  # The listener's own rule (src/fleet_core/protocol/actions.py): a configuration is a flake attribute
   # that can hold Home Manager's user@host but nothing that ends the fragment or becomes an
   # argument. (A host name or role is one subject token: fleetLib.isToken.)
   isConfiguration = s: builtins.match "[A-Za-z0-9][A-Za-z0-9._@-]{0,62}" s != null;

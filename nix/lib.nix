@@ -27,7 +27,7 @@ rec {
   # One token of a NATS subject: a hostname or role (`deploy.<tier>.<hostname>`,
   # `deploy.<tier>.role.<role>`), a repository (`build.<repo>.*`), a builder's name. It can
   # hold no dot, space or wildcard; the application checks the same rule
-  # (src/fleet_core/subjects.py, src/fleet_core/builds.py).
+  # (src/fleet_core/protocol/subjects.py, src/fleet_core/build/protocol.py).
   isToken = s: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]{0,62}" s != null;
   # That rule, as the assertion messages state it.
   tokenRule = "letters, digits, '_' and '-' (at most 63 characters, starting with a letter or digit)";

@@ -43,7 +43,7 @@ let
   extraArgsSet = fleetLib.extraArgsSet cfg.extraArgs;
 
   # The port of `metrics.address`, or null when the address is not `[HOST]:PORT` as the
-  # listener takes it (fleet_core.settings.parse_listen_address): `:9972` (every address),
+  # listener takes it (fleet_core.config.settings.parse_listen_address): `:9972` (every address),
   # `127.0.0.1:9972`, `metrics.example.com:9972`, `[::1]:9972`.
   metricsPort =
     let

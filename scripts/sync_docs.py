@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrite the option tables of docs/cli.md from the declarations in fleet_core.options.
+"""Rewrite the option tables of docs/cli.md from the declarations in fleet_core.config.options.
 
     python scripts/sync_docs.py          rewrite the tables in place
     python scripts/sync_docs.py --check  exit 1 (and say which) when a table is out of date
@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from fleet_core.options import COMMANDS, legacy_env_table, markdown_table
+from fleet_core.config.options import COMMANDS, legacy_env_table, markdown_table
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 _BLOCK = re.compile(r"(<!-- options:([a-z-]+) -->\n)(.*?)(<!-- /options:\2 -->)", re.S)
@@ -30,7 +30,7 @@ def synced(text: str) -> str:
     def table(match: re.Match[str]) -> str:
         name = match.group(2)
         if name not in tables:
-            raise SystemExit(f"{DOC}: no command {name!r} is declared in fleet_core.options")
+            raise SystemExit(f"{DOC}: no command {name!r} is declared in fleet_core.config.options")
         return f"{match.group(1)}{tables[name]}\n{match.group(4)}"
 
     return _BLOCK.sub(table, text)

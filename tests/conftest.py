@@ -25,14 +25,14 @@ import pytest
 import structlog
 
 from fleet_core.bus import Bus
-from fleet_core.deployer import Deployer, OnUpdate
-from fleet_core.embedded_server import EmbeddedNatsServer
+from fleet_core.config.settings import DeployTiming, ListenerSettings
+from fleet_core.deploy.deployer import Deployer, OnUpdate
+from fleet_core.deploy.tracker import DeploymentResult
+from fleet_core.host.listener import Listener
 from fleet_core.keys import Seed
-from fleet_core.listener import Listener
-from fleet_core.natsconfig import DEFAULT_LAYOUT, Layout
-from fleet_core.rebuild import Action
-from fleet_core.settings import DeployTiming, ListenerSettings
-from fleet_core.subjects import Tier, parse_target
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Tier, parse_target
+from fleet_core.setup.nats_config import DEFAULT_LAYOUT, Layout
 from fleet_core.testing import (
     FLAKE_URL,
     Access,
@@ -41,7 +41,7 @@ from fleet_core.testing import (
     local_fleet,
     simulated_rebuild_command,
 )
-from fleet_core.tracking import DeploymentResult
+from fleet_core.testing.embedded_server import EmbeddedNatsServer
 
 __all__ = [  # what the test modules import from here (FLAKE_URL comes from fleet_core.testing)
     "DEPLOYERS",

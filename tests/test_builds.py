@@ -1,4 +1,5 @@
-"""Builds without a server: subjects, requests, statuses, the nix argv and the tracker."""
+"""Builds without a server: subjects, requests, statuses and the nix argv (the tracker:
+test_build_tracker.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet_core.builds import (
+from fleet_core.build.protocol import (
     NIX_FEATURES,
     BuildRequest,
-    BuildResult,
     BuildStatus,
-    BuildTracker,
-    HostBuildState,
     build_argv,
     copy_argv,
     encode_build_status,
@@ -32,9 +30,10 @@ from fleet_core.builds import (
     validate_repo,
 )
 from fleet_core.cli import build_parser
+from fleet_core.config.resolve import builder_settings
+from fleet_core.config.settings import BuilderSettings
 from fleet_core.errors import RequestRejected, UsageError
-from fleet_core.messages import MAX_STATUS_BYTES, InvalidRequest, StatusKind
-from fleet_core.settings import BuilderSettings, builder_settings
+from fleet_core.protocol.messages import MAX_STATUS_BYTES, InvalidRequest, StatusKind
 
 COMMIT = "a" * 40
 NIX = ("nix",)
@@ -217,117 +216,6 @@ def _status(kind: StatusKind, host: str | None = None, **fields: object) -> Buil
         {"builder": "b1", "repo": "nixos", "status": kind, "host": host, "request_id": "r1"}
         | fields
     )
-
-
-def _result() -> BuildResult:
-    return BuildResult(build_id="r1", target="build.nixos.all", repo="nixos", revision="main")
-
-
-class TestTracker:
-    def test_a_build_walks_to_completed(self) -> None:
-        tracker = BuildTracker(result := _result())
-        tracker.feed(_status(StatusKind.ACCEPTED))
-        tracker.feed(_status(StatusKind.STARTED, hosts=["a", "b"], commit=COMMIT))
-        assert [(h.host, h.state) for h in result.hosts] == [
-            ("a", HostBuildState.WAITING),
-            ("b", HostBuildState.WAITING),
-        ]
-        tracker.feed(_status(StatusKind.STARTED, "a", phase="building"))
-        assert result.hosts[0].state is HostBuildState.BUILDING
-        tracker.feed(_status(StatusKind.COMPLETED, "a", store_path="/nix/store/x", duration_s=2))
-        tracker.feed(_status(StatusKind.FAILED, "b", error="build_failed", log_tail=["e"]))
-        assert not result.done
-        tracker.feed(_status(StatusKind.FAILED, error="build_failed", message="1 of 2"))
-        assert result.done and not result.ok
-        assert result.commit == COMMIT
-        assert result.counts() == {"built": 1, "failed": 1}
-        assert result.hosts[0].store_path == "/nix/store/x"
-        assert result.hosts[1].log_tail == ["e"]
-
-    def test_once_accepted_no_refusal_and_no_id_less_status_counts(self) -> None:
-        """Every deployer reads build.responses.*: one could make a builder refuse a request
-        of its own on this build's reply subject, under this build's id or none."""
-        tracker = BuildTracker(result := _result())
-        tracker.feed(_status(StatusKind.ACCEPTED, heartbeat_s=10))
-        assert tracker.heartbeat_s == 10
-        assert not tracker.feed(_status(StatusKind.REJECTED, error="already_running"))
-        assert not tracker.feed(_status(StatusKind.REJECTED, request_id=None))
-        assert not tracker.feed(_status(StatusKind.FAILED, request_id=None))
-        assert not result.done
-
-    def test_before_acceptance_an_id_less_refusal_counts(self) -> None:
-        tracker = BuildTracker(result := _result())
-        assert tracker.feed(_status(StatusKind.REJECTED, request_id=None, error="invalid_request"))
-        assert (result.status, result.error) == ("rejected", "invalid_request")
-
-    def test_a_completed_build_counts_a_host_whose_status_was_lost_as_built(self) -> None:
-        tracker = BuildTracker(result := _result())
-        tracker.feed(_status(StatusKind.STARTED, hosts=["a", "b"]))
-        tracker.feed(_status(StatusKind.COMPLETED, "a", store_path="/nix/store/x"))
-        tracker.feed(_status(StatusKind.COMPLETED, message="built 2 hosts"))
-        assert result.ok
-        assert result.counts() == {"built": 2}
-        assert "its own status was lost" in result.hosts[1].message
-
-    def test_skipped_names_are_failed_hosts(self) -> None:
-        tracker = BuildTracker(result := _result())
-        tracker.feed(_status(StatusKind.STARTED, hosts=["a"], skipped=["x@y"]))
-        tracker.feed(_status(StatusKind.COMPLETED, "a", store_path="/nix/store/x"))
-        tracker.feed(_status(StatusKind.FAILED, error="invalid_name", skipped=["x@y"]))
-        assert result.counts() == {"built": 1, "failed": 1}
-        assert result.hosts[1].error == "invalid_name"
-
-    def test_statuses_for_another_repository_or_revision_are_ignored(self) -> None:
-        """Another deployer's request under this build's id and reply subject, answered by
-        a second builder, must not take the report over if this one's accepted was lost."""
-        tracker = BuildTracker(result := _result())
-        other = _status(StatusKind.STARTED, hosts=["x"]).model_copy(update={"repo": "home"})
-        assert not tracker.feed(other)
-        moved = _status(StatusKind.COMPLETED).model_copy(update={"revision": "evil"})
-        assert not tracker.feed(moved)
-        assert tracker.feed(_status(StatusKind.STARTED, hosts=["a"], revision="main"))
-        assert [h.host for h in result.hosts] == ["a"]
-
-    def test_the_heartbeat_is_read_from_any_status(self) -> None:
-        tracker = BuildTracker(_result())
-        tracker.feed(_status(StatusKind.PROGRESS, "a", heartbeat_s=30))
-        assert tracker.heartbeat_s == 30
-
-    def test_statuses_of_others_are_ignored(self) -> None:
-        tracker = BuildTracker(result := _result())
-        assert tracker.feed(_status(StatusKind.ACCEPTED))
-        assert not tracker.feed(_status(StatusKind.COMPLETED, request_id="other"))
-        second = _status(StatusKind.COMPLETED).model_copy(update={"builder": "b2"})
-        assert not tracker.feed(second)  # a second builder with the same repo
-        assert result.builder == "b1"
-        assert not result.done
-
-    def test_a_final_host_stays_final(self) -> None:
-        tracker = BuildTracker(result := _result())
-        tracker.feed(_status(StatusKind.COMPLETED, "a", store_path="/nix/store/x"))
-        assert not tracker.feed(_status(StatusKind.FAILED, "a", error="cancelled"))
-        assert result.hosts[0].state is HostBuildState.BUILT
-
-    def test_the_end_of_a_build_loses_unfinished_hosts(self) -> None:
-        tracker = BuildTracker(result := _result())
-        tracker.feed(_status(StatusKind.STARTED, hosts=["a", "b"]))
-        tracker.feed(_status(StatusKind.STARTED, "a"))
-        tracker.feed(_status(StatusKind.FAILED, error="cancelled", message="stopped"))
-        assert [h.state for h in result.hosts] == [HostBuildState.LOST, HostBuildState.LOST]
-        assert [h.error for h in result.hosts] == ["cancelled", "cancelled"]
-
-    def test_lose_ends_it_from_the_deployer_side_once(self) -> None:
-        tracker = BuildTracker(result := _result())
-        tracker.feed(_status(StatusKind.STARTED, hosts=["a"]))
-        tracker.lose("silent")
-        assert (result.status, result.error, result.hosts[0].state) == (
-            "lost",
-            "lost",
-            HostBuildState.LOST,
-        )
-        tracker.lose("again", status="no_builder")
-        assert result.message == "silent"
-        assert not tracker.feed(_status(StatusKind.COMPLETED))
 
 
 class TestStatusEncoding:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -13,20 +12,14 @@ import pytest
 import structlog.testing
 
 from fleet_core.bus import Bus, Message
-from fleet_core.embedded_server import EmbeddedNatsServer
 from fleet_core.errors import ConnectionFailed, PermissionDenied
 from fleet_core.keys import load_seed
+from fleet_core.testing.embedded_server import EmbeddedNatsServer
 
 from .conftest import Fleet
+from .support import free_port
 
 pytestmark = pytest.mark.anyio
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class TestConnect:

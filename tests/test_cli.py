@@ -11,14 +11,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import Process
 
-from fleet_core.deployer import Deployer
-from fleet_core.rebuild import Action
-from fleet_core.subjects import Target, Tier
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Target, Tier
 
 from .conftest import FAST, Fleet, expected_argv, scripts_dir
-from .test_bus import free_port
+from .support import free_port, read_until
 
 pytestmark = pytest.mark.anyio
 
@@ -231,18 +230,6 @@ class TestHostsCommand:
         ]
 
 
-async def read_until(process: Process, needle: bytes, limit: float = 15) -> bytes:
-    """Read the process's stderr until ``needle`` appears (the listener logs there)."""
-    assert process.stderr is not None
-    seen = b""
-    with anyio.fail_after(limit):
-        async for chunk in process.stderr:
-            seen += chunk
-            if needle in seen:
-                return seen
-    raise AssertionError(f"{needle!r} never appeared in: {seen.decode()[-2000:]}")
-
-
 class TestListenerCommand:
     @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
     async def test_serves_then_stops_on_signal(self, fleet: Fleet, signum: signal.Signals) -> None:
@@ -289,7 +276,7 @@ class TestListenerCommand:
         self, fleet: Fleet, tmp_path: Path
     ) -> None:
         """Started before NATS, the daemon keeps trying and serves once the server is there."""
-        from fleet_core.embedded_server import EmbeddedNatsServer
+        from fleet_core.testing.embedded_server import EmbeddedNatsServer
 
         port = free_port()
         url = f"nats://127.0.0.1:{port}"
@@ -328,7 +315,8 @@ def test_help_is_fast_and_mcp_free() -> None:
     for command in ("listener", "deploy", "hosts", "mcp"):
         assert command in proc.stdout.decode()
     probe = (
-        "import sys, fleet_core.cli, fleet_core.commands, fleet_core.daemon, fleet_core.listener;"
+        "import sys, fleet_core.cli, fleet_core.deploy.commands, fleet_core.host.daemon,"
+        " fleet_core.host.listener;"
         "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)

@@ -14,18 +14,15 @@ import anyio
 import pytest
 
 from fleet_core.bus import Bus
-from fleet_core.deployer import Deployer
+from fleet_core.config.parsers import parse_nats_urls
+from fleet_core.config.resolve import deploy_settings, listener_settings, mcp_settings
+from fleet_core.config.settings import ListenerSettings
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
 from fleet_core.errors import ConnectionFailed, PermissionDenied, UsageError
-from fleet_core.natsconfig import nats_config
-from fleet_core.rebuild import Action
-from fleet_core.settings import (
-    ListenerSettings,
-    deploy_settings,
-    listener_settings,
-    mcp_settings,
-    parse_nats_urls,
-)
-from fleet_core.subjects import Tier, parse_target
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Tier, parse_target
+from fleet_core.setup.nats_config import nats_config
 from fleet_core.testing import (
     FLAKE_URL,
     FleetHost,
@@ -34,12 +31,10 @@ from fleet_core.testing import (
     local_fleet,
     simulated_rebuild_command,
 )
-from fleet_core.tracking import DeploymentResult, HostResult
 from fleet_mcp.link import NatsLink
 
 from .conftest import DEPLOYERS, FAST, scripts_dir
-from .test_bus import free_port
-from .test_cli import read_until
+from .support import free_port, read_until
 
 pytestmark = pytest.mark.anyio
 

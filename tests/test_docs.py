@@ -15,7 +15,7 @@ _LINK = re.compile(r"\]\(([^)#\s]+\.md)?(?:#([^)\s]+))?\)")
 
 
 def test_option_tables_match_the_declarations() -> None:
-    """docs/cli.md shows exactly what fleet_core.options declares (scripts/sync_docs.py)."""
+    """docs/cli.md shows exactly what fleet_core.config.options declares (scripts/sync_docs.py)."""
     check = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "sync_docs.py"), "--check"],
         capture_output=True,

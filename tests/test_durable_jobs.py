@@ -22,58 +22,26 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import pytest
-from anyio.abc import Process
 
-from fleet_core.deployer import Deployer
-from fleet_core.job_follow import read_runner, stop_runner
-from fleet_core.job_runner import EXIT_FILE, RUNNER_FILE
-from fleet_core.jobs import JobPhase, JobRecord, JobStore
-from fleet_core.listener import RESTART_EXIT_CODE, Listener, fingerprint
-from fleet_core.messages import DeployRequest
-from fleet_core.subjects import Tier
-from fleet_core.tracking import DeploymentResult, HostResult
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.host.jobs import jobdir
+from fleet_core.host.jobs.follow import stop_runner
+from fleet_core.host.jobs.jobdir import EXIT_FILE, RUNNER_FILE, read_runner
+from fleet_core.host.jobs.store import JobPhase, JobRecord, JobStore
+from fleet_core.host.listener import RESTART_EXIT_CODE, Listener, fingerprint
+from fleet_core.protocol.messages import DeployRequest
+from fleet_core.protocol.subjects import Tier
 
 from .conftest import FAST, Fleet
-from .test_listener import process_gone, replies_on
+from .support import Daemon, process_gone, replies_on
 
 pytestmark = pytest.mark.anyio
 
 HOST = "web1"
-START_LIMIT = 30.0
+DATA = Path(__file__).parent / "data"
 
 RecordProperty = Callable[[str, object], None]  # pytest's record_property fixture
-
-
-class Daemon:
-    """A ``fleet-deploy listener`` subprocess whose JSON log lines are read as they come."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.log = b""
-        self._changed = anyio.Event()
-
-    async def drain(self) -> None:
-        assert self.process.stderr is not None
-        async for chunk in self.process.stderr:
-            self.log += chunk
-            self._changed.set()
-            self._changed = anyio.Event()
-
-    async def wait_for(self, needle: str, limit: float = START_LIMIT) -> None:
-        with anyio.fail_after(limit):
-            while needle.encode() not in self.log:
-                await self._changed.wait()
-
-    def events(self) -> list[dict[str, object]]:
-        lines = self.log.decode(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def event(self, name: str) -> dict[str, object]:
-        return next(e for e in self.events() if e["event"] == name)
-
-    async def exit_code(self, limit: float = 20) -> int:
-        with anyio.fail_after(limit):
-            return await self.process.wait()
 
 
 class Deployment:
@@ -357,7 +325,7 @@ class TestSystemdMode:
         bin_dir.mkdir()
         stand_in = bin_dir / "systemd-run"
         stand_in.write_text(
-            f"#!/bin/sh\nexec {sys.executable} -m fleet_core.simulated_systemd_run "
+            f"#!/bin/sh\nexec {sys.executable} -m fleet_core.testing.simulated_systemd_run "
             f'--sim-record {calls} "$@"\n'
         )
         stand_in.chmod(0o755)
@@ -412,6 +380,44 @@ class TestInProcess:
         finally:
             await host_bus.close()
         assert (host.status, host.error) == ("completed", None), host
+        assert len(fleet.runs()) == 1
+
+    async def test_an_upgraded_listener_follows_the_previous_releases_runner(
+        self, fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A listener upgraded while a job of the previous release runs (its job runner at
+        fleet_core/job_runner.py, before the packages) recognises that runner as alive,
+        stays busy, and reports the true outcome to the original requester."""
+        previous = tmp_path / "release-0.1.0" / "fleet_core" / "job_runner.py"
+        previous.parent.mkdir(parents=True)
+        previous.write_bytes((DATA / "job_runner-0.1.0.py.txt").read_bytes())
+        release = tmp_path / "release"
+        settings = fleet.settings(HOST, "--sim-wait-for", str(release))
+        deployment = Deployment(fleet)
+        host_bus = await fleet.connect(HOST)
+        try:
+            async with anyio.create_task_group() as outer:
+                with monkeypatch.context() as old_release:
+                    old_release.setattr(jobdir, "RUNNER_PROGRAM", previous)
+                    async with anyio.create_task_group() as hosting:
+                        await hosting.start(Listener(settings).serve, host_bus)
+                        outer.start_soon(deployment.run)
+                        await deployment.wait_for("progress")
+                        hosting.cancel_scope.cancel()
+                runner = read_runner(the_job(settings.state_dir))
+                assert runner is not None
+                cmdline = (await anyio.Path(f"/proc/{runner.runner}/cmdline").read_bytes()).split(
+                    b"\0"
+                )
+                assert str(previous).encode() in cmdline, "the previous release's runner runs"
+                async with fleet.local.listeners([settings]) as running:
+                    assert running[HOST].busy
+                    release.touch()
+                    host = await deployment.finished()
+        finally:
+            await host_bus.close()
+        assert (host.status, host.error) == ("completed", None), host
+        assert host.message.startswith("switch of master done")
         assert len(fleet.runs()) == 1
 
     async def test_the_fleets_clean_up_stops_what_listeners_left(

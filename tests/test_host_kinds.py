@@ -21,43 +21,39 @@ from typing import Any
 import anyio
 import pytest
 
-from fleet_core import job_follow
-from fleet_core.deployer import Deployer
+from fleet_core import processes
+from fleet_core.config.resolve import choose_rebuild_runner, in_user_manager, listener_settings
+from fleet_core.config.settings import ListenerSettings
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.report import hosts_table
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
 from fleet_core.errors import RequestRejected, UsageError
-from fleet_core.job_follow import follow, runner_alive, stop_runner
-from fleet_core.job_runner import OUTPUT_LOG, RUNNER_FILE
-from fleet_core.job_state import is_job_runner_command
-from fleet_core.messages import HostInfo, encode, parse_host_info
-from fleet_core.outcome import RebuildResult, decide
-from fleet_core.rebuild import (
+from fleet_core.host.jobs import jobdir
+from fleet_core.host.jobs.follow import follow, runner_alive, stop_runner
+from fleet_core.host.jobs.jobdir import OUTPUT_LOG, RUNNER_FILE
+from fleet_core.host.jobs.launch import ProcessRebuilder, RebuildJob, rebuilder_for
+from fleet_core.host.jobs.outcome import RebuildResult, decide
+from fleet_core.host.jobs.rebuild import build_argv
+from fleet_core.host.jobs.rebuild_output import phase_of
+from fleet_core.host.jobs.resume import is_job_runner_command
+from fleet_core.protocol.actions import (
     Action,
     HostKind,
     actions_for,
-    build_argv,
     rebuild_program,
     validate_action_for,
     validate_configuration,
 )
-from fleet_core.rebuild_output import phase_of
-from fleet_core.report import hosts_table
-from fleet_core.runner import ProcessRebuilder, RebuildJob, rebuilder_for
-from fleet_core.settings import (
-    ListenerSettings,
-    choose_rebuild_runner,
-    in_user_manager,
-    listener_settings,
-)
+from fleet_core.protocol.messages import HostInfo, encode, parse_host_info
 from fleet_core.testing import (
     FLAKE_URL,
     simulated_darwin_rebuild_command,
     simulated_home_manager_command,
     simulated_systemd_run_command,
 )
-from fleet_core.tracking import DeploymentResult, HostResult
 
 from .conftest import Fleet
-from .test_durable_jobs import Daemon
-from .test_runner import wait_for_file
+from .support import Daemon, wait_for_file
 
 pytestmark = pytest.mark.anyio
 
@@ -332,7 +328,9 @@ class TestWithoutProc:
     def test_a_ps_command_line_names_the_runner(self) -> None:
         """The runner of that directory, not another directory's, nor another program."""
         job = "/Users/alice/.local/state/fleet-deploy/jobs/20260101-j1"
-        runner = f"/nix/store/x-python3/bin/python3 -I /s/fleet_core/job_runner.py {job} --t 5"
+        runner = (
+            f"/nix/store/x-python3/bin/python3 -I /s/fleet_core/host/jobs/job_runner.py {job} --t 5"
+        )
         assert is_job_runner_command(runner, job)
         assert not is_job_runner_command(runner, job[:-1])
         assert not is_job_runner_command(f"/bin/cat {job}", job)
@@ -344,7 +342,7 @@ class TestWithoutProc:
         """A held rebuild's runner is alive by ps (and no other process is taken for it);
         follow sees it through to completed, not lost; a second held one is stopped and
         its process group found gone."""
-        monkeypatch.setattr(job_follow, "_PROC", tmp_path / "no-proc")
+        monkeypatch.setattr(processes, "PROC", tmp_path / "no-proc")
         release = tmp_path / "release"
         argv = [
             *simulated_home_manager_command("--sim-wait-for", str(release)),
@@ -380,9 +378,9 @@ class TestWithoutProc:
         assert await stop_runner(held, 1.0)
         stopped = await follow(held, lambda _: None, pid=second.pid, started_at=time.time())
         assert stopped.cancelled, stopped
-        rebuild = job_follow.read_runner(held)
+        rebuild = jobdir.read_runner(held)
         assert rebuild is not None and rebuild.rebuild is not None
-        assert not job_follow._group_exists(rebuild.rebuild)
+        assert not processes.group_exists(rebuild.rebuild)
 
 
 # -- the stand-ins are as strict as the programs ----------------------------------------------
@@ -558,8 +556,11 @@ class TestEndToEnd:
                 host, seen = await deploy(fleet, action)
                 assert (host.status, host.error) == ("rejected", "invalid_action"), host
                 assert seen == ["rejected"]
-                assert host.message is not None
-                assert "runs only switch, dry-activate, build" in host.message
+                assert host.message == (
+                    f"{action.value} is not an action for a home-manager host, which runs only "
+                    f"switch, dry-activate, build (home-manager has no {action.value}): deploy "
+                    "it with one of those"
+                )
             assert len(recorded.calls()) == 3
             async with await fleet.connect("admin") as bus:
                 (found,) = await Deployer(bus).discover()
@@ -665,19 +666,19 @@ def test_without_proc_a_reused_group_id_is_left_alone(
 ) -> None:
     """Where ps stands in for /proc, a group whose leader started after the job's rebuild
     (a pid reused after a reboot) is not ours: it is never signalled."""
-    monkeypatch.setattr(job_follow, "_PROC", tmp_path / "no-proc")
+    monkeypatch.setattr(processes, "PROC", tmp_path / "no-proc")
     with subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
     ) as leader:
         try:
             now = time.time()
-            assert job_follow._group_exists(leader.pid, since=now)
-            assert job_follow._group_exists(leader.pid)  # no record of when: as before
-            assert not job_follow._group_exists(leader.pid, since=now - 3600)
+            assert processes.group_exists(leader.pid, since=now)
+            assert processes.group_exists(leader.pid)  # no record of when: as before
+            assert not processes.group_exists(leader.pid, since=now - 3600)
         finally:
             leader.kill()
             leader.wait()
-    assert not job_follow._group_exists(leader.pid, since=now)
+    assert not processes.group_exists(leader.pid, since=now)
 
 
 @pytest.mark.parametrize("name", ["mac1.local", "alice@mac1"])

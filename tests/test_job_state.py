@@ -6,20 +6,19 @@ import json
 
 import pytest
 
-from fleet_core.job_state import (
+from fleet_core.host.jobs.jobdir import RunnerPids, parse_runner
+from fleet_core.host.jobs.outcome import RebuildResult, decide
+from fleet_core.host.jobs.resume import (
     START_GRACE,
     Resume,
-    RunnerPids,
     is_job_runner,
     lost_before_start,
     lost_runner,
-    parse_runner,
     result_from_exit,
     resume_action,
 )
-from fleet_core.messages import ErrorCode, StatusKind
-from fleet_core.outcome import RebuildResult, decide
-from fleet_core.rebuild import Action
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import ErrorCode, StatusKind
 
 JOB_DIR = "/var/lib/fleet-deploy/jobs/20261127T101500.000001Z-abc"
 
@@ -104,12 +103,21 @@ class TestIsJobRunner:
     @pytest.mark.parametrize(
         "argv",
         [
+            [
+                "/nix/store/x-python3/bin/python3.11",
+                "-I",
+                "/s/fleet_core/host/jobs/job_runner.py",
+                JOB_DIR,
+            ],
+            # The previous release's runner, at its place before the packages, by path and
+            # as the module it once was run as: an upgraded listener still follows it.
             ["/nix/store/x-python3/bin/python3.11", "-I", "/s/fleet_core/job_runner.py", JOB_DIR],
             ["python3", "-m", "fleet_core.job_runner", JOB_DIR, "--timeout", "600"],
         ],
     )
     def test_the_runner_of_this_job(self, argv: list[str]) -> None:
-        """The runner run by path or as a module, for this job directory, is recognised."""
+        """This release's runner, and the previous release's by path or as a module, for this
+        job directory, is recognised."""
         cmdline = b"\0".join(a.encode() for a in [*argv, "--", "nixos-rebuild"]) + b"\0"
         assert is_job_runner(cmdline, JOB_DIR)
 
@@ -117,11 +125,13 @@ class TestIsJobRunner:
         "cmdline",
         [
             b"",  # a zombie
-            b"python3\0-I\0/s/fleet_core/job_runner.py\0/other/job\0",
+            b"python3\0-I\0/s/fleet_core/host/jobs/job_runner.py\0/other/job\0",
             b"sleep\0" + JOB_DIR.encode() + b"\0",
+            # Another program that happens to be called job_runner.py is not ours.
+            b"python3\0/opt/other/job_runner.py\0" + JOB_DIR.encode() + b"\0",
             b"nixos-rebuild\0switch\0--flake\0x\0job_runner.py\0" + JOB_DIR.encode() + b"\0",
         ],
-        ids=["zombie", "other-job", "reused-pid", "runner-name-late-in-argv"],
+        ids=["zombie", "other-job", "reused-pid", "another-job-runner", "runner-name-late-in-argv"],
     )
     def test_anything_else_is_not(self, cmdline: bytes) -> None:
         """A zombie, another job's runner or a reused pid is not this job's runner."""

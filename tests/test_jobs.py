@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from fleet_core.jobs import OUTPUT_LOG, RECORD_FILE, JobPhase, JobRecord, JobStore
-from fleet_core.messages import DeployRequest, ErrorCode, StatusKind
-from fleet_core.outcome import Outcome
-from fleet_core.rebuild import Action
+from fleet_core.host.jobs.jobdir import OUTPUT_LOG, RECORD_FILE
+from fleet_core.host.jobs.outcome import Outcome
+from fleet_core.host.jobs.store import JobPhase, JobRecord, JobStore
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import DeployRequest, ErrorCode, StatusKind
 
 REPLY = "deploy.responses.0123abcd"
 ARGV = ("nixos-rebuild", "switch", "--flake", "git+https://***@g/r.git?ref=main#h", "--refresh")

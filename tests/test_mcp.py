@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +17,33 @@ import anyio
 import anyio.abc
 import mcp
 import pytest
-from mcp.types import CallToolResult, TextContent, TextResourceContents
+from mcp.types import TextContent, TextResourceContents
 
-from fleet_core.bus import Bus, Message
-from fleet_core.embedded_server import EmbeddedNatsServer
-from fleet_core.rebuild import Action
-from fleet_core.settings import McpSettings, mcp_settings
-from fleet_core.tracking import FINAL_STATES
+from fleet_core.deploy.tracker import FINAL_STATES
+from fleet_core.protocol.actions import Action
+from fleet_core.testing.embedded_server import EmbeddedNatsServer
 from fleet_mcp.link import CONNECTION_WAIT
-from fleet_mcp.models import DeploymentReport, DeploymentsReport, HostsReport
-from fleet_mcp.server import build_server
+from fleet_mcp.reports.deployment import DeploymentReport
+from fleet_mcp.reports.deployment_list import DeploymentsReport
+from fleet_mcp.reports.hosts import HostsReport
 
 from .conftest import FAST, HOSTS, TEST_HOSTS, Fleet, expected_argv, scripts_dir
-from .test_metrics import scrape, series, value
+from .support import (
+    BASE_TOOLS,
+    Session,
+    fleet_mcp_over_http,
+    prod_witness,
+    scrape,
+    series,
+    session,
+    settings_for,
+    text_of,
+    value,
+)
 
 pytestmark = pytest.mark.anyio
 
 PROD_HOSTS = sorted(h for h in HOSTS if h not in TEST_HOSTS)
-BASE_TOOLS = {"list_hosts", "deploy", "deployment_status", "list_deployments"}
 _DEPLOYMENT_ID = re.compile(r"deployment ([0-9a-f]{32})")
 _HOST_NOTE = re.compile(r"(?P<host>[a-z0-9-]+) (?P<status>[a-z]+)(?: — .+)?")
 _ORDER = ("accepted", "started", "progress")  # then one of FINAL_STATES
@@ -46,58 +53,6 @@ _ORDER = ("accepted", "started", "progress")  # then one of FINAL_STATES
 def mode(request: pytest.FixtureRequest) -> str:
     """Both protocol eras: "auto" is the 2026 direct path in process, "legacy" the handshake."""
     return str(request.param)
-
-
-def settings_for(
-    fleet: Fleet, *, key: str = "deployer", admin: str | None = None, url: str | None = None
-) -> McpSettings:
-    settings = mcp_settings(
-        {
-            "nats_url": url or fleet.url,
-            "nkey_file": str(fleet.keys[key]),
-            "enable_admin": admin is not None,
-            "admin_nkey_file": str(fleet.keys[admin]) if admin else None,
-        },
-        environ={},
-    )
-    return replace(settings, timing=FAST)
-
-
-def text_of(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-@dataclass
-class Session:
-    """A client session that records every progress notification it receives."""
-
-    client: mcp.Client
-    progress: list[tuple[float, str]] = field(default_factory=list)
-
-    async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
-        self.progress.append((progress, message or ""))
-
-    async def call(self, tool: str, **arguments: Any) -> CallToolResult:
-        return await self.client.call_tool(tool, arguments, progress_callback=self.on_progress)
-
-    async def deploy(self, tool: str = "deploy", **arguments: Any) -> DeploymentReport:
-        result = await self.call(tool, **arguments)
-        assert not result.is_error, text_of(result)
-        return DeploymentReport.model_validate(result.structured_content)
-
-    async def error(self, tool: str, **arguments: Any) -> str:
-        result = await self.call(tool, **arguments)
-        assert result.is_error, text_of(result)
-        return text_of(result)
-
-    def messages(self) -> list[str]:
-        return [message for _, message in self.progress]
-
-
-@asynccontextmanager
-async def session(settings: McpSettings, mode: str) -> AsyncIterator[Session]:
-    async with mcp.Client(build_server(settings), mode=mode) as client:
-        yield Session(client)
 
 
 def assert_notes_keep_the_promise(s: Session, report: DeploymentReport) -> None:
@@ -125,60 +80,6 @@ def assert_notes_keep_the_promise(s: Session, report: DeploymentReport) -> None:
         steps = [_ORDER.index(state) for state in states[:-1]]
         assert steps == sorted(steps), messages
         assert states.count("accepted") <= 1 and states.count("started") <= 1, messages
-
-
-@asynccontextmanager
-async def prod_witness(fleet: Fleet) -> AsyncIterator[list[str]]:
-    """Every subject a message was published to under ``deploy.prod.>`` while the block ran."""
-    seen: list[str] = []
-    bus: Bus = await fleet.connect("admin")
-
-    async def record(msg: Message) -> None:
-        seen.append(msg.subject)
-
-    try:
-        subscription = await bus.subscribe("deploy.prod.>", record)
-        await bus.flush()
-        yield seen
-        await bus.flush()
-        await subscription.unsubscribe()
-    finally:
-        await bus.close()
-
-
-@asynccontextmanager
-async def fleet_mcp_over_http(fleet: Fleet, *flags: str) -> AsyncIterator[int]:
-    """The installed ``fleet-mcp --http`` with the test key (and ``flags``) on a free port,
-    once uvicorn says it runs; its log is drained all along, so it never blocks on stderr.
-    Yields the port; SIGTERM at the block's end."""
-    port = free_port()
-    argv = [
-        str(scripts_dir() / "fleet-mcp"),
-        *flags,
-        *("--http", f"127.0.0.1:{port}", "--log-level", "info"),
-        *("--nats-url", fleet.url, "--nkey-file", str(fleet.keys["deployer"])),
-    ]
-    ready = anyio.Event()
-    log = bytearray()
-
-    async def drain(stream: anyio.abc.ByteReceiveStream) -> None:
-        async for chunk in stream:
-            log.extend(chunk)
-            if b"Uvicorn running on" in log:
-                ready.set()
-
-    async with (
-        await anyio.open_process(argv, env=fleet.cli_env()) as process,
-        anyio.create_task_group() as tasks,
-    ):
-        assert process.stderr is not None
-        tasks.start_soon(drain, process.stderr)
-        try:
-            with anyio.fail_after(30):
-                await ready.wait()
-            yield port
-        finally:
-            process.terminate()
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 As in ``test_mcp``, sessions run in both protocol eras against a real nats-server under the
 permissions ``nats-config`` writes — here with a builder's key too — and the builder is a
-real ``Builder`` whose ``nix`` is the packaged stand-in (``fleet_core.simulated_nix``). The
+real ``Builder`` whose ``nix`` is the packaged stand-in (``fleet_core.testing.simulated_nix``). The
 digest of a very large build is checked without MCP, as ``test_mcp_deployments`` does for
 deployments; the installed ``fleet-mcp --enable-builds`` is driven over HTTP at the end.
 """
@@ -21,30 +21,35 @@ import anyio.abc
 import mcp
 import pytest
 
-from fleet_core.builds import (
+from fleet_core.build.client import BuildClient
+from fleet_core.build.protocol import (
     BuildResult,
     BuildTarget,
     HostBuild,
     HostBuildState,
     parse_build_target,
 )
-from fleet_core.deployer import Deployer
-from fleet_core.settings import McpSettings
+from fleet_core.config.settings import McpSettings
 from fleet_core.testing import FleetHost, local_fleet
 from fleet_mcp.builds import Build, BuildRegistry
-from fleet_mcp.models import TEXT_BUDGET, BuildReport, build_report, build_text
+from fleet_mcp.reports.build import BuildReport, build_report, build_text
+from fleet_mcp.reports.fitting import TEXT_BUDGET
 
 from .conftest import DEPLOYERS, HOSTS, Fleet, scripts_dir
-from .test_builder import CONFIGURATIONS, Builds, commit_of
-from .test_mcp import (
+from .support import (
     BASE_TOOLS,
+    CONFIGURATIONS,
+    Builds,
     Session,
+    commit_of,
     fleet_mcp_over_http,
+    scrape,
+    series,
     session,
     settings_for,
     text_of,
+    value,
 )
-from .test_metrics import scrape, series, value
 
 pytestmark = pytest.mark.anyio
 
@@ -453,7 +458,7 @@ class TestLargeBuilds:
 
 
 class StubBuilder:
-    """Stands in for ``Deployer.build``: finishes at once, or when ``release`` is set."""
+    """Stands in for ``BuildClient.build``: finishes at once, or when ``release`` is set."""
 
     def __init__(self, *, hold: bool) -> None:
         self.release = anyio.Event()
@@ -471,8 +476,8 @@ class StubBuilder:
         )
 
 
-def stub(builder: StubBuilder) -> Deployer:
-    return cast(Deployer, builder)
+def stub(builder: StubBuilder) -> BuildClient:
+    return cast(BuildClient, builder)
 
 
 class TestRegistry:

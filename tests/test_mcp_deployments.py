@@ -17,32 +17,27 @@ import anyio
 import pytest
 
 from fleet_core.bus import Bus
-from fleet_core.deployer import Deployer
-from fleet_core.embedded_server import EmbeddedNatsServer
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
 from fleet_core.errors import ConnectionFailed
-from fleet_core.rebuild import Action
-from fleet_core.subjects import Target, Tier
-from fleet_core.tracking import DeploymentResult, HostResult, Outage
-from fleet_core.trust import Flagged
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Target, Tier
+from fleet_core.protocol.trust import Flagged
+from fleet_core.testing.embedded_server import EmbeddedNatsServer
 from fleet_mcp import deployments
 from fleet_mcp.deployments import BATCH, Deployment, DeploymentRegistry
 from fleet_mcp.link import NatsLink
-from fleet_mcp.models import (
-    MAX_NOTE_DETAIL,
-    MAX_TAIL_LINES,
-    TEXT_BUDGET,
-    DeploymentReport,
-    FleetHost,
+from fleet_mcp.reports.deployment import DeploymentReport, deployment_report, report_text
+from fleet_mcp.reports.fitting import TEXT_BUDGET
+from fleet_mcp.reports.hosts import FleetHost, hosts_report, hosts_text
+from fleet_mcp.reports.progress import (
     batch_note,
     connection_note,
-    deployment_report,
     heartbeat_note,
     host_note,
-    hosts_report,
-    hosts_text,
     opening_note,
-    report_text,
 )
+from fleet_mcp.reports.wording import MAX_NOTE_DETAIL, MAX_TAIL_LINES
 
 from .conftest import FAST, Fleet
 

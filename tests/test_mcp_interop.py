@@ -28,8 +28,7 @@ import anyio.abc
 import pytest
 
 from .conftest import Fleet, expected_argv, scripts_dir
-from .test_durable_jobs import Daemon
-from .test_mcp import prod_witness
+from .support import Daemon, prod_witness
 
 pytestmark = pytest.mark.anyio
 

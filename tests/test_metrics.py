@@ -4,7 +4,6 @@ never loaded by a listener that has metrics off."""
 
 from __future__ import annotations
 
-import http.client
 import socket
 import sys
 from pathlib import Path
@@ -12,11 +11,10 @@ from typing import Any
 
 import anyio
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fleet_core import __version__
 from fleet_core.errors import UsageError
-from fleet_core.messages import FINAL_STATUSES, ErrorCode, Status, StatusKind
+from fleet_core.host.status_reporter import StatusReporter
 from fleet_core.metrics import (
     DEPLOYMENT_OUTCOMES,
     FINAL_ERRORS,
@@ -25,27 +23,16 @@ from fleet_core.metrics import (
     ListenerMetrics,
     serve_metrics,
 )
-from fleet_core.rebuild import Action
-from fleet_core.status_reporter import StatusReporter
-from fleet_core.subjects import Tier
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import FINAL_STATUSES, ErrorCode, Status, StatusKind
+from fleet_core.protocol.subjects import Tier
 
 from .conftest import Fleet
-from .test_bus import free_port
-from .test_cli import read_until
+from .support import Series, free_port, read_until, scrape, series, value
 
 pytestmark = pytest.mark.anyio
 
 ACTIONS = [action.value for action in Action]
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def series(text: str) -> Series:
-    """Every sample of a scrape: (name, labels) -> value."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def deployments(found: Series) -> dict[tuple[str, str, str], float]:
@@ -78,23 +65,6 @@ def zero_deployments() -> dict[tuple[str, str, str], float]:
     }
     zeros.update({("rejected", "", code): 0.0 for code in UNPARSED_ERRORS})
     return zeros
-
-
-def value(found: Series, name: str, **labels: str) -> float:
-    return found[(name, frozenset(labels.items()))]
-
-
-def scrape(port: int, host: str = "127.0.0.1") -> str:
-    """GET /metrics (blocking: run it in a thread)."""
-    connection = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        connection.request("GET", "/metrics")
-        response = connection.getresponse()
-        assert response.status == 200
-        assert response.getheader("Content-Type", "").startswith("text/plain")
-        return response.read().decode()
-    finally:
-        connection.close()
 
 
 def status(kind: StatusKind, action: str | None = "switch", **fields: object) -> Status:
@@ -334,5 +304,5 @@ class TestListenerProcess:
             for line in seen.decode().splitlines()
             if line.startswith("import time:")
         }
-        assert "fleet_core.listener" in imported
+        assert "fleet_core.host.listener" in imported
         assert ("prometheus_client" in imported) is enabled

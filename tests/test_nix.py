@@ -27,7 +27,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from fleet_core.natsconfig import (
+from fleet_core.protocol.subjects import Tier
+from fleet_core.setup.nats_config import (
     BuilderEntry,
     HostEntry,
     UserPermissions,
@@ -35,7 +36,6 @@ from fleet_core.natsconfig import (
     deployer_permissions,
     listener_permissions,
 )
-from fleet_core.subjects import Tier
 
 from .nix_eval import (
     A_SEED,
@@ -657,7 +657,7 @@ def test_a_switch_does_not_restart_the_listener(evaluated: dict[str, Any]) -> No
 def test_the_listener_restarts_itself_after_an_upgrade(evaluated: dict[str, Any]) -> None:
     """The listener watches its own unit file and exits with the status the unit restarts on
     (the listener's RESTART_EXIT_CODE); restartOnUpgrade = false drops the watch."""
-    from fleet_core.listener import RESTART_EXIT_CODE
+    from fleet_core.host.listener import RESTART_EXIT_CODE
 
     config = evaluated["minimal"]["service"]["serviceConfig"]
     assert config["RestartForceExitStatus"] == str(RESTART_EXIT_CODE)
@@ -938,7 +938,7 @@ def test_a_bad_option_type_is_rejected(lib_dir: Path, label: str) -> None:
 def test_every_builder_option_is_a_flag_or_accounted_for(evaluated: dict[str, Any]) -> None:
     """The module declares exactly the builder options this file maps to flags, and each of
     those flags is one `fleet-deploy builder` takes."""
-    from fleet_core.options import BUILDER
+    from fleet_core.config.options import BUILDER
 
     declared = set(evaluated["builder-minimal"]["builderOptionNames"])
     assert declared == set(BUILDER_FLAG_FOR_OPTION) | BUILDER_NOT_FLAGS

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from fleet_core.cli import build_parser
-from fleet_core.listener import RESTART_EXIT_CODE
-from fleet_core.rebuild import HostKind
-from fleet_core.settings import listener_settings
+from fleet_core.config.resolve import listener_settings
+from fleet_core.host.listener import RESTART_EXIT_CODE
+from fleet_core.protocol.actions import HostKind
 
 from .nix_eval import (
     A_SEED,

@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from fleet_core import settings as settings_module
 from fleet_core.cli import build_parser
+from fleet_core.config import resolve as settings_module
+from fleet_core.config.options import COMMANDS, ENV_PREFIX, Command, Option, add_arguments, command
 from fleet_core.errors import UsageError
-from fleet_core.options import COMMANDS, ENV_PREFIX, Command, Option, add_arguments, command
 from fleet_mcp.cli import build_parser as build_mcp_parser
 
 ALL_OPTIONS = [(c.name, o) for c in COMMANDS for o in c.options]

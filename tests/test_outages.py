@@ -30,17 +30,17 @@ import pytest
 from mcp.types import CallToolResult
 
 from fleet_core.bus import Bus
-from fleet_core.deployer import Deployer
-from fleet_core.embedded_server import EmbeddedNatsServer
-from fleet_core.messages import parse_host_info, parse_status
-from fleet_core.rebuild import Action
-from fleet_core.settings import DeployTiming
-from fleet_core.subjects import Target, Tier
-from fleet_core.tracking import DeploymentResult, HostResult, Outage
-from fleet_mcp.models import DeploymentReport
+from fleet_core.config.settings import DeployTiming
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import parse_host_info, parse_status
+from fleet_core.protocol.subjects import Target, Tier
+from fleet_core.testing.embedded_server import EmbeddedNatsServer
+from fleet_mcp.reports.deployment import DeploymentReport
 
 from .conftest import FAST, Fleet, scripts_dir
-from .test_mcp import session, settings_for
+from .support import session, settings_for
 
 pytestmark = pytest.mark.anyio
 

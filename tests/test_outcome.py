@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet_core.messages import MAX_MESSAGE_CHARS, ErrorCode, StatusKind
-from fleet_core.outcome import Outcome, RebuildResult, decide
-from fleet_core.rebuild import Action
+from fleet_core.host.jobs.outcome import Outcome, RebuildResult, decide
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import MAX_MESSAGE_CHARS, ErrorCode, StatusKind
 
 DATA = Path(__file__).parent / "data"
 

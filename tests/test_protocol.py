@@ -8,9 +8,17 @@ from typing import Any, cast
 import pytest
 
 from fleet_core.bus import Bus
-from fleet_core.deployer import Deployer
+from fleet_core.deploy.deployer import Deployer
 from fleet_core.errors import RequestRejected, UsageError, only_fleet_error
-from fleet_core.messages import (
+from fleet_core.host.jobs.rebuild import build_argv, flake_reference
+from fleet_core.protocol.actions import (
+    Action,
+    redact,
+    validate_action,
+    validate_flake_url,
+    validate_revision,
+)
+from fleet_core.protocol.messages import (
     MAX_REQUEST_BYTES,
     MAX_STATUS_BYTES,
     DeployRequest,
@@ -25,22 +33,7 @@ from fleet_core.messages import (
     parse_host_info,
     parse_status,
 )
-from fleet_core.natsconfig import (
-    BuilderEntry,
-    inventory_toml,
-    parse_inventory,
-    render_authorization,
-)
-from fleet_core.rebuild import (
-    Action,
-    build_argv,
-    flake_reference,
-    redact,
-    validate_action,
-    validate_flake_url,
-    validate_revision,
-)
-from fleet_core.subjects import (
+from fleet_core.protocol.subjects import (
     Target,
     Tier,
     alias_env_name,
@@ -49,6 +42,12 @@ from fleet_core.subjects import (
     parse_target,
     resolve_target,
     validate_hostname,
+)
+from fleet_core.setup.nats_config import (
+    BuilderEntry,
+    inventory_toml,
+    parse_inventory,
+    render_authorization,
 )
 
 REPLY = "deploy.responses.0123abcd"

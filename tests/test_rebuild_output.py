@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet_core.rebuild_output import failure_summary, phase_of, success_summary
+from fleet_core.host.jobs.rebuild_output import failure_summary, phase_of, success_summary
 
 DATA = Path(__file__).parent / "data"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fleet_core.report import RECOVERED, connection_line, host_line, summary
-from fleet_core.tracking import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.report import RECOVERED, connection_line, host_line, summary
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
 
 
 def result(hosts: list[HostResult], outages: list[Outage]) -> DeploymentResult:

@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 import pytest
 
-from fleet_core import job_runner, outcome
-from fleet_core.job_follow import follow, read_runner, runner_alive, stop_runner
-from fleet_core.job_runner import EXIT_FILE, OUTPUT_LOG, RUNNER_FILE, runner_argv, write_argv
-from fleet_core.runner import (
+from fleet_core.host.jobs import job_runner, outcome
+from fleet_core.host.jobs.follow import follow, read_runner, runner_alive, stop_runner
+from fleet_core.host.jobs.jobdir import EXIT_FILE, OUTPUT_LOG, RUNNER_FILE, runner_argv, write_argv
+from fleet_core.host.jobs.launch import (
     ProcessRebuilder,
     RebuildJob,
     RebuildResult,
@@ -30,7 +30,7 @@ from fleet_core.runner import (
 )
 from fleet_core.testing import simulated_rebuild_command, simulated_systemd_run_command
 
-from .test_listener import process_gone
+from .support import process_gone, wait_for_file
 
 pytestmark = pytest.mark.anyio
 
@@ -48,14 +48,6 @@ def run_runner(
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads((job_dir / EXIT_FILE).read_text())
     return result
-
-
-async def wait_for_file(path: Path, limit: float = 10) -> None:
-    """Wait for a file the runner writes: it offers no event to wait on, so this polls for
-    the condition, with a deadline (never a fixed sleep standing in for it)."""
-    with anyio.fail_after(limit):
-        while not await anyio.Path(path).exists():  # noqa: ASYNC110 - no event to wait on
-            await anyio.sleep(0.01)
 
 
 class TestJobRunner:

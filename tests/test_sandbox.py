@@ -26,11 +26,12 @@ from typing import IO
 
 import pytest
 
+from fleet_core.config.options import DEFAULT_SANDBOX_HOSTS
+from fleet_core.config.resolve import sandbox_settings
 from fleet_core.errors import UsageError
 from fleet_core.keys import load_seed
-from fleet_core.sandbox import ADMIN, READY_LINE, TEST_DEPLOYER, plan_hosts
-from fleet_core.settings import DEFAULT_SANDBOX_HOSTS, sandbox_settings
-from fleet_core.subjects import Tier
+from fleet_core.protocol.subjects import Tier
+from fleet_core.testing.sandbox import ADMIN, READY_LINE, TEST_DEPLOYER, plan_hosts
 
 from .conftest import scripts_dir
 

@@ -29,12 +29,12 @@ import mcp
 import pytest
 
 from fleet_core.bus import Message
-from fleet_core.deployer import Deployer
-from fleet_core.job_runner import ARGV_FILE, OUTPUT_LOG, RUNNER_FILE
-from fleet_core.subjects import Tier
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.host.jobs.jobdir import ARGV_FILE, OUTPUT_LOG, RUNNER_FILE
+from fleet_core.protocol.subjects import Tier
 
 from .conftest import FAST, Fleet, scripts_dir
-from .test_bus import free_port
+from .support import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -172,7 +172,7 @@ async def test_no_secret_reaches_a_log_a_message_a_file_or_a_command_line(
     systemd_calls = tmp_path / "systemd-run.jsonl"
     stand_in = bin_dir / "systemd-run"
     stand_in.write_text(
-        f"#!/bin/sh\nexec {sys.executable} -m fleet_core.simulated_systemd_run "
+        f"#!/bin/sh\nexec {sys.executable} -m fleet_core.testing.simulated_systemd_run "
         f'--sim-record {systemd_calls} "$@"\n'
     )
     stand_in.chmod(0o755)
@@ -358,14 +358,14 @@ class TestTheJobRunnerKeepsTheTokenOut:
     @pytest.mark.parametrize("line", SAMPLES)
     def test_it_redacts_as_the_listener_does(self, line: str) -> None:
         """The runner's redaction (standard library only) gives rebuild.redact's answer."""
-        from fleet_core.job_runner import redact_output
-        from fleet_core.rebuild import redact
+        from fleet_core.host.jobs.job_runner import redact_output
+        from fleet_core.protocol.actions import redact
 
         assert redact_output(line.encode()).decode() == redact(line)
 
     def test_a_url_split_between_reads_is_redacted_whole(self, tmp_path: Path) -> None:
         """However the rebuild's output is cut into reads, a token never reaches output.log."""
-        from fleet_core.job_runner import _HOLD, _Log
+        from fleet_core.host.jobs.job_runner import _HOLD, _Log
 
         log = _Log(tmp_path / OUTPUT_LOG)
         text = b"unpacking 'git+https://oauth2:SECRET-TOKEN@git.example.com/f.git' into cache\n"
@@ -387,7 +387,7 @@ class TestTheJobRunnerKeepsTheTokenOut:
         import stat
         import subprocess
 
-        from fleet_core.job_runner import EXIT_FILE, runner_argv, write_argv
+        from fleet_core.host.jobs.jobdir import EXIT_FILE, runner_argv, write_argv
 
         job = tmp_path / "job"
         job.mkdir()
@@ -418,7 +418,7 @@ class TestTheFlakeUrlFile:
 
     def test_the_url_comes_from_the_file(self, tmp_path: Path) -> None:
         """The file's one line is the flake URL; the settings' repr does not show it."""
-        from fleet_core.settings import listener_settings
+        from fleet_core.config.resolve import listener_settings
 
         path = tmp_path / "flake-url"
         path.write_text(f"\n  {FLAKE}  \n")
@@ -438,14 +438,15 @@ class TestTheFlakeUrlFile:
             (f"{FLAKE}#web1\n", "invalid flake URL 'git+https://***@git.example.invalid"),
             (None, "cannot read"),
         ],
+        ids=["two-lines", "empty", "with-a-host", "unreadable"],  # the token is random per run
     )
     def test_a_bad_file_is_refused_without_showing_the_token(
         self, tmp_path: Path, content: str | None, message: str
     ) -> None:
         """A file that is missing or does not hold one usable URL is a usage error whose
         message never holds the token."""
+        from fleet_core.config.resolve import listener_settings
         from fleet_core.errors import UsageError
-        from fleet_core.settings import listener_settings
 
         path = tmp_path / "flake-url"
         if content is not None:
@@ -457,8 +458,8 @@ class TestTheFlakeUrlFile:
 
     def test_one_of_url_and_file(self, tmp_path: Path) -> None:
         """Both a URL and a file, or neither, is a usage error naming the two ways."""
+        from fleet_core.config.resolve import listener_settings
         from fleet_core.errors import UsageError
-        from fleet_core.settings import listener_settings
 
         path = tmp_path / "flake-url"
         path.write_text(FLAKE)

@@ -8,21 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from fleet_core.errors import KeyFileError, UsageError
-from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
-from fleet_core.options import command
-from fleet_core.rebuild import Action
-from fleet_core.settings import (
-    DEFAULT_LISTENER_TIMEOUT,
-    DEFAULT_STATE_DIR,
-    SandboxSettings,
+from fleet_core.config.options import DEFAULT_LISTENER_TIMEOUT, DEFAULT_STATE_DIR, command
+from fleet_core.config.resolve import (
     choose_rebuild_runner,
     deploy_settings,
     listener_settings,
     mcp_settings,
     sandbox_settings,
 )
-from fleet_core.subjects import Target, Tier
+from fleet_core.config.settings import SandboxSettings
+from fleet_core.errors import KeyFileError, UsageError
+from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Target, Tier
 
 LISTENER = {
     "hostname": "web1",

@@ -22,17 +22,17 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from fleet_core.bus import Bus, Message
-from fleet_core.embedded_server import EmbeddedNatsServer, find_nats_server
 from fleet_core.errors import ConnectionFailed, PermissionDenied
 from fleet_core.keys import Seed, generate_seed, load_seed
-from fleet_core.natsconfig import (
+from fleet_core.protocol.subjects import Tier
+from fleet_core.setup.nats_config import (
     DeployerEntry,
     HostEntry,
     Inventory,
     inventory_toml,
     parse_inventory,
 )
-from fleet_core.subjects import Tier
+from fleet_core.testing.embedded_server import EmbeddedNatsServer, find_nats_server
 
 from .conftest import scripts_dir
 

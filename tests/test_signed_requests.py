@@ -24,16 +24,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from fleet_core.bus import Bus, Message
-from fleet_core.deployer import Deployer
+from fleet_core.config.resolve import listener_settings
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.tracker import DeploymentResult
 from fleet_core.errors import UsageError
 from fleet_core.keys import Seed, generate_seed
-from fleet_core.messages import ErrorCode, Status, parse_status
-from fleet_core.rebuild import Action
-from fleet_core.settings import listener_settings
-from fleet_core.signing import sign_request
-from fleet_core.subjects import Target, Tier
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import ErrorCode, Status, parse_status
+from fleet_core.protocol.signing import sign_request
+from fleet_core.protocol.subjects import Target, Tier
 from fleet_core.testing import FleetHost, local_fleet
-from fleet_core.tracking import DeploymentResult
 
 from .conftest import FAST, FLAKE_URL, Fleet, expected_argv, scripts_dir
 
@@ -403,7 +403,7 @@ class TestSettings:
 class TestWire:
     def test_an_unsigned_request_keeps_homelab_s_shape(self) -> None:
         """A request without a signer carries no signing fields at all, as homelab-deploy's."""
-        from fleet_core.messages import DeployRequest, encode
+        from fleet_core.protocol.messages import DeployRequest, encode
 
         request = DeployRequest(reply_to="deploy.responses.x", id="x")
         assert set(json.loads(encode(request))) == {"action", "revision", "reply_to", "id"}
@@ -422,7 +422,7 @@ class TestWire:
     def test_partial_or_malformed_signing_fields_are_invalid(self, fields: dict[str, Any]) -> None:
         """The three signing fields come together, with the right types, or the request is
         invalid_request."""
-        from fleet_core.messages import InvalidRequest, parse_deploy_request
+        from fleet_core.protocol.messages import InvalidRequest, parse_deploy_request
 
         body = {"reply_to": "deploy.responses.x", "id": "x", **fields}
         with pytest.raises(InvalidRequest) as rejected:
@@ -431,7 +431,7 @@ class TestWire:
 
     def test_a_non_finite_time_is_invalid(self) -> None:
         """NaN or infinity (which Python's JSON reads) can never pass as a signing time."""
-        from fleet_core.messages import InvalidRequest, parse_deploy_request
+        from fleet_core.protocol.messages import InvalidRequest, parse_deploy_request
 
         for bad in (b"NaN", b"Infinity"):
             data = (
@@ -442,7 +442,7 @@ class TestWire:
                 parse_deploy_request(data)
 
     def test_every_signing_code_is_a_wire_error_code(self) -> None:
-        """The codes fleet_core.signing raises are all in messages.ErrorCode."""
+        """The codes fleet_core.protocol.signing raises are all in messages.ErrorCode."""
         codes = {
             "unsigned_request",
             "untrusted_signer",

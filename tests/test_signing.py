@@ -8,7 +8,7 @@ import pytest
 
 from fleet_core.errors import RequestRejected
 from fleet_core.keys import generate_seed
-from fleet_core.signing import (
+from fleet_core.protocol.signing import (
     DEFAULT_SKEW,
     DEFAULT_TTL,
     ReplayCache,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from fleet_core.deployer import Deployer
+from fleet_core.deploy.deployer import Deployer
 from fleet_core.errors import ConnectionFailed, PermissionDenied
 from fleet_core.keys import load_seed
-from fleet_core.natsconfig import nats_config, parse_inventory
-from fleet_core.rebuild import Action
-from fleet_core.subjects import Tier, parse_target
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Tier, parse_target
+from fleet_core.setup.nats_config import nats_config, parse_inventory
 from fleet_core.testing import Access, FleetHost, InstantRebuilder, LocalFleet, local_fleet
 
 from .conftest import FAST

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_core.messages import JobSummary, Status
-from fleet_core.tracking import DeploymentTracker
+from fleet_core.deploy.tracker import DeploymentTracker
+from fleet_core.protocol.messages import JobSummary, Status
 
 
 def tracker(*hosts: str, timeout: float = 100) -> DeploymentTracker:

@@ -34,9 +34,12 @@ import pytest
 import structlog
 
 from fleet_core.bus import Bus, Message
-from fleet_core.deployer import Deployer, _Gathering, _JobAnswers
+from fleet_core.deploy.deployer import Deployer, _Gathering, _JobAnswers
+from fleet_core.deploy.report import summary
+from fleet_core.deploy.tracker import DeploymentResult, DeploymentTracker, HostResult
 from fleet_core.errors import PermissionDenied
-from fleet_core.messages import (
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import (
     InvalidRequest,
     JobPhase,
     JobSummary,
@@ -45,18 +48,15 @@ from fleet_core.messages import (
     parse_deploy_request,
     parse_discover_request,
 )
-from fleet_core.rebuild import Action
-from fleet_core.report import summary
-from fleet_core.subjects import Target, Tier
-from fleet_core.tracking import DeploymentResult, DeploymentTracker, HostResult
-from fleet_core.trust import (
+from fleet_core.protocol.subjects import Target, Tier
+from fleet_core.protocol.trust import (
     MAX_FLAGGED,
     Flagged,
     ReplyOrigin,
     judge_status,
     reply_origin,
 )
-from fleet_mcp.models import deployment_report
+from fleet_mcp.reports.deployment import deployment_report
 
 from .conftest import FAST, TEST_HOSTS, Fleet
 

@@ -14,7 +14,7 @@
 # (/tmp/switch-to) so a deploy can change the listener's own unit.
 #
 # `builder` runs the build service through the module (`services.fleet-deploy.builder`), as
-# its dynamic user, with the package's stand-in for nix (fleet_core.simulated_nix: a flake
+# its dynamic user, with the package's stand-in for nix (fleet_core.testing.simulated_nix: a flake
 # with the hosts web1 and web2, which records each call and "copies" to a file:// cache by
 # writing a .narinfo), so the deployer's `fleet-deploy build` goes the whole way (deployer →
 # NATS → builder → nix → cache → statuses → deployer) without evaluating a flake.
@@ -61,7 +61,7 @@ let
   # call in the builder's state directory.
   standInNix = pkgs.writeShellScript "stand-in-nix" ''
     export PYTHONPATH=${package}/${package.python.sitePackages}
-    exec ${package.python.interpreter} -m fleet_core.simulated_nix --sim-hosts web1,web2 \
+    exec ${package.python.interpreter} -m fleet_core.testing.simulated_nix --sim-hosts web1,web2 \
       --sim-record /var/lib/fleet-deploy-builder/nix.argv "$@"
   '';
 

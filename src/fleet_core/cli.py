@@ -1,7 +1,7 @@
 """``fleet-deploy``: the command line. Parses flags, builds settings, runs one command.
 
-The parsers are built from the declarations in ``fleet_core.options``; each command is a
-settings builder (``fleet_core.settings``) and a ``run_*`` function that takes the frozen
+The parsers are built from the declarations in ``fleet_core.config.options``; each command is a
+settings builder (``fleet_core.config.resolve``) and a ``run_*`` function that takes the frozen
 settings and returns an exit code. Start-up must stay fast (``fleet-deploy --help`` well
 under 0.4 s), so this module imports only argparse and the declarations; a command imports
 what it needs when it runs, and only ``mcp`` loads the MCP stack. Every ``FleetError`` is
@@ -16,20 +16,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fleet_core.options import COMMANDS, add_arguments
+from fleet_core.config.options import COMMANDS, add_arguments
 
 __all__ = ["build_parser", "main"]
 
-# command -> (module, its run function, the settings builder of fleet_core.settings)
+# command -> (module, its run function, the settings builder of fleet_core.config.resolve)
 _RUNNERS: dict[str, tuple[str, str, str]] = {
-    "listener": ("fleet_core.daemon", "run_listener", "listener_settings"),
-    "deploy": ("fleet_core.commands", "run_deploy", "deploy_settings"),
-    "hosts": ("fleet_core.commands", "run_hosts", "hosts_settings"),
-    "builder": ("fleet_core.builder", "run_builder", "builder_settings"),
-    "build": ("fleet_core.commands", "run_build", "build_settings"),
-    "keygen": ("fleet_core.setup_commands", "run_keygen", "keygen_settings"),
-    "nats-config": ("fleet_core.setup_commands", "run_nats_config", "nats_config_settings"),
-    "sandbox": ("fleet_core.sandbox", "run_sandbox", "sandbox_settings"),
+    "listener": ("fleet_core.host.daemon", "run_listener", "listener_settings"),
+    "deploy": ("fleet_core.deploy.commands", "run_deploy", "deploy_settings"),
+    "hosts": ("fleet_core.deploy.commands", "run_hosts", "hosts_settings"),
+    "builder": ("fleet_core.build.builder", "run_builder", "builder_settings"),
+    "build": ("fleet_core.build.commands", "run_build", "build_settings"),
+    "keygen": ("fleet_core.setup.commands", "run_keygen", "keygen_settings"),
+    "nats-config": ("fleet_core.setup.commands", "run_nats_config", "nats_config_settings"),
+    "sandbox": ("fleet_core.testing.sandbox", "run_sandbox", "sandbox_settings"),
 }
 
 
@@ -70,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(name: str, flags: dict[str, Any]) -> int:
-    from fleet_core import settings
+    from fleet_core.config import resolve
 
     module, runner, builder = _RUNNERS[name]
-    build: Callable[[dict[str, Any]], object] = getattr(settings, builder)
+    build: Callable[[dict[str, Any]], object] = getattr(resolve, builder)
     run: Callable[[object], int] = getattr(importlib.import_module(module), runner)
     return run(build(flags))
 

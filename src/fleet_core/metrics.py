@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import structlog
 
 from fleet_core.errors import UsageError
-from fleet_core.messages import FINAL_STATUSES, ErrorCode, Status, StatusKind
-from fleet_core.rebuild import Action
-from fleet_core.subjects import Tier
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.messages import FINAL_STATUSES, ErrorCode, Status, StatusKind
+from fleet_core.protocol.subjects import Tier
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from prometheus_client import CollectorRegistry
 
-    from fleet_core.settings import ListenerSettings
+    from fleet_core.config.settings import ListenerSettings
 
 __all__ = [
     "DEPLOYMENT_OUTCOMES",

@@ -2,6 +2,18 @@
 
 ``build_server(settings)`` (from ``fleet_mcp.server``) builds it; ``fleet-mcp`` serves it.
 Importing this package is cheap: the MCP stack loads only when the server module does.
+
+Modules:
+    cli          ``fleet-mcp`` (and ``fleet-deploy mcp``): flags, settings, stdio or HTTP
+    server       builds the server: tools, resources, prompt, instructions, lifespan
+    tools/       one module per tool family; ``deploy`` pins the test tier
+    reports/     what the tools return, within a text budget, and their progress notes
+    registry     deployments and builds that outlive the call that started them
+    deployments  one deployment, and how a caller waits on it
+    builds       one build, and how a caller waits on it
+    state        what the tools share for the server's lifetime
+    link         one NATS connection per key
+    prompts      the deploy_safely prompt
 """
 
 from __future__ import annotations

@@ -1,34 +1,35 @@
-"""Builds that outlive a tool call, as deployments do (``fleet_mcp.deployments``).
+"""One build that outlives a tool call, as a deployment does (``fleet_mcp.deployments``),
+and how a waiter follows it.
 
-A build runs as a task of the server's lifespan task group, not of the ``build`` call that
-asked for it: a client that cancels or times out stops *waiting*, never the build, and a
-later ``build_status`` call follows it on.
+A build runs as a task of the server's lifespan task group (``fleet_mcp.registry``), not of
+the ``build`` call that asked for it: a client that cancels or times out stops *waiting*,
+never the build, and a later ``build_status`` call follows it on.
 
-The deployer's ``BuildTracker`` updates one ``BuildResult`` in place and hands it to
+The build client's ``BuildTracker`` updates one ``BuildResult`` in place and hands it to
 ``Build.on_update`` after every status that changed it. A ``Build`` keeps that object rather
 than a copy per status (a big build would be copied thousands of times) and counts the
 changes; a waiter remembers each host's state and phase as it last reported them and, at
 each change, reports the hosts that differ. So every waiter — a ``build`` call, or a
 ``build_status`` call that comes later and starts from nothing — hears each host's latest
 state once, and no update log is needed: unlike a deployment's hosts, a builder's hosts
-change one at a time. The sentences of the notes are pure functions in ``fleet_mcp.models``.
+change one at a time. The sentences of the notes are pure functions in
+``fleet_mcp.reports.progress``.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections import OrderedDict
+from typing import TypeAlias
 
 import anyio
-import anyio.abc
 import structlog
 
-from fleet_core.builds import BuildResult, BuildTarget, HostBuildState
-from fleet_core.deployer import Deployer, new_deployment_id
+from fleet_core.build.client import BuildClient, new_build_id
+from fleet_core.build.protocol import BuildResult, BuildTarget, HostBuildState
 from fleet_core.errors import FleetError
-from fleet_mcp.deployments import BATCH, COALESCE, KEEP_DEPLOYMENTS, Notify
-from fleet_mcp.models import (
+from fleet_mcp.deployments import BATCH, COALESCE, Notify
+from fleet_mcp.registry import Registry
+from fleet_mcp.reports.progress import (
     build_accepted_note,
     build_batch_note,
     build_end_note,
@@ -37,19 +38,20 @@ from fleet_mcp.models import (
     build_opening_note,
 )
 
-__all__ = ["KEEP_BUILDS", "Build", "BuildRegistry"]
+__all__ = ["Build", "BuildRegistry"]
 
 log = structlog.get_logger("fleet.mcp")
 
-KEEP_BUILDS = KEEP_DEPLOYMENTS  # finished builds remembered for build_status
 _ACCEPTED = ""  # a waiter's mark that it told of the builder taking the build: never a host
 
 
 class Build:
     """One build: its request, the result as far as it got, and how it ended."""
 
+    kind = "build"  # its task's name in the lifespan's task group starts with this
+
     def __init__(self, target: BuildTarget, *, revision: str, build_id: str | None = None) -> None:
-        self.id = build_id or new_deployment_id()
+        self.id = build_id or new_build_id()
         self.target = target
         self.revision = revision
         self.started_at = time.monotonic()
@@ -74,7 +76,7 @@ class Build:
         return self._live.model_copy(update={"elapsed_s": elapsed})
 
     def on_update(self, result: BuildResult) -> None:
-        """The deployer's callback: keep the result and wake every waiter."""
+        """The build client's callback: keep the result and wake every waiter."""
         self._live = result
         self._pulse()
 
@@ -83,12 +85,12 @@ class Build:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def run(self, deployer: Deployer, limit: float) -> None:
+    async def run(self, client: BuildClient, limit: float) -> None:
         """The build's task; it ends with the result final or ``error`` set, never raising
         (but for the cancellation of the server's exit)."""
         bound = log.bind(build_id=self.id, subject=self.target.subject)
         try:
-            self._live = await deployer.build(
+            self._live = await client.build(
                 self.target,
                 revision=self.revision,
                 timeout=limit,
@@ -174,48 +176,5 @@ class Build:
         return [*notes, build_batch_note(self.id, fresh, result)]
 
 
-class BuildRegistry:
-    """Builds started by this server, newest last; finished ones beyond ``keep`` go."""
-
-    def __init__(self, tasks: anyio.abc.TaskGroup, *, keep: int = KEEP_BUILDS) -> None:
-        self._tasks = tasks
-        self._keep = keep
-        self._builds: OrderedDict[str, Build] = OrderedDict()
-
-    def start(self, build: Build, deployer: Deployer, *, limit: float) -> Build:
-        """Run ``build`` in the lifespan's task group; it may last ``limit`` seconds."""
-        self._builds[build.id] = build
-        self._tasks.start_soon(build.run, deployer, limit, name=f"build {build.id}")
-        self._prune()
-        return build
-
-    def get(self, build_id: str) -> Build | None:
-        return self._builds.get(build_id)
-
-    def latest(self) -> Build | None:
-        """The build a caller without an id means: the newest one still running, else the
-        newest one (a build refused as already running must not hide the one that runs)."""
-        return self.running() or next(reversed(self._builds.values()), None)
-
-    def running(self, *, besides: Build | None = None) -> Build | None:
-        """The newest build still running, other than ``besides``."""
-        return next(
-            (b for b in reversed(self._builds.values()) if not b.done and b is not besides),
-            None,
-        )
-
-    def recent(self, limit: int) -> list[Build]:
-        """Up to ``limit`` builds, newest first."""
-        return list(itertools.islice(reversed(self._builds.values()), limit))
-
-    def __len__(self) -> int:
-        return len(self._builds)
-
-    def _prune(self) -> None:
-        excess = len(self._builds) - self._keep
-        for build_id, build in list(self._builds.items()):
-            if excess <= 0:
-                break
-            if build.done:
-                del self._builds[build_id]
-                excess -= 1
+# The builds this server asked for, each run by a build client on the test key's link.
+BuildRegistry: TypeAlias = Registry[Build, BuildClient]

@@ -1,6 +1,6 @@
 """``fleet-mcp`` (and ``fleet-deploy mcp``): serve the MCP server over stdio or streamable HTTP.
 
-The flags are declared with every other command's in ``fleet_core.options``; they are
+The flags are declared with every other command's in ``fleet_core.config.options``; they are
 parsed and checked before the MCP stack is imported, so a usage mistake is reported at
 once. Every ``FleetError`` becomes a message on stderr and exit code 2. Logs go to stderr
 only — over stdio, stdout is the protocol.
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import structlog
 
 from fleet_core import __version__
+from fleet_core.config.options import add_arguments, command
+from fleet_core.config.resolve import mcp_settings
 from fleet_core.errors import FleetError
 from fleet_core.logging import configure_logging
-from fleet_core.options import add_arguments, command
-from fleet_core.settings import mcp_settings
 
 __all__ = ["build_parser", "main"]
 

@@ -1,43 +1,36 @@
-"""Deployments that outlive a tool call, and what the lifespan hands to the tools.
+"""One deployment that outlives a tool call: its update log, and how a waiter follows it.
 
-A deployment runs as a task of the server's lifespan task group, not of the tool call that
-started it: a client that cancels or times out stops *waiting*, never the deployment.
-Every host change gets the next sequence number in the deployment's update log; a waiter (a
-deploy call, or a later ``deployment_status`` call) replays the log after the last number it
-reported and then sleeps until the next change, the next heartbeat, or its own deadline. The
-log stays small: a host's change that repeats its previous state (progress after progress)
-replaces it, and a finished deployment keeps only each host's last state — a waiter skips
-what it had not reported yet and still hears every host's final state. A drop or return of
-the server's own NATS connection is an entry of the log too (the latest one replaces the
-one before), so a waiter says "lost its NATS connection" and then what the hosts answered
-once it was back. The sentences of the notes are pure functions in ``fleet_mcp.models``.
+A deployment runs as a task of the server's lifespan task group (``fleet_mcp.registry``),
+not of the tool call that started it: a client that cancels or times out stops *waiting*,
+never the deployment. Every host change gets the next sequence number in the deployment's
+update log; a waiter (a deploy call, or a later ``deployment_status`` call) replays the log
+after the last number it reported and then sleeps until the next change, the next
+heartbeat, or its own deadline. The log stays small: a host's change that repeats its
+previous state (progress after progress) replaces it, and a finished deployment keeps only
+each host's last state — a waiter skips what it had not reported yet and still hears every
+host's final state. A drop or return of the server's own NATS connection is an entry of the
+log too (the latest one replaces the one before), so a waiter says "lost its NATS
+connection" and then what the hosts answered once it was back. The sentences of the notes
+are pure functions in ``fleet_mcp.reports.progress``.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
-import anyio.abc
 import structlog
 
-from fleet_core.deployer import Deployer, new_deployment_id
+from fleet_core.deploy.deployer import Deployer, new_deployment_id
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
 from fleet_core.errors import FleetError
-from fleet_core.options import DEFAULT_BUILD_TIMEOUT
-from fleet_core.rebuild import Action
-from fleet_core.subjects import Target
-from fleet_core.tracking import DeploymentResult, HostResult, Outage
-from fleet_mcp.link import NatsLink
-
-if TYPE_CHECKING:
-    from fleet_core.metrics import DeployerMetrics, DeploymentOutcome
-    from fleet_mcp.builds import BuildRegistry  # which imports this module
-from fleet_mcp.models import (
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Target
+from fleet_mcp.registry import Registry
+from fleet_mcp.reports.progress import (
     batch_note,
     connection_note,
     heartbeat_note,
@@ -45,13 +38,16 @@ from fleet_mcp.models import (
     opening_note,
 )
 
+if TYPE_CHECKING:
+    from fleet_core.metrics import DeployerMetrics, DeploymentOutcome
+
 __all__ = [
     "BATCH",
     "COALESCE",
-    "KEEP_DEPLOYMENTS",
     "Deployment",
     "DeploymentRegistry",
-    "FleetState",
+    "Notify",
+    "count_deployments",
 ]
 
 log = structlog.get_logger("fleet.mcp")
@@ -60,12 +56,13 @@ Notify = Callable[[str], Awaitable[None]]
 Update = HostResult | Outage  # a host's change, or this server's NATS connection's
 BATCH = 5  # more changes than this at once are reported as counts
 COALESCE = 0.05  # seconds between progress notifications while changes pour in
-KEEP_DEPLOYMENTS = 200  # finished deployments remembered for deployment_status
 _CONNECTION = ""  # the update log's key of the connection's entry: never a hostname
 
 
 class Deployment:
     """One deployment: its request, its host changes, and how it ended."""
+
+    kind = "deploy"  # its task's name in the lifespan's task group starts with this
 
     def __init__(
         self,
@@ -259,83 +256,22 @@ def _parts(batch: list[Update]) -> list[list[HostResult] | Outage]:
     return parts
 
 
-class DeploymentRegistry:
-    """Deployments started by this server, newest last; finished ones beyond ``keep`` go.
+# The deployments this server started, each run by the deployer of its link.
+DeploymentRegistry: TypeAlias = Registry[Deployment, Deployer]
 
-    With ``metrics`` (the server runs over HTTP), each deployment is counted once it ends.
-    """
 
-    def __init__(
-        self,
-        tasks: anyio.abc.TaskGroup,
-        *,
-        keep: int = KEEP_DEPLOYMENTS,
-        metrics: DeployerMetrics | None = None,
-    ) -> None:
-        self._tasks = tasks
-        self._keep = keep
-        self._metrics = metrics
-        self._deployments: OrderedDict[str, Deployment] = OrderedDict()
+def count_deployments(metrics: DeployerMetrics) -> Callable[[Deployment], None]:
+    """The registry's ``on_end`` over HTTP: count each deployment once it ends, by outcome."""
 
-    def start(self, deployment: Deployment, deployer: Deployer, *, limit: float) -> Deployment:
-        """Run ``deployment`` in the lifespan's task group; it may last ``limit`` seconds."""
-        self._deployments[deployment.id] = deployment
-        self._tasks.start_soon(
-            self._run, deployment, deployer, limit, name=f"deploy {deployment.id}"
+    def count(deployment: Deployment) -> None:
+        result = deployment.result
+        outcome: DeploymentOutcome = "error"  # no host reached: refused, or no connection
+        if result is not None and result.hosts:
+            outcome = "completed" if result.ok else "failed"
+        metrics.deployment_finished(
+            tier=deployment.target.tier.value,
+            action=deployment.action.value,
+            outcome=outcome,
         )
-        self._prune()
-        return deployment
 
-    async def _run(self, deployment: Deployment, deployer: Deployer, limit: float) -> None:
-        await deployment.run(deployer, limit)
-        if self._metrics is not None:
-            result = deployment.result
-            outcome: DeploymentOutcome = "error"  # no host reached: refused, or no connection
-            if result is not None and result.hosts:
-                outcome = "completed" if result.ok else "failed"
-            self._metrics.deployment_finished(
-                tier=deployment.target.tier.value,
-                action=deployment.action.value,
-                outcome=outcome,
-            )
-
-    def get(self, deployment_id: str) -> Deployment | None:
-        return self._deployments.get(deployment_id)
-
-    def latest(self) -> Deployment | None:
-        """The deployment a caller without an id means: the newest one still running, else
-        the newest one (a rejected duplicate started later must not hide the running one)."""
-        running = next((d for d in reversed(self._deployments.values()) if not d.done), None)
-        return running or next(reversed(self._deployments.values()), None)
-
-    def recent(self, limit: int) -> list[Deployment]:
-        """Up to ``limit`` deployments, newest first."""
-        return list(itertools.islice(reversed(self._deployments.values()), limit))
-
-    def __len__(self) -> int:
-        return len(self._deployments)
-
-    def _prune(self) -> None:
-        excess = len(self._deployments) - self._keep
-        if excess <= 0:
-            return
-        for deployment_id, deployment in list(self._deployments.items()):
-            if excess <= 0:
-                break
-            if deployment.done:
-                del self._deployments[deployment_id]
-                excess -= 1
-
-
-@dataclass
-class FleetState:
-    """What the lifespan yields to every tool call."""
-
-    test: NatsLink
-    admin: NatsLink | None
-    registry: DeploymentRegistry
-    heartbeat: float
-    deploy_timeout: float
-    metrics: DeployerMetrics | None = None  # over HTTP only: counts calls and deployments
-    builds: BuildRegistry | None = None  # with --enable-builds only
-    build_timeout: float = DEFAULT_BUILD_TIMEOUT  # how long the server follows one build
+    return count

@@ -20,10 +20,10 @@ import anyio
 import structlog
 
 from fleet_core.bus import Bus, Servers, describe_servers, server_urls
-from fleet_core.deployer import Deployer
+from fleet_core.config.settings import DeployTiming
+from fleet_core.deploy.deployer import Deployer
 from fleet_core.errors import ConnectionFailed
 from fleet_core.keys import Seed
-from fleet_core.settings import DeployTiming
 
 __all__ = [
     "ATTEMPT_DEADLINE",

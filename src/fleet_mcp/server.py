@@ -28,26 +28,21 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import Resource, ToolAnnotations
 
 from fleet_core import __version__
+from fleet_core.config.settings import McpSettings
 from fleet_core.keys import load_seed
 from fleet_core.metrics import DeployerMetrics
-from fleet_core.settings import McpSettings
 from fleet_mcp import prompts
 from fleet_mcp.builds import BuildRegistry
-from fleet_mcp.deployments import KEEP_DEPLOYMENTS, DeploymentRegistry, FleetState
+from fleet_mcp.deployments import DeploymentRegistry, count_deployments
 from fleet_mcp.link import NatsLink
-from fleet_mcp.models import deployment_resource
-from fleet_mcp.tools import (
-    DEFAULT_WAIT,
-    MAX_WAIT,
-    build,
-    build_status,
-    deploy,
-    deploy_admin,
-    deployment_status,
-    list_deployments,
-    list_hosts,
-    read_deployment,
-)
+from fleet_mcp.reports.deployment import deployment_resource
+from fleet_mcp.reports.wording import DEFAULT_WAIT
+from fleet_mcp.state import FleetState
+from fleet_mcp.tools.arguments import MAX_WAIT
+from fleet_mcp.tools.build import build, build_status
+from fleet_mcp.tools.deploy import deploy, deploy_admin
+from fleet_mcp.tools.deployments import deployment_status, list_deployments, read_deployment
+from fleet_mcp.tools.hosts import list_hosts
 
 __all__ = ["DEFAULT_WAIT", "MAX_WAIT", "SERVER_NAME", "FleetServer", "build_server"]
 
@@ -128,7 +123,7 @@ class FleetServer(MCPServer[FleetState]):
         registry = self.registry
         if registry is None:
             return listed
-        for deployment in registry.recent(KEEP_DEPLOYMENTS):
+        for deployment in registry.recent(registry.keep):
             what = (
                 f"{deployment.action.value} of {deployment.revision} to {deployment.target.subject}"
             )
@@ -188,7 +183,9 @@ def build_server(settings: McpSettings) -> FleetServer:
             for link in (test, admin):
                 if link is not None:
                     tasks.start_soon(link.run, name=f"nats link {link.public_key}")
-            registry = DeploymentRegistry(tasks, metrics=metrics)
+            registry = DeploymentRegistry(
+                tasks, on_end=count_deployments(metrics) if metrics is not None else None
+            )
             builds = BuildRegistry(tasks) if settings.enable_builds else None
             if isinstance(server, FleetServer):
                 server.registry = registry

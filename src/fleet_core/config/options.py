@@ -1,0 +1,825 @@
+"""Every option of every command, declared once: flag, variable, default constant and help.
+
+An ``Option`` is the single description of one setting. Three things are built from it, so
+they cannot drift apart:
+
+- the argparse parsers (``add_arguments``): ``--help`` shows each default from its constant
+  and names its ``FLEET_DEPLOY_*`` variable;
+- the environment fallback in ``settings.py`` (flag, then variable, then homelab-deploy's
+  variable where ``legacy_env`` says it has one, then default);
+- the option tables of ``docs/cli.md`` (``markdown_table``, ``legacy_env_table``; a test
+  keeps the file in step).
+
+Parsers keep every value as text: ``settings.py`` converts flag and variable alike, so a bad
+``--timeout`` and a bad ``FLEET_DEPLOY_TIMEOUT`` get the same message. Only argparse and the
+pure protocol modules are imported here: ``fleet-deploy --help`` must stay fast.
+
+Long for a module because it is a table: one entry per option, grouped by command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from fleet_core.protocol.actions import (
+    DEFAULT_ACTION,
+    DEFAULT_HOST_KIND,
+    DEFAULT_REVISION,
+    Action,
+    HostKind,
+)
+from fleet_core.protocol.subjects import (
+    ALIAS_ENV_PREFIX,
+    DEFAULT_DEPLOY_SUBJECTS,
+    DISCOVER_SUBJECT,
+    LEGACY_ALIAS_ENV_PREFIX,
+    Tier,
+)
+
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_BUILD_STEP_TIMEOUT",
+    "DEFAULT_BUILD_TIMEOUT",
+    "DEFAULT_DEPLOY_TIMEOUT",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_KILL_GRACE",
+    "DEFAULT_LISTENER_TIMEOUT",
+    "DEFAULT_LOG_LEVEL",
+    "DEFAULT_MCP_HEARTBEAT",
+    "DEFAULT_METRICS_ADDR",
+    "DEFAULT_NATS_LAYOUT",
+    "DEFAULT_NIX_COMMAND",
+    "DEFAULT_REBUILD_COMMAND",
+    "DEFAULT_REBUILD_RUNNER",
+    "DEFAULT_REQUEST_SKEW",
+    "DEFAULT_REQUEST_TTL",
+    "DEFAULT_SANDBOX_CLUSTER",
+    "DEFAULT_SANDBOX_HOSTS",
+    "DEFAULT_SANDBOX_PORT",
+    "DEFAULT_SILENCE_LIMIT",
+    "DEFAULT_SIM_DELAY",
+    "DEFAULT_STATE_DIR",
+    "ENV_PREFIX",
+    "LEGACY_ENV_PREFIX",
+    "LOG_LEVELS",
+    "MAX_SANDBOX_CLUSTER",
+    "MAX_SANDBOX_HOSTS",
+    "MIN_SANDBOX_HOSTS",
+    "NATS_LAYOUTS",
+    "REBUILD_RUNNERS",
+    "RESTART_EXIT_STATUS",
+    "Command",
+    "NatsLayout",
+    "Option",
+    "add_arguments",
+    "command",
+    "legacy_env_table",
+    "markdown_table",
+]
+
+ENV_PREFIX = "FLEET_DEPLOY_"
+# homelab-deploy's prefix: an option with ``legacy_env`` falls back to HOMELAB_DEPLOY_<NAME>,
+# so that its users switch over without renaming their variables.
+LEGACY_ENV_PREFIX = "HOMELAB_DEPLOY_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ACTIONS = tuple(a.value for a in Action)
+HOST_KINDS = tuple(k.value for k in HostKind)
+TIERS = tuple(t.value for t in Tier)
+
+DEFAULT_LISTENER_TIMEOUT = 600.0
+DEFAULT_DEPLOY_TIMEOUT = 900.0
+DEFAULT_REBUILD_COMMAND = "nixos-rebuild"
+DEFAULT_STATE_DIR = Path("/var/lib/fleet-deploy")
+DEFAULT_REBUILD_RUNNER = "auto"
+REBUILD_RUNNERS = ("auto", "systemd", "session")
+RESTART_EXIT_STATUS = 75  # EX_TEMPFAIL: "restart me"; the NixOS unit restarts on it
+DEFAULT_REQUEST_TTL = (
+    60.0  # seconds a signed deploy request stays valid (fleet_core.protocol.signing)
+)
+DEFAULT_REQUEST_SKEW = 30.0  # seconds of clock difference a listener tolerates either way
+DEFAULT_LOG_LEVEL = "info"
+# The protocol's promise: a running job's progress at least this often (docs/protocol.md).
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+# A deployer asks after a host silent this long (fleet_core.deploy.tracker): 3.5 heartbeats.
+DEFAULT_SILENCE_LIMIT = 3.5 * DEFAULT_HEARTBEAT_INTERVAL
+# homelab-deploy's metrics address: every address of this host, port 9972.
+DEFAULT_METRICS_ADDR = ":9972"
+# Seconds between SIGTERM and SIGKILL when a rebuild's or a nix step's process group is
+# stopped (fleet_core.processes), and after SIGKILL.
+DEFAULT_KILL_GRACE = 5.0
+DEFAULT_MCP_HEARTBEAT = 5.0  # progress at least this often; the promise to clients is 10 s
+DEFAULT_SANDBOX_HOSTS = 6
+MIN_SANDBOX_HOSTS = 3  # a test host that deploys, one that fails, and a prod host to refuse
+MAX_SANDBOX_HOSTS = 50
+DEFAULT_SANDBOX_PORT = 4222
+DEFAULT_SANDBOX_CLUSTER = 1  # one nats-server; more are routed into a cluster
+MAX_SANDBOX_CLUSTER = 5
+DEFAULT_SIM_DELAY = 0.15
+DEFAULT_NIX_COMMAND = "nix"
+DEFAULT_BUILD_STEP_TIMEOUT = 3600.0  # one host's closure from scratch can take long
+DEFAULT_BUILD_TIMEOUT = 7200.0  # a whole fleet's build, as the build command waits for it
+# nats-config's layouts (fleet_core.setup.nats_config): replies bound to their sender, or
+# homelab-deploy's published example.
+NatsLayout = Literal["bound", "homelab"]
+NATS_LAYOUTS: tuple[NatsLayout, ...] = ("bound", "homelab")
+DEFAULT_NATS_LAYOUT: NatsLayout = "bound"
+
+Kind = Literal["value", "list", "switch", "positional"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting of one command.
+
+    ``name`` is the attribute the parsed flags carry (``nats_url``); the flag is derived
+    from it (``--nats-url``) and, when ``env`` is true, so is the variable
+    (``FLEET_DEPLOY_NATS_URL``). ``legacy_env`` says homelab-deploy reads the same setting,
+    with the same meaning, from ``HOMELAB_DEPLOY_<NAME>``: that variable is the fallback when
+    ours is unset. ``default`` is the constant the settings fall back to; ``shown_default``
+    is for a default that is not one value (``$STATE_DIRECTORY or …``).
+    """
+
+    name: str
+    help: str
+    default: object = None
+    env: bool = True
+    kind: Kind = "value"
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    required: bool = False
+    shown_default: str | None = None
+    short: str | None = None
+    legacy_env: bool = False
+
+    def __post_init__(self) -> None:
+        assert self.env or not self.legacy_env, f"{self.name}: a fallback needs a variable"
+
+    @property
+    def flag(self) -> str:
+        return self.name if self.kind == "positional" else "--" + self.name.replace("_", "-")
+
+    @property
+    def variable(self) -> str | None:
+        return ENV_PREFIX + self.name.upper() if self.env else None
+
+    @property
+    def legacy_variable(self) -> str | None:
+        """homelab-deploy's variable for this setting, read when ``variable`` is unset."""
+        return LEGACY_ENV_PREFIX + self.name.upper() if self.legacy_env else None
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The variables read for this option, the one that wins first."""
+        return tuple(v for v in (self.variable, self.legacy_variable) if v is not None)
+
+    @property
+    def default_text(self) -> str | None:
+        """The default as a person reads it, from the constant; None when there is none."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None or self.kind == "switch":
+            return None
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        if isinstance(self.default, tuple):
+            return " ".join(str(item) for item in self.default)
+        return str(self.default)
+
+    def help_text(self) -> str:
+        """What ``--help`` says: the help, the variable, and the default or "required"."""
+        text = self.help
+        if self.choices is not None and self.metavar is not None:
+            text += f": one of {', '.join(self.choices)}"
+        if self.variable is not None:
+            text += f" [env {self.variable}]"
+        if self.required:
+            text += " (required)"
+        elif self.default_text is not None:
+            text += f" (default: {self.default_text})"
+        return text.replace("%", "%%")  # argparse formats help with %
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A subcommand: its one-line help, its description (``--help``) and its options."""
+
+    name: str
+    help: str
+    description: str
+    options: tuple[Option, ...]
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """Add ``options`` to ``parser``; every value stays text (or None when not given)."""
+    for option in options:
+        if option.kind == "positional":
+            nargs = (
+                "?" if option.default is not None else None
+            )  # one with a default may be left off
+            parser.add_argument(
+                option.name, metavar=option.metavar, nargs=nargs, help=option.help_text()
+            )
+            continue
+        flags = [option.flag, *([option.short] if option.short else [])]
+        if option.kind == "switch":
+            parser.add_argument(
+                *flags, dest=option.name, action="store_true", default=None, help=option.help_text()
+            )
+            continue
+        parser.add_argument(
+            *flags,
+            dest=option.name,
+            action="append" if option.kind == "list" else "store",
+            metavar=option.metavar,
+            choices=option.choices,
+            help=option.help_text(),
+        )
+
+
+def markdown_table(options: Sequence[Option]) -> str:
+    """The options as the Markdown table ``docs/cli.md`` shows for a command."""
+    rows = ["| flag | variable | default | meaning |", "|---|---|---|---|"]
+    for option in options:
+        flag = option.flag if option.metavar is None else f"{option.flag} {option.metavar}"
+        if option.kind == "positional":
+            flag = option.metavar or option.name
+        variable = f"`{option.variable}`" if option.variable else ""
+        if option.required:
+            default = "required"
+        elif option.default_text is not None:
+            default = f"`{option.default_text}`"
+        else:
+            default = ""
+        meaning = option.help + (f": one of {', '.join(option.choices)}" if option.choices else "")
+        meaning = meaning.replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+        rows.append(f"| `{flag}` | {variable} | {default} | {meaning} |")
+    return "\n".join(rows)
+
+
+def legacy_env_table(commands: Sequence[Command]) -> str:
+    """The Markdown table of homelab-deploy's variables and the ones they stand in for.
+
+    One row per variable (an option shared by several commands is one row), in the order
+    the commands declare them, and the aliases last.
+    """
+    used: dict[tuple[str, str], list[str]] = {}
+    for declared in commands:
+        for option in declared.options:
+            if option.variable is not None and option.legacy_variable is not None:
+                used.setdefault((option.variable, option.legacy_variable), []).append(declared.name)
+    rows = [
+        "| variable | falls back to | read by |",
+        "|---|---|---|",
+        *(
+            f"| `{ours}` | `{theirs}` | {', '.join(f'`{name}`' for name in names)} |"
+            for (ours, theirs), names in used.items()
+        ),
+        f"| `{ALIAS_ENV_PREFIX}<NAME>` | `{LEGACY_ALIAS_ENV_PREFIX}<NAME>` | `deploy` |",
+    ]
+    return "\n".join(rows)
+
+
+# -- shared ----------------------------------------------------------------------------------
+
+NATS_URL = Option(
+    "nats_url",
+    "NATS server URL; several servers of one cluster separated by commas "
+    "(nats://a:4222,nats://b:4222), each nats://, tls:// or HOST:PORT",
+    metavar="URL[,URL]",
+    required=True,
+    legacy_env=True,
+)
+NKEY_FILE = Option(
+    "nkey_file", "NKey seed file, mode 0600", metavar="PATH", required=True, legacy_env=True
+)
+JSON = Option("json", "print JSON instead of a table", env=False, kind="switch")
+LOG_LEVEL = Option(
+    "log_level", "log level", default=DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, metavar="LEVEL"
+)
+
+# -- listener --------------------------------------------------------------------------------
+
+LISTENER = Command(
+    "listener",
+    "run the deploy listener on a NixOS host (or a nix-darwin or Home Manager one)",
+    "Subscribe to this host's deploy subjects, run nixos-rebuild for each valid request "
+    "(one at a time) and stream its status to the requester. With --host-kind darwin or "
+    "home-manager it runs darwin-rebuild or home-manager instead.\n\n"
+    "Subjects default to deploy.<tier>.<hostname>, deploy.<tier>.all and "
+    "deploy.<tier>.role.<role> (the last only with --role).",
+    (
+        Option("hostname", "this host's name in subjects", metavar="NAME", required=True),
+        Option("tier", "deployment tier", choices=TIERS, metavar="TIER", required=True),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "flake_url",
+            "flake to deploy, without #host; required unless --flake-url-file is given. A "
+            "command line is public (/proc): give a URL with a token in the variable or a file",
+            metavar="URL",
+        ),
+        Option(
+            "flake_url_file",
+            "file holding the flake URL instead, read once at start: keeps a token "
+            "(git+https://user:TOKEN@…) off the command line",
+            metavar="PATH",
+        ),
+        Option("role", "role for deploy.<tier>.role.<role> targeting", metavar="ROLE"),
+        Option(
+            "host_kind",
+            "what this host is, and so what a deploy runs: nixos-rebuild (nixos), "
+            "darwin-rebuild (darwin) or home-manager (home-manager); darwin-rebuild and Home "
+            "Manager have no boot or test, so those actions are rejected",
+            default=DEFAULT_HOST_KIND.value,
+            choices=HOST_KINDS,
+            metavar="KIND",
+        ),
+        Option(
+            "configuration",
+            "the flake attribute to build, <flake-url>#<NAME>: letters, digits and . _ - @ "
+            "(Home Manager's are often user@host)",
+            metavar="NAME",
+            shown_default="the hostname",
+        ),
+        Option(
+            "timeout",
+            "deadline of one rebuild, in seconds",
+            default=DEFAULT_LISTENER_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "deploy_subject",
+            "subject template to subscribe to, repeatable; <hostname>, <tier> and <role> are "
+            "expanded",
+            default=DEFAULT_DEPLOY_SUBJECTS,
+            env=False,
+            kind="list",
+            metavar="TEMPLATE",
+        ),
+        Option(
+            "discover_subject", "discovery subject", default=DISCOVER_SUBJECT, metavar="SUBJECT"
+        ),
+        Option(
+            "rebuild_command",
+            "rebuild program and fixed arguments, split like a shell would but never run by one",
+            default=DEFAULT_REBUILD_COMMAND,
+            shown_default="nixos-rebuild, darwin-rebuild or home-manager, as --host-kind says",
+            metavar="CMD",
+        ),
+        Option(
+            "state_dir",
+            "where job records and logs are kept",
+            default=DEFAULT_STATE_DIR,
+            shown_default=f"$STATE_DIRECTORY, else {DEFAULT_STATE_DIR}",
+            metavar="DIR",
+        ),
+        Option(
+            "rebuild_runner",
+            "how a rebuild is run outside the listener, so that stopping the listener never "
+            "stops it: systemd (a transient unit via systemd-run), session (a session of its "
+            "own), or auto (systemd when the listener is a root service of a systemd system, "
+            "or a home-manager listener's user service under systemd --user, whose rebuilds "
+            "then run in the user's own service manager: systemd-run --user)",
+            default=DEFAULT_REBUILD_RUNNER,
+            choices=REBUILD_RUNNERS,
+            metavar="MODE",
+        ),
+        Option(
+            "trusted_deployer_key",
+            "public key (U…) of a deployer allowed to deploy to this host; repeatable, "
+            "comma-separated in the variable. Given any, a request must be signed by one of "
+            "them (unsigned, forged, expired and replayed requests are rejected); given none, "
+            "unsigned requests are accepted",
+            kind="list",
+            metavar="KEY",
+        ),
+        Option(
+            "request_ttl",
+            "how long a signed request stays valid after it was signed, in seconds "
+            f"({DEFAULT_REQUEST_SKEW:g} s of clock difference are allowed on top)",
+            default=DEFAULT_REQUEST_TTL,
+            metavar="SECONDS",
+        ),
+        Option(
+            "restart_if_changed",
+            "after a switch or test that changed this file, report, then exit "
+            f"{RESTART_EXIT_STATUS} for the service manager to restart the listener; "
+            "repeatable (the NixOS module passes the listener's own unit file)",
+            env=False,
+            kind="list",
+            metavar="PATH",
+        ),
+        Option(
+            "heartbeat_interval",
+            "while a deploy runs, send its progress at least this often, in seconds; keep it "
+            f"well below {DEFAULT_SILENCE_LIMIT:g}, after which deployers ask a silent host "
+            "whether it is still at the job",
+            default=DEFAULT_HEARTBEAT_INTERVAL,
+            metavar="SECONDS",
+        ),
+        LOG_LEVEL,
+        Option("debug", "log at debug level: the same as --log-level debug", kind="switch"),
+        Option(
+            "metrics_enabled",
+            "serve Prometheus metrics over HTTP at /metrics (see --metrics-addr)",
+            kind="switch",
+        ),
+        Option(
+            "metrics_addr",
+            "where to serve metrics: HOST:PORT, or :PORT for every address of this host",
+            default=DEFAULT_METRICS_ADDR,
+            metavar="[HOST]:PORT",
+        ),
+    ),
+)
+
+# -- deploy and hosts ------------------------------------------------------------------------
+
+DEPLOY = Command(
+    "deploy",
+    "deploy to a host, a tier or a role and wait for every result",
+    "Publish a deploy request and gather every host's result.\n\n"
+    "TARGET is deploy.<tier>.<host>, deploy.<tier>.all, deploy.<tier>.role.<role>,\n"
+    f"or an alias defined as {ALIAS_ENV_PREFIX}<NAME>=<subject> (NAME upper-cased, - as _;\n"
+    f"{LEGACY_ALIAS_ENV_PREFIX}<NAME> when that is unset).\n\n"
+    "Exit status: 0 every host completed; 1 a host failed, was rejected, missing,\n"
+    "lost or timed out; 2 usage, key, connection or permission error.",
+    (
+        Option("target", "deploy subject or alias", env=False, kind="positional", metavar="TARGET"),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "branch",
+            "branch, tag or full commit to deploy",
+            default=DEFAULT_REVISION,
+            metavar="REV",
+            legacy_env=True,
+        ),
+        Option(
+            "action",
+            "nixos-rebuild action",
+            default=DEFAULT_ACTION.value,
+            choices=ACTIONS,
+            metavar="ACTION",
+            legacy_env=True,
+        ),
+        Option(
+            "timeout",
+            "how long to wait for every result once the request is out, in seconds",
+            default=DEFAULT_DEPLOY_TIMEOUT,
+            metavar="SECONDS",
+            legacy_env=True,
+        ),
+        Option(
+            "expect",
+            "hosts that must answer even if discovery misses them (then reported missing); "
+            "repeatable",
+            env=False,
+            kind="list",
+            metavar="HOST[,HOST]",
+        ),
+        replace(JSON, help="print one JSON result object instead of a table"),
+    ),
+)
+
+HOSTS = Command(
+    "hosts",
+    "discover the listening hosts",
+    "Ask every listener to announce itself and print them as a table.",
+    (
+        NATS_URL,
+        NKEY_FILE,
+        Option("tier", "only hosts of this tier", env=False, choices=TIERS, metavar="TIER"),
+        JSON,
+    ),
+)
+
+# -- builds ----------------------------------------------------------------------------------
+
+BUILDER = Command(
+    "builder",
+    "build the fleet's system closures once, on a build host",
+    "Answer build requests on build.<repo>.<host> and build.<repo>.all, one at a\n"
+    "time: fetch the revision once (pinned to its commit), list the flake's\n"
+    "nixosConfigurations, nix build each requested host's\n"
+    "config.system.build.toplevel and, with --cache, nix copy it to that binary cache,\n"
+    "streaming every step's status to the requester. Hosts that use the cache as a\n"
+    "substituter then download their systems instead of building them.\n\n"
+    "  fleet-deploy builder --repo nixos-servers=git+https://git.example.com/nixos.git \\\n"
+    "      --cache s3://nix-cache?region=eu-west-1 --nats-url nats://nats:4222 \\\n"
+    "      --nkey-file /run/keys/builder.seed",
+    (
+        Option(
+            "repo",
+            "a repository to build, as NAME=FLAKE_URL (the flake without #host); NAME is the "
+            "<repo> of build.<repo>.*; repeatable, comma-separated in the variable. A command "
+            "line is public (/proc): give a URL with a token in --repos-file",
+            kind="list",
+            metavar="NAME=URL",
+        ),
+        Option(
+            "repos_file",
+            'TOML file of more repositories, one NAME = "FLAKE_URL" per line under [repos]: '
+            "keeps a token off the command line",
+            metavar="PATH",
+        ),
+        Option(
+            "cache",
+            "binary cache to nix copy each built closure to (a nix store URL, e.g. "
+            "s3://bucket?region=eu-west-1 or ssh-ng://cache.example.com)",
+            metavar="STORE_URL",
+            shown_default="none: build only",
+        ),
+        Option(
+            "name",
+            "this builder's name in statuses and logs",
+            metavar="NAME",
+            shown_default="this machine's hostname",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "timeout",
+            "deadline of one nix step (fetching, listing, one host's build, one copy), in seconds",
+            default=DEFAULT_BUILD_STEP_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "nix_command",
+            "nix program and fixed arguments, split like a shell would but never run by one",
+            default=DEFAULT_NIX_COMMAND,
+            metavar="CMD",
+        ),
+        Option(
+            "heartbeat_interval",
+            "while a build runs, send its progress at least this often, in seconds",
+            default=DEFAULT_HEARTBEAT_INTERVAL,
+            metavar="SECONDS",
+        ),
+        LOG_LEVEL,
+        Option("debug", "log at debug level: the same as --log-level debug", kind="switch"),
+    ),
+)
+
+BUILD = Command(
+    "build",
+    "ask the builder to build hosts' system closures and wait for every result",
+    "Publish a build request to build.<REPO>.<TARGET> and follow it: the builder\n"
+    "pins the revision to its commit, builds each host's system closure and copies it\n"
+    "to its binary cache, so that a deploy afterwards downloads instead of building.\n"
+    "TARGET is a host (a nixosConfiguration of the flake) or all.\n\n"
+    "  fleet-deploy build nixos-servers all --branch main\n\n"
+    "Exit status: 0 every host built (and copied); 1 a host failed, the build was\n"
+    "rejected, no builder answered or it fell silent; 2 usage, key, connection or\n"
+    "permission error.",
+    (
+        Option(
+            "repo",
+            "repository name the builder knows",
+            env=False,
+            kind="positional",
+            metavar="REPO",
+        ),
+        Option(
+            "target",
+            "a host to build, or all",
+            default="all",
+            env=False,
+            kind="positional",
+            metavar="TARGET",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "branch",
+            "branch, tag or full commit to build",
+            default=DEFAULT_REVISION,
+            metavar="REV",
+            legacy_env=True,
+        ),
+        Option(
+            "timeout",
+            "how long to wait for the whole build once the request is out, in seconds",
+            default=DEFAULT_BUILD_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        replace(JSON, help="print one JSON result object instead of lines"),
+    ),
+)
+
+# -- setting up ------------------------------------------------------------------------------
+
+KEYGEN = Command(
+    "keygen",
+    "create an NKey user seed (mode 0600) and print its public key",
+    "Write a new NKey user seed to DIR/NAME.seed with mode 0600 (an existing file is\n"
+    "never overwritten) and print its public key on stdout — the key that goes into\n"
+    "the inventory for nats-config. The seed is the secret: it never leaves the file.\n\n"
+    "  fleet-deploy keygen web1 --dir /run/keys     # one per host and per deployer",
+    (
+        Option(
+            "name",
+            "key name: the file becomes NAME.seed",
+            env=False,
+            kind="positional",
+            metavar="NAME",
+        ),
+        Option(
+            "dir",
+            "where to write it",
+            default=".",
+            env=False,
+            metavar="DIR",
+            shown_default="the current directory",
+        ),
+    ),
+)
+
+NATS_CONFIG = Command(
+    "nats-config",
+    "write the NATS authorization block for a TOML inventory",
+    "Turn an inventory into nats-server's authorization block with the tiered\n"
+    "permissions: one permission block per host (NATS permission templates do not\n"
+    "work for nkey users), a test deployer that reaches only deploy.test.>, and an\n"
+    "admin deployer that reaches everything.\n\n"
+    "The output is a complete config: `nats-server -c FILE` loads it as it is, or\n"
+    "`include` it from your server's own config. Check it with\n"
+    "`nats-server -t -c FILE`.\n\n"
+    "Inventory (see examples/inventory.toml):\n\n"
+    "  [hosts.web1]\n"
+    '  tier = "test"            # test or prod\n'
+    '  role = "web"             # optional: deploy.<tier>.role.<role>\n'
+    '  nkey = "U..."            # the listener\'s public key (fleet-deploy keygen)\n\n'
+    "  [deployers.assistant]\n"
+    '  access = "test"          # test: deploy.test.> only; admin: deploy.>\n'
+    '  nkey = "U..."\n\n'
+    "  [builders.buildbox]      # optional: a build host (fleet-deploy builder)\n"
+    '  repos = ["nixos"]        # it hears build.<repo>.*; every deployer may ask\n'
+    '  nkey = "U..."\n\n'
+    "Layouts: `bound` (the default) lets each listener answer only on reply subjects\n"
+    "that carry its own tier and hostname, so the server vouches for who sent each\n"
+    "status, and keeps prod replies from the test deployer; every listener must run\n"
+    "fleet-deploy. `homelab` is homelab-deploy's published example, for fleets that\n"
+    "still run its listeners or deployer: the deployer then flags what it cannot\n"
+    "believe, but cannot tell a forgery in a host's own name.",
+    (
+        Option(
+            "inventory",
+            "TOML inventory, or - for stdin",
+            env=False,
+            kind="positional",
+            metavar="INVENTORY",
+        ),
+        Option(
+            "output",
+            "write the config here",
+            env=False,
+            metavar="FILE",
+            short="-o",
+            shown_default="stdout",
+        ),
+        Option(
+            "layout",
+            "which permissions to write",
+            default=DEFAULT_NATS_LAYOUT,
+            env=False,
+            choices=NATS_LAYOUTS,
+            metavar="LAYOUT",
+        ),
+    ),
+)
+
+SANDBOX = Command(
+    "sandbox",
+    "run a whole simulated fleet on this machine: nothing to install or configure",
+    "Start a real nats-server on 127.0.0.1 with freshly generated NKeys and the\n"
+    "tiered permissions, and simulated hosts (test and prod tiers, a shared role,\n"
+    "one host whose rebuild fails) whose listeners are real and whose nixos-rebuild\n"
+    "is a packaged stand-in. It prints the NATS URL, the key files, commands to\n"
+    "paste and an MCP client config, then runs until Ctrl-C or SIGTERM and stops\n"
+    "every process it started.\n\n"
+    "--once runs a guided tour instead and exits: discover, deploy to the test\n"
+    "tier, explain the failing host, and show the test key refused on prod.\n"
+    "--cluster 3 runs three nats-servers routed into a cluster instead of one; the\n"
+    "URL printed then names all three, comma-separated, as --nats-url takes them.\n"
+    "Exit status: 0 stopped by Ctrl-C or SIGTERM, or the tour went as expected;\n"
+    "1 the tour saw something it did not expect; 2 a usage error such as a busy\n"
+    "port; 128+N the tour was interrupted by signal N.\n\n"
+    "The sandbox reads no FLEET_DEPLOY_* variable: a real fleet's settings must not leak in.",
+    (
+        Option(
+            "hosts",
+            f"number of simulated hosts, {MIN_SANDBOX_HOSTS} to {MAX_SANDBOX_HOSTS}",
+            default=DEFAULT_SANDBOX_HOSTS,
+            env=False,
+            metavar="N",
+        ),
+        Option(
+            "port",
+            "NATS port on 127.0.0.1; 0 picks a free one",
+            default=DEFAULT_SANDBOX_PORT,
+            env=False,
+            metavar="P",
+            shown_default=f"{DEFAULT_SANDBOX_PORT}, or a free one with --once",
+        ),
+        Option(
+            "cluster",
+            f"run N nats-servers routed into a cluster, 1 to {MAX_SANDBOX_CLUSTER}; --port is "
+            "the first one's, the others pick free ports",
+            default=DEFAULT_SANDBOX_CLUSTER,
+            env=False,
+            metavar="N",
+        ),
+        Option(
+            "dir",
+            "keep keys, config and job logs here, and reuse its keys on the next run",
+            env=False,
+            metavar="DIR",
+            shown_default="a temporary directory, removed at exit",
+        ),
+        Option(
+            "sim_delay",
+            "pause between the simulated rebuild's output lines, in seconds",
+            default=DEFAULT_SIM_DELAY,
+            env=False,
+            metavar="SECONDS",
+        ),
+        Option("once", "run the guided tour, then stop and exit", env=False, kind="switch"),
+    ),
+)
+
+# -- the MCP server --------------------------------------------------------------------------
+
+MCP = Command(
+    "mcp",
+    "serve the MCP server (same as fleet-mcp)",
+    "Serve fleet-deploy's MCP server: list_hosts, deploy (test tier only),\n"
+    "deployment_status, list_deployments, deploy_admin when --enable-admin and an\n"
+    "admin key are given, and build and build_status (the builder builds closures;\n"
+    "no host changes) with --enable-builds.\n\n"
+    "Serves stdio by default (what an editor launches); --http serves streamable HTTP\n"
+    "at /mcp.",
+    (
+        NATS_URL,
+        replace(NKEY_FILE, help="seed of the test-tier deployer key, mode 0600"),
+        Option(
+            "enable_admin",
+            "register deploy_admin (needs --admin-nkey-file)",
+            kind="switch",
+        ),
+        Option(
+            "admin_nkey_file",
+            "seed of the admin deployer key, used only by deploy_admin",
+            metavar="PATH",
+        ),
+        Option(
+            "enable_builds",
+            "register build and build_status: ask the builder (fleet-deploy builder) to build "
+            "closures with the test key; a build changes no host",
+            kind="switch",
+        ),
+        Option(
+            "http",
+            "serve streamable HTTP on HOST:PORT instead of stdio, e.g. 127.0.0.1:8765",
+            env=False,
+            metavar="HOST:PORT",
+        ),
+        Option(
+            "heartbeat",
+            "progress notifications at least this often while a tool waits, in seconds",
+            default=DEFAULT_MCP_HEARTBEAT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "deploy_timeout",
+            "how long one deployment may last, in seconds",
+            default=DEFAULT_DEPLOY_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        replace(LOG_LEVEL, help="log level of the JSON lines on stderr"),
+    ),
+)
+
+COMMANDS: tuple[Command, ...] = (
+    LISTENER,
+    DEPLOY,
+    HOSTS,
+    BUILDER,
+    BUILD,
+    KEYGEN,
+    NATS_CONFIG,
+    SANDBOX,
+    MCP,
+)
+
+
+def command(name: str) -> Command:
+    """The declaration of command ``name``."""
+    for declared in COMMANDS:
+        if declared.name == name:
+            return declared
+    raise KeyError(name)

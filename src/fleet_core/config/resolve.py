@@ -1,0 +1,598 @@
+"""Flags and environment become one frozen settings object per command, here and only here.
+
+This is the one module that reads ``os.environ``. Each ``*_settings`` function takes the
+parsed flags (a mapping from option name to text, ``None`` where a flag was not given —
+what ``vars(parser.parse_args())`` gives) and an environment mapping, applies "flag, then
+``FLEET_DEPLOY_*`` variable, then homelab-deploy's ``HOMELAB_DEPLOY_*`` where the option
+declares one, then default" as ``fleet_core.config.options`` declares it, validates, and
+returns a frozen settings object (``fleet_core.config.settings``). An error names the flag or
+variable the bad value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from fleet_core.config.options import (
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_NATS_LAYOUT,
+    DEFAULT_REBUILD_RUNNER,
+    DEFAULT_SANDBOX_PORT,
+    DEFAULT_STATE_DIR,
+    ENV_PREFIX,
+    LEGACY_ENV_PREFIX,
+    MAX_SANDBOX_CLUSTER,
+    MAX_SANDBOX_HOSTS,
+    MIN_SANDBOX_HOSTS,
+    Command,
+    command,
+)
+from fleet_core.config.parsers import parse_listen_address, parse_nats_urls
+from fleet_core.config.settings import (
+    BuilderSettings,
+    BuildSettings,
+    ConnectionSettings,
+    DeploySettings,
+    HostsSettings,
+    KeygenSettings,
+    ListenerSettings,
+    McpSettings,
+    NatsConfigSettings,
+    SandboxSettings,
+)
+from fleet_core.errors import RequestRejected, UsageError
+from fleet_core.protocol.actions import (
+    DEFAULT_HOST_KIND,
+    Action,
+    HostKind,
+    rebuild_program,
+    validate_configuration,
+    validate_revision,
+)
+from fleet_core.protocol.subjects import (
+    Tier,
+    resolve_target,
+    validate_hostname,
+)
+
+__all__ = [
+    "Flags",
+    "build_settings",
+    "builder_settings",
+    "choose_rebuild_runner",
+    "deploy_settings",
+    "hosts_settings",
+    "in_user_manager",
+    "keygen_settings",
+    "listener_settings",
+    "mcp_settings",
+    "nats_config_settings",
+    "sandbox_settings",
+]
+
+Flags = Mapping[str, object]
+SEED_SUFFIX = ".seed"
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+# What systemd sets for one unit: a transient unit gets its own, never the listener's.
+_PER_UNIT_VARIABLES = frozenset(
+    {
+        "CREDENTIALS_DIRECTORY",
+        "INVOCATION_ID",
+        "JOURNAL_STREAM",
+        "LISTEN_FDNAMES",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "MAINPID",
+        "MANAGERPID",
+        "NOTIFY_SOCKET",
+        "RUNTIME_DIRECTORY",
+        "STATE_DIRECTORY",
+        "CACHE_DIRECTORY",
+        "LOGS_DIRECTORY",
+        "CONFIGURATION_DIRECTORY",
+        "SYSTEMD_EXEC_PID",
+        "WATCHDOG_PID",
+        "WATCHDOG_USEC",
+    }
+)
+
+
+# -- reading one option ----------------------------------------------------------------------
+
+
+class _Values:
+    """The options of one command, read as "flag, then variable, then default"."""
+
+    def __init__(self, declared: Command, flags: Flags, environ: Mapping[str, str] | None):
+        self._options = {option.name: option for option in declared.options}
+        self._flags = flags
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+
+    def given(self, name: str) -> tuple[str, str] | None:
+        """The text given for ``name`` and where it came from (flag or variable), if any."""
+        option = self._options[name]
+        flag = self._flags.get(name)
+        if flag is not None:
+            return str(flag), option.flag
+        return self._variable(name)
+
+    def _variable(self, name: str) -> tuple[str, str] | None:
+        """The first of the option's variables that is set (not empty), and its name: ours,
+        then homelab-deploy's."""
+        for variable in self._options[name].variables:
+            value = self.environ.get(variable, "")
+            if value.strip():
+                return value, variable
+        return None
+
+    def text(self, name: str) -> str | None:
+        given = self.given(name)
+        if given is not None:
+            return given[0]
+        default = self._options[name].default
+        return None if default is None else str(default)
+
+    def required(self, name: str) -> str:
+        value = self.text(name)
+        if value is None:
+            option = self._options[name]
+            alternative = f" (or set {option.variable})" if option.variable else ""
+            raise UsageError(f"{option.flag} is required{alternative}")
+        return value
+
+    def choice(self, name: str) -> str | None:
+        """The value, checked against the option's choices (argparse checks only flags)."""
+        given = self.given(name)
+        value = self.text(name)
+        choices = self._options[name].choices or ()
+        if value is not None and value not in choices:
+            source = given[1] if given else self._options[name].flag
+            raise UsageError(f"{source} {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def required_choice(self, name: str) -> str:
+        self.required(name)
+        value = self.choice(name)
+        assert value is not None
+        return value
+
+    def number(self, name: str, *, positive: bool = True) -> float:
+        given = self.given(name)
+        if given is None:
+            default = self._options[name].default
+            assert isinstance(default, int | float), f"{name} declares no numeric default"
+            return float(default)
+        text, source = given
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{source} must be a number of seconds, not {text!r}") from None
+        if positive and not value > 0:
+            raise UsageError(f"{source} must be a positive number of seconds, not {text!r}")
+        return value
+
+    def integer(self, name: str, default: int | None = None) -> int:
+        given = self.given(name)
+        if given is None:
+            fallback = default if default is not None else self._options[name].default
+            assert isinstance(fallback, int), f"{name} declares no whole-number default"
+            return fallback
+        text, source = given
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"{source} must be a whole number, not {text!r}") from None
+
+    def switch(self, name: str) -> bool:
+        if self._flags.get(name):
+            return True
+        given = self._variable(name)
+        if given is None:
+            return False
+        raw, variable = given[0].strip().lower(), given[1]
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise UsageError(f"{variable}={raw!r} is not a boolean: use true or false")
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """A repeatable flag's values, else its variable's comma-separated ones; the declared
+        default when neither was given."""
+        given = self._flags.get(name)
+        if isinstance(given, list | tuple) and given:
+            return tuple(str(item) for item in given)
+        listed = self._variable(name)
+        if listed is not None:
+            return tuple(item.strip() for item in listed[0].split(",") if item.strip())
+        default = self._options[name].default
+        return tuple(default) if isinstance(default, tuple) else ()
+
+
+def _metrics_addr(values: _Values) -> tuple[str, int] | None:
+    """The metrics address when metrics are on, else None. Checked either way, so that a
+    typo shows before the day metrics are turned on."""
+    text = values.required("metrics_addr")
+    given = values.given("metrics_addr")
+    address = parse_listen_address(text, given[1] if given else "--metrics-addr")
+    return address if values.switch("metrics_enabled") else None
+
+
+def _nats_urls(values: _Values) -> tuple[str, ...]:
+    text = values.required("nats_url")
+    given = values.given("nats_url")
+    return parse_nats_urls(text, given[1] if given else "--nats-url")
+
+
+def _connection(values: _Values) -> ConnectionSettings:
+    return ConnectionSettings(
+        nats_urls=_nats_urls(values), nkey_file=Path(values.required("nkey_file"))
+    )
+
+
+def _tier(value: str | None) -> Tier | None:
+    return Tier(value) if value is not None else None
+
+
+def _flake_url(values: _Values) -> str:
+    """``--flake-url`` (or its variable), or the content of ``--flake-url-file``: one only.
+    No error shows the URL: it may carry a token."""
+    url = values.given("flake_url")
+    path = values.given("flake_url_file")
+    if url is not None and path is not None:
+        raise UsageError(f"give {url[1]} or {path[1]}, not both")
+    if url is not None:
+        return url[0]
+    if path is None:
+        raise UsageError(
+            "--flake-url is required (or set FLEET_DEPLOY_FLAKE_URL), or --flake-url-file "
+            "with the URL in a file"
+        )
+    try:
+        text = Path(path[0]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise UsageError(f"{path[1]}: cannot read {path[0]}: {reason}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise UsageError(
+            f"{path[1]}: {path[0]} must hold the flake URL on one line, not {len(lines)} lines"
+        )
+    return lines[0]
+
+
+# -- one builder per command -----------------------------------------------------------------
+
+
+def listener_settings(
+    flags: Flags,
+    *,
+    environ: Mapping[str, str] | None = None,
+    systemd_booted: bool | None = None,
+    root: bool | None = None,
+) -> ListenerSettings:
+    """Settings for ``fleet-deploy listener``; systemd's ``$STATE_DIRECTORY`` is honoured.
+
+    ``systemd_booted`` and ``root`` are facts about this machine and process that choose the
+    rebuild runner (``choose_rebuild_runner``); None looks them up, a test states them.
+    """
+    values = _Values(command("listener"), flags, environ)
+    host_kind = HostKind(values.choice("host_kind") or DEFAULT_HOST_KIND)
+    given_command = values.given("rebuild_command")
+    # Unless given, the program follows the kind: nixos-rebuild, darwin-rebuild, home-manager.
+    rebuild = given_command[0] if given_command else rebuild_program(host_kind)
+    try:
+        argv = tuple(shlex.split(rebuild))
+    except ValueError as exc:
+        raise UsageError(f"--rebuild-command {rebuild!r} cannot be split: {exc}") from None
+    state = values.given("state_dir")
+    state_dir = state[0] if state else values.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    log_level = values.choice("log_level") or DEFAULT_LOG_LEVEL
+    if systemd_booted is None:
+        systemd_booted = Path("/run/systemd/system").is_dir()
+    if root is None:
+        root = os.geteuid() == 0
+    runner = choose_rebuild_runner(
+        values.choice("rebuild_runner") or DEFAULT_REBUILD_RUNNER,
+        invocation_id=values.environ.get("INVOCATION_ID"),
+        systemd_booted=systemd_booted,
+        root=root,
+        host_kind=host_kind,
+    )
+    return ListenerSettings(
+        hostname=values.required("hostname"),
+        tier=Tier(values.required_choice("tier")),
+        nats_urls=_nats_urls(values),
+        nkey_file=Path(values.required("nkey_file")),
+        flake_url=_flake_url(values),
+        role=values.text("role"),
+        host_kind=host_kind,
+        configuration=_configuration(values),
+        timeout=values.number("timeout"),
+        deploy_subject_templates=values.items("deploy_subject"),
+        discover_subject=values.required("discover_subject"),
+        rebuild_command=argv,
+        # Absolute: the job runner is matched against it in /proc/<pid>/cmdline.
+        state_dir=Path(state_dir).absolute() if state_dir else DEFAULT_STATE_DIR,
+        log_level="debug" if values.switch("debug") else log_level,
+        heartbeat_interval=values.number("heartbeat_interval"),
+        metrics_addr=_metrics_addr(values),
+        rebuild_runner=runner,
+        systemd_user=in_user_manager(runner, root=root, host_kind=host_kind),
+        restart_if_changed=tuple(Path(p) for p in values.items("restart_if_changed")),
+        rebuild_env=tuple(
+            sorted(
+                name
+                for name in values.environ
+                # The listener's own settings stay its own: a transient unit's environment is
+                # shown to every local user (systemctl show), and FLEET_DEPLOY_FLAKE_URL may
+                # hold a token. homelab-deploy's variables are settings of ours too.
+                if name not in _PER_UNIT_VARIABLES
+                and not name.startswith((ENV_PREFIX, LEGACY_ENV_PREFIX))
+            )
+        ),
+        trusted_deployer_keys=tuple(dict.fromkeys(values.items("trusted_deployer_key"))),
+        request_ttl=values.number("request_ttl"),
+    )
+
+
+def _configuration(values: _Values) -> str | None:
+    """``--configuration`` (or its variable), checked; an error names where it came from."""
+    given = values.given("configuration")
+    if given is None:
+        return None
+    try:
+        return validate_configuration(given[0])
+    except UsageError as exc:
+        raise UsageError(f"{given[1]}: {exc}") from None
+
+
+def choose_rebuild_runner(
+    requested: str,
+    *,
+    invocation_id: str | None,
+    systemd_booted: bool,
+    root: bool,
+    host_kind: HostKind = DEFAULT_HOST_KIND,
+) -> str:
+    """``--rebuild-runner``, with ``auto`` resolved: ``systemd`` when the listener is a
+    service of a systemd system (``$INVOCATION_ID`` is set by the service manager,
+    /run/systemd/system exists when systemd is PID 1) that can start transient units — as
+    root in the system manager, or, for Home Manager, as the user in the user's own manager
+    (``in_user_manager``) — else ``session``.
+
+    A non-root NixOS or nix-darwin listener stays ``session``: its rebuild needs root, which
+    the user's manager cannot give, and the system manager would ask polkit. ``session`` is
+    also what escapes launchd on macOS, which stops a job's whole process group with it.
+    """
+    if requested != "auto":
+        return requested
+    if invocation_id and systemd_booted and (root or host_kind is HostKind.HOME_MANAGER):
+        return "systemd"
+    return "session"
+
+
+def in_user_manager(runner: str, *, root: bool, host_kind: HostKind) -> bool:
+    """Whether the listener's transient units go to the user's service manager
+    (``systemd-run --user``): a Home Manager listener that is not root runs under
+    ``systemd --user``, where a unit it starts is the user's, outside the listener's cgroup,
+    so ``systemctl --user restart`` of the listener leaves the rebuild running."""
+    return runner == "systemd" and not root and host_kind is HostKind.HOME_MANAGER
+
+
+def _expected_hosts(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(
+        validate_hostname(name.strip())
+        for item in items
+        for name in item.split(",")
+        if name.strip()
+    )
+
+
+def deploy_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> DeploySettings:
+    """Settings for ``fleet-deploy deploy``; resolves aliases from ``FLEET_DEPLOY_ALIAS_*``."""
+    values = _Values(command("deploy"), flags, environ)
+    return DeploySettings(
+        connection=_connection(values),
+        target=resolve_target(
+            values.required("target"), os.environ if environ is None else environ
+        ),
+        revision=values.required("branch"),
+        action=Action(values.required_choice("action")),
+        timeout=values.number("timeout"),
+        expect=_expected_hosts(values.items("expect")),
+        json=values.switch("json"),
+    )
+
+
+def hosts_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> HostsSettings:
+    """Settings for ``fleet-deploy hosts``."""
+    values = _Values(command("hosts"), flags, environ)
+    return HostsSettings(
+        connection=_connection(values),
+        tier=_tier(values.choice("tier")),
+        json=values.switch("json"),
+    )
+
+
+def _repos(values: _Values) -> dict[str, str]:
+    """``--repo NAME=URL`` entries and the ``[repos]`` table of ``--repos-file``; a name given
+    twice is an error, and no message shows a URL (it may carry a token)."""
+    from fleet_core.build.protocol import validate_repo
+
+    repos: dict[str, str] = {}
+
+    def add(name: str, url: str, source: str) -> None:
+        name = name.strip()
+        if name in repos:
+            raise UsageError(f"{source}: repository {name!r} is given twice")
+        validate_repo(name)
+        repos[name] = url.strip()
+
+    for item in values.items("repo"):
+        name, sep, url = item.partition("=")
+        if not sep or not url.strip():
+            raise UsageError(
+                f"--repo {name.strip()[:40]!r}…: give NAME=FLAKE_URL, e.g. "
+                "nixos-servers=git+https://git.example.com/nixos.git"
+            )
+        add(name, url, "--repo")
+    given = values.given("repos_file")
+    if given is not None:
+        path, source = given
+        try:
+            mode = Path(path).stat().st_mode
+            if mode & 0o077:
+                raise UsageError(
+                    f"{source}: {path} may be read by others (mode {mode & 0o777:04o}) and its "
+                    f"URLs may hold tokens: run `chmod 600 {path}`"
+                )
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read {path}: {exc.strerror}") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            raise UsageError(f"{source}: {path} is not a TOML file of [repos]") from None
+        table = data.get("repos")
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            raise UsageError(
+                f'{source}: {path} must hold a [repos] table of NAME = "FLAKE_URL" lines'
+            )
+        for name, url in table.items():
+            add(name, url, f"{source} {path}")
+    return repos
+
+
+def builder_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> BuilderSettings:
+    """Settings for ``fleet-deploy builder``."""
+    values = _Values(command("builder"), flags, environ)
+    nix = values.required("nix_command")
+    try:
+        argv = tuple(shlex.split(nix))
+    except ValueError as exc:
+        raise UsageError(f"--nix-command {nix!r} cannot be split: {exc}") from None
+    log_level = values.choice("log_level") or DEFAULT_LOG_LEVEL
+    return BuilderSettings(
+        name=values.text("name") or os.uname().nodename.split(".")[0] or "builder",
+        nats_urls=_nats_urls(values),
+        nkey_file=Path(values.required("nkey_file")),
+        repos=_repos(values),
+        cache=values.text("cache") or None,
+        nix_command=argv,
+        timeout=values.number("timeout"),
+        heartbeat_interval=values.number("heartbeat_interval"),
+        log_level="debug" if values.switch("debug") else log_level,
+    )
+
+
+def build_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> BuildSettings:
+    """Settings for ``fleet-deploy build``."""
+    from fleet_core.build.protocol import parse_build_target
+
+    values = _Values(command("build"), flags, environ)
+    try:
+        target = parse_build_target(values.required("repo"), values.required("target"))
+        revision = validate_revision(values.required("branch"))
+    except RequestRejected as exc:
+        raise UsageError(str(exc)) from None
+    return BuildSettings(
+        connection=_connection(values),
+        target=target,
+        revision=revision,
+        timeout=values.number("timeout"),
+        json=values.switch("json"),
+    )
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--http {value!r} must be HOST:PORT, e.g. 127.0.0.1:8765")
+    return host.strip("[]"), int(port)
+
+
+def mcp_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> McpSettings:
+    """Settings for ``fleet-mcp``; ``--enable-admin`` without an admin key is an error."""
+    values = _Values(command("mcp"), flags, environ)
+    admin_enabled = values.switch("enable_admin")
+    admin_key = values.text("admin_nkey_file")
+    if admin_enabled and admin_key is None:
+        raise UsageError(
+            "--enable-admin needs the admin key: pass --admin-nkey-file PATH "
+            f"(or set {ENV_PREFIX}ADMIN_NKEY_FILE)"
+        )
+    http = values.text("http")
+    return McpSettings(
+        connection=_connection(values),
+        admin_nkey_file=Path(admin_key) if admin_enabled and admin_key else None,
+        http=_host_port(http) if http else None,
+        log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
+        heartbeat=values.number("heartbeat"),
+        deploy_timeout=values.number("deploy_timeout"),
+        enable_builds=values.switch("enable_builds"),
+    )
+
+
+def sandbox_settings(flags: Flags) -> SandboxSettings:
+    """Settings for ``fleet-deploy sandbox``, from flags alone: the sandbox reads no
+    environment, so a real fleet's ``FLEET_DEPLOY_*`` variables cannot leak into it."""
+    values = _Values(command("sandbox"), flags, {})
+    count = values.integer("hosts")
+    if not MIN_SANDBOX_HOSTS <= count <= MAX_SANDBOX_HOSTS:
+        raise UsageError(
+            f"--hosts must be {MIN_SANDBOX_HOSTS} to {MAX_SANDBOX_HOSTS} (a working test host, "
+            f"a failing one and a prod host at least), not {count}"
+        )
+    once = values.switch("once")
+    # The tour needs no fixed port, and a fixed one could collide with a real NATS server.
+    port = values.integer("port", 0 if once else DEFAULT_SANDBOX_PORT)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0 (any free port) to 65535, not {port}")
+    cluster = values.integer("cluster")
+    if not 1 <= cluster <= MAX_SANDBOX_CLUSTER:
+        raise UsageError(
+            f"--cluster must be 1 (a single nats-server) to {MAX_SANDBOX_CLUSTER}, not {cluster}"
+        )
+    delay = values.number("sim_delay", positive=False)
+    if not 0 <= delay <= 60:
+        raise UsageError(f"--sim-delay must be 0 to 60 seconds, not {values.text('sim_delay')!r}")
+    directory = values.text("dir")
+    return SandboxSettings(
+        hosts=count,
+        port=port,
+        cluster=cluster,
+        directory=Path(directory) if directory else None,
+        sim_delay=delay,
+        once=once,
+    )
+
+
+def keygen_settings(flags: Flags) -> KeygenSettings:
+    """Settings for ``fleet-deploy keygen``: a plain key name, never a path."""
+    values = _Values(command("keygen"), flags, {})
+    name = values.required("name")
+    base = name.removesuffix(SEED_SUFFIX)
+    if not _KEY_NAME.fullmatch(base):
+        raise UsageError(
+            f"invalid key name {name!r}: use 1-63 letters, digits, '-' or '_' (no path: "
+            "choose the folder with --dir)"
+        )
+    return KeygenSettings(path=Path(values.required("dir")) / f"{base}{SEED_SUFFIX}")
+
+
+def nats_config_settings(flags: Flags) -> NatsConfigSettings:
+    """Settings for ``fleet-deploy nats-config``."""
+    values = _Values(command("nats-config"), flags, {})
+    output = values.text("output")
+    layout = values.choice("layout")
+    return NatsConfigSettings(
+        inventory=values.required("inventory"),
+        output=Path(output) if output else None,
+        layout="homelab" if layout == "homelab" else DEFAULT_NATS_LAYOUT,
+    )

@@ -1,0 +1,290 @@
+"""The settings objects: what each command runs with, frozen.
+
+Each command receives one of these and nothing else: no code below a command reads the
+environment or a flag. They are built in ``fleet_core.config.resolve`` (flags, then
+``FLEET_DEPLOY_*`` variables, then homelab-deploy's, then defaults); each checks its own
+invariants when made, so a test or the sandbox that builds one directly gets the same errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from fleet_core.config.options import (
+    DEFAULT_BUILD_STEP_TIMEOUT,
+    DEFAULT_BUILD_TIMEOUT,
+    DEFAULT_DEPLOY_TIMEOUT,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_KILL_GRACE,
+    DEFAULT_LISTENER_TIMEOUT,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_MCP_HEARTBEAT,
+    DEFAULT_NATS_LAYOUT,
+    DEFAULT_NIX_COMMAND,
+    DEFAULT_REBUILD_COMMAND,
+    DEFAULT_REQUEST_TTL,
+    DEFAULT_SANDBOX_CLUSTER,
+    DEFAULT_SANDBOX_HOSTS,
+    DEFAULT_SANDBOX_PORT,
+    DEFAULT_SILENCE_LIMIT,
+    DEFAULT_SIM_DELAY,
+    DEFAULT_STATE_DIR,
+    NatsLayout,
+)
+from fleet_core.config.parsers import check_public_key
+from fleet_core.errors import UsageError
+from fleet_core.protocol.actions import (
+    DEFAULT_HOST_KIND,
+    Action,
+    HostKind,
+    redact,
+    validate_configuration,
+    validate_flake_url,
+)
+from fleet_core.protocol.subjects import (
+    DEFAULT_DEPLOY_SUBJECTS,
+    DISCOVER_SUBJECT,
+    Target,
+    Tier,
+    expand_templates,
+    validate_hostname,
+    validate_role,
+    validate_subject,
+)
+
+if TYPE_CHECKING:  # the build models load only with a build command: not in a listener
+    from fleet_core.build.protocol import BuildTarget
+
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "BuildSettings",
+    "BuilderSettings",
+    "ConnectionSettings",
+    "DeploySettings",
+    "DeployTiming",
+    "HostsSettings",
+    "KeygenSettings",
+    "ListenerSettings",
+    "McpSettings",
+    "NatsConfigSettings",
+    "SandboxSettings",
+]
+
+HEARTBEAT_INTERVAL = (
+    DEFAULT_HEARTBEAT_INTERVAL  # the protocol's promise (fleet_core.config.options)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """Everything a listener needs; ``subjects`` are the expanded deploy subjects."""
+
+    hostname: str
+    tier: Tier
+    nats_urls: tuple[str, ...]  # one server, or several of one cluster (parse_nats_urls)
+    nkey_file: Path
+    flake_url: str = field(repr=False)  # it may carry a token: never in a repr
+    role: str | None = None
+    host_kind: HostKind = (
+        DEFAULT_HOST_KIND  # which program deploys it (fleet_core.protocol.actions)
+    )
+    configuration: str | None = None  # the flake attribute to build; None: the hostname
+    timeout: float = DEFAULT_LISTENER_TIMEOUT
+    deploy_subject_templates: tuple[str, ...] = DEFAULT_DEPLOY_SUBJECTS
+    discover_subject: str = DISCOVER_SUBJECT
+    rebuild_command: tuple[str, ...] = (DEFAULT_REBUILD_COMMAND,)
+    state_dir: Path = DEFAULT_STATE_DIR
+    log_level: str = DEFAULT_LOG_LEVEL
+    heartbeat_interval: float = HEARTBEAT_INTERVAL  # progress at least this often while running
+    progress_interval: float = 1.0  # at most one output-line progress message per interval
+    # Where to serve Prometheus metrics (host "" is every address); None: not served.
+    metrics_addr: tuple[str, int] | None = None
+    kill_grace: float = DEFAULT_KILL_GRACE
+    jobs_kept: int = 50
+    rebuild_runner: str = "session"  # systemd or session: "auto" is resolved when built
+    restart_if_changed: tuple[Path, ...] = ()
+    rebuild_env: tuple[str, ...] = ()  # variables a transient unit takes from the listener's
+    systemd_run: tuple[str, ...] = ("systemd-run",)
+    # Transient units go to the user's own service manager (systemd-run --user): a Home
+    # Manager listener run by systemd --user (in_user_manager).
+    systemd_user: bool = False
+    # Public keys of the deployers whose signed requests this host (its tier) accepts; when
+    # there are none, unsigned requests are accepted (fleet_core.protocol.signing).
+    trusted_deployer_keys: tuple[str, ...] = ()
+    request_ttl: float = DEFAULT_REQUEST_TTL
+    subjects: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        validate_hostname(self.hostname)
+        if not self.nats_urls:
+            raise UsageError("--nats-url must name at least one NATS server")
+        if self.role is not None:
+            validate_role(self.role)
+        if self.configuration is not None:
+            validate_configuration(self.configuration, self.host_kind)
+        validate_flake_url(self.flake_url)
+        validate_subject(self.discover_subject)
+        if self.timeout <= 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        if not self.heartbeat_interval > 0:
+            raise UsageError("--heartbeat-interval must be a positive number of seconds")
+        if not self.rebuild_command:
+            raise UsageError("--rebuild-command must name a program")
+        if self.rebuild_runner not in ("systemd", "session"):
+            raise UsageError(f"--rebuild-runner {self.rebuild_runner!r} is not systemd or session")
+        for path in self.restart_if_changed:
+            if not path.is_absolute():
+                raise UsageError(f"--restart-if-changed {str(path)!r} must be an absolute path")
+        for key in self.trusted_deployer_keys:
+            check_public_key(key, "--trusted-deployer-key")
+        if not self.request_ttl > 0:
+            raise UsageError("--request-ttl must be a positive number of seconds")
+        subjects = expand_templates(
+            self.deploy_subject_templates, hostname=self.hostname, tier=self.tier, role=self.role
+        )
+        if not subjects:
+            raise UsageError("no deploy subject is left after expanding the templates")
+        object.__setattr__(self, "subjects", subjects)
+
+    @property
+    def flake_configuration(self) -> str:
+        """The flake attribute a deploy builds: ``configuration``, else the hostname."""
+        return self.configuration if self.configuration is not None else self.hostname
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """Where a deployer connects (one server, or several of one cluster) and with which key."""
+
+    nats_urls: tuple[str, ...]
+    nkey_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class DeployTiming:
+    """How long a deployer waits for what (seconds). Tests shorten these, users rarely need to."""
+
+    answer_within: float = 5.0  # an expected host that says nothing for this long is missing
+    silence_limit: float = DEFAULT_SILENCE_LIMIT  # a host quiet this long is asked, then lost
+    discovery_first: float = 1.0  # discovery gives up when nobody answers within this
+    discovery_quiet: float = 0.3  # ... and closes once replies stop for this long
+    discovery_cap: float = 3.0  # ... and never takes longer than this
+
+
+@dataclass(frozen=True, slots=True)
+class DeploySettings:
+    connection: ConnectionSettings
+    target: Target
+    revision: str
+    action: Action
+    timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    expect: tuple[str, ...] = ()
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class HostsSettings:
+    connection: ConnectionSettings
+    tier: Tier | None = None
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class BuilderSettings:
+    """A builder: its repositories by name (their URLs may carry a token: never in a repr)."""
+
+    name: str
+    nats_urls: tuple[str, ...]
+    nkey_file: Path
+    repos: Mapping[str, str] = field(repr=False)
+    cache: str | None = None
+    nix_command: tuple[str, ...] = (DEFAULT_NIX_COMMAND,)
+    timeout: float = DEFAULT_BUILD_STEP_TIMEOUT
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    progress_interval: float = 1.0  # at most one output-line progress message per interval
+    kill_grace: float = DEFAULT_KILL_GRACE
+    log_level: str = DEFAULT_LOG_LEVEL
+
+    def __post_init__(self) -> None:
+        from fleet_core.build.protocol import validate_repo
+
+        if not self.repos:
+            raise UsageError(
+                "give the builder a repository: --repo NAME=FLAKE_URL, or --repos-file PATH"
+            )
+        for name, url in self.repos.items():
+            validate_repo(name)
+            validate_flake_url(url)
+        if not self.nix_command:
+            raise UsageError("--nix-command must name a program")
+        if self.cache is not None and redact(self.cache) != self.cache:
+            raise UsageError(
+                "--cache must not carry user:secret@: every deployer reads where closures were "
+                "copied. Give nix its credentials instead (netrc-file, AWS_* or an ssh key)"
+            )
+        if not self.timeout > 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        if not self.heartbeat_interval > 0:
+            raise UsageError("--heartbeat-interval must be a positive number of seconds")
+        object.__setattr__(self, "repos", MappingProxyType(dict(self.repos)))
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSettings:
+    """``fleet-deploy build``: which repository and hosts, at which revision."""
+
+    connection: ConnectionSettings
+    target: BuildTarget
+    revision: str
+    timeout: float = DEFAULT_BUILD_TIMEOUT
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class McpSettings:
+    """The MCP server: a test-tier key always; the admin key only when explicitly enabled."""
+
+    connection: ConnectionSettings
+    admin_nkey_file: Path | None = None  # set only when --enable-admin was given
+    http: tuple[str, int] | None = None  # serve streamable HTTP here instead of stdio
+    log_level: str = DEFAULT_LOG_LEVEL
+    heartbeat: float = DEFAULT_MCP_HEARTBEAT
+    deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    enable_builds: bool = False  # build and build_status, with the test key
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    """``port`` 0 means any free port; ``directory`` None means a temporary one; ``cluster``
+    is how many routed nats-servers (1: a single server)."""
+
+    hosts: int = DEFAULT_SANDBOX_HOSTS
+    port: int = DEFAULT_SANDBOX_PORT
+    cluster: int = DEFAULT_SANDBOX_CLUSTER
+    directory: Path | None = None
+    sim_delay: float = DEFAULT_SIM_DELAY
+    once: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeygenSettings:
+    """``path`` is where the new seed goes: ``<dir>/<name>.seed``."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class NatsConfigSettings:
+    """``inventory`` is a path or ``-`` (stdin); ``output`` None means stdout."""
+
+    inventory: str
+    output: Path | None = None
+    layout: NatsLayout = DEFAULT_NATS_LAYOUT

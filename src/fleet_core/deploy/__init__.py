@@ -1,0 +1,8 @@
+"""The deployer: discover, publish, gather, decide; the report; the CLI's deploy commands.
+
+Modules:
+    deployer    publish a request, gather statuses, query jobs, discover hosts
+    tracker     one deployment host by host, when a host is lost, when it is over (pure)
+    report      results as text for people (pure)
+    commands    ``fleet-deploy deploy`` and ``hosts``: output, and the exit code
+"""

@@ -1,0 +1,138 @@
+"""``fleet-deploy deploy`` and ``hosts``: each takes its frozen settings and returns an exit code.
+
+``cli.py`` parses; these run. They are the only place (with the setting-up commands and the
+sandbox) that prints. Each runs through ``lifecycle.run_until_signal``, so SIGINT and
+SIGTERM stop them the same way, and opens its ``Bus`` as a context manager, so the
+connection is closed however the command ends.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Protocol, TextIO, TypeVar
+
+from fleet_core.bus import Bus
+from fleet_core.config.settings import DeploySettings, HostsSettings
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.report import (
+    connection_line,
+    host_line,
+    hosts_table,
+    summary,
+)
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.keys import load_seed
+from fleet_core.lifecycle import Finished, run_until_signal
+from fleet_core.logging import configure_logging
+from fleet_core.protocol.messages import HostInfo
+
+__all__ = ["finish", "run_deploy", "run_hosts"]
+
+
+def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
+    """Deploy and print: live lines then a summary, or one JSON object with ``--json``.
+
+    Interrupted (Ctrl-C, SIGTERM) it stops waiting and exits 130; the hosts carry on.
+    A dropped NATS connection is told in two live lines (lost, reconnected after N s), not
+    in the connection's own warnings: only errors are logged.
+    """
+    configure_logging("error")
+    seed = load_seed(settings.connection.nkey_file)
+    live = sys.stderr if settings.json else out
+
+    def on_update(host: HostResult, _: DeploymentResult) -> None:
+        print(host_line(host), file=live, flush=True)
+
+    def on_connection(outage: Outage, _: DeploymentResult) -> None:
+        print(connection_line(outage), file=live, flush=True)
+
+    async def main() -> DeploymentResult:
+        urls = settings.connection.nats_urls
+        async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
+            return await Deployer(bus, timing=settings.timing, signer=seed).deploy(
+                settings.target,
+                revision=settings.revision,
+                action=settings.action,
+                timeout=settings.timeout,
+                expect=settings.expect,
+                on_update=on_update,
+                on_connection=on_connection,
+            )
+
+    if not settings.json:
+        print(
+            f"deploying {settings.revision} ({settings.action.value}) to {settings.target}",
+            file=out,
+            flush=True,
+        )
+    return finish(
+        run_until_signal(main),
+        summary,
+        json_out=settings.json,
+        out=out,
+        interrupted="the hosts carry on with the deploy",
+    )
+
+
+def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
+    """Discover and print the hosts; say on stderr which tiers this key may not read."""
+    configure_logging("warning")
+    seed = load_seed(settings.connection.nkey_file)
+    hidden: list[str] = []
+
+    async def main() -> list[HostInfo]:
+        urls = settings.connection.nats_urls
+        async with await Bus.connect(urls, seed, name="fleet-deploy hosts") as bus:
+            deployer = Deployer(bus, timing=settings.timing)
+            found = await deployer.discover(settings.tier)
+            hidden.extend(t.value for t in sorted(deployer.unreadable_tiers))
+            return found
+
+    finished = run_until_signal(main)
+    found = finished.value
+    if found is None:
+        return finished.exit_code
+    for tier in hidden:
+        print(f"{tier} hosts are not shown: this key may not read their answers", file=sys.stderr)
+    if settings.json:
+        print(json.dumps([h.model_dump(mode="json") for h in found], indent=2), file=out)
+    else:
+        print(hosts_table(found), file=out)
+    return 0
+
+
+class _Outcome(Protocol):
+    """A deployment's or a build's result, as far as printing it goes."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def model_dump_json(self, *, indent: int | None = None) -> str: ...
+
+
+R = TypeVar("R", bound=_Outcome)
+
+
+def finish(
+    finished: Finished[R],
+    summarize: Callable[[R], str],
+    *,
+    json_out: bool,
+    out: TextIO,
+    interrupted: str,
+) -> int:
+    """Print a deploy's (or a build's) result, a summary or JSON, and decide the command's
+    exit status: 0 when every host ended as asked, 1 when any did not, 128+N when signal N
+    cut the wait short (what was asked for goes on). Usage, key and connection errors are
+    2, from ``cli.main``."""
+    result = finished.value
+    if result is None:
+        print(f"fleet-deploy: interrupted; {interrupted}", file=sys.stderr)
+        return finished.exit_code
+    if json_out:
+        print(result.model_dump_json(indent=2), file=out)
+    else:
+        print("\n" + summarize(result), file=out)
+    return 0 if result.ok else 1

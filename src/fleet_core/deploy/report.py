@@ -1,0 +1,138 @@
+"""Turning results into text for people (pure): live status lines, summaries, host tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.protocol.messages import HostInfo
+
+__all__ = [
+    "RECOVERED",
+    "TAIL_LINES",
+    "connection_line",
+    "host_line",
+    "hosts_table",
+    "summary",
+    "trust_lines",
+]
+
+TAIL_LINES = 20  # the lines of a failure's output a summary shows
+RECOVERED = "(recovered from its job record)"  # a final status whose message was lost
+
+
+def connection_line(outage: Outage) -> str:
+    """The deployer's own connection dropped (no duration yet) or came back."""
+    if outage.duration_s is None:
+        return "NATS connection lost — reconnecting"
+    return f"reconnected after {outage.duration_s:.1f} s"
+
+
+def host_line(host: HostResult) -> str:
+    """One line for a host whose state just changed."""
+    detail = host.message
+    if host.phase and host.status == "progress":
+        detail = f"[{host.phase}] {detail}"
+    if host.error:
+        detail = f"{host.error}: {detail}"
+    if host.recovered:
+        detail = f"{detail} {RECOVERED}"
+    return f"  {host.hostname:<20} {host.status:<10} {detail}".rstrip()
+
+
+def summary(result: DeploymentResult) -> str:
+    """The final report: a row per host, the log tail of every failure, and a verdict."""
+    lines = [
+        f"deployment {result.deployment_id}: {result.action} of {result.revision} "
+        f"to {result.subject} ({result.duration_s:.1f} s)",
+        "",
+        f"  {'HOST':<20} {'STATUS':<10} {'TIME':>8}  MESSAGE",
+    ]
+    for host in result.hosts:
+        took = f"{host.duration_s:.1f}s" if host.duration_s is not None else "-"
+        note = f"{host.error}: {host.message}" if host.error else host.message
+        marker = "" if host.expected else " (unexpected)"
+        marker += f" {RECOVERED}" if host.recovered else ""
+        lines.append(f"  {host.hostname:<20} {host.status:<10} {took:>8}  {note}{marker}")
+    for host in result.hosts:
+        if host.log_tail:
+            lines += ["", f"--- last output of {host.hostname} ---"]
+            lines += [f"  {line}" for line in host.log_tail[-TAIL_LINES:]]
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items()))
+    verdict = "OK" if result.ok else "NOT OK"
+    if not result.hosts:
+        counts = "no host answered"
+    if result.outages:
+        lines += ["", _outages(result)]
+    lines += trust_lines(result)
+    if result.ok and not result.server_verified:
+        verdict += " (not server-verified)"
+    lines += ["", f"{verdict}: {counts}"]
+    return "\n".join(lines)
+
+
+def trust_lines(result: DeploymentResult) -> list[str]:
+    """What the deployer did not believe, and what it believed without the server's word."""
+    lines: list[str] = []
+    if result.flagged_count:
+        lines += ["", f"Not believed, so not counted ({result.flagged_count}):"]
+        lines += [
+            f"  {f.hostname:<20} {f.claim:<10} on {f.subject}: {f.reason}" for f in result.flagged
+        ]
+        if result.flagged_count > len(result.flagged):
+            lines.append(f"  … and {result.flagged_count - len(result.flagged)} more")
+    if result.unverified:
+        lines += [
+            "",
+            f"Not server-verified: {', '.join(result.unverified)} answered on the bare reply "
+            "subject (as homelab-deploy listeners do), which any listener key may publish to "
+            "under homelab-deploy's NATS layout.",
+        ]
+    return lines
+
+
+def _outages(result: DeploymentResult) -> str:
+    """What the deployer's own outages did: a status sent meanwhile is read back, not lost."""
+    times = "once" if len(result.outages) == 1 else f"{len(result.outages)} times"
+    down = sum(o.duration_s or 0.0 for o in result.outages)
+    text = f"This deployer's NATS connection was lost {times} ({down:.1f} s in all)"
+    if result.outages[-1].duration_s is None:
+        text += " and was still down at the end"
+    recovered = [host.hostname for host in result.hosts if host.recovered]
+    if len(recovered) == 1:
+        text += (
+            f"; the final status of {recovered[0]}, sent meanwhile, was read back from its "
+            "job record"
+        )
+    elif recovered:
+        text += (
+            f"; the final statuses of {len(recovered)} hosts, sent meanwhile, were read back "
+            "from their job records"
+        )
+    return text + "."
+
+
+def hosts_table(hosts: Sequence[HostInfo]) -> str:
+    """Discovered hosts as an aligned table; a KIND column only when a host is not NixOS
+    (a listener that does not say is NixOS), so an all-NixOS fleet's table is unchanged."""
+    if not hosts:
+        return "no hosts answered discovery"
+    kinds = [h.kind or "nixos" for h in hosts]
+    with_kind = any(kind != "nixos" for kind in kinds)
+    rows = [("HOST", "TIER", "ROLE", *(("KIND",) if with_kind else ()), "STATE", "VERSION")]
+    rows += [
+        (
+            h.hostname,
+            h.tier,
+            h.role or "-",
+            *((kind,) if with_kind else ()),
+            "busy" if h.busy else "idle",
+            h.version or "-",
+        )
+        for h, kind in zip(hosts, kinds, strict=True)
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

@@ -1,0 +1,576 @@
+"""Following one deployment host by host, and deciding when it is over (pure: no I/O).
+
+The deployer feeds every status it hears and the current time into a ``DeploymentTracker``;
+the tracker says which hosts changed, when to look again, and whether every host is final.
+Only *final* states count towards success: a deployment is ``ok`` when every host it knows
+of — each expected one and each that answered unasked — ended ``completed``.
+
+Final states: ``completed``, ``failed`` and ``rejected`` come from the listener; the
+deployer itself decides ``missing`` (an expected host never answered), ``lost`` (a host went
+silent after answering) and ``timeout`` (the deployment's deadline passed first).
+
+Core NATS delivers at most once: a status published while the deployer's connection was
+down (or before its subscription was back) is gone. So the tracker does not guess where it
+can ask: it says which hosts to send a *job query* (``due_queries``), and the deployer hands
+the answers back (``take_job_answers``):
+
+- a host whose silence limit passed is asked before it is called ``lost``: one still
+  running (or accepted) is alive and its silence clock restarts; one whose record is
+  finished ends with that record's final status, marked ``recovered``; one that does not
+  answer, or has no record of the job, is ``lost``;
+- after the deployer's own connection comes back, every host not final yet is asked, and
+  asked again a few times (``RECHECK_AFTER``) while it has not been heard from: a host that
+  reconnects after the deployer did could not answer the first question;
+- while the connection is down (``connection_lost`` … ``connection_back``) the hosts'
+  clocks stand still: an outage is not silence, and does not use up the answer window. The
+  deadline stays wall-clock; a host still open when it passes during an outage ends
+  ``timeout`` with a message that blames NATS, not the host — as does every open host at
+  once when the connection is given up for good (``connection_gone``).
+
+Which statuses count is the deployer's to judge (``fleet_core.protocol.trust``); the tracker keeps
+what it needs for that — the hosts known to answer on their own bound reply subject, whether
+something counted came on the bare one (then the result is not ``server_verified``) — and
+the list of what was ``flagged`` and dropped.
+
+It is longer than most modules because these rules interlock (a host being asked is not
+missing yet; a question asked across a drop is void); keeping them in one pure class is what
+lets ``tests/test_tracking.py`` drive every case with explicit clocks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_core.protocol.messages import FINAL_STATUSES, JobPhase, JobSummary, Status
+from fleet_core.protocol.trust import MAX_FLAGGED, Flagged
+
+__all__ = [
+    "FINAL_STATES",
+    "RECHECK_AFTER",
+    "DeploymentResult",
+    "DeploymentTracker",
+    "HostResult",
+    "HostState",
+    "Outage",
+]
+
+HostState = Literal[
+    "pending",
+    "accepted",
+    "started",
+    "progress",
+    "completed",
+    "failed",
+    "rejected",
+    "missing",
+    "lost",
+    "timeout",
+]
+FINAL_STATES: frozenset[str] = frozenset(
+    {*(s.value for s in FINAL_STATUSES), "missing", "lost", "timeout"}
+)
+# Seconds between the rounds of job queries after a reconnect, for hosts not heard from since.
+RECHECK_AFTER: Final = (1.0, 2.0, 4.0)
+
+
+class HostResult(BaseModel):
+    """What is known of one host in one deployment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hostname: str
+    status: HostState = Field(description="latest state; final ones end the host's part")
+    final: bool = False
+    expected: bool = Field(True, description="false when the host answered without being expected")
+    error: str | None = Field(None, description="error code of a failed or rejected host")
+    message: str = ""
+    phase: str | None = None
+    duration_s: float | None = None
+    log_tail: list[str] = Field(default_factory=list, description="last output lines of a failure")
+    recovered: bool = Field(
+        False,
+        description="true when the final status was read from the host's job record (a job "
+        "query) because the status message itself was lost, e.g. in a NATS outage",
+    )
+
+
+class Outage(BaseModel):
+    """A time the deployer's own NATS connection was down during a deployment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    started_at: float = Field(description="when the connection dropped (Unix time)")
+    duration_s: float | None = Field(None, description="how long it was down; null: still down")
+
+
+class DeploymentResult(BaseModel):
+    """The outcome of one deployment (or its state so far, while ``done`` is false)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployment_id: str
+    subject: str
+    tier: str
+    action: str
+    revision: str
+    ok: bool = Field(description="true only when every host's final status is completed")
+    done: bool = Field(description="true when every host is final")
+    counts: dict[str, int] = Field(description="number of hosts in each state")
+    hosts: list[HostResult]
+    duration_s: float
+    outages: list[Outage] = Field(
+        default_factory=list,
+        description="times the deployer's own NATS connection was down (not the hosts')",
+    )
+    server_verified: bool = Field(
+        True,
+        description="true when every status that counted came on its host's own reply subject "
+        "(<reply>.<tier>.<host>), which under the layout nats-config writes only that host may "
+        "publish to; false when one came on the bare reply subject (homelab-deploy listeners "
+        "answer there), which any listener key may publish to under homelab-deploy's layout",
+    )
+    flagged: list[Flagged] = Field(
+        default_factory=list,
+        description=f"statuses and answers not believed, so not counted (the first {MAX_FLAGGED})"
+        ": a body that contradicts the subject it came on, another request id, an unexpected "
+        "host or tier on the bare reply subject",
+    )
+    flagged_count: int = Field(0, description="how many were flagged in all")
+    unverified: list[str] = Field(
+        default_factory=list,
+        description="hosts whose counted status or job answer came on the bare reply subject",
+    )
+
+
+class DeploymentTracker:
+    """Per-host state of one deployment; every method takes ``now`` (monotonic seconds).
+
+    Everything the deployer asks after each message (``done``, ``ok``, ``next_check``,
+    ``expire``, ``due_queries``) is kept up to date incrementally, so a deployment to N hosts
+    costs O(N) overall, not O(N) per message: at a thousand hosts that is the difference
+    between milliseconds and seconds. Only a reconnect and a round of job queries touch every
+    open host, once each.
+
+    Two clocks: the deadline runs on ``now``; the answer window and the silence limits run on
+    the *host clock*, ``now`` minus the time the deployer's connection was down.
+    """
+
+    def __init__(
+        self,
+        expected: Iterable[str],
+        *,
+        started_at: float,
+        timeout: float,
+        answer_within: float,
+        silence_limit: float,
+        recheck_after: Sequence[float] = RECHECK_AFTER,
+    ) -> None:
+        self._started_at = started_at
+        self._deadline = started_at + timeout
+        self._answer_by = started_at + answer_within  # on the host clock
+        self._silence_limit = silence_limit
+        self._recheck_after = tuple(recheck_after)
+        names = sorted(set(expected))
+        self._hosts: dict[str, HostResult] = {
+            name: HostResult(hostname=name, status="pending") for name in names
+        }
+        self._counts: Counter[str] = Counter({"pending": len(names)} if names else {})
+        self._open = len(names)  # hosts not final yet
+        self._pending: set[str] = set(names)  # expected hosts not heard from yet
+        # Host-clock time of the last message of every host that answered and is not final
+        # (nor silent), oldest first.
+        self._quiet: OrderedDict[str, float] = OrderedDict()
+        self._silent: set[str] = set()  # past the silence limit, not heard from since
+        self._due: set[str] = set()  # silent hosts not asked yet: to be asked before "lost"
+        self._unconfirmed: set[str] = set()  # not heard from since the connection came back
+        self._recheck_at: float | None = None  # when to ask the unconfirmed hosts again
+        self._rechecks = 0  # rounds asked since the connection came back
+        self._asking: set[str] = set()  # the hosts of the job query in flight
+        self._asking_round = False  # whether it is one of the rounds after a reconnect
+        self._asking_pending = 0  # how many of them are pending
+        self._asked_at_outage = 0  # len(_outages) when the query in flight was sent
+        self._down_since: float | None = None
+        self._paused = 0.0  # seconds the connection was down, all outages together
+        self._outages: list[Outage] = []
+        self._nobody_listens = False
+        self._now = started_at
+        self._bound: set[str] = set()  # hosts that answered on their own bound reply subject
+        self._unverified: set[str] = set()  # hosts whose counted status came on the bare one
+        self._flagged: list[Flagged] = []
+        self._flagged_count = 0
+
+    @property
+    def hosts(self) -> list[HostResult]:
+        return list(self._hosts.values())
+
+    @property
+    def connected(self) -> bool:
+        return self._down_since is None
+
+    @property
+    def done(self) -> bool:
+        """Every known host is final — or nobody was expected and the answer window closed."""
+        if self._hosts:
+            return self._open == 0
+        return (
+            self._nobody_listens
+            or self._now >= self._deadline
+            or self._host_clock(self._now) >= self._answer_by
+        )
+
+    @property
+    def ok(self) -> bool:
+        return bool(self._hosts) and self._counts["completed"] == len(self._hosts)
+
+    def expects(self, name: str) -> bool:
+        """Whether ``name`` is one of the hosts the deployment waits for."""
+        host = self._hosts.get(name)
+        return host is not None and host.expected
+
+    def speaks_bound(self, name: str) -> bool:
+        """Whether ``name`` has answered on its own bound reply subject (here or in discovery)."""
+        return name in self._bound
+
+    def heard_bound(self, names: Iterable[str]) -> None:
+        """``names`` answered the deployment's discovery on their bound reply subjects."""
+        self._bound.update(names)
+
+    def flag(self, flagged: Flagged) -> None:
+        """A status or answer the deployer did not believe: listed (the first few), not counted."""
+        self._flagged_count += 1
+        if len(self._flagged) < MAX_FLAGGED:
+            self._flagged.append(flagged)
+
+    def observe(self, status: Status, now: float, *, bound: bool = True) -> HostResult | None:
+        """Take one status message the deployer believes; returns the host's new state, or
+        None if nothing changed. ``bound``: it came on the host's own bound reply subject."""
+        self._now = max(self._now, now)
+        name = status.hostname
+        if bound:
+            self._bound.add(name)
+        current = self._hosts.get(name)
+        if current is not None and current.final:
+            return None  # a late or duplicate message for a host that is already decided
+        if not bound:
+            self._unverified.add(name)
+        if current is None:
+            self._open += 1  # a host that answered unasked: it must finish too
+        else:
+            self._counts[current.status] -= 1
+        self._heard(name)
+        updated = HostResult(
+            hostname=name,
+            status=status.status.value,
+            final=status.is_final,
+            expected=current.expected if current is not None else False,
+            error=status.error,
+            message=status.message,
+            phase=status.phase or (current.phase if current else None),
+            duration_s=status.duration_s,
+            log_tail=status.log_tail or [],
+        )
+        self._hosts[name] = updated
+        self._counts[updated.status] += 1
+        if updated.final:
+            self._open -= 1
+            self._quiet.pop(name, None)
+        else:
+            self._quiet[name] = self._host_clock(now)
+            self._quiet.move_to_end(name)
+        return updated
+
+    def nobody_listens(self, now: float) -> list[HostResult]:
+        """The server said no subscriber exists for the subject: every silent host is missing."""
+        self._now = max(self._now, now)
+        self._nobody_listens = True
+        return self._finish(
+            sorted(self._pending), "missing", "no listener is subscribed to the subject"
+        )
+
+    def expire(self, now: float) -> list[HostResult]:
+        """Apply the deadlines that have passed by ``now``; returns the hosts that changed.
+
+        A host past its silence limit does not change here: it becomes due for a job query.
+        """
+        self._now = max(self._now, now)
+        if now >= self._deadline:
+            unfinished = [name for name, host in self._hosts.items() if not host.final]
+            if self._down_since is not None:
+                message = (
+                    "NATS was unreachable when the deployment's deadline passed (the "
+                    f"deployer's connection had been down for {now - self._down_since:.1f} s): "
+                    "this host's outcome is unknown, and it may still be deploying"
+                )
+            else:
+                message = "the deployment timed out before this host finished"
+            return self._finish(unfinished, "timeout", message)
+        if self._down_since is not None:
+            return []  # an outage is not the hosts' silence
+        clock = self._host_clock(now)
+        changed: list[HostResult] = []
+        if clock >= self._answer_by and len(self._pending) > self._asking_pending:
+            # Hosts being asked wait for their answer; the others never answered at all.
+            unheard = sorted(name for name in self._pending if name not in self._asking)
+            changed += self._finish(unheard, "missing", "the host never answered")
+        while self._quiet:
+            name, heard = next(iter(self._quiet.items()))
+            if clock - heard < self._silence_limit:
+                break  # the rest were heard from more recently
+            del self._quiet[name]
+            self._silent.add(name)
+            self._due.add(name)
+        return changed
+
+    def due_queries(self, now: float) -> list[str]:
+        """The hosts to send a job query now (none while one is out or NATS is down).
+
+        The deployer sends one query naming them and hands its answers, even none, to
+        ``take_job_answers``.
+        """
+        self._now = max(self._now, now)
+        if self._down_since is not None or self._asking:
+            return []
+        ask, self._due = self._due, set()
+        self._asking_round = self._recheck_at is not None and now >= self._recheck_at
+        if self._asking_round:
+            self._recheck_at = None
+            ask |= self._unconfirmed
+        if not ask:
+            return []
+        self._asking = ask
+        self._asking_pending = len(ask & self._pending)
+        self._asked_at_outage = len(self._outages)
+        return sorted(ask)
+
+    def take_job_answers(
+        self,
+        answers: Mapping[str, JobSummary | None],
+        now: float,
+        *,
+        bare: Collection[str] = (),
+    ) -> list[HostResult]:
+        """The answers to the query ``due_queries`` asked for, by hostname; returns the changes.
+
+        ``None`` is the answer of a listener too old to know job queries. A host that did not
+        answer is ``lost`` if it was asked for its silence — unless the deployer's connection
+        dropped meanwhile, which voids the question: it is asked again once NATS is back.
+        ``bare`` names the hosts whose answer came on the bare reply subject: the result is
+        then not server-verified.
+        """
+        self._now = max(self._now, now)
+        asked, self._asking, self._asking_pending = self._asking, set(), 0
+        void = self._down_since is not None or len(self._outages) != self._asked_at_outage
+        # After a reconnect a host may come back later than the deployer: it has until the
+        # last round to answer before its silence makes it lost.
+        rounds_over = self._rechecks >= len(self._recheck_after)
+        changed: list[HostResult] = []
+        for name in sorted(asked):
+            host = self._hosts[name]
+            if host.final:
+                continue  # its own final status came first
+            if name in answers:
+                if name in bare:
+                    self._unverified.add(name)
+                changed += self._take_answer(host, answers[name], now)
+            elif (
+                name in self._silent and not void and (rounds_over or name not in self._unconfirmed)
+            ):
+                changed += self._finish(
+                    [name],
+                    "lost",
+                    f"the host went silent for {self._silence_limit:g} s and did not answer "
+                    "a job query",
+                )
+        if self._asking_round and self._unconfirmed and not void:
+            if self._rechecks < len(self._recheck_after):
+                self._recheck_at = now + self._recheck_after[self._rechecks]
+                self._rechecks += 1
+            else:  # the silence limit takes it from here
+                self._unconfirmed.clear()
+        return changed
+
+    def connection_lost(self, now: float, *, at: float) -> Outage | None:
+        """The deployer's connection dropped (``at``: the Unix time, for people); the hosts'
+        clocks stop. Returns the outage begun, or None if it was already down."""
+        self._now = max(self._now, now)
+        if self._down_since is not None:
+            return None
+        self._down_since = now
+        self._outages.append(Outage(started_at=at))
+        return self._outages[-1]
+
+    def connection_gone(self, now: float) -> list[HostResult]:
+        """The connection is closed for good (its reconnect attempts ran out): nothing more
+        can be heard, so every open host ends ``timeout``, saying NATS was unreachable."""
+        self._now = max(self._now, now)
+        down = now - self._down_since if self._down_since is not None else 0.0
+        unfinished = [name for name, host in self._hosts.items() if not host.final]
+        return self._finish(
+            unfinished,
+            "timeout",
+            f"NATS was unreachable: the deployer gave up reconnecting after {down:.0f} s, so "
+            "this host's outcome is unknown, and it may still be deploying",
+        )
+
+    def connection_back(self, now: float) -> Outage | None:
+        """The connection is back: the hosts' clocks run again, and every open host is due
+        for a job query. Returns the outage ended, or None if it was not down."""
+        self._now = max(self._now, now)
+        if self._down_since is None:
+            return None
+        length = max(0.0, now - self._down_since)
+        self._paused += length
+        self._down_since = None
+        self._outages[-1] = self._outages[-1].model_copy(update={"duration_s": round(length, 3)})
+        self._unconfirmed = {name for name, host in self._hosts.items() if not host.final}
+        self._recheck_at = now
+        self._rechecks = 0
+        return self._outages[-1]
+
+    def next_check(self) -> float:
+        """The next moment at which ``expire`` or ``due_queries`` could change something."""
+        moment = self._deadline
+        if self._down_since is not None:
+            return moment
+        if len(self._pending) > self._asking_pending or not self._hosts:
+            moment = min(moment, self._answer_by + self._paused)
+        if self._quiet:
+            oldest = next(iter(self._quiet.values()))
+            moment = min(moment, oldest + self._silence_limit + self._paused)
+        if self._recheck_at is not None and not self._asking:
+            moment = min(moment, self._recheck_at)
+        return moment
+
+    def result(
+        self,
+        *,
+        deployment_id: str,
+        subject: str,
+        tier: str,
+        action: str,
+        revision: str,
+        now: float,
+    ) -> DeploymentResult:
+        # Built without re-validating every host: each HostResult was validated when made.
+        return DeploymentResult.model_construct(
+            deployment_id=deployment_id,
+            subject=subject,
+            tier=tier,
+            action=action,
+            revision=revision,
+            ok=self.ok,
+            done=self.done,
+            counts={state: n for state, n in self._counts.items() if n},
+            hosts=self.hosts,
+            duration_s=round(now - self._started_at, 3),
+            outages=list(self._outages),
+            server_verified=not self._unverified,
+            flagged=list(self._flagged),
+            flagged_count=self._flagged_count,
+            unverified=sorted(self._unverified),
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _host_clock(self, now: float) -> float:
+        """``now`` without the time the connection was down (standing still while it is)."""
+        return (now if self._down_since is None else self._down_since) - self._paused
+
+    def _heard(self, name: str) -> None:
+        """``name`` spoke (a status or a job answer): it is neither unheard nor silent."""
+        if name in self._pending:
+            self._pending.discard(name)
+            if name in self._asking:
+                self._asking_pending -= 1
+        self._silent.discard(name)
+        self._due.discard(name)
+        self._unconfirmed.discard(name)
+
+    def _take_answer(
+        self, host: HostResult, job: JobSummary | None, now: float
+    ) -> list[HostResult]:
+        name = host.hostname
+        self._unconfirmed.discard(name)  # it answered: it is connected
+        silent = name in self._silent
+        if job is None:  # alive, but its listener cannot say what became of the job
+            if silent:
+                return self._finish(
+                    [name],
+                    "lost",
+                    f"the host went silent for {self._silence_limit:g} s; its listener is "
+                    "too old to answer a job query",
+                )
+            return []
+        if job.phase is JobPhase.FINISHED and job.status in FINAL_STATUSES:
+            return [self._recover(host, job)]
+        if job.phase in (JobPhase.ACCEPTED, JobPhase.RUNNING):
+            return self._alive(host, job.phase, now)
+        # No record of the job: a pending host never got the request (the answer window
+        # decides), one that answered before has lost it.
+        if silent:
+            return self._finish(
+                [name],
+                "lost",
+                f"the host went silent for {self._silence_limit:g} s and has no record of "
+                "this deployment",
+            )
+        return []
+
+    def _alive(self, host: HostResult, phase: JobPhase, now: float) -> list[HostResult]:
+        """The host is still at the job: its silence clock starts again."""
+        name = host.hostname
+        was_pending = name in self._pending
+        self._heard(name)
+        self._quiet[name] = self._host_clock(now)
+        self._quiet.move_to_end(name)
+        if not was_pending:
+            return []
+        # Its accepted and started statuses were lost: say what it told the query instead.
+        status: HostState = "accepted" if phase is JobPhase.ACCEPTED else "started"
+        updated = host.model_copy(
+            update={"status": status, "message": f"{phase.value}, by its answer to a job query"}
+        )
+        self._replace(host, updated)
+        return [updated]
+
+    def _recover(self, host: HostResult, job: JobSummary) -> HostResult:
+        """The host's record holds the final status whose message was lost."""
+        assert job.status is not None
+        self._heard(host.hostname)
+        updated = HostResult(
+            hostname=host.hostname,
+            status=job.status.value,
+            final=True,
+            expected=host.expected,
+            error=job.error,
+            message=job.message or "",
+            phase=host.phase,
+            duration_s=job.duration_s,
+            log_tail=job.log_tail or [],
+            recovered=True,
+        )
+        self._replace(host, updated)
+        self._open -= 1
+        self._quiet.pop(host.hostname, None)
+        return updated
+
+    def _replace(self, host: HostResult, updated: HostResult) -> None:
+        self._hosts[host.hostname] = updated
+        self._counts[host.status] -= 1
+        self._counts[updated.status] += 1
+
+    def _finish(self, names: Iterable[str], state: HostState, message: str) -> list[HostResult]:
+        changed: list[HostResult] = []
+        for name in names:
+            host = self._hosts[name]
+            updated = host.model_copy(update={"status": state, "final": True, "message": message})
+            self._heard(name)
+            self._replace(host, updated)
+            self._open -= 1
+            self._quiet.pop(name, None)
+            changed.append(updated)
+        return changed

@@ -1,0 +1,101 @@
+"""Which final status a rebuild's result becomes (pure: no I/O).
+
+The listener runs the rebuild; this module only judges what came back, so every way a
+rebuild can end — done, failed with nix's error, stopped at its deadline, stopped on request,
+never started, or lost with its job runner — is decided in one function that is tested
+against recorded nixos-rebuild output.
+
+The outcome is what people are told, on the wire and in the job record alike, so its
+message and tail are redacted and bounded here rather than by each reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet_core.host.jobs.rebuild_output import failure_summary, success_summary
+from fleet_core.protocol.actions import Action, redact
+from fleet_core.protocol.messages import MAX_MESSAGE_CHARS, ErrorCode, StatusKind
+
+__all__ = ["Outcome", "RebuildResult", "decide"]
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    """What a ``Rebuilder`` reports once the rebuild process is gone."""
+
+    exit_code: int | None
+    timed_out: bool
+    tail: list[str]
+    duration_s: float
+    start_error: str | None = None  # the program could not be started at all
+    cancelled: bool = False  # its job runner was told to stop it (SIGTERM to the runner)
+    lost: str | None = None  # why the result cannot be known: the job runner vanished
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.cancelled
+            and self.start_error is None
+            and self.lost is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A job's final status: ``kind`` is completed or failed; a failure carries its tail."""
+
+    kind: StatusKind
+    error: ErrorCode | None = None
+    message: str = ""
+    log_tail: tuple[str, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is StatusKind.COMPLETED
+
+
+def decide(
+    result: RebuildResult,
+    *,
+    action: Action,
+    revision: str,
+    timeout: float,
+    program: str = "nixos-rebuild",
+) -> Outcome:
+    """The final status of a rebuild of ``revision`` with ``action`` that ran into ``result``;
+    ``program`` (darwin-rebuild, home-manager) is what the messages say ran.
+
+    A deadline or a stop wins over the exit code: a group stopped by SIGTERM exits non-zero,
+    and "build_failed" would send the reader looking for a nix error that is not there. A
+    result that was lost with its job runner is ``cancelled`` too: the rebuild did not finish
+    under supervision, and nothing says it failed to build.
+    """
+    if result.ok:
+        message = success_summary(result.tail, action.value, revision)
+        return Outcome(StatusKind.COMPLETED, message=_shown(message))
+    if result.timed_out:
+        error = ErrorCode.TIMEOUT
+        message = (
+            f"{program} ran longer than {timeout:g} s and was stopped with its whole process group"
+        )
+    elif result.lost is not None:
+        error = ErrorCode.CANCELLED
+        message = result.lost
+    elif result.cancelled:
+        error = ErrorCode.CANCELLED
+        message = "the rebuild was stopped before it finished: its job runner was told to stop"
+    else:
+        error = ErrorCode.BUILD_FAILED
+        message = result.start_error or failure_summary(
+            result.tail, result.exit_code, program=program
+        )
+    tail = tuple(redact(line) for line in result.tail)
+    return Outcome(StatusKind.FAILED, error, _shown(message), tail)
+
+
+def _shown(message: str) -> str:
+    # Redacted before it is cut: a cut through "user:token@" would hide it from redact().
+    return redact(message)[:MAX_MESSAGE_CHARS]

@@ -1,0 +1,405 @@
+"""The host daemon: answer discovery, take one deploy at a time, stream its status.
+
+A deploy request walks accepted → started → progress… → completed | failed, or is rejected
+at once with an error code. The NATS callbacks only validate, reply and hand the job to a
+task the listener owns; the rebuild itself never runs inside a callback, nor inside this
+process: ``fleet_core.host.jobs.manager`` runs and follows it under the job runner, so a
+listener that stops leaves it running and the next one reports it. Whatever arrives, the
+callbacks catch it: bad input costs a log line, never the daemon.
+
+Upgrades take effect: with ``--restart-if-changed PATH`` (the NixOS module passes the
+listener's own unit file) the listener fingerprints those files when it starts and again
+after each switch or test it ran; when they changed, it reports that job's final status and
+then ``serve`` returns with ``restart_reason`` set, for the command to exit with
+``RESTART_EXIT_CODE``, which the unit restarts (its ``restartIfChanged`` is false).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import structlog
+
+from fleet_core import __version__
+from fleet_core.bus import Bus, Message, Subscription
+from fleet_core.config.options import RESTART_EXIT_STATUS
+from fleet_core.config.settings import ListenerSettings
+from fleet_core.errors import FleetError, RequestRejected
+from fleet_core.host.jobs.launch import Rebuilder, rebuilder_for
+from fleet_core.host.jobs.manager import HostJobs, Job
+from fleet_core.host.jobs.outcome import Outcome
+from fleet_core.host.jobs.store import JobRecord
+from fleet_core.host.status_reporter import StatusReporter
+from fleet_core.protocol.actions import Action, validate_action_for
+from fleet_core.protocol.messages import (
+    DeployRequest,
+    ErrorCode,
+    HostInfo,
+    InvalidRequest,
+    JobPhase,
+    JobSummary,
+    StatusKind,
+    encode,
+    parse_deploy_request,
+    parse_discover_request,
+)
+from fleet_core.protocol.signing import ReplayCache, verify_request
+from fleet_core.protocol.trust import bound_reply
+
+if TYPE_CHECKING:
+    from fleet_core.metrics import ListenerMetrics
+
+__all__ = ["RESTART_EXIT_CODE", "Listener", "fingerprint"]
+
+log = structlog.get_logger("fleet.listener")
+
+RESTART_EXIT_CODE = RESTART_EXIT_STATUS  # the NixOS unit lists it in RestartForceExitStatus
+_ACTIVATING = frozenset({Action.SWITCH, Action.TEST})
+
+Fingerprint = tuple[tuple[str, str, str | None], ...]
+
+
+def fingerprint(paths: Sequence[Path]) -> Fingerprint:
+    """Each path, where it resolves to, and a hash of its content (of a directory: of its
+    entries and where they resolve to); None for a path that is not there. Blocking I/O."""
+    found = []
+    for path in paths:
+        real = os.path.realpath(path)
+        digest: str | None
+        try:
+            if os.path.isdir(real):
+                entries = sorted(os.listdir(real))
+                listing = "\n".join(f"{e} {os.path.realpath(Path(real, e))}" for e in entries)
+                digest = hashlib.sha256(listing.encode()).hexdigest()
+            else:
+                digest = hashlib.sha256(Path(real).read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        found.append((str(path), real, digest))
+    return tuple(found)
+
+
+class Listener:
+    """Serves deploy requests for one host until its ``serve`` task is cancelled, or until
+    an upgrade of its own unit asks for a restart (then ``restart_reason`` says why).
+
+    ``rebuilder`` launches the job runner; by default as ``settings.rebuild_runner`` says.
+    ``metrics`` (``--metrics-enabled``) counts every final status this listener sends and
+    reads how many jobs are in progress.
+    """
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        rebuilder: Rebuilder | None = None,
+        *,
+        metrics: ListenerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.jobs = HostJobs(
+            settings,
+            rebuilder if rebuilder is not None else rebuilder_for(settings),
+            reporter_for=self._reporter,
+            on_finished=self._after_job,
+        )
+        self.restart_reason: str | None = None
+        self._baseline: Fingerprint = ()
+        self._restart: anyio.Event | None = None  # made in serve: an event needs a loop
+        self._bus: Bus | None = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._replays = ReplayCache()  # signed request ids seen, until they would expire
+        self._log = log.bind(host=settings.hostname, tier=settings.tier.value)
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.count_in_progress(self._in_progress)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs.active)
+
+    def _in_progress(self) -> int:
+        """Jobs without a final outcome yet: one is decided before its status goes out, so a
+        requester that heard it never sees it still in progress. Called from the metrics
+        server's thread: it only reads a copy of the list."""
+        return sum(1 for job in list(self.jobs.active) if job.final is None)
+
+    async def serve(
+        self, bus: Bus, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Resume unfinished jobs, subscribe, report ready through ``task_status``, and serve
+        until cancelled (or until an upgrade asks for a restart: then it returns).
+
+        Jobs left on disk are taken up before the first subscription, so a request can never
+        start a rebuild beside one that is still running. On cancellation no new request is
+        taken from that moment on (each is answered ``rejected/cancelled`` until the
+        subscriptions are gone), and a running rebuild is left running: the next listener
+        resumes it. Only ``stop_jobs`` stops rebuilds.
+        """
+        self._bus = bus
+        self._restart = restart = anyio.Event()
+        subscriptions: list[Subscription] = []
+        paths = self.settings.restart_if_changed
+        self._baseline = await anyio.to_thread.run_sync(fingerprint, paths)
+        try:
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                await self.jobs.resume(tasks)
+                for subject in self.settings.subjects:
+                    subscriptions.append(await bus.subscribe(subject, self._on_deploy))
+                subscriptions.append(
+                    await bus.subscribe(self.settings.discover_subject, self._on_discover)
+                )
+                await bus.flush()
+                self._log.info(
+                    "listening",
+                    subjects=list(self.settings.subjects),
+                    discover=self.settings.discover_subject,
+                    version=__version__,
+                    rebuild_runner=self.settings.rebuild_runner,
+                    host_kind=self.settings.host_kind.value,
+                    configuration=self.settings.flake_configuration,
+                    trusted_deployer_keys=list(self.settings.trusted_deployer_keys),
+                    resumed=[job.request_id for job in self.jobs.active],
+                )
+                task_status.started()
+                try:
+                    await restart.wait()
+                finally:
+                    # Before the job tasks are cancelled: from here on a request is refused.
+                    self._tasks = None
+                tasks.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                for subscription in subscriptions:
+                    await subscription.unsubscribe()
+            self._tasks = None
+            self._log.info("stopped", restart=self.restart_reason)
+
+    async def stop_jobs(self) -> int:
+        """Stop this host's running rebuilds and report them ``failed/cancelled``.
+
+        For clean-ups that promise nothing outlives them (``fleet_core.testing``, the
+        sandbox), after ``serve`` has ended and while its connection is still open.
+        """
+        return await self.jobs.stop_jobs()
+
+    # -- callbacks: the edge where every error is caught -------------------------------------
+
+    async def _on_deploy(self, msg: Message) -> None:
+        try:
+            await self._handle_deploy(msg)
+        except FleetError as exc:
+            self._log.error("deploy_request_failed", subject=msg.subject, error=str(exc))
+        except Exception:  # the daemon outlives any bug in one request
+            self._log.exception("deploy_request_crashed", subject=msg.subject)
+
+    async def _on_discover(self, msg: Message) -> None:
+        try:
+            await self._handle_discover(msg)
+        except FleetError as exc:
+            self._log.error("discover_failed", error=str(exc))
+        except Exception:  # the daemon outlives any bug in one request
+            self._log.exception("discover_crashed")
+
+    # -- handling ----------------------------------------------------------------------------
+
+    def _reporter(
+        self,
+        reply_to: str,
+        request: DeployRequest | None = None,
+        request_id: str | None = None,
+        *,
+        bind: bool = False,
+    ) -> StatusReporter:
+        """A reporter to ``reply_to`` — bound to this host's tier and hostname when the
+        request asked for ``bind`` (a resumed job's request still does)."""
+        assert self._bus is not None
+        return StatusReporter(
+            self._bus,
+            hostname=self.settings.hostname,
+            tier=self.settings.tier.value,
+            reply_to=self._reply_subject(reply_to, bind or bool(request and request.bind)),
+            request=request,
+            request_id=request_id,
+            on_final=self._metrics.final_status if self._metrics is not None else None,
+        )
+
+    def _reply_subject(self, reply_to: str, bind: bool | None) -> str:
+        """Where this host answers ``reply_to``: ``<reply_to>.<tier>.<hostname>`` when bound."""
+        if not bind:
+            return reply_to
+        return bound_reply(reply_to, self.settings.tier.value, self.settings.hostname)
+
+    async def _handle_deploy(self, msg: Message) -> None:
+        try:
+            request = parse_deploy_request(msg.data, nats_reply=msg.reply)
+        except InvalidRequest as exc:
+            self._log.warning(
+                "request_rejected",
+                subject=msg.subject,
+                signer=exc.signer,
+                error=exc.code,
+                reason=str(exc),
+                reply_to=exc.reply_to,
+                size=len(msg.data),
+            )
+            if exc.reply_to is not None:
+                reporter = self._reporter(exc.reply_to, bind=exc.bind)
+                await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
+            return
+        request_id = request.id or uuid.uuid4().hex
+        reporter = self._reporter(request.reply_to, request, request_id)
+        signer = request.signer  # as the request claims it: a public key, never a secret
+        try:
+            # Every action is valid on the wire; this host's kind may lack one (a Home
+            # Manager host has no boot): refused now, before anything is accepted.
+            validate_action_for(self.settings.host_kind, request.action)
+            await self._verify(request, msg.subject)
+        except RequestRejected as exc:
+            self._log.warning(
+                "request_rejected",
+                request_id=request_id,
+                subject=msg.subject,
+                signer=signer,
+                error=exc.code,
+                reason=str(exc),
+            )
+            await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
+            return
+        if self._tasks is None:
+            self._log.info(
+                "request_rejected", request_id=request_id, signer=signer, error="shutting_down"
+            )
+            await reporter.send(
+                StatusKind.REJECTED,
+                error=ErrorCode.CANCELLED,
+                message=f"the listener on {self.settings.hostname} is shutting down: "
+                "deploy again once it is back",
+            )
+            return
+        if self.jobs.active:
+            running = self.jobs.active[-1].request_id
+            self._log.info(
+                "request_rejected",
+                request_id=request_id,
+                signer=signer,
+                error=ErrorCode.ALREADY_RUNNING.value,
+                running=running,
+            )
+            await reporter.send(
+                StatusKind.REJECTED,
+                error=ErrorCode.ALREADY_RUNNING,
+                message=f"{self.settings.hostname} is already running deploy {running}: "
+                "wait for it to finish",
+            )
+            return
+        # Taken before the first await, so a second request can never slip in beside it.
+        job = self.jobs.take(request, request_id, reporter)
+        self._log.info(
+            "request_accepted",
+            request_id=request_id,
+            subject=msg.subject,
+            signer=signer,
+            action=request.action.value,
+            revision=request.revision,
+        )
+        self._tasks.start_soon(self.jobs.run, job)
+
+    async def _verify(self, request: DeployRequest, subject: str) -> None:
+        """Raise ``RequestRejected`` unless this host may act on ``request``, which arrived
+        on ``subject``: with trusted deployer keys, it must be signed by one of them for that
+        very subject, recently, and be seen for the first time — by this process (the replay
+        cache) and by this host (a job record of its id survives restarts)."""
+        trusted = self.settings.trusted_deployer_keys
+        if not trusted:
+            return
+        verify_request(
+            request.signature_fields(),
+            request_id=request.id,
+            subject=subject,
+            action=request.action.value,
+            revision=request.revision,
+            trusted=trusted,
+            now=time.time(),
+            replays=self._replays,
+            ttl=self.settings.request_ttl,
+        )
+        assert request.id is not None  # verify_request refuses a request without one
+        if await anyio.to_thread.run_sync(self.jobs.store.load, request.id) is not None:
+            raise RequestRejected(
+                ErrorCode.REPLAYED_REQUEST,
+                f"request {request.id} already ran on {self.settings.hostname}: a signed "
+                "request runs at most once",
+            )
+
+    async def _handle_discover(self, msg: Message) -> None:
+        try:
+            request = parse_discover_request(msg.data, nats_reply=msg.reply)
+        except InvalidRequest as exc:
+            self._log.warning("discover_ignored", reason=str(exc), size=len(msg.data))
+            return
+        if request.tier is not None and request.tier != self.settings.tier:
+            return
+        if request.hosts is not None and self.settings.hostname not in request.hosts:
+            return
+        assert self._bus is not None
+        running = self.jobs.active[-1].request_id if self.jobs.active else None
+        info = HostInfo(
+            hostname=self.settings.hostname,
+            tier=self.settings.tier.value,
+            role=self.settings.role,
+            version=__version__,
+            busy=self.busy,
+            deploy_subjects=list(self.settings.subjects),
+            kind=self.settings.host_kind.value,
+            running_job=running,
+            job=await self._job_summary(request.job) if request.job is not None else None,
+        )
+        await self._bus.publish(self._reply_subject(request.reply_to, request.bind), encode(info))
+
+    async def _job_summary(self, request_id: str) -> JobSummary:
+        """What this host knows of the job ``request_id``: its record, or ``unknown``."""
+        followed = [j.record for j in self.jobs.active if j.request_id == request_id]
+        record: JobRecord | None = followed[-1] if followed else None
+        if record is None:
+            record = await anyio.to_thread.run_sync(self.jobs.store.load, request_id)
+        if record is None:
+            return JobSummary(request_id=request_id, phase=JobPhase.UNKNOWN)
+        return record.summary()
+
+    # -- upgrades ----------------------------------------------------------------------------
+
+    async def _after_job(self, job: Job, outcome: Outcome) -> None:
+        """After a switch or test (whatever its outcome: activation may have begun), restart
+        if the watched files changed — its final status has been sent already."""
+        paths = self.settings.restart_if_changed
+        if job.request.action not in _ACTIVATING or not paths or self.restart_reason:
+            return
+        now = await anyio.to_thread.run_sync(fingerprint, paths)
+        changed = [
+            path for (path, *new), (_, *old) in zip(now, self._baseline, strict=True) if new != old
+        ]
+        if not changed:
+            return
+        self.restart_reason = (
+            f"{job.request.action.value} of {job.request.revision} changed {', '.join(changed)}"
+        )
+        self._log.warning(
+            "restarting_after_upgrade",
+            request_id=job.request_id,
+            status=outcome.kind.value,
+            changed=changed,
+            exit_code=RESTART_EXIT_CODE,
+        )
+        self._tasks = None  # refuse requests from now on
+        if self._restart is not None:
+            self._restart.set()

@@ -1,0 +1,9 @@
+"""The wire protocol, pure: no I/O, tested without a server.
+
+Modules:
+    subjects    tiers, subjects, targets, aliases
+    actions     what a request may ask: actions, revisions, host kinds, flake URLs
+    messages    wire models and their size limits
+    signing     signed requests: canonical text, ed25519, TTL and replay checks
+    trust       bound replies: which host answered, and what a deployer believes
+"""

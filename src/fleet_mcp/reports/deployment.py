@@ -1,0 +1,261 @@
+"""One deployment as deploy, deploy_admin and deployment_status report it: the model (their
+output schema), its summary and next step, and its text within the budget.
+
+The summary says what happened and, when something went wrong, which hosts and why — also
+what this server's own NATS outages and the statuses it did not believe mean for the result.
+``next_step`` says what to do now: keep waiting with ``deployment_status`` while it runs,
+read the failures when it failed. Beyond ``TEXT_BUDGET`` (a thousand hosts and up) the text
+keeps every host that did not complete in full and counts the completed ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.protocol.trust import Flagged
+from fleet_mcp.reports.fitting import LISTED, hosts_within_budget, whole
+from fleet_mcp.reports.wording import (
+    DEFAULT_WAIT,
+    MAX_NAMED,
+    clock,
+    counted,
+    first_problems,
+    glance,
+    some_names,
+    trimmed,
+)
+
+__all__ = [
+    "DeploymentReport",
+    "deployment_report",
+    "deployment_resource",
+    "report_text",
+    "status_step",
+]
+
+
+class DeploymentReport(BaseModel):
+    """One deployment as the deploy tools and ``deployment_status`` report it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str = Field(description="what happened, in a sentence or two; read this first")
+    state: Literal["running", "finished"] = Field(
+        description="'running' when wait_seconds ran out first: the deployment goes on"
+    )
+    ok: bool = Field(description="true only when every host's final status is completed")
+    deployment_id: str = Field(description="pass to deployment_status to keep waiting")
+    subject: str = Field(description="the NATS subject the request went to")
+    tier: str
+    action: str
+    revision: str = Field(description="the branch, tag or commit deployed")
+    counts: dict[str, int] = Field(description="number of hosts in each state")
+    hosts: list[HostResult] = Field(
+        description="per host: status, error code, message, duration_s and, for a failure, "
+        "the last lines of nixos-rebuild's output (log_tail)"
+    )
+    duration_s: float = Field(description="seconds since the request was published")
+    outages: list[Outage] = Field(
+        default_factory=list,
+        description="times this MCP server's own NATS connection was down during the "
+        "deployment: statuses sent meanwhile were read back from the hosts' job records",
+    )
+    server_verified: bool = Field(
+        True,
+        description="false when a host answered on the bare reply subject (see unverified), "
+        "which the NATS server does not bind to its sender",
+    )
+    unverified: list[str] = Field(
+        default_factory=list, description="hosts whose status the NATS server did not vouch for"
+    )
+    flagged: list[Flagged] = Field(
+        default_factory=list,
+        description="status messages not believed and not counted: one claiming another "
+        "host, tier or deployment, or an unexpected host on the bare reply subject",
+    )
+    flagged_count: int = Field(0, description="how many were flagged in all")
+    next_step: str = Field(
+        description="what to do now: while running, how to wait for the rest (never deploy "
+        "again); when finished, what to read or check"
+    )
+
+
+def status_step(deployment_id: str) -> str:
+    """How to keep waiting for a running deployment: the same words in results and errors."""
+    return (
+        f"Call deployment_status with deployment_id={deployment_id!r} to wait for the rest "
+        f"(it waits up to {DEFAULT_WAIT:g} s per call, which fits clients that cut calls off "
+        "at 60 s; call it again while state is 'running'). Do not deploy again: the "
+        "deployment keeps running."
+    )
+
+
+def deployment_resource(deployment_id: str) -> str:
+    """The URI of a deployment's MCP resource."""
+    return f"fleet://deployments/{deployment_id}"
+
+
+def deployment_report(
+    result: DeploymentResult,
+    *,
+    finished: bool,
+    test_only: bool,
+) -> DeploymentReport:
+    """A report for the model from the deployer's result (or its latest snapshot)."""
+    what = f"{result.action} of {result.revision} to {result.subject}"
+    if finished:
+        if result.ok:
+            summary = f"{what} finished OK: {counted(result.counts)} ({result.duration_s:.1f} s)."
+            next_step = "Nothing to wait for: every host completed."
+        elif not result.hosts:
+            summary = (
+                f"{what} reached no host: no listener is subscribed to {result.subject}. "
+                "Check the hostname or role with list_hosts."
+            )
+            next_step = (
+                "Call list_hosts to see the hostnames and roles of this tier, then deploy to "
+                "one of them."
+            )
+        else:
+            problems = first_problems(_problems(result, test_only=test_only))
+            summary = f"{what} finished NOT OK: {counted(result.counts)}. " + "; ".join(problems)
+            summary = summary.rstrip() + ("" if summary.endswith(".") else ".")
+            next_step = (
+                "Read each host's message and log_tail that did not complete: they hold "
+                "nixos-rebuild's error. Fix the cause before deploying again, and then deploy "
+                "only to the hosts that did not complete (hostname=...)."
+            )
+    else:
+        summary = (
+            f"{what} is still running after {result.duration_s:.0f} s: "
+            f"{counted(result.counts) if result.hosts else 'waiting for the hosts to answer'}."
+        )
+        next_step = status_step(result.deployment_id)
+    for sentence in (_outage_sentence(result, finished=finished), _trust_sentence(result)):
+        if sentence:
+            summary = f"{summary} {sentence}"
+    return DeploymentReport(
+        summary=summary,
+        state="finished" if finished else "running",
+        ok=result.ok and finished,
+        deployment_id=result.deployment_id,
+        subject=result.subject,
+        tier=result.tier,
+        action=result.action,
+        revision=result.revision,
+        counts=result.counts,
+        hosts=[trimmed(h) for h in result.hosts],
+        duration_s=result.duration_s,
+        outages=result.outages,
+        server_verified=result.server_verified,
+        unverified=result.unverified,
+        flagged=result.flagged,
+        flagged_count=result.flagged_count,
+        next_step=next_step,
+    )
+
+
+def _problems(result: DeploymentResult, *, test_only: bool) -> list[str]:
+    """One sentence per host that did not complete, most useful first."""
+    notes: list[str] = []
+    for host in result.hosts:
+        if not host.final or host.status == "completed":
+            continue
+        message = glance(host.message)
+        why = f"{host.error}: {message}" if host.error else message
+        note = f"{host.hostname} {host.status} ({why})"
+        if host.log_tail:
+            note += "; its log_tail holds the end of nixos-rebuild's output"
+        if host.status == "missing" and result.subject.endswith("." + host.hostname):
+            note += (
+                f"; no {result.tier}-tier listener named {host.hostname} is running — check the "
+                "name with list_hosts"
+            )
+            if test_only:
+                note += " (this tool reaches only the test tier)"
+        notes.append(note)
+    return notes
+
+
+def _outage_sentence(result: DeploymentResult, *, finished: bool) -> str:
+    """What this server's own NATS outages mean for the result; "" when there were none."""
+    if not result.outages:
+        return ""
+    last = result.outages[-1]
+    if last.duration_s is None:
+        sentence = (
+            f"The MCP server lost its NATS connection at {clock(last.started_at)}; the "
+            "hosts may still be deploying"
+        )
+        if finished:
+            return (
+                sentence + ": it was still down when the deployment's time ran out. Once NATS "
+                "is back, list_hosts shows which hosts are busy; deploy again if needed."
+            )
+        return sentence + ": it reconnects by itself, then asks the hosts what happened."
+    lost = (
+        f"at {clock(last.started_at)} for {last.duration_s:.1f} s"
+        if len(result.outages) == 1
+        else f"{len(result.outages)} times, last at {clock(last.started_at)}"
+    )
+    recovered = [h.hostname for h in result.hosts if h.recovered]
+    sentence = f"The MCP server lost its NATS connection {lost}"
+    if recovered:
+        sentence += (
+            f"; the outcome of {some_names(recovered)} was read from the hosts' job records "
+            "(recovered: true), as the status messages sent meanwhile were lost"
+        )
+    return sentence + "."
+
+
+def _trust_sentence(result: DeploymentResult) -> str:
+    """What was not believed, and what the NATS server did not vouch for; "" if nothing."""
+    sentences = []
+    if result.flagged_count:
+        first = result.flagged[0]
+        sentences.append(
+            f"{result.flagged_count} status message(s) were not believed and not counted "
+            f"(see flagged), e.g. one for {first.hostname}: {first.reason}."
+        )
+    if result.unverified:
+        sentences.append(
+            f"Not server-verified: {some_names(result.unverified)} answered on the bare reply "
+            "subject, which the NATS server does not bind to its sender."
+        )
+    return " ".join(sentences)
+
+
+def report_text(report: DeploymentReport) -> str:
+    """The result's text for the model: all of it while it fits ``TEXT_BUDGET``, else a
+    digest — every host that did not complete, problems first, as many as fit (an entry too
+    big is cut down: its message to the first line, its log tail to the last lines, each line
+    shortened), the completed ones counted, long lists cut; the structured content keeps
+    every host."""
+    full = whole(report)
+    if full is not None:
+        return full
+    digest: dict[str, Any] = report.model_dump(
+        mode="json", exclude={"hosts", "unverified", "flagged", "outages"}
+    )
+    digest["unverified_count"] = len(report.unverified)
+    digest["unverified"] = report.unverified[:LISTED]
+    digest["flagged"] = [f.model_dump(mode="json") for f in report.flagged[:MAX_NAMED]]
+    digest["outage_count"] = len(report.outages)
+    digest["outages"] = [o.model_dump(mode="json") for o in report.outages[-MAX_NAMED:]]
+    completed = [h.hostname for h in report.hosts if h.status == "completed"]
+    digest["completed_hosts"] = {"count": len(completed), "first": completed[:LISTED]}
+    others = sorted(
+        (h for h in report.hosts if h.status != "completed"),
+        key=lambda h: (not h.final, h.hostname),  # final problems first, then the open ones
+    )
+    digest["note"] = (
+        f"This text is a digest of {len(report.hosts)} hosts: hosts_not_completed lists the "
+        "hosts that did not complete, as far as they fit; the structured content and the "
+        f"resource {deployment_resource(report.deployment_id)} have every host in full."
+    )
+    return hosts_within_budget(
+        digest, "hosts_not_completed", others, [h.status for h in others], by="by_status"
+    )

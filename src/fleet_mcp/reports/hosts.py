@@ -1,0 +1,104 @@
+"""The hosts as list_hosts reports them: each listener that answered discovery, and which
+of this server's tools can deploy it — so that a model picks hostnames and roles it can
+reach, and learns why the production hosts are missing from a server without the admin key.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_core.protocol.messages import HostInfo
+from fleet_mcp.reports.fitting import (
+    LISTED,
+    TEXT_BUDGET,
+    as_json,
+    byte_size,
+    whole,
+    within_budget,
+)
+from fleet_mcp.reports.wording import some_names
+
+__all__ = ["FleetHost", "HostsReport", "hosts_report", "hosts_text"]
+
+
+class FleetHost(HostInfo):
+    """A listener that answered discovery, and which of this server's tools can deploy it."""
+
+    reachable_by: list[str] = Field(
+        description="the tools of this server that can deploy this host: 'deploy' for the "
+        "test tier, 'deploy_admin' (only with the admin key) for any tier"
+    )
+
+
+class HostsReport(BaseModel):
+    """The listeners that answered discovery."""
+
+    model_config = ConfigDict(frozen=True)
+
+    summary: str
+    tier: str | None = Field(description="the tier asked for; null means every tier shown")
+    hosts: list[FleetHost] = Field(
+        description="hostname, tier, role, whether a deploy is running (busy), listener "
+        "version, and which tools can deploy it (reachable_by)"
+    )
+
+
+def hosts_report(
+    hosts: Sequence[FleetHost], tier: str | None, *, hidden: Sequence[str] = ()
+) -> HostsReport:
+    """``hidden``: tiers this server does not show (the test key's server shows only test)."""
+    where = f"the {tier} tier" if tier else "any tier"
+    if not hosts:
+        summary = f"No listener of {where} answered discovery."
+    else:
+        busy = [h.hostname for h in hosts if h.busy]
+        summary = f"{len(hosts)} host(s) of {where} answered" + (
+            f"; busy deploying: {some_names(busy)}." if busy else "; none is busy."
+        )
+    if hidden:
+        summary += (
+            f" Hosts of the {' and '.join(hidden)} tier are not shown: this server deploys to "
+            "the test tier only (production needs deploy_admin, which a person enables with "
+            "the admin key)."
+        )
+    return HostsReport(summary=summary, tier=tier, hosts=list(hosts))
+
+
+def hosts_text(report: HostsReport) -> str:
+    """The text of a ``list_hosts`` result: all of it while it fits ``TEXT_BUDGET``, else
+    counts per tier and role (the largest groups), the busy hosts, and as many hostnames
+    as fit; the structured content has every host."""
+    full = whole(report)
+    if full is not None:
+        return full
+    groups = Counter((h.tier, h.role or "", tuple(h.reachable_by)) for h in report.hosts)
+    largest = groups.most_common(LISTED)
+    busy = [h for h in report.hosts if h.busy]
+    digest: dict[str, Any] = {
+        "summary": report.summary,
+        "tier": report.tier,
+        "host_count": len(report.hosts),
+        "groups": [
+            {"tier": tier, "role": role or None, "reachable_by": list(by), "count": n}
+            for (tier, role, by), n in largest
+        ],
+        "groups_omitted": len(groups) - len(largest),
+        "busy_count": len(busy),
+        "busy": [h.hostname for h in busy[:LISTED]],
+        "note": f"This text is a digest of {len(report.hosts)} hosts; the structured content "
+        "has every host. Deploy by role or all=true rather than host by host.",
+    }
+    room = TEXT_BUDGET - byte_size(as_json(digest)) - 100
+    names: list[str] = []
+    for host in report.hosts:
+        room -= byte_size(as_json(host.hostname)) + 2
+        if room < 0:
+            break
+        names.append(host.hostname)
+    digest["hostnames"] = names
+    digest["hostnames_omitted"] = len(report.hosts) - len(names)
+    return within_budget(digest)
