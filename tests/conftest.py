@@ -76,6 +76,12 @@ FAST = DeployTiming(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` first: with parallel workers, one starts them at once and the
+    rest of the suite runs beside them, instead of waiting for them at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from fleet_core.build.protocol import BuildResult, BuildStatus, HostBuildState
 from fleet_core.build.tracker import BuildTracker
 from fleet_core.protocol.messages import StatusKind
+
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
 COMMIT = "a" * 40
 ANSWER_WITHIN = 5.0

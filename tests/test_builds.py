@@ -35,6 +35,8 @@ from fleet_core.config.settings import BuilderSettings
 from fleet_core.errors import RequestRejected, UsageError
 from fleet_core.protocol.messages import MAX_STATUS_BYTES, InvalidRequest, StatusKind
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 COMMIT = "a" * 40
 NIX = ("nix",)
 FEATURES = list(NIX_FEATURES)

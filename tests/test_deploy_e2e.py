@@ -16,6 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 class TestTargets:
+    @pytest.mark.smoke  # ./scripts/test --quick runs this one real deploy
     async def test_one_host(self, fleet: Fleet) -> None:
         """Deploying deploy.test.web1 runs exactly web1's argv and nothing on any other host."""
         async with fleet.listeners(*HOSTS):

@@ -10,6 +10,8 @@ import pytest
 import fleet_core
 import fleet_mcp
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 MODULES = sorted(
     info.name
     for package in (fleet_core, fleet_mcp)

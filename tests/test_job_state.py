@@ -20,6 +20,8 @@ from fleet_core.host.jobs.resume import (
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import ErrorCode, StatusKind
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 JOB_DIR = "/var/lib/fleet-deploy/jobs/20261127T101500.000001Z-abc"
 
 

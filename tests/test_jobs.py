@@ -15,6 +15,8 @@ from fleet_core.host.jobs.store import JobPhase, JobRecord, JobStore
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import DeployRequest, ErrorCode, StatusKind
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 REPLY = "deploy.responses.0123abcd"
 ARGV = ("nixos-rebuild", "switch", "--flake", "git+https://***@g/r.git?ref=main#h", "--refresh")
 

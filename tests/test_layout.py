@@ -16,6 +16,8 @@ import pytest
 import fleet_core
 import fleet_mcp
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 SRC = Path(fleet_core.__file__).resolve().parent.parent
 REPO = SRC.parent
 PACKAGES = sorted(
@@ -239,3 +241,45 @@ def test_fleet_mcp_is_a_layer_over_the_core() -> None:
 def test_fleet_mcp_is_imported() -> None:
     """Both packages import (the parametrised tests above read files; this loads them)."""
     assert fleet_mcp.__name__ == "fleet_mcp"
+
+
+TESTS = sorted((REPO / "tests").glob("test_*.py"))
+# What starts a server or a process, which a test marked pure never touches.
+SERVERS_AND_PROCESSES = {"subprocess", "mcp", "fleet_core.testing", "nix_eval", "support"}
+
+
+def _marked_pure(path: Path) -> bool:
+    return bool(re.search(r"^pytestmark = .*pytest\.mark\.pure", path.read_text(), re.M))
+
+
+@pytest.mark.parametrize("path", [t for t in TESTS if _marked_pure(t)], ids=lambda p: p.name)
+def test_a_test_module_marked_pure_starts_no_server_and_no_process(path: Path) -> None:
+    """``./scripts/test --quick`` runs the tests marked pure: none of them may start a
+    nats-server (the ``fleet`` fixture, fleet_core.testing) or a process."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    touched = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            touched |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            touched.add(node.module)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if "fleet" in {arg.arg for arg in node.args.args}:
+                touched.add(f"the fleet fixture ({node.name})")
+        elif isinstance(node, ast.Attribute) and node.attr == "open_process":
+            touched.add("anyio.open_process")
+    bad = {
+        name
+        for name in touched
+        if name.startswith("the fleet fixture")
+        or name == "anyio.open_process"
+        or any(name == s or name.startswith(f"{s}.") for s in SERVERS_AND_PROCESSES)
+    }
+    assert not bad, f"{path.name} is marked pure but uses {sorted(bad)}"
+
+
+def test_the_quick_run_has_pure_tests_and_one_deploy() -> None:
+    """There are pure test modules, and exactly one smoke test: a real deploy."""
+    assert len([t for t in TESTS if _marked_pure(t)]) >= 10
+    smoke = [t for t in TESTS if re.search(r"^ +@pytest\.mark\.smoke", t.read_text(), re.M)]
+    assert [t.name for t in smoke] == ["test_deploy_e2e.py"]

@@ -12,6 +12,8 @@ import pytest
 from fleet_core.errors import ConnectionFailed, UsageError
 from fleet_core.lifecycle import Finished, run_until_signal
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 
 def test_returns_what_main_returns() -> None:
     """Without a signal, the value of main comes back and the exit code is 0."""

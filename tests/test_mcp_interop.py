@@ -251,6 +251,7 @@ class TestToolList:
 
 
 class TestLongDeploy:
+    @pytest.mark.long  # 90 s by design: the SDK's 60 s timeout is what is under test
     async def test_90s_deploy_under_the_60s_timeout(self, fleet: Fleet) -> None:
         """A 91 s rebuild, with the SDK's default 60 s timeout and no wait_seconds: deploy
         returns 'running' with the deployment id and says to call deployment_status, which

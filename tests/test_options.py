@@ -17,6 +17,8 @@ from fleet_core.config.options import COMMANDS, ENV_PREFIX, Command, Option, add
 from fleet_core.errors import UsageError
 from fleet_mcp.cli import build_parser as build_mcp_parser
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 ALL_OPTIONS = [(c.name, o) for c in COMMANDS for o in c.options]
 _IDS = [f"{name}:{option.name}" for name, option in ALL_OPTIONS]
 

@@ -10,6 +10,8 @@ from fleet_core.host.jobs.outcome import Outcome, RebuildResult, decide
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import MAX_MESSAGE_CHARS, ErrorCode, StatusKind
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 DATA = Path(__file__).parent / "data"
 
 

@@ -50,6 +50,8 @@ from fleet_core.setup.nats_config import (
     render_authorization,
 )
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 REPLY = "deploy.responses.0123abcd"
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fleet_core.host.jobs.rebuild_output import failure_summary, phase_of, success_summary
+
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
 DATA = Path(__file__).parent / "data"
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fleet_core.deploy.report import RECOVERED, connection_line, host_line, summary
 from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
 
 def result(hosts: list[HostResult], outages: list[Outage]) -> DeploymentResult:

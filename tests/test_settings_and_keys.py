@@ -22,6 +22,8 @@ from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Target, Tier
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 LISTENER = {
     "hostname": "web1",
     "tier": "test",

@@ -18,6 +18,8 @@ from fleet_core.protocol.signing import (
     verify_request,
 )
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 NOW = 1_795_000_000.0
 REQUEST = {"request_id": "r1", "subject": "deploy.prod.web1", "action": "switch", "revision": "v1"}
 

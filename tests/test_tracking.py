@@ -7,6 +7,8 @@ import pytest
 from fleet_core.deploy.tracker import DeploymentTracker
 from fleet_core.protocol.messages import JobSummary, Status
 
+pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
+
 
 def tracker(*hosts: str, timeout: float = 100) -> DeploymentTracker:
     return DeploymentTracker(
