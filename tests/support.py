@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import select
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from fleet_core.config.settings import BuilderSettings, DeployTiming, McpSetting
 from fleet_core.protocol.messages import Status, parse_status
 from fleet_core.testing import FLAKE_URL, LocalFleet, simulated_nix_command
 from fleet_mcp.reports.deployment import DeploymentReport
+from fleet_mcp.reports.untrusted import BEGIN, END, LABEL, REPORT
 from fleet_mcp.server import build_server
 
 from .conftest import FAST, Fleet, scripts_dir
@@ -273,6 +275,55 @@ def settings_for(
 
 def text_of(result: CallToolResult) -> str:
     return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+
+
+@dataclass
+class ResultText:
+    """A result's text cut into its parts: the server's prose (summary, next step, labels),
+    the report's JSON line, and the fenced host output lines."""
+
+    prose: list[str]
+    report: str
+    fenced: list[str]
+
+    def read(self) -> dict[str, Any]:
+        """The report the text shows, host output put back where each line's "at" says."""
+        data: dict[str, Any] = json.loads(self.report)
+        summary, *rest = self.prose
+        data["summary"] = summary
+        for line in rest:
+            if line.startswith("Next step: "):
+                data["next_step"] = line.removeprefix("Next step: ")
+        for line in self.fenced:
+            output = json.loads(line)
+            at = output.pop("at")
+            if at == "result":
+                data.update(output)
+                continue
+            found = re.fullmatch(r"(\w+)\[(\d+)\]", at)
+            assert found is not None, at
+            data[found[1]][int(found[2])].update(output)
+        return data
+
+
+def result_text(text: str) -> ResultText:
+    """``text`` cut into its parts, checking its shape on the way: prose, the report label,
+    one line of JSON, and — when any host sent text — the labelled fence, one JSON object
+    per line between its BEGIN and END lines, and nothing after."""
+    lines = text.split("\n")
+    at = lines.index(REPORT)
+    prose, report, rest = lines[:at], lines[at + 1], lines[at + 2 :]
+    fenced: list[str] = []
+    if rest:
+        assert rest[:2] == [LABEL, BEGIN] and rest[-1] == END, rest[:2] + rest[-1:]
+        fenced = rest[2:-1]
+        assert all(line.startswith('{"at": ') for line in fenced), fenced
+    return ResultText(prose=prose, report=report, fenced=fenced)
+
+
+def read_text(text: str) -> dict[str, Any]:
+    """The report a result's text shows, host output included (see ``ResultText.read``)."""
+    return result_text(text).read()
 
 
 @dataclass

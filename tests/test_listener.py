@@ -228,13 +228,9 @@ class TestOneJobAtATime:
             async with fleet.listeners("web1", sim={"web1": ["--sim-wait-for", str(release)]}):
                 reply = new_reply()
                 async with replies_on(bus, bound(reply)) as replies:
-                    for index in range(20):
-                        body = {
-                            "revision": "master",
-                            "reply_to": reply,
-                            "id": f"req{index}",
-                            "bind": True,
-                        }
+                    for _ in range(20):
+                        # No id: one names its own reply subject, and these share one.
+                        body = {"revision": "master", "reply_to": reply, "bind": True}
                         await bus.publish("deploy.test.web1", json.dumps(body).encode())
                     await bus.flush()
                     await replies.wait_for(
@@ -253,7 +249,7 @@ class TestOneJobAtATime:
             == [("completed", None)] + [("rejected", "already_running")] * 19
         )
         winner = next(s.request_id for s in final if s.status == "completed")
-        assert {s.request_id for s in final} == {f"req{i}" for i in range(20)}
+        assert len({s.request_id for s in final}) == 20  # each refusal names its own request
         assert all(s.request_id == winner for s in replies.statuses if s.status == "started")
         assert len(fleet.runs()) == 1
 
@@ -533,7 +529,8 @@ class TestStatusReporter:
         """A status with a token and a huge tail arrives redacted, within the size limit."""
         url = "git+https://oauth2:s3cr3t-T0KEN@git.example.invalid/fleet.git"
         reply = new_reply()
-        request = DeployRequest(revision="main", reply_to=reply, id="r1")
+        request_id = reply.removeprefix("deploy.responses.")  # an id names its reply subject
+        request = DeployRequest(revision="main", reply_to=reply, id=request_id)
         host_bus, bus = await fleet.connect("web1"), await fleet.connect()
         try:
             async with replies_on(bus, bound(reply)) as replies:
@@ -543,7 +540,7 @@ class TestStatusReporter:
                     tier="test",
                     reply_to=bound(reply),
                     request=request,
-                    request_id="r1",
+                    request_id=request_id,
                 )
                 await reporter.send(
                     StatusKind.FAILED,
@@ -561,7 +558,7 @@ class TestStatusReporter:
         assert len(status.model_dump_json()) <= MAX_STATUS_BYTES
         assert status.log_tail and "***@git.example.invalid" in status.log_tail[-1]
         assert (status.request_id, status.action, status.revision, status.duration_s) == (
-            "r1",
+            request_id,
             "switch",
             "main",
             1.235,

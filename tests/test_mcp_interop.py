@@ -298,7 +298,8 @@ class TestLongDeploy:
 class TestFailedBuild:
     async def test_the_failure_is_explained(self, fleet: Fleet) -> None:
         """web2's configuration has a nix evaluation error: the deploy result is not an error
-        but ok=false, and web2's message, log_tail and the summary carry nix's own words."""
+        but ok=false, web2's message and log_tail carry nix's own words (fenced as host output
+        in the text), and the summary names web2."""
         steps = [{"step": "deploy", "tool": "deploy", "arguments": {"role": "web"}, "follow": 3}]
         async with listeners(fleet, {"web1": (), "web2": ("--sim-fail",)}):
             run = await drive(fleet, fleet_mcp(fleet), steps, limit=90)

@@ -339,12 +339,13 @@ class TestRequestModels:
 
     def test_wire_format_is_homelab_deploys(self) -> None:
         """A request encodes as action, revision, reply_to, id (in order); a null id is omitted."""
-        request = DeployRequest(action=Action.BOOT, revision="main", reply_to=REPLY, id="d1")
+        reply = "deploy.responses.d1"
+        request = DeployRequest(action=Action.BOOT, revision="main", reply_to=reply, id="d1")
         data = json.loads(encode(request))
         assert list(data.items()) == [
             ("action", "boot"),
             ("revision", "main"),
-            ("reply_to", REPLY),
+            ("reply_to", reply),
             ("id", "d1"),
         ]
         assert parse_deploy_request(encode(request)) == request
@@ -353,6 +354,14 @@ class TestRequestModels:
             "revision": "master",
             "reply_to": REPLY,
         }
+
+    def test_a_request_with_an_id_answers_on_its_ids_reply_subject(self) -> None:
+        """An id names the reply subject: another request's reply subject under one's own
+        id is refused, and the refusal names no reply subject to send it to."""
+        body = json.dumps({"reply_to": "deploy.responses.someone-elses", "id": "mine"})
+        with pytest.raises(InvalidRequest) as refused:
+            parse_deploy_request(body.encode())
+        assert (refused.value.reply_to, refused.value.request_id) == (None, "mine")
 
     def test_discovery_request_wire_format(self) -> None:
         """A discovery request carries a tier only when it has one."""
@@ -508,9 +517,9 @@ class TestInventory:
         rendered = render_authorization(parse_inventory(text))
         assert (
             'subscribe: ["deploy.test.web1", "deploy.test.all", "deploy.test.role.web", '
-            '"deploy.discover"]' in rendered
+            '"deploy.discover.test"]' in rendered
         )
-        assert 'publish: ["deploy.responses.*.test.web1", "deploy.discover"]' in rendered
+        assert 'publish: ["deploy.responses.*.test.web1"]' in rendered
         assert (
             'publish: { allow: ["deploy.>", "build.*.*"], deny: ["build.responses.>"] }'
         ) in rendered
@@ -518,13 +527,13 @@ class TestInventory:
         assert 'publish: ["deploy.responses.>", "deploy.discover"]' in homelab
 
     def test_test_deployer_reads_test_replies_only(self) -> None:
-        """Under the bound layout the test key subscribes to bare and test-tier replies, and
-        a deny keeps prod replies from a deploy.responses.> that deploy.responses.* admits;
-        under homelab-deploy's layout it reads every reply."""
+        """Under the bound layout the test key subscribes to bare and test-tier replies (and
+        to no discovery subject), and a deny keeps prod replies from a deploy.responses.>
+        that deploy.responses.* admits; under homelab-deploy's layout it reads every reply."""
         text = f'[deployers.ai]\naccess = "test"\nnkey = "{self.KEY}"\n'
         assert (
             'subscribe: { allow: ["deploy.responses.*", "deploy.responses.*.test.*", '
-            '"deploy.discover", "build.responses.*"], deny: ["deploy.responses.*.prod.>"] }'
+            '"build.responses.*"], deny: ["deploy.responses.*.prod.>"] }'
         ) in render_authorization(parse_inventory(text))
         assert (
             'subscribe: ["deploy.responses.>", "deploy.discover", "build.responses.*"]'
@@ -545,7 +554,7 @@ class TestInventory:
         assert 'publish: ["build.responses.>"]' in rendered
         assert 'subscribe: ["build.nixos.*", "build.home.*"]' in rendered
         assert (
-            'publish: { allow: ["deploy.test.>", "deploy.discover", "build.*.*"], '
+            'publish: { allow: ["deploy.test.>", "deploy.discover.test", "build.*.*"], '
             'deny: ["build.responses.>"] }'
         ) in rendered
         assert parse_inventory(inventory_toml(inventory)) == inventory

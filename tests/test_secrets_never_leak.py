@@ -33,7 +33,7 @@ from fleet_core.deploy.deployer import Deployer
 from fleet_core.host.jobs.jobdir import ARGV_FILE, OUTPUT_LOG, RUNNER_FILE
 from fleet_core.protocol.subjects import Tier
 
-from .conftest import FAST, Fleet, scripts_dir
+from .conftest import FAST, HOSTS, Fleet, scripts_dir
 from .support import free_port
 
 pytestmark = pytest.mark.anyio
@@ -95,8 +95,8 @@ def listener_argv(fleet: Fleet, host: str, *sim: str, extra: tuple[str, ...] = (
         host,
         "--tier",
         "test",
-        "--role",
-        "web",
+        # Its own role only: a listener refused a subject of its own does not start.
+        *(["--role", role] if (role := HOSTS[host][1]) else []),
         "--nats-url",
         fleet.url,
         "--nkey-file",

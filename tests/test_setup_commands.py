@@ -118,7 +118,7 @@ class TestNatsConfig:
     @pytest.mark.parametrize(
         ("layout", "listener_publish"),
         [
-            ("bound", '"deploy.responses.*.test.web1", "deploy.discover"'),
+            ("bound", '"deploy.responses.*.test.web1"'),
             ("homelab", '"deploy.responses.>", "deploy.discover"'),
         ],
     )
@@ -287,23 +287,44 @@ async def enforced(tmp_path: Path) -> AsyncIterator[Enforced]:
 @pytest.mark.anyio
 class TestGeneratedConfigEnforcesTiers:
     async def test_test_key_reaches_test_but_not_prod(self, tmp_path: Path) -> None:
-        """The test deployer may publish to deploy.test.> and discovery, never to prod."""
+        """The test deployer may publish to deploy.test.> and the test tier's discovery,
+        never to prod, nor to the bare or prod discovery subject (the prod listeners hear
+        those), and it may read no discovery subject (the admin's prod job queries)."""
         async with enforced(tmp_path) as server:
             await server.allowed_publish("assistant", "deploy.test.web1")
-            await server.allowed_publish("assistant", "deploy.discover")
-            for subject in ("deploy.prod.pweb1", "deploy.prod.all", "deploy.prod.role.web"):
+            await server.allowed_publish("assistant", "deploy.discover.test")
+            for subject in (
+                "deploy.prod.pweb1",
+                "deploy.prod.all",
+                "deploy.prod.role.web",
+                "deploy.discover",
+                "deploy.discover.prod",
+            ):
                 denial = await server.refused_publish("assistant", subject, "deploy.test.all")
                 assert "publish to" in str(denial)
-            await server.refused_subscribe("assistant", "deploy.prod.all")
+            for subject in ("deploy.prod.all", "deploy.discover", "deploy.discover.prod"):
+                await server.refused_subscribe("assistant", subject)
 
-    async def test_listener_publishes_only_statuses_and_discovery(self, tmp_path: Path) -> None:
+    async def test_each_tier_hears_only_its_own_discovery(self, tmp_path: Path) -> None:
+        """A listener subscribes to its tier's discovery subject only: a prod listener may
+        not hear the test tier's (nor the bare one), and the admin may ask every tier."""
+        async with enforced(tmp_path) as server:
+            await server.allowed_subscribe("web1", "deploy.discover.test")
+            await server.allowed_subscribe("pweb1", "deploy.discover.prod")
+            for subject in ("deploy.discover.test", "deploy.discover", "deploy.discover.>"):
+                await server.refused_subscribe("pweb1", subject)
+            for subject in ("deploy.discover.test", "deploy.discover.prod", "deploy.discover"):
+                await server.allowed_publish("admin", subject)
+
+    async def test_listener_publishes_only_its_own_statuses(self, tmp_path: Path) -> None:
         """A listener key answers only on reply subjects bound to its own tier and hostname
-        (deploy.responses.<id>.test.web1) and on deploy.discover: not on a bare reply subject,
-        not in another host's or tier's name, and it publishes no deploy request."""
+        (deploy.responses.<id>.test.web1): not on a bare reply subject, not in another host's
+        or tier's name, and it publishes no deploy request and no discovery."""
         async with enforced(tmp_path) as server:
             await server.allowed_publish("web1", "deploy.responses.0123abcd.test.web1")
-            await server.allowed_publish("web1", "deploy.discover")
             for subject in (
+                "deploy.discover",
+                "deploy.discover.prod",
                 "deploy.test.web1",
                 "deploy.test.all",
                 "deploy.prod.pweb1",

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from fleet_core.bus import Bus, Message
 from fleet_core.config.resolve import listener_settings
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
 from fleet_core.errors import UsageError
 from fleet_core.keys import Seed, generate_seed
 from fleet_core.protocol.actions import Action
@@ -133,6 +133,36 @@ async def send(bus: Bus, subject: str, body: dict[str, Any], *, reply: str | Non
     return status
 
 
+async def unanswered(
+    fleet: Fleet, bus: Bus, subject: str, bodies: Sequence[bytes], *, nothing_runs: bool = True
+) -> list[Status]:
+    """Publish each of ``bodies`` on ``subject``, then a request the host does answer (signed
+    by the leaked key, which no host trusts: ``untrusted_signer``); return what came back on
+    the reply subjects of ``bodies`` by the time that answer did. The host takes a subject's
+    messages in order, so by then it has dealt with every one of ``bodies``."""
+    heard: list[Status] = []
+
+    async def deliver(msg: Message) -> None:
+        status = parse_status(msg.data)
+        if status is not None:
+            heard.append(status)
+
+    replies = {json.loads(body)["reply_to"] for body in bodies}
+    subscriptions = [await bus.subscribe(f"{r}.>", deliver) for r in replies]
+    subscriptions += [await bus.subscribe(r, deliver) for r in replies]
+    try:
+        await bus.flush()
+        for body in bodies:
+            await bus.publish(subject, body)
+        probe = await send(bus, subject, signed_body(fleet.seed("leaked"), subject))
+        assert (probe.status, probe.error) == ("rejected", ErrorCode.UNTRUSTED_SIGNER), probe
+        await bus.flush()
+    finally:
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+    return heard
+
+
 @asynccontextmanager
 async def sniffing(bus: Bus, subject: str) -> AsyncIterator[list[bytes]]:
     """The raw bytes of every message on ``subject`` while the block runs (the attacker's
@@ -169,22 +199,25 @@ def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, An
 
 
 class TestALeakedKeyCannotDeployProd:
-    async def test_an_unsigned_request_is_rejected(self, loose: Fleet) -> None:
-        """Unsigned requests the leaked key may publish anywhere are rejected unsigned_request,
-        on every prod subject, and nothing runs."""
-        async with serving(loose, "pweb1"), await loose.connect("leaked") as bus:
-            for subject in PROD_SUBJECTS:
-                reply = f"deploy.responses.{uuid.uuid4().hex}"
-                body = {"action": "switch", "revision": "master", "id": uuid.uuid4().hex}
-                status = await send(bus, subject, {**body, "bind": True}, reply=reply)
-                assert (status.hostname, status.status, status.error) == (
-                    "pweb1",
-                    "rejected",
-                    ErrorCode.UNSIGNED_REQUEST,
-                ), status
-            result = await deploy_as(loose, "leaked", Target.host(Tier.PROD, "pweb1"), signer=None)
-        assert outcome(result) == [("pweb1", "rejected", "unsigned_request")]
-        assert "signed" in result.hosts[0].message
+    async def test_an_unsigned_request_is_refused_unanswered(self, loose: Fleet) -> None:
+        """Unsigned requests the leaked key may publish anywhere are refused on every prod
+        subject, nothing runs, and nothing is answered: nobody provably sent them, and the
+        reply subject may be another deployment's. The host logs why."""
+        with capture_logs() as logs:
+            async with serving(loose, "pweb1"), await loose.connect("leaked") as bus:
+                for subject in PROD_SUBJECTS:
+                    request_id = uuid.uuid4().hex
+                    body = {"id": request_id, "reply_to": f"deploy.responses.{request_id}"}
+                    heard = await unanswered(loose, bus, subject, [json.dumps(body).encode()])
+                    assert heard == [], heard
+                result = await deploy_as(
+                    loose, "leaked", Target.host(Tier.PROD, "pweb1"), signer=None
+                )
+        assert outcome(result) == [("pweb1", "missing", None)]
+        assert "could not verify" in result.hosts[0].message
+        refused = [e for e in events(logs, "request_rejected") if not e["answered"]]
+        assert {e["error"] for e in refused} == {"unsigned_request"}
+        assert len(refused) == len(PROD_SUBJECTS) + 1
         assert loose.runs() == []
 
     async def test_a_request_signed_with_the_listener_s_own_key_is_untrusted(
@@ -214,8 +247,9 @@ class TestALeakedKeyCannotDeployProd:
         self, loose: Fleet
     ) -> None:
         """The admin's signed request for deploy.test.web1, sniffed and re-published with
-        another revision or action, or on a prod subject, is rejected bad_signature: the
-        signature covers the subject it arrived on, the action and the revision."""
+        another revision or action, or on a prod subject, never runs: on web1 its id is
+        known (ignored), elsewhere the signature, which covers the subject it arrived on,
+        the action and the revision, does not verify (refused bad_signature, unanswered)."""
         async with serving(loose, "web1", "pweb1"), await loose.connect("leaked") as bus:
             async with sniffing(bus, "deploy.test.web1") as sniffed:
                 legit = await deploy_as(
@@ -232,35 +266,83 @@ class TestALeakedKeyCannotDeployProd:
                 ("deploy.prod.all", captured, "pweb1"),
                 ("deploy.test.all", captured, "web1"),
             ]
-            for subject, body, host in forgeries:
-                reply = f"deploy.responses.{uuid.uuid4().hex}"
-                status = await send(bus, subject, body, reply=reply)
-                assert (status.hostname, status.status, status.error) == (
-                    host,
-                    "rejected",
-                    ErrorCode.BAD_SIGNATURE,
-                ), (subject, body)
+            with capture_logs() as logs:
+                for subject, body, _ in forgeries:
+                    heard = await unanswered(loose, bus, subject, [json.dumps(body).encode()])
+                    assert heard == [], (subject, body)
         assert loose.runs() == [expected_argv("web1")]
+        ignored = {(e["host"], e["request_id"]) for e in events(logs, "request_ignored")}
+        assert ignored == {("web1", captured["id"])}
+        refused = [e for e in events(logs, "request_rejected") if e["error"] == "bad_signature"]
+        assert {e["host"] for e in refused} == {"pweb1"} and len(refused) == 2
 
     async def test_a_replayed_request_is_rejected_even_after_a_restart(self, loose: Fleet) -> None:
         """The admin's request to prod, sniffed and published again byte for byte, is
-        rejected replayed_request — by the same listener (its replay cache) and by a
-        restarted one (the job record of that id) — and the rebuild ran once."""
-        async with await loose.connect("leaked") as bus:
-            async with serving(loose, "pweb1"):
-                async with sniffing(bus, "deploy.prod.pweb1") as sniffed:
-                    legit = await deploy_as(
-                        loose, "admin", Target.host(Tier.PROD, "pweb1"), signer=loose.seed("admin")
-                    )
-                assert outcome(legit) == [("pweb1", "completed", None)]
-                (raw,) = sniffed
-                reply = json.loads(raw)["reply_to"]
-                (again,) = await final_statuses(bus, "deploy.prod.pweb1", raw, reply)
-                assert (again.status, again.error) == ("rejected", ErrorCode.REPLAYED_REQUEST)
-            async with serving(loose, "pweb1"):  # a new listener: an empty replay cache
-                (restarted,) = await final_statuses(bus, "deploy.prod.pweb1", raw, reply)
-        assert (restarted.status, restarted.error) == ("rejected", ErrorCode.REPLAYED_REQUEST)
-        assert "already ran on pweb1" in restarted.message
+        ignored — by the same listener and by a restarted one — unanswered (the answer would
+        land among the admin's statuses), and the rebuild ran once."""
+        subject = "deploy.prod.pweb1"
+        with capture_logs() as logs:
+            async with await loose.connect("leaked") as bus:
+                async with serving(loose, "pweb1"):
+                    async with sniffing(bus, subject) as sniffed:
+                        legit = await deploy_as(
+                            loose,
+                            "admin",
+                            Target.host(Tier.PROD, "pweb1"),
+                            signer=loose.seed("admin"),
+                        )
+                    assert outcome(legit) == [("pweb1", "completed", None)]
+                    (raw,) = sniffed
+                    assert await unanswered(loose, bus, subject, [raw]) == []
+                async with serving(loose, "pweb1"):  # a new listener
+                    assert await unanswered(loose, bus, subject, [raw]) == []
+        ignored = [e["request_id"] for e in events(logs, "request_ignored")]
+        assert ignored == [json.loads(raw)["id"]] * 2
+        assert loose.runs() == [expected_argv("pweb1")]
+
+    async def test_a_refused_request_stays_refused_after_a_restart(
+        self, loose: Fleet, tmp_path: Path
+    ) -> None:
+        """The admin's request refused already_running (the host was busy), published again
+        byte for byte after the listener restarted, still within its lifetime, is ignored:
+        the host remembered it on disk before it answered the refusal. It never runs."""
+        release = tmp_path / "release"
+        subject = "deploy.prod.pweb1"
+        admin = loose.seed("admin")
+        target = Target.host(Tier.PROD, "pweb1")
+        busy = loose.settings(
+            "pweb1", "--sim-wait-for", str(release), trusted_deployer_keys=trusting(loose)["pweb1"]
+        )
+        running = anyio.Event()
+
+        def on_update(host: HostResult, _: DeploymentResult) -> None:
+            if host.status == "started":
+                running.set()
+
+        async def first() -> None:
+            async with await loose.connect("admin") as admin_bus:
+                deployer = Deployer(admin_bus, timing=FAST, signer=admin)
+                result = await deployer.deploy(
+                    target, revision="master", action=Action.SWITCH, timeout=30, on_update=on_update
+                )
+            assert outcome(result) == [("pweb1", "completed", None)]
+
+        with capture_logs() as logs:
+            async with await loose.connect("leaked") as bus:
+                async with loose.local.listeners([busy]), anyio.create_task_group() as tasks:
+                    tasks.start_soon(first)
+                    with anyio.fail_after(20):
+                        await running.wait()
+                    async with sniffing(bus, subject) as sniffed:
+                        refused = await deploy_as(loose, "admin", target, signer=admin)
+                    assert outcome(refused) == [("pweb1", "rejected", "already_running")]
+                    (raw,) = sniffed  # the refused request, as the admin sent it
+                    release.touch()
+                async with serving(loose, "pweb1"):  # restarted, within the request's lifetime
+                    assert await unanswered(loose, bus, subject, [raw]) == []
+        replayed = json.loads(raw)["id"]
+        assert [e["request_id"] for e in events(logs, "request_ignored")] == [replayed]
+        assert replayed not in [e["request_id"] for e in events(logs, "request_accepted")]
         assert loose.runs() == [expected_argv("pweb1")]
 
     async def test_an_old_or_future_request_is_expired(self, loose: Fleet) -> None:
@@ -303,15 +385,16 @@ class TestALeakedKeyCannotDeployProd:
         assert not any(secret in repr(logs) for secret in secrets)
 
     async def test_a_malformed_request_logs_the_signer_it_claims(self, loose: Fleet) -> None:
-        """A signed request that fails validation (a hostile revision) is rejected before its
-        signature is checked, and the log still names the key it claims."""
+        """A signed request that fails validation (a hostile revision) is refused before its
+        signature is checked, unanswered (it cannot be verified), and the log still names
+        the key it claims."""
         body = signed_body(loose.seed("admin"), "deploy.prod.pweb1")
+        hostile = json.dumps({**body, "revision": "$(id)"}).encode()
         with capture_logs() as logs:
             async with serving(loose, "pweb1"), await loose.connect("leaked") as bus:
-                status = await send(bus, "deploy.prod.pweb1", {**body, "revision": "$(id)"})
-        assert (status.status, status.error) == ("rejected", "invalid_revision")
-        (rejected,) = events(logs, "request_rejected")
-        assert rejected["signer"] == loose.seed("admin").public_key
+                assert await unanswered(loose, bus, "deploy.prod.pweb1", [hostile]) == []
+        rejected = [e for e in events(logs, "request_rejected") if e["error"] == "invalid_revision"]
+        assert [e["signer"] for e in rejected] == [loose.seed("admin").public_key]
         assert loose.runs() == []
 
     async def test_without_trusted_keys_an_unsigned_request_runs(self, loose: Fleet) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from fleet_core.errors import RequestRejected
+from fleet_core.host.replays import REPLAYS_FILE, load_replays, save_replays
 from fleet_core.keys import generate_seed
 from fleet_core.protocol.signing import (
     DEFAULT_SKEW,
@@ -155,3 +157,33 @@ def test_public_key_checks() -> None:
     for bad in (seed.reveal(), typo, "U", "not base32!"):
         with pytest.raises(ValueError, match=r"NKey|public key|checksum"):
             public_key_bytes(bad)
+
+
+class TestReplaysOnDisk:
+    """The listener's memory of signed requests, across a restart (fleet_core.host.replays)."""
+
+    def test_what_is_remembered_survives_a_restart_until_it_expires(self, tmp_path: Path) -> None:
+        """Saved, then read into a fresh cache, an id collides again; one past its lifetime
+        is forgotten; the file is readable by its owner alone."""
+        cache = ReplayCache()
+        assert cache.check_and_remember("UADMIN", "r1", until=200.0, now=100.0)
+        assert cache.check_and_remember("UADMIN", "r2", until=120.0, now=100.0)
+        save_replays(tmp_path, cache, now=100.0)
+        assert (tmp_path / REPLAYS_FILE).stat().st_mode & 0o777 == 0o600
+        restarted = ReplayCache()
+        assert load_replays(tmp_path, restarted, now=150.0) == 1
+        assert restarted.knows("r1", now=150.0) and not restarted.knows("r2", now=150.0)
+        assert not restarted.check_and_remember("UADMIN", "r1", until=200.0, now=150.0)
+        assert restarted.check_and_remember("UOTHER", "r1", until=200.0, now=150.0)
+
+    @pytest.mark.parametrize("content", [b"", b"{", b'{"a": 1}', b'[["U", "r", "soon"]]', b"[1]"])
+    def test_an_unreadable_file_is_an_empty_memory(self, tmp_path: Path, content: bytes) -> None:
+        """A damaged file costs the memory, never the listener's start."""
+        (tmp_path / REPLAYS_FILE).write_bytes(content)
+        cache = ReplayCache()
+        assert load_replays(tmp_path, cache, now=0.0) == 0
+        assert len(cache) == 0
+
+    def test_no_file_is_an_empty_memory(self, tmp_path: Path) -> None:
+        """A host that never verified a request starts with nothing remembered."""
+        assert load_replays(tmp_path / "new", ReplayCache(), now=0.0) == 0

@@ -79,6 +79,11 @@ def status(
     }
 
 
+def signed_status(signer: str | None) -> dict[str, Any]:
+    """web1's completed status for request d, naming who signed the request it answers."""
+    return {**status("web1", "completed", "d"), "signer": signer}
+
+
 def host_info(host: str, tier: str = "test") -> dict[str, Any]:
     return {
         "hostname": host,
@@ -212,17 +217,31 @@ class TestPure:
             ),
             (ReplyOrigin(), status("web1", "completed", "d", "prod"), {}, "claims tier"),
             (ReplyOrigin("test", "\x1b[2J"), status("\x1b[2J", "completed", "d"), {}, "not a"),
+            # A fleet-deploy listener names the request it answers, and who signed it.
+            (ReplyOrigin("test", "web1"), status("web1", "rejected", None), {}, "no request id"),
+            (ReplyOrigin("test", "web1"), signed_status("UMINE"), {}, None),
+            (ReplyOrigin("test", "web1"), signed_status("UTHEIRS"), {}, "signed by key UTHEIRS"),
+            (ReplyOrigin("test", "web1"), signed_status(None), {}, "signed by no verified key"),
+            (ReplyOrigin(), signed_status("UTHEIRS"), {}, "not by this deployer"),
         ],
     )
     def test_judge_status(
         self, origin: ReplyOrigin, body: dict[str, Any], facts: dict[str, bool], why: str | None
     ) -> None:
         """A status counts only when its body agrees with its subject, it is this
-        deployment's, and — on the bare subject — it is from an expected host of the tier that
-        never answered bound."""
+        deployment's (its id, and a request signed by this deployer when it names a signer),
+        and — on the bare subject — it is from an expected host of the tier that never
+        answered bound."""
         given = {"expected": True, "group": True, "speaks_bound": False} | facts
         reason = judge_status(
-            Status.model_validate(body), origin, deployment_id="d", tier="test", **given
+            Status.model_validate(body),
+            origin,
+            deployment_id="d",
+            tier="test",
+            expected=given["expected"],
+            group=given["group"],
+            speaks_bound=given["speaks_bound"],
+            signer="UMINE",  # the deployer's own key
         )
         assert (reason is None) == (why is None), reason
         assert why is None or (reason is not None and why in reason)
@@ -383,7 +402,7 @@ class TestBoundLayout:
 
         async with (
             fleet.listeners("web1", "web2", "pweb1"),
-            forging(fleet, "deploy.discover", forge) as forger,
+            forging(fleet, "deploy.discover.test", forge) as forger,
         ):
             listed = await fleet.cli("hosts", "--json", who="admin")
             started = anyio.current_time()

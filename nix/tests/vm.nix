@@ -83,18 +83,16 @@ pkgs.testers.runNixOSTest {
           authorization.users = [
             {
               # The listener on web1: tier test, role web. As `fleet-deploy nats-config`
-              # writes it: it answers only on reply subjects bound to its tier and name.
+              # writes it: it answers only on reply subjects bound to its tier and name, and
+              # hears discovery only on its tier's subject.
               nkey = publicKey "listener-web1";
               permissions = {
-                publish = [
-                  "deploy.responses.*.test.web1"
-                  "deploy.discover"
-                ];
+                publish = [ "deploy.responses.*.test.web1" ];
                 subscribe = [
                   "deploy.test.web1"
                   "deploy.test.all"
                   "deploy.test.role.web"
-                  "deploy.discover"
+                  "deploy.discover.test"
                 ];
               };
             }
@@ -102,15 +100,12 @@ pkgs.testers.runNixOSTest {
               # The listener on web2, the same for tier test, role web.
               nkey = publicKey "listener-web2";
               permissions = {
-                publish = [
-                  "deploy.responses.*.test.web2"
-                  "deploy.discover"
-                ];
+                publish = [ "deploy.responses.*.test.web2" ];
                 subscribe = [
                   "deploy.test.web2"
                   "deploy.test.all"
                   "deploy.test.role.web"
-                  "deploy.discover"
+                  "deploy.discover.test"
                 ];
               };
             }
@@ -122,7 +117,7 @@ pkgs.testers.runNixOSTest {
                 publish = {
                   allow = [
                     "deploy.test.>"
-                    "deploy.discover"
+                    "deploy.discover.test"
                     "build.*.*"
                   ];
                   deny = [ "build.responses.>" ];
@@ -133,7 +128,6 @@ pkgs.testers.runNixOSTest {
                   allow = [
                     "deploy.responses.*"
                     "deploy.responses.*.test.*"
-                    "deploy.discover"
                     "build.responses.*"
                   ];
                   deny = [ "deploy.responses.*.prod.>" ];
@@ -295,7 +289,7 @@ pkgs.testers.runNixOSTest {
         "deploy.test.web1",
         "deploy.test.all",
         "deploy.test.role.web",
-        "deploy.discover",
+        "deploy.discover.test",  # the bare deploy.discover is refused it, by design
     ]
 
 

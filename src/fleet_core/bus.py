@@ -21,8 +21,10 @@ so neither a cancelled caller nor a dead server can leave a socket open or hang 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,6 +36,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import DEFAULT_SUB_PENDING_MSGS_LIMIT
 from nats.aio.subscription import Subscription as _NatsSubscription
 
 from fleet_core.errors import ConnectionFailed, PermissionDenied
@@ -53,6 +56,7 @@ log = structlog.get_logger("fleet.bus")
 
 _DENIED = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?', re.I)
 _NO_RESPONDERS = "503"
+_SHED_REPORT_INTERVAL = 10.0  # seconds between two "messages_shed" lines for one subject
 CLOSE_DEADLINE = 5.0  # seconds a close may take before the socket is abandoned
 
 
@@ -128,8 +132,10 @@ class Bus:
         self.servers = server_urls(servers)
         self.url = ",".join(self.servers)
         self._watchers: list[DenialWatcher] = []
+        self._shed_counts: dict[str, tuple[int, float]] = {}  # subject -> (untold, told at)
         self._connection_watchers: list[ConnectionWatcher] = []
         self._closing = False  # a drop we caused is no news: neither logged nor reported
+        self.public_key: str | None = None  # the key ``connect`` authenticated with
 
     @classmethod
     async def connect(
@@ -223,10 +229,14 @@ class Bus:
             dont_randomize=not randomize,
         )
         bus = cls(client, urls)
+        bus.public_key = seed.public_key
         bus_ref.append(bus)
         return bus
 
     def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self._shed(exc.subject)
+            return
         match = _DENIED.search(str(exc))
         if match is None:
             log.warning("nats_error", url=self.url, error=_describe(exc))
@@ -243,6 +253,17 @@ class Bus:
         (log.debug if any(expected) else log.warning)(
             "nats_permission_denied", subject=subject, operation=operation
         )
+
+    def _shed(self, subject: str) -> None:
+        """A message dropped past a subscription's backlog: counted, and told at most once
+        every ``_SHED_REPORT_INTERVAL`` seconds per subject (a flood must not flood the log)."""
+        now = time.monotonic()
+        unreported, told_at = self._shed_counts.get(subject, (0, -math.inf))
+        unreported += 1
+        if now - told_at >= _SHED_REPORT_INTERVAL:
+            log.warning("messages_shed", subject=subject, dropped=unreported)
+            unreported, told_at = 0, now
+        self._shed_counts[subject] = (unreported, told_at)
 
     def _on_connection(self, *, connected: bool) -> None:
         if self._closing:
@@ -285,9 +306,13 @@ class Bus:
         except nats.errors.Error as exc:
             raise ConnectionFailed(f"cannot publish to {subject!r}: {_describe(exc)}") from exc
 
-    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+    async def subscribe(
+        self, subject: str, handler: Handler, *, queue: str = "", backlog: int | None = None
+    ) -> Subscription:
         """Deliver every message on ``subject`` to ``handler``; with ``queue``, each message
-        goes to one member of that queue group only."""
+        goes to one member of that queue group only. With ``backlog``, at most that many
+        messages wait for the handler: past it new ones are dropped (shed, and counted in a
+        log line), so a flood cannot queue work ahead of what matters."""
 
         async def deliver(msg: Msg) -> None:
             headers = msg.headers or {}
@@ -301,7 +326,15 @@ class Bus:
             )
 
         try:
-            return Subscription(await self._client.subscribe(subject, queue=queue, cb=deliver))
+            inner = await self._client.subscribe(
+                subject,
+                queue=queue,
+                cb=deliver,
+                pending_msgs_limit=backlog
+                if backlog is not None
+                else DEFAULT_SUB_PENDING_MSGS_LIMIT,
+            )
+            return Subscription(inner)
         except nats.errors.Error as exc:
             raise ConnectionFailed(f"cannot subscribe to {subject!r}: {_describe(exc)}") from exc
 

@@ -27,6 +27,7 @@ from fleet_core.keys import load_seed
 from fleet_core.lifecycle import Finished, run_until_signal
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.messages import HostInfo
+from fleet_core.protocol.text import escaped_json
 
 __all__ = ["finish", "run_deploy", "run_hosts"]
 
@@ -96,7 +97,7 @@ def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
         return finished.exit_code
     for tier in hidden:
         print(f"{tier} hosts are not shown: this key may not read their answers", file=sys.stderr)
-    if settings.json:
+    if settings.json:  # ensure_ascii: every control and bidi character as an escape
         print(json.dumps([h.model_dump(mode="json") for h in found], indent=2), file=out)
     else:
         print(hosts_table(found), file=out)
@@ -126,13 +127,17 @@ def finish(
     """Print a deploy's (or a build's) result, a summary or JSON, and decide the command's
     exit status: 0 when every host ended as asked, 1 when any did not, 128+N when signal N
     cut the wait short (what was asked for goes on). Usage, key and connection errors are
-    2, from ``cli.main``."""
+    2, from ``cli.main``.
+
+    The JSON is pydantic's, exact; ``escaped_json`` writes the few characters JSON leaves
+    raw (C1 controls, bidi overrides) as escapes, so that no host's text acts on a terminal
+    even there, and every string still parses back to what the host sent."""
     result = finished.value
     if result is None:
         print(f"fleet-deploy: interrupted; {interrupted}", file=sys.stderr)
         return finished.exit_code
     if json_out:
-        print(result.model_dump_json(indent=2), file=out)
+        print(escaped_json(result.model_dump_json(indent=2)), file=out)
     else:
         print("\n" + summarize(result), file=out)
     return 0 if result.ok else 1

@@ -58,7 +58,13 @@ from fleet_core.protocol.messages import (
     parse_status,
 )
 from fleet_core.protocol.signing import sign_request
-from fleet_core.protocol.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
+from fleet_core.protocol.subjects import (
+    DISCOVER_SUBJECT,
+    RESPONSES_PREFIX,
+    Target,
+    Tier,
+    tier_discover_subject,
+)
 from fleet_core.protocol.trust import (
     Flagged,
     bound_replies,
@@ -186,20 +192,36 @@ class Deployer:
         reply = request.reply_to
         tiers = [request.tier] if request.tier is not None else list(Tier)
         readable = {t: bound_replies(reply, t) for t in tiers if t not in self._unreadable}
+        # Each tier's own discovery subject, and the bare one for homelab-deploy's layout and
+        # its listeners; a key need be allowed only one of them (test: deploy.discover.test).
+        asked = (*(tier_discover_subject(t) for t in readable), DISCOVER_SUBJECT)
         found = _Answers(reply)
         inbox = _Inbox(
             self._bus,
             (reply, *readable.values()),
-            watched=(DISCOVER_SUBJECT, reply),
-            optional=readable.values(),
+            watched=(reply,),
+            optional=(*readable.values(), *asked),
         )
         async with inbox as events:
-            await self._bus.publish(DISCOVER_SUBJECT, encode(request), reply=reply)
-            await self._bus.flush()  # a refused subscription has been reported by now
+            payload = encode(request)
+            for subject in asked:
+                await self._bus.publish(subject, payload, reply=reply)
+            await self._bus.flush()  # a refused subscription or publish is reported by now
             for tier, subject in readable.items():
                 if subject in events.refused:
                     self._unreadable.add(tier)
                     log.info("tier_unreadable", tier=tier.value, key_may_not_read=subject)
+            if all(subject in events.refused for subject in readable.values()):
+                return found  # no tier asked for is one this key may read: no such hosts
+            # The server answers "no responders" once for each subject it took that nobody
+            # listens to; only when every one of them said so is nobody listening at all.
+            silent = len([subject for subject in asked if subject not in events.refused])
+            if not silent:
+                raise PermissionDenied(
+                    f"the NATS server refused this key permission to publish discovery on "
+                    f"{' or '.join(asked)}: use a deployer key (a listener's may not ask)",
+                    subject=DISCOVER_SUBJECT,
+                )
             with anyio.move_on_after(timing.discovery_cap):
                 wait = timing.discovery_first
                 while until is None or not until <= found.hosts.keys():
@@ -212,7 +234,10 @@ class Deployer:
                     if not isinstance(event, Message):
                         continue  # only a deployment posts events of its own
                     if event.no_responders:
-                        break
+                        silent -= 1
+                        if silent <= 0:
+                            break
+                        continue
                     _take_answer(found, request, event)
                     wait = timing.discovery_quiet
         return found
@@ -260,7 +285,7 @@ class Deployer:
         inbox = _Inbox(
             self._bus,
             (reply, tier_replies),
-            watched=(target.subject, reply, tier_replies, DISCOVER_SUBJECT),
+            watched=(target.subject, reply, tier_replies),
         )
         async with inbox as events:
             expected = set(expect)
@@ -290,9 +315,9 @@ class Deployer:
                 log=bound,
                 on_update=on_update,
                 on_connection=on_connection,
+                signer=self._signer.public_key if self._signer is not None else None,
             )
-            signer = self._signer.public_key if self._signer is not None else None
-            bound.info("deploy_publish", expected=sorted(expected), signer=signer)
+            bound.info("deploy_publish", expected=sorted(expected), signer=gathering.signer)
             stop_watching = self._bus.watch_connection(
                 lambda connected: events.post(_Connection(connected, gone=self._bus.is_closed))
             )
@@ -393,8 +418,10 @@ class _Gathering:
         log: Any,
         on_update: OnUpdate | None,
         on_connection: OnConnection | None,
+        signer: str | None = None,
     ) -> None:
         self.tracker = tracker
+        self.signer = signer  # the public key the request is signed with, if it is
         self.reply = reply
         self.deployment_id = deployment_id
         self.target = target
@@ -454,6 +481,7 @@ class _Gathering:
             expected=tracker.expects(status.hostname),
             group=self.target.is_group,
             speaks_bound=tracker.speaks_bound(status.hostname),
+            signer=self.signer,
         )
         if reason is not None:
             self.flag(Flagged.of(event.subject, status.hostname, status.status.value, reason))

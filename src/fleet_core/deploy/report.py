@@ -1,4 +1,11 @@
-"""Turning results into text for people (pure): live status lines, summaries, host tables."""
+"""Turning results into text for people (pure): live status lines, summaries, host tables.
+
+Every text a host sent — its hostname and role, messages, error codes, phases, log lines,
+version — goes through ``printable`` on its way into a line, so that a build log's escape
+sequences cannot retitle the terminal, overwrite the verdict or hide a line
+(``fleet_core.protocol.text``). A multi-line message is shown as one line, its newlines
+escaped: a host must not print a line of its own, such as a fake verdict.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from collections.abc import Sequence
 
 from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
 from fleet_core.protocol.messages import HostInfo
+from fleet_core.protocol.text import printable
 
 __all__ = [
     "RECOVERED",
@@ -30,14 +38,14 @@ def connection_line(outage: Outage) -> str:
 
 def host_line(host: HostResult) -> str:
     """One line for a host whose state just changed."""
-    detail = host.message
+    detail = printable(host.message)
     if host.phase and host.status == "progress":
-        detail = f"[{host.phase}] {detail}"
+        detail = f"[{printable(host.phase)}] {detail}"
     if host.error:
-        detail = f"{host.error}: {detail}"
+        detail = f"{printable(host.error)}: {detail}"
     if host.recovered:
         detail = f"{detail} {RECOVERED}"
-    return f"  {host.hostname:<20} {host.status:<10} {detail}".rstrip()
+    return f"  {printable(host.hostname):<20} {host.status:<10} {detail}".rstrip()
 
 
 def summary(result: DeploymentResult) -> str:
@@ -53,11 +61,12 @@ def summary(result: DeploymentResult) -> str:
         note = f"{host.error}: {host.message}" if host.error else host.message
         marker = "" if host.expected else " (unexpected)"
         marker += f" {RECOVERED}" if host.recovered else ""
-        lines.append(f"  {host.hostname:<20} {host.status:<10} {took:>8}  {note}{marker}")
+        name = printable(host.hostname)
+        lines.append(f"  {name:<20} {host.status:<10} {took:>8}  {printable(note)}{marker}")
     for host in result.hosts:
         if host.log_tail:
-            lines += ["", f"--- last output of {host.hostname} ---"]
-            lines += [f"  {line}" for line in host.log_tail[-TAIL_LINES:]]
+            lines += ["", f"--- last output of {printable(host.hostname)} ---"]
+            lines += [f"  {printable(line)}" for line in host.log_tail[-TAIL_LINES:]]
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items()))
     verdict = "OK" if result.ok else "NOT OK"
     if not result.hosts:
@@ -77,16 +86,18 @@ def trust_lines(result: DeploymentResult) -> list[str]:
     if result.flagged_count:
         lines += ["", f"Not believed, so not counted ({result.flagged_count}):"]
         lines += [
-            f"  {f.hostname:<20} {f.claim:<10} on {f.subject}: {f.reason}" for f in result.flagged
+            f"  {printable(f.hostname):<20} {printable(f.claim):<10} on {printable(f.subject)}: "
+            f"{printable(f.reason)}"
+            for f in result.flagged
         ]
         if result.flagged_count > len(result.flagged):
             lines.append(f"  … and {result.flagged_count - len(result.flagged)} more")
     if result.unverified:
         lines += [
             "",
-            f"Not server-verified: {', '.join(result.unverified)} answered on the bare reply "
-            "subject (as homelab-deploy listeners do), which any listener key may publish to "
-            "under homelab-deploy's NATS layout.",
+            f"Not server-verified: {printable(', '.join(result.unverified))} answered on the "
+            "bare reply subject (as homelab-deploy listeners do), which any listener key may "
+            "publish to under homelab-deploy's NATS layout.",
         ]
     return lines
 
@@ -101,8 +112,8 @@ def _outages(result: DeploymentResult) -> str:
     recovered = [host.hostname for host in result.hosts if host.recovered]
     if len(recovered) == 1:
         text += (
-            f"; the final status of {recovered[0]}, sent meanwhile, was read back from its "
-            "job record"
+            f"; the final status of {printable(recovered[0])}, sent meanwhile, was read back "
+            "from its job record"
         )
     elif recovered:
         text += (
@@ -114,20 +125,24 @@ def _outages(result: DeploymentResult) -> str:
 
 def hosts_table(hosts: Sequence[HostInfo]) -> str:
     """Discovered hosts as an aligned table; a KIND column only when a host is not NixOS
-    (a listener that does not say is NixOS), so an all-NixOS fleet's table is unchanged."""
+    (a listener that does not say is NixOS), so an all-NixOS fleet's table is unchanged.
+    Every cell is a host's answer, so every cell is made printable."""
     if not hosts:
         return "no hosts answered discovery"
     kinds = [h.kind or "nixos" for h in hosts]
     with_kind = any(kind != "nixos" for kind in kinds)
     rows = [("HOST", "TIER", "ROLE", *(("KIND",) if with_kind else ()), "STATE", "VERSION")]
     rows += [
-        (
-            h.hostname,
-            h.tier,
-            h.role or "-",
-            *((kind,) if with_kind else ()),
-            "busy" if h.busy else "idle",
-            h.version or "-",
+        tuple(
+            printable(cell)
+            for cell in (
+                h.hostname,
+                h.tier,
+                h.role or "-",
+                *((kind,) if with_kind else ()),
+                "busy" if h.busy else "idle",
+                h.version or "-",
+            )
         )
         for h, kind in zip(hosts, kinds, strict=True)
     ]

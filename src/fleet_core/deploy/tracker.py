@@ -76,6 +76,12 @@ FINAL_STATES: frozenset[str] = frozenset(
 # Seconds between the rounds of job queries after a reconnect, for hosts not heard from since.
 RECHECK_AFTER: Final = (1.0, 2.0, 4.0)
 
+# Why an expected host ends missing, when the server did not say that nobody listens.
+NEVER_ANSWERED = (
+    "the host never answered: it is down, or it refused a request it could not verify as "
+    "signed by a key it trusts (its log says which)"
+)
+
 
 class HostResult(BaseModel):
     """What is known of one host in one deployment."""
@@ -315,7 +321,7 @@ class DeploymentTracker:
         if clock >= self._answer_by and len(self._pending) > self._asking_pending:
             # Hosts being asked wait for their answer; the others never answered at all.
             unheard = sorted(name for name in self._pending if name not in self._asking)
-            changed += self._finish(unheard, "missing", "the host never answered")
+            changed += self._finish(unheard, "missing", NEVER_ANSWERED)
         while self._quiet:
             name, heard = next(iter(self._quiet.items()))
             if clock - heard < self._silence_limit:

@@ -33,11 +33,13 @@ from fleet_core import __version__
 from fleet_core.bus import Bus, Message, Subscription
 from fleet_core.config.options import RESTART_EXIT_STATUS
 from fleet_core.config.settings import ListenerSettings
-from fleet_core.errors import FleetError, RequestRejected
+from fleet_core.errors import FleetError, PermissionDenied, RequestRejected
 from fleet_core.host.jobs.launch import Rebuilder, rebuilder_for
 from fleet_core.host.jobs.manager import HostJobs, Job
 from fleet_core.host.jobs.outcome import Outcome
 from fleet_core.host.jobs.store import JobRecord
+from fleet_core.host.preflight import check_own_subjects
+from fleet_core.host.replays import load_replays, save_replays
 from fleet_core.host.status_reporter import StatusReporter
 from fleet_core.protocol.actions import Action, validate_action_for
 from fleet_core.protocol.messages import (
@@ -52,7 +54,8 @@ from fleet_core.protocol.messages import (
     parse_deploy_request,
     parse_discover_request,
 )
-from fleet_core.protocol.signing import ReplayCache, verify_request
+from fleet_core.protocol.signing import ReplayCache, verified_signer, verify_request
+from fleet_core.protocol.subjects import tier_discover_subject
 from fleet_core.protocol.trust import bound_reply
 
 if TYPE_CHECKING:
@@ -63,6 +66,10 @@ __all__ = ["RESTART_EXIT_CODE", "Listener", "fingerprint"]
 log = structlog.get_logger("fleet.listener")
 
 RESTART_EXIT_CODE = RESTART_EXIT_STATUS  # the NixOS unit lists it in RestartForceExitStatus
+# Discovery messages that may wait for this listener; past that a flood is shed (dropped and
+# counted in the log) instead of queueing ahead of real discoveries and job queries. Deploy
+# requests arrive on subscriptions of their own and never wait behind discovery.
+DISCOVERY_BACKLOG = 64
 _ACTIVATING = frozenset({Action.SWITCH, Action.TEST})
 
 Fingerprint = tuple[tuple[str, str, str | None], ...]
@@ -123,6 +130,14 @@ class Listener:
             metrics.count_in_progress(self._in_progress)
 
     @property
+    def discover_subjects(self) -> tuple[str, ...]:
+        """Where discovery and job queries reach this host: its tier's own subject (the
+        layout nats-config writes lets only that tier's deployers publish there) and the
+        bare one (homelab-deploy's layout and deployers, and the admin)."""
+        base = self.settings.discover_subject
+        return (tier_discover_subject(self.settings.tier, base), base)
+
+    @property
     def busy(self) -> bool:
         return bool(self.jobs.active)
 
@@ -144,31 +159,57 @@ class Listener:
         subscriptions are gone), and a running rebuild is left running: the next listener
         resumes it. Only ``stop_jobs`` stops rebuilds.
         """
+        # Before any job is resumed or taken: a key refused its own subjects stops here.
+        await check_own_subjects(bus, self.settings)
         self._bus = bus
         self._restart = restart = anyio.Event()
         subscriptions: list[Subscription] = []
         paths = self.settings.restart_if_changed
         self._baseline = await anyio.to_thread.run_sync(fingerprint, paths)
+        remembered = await anyio.to_thread.run_sync(
+            lambda: load_replays(self.settings.state_dir, self._replays, now=time.time())
+        )
+        # A layout allows one of the two discovery subjects (the bound one its tier's, the
+        # homelab one the bare): the other's refusal is expected, told at debug level only.
+        deaf: set[str] = set()
+
+        def discovery_refused(denial: PermissionDenied) -> bool:
+            if denial.subject in self.discover_subjects:
+                deaf.add(denial.subject)
+                return True
+            return False
+
+        stop_watching = bus.watch_denials(discovery_refused)
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 await self.jobs.resume(tasks)
                 for subject in self.settings.subjects:
                     subscriptions.append(await bus.subscribe(subject, self._on_deploy))
-                subscriptions.append(
-                    await bus.subscribe(self.settings.discover_subject, self._on_discover)
-                )
+                for subject in self.discover_subjects:
+                    subscriptions.append(
+                        await bus.subscribe(subject, self._on_discover, backlog=DISCOVERY_BACKLOG)
+                    )
                 await bus.flush()
+                if deaf >= set(self.discover_subjects):
+                    self._log.warning(
+                        "discovery_refused",
+                        subjects=sorted(deaf),
+                        reason="the server lets this key hear no discovery subject: deploys "
+                        "reach this host, but discovery and job queries do not (regenerate "
+                        "the server's config with fleet-deploy nats-config)",
+                    )
                 self._log.info(
                     "listening",
                     subjects=list(self.settings.subjects),
-                    discover=self.settings.discover_subject,
+                    discover=list(self.discover_subjects),
                     version=__version__,
                     rebuild_runner=self.settings.rebuild_runner,
                     host_kind=self.settings.host_kind.value,
                     configuration=self.settings.flake_configuration,
                     trusted_deployer_keys=list(self.settings.trusted_deployer_keys),
                     resumed=[job.request_id for job in self.jobs.active],
+                    signed_requests_remembered=remembered,
                 )
                 task_status.started()
                 try:
@@ -178,6 +219,7 @@ class Listener:
                     self._tasks = None
                 tasks.cancel_scope.cancel()
         finally:
+            stop_watching()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 for subscription in subscriptions:
                     await subscription.unsubscribe()
@@ -217,19 +259,24 @@ class Listener:
         reply_to: str,
         request: DeployRequest | None = None,
         request_id: str | None = None,
+        signer: str | None = None,
         *,
         bind: bool = False,
     ) -> StatusReporter:
         """A reporter to ``reply_to`` — bound to this host's tier and hostname when the
-        request asked for ``bind`` (a resumed job's request still does)."""
+        request asked for ``bind`` or is signed (a resumed job's request still is), naming
+        ``signer``, the key verified to have signed the request, in every status."""
         assert self._bus is not None
+        signed = request is not None and request.signature_fields() is not None
+        bound = bind or signed or bool(request and request.bind)
         return StatusReporter(
             self._bus,
             hostname=self.settings.hostname,
             tier=self.settings.tier.value,
-            reply_to=self._reply_subject(reply_to, bind or bool(request and request.bind)),
+            reply_to=self._reply_subject(reply_to, bound),
             request=request,
             request_id=request_id,
+            signer=signer,
             on_final=self._metrics.final_status if self._metrics is not None else None,
         )
 
@@ -240,11 +287,28 @@ class Listener:
         return bound_reply(reply_to, self.settings.tier.value, self.settings.hostname)
 
     async def _handle_deploy(self, msg: Message) -> None:
+        """Validate, verify and take one request, or refuse it.
+
+        A refusal is its requester's, so it is sent only where the request shows it can be:
+
+        - a request whose id this host already knows (a replay, or someone else's request
+          sent with a known id) is never answered: the answer would land among the first
+          request's statuses;
+        - nor is one whose reply subject is not its id's;
+        - on a host that requires signed requests, nor is one that cannot be verified
+          (unsigned, a bad signature, malformed): nobody provably sent it. A request that a
+          key truly signed is answered, naming that key (``untrusted_signer``, say).
+
+        What is not answered is logged with the reason. Every status names the key verified
+        to have signed the request (none: unsigned), so a deployer can tell the answers to
+        its own request from those to another sent with its id.
+        """
         try:
             request = parse_deploy_request(msg.data, nats_reply=msg.reply)
         except InvalidRequest as exc:
             self._log.warning(
                 "request_rejected",
+                request_id=exc.request_id,
                 subject=msg.subject,
                 signer=exc.signer,
                 error=exc.code,
@@ -252,28 +316,52 @@ class Listener:
                 reply_to=exc.reply_to,
                 size=len(msg.data),
             )
-            if exc.reply_to is not None:
-                reporter = self._reporter(exc.reply_to, bind=exc.bind)
+            if (
+                exc.reply_to is not None
+                and not self.settings.trusted_deployer_keys  # nothing here can be verified
+                and not await self._collides(exc.request_id)
+            ):
+                reporter = self._reporter(exc.reply_to, request_id=exc.request_id, bind=exc.bind)
                 await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
             return
+        if await self._collides(request.id):
+            self._log.warning(
+                "request_ignored",
+                request_id=request.id,
+                subject=msg.subject,
+                claimed_signer=request.signer,
+                reason="this host already knows a request with that id: a replay, or another "
+                "request sent with its id; the answer belongs to the first one",
+            )
+            return
         request_id = request.id or uuid.uuid4().hex
-        reporter = self._reporter(request.reply_to, request, request_id)
-        signer = request.signer  # as the request claims it: a public key, never a secret
+        signer = verified_signer(
+            request.signature_fields(),
+            request_id=request.id,
+            subject=msg.subject,
+            action=request.action.value,
+            revision=request.revision,
+        )
+        reporter = self._reporter(request.reply_to, request, request_id, signer)
         try:
             # Every action is valid on the wire; this host's kind may lack one (a Home
             # Manager host has no boot): refused now, before anything is accepted.
             validate_action_for(self.settings.host_kind, request.action)
             await self._verify(request, msg.subject)
         except RequestRejected as exc:
+            answered = signer is not None or not self.settings.trusted_deployer_keys
             self._log.warning(
                 "request_rejected",
                 request_id=request_id,
                 subject=msg.subject,
                 signer=signer,
+                claimed_signer=request.signer,
                 error=exc.code,
                 reason=str(exc),
+                answered=answered,
             )
-            await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
+            if answered:
+                await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
             return
         if self._tasks is None:
             self._log.info(
@@ -314,14 +402,26 @@ class Listener:
         )
         self._tasks.start_soon(self.jobs.run, job)
 
+    async def _collides(self, request_id: str | None) -> bool:
+        """Whether this host already knows a request with ``request_id``: a signed one it
+        verified (remembered across restarts), or one it ran or runs (its job record)."""
+        if request_id is None:
+            return False
+        if self._replays.knows(request_id, now=time.time()):
+            return True
+        if any(job.request_id == request_id for job in self.jobs.active):
+            return True
+        return await anyio.to_thread.run_sync(self.jobs.store.load, request_id) is not None
+
     async def _verify(self, request: DeployRequest, subject: str) -> None:
         """Raise ``RequestRejected`` unless this host may act on ``request``, which arrived
         on ``subject``: with trusted deployer keys, it must be signed by one of them for that
-        very subject, recently, and be seen for the first time — by this process (the replay
-        cache) and by this host (a job record of its id survives restarts)."""
+        very subject, recently, and be seen for the first time. What was verified is on disk
+        before anything is answered, so that a restart cannot forget it (``host.replays``)."""
         trusted = self.settings.trusted_deployer_keys
         if not trusted:
             return
+        now = time.time()
         verify_request(
             request.signature_fields(),
             request_id=request.id,
@@ -329,17 +429,13 @@ class Listener:
             action=request.action.value,
             revision=request.revision,
             trusted=trusted,
-            now=time.time(),
+            now=now,
             replays=self._replays,
             ttl=self.settings.request_ttl,
         )
-        assert request.id is not None  # verify_request refuses a request without one
-        if await anyio.to_thread.run_sync(self.jobs.store.load, request.id) is not None:
-            raise RequestRejected(
-                ErrorCode.REPLAYED_REQUEST,
-                f"request {request.id} already ran on {self.settings.hostname}: a signed "
-                "request runs at most once",
-            )
+        await anyio.to_thread.run_sync(
+            lambda: save_replays(self.settings.state_dir, self._replays, now=now)
+        )
 
     async def _handle_discover(self, msg: Message) -> None:
         try:

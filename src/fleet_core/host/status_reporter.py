@@ -51,6 +51,7 @@ class StatusReporter:
     reply_to: str
     request: DeployRequest | None = None
     request_id: str | None = None
+    signer: str | None = None  # the request's verified signer, named in every status
     on_final: Callable[[Status], None] | None = field(default=None, repr=False, compare=False)
     # Whether on_final has heard this request's final status: the one mutable part, a cell.
     _counted: list[bool] = field(default_factory=list, init=False, repr=False, compare=False)
@@ -81,6 +82,7 @@ class StatusReporter:
             duration_s=round(duration_s, 3) if duration_s is not None else None,
             phase=phase,
             log_tail=[redact(line) for line in log_tail] if log_tail is not None else None,
+            signer=self.signer,
         )
         if kind in FINAL_STATUSES and self.on_final is not None and not self._counted:
             self._counted.append(True)

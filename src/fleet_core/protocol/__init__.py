@@ -6,4 +6,5 @@ Modules:
     messages    wire models and their size limits
     signing     signed requests: canonical text, ed25519, TTL and replay checks
     trust       bound replies: which host answered, and what a deployer believes
+    text        text from the wire as it may be shown: control characters made visible
 """

@@ -226,6 +226,16 @@ class Status(_Wire):
     duration_s: float | None = None
     phase: str | None = None
     log_tail: list[str] | None = None
+    # The public key that signed the request this status answers, as the listener verified
+    # it; null for an unsigned request or a signature that did not verify. A listener of
+    # this release always sends the field, so a deployer can tell its own request's answers
+    # from those to a request that someone else sent with its id (protocol.trust).
+    signer: str | None = None
+
+    @property
+    def reports_signer(self) -> bool:
+        """Whether the listener told who signed the request (one older than that cannot)."""
+        return "signer" in self.model_fields_set
 
     @property
     def is_final(self) -> bool:
@@ -303,11 +313,13 @@ class InvalidRequest(RequestRejected):
         reply_to: str | None,
         bind: bool = False,
         signer: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(code, message)
         self.reply_to = reply_to
         self.bind = bind
         self.signer = signer  # the public key the body claims to be signed by, for the log
+        self.request_id = request_id  # the body's id, when it is one: a refusal names it
 
 
 def encode(model: BaseModel) -> bytes:
@@ -365,13 +377,29 @@ def parse_deploy_request(data: bytes, *, nats_reply: str | None = None) -> Deplo
         raise InvalidRequest(ErrorCode.INVALID_REQUEST, "request has no reply_to", reply_to=None)
     reply = obj.get("reply_to", fallback)
     answer = reply if is_reply_subject(reply) else None  # a bad reply_to is never answered
-    bind = obj.get("bind") is True  # a refusal goes where the statuses would have gone
     claimed = obj.get("signer")
     signer = claimed[:_MAX_SIGNING_CHARS] if isinstance(claimed, str) else None
+    request_id = obj.get("id") if is_request_id(obj.get("id")) else None
+    if request_id is not None and reply != RESPONSES_PREFIX + request_id:
+        # The id names the reply subject: whoever signs the id signs where the answers go,
+        # and no request borrows another's reply subject under an id of its own. Checked
+        # here, on what arrives, not in the model: a job record of an earlier release loads.
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST,
+            f"reply_to must be {RESPONSES_PREFIX}<id> for a request with an id",
+            reply_to=None,  # it may be someone else's: never answered
+            signer=signer,
+            request_id=request_id,
+        )
+    # A refusal goes where the statuses would have gone: bound when asked, or when signed
+    # (a signer's answers are always bound, whatever the unsigned bind field says).
+    bind = obj.get("bind") is True or signer is not None
     try:
         return DeployRequest.model_validate({**obj, "reply_to": reply})
     except RequestRejected as exc:
-        raise InvalidRequest(exc.code, str(exc), reply_to=answer, bind=bind, signer=signer) from exc
+        raise InvalidRequest(
+            exc.code, str(exc), reply_to=answer, bind=bind, signer=signer, request_id=request_id
+        ) from exc
     except ValidationError:  # the validator leaves pydantic nothing to refuse; kept as a net
         raise InvalidRequest(
             ErrorCode.INVALID_REQUEST,
@@ -379,6 +407,7 @@ def parse_deploy_request(data: bytes, *, nats_reply: str | None = None) -> Deplo
             reply_to=answer,
             bind=bind,
             signer=signer,
+            request_id=request_id,
         ) from None
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "canonical_text",
     "public_key_bytes",
     "sign_request",
+    "verified_signer",
     "verify_request",
 ]
 
@@ -131,8 +132,57 @@ class ReplayCache:
         self._seen[key] = until
         return True
 
+    def knows(self, request_id: str, *, now: float) -> bool:
+        """Whether some signer's request ``request_id`` is remembered (and not yet expired):
+        a second request with that id, whoever signed it, collides with the first."""
+        return any(key[1] == request_id and expiry > now for key, expiry in self._seen.items())
+
+    def entries(self, *, now: float) -> list[tuple[str, str, float]]:
+        """What is remembered and not yet expired: (signer, request id, until), oldest first;
+        what a listener keeps on disk so that a restart forgets nothing."""
+        return [(s, r, until) for (s, r), until in self._seen.items() if until > now]
+
+    def restore(self, entries: Iterable[tuple[str, str, float]], *, now: float) -> None:
+        """Remember ``entries`` (from ``entries``, read back after a restart) anew."""
+        for signer, request_id, until in sorted(entries, key=lambda entry: entry[2]):
+            if until > now:
+                self.check_and_remember(signer, request_id, until=until, now=now)
+
     def __len__(self) -> int:
         return len(self._seen)
+
+
+def verified_signer(
+    signature: Signature | None,
+    *,
+    request_id: str | None,
+    subject: str,
+    action: str,
+    revision: str,
+) -> str | None:
+    """The public key that truly signed this request for ``subject``, or None when it is
+    unsigned or its signature does not verify — whoever the body claims.
+
+    Trust, lifetime and replays are not judged here (``verify_request`` does): this is only
+    who signed. A listener names that key in every status it sends for the request, so a
+    deployer can tell its own request's answers from those to a request someone else sent
+    with its id (docs/security.md).
+    """
+    if signature is None or request_id is None:
+        return None
+    text = canonical_text(
+        request_id=request_id,
+        subject=subject,
+        action=action,
+        revision=revision,
+        signed_at=signature.signed_at,
+    )
+    try:
+        raw = base64.urlsafe_b64decode(signature.signature + "=" * (-len(signature.signature) % 4))
+        nacl.signing.VerifyKey(public_key_bytes(signature.signer)).verify(text, raw)
+    except (ValueError, binascii.Error, nacl.exceptions.BadSignatureError):
+        return None
+    return signature.signer
 
 
 def verify_request(
@@ -168,22 +218,15 @@ def verify_request(
             f"key {signature.signer[:60]} may not deploy to this host: add it to the host's "
             "trusted deployer keys for its tier",
         )
-    text = canonical_text(
-        request_id=request_id,
-        subject=subject,
-        action=action,
-        revision=revision,
-        signed_at=signature.signed_at,
+    signer = verified_signer(
+        signature, request_id=request_id, subject=subject, action=action, revision=revision
     )
-    try:
-        raw = base64.urlsafe_b64decode(signature.signature + "=" * (-len(signature.signature) % 4))
-        nacl.signing.VerifyKey(public_key_bytes(signature.signer)).verify(text, raw)
-    except (ValueError, binascii.Error, nacl.exceptions.BadSignatureError):
+    if signer is None:
         raise RequestRejected(
             "bad_signature",
             "the request's signature does not match its id, subject, action, revision and "
             "time: it was altered on the way, or signed for another request",
-        ) from None
+        )
     age = now - signature.signed_at
     if age > ttl + skew:
         raise RequestRejected(

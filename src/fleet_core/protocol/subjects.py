@@ -34,6 +34,7 @@ __all__ = [
     "is_reply_subject",
     "parse_target",
     "resolve_target",
+    "tier_discover_subject",
     "validate_hostname",
     "validate_role",
     "validate_subject",
@@ -97,6 +98,17 @@ def validate_subject(value: str) -> str:
             f"invalid subject {value!r}: use dot-separated tokens without spaces, '*' or '>'"
         )
     return value
+
+
+def tier_discover_subject(tier: Tier, base: str = DISCOVER_SUBJECT) -> str:
+    """Where one tier's listeners hear discovery and job queries: ``deploy.discover.<tier>``.
+
+    Under the layout ``nats-config`` writes only that tier's listeners may subscribe there,
+    and the test key may publish only to ``deploy.discover.test``: it can neither load the
+    prod listeners nor read the admin's prod job queries. The bare ``base`` stays for
+    homelab-deploy's layout and listeners.
+    """
+    return f"{base}.{tier.value}"
 
 
 def is_reply_subject(value: object) -> TypeGuard[str]:

@@ -17,7 +17,11 @@ whether to believe the body:
   only an expected host of the deployment's tier counts — and not one that has already
   spoken on its own bound subject (a fleet-deploy listener never falls back to the bare
   one): such a status still counts, but the result is not server-verified;
-- a status of another request id never counts.
+- a status of another request id never counts, nor one on a bound subject without an id;
+- a status that says which key signed the request it answers (every listener of this
+  release does) counts only when that key is the deployer's own: anyone who reads a
+  deployment's id can send a request of their own with it, and a host must not answer that
+  one in the deployment's place.
 
 What is not believed is dropped, logged and listed (``Flagged``) in the result.
 """
@@ -135,15 +139,26 @@ def judge_status(
     expected: bool,
     group: bool,
     speaks_bound: bool,
+    signer: str | None = None,
 ) -> str | None:
     """Why ``status`` must not count for the deployment (a sentence), or None when it may.
 
     ``expected``: the deployment waits for this host. ``group``: it addressed a group, so a
     host may answer unasked (one that came up after discovery). ``speaks_bound``: the host has
     answered on its own bound subject before (in this deployment or its discovery).
+    ``signer``: the public key this deployer signed its request with (None: unsigned).
+
+    A status that names another signer answers a request someone else sent with this
+    deployment's id (a key that read the id from a status subject): the host's true answer to
+    this deployment is still to come, and must not be pre-empted by it.
     """
     if status.request_id is not None and status.request_id != deployment_id:
         return f"request id {shown(status.request_id)} is not this deployment's"
+    if status.request_id is None and origin.bound:
+        return "it names no request id: a fleet-deploy listener names the request it answers"
+    if status.reports_signer and status.signer != signer:
+        sent_by = f"key {shown(status.signer)}" if status.signer else "no verified key"
+        return f"it answers a request signed by {sent_by}, not by this deployer"
     if not _HOSTNAME.fullmatch(status.hostname):
         return f"its hostname {shown(status.hostname)} is not a hostname"
     if origin.bound:

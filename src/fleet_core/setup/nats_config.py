@@ -5,15 +5,18 @@ runs its server on that very ``nats_config``, so what the sandbox shows is what 
 
 NATS permission templates (``{{name()}}``) are taken literally for config-file nkey users,
 so every host gets a permission block of its own: it may subscribe to exactly its deploy
-subjects and ``deploy.discover``, and publish only statuses and discovery answers.
+subjects and its tier's discovery subject, and publish only statuses and discovery answers.
 
 Two layouts (``LAYOUTS``):
 
 ``bound`` (the default)
     A listener may publish answers only on ``deploy.responses.*.<tier>.<hostname>``: the
     server vouches for the host and tier of every bound reply (``fleet_core.protocol.trust``), and
-    no listener can publish to a bare reply subject. The test deployer may read only
-    bare and test-tier replies: ``deploy.responses.*`` and ``deploy.responses.*.test.*``.
+    no listener can publish to a bare reply subject. Discovery and job queries go to
+    ``deploy.discover.<tier>``: only that tier's listeners hear them, and the test deployer
+    may publish only ``deploy.discover.test`` and read no discovery subject, so it can
+    neither load nor overhear the prod listeners. The test deployer may read only bare and
+    test-tier replies: ``deploy.responses.*`` and ``deploy.responses.*.test.*``.
     Because a ``*`` in a permission also admits a subscription to a literal ``>`` token,
     ``deploy.responses.*`` alone would let it subscribe to ``deploy.responses.>``; the deny
     rule ``deploy.responses.*.prod.>`` keeps prod replies from being delivered there.
@@ -60,6 +63,7 @@ from fleet_core.protocol.subjects import (
     RESPONSES_PREFIX,
     Tier,
     expand_templates,
+    tier_discover_subject,
     validate_hostname,
     validate_role,
 )
@@ -243,13 +247,16 @@ def listener_permissions(host: HostEntry, layout: Layout = DEFAULT_LAYOUT) -> Us
     subjects = expand_templates(
         DEFAULT_DEPLOY_SUBJECTS, hostname=host.name, tier=host.tier, role=host.role
     )
-    answers = (
-        bound_reply(BARE_REPLIES, host.tier.value, host.name)
-        if layout == "bound"
-        else RESPONSES_WILDCARD
-    )
+    if layout == "homelab":
+        return UserPermissions(
+            publish=(RESPONSES_WILDCARD, DISCOVER_SUBJECT),
+            subscribe=(*subjects, DISCOVER_SUBJECT),
+        )
+    # Discovery only on its own tier's subject, which only that tier's deployers (and the
+    # admin) may publish to: another tier's key can neither load it nor read what is asked.
     return UserPermissions(
-        publish=(answers, DISCOVER_SUBJECT), subscribe=(*subjects, DISCOVER_SUBJECT)
+        publish=(bound_reply(BARE_REPLIES, host.tier.value, host.name),),
+        subscribe=(*subjects, tier_discover_subject(host.tier)),
     )
 
 
@@ -264,21 +271,17 @@ def deployer_permissions(
             subscribe=("deploy.>", BUILD_REPLIES),
             deny_publish=(BUILD_RESPONSES_WILDCARD,),
         )
-    publish = ("deploy.test.>", DISCOVER_SUBJECT, BUILD_REQUESTS)
     if layout == "homelab":
         return UserPermissions(
-            publish=publish,
+            publish=("deploy.test.>", DISCOVER_SUBJECT, BUILD_REQUESTS),
             subscribe=(RESPONSES_WILDCARD, DISCOVER_SUBJECT, BUILD_REPLIES),
             deny_publish=(BUILD_RESPONSES_WILDCARD,),
         )
     return UserPermissions(
-        publish=publish,
-        subscribe=(
-            BARE_REPLIES,
-            bound_replies(BARE_REPLIES, Tier.TEST),
-            DISCOVER_SUBJECT,
-            BUILD_REPLIES,
-        ),
+        # Discovery and job queries of the test tier only: the prod listeners never hear
+        # this key, and it reads no discovery subject (the admin's prod job queries).
+        publish=("deploy.test.>", tier_discover_subject(Tier.TEST), BUILD_REQUESTS),
+        subscribe=(BARE_REPLIES, bound_replies(BARE_REPLIES, Tier.TEST), BUILD_REPLIES),
         # deploy.responses.* admits a subscription to deploy.responses.> (a ``*`` matches
         # the literal token ``>``); the server then withholds what this deny matches.
         deny_subscribe=(bound_reply(BARE_REPLIES, Tier.PROD.value, ">"),),

@@ -64,6 +64,7 @@ from fleet_core.lifecycle import run_until_signal
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Tier, parse_target
+from fleet_core.protocol.text import printable
 from fleet_core.testing import (
     FleetHost,
     LocalFleet,
@@ -507,7 +508,7 @@ class _Sandbox:
         failed = [h for h in result.hosts if h.status == "failed"]
         self.say("\n3. What went wrong?\n")
         for host in failed:
-            self.say(f"  {host.hostname}: {host.error}: {host.message}")
+            self.say(f"  {host.hostname}: {printable(f'{host.error}: {host.message}')}")
             jobs = self.root / "state" / host.hostname / "jobs"
             logs = sorted(jobs.glob(f"*-{result.deployment_id}/output.log"))
             self.say(

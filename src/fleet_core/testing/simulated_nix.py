@@ -15,6 +15,8 @@ It checks its arguments as strictly as the builder's argv is built, answers like
 and the store path on stdout; a dotted host name only when quoted), and can be told to fail
 one host's build, to fail copies, to hold a build until a file appears (so a test can keep
 a build open without sleeping), or to leave a child behind that holds its output open.
+``--sim-print-file`` adds a file's bytes, as they are, to the end of every build's log (a
+failing build's after its error): what a branch's author can make nix print.
 A copy ``--to file://DIR`` writes ``DIR/<hash>.narinfo`` naming the store path, as a real
 file binary cache does, so tests can see what reached the cache. ``--sim-record`` appends
 each argv as one JSON line. The commit of a branch is a hash of the flake URL and the branch
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sim-spam", type=int, default=0, help="extra log lines per build")
     parser.add_argument("--sim-metadata-pad", type=int, default=0, help="lock data, characters")
     parser.add_argument("--sim-no-lock", action="store_true", help="metadata names no commit")
+    parser.add_argument("--sim-print-file", type=Path, help="a build's log ends with its bytes")
     parser.add_argument(
         "--sim-leave-child",
         type=Path,
@@ -163,13 +166,23 @@ def _build(args: list[str], sim: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        _print_file(sim.sim_print_file)
         return 1
+    _print_file(sim.sim_print_file)
     if sim.sim_leave_child is not None:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         sim.sim_leave_child.write_text(str(child.pid), encoding="utf-8")
     name = f"nixos-system-{host}-24.11.20241122.5e4fbfb"  # the simulated nixos-rebuild's too
     print(_store_path(name, _commit(url, params)), flush=True)
     return 0
+
+
+def _print_file(path: Path | None) -> None:
+    """``path``'s bytes on stderr, where nix logs, exactly: control characters and all."""
+    if path is not None:
+        sys.stderr.flush()
+        sys.stderr.buffer.write(path.read_bytes())
+        sys.stderr.buffer.flush()
 
 
 def _copy(args: list[str], sim: argparse.Namespace) -> int:

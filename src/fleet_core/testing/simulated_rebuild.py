@@ -13,11 +13,13 @@ those (darwin-rebuild and home-manager have no boot or test; home-manager's dry 
 flag of switch, darwin-rebuild's is check) — prints realistic build and activation output,
 and can be told to fail with a nix evaluation error (always, or only for one revision, so
 one listener can both succeed and fail), hang, leave a grandchild behind, or wait for a
-file (so a test can hold a rebuild open without sleeping). ``--sim-record`` appends its argv,
-pid and the program it stood in for as one JSON line, for tests to assert on;
-``--sim-activate-writes`` appends a line to a file when a switch or test activates, as
-activation rewrites unit files. Standard library only: it starts once per job and must start
-fast.
+file (so a test can hold a rebuild open without sleeping). ``--sim-print-file`` prints a
+file's bytes as they are, last (on stderr when failing, where nix prints its errors): the
+output of a branch whose author wrote escape sequences or words meant for a model.
+``--sim-record`` appends its argv, pid and the program it stood in for as one JSON line, for
+tests to assert on; ``--sim-activate-writes`` appends a line to a file when a switch or test
+activates, as activation rewrites unit files. Standard library only: it starts once per job
+and must start fast.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
+from typing import TextIO
 
 ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
 # The verbs each stood-in program takes (fleet_core.protocol.actions maps the deploy actions
@@ -112,6 +115,9 @@ def _parser(program: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--sim-activate-writes", type=Path, help="append to this file when switch/test activates"
     )
+    parser.add_argument(
+        "--sim-print-file", type=Path, help="print this file's bytes as they are, last"
+    )
     parser.add_argument("action", choices=VERBS[program])
     if program == "home-manager":  # home-manager's -n: a flag of switch, not a verb
         parser.add_argument("-n", "--dry-run", action="store_true")
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("building the system configuration...", delay)
         for line in EVAL_ERROR.replace("{host}", host).splitlines():
             print(line, file=sys.stderr, flush=True)
+        _print_file(args.sim_print_file, sys.stderr)
         return 1
     if program == "darwin-rebuild":
         _darwin(args.action, args.flake, host, delay, args.sim_activate_writes)
@@ -169,7 +176,16 @@ def main(argv: list[str] | None = None) -> int:
         _home_manager(args, host, delay)
     else:
         _succeed(args.action, args.flake, host, delay, args.sim_activate_writes)
+    _print_file(args.sim_print_file, sys.stdout)
     return 0
+
+
+def _print_file(path: Path | None, stream: TextIO) -> None:
+    """``path``'s bytes on ``stream`` exactly: control characters, no newline added."""
+    if path is not None:
+        stream.flush()
+        stream.buffer.write(path.read_bytes())
+        stream.buffer.flush()
 
 
 def _succeed(action: str, flake: str, host: str, delay: float, writes: Path | None) -> None:

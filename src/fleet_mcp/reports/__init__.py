@@ -8,8 +8,14 @@ A model reads a result's *text*, and its context is small: the text is the whole
 while it fits a budget, and a digest beyond it; the structured content always has every
 host.
 
+Neither the summary nor the next step, nor a progress note, ever holds what a host or the
+builder sent: that is host output, which whoever wrote a branch can shape into sentences
+aimed at the model. It stays in fields described as untrusted, and a result's text fences
+it under a label that says so (``untrusted``).
+
 Modules, one per concern:
     wording.py          the numbers and phrases every report and note shares
+    untrusted.py        host output: which fields hold it, and the text that fences it
     fitting.py          keeping a result's text within its budget: the digest's tools
     deployment.py       one deployment: deploy, deploy_admin and deployment_status
     deployment_list.py  list_deployments: a brief per deployment

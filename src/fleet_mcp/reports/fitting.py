@@ -5,11 +5,14 @@ while it fits, and beyond that (a thousand hosts and up) a digest that each repo
 what went wrong in full, the rest counted. These are the digest's tools: the whole text if it
 fits, as many hosts as fit (an entry too big cut down rather than dropped), and a last cut of
 the summary should very long names still overflow. The structured content keeps everything.
+
+A text is rendered by ``untrusted.text``: the summary and next step, the report without its
+host output, then the host output fenced; so every size here is that rendering's, and a
+host's share of it counts its fenced line too (``TextLayout.entry_cost``).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -18,12 +21,12 @@ from pydantic import BaseModel
 
 from fleet_core.build.protocol import HostBuild
 from fleet_core.deploy.tracker import HostResult
+from fleet_mcp.reports.untrusted import FENCE_COST, TextLayout, as_json, text
 from fleet_mcp.reports.wording import MAX_NOTE_DETAIL, glance
 
 __all__ = [
     "LISTED",
     "TEXT_BUDGET",
-    "as_json",
     "byte_size",
     "hosts_within_budget",
     "whole",
@@ -35,30 +38,26 @@ LISTED = 20  # hosts named in a text that had to count the rest
 _TEXT_TAIL = 10  # log lines per host in a digest that could not hold the whole tails
 
 
-def as_json(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False)
-
-
 def byte_size(text: str) -> int:
     return len(text.encode())
 
 
-def whole(report: BaseModel) -> str | None:
+def whole(report: BaseModel, layout: TextLayout) -> str | None:
     """The whole report as text when it fits ``TEXT_BUDGET``; None when it needs a digest."""
-    full = as_json(report.model_dump(mode="json"))
+    full = text(report.model_dump(mode="json"), layout)
     return full if byte_size(full) <= TEXT_BUDGET else None
 
 
-def within_budget(digest: dict[str, Any]) -> str:
+def within_budget(digest: dict[str, Any], layout: TextLayout) -> str:
     """The digest as text; should a summary of very long names still overflow, the summary
     is cut (the structured content keeps it whole)."""
-    text = as_json(digest)
-    excess = byte_size(text) - TEXT_BUDGET
+    rendered = text(digest, layout)
+    excess = byte_size(rendered) - TEXT_BUDGET
     if excess > 0:
         summary = str(digest.get("summary", ""))
         digest["summary"] = summary[: max(0, len(summary) - excess - 2)] + "…"
-        text = as_json(digest)
-    return text
+        rendered = text(digest, layout)
+    return rendered
 
 
 def hosts_within_budget(
@@ -68,14 +67,16 @@ def hosts_within_budget(
     states: Sequence[str],
     *,
     by: str,
+    layout: TextLayout,
 ) -> str:
     """``digest`` as text, with as many of ``hosts`` (in order) as fit listed under ``key``
     and the rest counted under ``<key>_omitted``, per state (``states``, one per host) under
     ``by``. The digest's ``note`` says so when log tails had to be cut to list more hosts."""
-    room = TEXT_BUDGET - byte_size(as_json(digest)) - 300  # for what is added below
-    shown = _fit(hosts, room, tail=None)
+    # 300 bytes for what is added below, and the fence the hosts' output may need.
+    room = TEXT_BUDGET - byte_size(text(digest, layout)) - FENCE_COST - 300
+    shown = _fit(hosts, room, tail=None, key=key, layout=layout)
     if len(shown) < len(hosts):  # the cause is at a tail's end: shorter tails, more hosts
-        cut = _fit(hosts, room, tail=_TEXT_TAIL)
+        cut = _fit(hosts, room, tail=_TEXT_TAIL, key=key, layout=layout)
         if len(cut) > len(shown):
             shown = cut
             digest["note"] += f" Log tails are cut to their last {_TEXT_TAIL} lines here."
@@ -86,15 +87,21 @@ def hosts_within_budget(
             "count": len(hosts) - len(shown),
             by: dict(sorted(left.items())),
         }
-    return within_budget(digest)
+    return within_budget(digest, layout)
 
 
 def _fit(
-    hosts: Sequence[HostResult] | Sequence[HostBuild], room: int, *, tail: int | None
+    hosts: Sequence[HostResult] | Sequence[HostBuild],
+    room: int,
+    *,
+    tail: int | None,
+    key: str,
+    layout: TextLayout,
 ) -> list[dict[str, Any]]:
-    """As many of ``hosts`` (in order) as fit in ``room`` bytes of JSON, log tails cut to
-    ``tail`` lines when given. An entry too big for a quarter of the room is cut down rather
-    than dropped: one host's huge log must not hide every failure."""
+    """As many of ``hosts`` (in order) as fit in ``room`` bytes of text as the list ``key``
+    (each host's data and its fenced output), log tails cut to ``tail`` lines when given.
+    An entry too big for a quarter of the room is cut down rather than dropped: one host's
+    huge log must not hide every failure."""
     shown: list[dict[str, Any]] = []
     limit = max(room // 4, 1000)
     for host in hosts:
@@ -103,7 +110,7 @@ def _fit(
             entry["log_tail"] = entry["log_tail"][-tail:]
         if byte_size(as_json(entry)) > limit:
             entry = _shrunk(entry, limit)
-        room -= byte_size(as_json(entry)) + 2
+        room -= layout.entry_cost(key, len(shown), entry)
         if room < 0:
             break
         shown.append(entry)

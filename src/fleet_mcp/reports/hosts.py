@@ -1,6 +1,11 @@
 """The hosts as list_hosts reports them: each listener that answered discovery, and which
 of this server's tools can deploy it — so that a model picks hostnames and roles it can
 reach, and learns why the production hosts are missing from a server without the admin key.
+
+Every field but ``busy`` is a listener's own answer. The trust layer checks hostnames; a
+listener's version, subjects and job, and a role, tier or kind that is not a plain token,
+are host output (``untrusted``): the version of a listener built from a branch is whatever
+that branch says.
 """
 
 from __future__ import annotations
@@ -15,19 +20,26 @@ from fleet_core.protocol.messages import HostInfo
 from fleet_mcp.reports.fitting import (
     LISTED,
     TEXT_BUDGET,
-    as_json,
     byte_size,
     whole,
     within_budget,
 )
+from fleet_mcp.reports.untrusted import UNTRUSTED, HostOutput, TextLayout, as_json, named, text
 from fleet_mcp.reports.wording import some_names
 
-__all__ = ["FleetHost", "HostsReport", "hosts_report", "hosts_text"]
+__all__ = ["LAYOUT", "FleetHost", "HostsReport", "hosts_report", "hosts_text"]
 
 
 class FleetHost(HostInfo):
     """A listener that answered discovery, and which of this server's tools can deploy it."""
 
+    version: str = Field("", description=f"the listener's version: {UNTRUSTED}")
+    deploy_subjects: list[str] = Field(
+        default_factory=list, description=f"the subjects the listener hears: {UNTRUSTED}"
+    )
+    running_job: str | None = Field(
+        None, description=f"the request id of its job in progress: {UNTRUSTED}"
+    )
     reachable_by: list[str] = Field(
         description="the tools of this server that can deploy this host: 'deploy' for the "
         "test tier, 'deploy_admin' (only with the admin key) for any tier"
@@ -43,8 +55,17 @@ class HostsReport(BaseModel):
     tier: str | None = Field(description="the tier asked for; null means every tier shown")
     hosts: list[FleetHost] = Field(
         description="hostname, tier, role, whether a deploy is running (busy), listener "
-        "version, and which tools can deploy it (reachable_by)"
+        "version, and which tools can deploy it (reachable_by). Each is what the listener "
+        f"answered: its version, subjects and job are {UNTRUSTED}"
     )
+
+
+# A listener's answer: hostnames are checked by the trust layer; the rest is its own word.
+_HOST = HostOutput(
+    always=frozenset({"version", "deploy_subjects", "running_job", "job"}),
+    plain=frozenset({"hostname", "tier", "role", "kind"}),
+)
+LAYOUT = TextLayout(lists={"hosts": _HOST, "groups": HostOutput(plain=frozenset({"tier", "role"}))})
 
 
 def hosts_report(
@@ -55,7 +76,7 @@ def hosts_report(
     if not hosts:
         summary = f"No listener of {where} answered discovery."
     else:
-        busy = [h.hostname for h in hosts if h.busy]
+        busy = [named(h.hostname) for h in hosts if h.busy]
         summary = f"{len(hosts)} host(s) of {where} answered" + (
             f"; busy deploying: {some_names(busy)}." if busy else "; none is busy."
         )
@@ -72,7 +93,7 @@ def hosts_text(report: HostsReport) -> str:
     """The text of a ``list_hosts`` result: all of it while it fits ``TEXT_BUDGET``, else
     counts per tier and role (the largest groups), the busy hosts, and as many hostnames
     as fit; the structured content has every host."""
-    full = whole(report)
+    full = whole(report, LAYOUT)
     if full is not None:
         return full
     groups = Counter((h.tier, h.role or "", tuple(h.reachable_by)) for h in report.hosts)
@@ -88,17 +109,17 @@ def hosts_text(report: HostsReport) -> str:
         ],
         "groups_omitted": len(groups) - len(largest),
         "busy_count": len(busy),
-        "busy": [h.hostname for h in busy[:LISTED]],
+        "busy": [named(h.hostname) for h in busy[:LISTED]],
         "note": f"This text is a digest of {len(report.hosts)} hosts; the structured content "
         "has every host. Deploy by role or all=true rather than host by host.",
     }
-    room = TEXT_BUDGET - byte_size(as_json(digest)) - 100
+    room = TEXT_BUDGET - byte_size(text(digest, LAYOUT)) - 100
     names: list[str] = []
     for host in report.hosts:
         room -= byte_size(as_json(host.hostname)) + 2
         if room < 0:
             break
-        names.append(host.hostname)
+        names.append(named(host.hostname))
     digest["hostnames"] = names
     digest["hostnames_omitted"] = len(report.hosts) - len(names)
-    return within_budget(digest)
+    return within_budget(digest, LAYOUT)

@@ -4,6 +4,11 @@ client shows them as they come and a model can tell a live call from a stuck one
 A deployment's note starts with ``deployment <id>:`` and a build's with ``build <id>:``, so
 a client that shows the notes of several calls side by side can tell them apart.
 ``Deployment.follow`` and ``Build.follow`` decide when each note is sent; these say what.
+
+A note is the server speaking, and a progress notification has no field to fence host
+output in: so a note holds none (``reports.untrusted``). It names a host, its state and
+phase, and an error code this server knows; what the host said — its message, a store
+path, nix's output — is in the result, labelled as host output.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from collections.abc import Sequence
 
 from fleet_core.build.protocol import BuildResult, HostBuild, HostBuildState
 from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
-from fleet_mcp.reports.wording import MAX_NOTE_DETAIL, clock, counted, glance
+from fleet_mcp.reports.build import BUILD_CODES
+from fleet_mcp.reports.deployment import ERROR_CODES
+from fleet_mcp.reports.untrusted import is_commit, known, named, plain
+from fleet_mcp.reports.wording import clock, counted
 
 __all__ = [
     "batch_note",
@@ -44,14 +52,22 @@ def opening_note(result: DeploymentResult) -> str:
 
 
 def host_note(deployment_id: str, host: HostResult) -> str:
-    """One host's new state, with the first line of its message (or error) as a glance."""
-    detail = ": ".join(part for part in (host.error, host.message) if part)
-    first = detail.splitlines()[0][:MAX_NOTE_DETAIL] if detail else ""
+    """One host's new state, with its error code when this server knows it; its message is
+    host output, left to the result."""
+    details = [_code(host.error, ERROR_CODES)]
     if host.recovered:
-        first = f"{first} (recovered from its job record)".lstrip()
-    return f"deployment {deployment_id}: {host.hostname} {host.status}" + (
-        f" — {first}" if first else ""
+        details.append("recovered from its job record")
+    detail = "; ".join(part for part in details if part)
+    return f"deployment {deployment_id}: {named(host.hostname)} {host.status}" + (
+        f" — {detail}" if detail else ""
     )
+
+
+def _code(error: str | None, codes: frozenset[str]) -> str:
+    """An error code for a note: itself when known, else said to be unknown; "" for none."""
+    if not error:
+        return ""
+    return known(error, codes) or "an error code this server does not know"
 
 
 def connection_note(deployment_id: str, outage: Outage) -> str:
@@ -77,7 +93,7 @@ def batch_note(batch: Sequence[HostResult], result: DeploymentResult) -> str:
     return (
         f"deployment {result.deployment_id}: {len(batch)} host changes "
         f"({counted(Counter(host.status for host in batch))}); {_final(result)}; "
-        f"latest: {batch[-1].hostname} {batch[-1].status}"
+        f"latest: {named(batch[-1].hostname)} {batch[-1].status}"
     )
 
 
@@ -103,8 +119,9 @@ def build_opening_note(result: BuildResult) -> str:
 
 def build_accepted_note(result: BuildResult) -> str:
     """A builder took the build: who, which commit, how many hosts (as far as known)."""
-    note = f"build {result.build_id}: builder {result.builder} took it"
-    if result.commit:
+    builder = f"builder {result.builder}" if plain(result.builder) else "a builder"
+    note = f"build {result.build_id}: {builder} took it"
+    if is_commit(result.commit):
         note += f"; {result.revision} is commit {result.commit}"
     if result.hosts:
         note += f"; {len(result.hosts)} host(s) to build"
@@ -112,16 +129,14 @@ def build_accepted_note(result: BuildResult) -> str:
 
 
 def build_host_note(build_id: str, host: HostBuild) -> str:
-    """One host's new state: its phase while building, its store path once built, its error
-    (and the first line of its message) when it failed."""
+    """One host's new state: its phase while building, its error code when it failed; its
+    store path and message are builder output, left to the result."""
     detail = ""
     if host.state is HostBuildState.BUILDING:
-        detail = f"({host.phase})" if host.phase else ""
-    elif host.state is HostBuildState.BUILT:
-        detail = f"— {host.store_path}" if host.store_path else ""
-    elif host.error or host.message:
-        detail = "— " + ": ".join(p for p in (host.error, glance(host.message)) if p)
-    return f"build {build_id}: {host.host} {host.state.value} {detail}".rstrip()
+        detail = f"({host.phase})" if plain(host.phase) else ""
+    elif host.state is not HostBuildState.BUILT and host.error:
+        detail = f"— {_code(host.error, BUILD_CODES)}"
+    return f"build {build_id}: {named(host.host)} {host.state.value} {detail}".rstrip()
 
 
 def _done_of(result: BuildResult) -> str:
@@ -134,7 +149,7 @@ def build_batch_note(build_id: str, batch: Sequence[HostBuild], result: BuildRes
     return (
         f"build {build_id}: {len(batch)} host changes "
         f"({counted(Counter(host.state.value for host in batch))}); {_done_of(result)}; "
-        f"latest: {batch[-1].host} {batch[-1].state.value}"
+        f"latest: {named(batch[-1].host)} {batch[-1].state.value}"
     )
 
 
@@ -144,7 +159,8 @@ def build_heartbeat_note(result: BuildResult) -> str:
         where = "waiting for the builder" if result.builder is None else "listing the hosts"
         return f"build {result.build_id}: still running after {result.elapsed_s:.0f} s ({where})"
     building = next((h for h in result.hosts if h.state is HostBuildState.BUILDING), None)
-    now = f"; {building.host} {building.phase or 'building'}" if building else ""
+    phase = building.phase if building and plain(building.phase) else "building"
+    now = f"; {named(building.host)} {phase}" if building else ""
     return (
         f"build {result.build_id}: still running after {result.elapsed_s:.0f} s "
         f"({_done_of(result)}{now})"
@@ -152,6 +168,7 @@ def build_heartbeat_note(result: BuildResult) -> str:
 
 
 def build_end_note(result: BuildResult) -> str:
-    """The last note of a finished build: its status and the first line of its message."""
-    message = glance(result.message)
-    return f"build {result.build_id}: {result.status}" + (f" — {message}" if message else "")
+    """The last note of a finished build: its status, and its error code if any (its
+    message is builder output, left to the result)."""
+    code = _code(result.error, BUILD_CODES)
+    return f"build {result.build_id}: {result.status}" + (f" — {code}" if code else "")

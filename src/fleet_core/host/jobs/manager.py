@@ -54,7 +54,8 @@ __all__ = [
 
 log = structlog.get_logger("fleet.listener")
 
-ReporterFor = Callable[[str, DeployRequest, str], StatusReporter]
+# (reply_to, request, request id, the request's verified signer) -> its reporter
+ReporterFor = Callable[[str, DeployRequest, str, str | None], StatusReporter]
 OnFinished = Callable[["Job", Outcome], Awaitable[None]]
 
 
@@ -191,7 +192,11 @@ class HostJobs:
         shown = tuple(redact(arg) for arg in argv)
         # On disk before the requester hears of it: a job it was told about has a record.
         job.record = JobRecord(
-            request_id=job.request_id, request=request, argv=shown, started_at=time.time()
+            request_id=job.request_id,
+            request=request,
+            argv=shown,
+            started_at=time.time(),
+            signer=job.reporter.signer,
         )
         job.directory = await anyio.to_thread.run_sync(self.store.create, job.record)
         if job.directory is None:  # the state dir refused: the deploy runs, but not durably
@@ -293,7 +298,7 @@ class HostJobs:
                 request=record.request,
                 request_id=record.request_id,
                 reporter=self._reporter_for(
-                    record.request.reply_to, record.request, record.request_id
+                    record.request.reply_to, record.request, record.request_id, record.signer
                 ),
                 started=time.monotonic() - max(0.0, time.time() - record.started_at),
                 record=record,

@@ -71,6 +71,9 @@ class JobRecord(BaseModel):
     finished_at: float | None = None
     duration_s: float | None = None
     log_tail: tuple[str, ...] | None = None  # a failure's last output lines, redacted
+    # The key that signed the request, as verified when it arrived (None: unsigned); a
+    # resumed job's statuses name it, as the first listener's did.
+    signer: str | None = None
 
     def running(self, *, pid: int | None = None, unit: str | None = None) -> JobRecord:
         """This job once its rebuild has been started."""
