@@ -74,7 +74,7 @@ from fleet_core.host.listener import Listener
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import DeployRequest, StatusKind
-from fleet_core.protocol.subjects import DISCOVER_SUBJECT, RESPONSES_PREFIX, Target, Tier
+from fleet_core.protocol.subjects import RESPONSES_PREFIX, Target, Tier, tier_discover_subject
 from fleet_core.testing import FLAKE_URL, FleetHost, InstantRebuilder, LocalFleet, local_fleet
 
 TARGET = Target.all(Tier.TEST)
@@ -92,6 +92,7 @@ TIMING = DeployTiming(
 T = TypeVar("T")
 RUN_LIMIT = 30.0  # no single measured run may take longer (seconds)
 CONNECT_PARALLEL = 50
+TEST_DISCOVERY = tier_discover_subject(Tier.TEST)  # where the test tier hears discovery
 
 
 class TimedBus(Bus):
@@ -183,7 +184,7 @@ async def responder_fleet(fleet: LocalFleet) -> AsyncIterator[None]:
             await client.publish(answer_to(json.loads(msg.data)), info)
 
         await client.subscribe(TARGET.subject, cb=on_deploy)
-        await client.subscribe(DISCOVER_SUBJECT, cb=on_discover)
+        await client.subscribe(TEST_DISCOVERY, cb=on_discover)  # as a listener of this tier
         await client.flush()
         return client
 
@@ -258,11 +259,12 @@ class Series:
 async def _round_trip(
     client: Client, subject: str, request: dict[str, Any], done: Callable[[dict[str, Any]], bool]
 ) -> float:
-    """Publish ``request`` (with a fresh ``reply_to``, asking for bound replies) and time it
+    """Publish ``request`` (with its id's ``reply_to``, asking for bound replies) and time it
     until ``done`` holds for a reply: plain nats-py and ``json.loads``, subscribed as the
     deployer is (the bare reply and the test tier's bound ones), the baseline it is compared
     with."""
-    reply = RESPONSES_PREFIX + uuid.uuid4().hex
+    # A request with an id answers on deploy.responses.<id> (docs/protocol.md).
+    reply = RESPONSES_PREFIX + str(request.get("id") or uuid.uuid4().hex)
     finished = anyio.Event()
 
     async def on_reply(msg: Msg) -> None:
@@ -309,7 +311,7 @@ async def raw_discover(client: Client, n: int) -> float:
         seen.add(info["hostname"])
         return len(seen) == n
 
-    return await _round_trip(client, DISCOVER_SUBJECT, {"tier": "test"}, everyone)
+    return await _round_trip(client, TEST_DISCOVERY, {"tier": "test"}, everyone)
 
 
 def _ignore(host: HostResult, result: DeploymentResult) -> None:
