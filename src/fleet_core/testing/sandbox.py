@@ -98,6 +98,8 @@ _TOUR_TIMING = DeployTiming(
     discovery_cap=3.0,
 )
 _TOUR_DEPLOY_TIMEOUT = 60.0
+# The sandbox's stand-ins stop at once: a shorter grace than a host's keeps Ctrl-C snappy.
+_KILL_GRACE = 2.0
 _SHEBANG_MAX = 200  # Linux reads at most 256 bytes of a "#!" line
 
 
@@ -241,7 +243,7 @@ def _listener_settings(
         flake_url=FLAKE_URL,
         rebuild_command=_rebuild_command(host, index, fleet.root / "hosts" / host.name, settings),
         progress_interval=0.25,
-        kill_grace=2.0,
+        kill_grace=_KILL_GRACE,
         trusted_deployer_keys=tuple(fleet.seed(name).public_key for name in trusted),
     )
 
@@ -291,7 +293,7 @@ async def _builder(
             nix_command=simulated_nix_command(*sim),
             cache=f"file://{fleet.root / 'cache'}",
             progress_interval=0.25,
-            kill_grace=2.0,
+            kill_grace=_KILL_GRACE,
         )
     )
     async with (
