@@ -11,7 +11,7 @@ import os
 import re
 import select
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,6 +148,26 @@ class Daemon:
     async def exit_code(self, limit: float = 20) -> int:
         with anyio.fail_after(limit):
             return await self.process.wait()
+
+
+@asynccontextmanager
+async def running_daemon(argv: list[str], env: Mapping[str, str]) -> AsyncIterator[Daemon]:
+    """A ``fleet-deploy listener`` process with its log drained as it comes; killed at the
+    end if it still runs, and reaped whatever ended the block."""
+    process = await anyio.open_process(argv, env=dict(env))
+    daemon = Daemon(process)
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(daemon.drain)
+            yield daemon
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
 
 
 async def wait_for_file(path: Path, limit: float = 10) -> None:

@@ -34,7 +34,7 @@ from fleet_core.protocol.messages import DeployRequest
 from fleet_core.protocol.subjects import Tier
 
 from .conftest import FAST, Fleet
-from .support import Daemon, process_gone, replies_on
+from .support import Daemon, process_gone, replies_on, running_daemon
 
 pytestmark = pytest.mark.anyio
 
@@ -100,21 +100,9 @@ async def listening(
 ) -> AsyncIterator[Daemon]:
     """The real daemon, started and listening; killed at the end if it still runs."""
     argv = fleet.listener_argv(HOST, "--rebuild-runner", "session", *extra, sim=sim, state=state)
-    process = await anyio.open_process(argv, env=env or fleet.cli_env())
-    daemon = Daemon(process)
-    try:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(daemon.drain)
-            await daemon.wait_for('"event": "listening"')
-            yield daemon
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-    finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
+    async with running_daemon(argv, env or fleet.cli_env()) as daemon:
+        await daemon.wait_for('"event": "listening"')
+        yield daemon
 
 
 def the_job(state: Path) -> Path:

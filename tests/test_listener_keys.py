@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -27,7 +25,7 @@ from fleet_core.host.listener import Listener
 from fleet_core.host.preflight import PROBE_PREFIX
 
 from .conftest import Fleet
-from .support import Daemon
+from .support import running_daemon
 
 pytestmark = pytest.mark.anyio
 
@@ -57,25 +55,6 @@ async def deploy_test_all(bus: Bus) -> None:
     await bus.flush()
 
 
-@asynccontextmanager
-async def started(fleet: Fleet, argv: list[str]) -> AsyncIterator[Daemon]:
-    """The listener process with its stderr drained; killed at the end if it still runs."""
-    process = await anyio.open_process(argv, env=fleet.cli_env())
-    daemon = Daemon(process)
-    try:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(daemon.drain)
-            yield daemon
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-    finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
-
-
 async def refused_start(fleet: Fleet, argv: list[str]) -> tuple[int, str, int]:
     """Start ``argv`` and deploy ``deploy.test.all`` until it exits: its exit status, its
     stderr, and how many requests were sent meanwhile."""
@@ -90,7 +69,10 @@ async def refused_start(fleet: Fleet, argv: list[str]) -> tuple[int, str, int]:
                 # Bus.flush waits for the server shielded, so this is where a cancel lands.
                 await anyio.lowlevel.checkpoint()
 
-    async with started(fleet, argv) as daemon, anyio.create_task_group() as deploying:
+    async with (
+        running_daemon(argv, fleet.cli_env()) as daemon,
+        anyio.create_task_group() as deploying,
+    ):
         deploying.start_soon(keep_deploying)
         code = await daemon.exit_code(EXIT_LIMIT)
         deploying.cancel_scope.cancel()
@@ -191,7 +173,7 @@ class TestTheRightKey:
     ) -> None:
         """web1 with its own seed starts under either layout, and a deploy to it completes."""
         argv = argv_as(fleet, "web1", "web1", state=tmp_path / "web1")
-        async with started(fleet, argv) as daemon:
+        async with running_daemon(argv, fleet.cli_env()) as daemon:
             await daemon.wait_for('"event": "listening"')
             result = await fleet.deploy("deploy.test.web1")
         assert [(h.hostname, h.status) for h in result.hosts] == [("web1", "completed")]
