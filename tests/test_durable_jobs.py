@@ -27,7 +27,7 @@ from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.tracker import DeploymentResult, HostResult
 from fleet_core.host.jobs import jobdir
 from fleet_core.host.jobs.follow import stop_runner
-from fleet_core.host.jobs.jobdir import EXIT_FILE, RUNNER_FILE, read_runner
+from fleet_core.host.jobs.jobdir import EXIT_FILE, RECORD_FILE, RUNNER_FILE, read_runner
 from fleet_core.host.jobs.store import JobPhase, JobRecord, JobStore
 from fleet_core.host.listener import RESTART_EXIT_CODE, Listener, fingerprint
 from fleet_core.protocol.messages import DeployRequest
@@ -219,6 +219,31 @@ class TestListenerRestarts:
         assert (host.status, host.error) == ("completed", None), host
         assert len(fleet.runs()) == 1
         record_property("start_to_final_s", round(deployment.final_at - started, 3))
+
+    async def test_a_job_recorded_by_the_previous_release_still_names_its_signer(
+        self, fleet: Fleet, state: Path, tmp_path: Path
+    ) -> None:
+        """A job record of the release before keeps no signer: the listener that resumes it
+        finds the signer from the request's own signature, so its final status still names
+        the requester's key and counts (the deployer counts only statuses of its own key)."""
+        release = tmp_path / "release"
+        sim = ("--sim-wait-for", str(release))
+        deployment = Deployment(fleet)
+        async with anyio.create_task_group() as tasks:
+            async with listening(fleet, state, sim) as first:
+                tasks.start_soon(deployment.run)
+                await deployment.wait_for("progress")
+                first.process.kill()
+                await first.exit_code()
+            record_file = the_job(state) / RECORD_FILE
+            record = json.loads(record_file.read_text())
+            assert record.pop("signer") == fleet.seed("deployer").public_key
+            record_file.write_text(json.dumps(record))  # as the release before wrote it
+            release.touch()
+            async with listening(fleet, state, sim):
+                host = await deployment.finished()
+        assert (host.status, host.error) == ("completed", None), host
+        assert deployment.result is not None and deployment.result.flagged_count == 0
 
     async def test_a_job_runner_killed_without_a_result_fails_clearly(
         self, fleet: Fleet, state: Path, tmp_path: Path, record_property: RecordProperty

@@ -45,6 +45,7 @@ from fleet_core.host.jobs.store import JobRecord, JobStore
 from fleet_core.host.status_reporter import StatusReporter
 from fleet_core.protocol.actions import rebuild_program, redact
 from fleet_core.protocol.messages import DeployRequest, ErrorCode, StatusKind
+from fleet_core.protocol.signing import verified_signer
 
 __all__ = [
     "HostJobs",
@@ -298,7 +299,10 @@ class HostJobs:
                 request=record.request,
                 request_id=record.request_id,
                 reporter=self._reporter_for(
-                    record.request.reply_to, record.request, record.request_id, record.signer
+                    record.request.reply_to,
+                    record.request,
+                    record.request_id,
+                    record.signer or self._signer_of(record.request),
                 ),
                 started=time.monotonic() - max(0.0, time.time() - record.started_at),
                 record=record,
@@ -315,6 +319,22 @@ class HostJobs:
             if action is not Resume.REPORT:  # LOST still stops its leftovers: busy till then
                 self.active.append(job)
             tasks.start_soon(self._resumed, job, action is Resume.FOLLOW)
+
+    def _signer_of(self, request: DeployRequest) -> str | None:
+        """Who signed a request whose record does not say (a listener of the release before
+        kept no signer): it arrived on one of this host's subjects, which the signature
+        covers. Without it, a resumed job's final status would not count for its requester."""
+        for subject in self.settings.subjects:
+            signer = verified_signer(
+                request.signature_fields(),
+                request_id=request.id,
+                subject=subject,
+                action=request.action.value,
+                revision=request.revision,
+            )
+            if signer is not None:
+                return signer
+        return None
 
     async def _resumed(self, job: Job, running: bool) -> None:
         assert job.record is not None
