@@ -105,6 +105,22 @@ async def listening(
         yield daemon
 
 
+async def killed_mid_rebuild(
+    fleet: Fleet,
+    state: Path,
+    sim: tuple[str, ...],
+    deployment: Deployment,
+    tasks: anyio.abc.TaskGroup,
+) -> None:
+    """Start ``deployment`` (in ``tasks``) against a listener that is killed (SIGKILL) once
+    the rebuild is under way: the rebuild runs on, and no listener serves the host."""
+    async with listening(fleet, state, sim) as first:
+        tasks.start_soon(deployment.run)
+        await deployment.wait_for("progress")
+        first.process.kill()
+        await first.exit_code()
+
+
 def the_job(state: Path) -> Path:
     (job,) = (state / "jobs").iterdir()
     return job
@@ -202,11 +218,7 @@ class TestListenerRestarts:
         sim = ("--sim-wait-for", str(release))
         deployment = Deployment(fleet)
         async with anyio.create_task_group() as tasks:
-            async with listening(fleet, state, sim) as first:
-                tasks.start_soon(deployment.run)
-                await deployment.wait_for("progress")
-                first.process.kill()
-                await first.exit_code()
+            await killed_mid_rebuild(fleet, state, sim, deployment, tasks)
             runner = read_runner(the_job(state))
             assert runner is not None
             release.touch()
@@ -230,11 +242,7 @@ class TestListenerRestarts:
         sim = ("--sim-wait-for", str(release))
         deployment = Deployment(fleet)
         async with anyio.create_task_group() as tasks:
-            async with listening(fleet, state, sim) as first:
-                tasks.start_soon(deployment.run)
-                await deployment.wait_for("progress")
-                first.process.kill()
-                await first.exit_code()
+            await killed_mid_rebuild(fleet, state, sim, deployment, tasks)
             record_file = the_job(state) / RECORD_FILE
             record = json.loads(record_file.read_text())
             assert record.pop("signer") == fleet.seed("deployer").public_key
