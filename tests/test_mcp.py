@@ -377,6 +377,147 @@ class TestProductionIsOutOfReach:
         assert fleet.runs() == []
 
 
+# (tool, arguments, the whole message or parts of it): every tool, a wrong type for each kind
+# of argument, bounds on either side, missing arguments, several mistakes in one call.
+ARGUMENT_MISTAKES: list[tuple[str, dict[str, Any], str | tuple[str, ...]]] = [
+    (
+        "list_hosts",
+        {"tier": 5},
+        "list_hosts: tier must be 'test' or 'prod' or be left out, not the number 5.",
+    ),
+    ("list_hosts", {"tier": ["prod"]}, ("tier must be 'test' or 'prod'", "not the list")),
+    (
+        "deploy",
+        {"all": "yes"},
+        "deploy: all must be true or false (a JSON boolean), not the string 'yes'.",
+    ),
+    ("deploy", {"all": 1}, ("all must be true or false", "not the number 1.")),
+    ("deploy", {"all": "true"}, ("all must be true or false", "not the string 'true'.")),
+    ("deploy", {"hostname": 1}, ("hostname must be a string (deploy one host", "left out")),
+    (
+        "deploy",
+        {"hostname": "web1", "wait_seconds": 901},
+        "deploy: wait_seconds must be a number from 0 to 900 (seconds this call waits for "
+        "the result); 901 is too large.",
+    ),
+    (
+        "deploy",
+        {"hostname": "web1", "wait_seconds": "45"},
+        ("wait_seconds must be a number from 0 to 900", "not the string '45'."),
+    ),
+    (
+        "deploy",
+        {"hostname": "web1", "action": 3},
+        (
+            "action must be one of 'switch', 'boot', 'test', 'dry-activate' or 'build', "
+            "not the number 3.",
+        ),
+    ),
+    (
+        "deploy",
+        {"role": True, "branch": None},
+        (
+            "role must be a string",
+            "not true.",
+            "branch must be a string (branch, tag or full 40-character commit hash",
+            "not null.",
+        ),
+    ),
+    (
+        "deploy",
+        {"all": "yes", "wait_seconds": 901, "tier": "prod"},
+        "deploy: all must be true or false (a JSON boolean), not the string 'yes'. "
+        "wait_seconds must be a number from 0 to 900 (seconds this call waits for the "
+        "result); 901 is too large. "
+        "deploy has no argument 'tier': it takes hostname, all, role, branch, action, "
+        "wait_seconds. deploy always targets the test tier; production cannot be reached "
+        "with it (only a person-enabled deploy_admin can).",
+    ),
+    ("deploy_admin", {"all": True}, "deploy_admin: tier is required: send 'test' or 'prod'."),
+    (
+        "deploy_admin",
+        {"tier": 1, "all": "yes", "wait_seconds": -1},
+        (
+            "tier must be 'test' or 'prod', not the number 1.",
+            "all must be true or false",
+            "-1 is too small.",
+        ),
+    ),
+    (
+        "deployment_status",
+        {"deployment_id": 7},
+        (
+            "deployment_id must be a string (the deployment_id a deploy call returned) or "
+            "be left out, not the number 7.",
+        ),
+    ),
+    (
+        "deployment_status",
+        {"wait_seconds": 10_000},
+        ("wait_seconds must be a number from 0 to 900", "10000 is too large."),
+    ),
+    (
+        "list_deployments",
+        {"limit": "three"},
+        "list_deployments: limit must be a whole number from 1 to 40 (how many to list), "
+        "not the string 'three'.",
+    ),
+    ("list_deployments", {"limit": 2.5}, ("limit must be a whole number", "not the number 2.5.")),
+    ("list_deployments", {"limit": 0}, ("limit must be a whole number", "0 is too small.")),
+    ("list_deployments", {"limit": 41}, ("limit must be a whole number", "41 is too large.")),
+    (
+        "build",
+        {},
+        "build: repo is required: send a string (the repository to build, by the name the "
+        "builder was given for it, e.g. 'nixos').",
+    ),
+    (
+        "build",
+        {"repo": 1, "target": ["web1"]},
+        (
+            "repo must be a string",
+            "not the number 1.",
+            "target must be a string ('all' or the name of one",
+            "not the list ['web1'].",
+        ),
+    ),
+    (
+        "build",
+        {"repo": "nixos", "wait_seconds": 901},
+        ("wait_seconds must be a number from 0 to 900", "901 is too large."),
+    ),
+    (
+        "build_status",
+        {"build_id": 1},
+        (
+            "build_id must be a string (the build_id a build call returned) or be left "
+            "out, not the number 1.",
+        ),
+    ),
+    (
+        "build_status",
+        {"wait_seconds": -0.5},
+        ("wait_seconds must be a number", "-0.5 is too small."),
+    ),
+]
+PYDANTIC_WORDS = (
+    "validation error",
+    "pydantic",
+    "type=",
+    "input_value",
+    "Input should",
+    "Field required",
+)
+
+
+def assert_plain_words(tool: str, message: str) -> None:
+    """``message`` is this server's own sentence about ``tool``'s arguments, not pydantic's."""
+    assert message.startswith(f"{tool}: "), message
+    assert not any(word in message for word in PYDANTIC_WORDS), message
+    assert f"{tool}Arguments" not in message and "http" not in message, message
+    assert "\n" not in message
+
+
 class TestArguments:
     @pytest.mark.parametrize(
         ("arguments", "hint"),
@@ -390,12 +531,7 @@ class TestArguments:
             ({"hostname": "web1", "branch": "master;reboot"}, "not a branch, tag or full"),
             ({"hostname": "web1", "branch": "../../etc"}, "not a branch, tag or full"),
             ({"hostname": "web1", "branch": "main#pdb1"}, "not a branch, tag or full"),
-            ({"hostname": "web1", "wait_seconds": -1}, "wait_seconds"),
-            ({"all": "yes"}, "valid boolean"),
-            ({"all": 1}, "valid boolean"),
-            ({"all": "true"}, "valid boolean"),
-            ({"hostname": 1}, "valid string"),
-            ({"hostname": "web1", "wait_seconds": "45"}, "valid number"),
+            ({"hostname": "web1", "wait_seconds": -1}, "wait_seconds must be a number from 0"),
         ],
     )
     async def test_bad_arguments_say_what_to_send(
@@ -413,7 +549,31 @@ class TestArguments:
             assert "tier must be 'test' or 'prod'" in await s.error(
                 "deploy_admin", tier="staging", all=True
             )
-            assert "tier" in await s.error("deploy_admin", all=True)
+            missing = await s.error("deploy_admin", all=True)
+        assert missing == "deploy_admin: tier is required: send 'test' or 'prod'."
+
+    async def test_every_tool_says_which_argument_is_wrong_and_what_to_send(
+        self, fleet: Fleet, mode: str
+    ) -> None:
+        """A wrong type, a value out of bounds, a missing argument, several at once: for
+        every tool, one plain sentence per argument naming it and what to send, in the words
+        of the schema the model read; no pydantic text. A host listens: nothing runs."""
+        settings = replace(settings_for(fleet, admin="admin"), enable_builds=True)
+        async with fleet.listeners("web1"), session(settings, mode) as s:
+            names = {t.name for t in (await s.client.list_tools()).tools}
+            said = {
+                (tool, repr(arguments)): await s.error(tool, **arguments)
+                for tool, arguments, _ in ARGUMENT_MISTAKES
+            }
+        assert {tool for tool, _, _ in ARGUMENT_MISTAKES} == names
+        for tool, arguments, expected in ARGUMENT_MISTAKES:
+            message = said[tool, repr(arguments)]
+            assert_plain_words(tool, message)
+            if isinstance(expected, str):
+                assert message == expected, (arguments, message)
+            else:
+                assert all(part in message for part in expected), (arguments, message)
+        assert fleet.runs() == []
 
 
 class TestAdmin:
@@ -715,6 +875,50 @@ class TestSubprocess:
         assert report.hosts[0].status == "completed"
         assert any("web1 completed" in m for m in notes)
         assert fleet.runs() == [expected_argv("web1")]
+
+    async def test_argument_mistakes_over_stdio(self, fleet: Fleet) -> None:
+        """The installed fleet-mcp, over stdio, words argument mistakes itself: the user's
+        report (all="yes", wait_seconds=901), a missing tier and several mistakes at once."""
+        params = mcp.StdioServerParameters(
+            command=str(scripts_dir() / "fleet-mcp"),
+            args=[
+                *("--nats-url", fleet.url, "--nkey-file", str(fleet.keys["deployer"])),
+                *("--enable-admin", "--admin-nkey-file", str(fleet.keys["admin"])),
+                "--enable-builds",
+            ],
+            env=fleet.cli_env(),
+        )
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("deploy", {"all": "yes"}),
+            ("deploy", {"hostname": "web1", "wait_seconds": 901}),
+            ("deploy_admin", {"all": True}),
+            ("list_deployments", {"limit": "three"}),
+            ("build", {"target": 1, "wait_seconds": "45"}),
+        ]
+        async with mcp.Client(params) as client:
+            with anyio.fail_after(60):
+                results = [await client.call_tool(tool, arguments) for tool, arguments in calls]
+        for (tool, _), result in zip(calls, results, strict=True):
+            assert result.is_error
+            assert_plain_words(tool, text_of(result))
+        said = [text_of(result) for result in results]
+        assert said[:4] == [
+            "deploy: all must be true or false (a JSON boolean), not the string 'yes'.",
+            "deploy: wait_seconds must be a number from 0 to 900 (seconds this call waits for "
+            "the result); 901 is too large.",
+            "deploy_admin: tier is required: send 'test' or 'prod'.",
+            "list_deployments: limit must be a whole number from 1 to 40 (how many to list), "
+            "not the string 'three'.",
+        ]
+        sentences = [  # one for each argument, in the schema's order
+            "build: repo is required: send a string (the repository to build",
+            ". target must be a string ('all' or the name of one",
+            "), not the number 1. wait_seconds must be a number from 0 to 900",
+            "), not the string '45'.",
+        ]
+        at = [said[4].find(sentence) for sentence in sentences]
+        assert at == sorted(at) and at[0] == 0 and said[4].endswith(sentences[-1]), said[4]
+        assert fleet.runs() == []
 
     async def test_fleet_deploy_mcp_from_environment(self, fleet: Fleet) -> None:
         """fleet-deploy mcp reads FLEET_DEPLOY_* and registers deploy_admin with the admin key."""

@@ -24,8 +24,10 @@ from typing import Any, Literal
 import anyio
 import structlog
 from mcp.server.caching import CacheHint
-from mcp.server.mcpserver import MCPServer
-from mcp.types import Resource, ToolAnnotations
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult, Resource, ToolAnnotations
+from pydantic import ValidationError
 
 from fleet_core import __version__
 from fleet_core.config.settings import McpSettings
@@ -39,7 +41,7 @@ from fleet_mcp.reports.deployment import deployment_resource
 from fleet_mcp.reports.untrusted import BEGIN, END
 from fleet_mcp.reports.wording import DEFAULT_WAIT
 from fleet_mcp.state import FleetState
-from fleet_mcp.tools.arguments import MAX_WAIT
+from fleet_mcp.tools.arguments import MAX_WAIT, argument_mistakes
 from fleet_mcp.tools.build import build, build_status
 from fleet_mcp.tools.deploy import deploy, deploy_admin
 from fleet_mcp.tools.deployments import deployment_status, list_deployments, read_deployment
@@ -121,13 +123,45 @@ def _instructions(admin: bool, builds: bool = False) -> str:
 
 
 class FleetServer(MCPServer[FleetState]):
-    """The SDK's server, listing one resource per deployment this server knows.
+    """The SDK's server, listing one resource per deployment this server knows, and saying
+    what was wrong with a tool's arguments in plain words.
 
     The SDK lists only resources registered ahead; deployments come and go, so the list is
     made when asked, from the registry the lifespan sets while the server runs.
     """
 
     registry: DeploymentRegistry | None = None
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        context: Context[FleetState, Any] | None = None,
+    ) -> CallToolResult | InputRequiredResult:
+        """The SDK's call, with arguments that fail the tool's input schema reported in
+        plain words (``argument_mistakes``) instead of pydantic's text.
+
+        The SDK raises such a failure as a ``ToolError`` caused by the ``ValidationError`` of
+        the tool's arguments model, whose title is the input schema's: anything else — a
+        tool's own error, a crash, a model the tool validated itself — passes unchanged. The
+        cause is kept, so that the SDK still logs the fields only, never the values.
+        """
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            schema = await self._input_schema(name)
+            if schema is None or cause.title != schema.get("title"):
+                raise
+            raise ToolError(argument_mistakes(name, cause.errors(), schema, arguments)) from cause
+
+    async def _input_schema(self, name: str) -> dict[str, Any] | None:
+        """The input schema a client lists for tool ``name``: the words a model read."""
+        return next((t.input_schema for t in await self.list_tools() if t.name == name), None)
 
     async def list_resources(self) -> list[Resource]:
         listed = await super().list_resources()

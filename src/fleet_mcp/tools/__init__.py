@@ -15,7 +15,7 @@ Modules, one per family:
     deployments  deployment_status, list_deployments, the ``fleet://deployments/{id}``
                  resource (``read_deployment``)
     build        build and build_status
-    arguments    checks what a model sent
+    arguments    checks what a model sent, and words its mistakes
     calls        what every call does around its own work
 
 A tool's docstring is its description (``server`` strips the
@@ -28,7 +28,10 @@ without the model keeping its id. A tool's text is small whatever the fleet
 Safety does not rest on the model behaving: ``deploy`` builds its subject with the test tier
 fixed, so no argument can name production whatever the key could do, and the NATS
 permissions of the test key stop it independently. Arguments are checked before anything is
-sent; a mistake is a tool error that says what to send instead. Tools read the lifespan's
+sent; a mistake is a tool error that says what to send instead: the tools' own checks say it,
+and so does a type or a bound the SDK checks against a tool's schema, which
+``server.FleetServer.call_tool`` rewords (``arguments.argument_mistakes``), one sentence per
+wrong argument, without the SDK's validation text. Tools read the lifespan's
 ``FleetState``: they start deployments in its registry and follow them, nothing more.
 
 ``build`` asks the fleet's builder (``fleet-deploy builder``) for system closures with the
