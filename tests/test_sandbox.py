@@ -15,6 +15,8 @@ import os
 import queue
 import re
 import select
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,13 +33,14 @@ from fleet_core.config.resolve import sandbox_settings
 from fleet_core.errors import UsageError
 from fleet_core.keys import load_seed
 from fleet_core.protocol.subjects import Tier
-from fleet_core.testing.sandbox import ADMIN, READY_LINE, TEST_DEPLOYER, plan_hosts
+from fleet_core.testing.sandbox import ADMIN, LOG_FILE, READY_LINE, TEST_DEPLOYER, plan_hosts
 
 from .conftest import scripts_dir
 
 FLEET_DEPLOY = str(scripts_dir() / "fleet-deploy")
 _URL = re.compile(r"nats://127\.0\.0\.1:\d+(?:,nats://127\.0\.0\.1:\d+)*")  # one or a list
 _DIRECTORY = re.compile(r"^\s+directory\s+(\S+)")
+FRESH_PATH = "/usr/bin:/bin"  # a new terminal's PATH: no virtualenv of ours on it
 
 
 def clean_env() -> dict[str, str]:
@@ -94,7 +97,7 @@ class Lines:
 class RunningSandbox:
     """A ``fleet-deploy sandbox`` subprocess in a session of its own, up to its ready line."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.stderr_path = tmp_path / f"sandbox-{time.monotonic_ns()}.err"
         with self.stderr_path.open("w") as stderr:
             self.process = subprocess.Popen(
@@ -103,7 +106,7 @@ class RunningSandbox:
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
-                env=clean_env(),
+                env=clean_env() if env is None else env,
                 start_new_session=True,
             )
         assert self.process.stdout is not None
@@ -241,8 +244,8 @@ def start_sandbox(tmp_path: Path) -> Iterator[type[RunningSandbox]]:
     started: list[RunningSandbox] = []
 
     class Tracked(RunningSandbox):
-        def __init__(self, tmp: Path, *args: str) -> None:
-            super().__init__(tmp, *args)
+        def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+            super().__init__(tmp, *args, env=env)
             started.append(self)
 
     yield Tracked
@@ -261,6 +264,22 @@ def wait_until_hosts_run(deploy: subprocess.Popen[str], hosts: set[str]) -> Line
 
 
 TEST_HOSTS = {h.name for h in plan_hosts(DEFAULT_SANDBOX_HOSTS) if h.tier is Tier.TEST}
+
+
+def try_it_block(banner: list[str]) -> list[str]:
+    """The lines under "Try it from another terminal:", as a user copies them: from the blank
+    line after that heading up to the next blank line."""
+    start = banner.index("Try it from another terminal:") + 2
+    return [line.strip() for line in banner[start : banner.index("", start)]]
+
+
+def is_log_line(line: str) -> bool:
+    """Whether ``line`` is one of structlog's JSON lines (the banner's MCP config is not)."""
+    try:
+        parsed = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and "event" in parsed
 
 
 class TestPlanAndSettings:
@@ -488,6 +507,81 @@ class TestSandbox:
         finally:
             watch.close()
         assert "Traceback" not in sandbox.errors()
+
+    def test_the_printed_commands_work_pasted_into_a_fresh_terminal(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """Started with no virtualenv on PATH (as ./scripts/demo's PATH is not a new
+        terminal's), the banner puts this install's scripts on PATH and then types the bare
+        fleet-deploy; each command, pasted into a new bash with only the system's PATH, runs
+        and ends as the banner says: web2 fails, the test key is refused prod (exit 2)."""
+        bash = shutil.which("bash")
+        if bash is None:
+            pytest.skip("no bash to paste into")
+        fresh = {"PATH": FRESH_PATH, "HOME": str(tmp_path)}
+        sandbox = start_sandbox(tmp_path, "--hosts", "4", "--sim-delay", "0.02", env=fresh)
+        block = try_it_block(sandbox.lines.seen)
+        exports = [line for line in block if line.startswith("export ")]
+        assert exports[0] == f'export PATH={shlex.quote(str(Path(FLEET_DEPLOY).parent))}:"$PATH"'
+        admin_key = str(sandbox.key(ADMIN))
+        ran: dict[str, subprocess.CompletedProcess[str]] = {}
+        for command in (line for line in block if not line.startswith("export ")):
+            words = shlex.split(command, comments=True)
+            assert words[0] == "fleet-deploy", command  # bare, as README shows it
+            pasted = "\n".join([*exports, command])
+            ran[" ".join("ADMIN" if w == admin_key else w for w in words[1:])] = subprocess.run(
+                [bash, "--noprofile", "--norc", "-e", "-c", pasted],
+                capture_output=True,
+                text=True,
+                env=fresh,
+                cwd=tmp_path,
+                timeout=60,
+                check=False,
+            )
+        outputs = {command: done.stdout + done.stderr for command, done in ran.items()}
+        assert {command: done.returncode for command, done in ran.items()} == {
+            "hosts": 0,
+            "deploy deploy.test.all": 1,
+            "deploy deploy.test.role.web --branch feature/login --action test": 1,
+            "deploy deploy.prod.all": 2,
+            "deploy deploy.prod.all --nkey-file ADMIN": 0,
+            "build fleet all": 1,
+        }, outputs
+        assert "command not found" not in "".join(outputs.values())
+        found = set(re.findall(r"^(\S+)\s+test\s", ran["hosts"].stdout, re.M))
+        assert found == {"web1", "web2", "db1"}, outputs["hosts"]
+        web = outputs["deploy deploy.test.role.web --branch feature/login --action test"]
+        assert re.search(r"^\s+web1\s+completed\s+test of feature/login done", web, re.M), web
+        assert "permission to publish to 'deploy.prod.all'" in outputs["deploy deploy.prod.all"]
+        assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
+
+    def test_logs_go_to_the_directory_not_the_terminal(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """The listeners and the builder log JSON lines to <dir>/logs/sandbox.log, which the
+        banner names: their "listening" events and a deploy's events, host by host, are
+        there, and neither stdout nor stderr carries a single log line."""
+        sandbox = start_sandbox(tmp_path, "--dir", str(tmp_path / "sbx"), "--hosts", "3")
+        log = sandbox.directory / LOG_FILE
+        assert re.search(
+            rf"^\s+logs\s+{re.escape(str(log))}\s.*tail -f", sandbox.lines.text(), re.M
+        )
+        deploy = sandbox.cli("deploy", "deploy.test.all", "--json")
+        assert deploy.returncode == 1, deploy.stderr  # web2's rebuild fails
+        deployment = json.loads(deploy.stdout)["deployment_id"]
+        assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
+
+        terminal = [*sandbox.lines.seen, *sandbox.errors().splitlines()]
+        assert [line for line in terminal if is_log_line(line)] == []
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        listening = {e.get("host", e.get("builder")) for e in events if e["event"] == "listening"}
+        assert listening == {"web1", "web2", "pweb1", "buildbox"}
+        ours = {(e["event"], e["host"]) for e in events if e.get("request_id") == deployment}
+        for host in ("web1", "web2"):
+            assert {("request_accepted", host), ("job_finished", host)} <= ours, ours
+        # The listeners' shutdown is logged there too: the file outlives them.
+        stopped = {e.get("host", e.get("builder")) for e in events if e["event"] == "stopped"}
+        assert stopped == {"web1", "web2", "pweb1", "buildbox"}
 
     def test_busy_port_is_a_clear_usage_error(self, tmp_path: Path) -> None:
         """A port another program listens on gives exit 2 and a message naming the port."""

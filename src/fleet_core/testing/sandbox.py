@@ -9,13 +9,18 @@ builder for the repository ``fleet`` whose ``nix`` is the packaged ``simulated_n
 a ``file://`` binary cache in the directory. Only nix is simulated: the CLI and the MCP
 server talk to it as to a real fleet, and the server enforces the tiers for real.
 
-Without ``--once`` it prints how to reach it and serves until SIGINT or SIGTERM; ``--once``
-runs a short guided tour and exits. Keys, permissions, server and listeners are
-``fleet_core.testing.local_fleet``, the very plumbing of the tests and benchmarks; signals
-are ``fleet_core.lifecycle.run_until_signal``'s, which only cancels the work. So whatever
-ends the run, shutdown is the same: the listeners are cancelled, the rebuilds they leave
-running are stopped and reported ``failed/cancelled`` (``Listener.stop_jobs``), their
-connections closed, nats-server stopped, and a
+Without ``--once`` it prints how to reach it and serves until SIGINT or SIGTERM, its
+listeners and builder logging to ``logs/sandbox.log`` so that the terminal keeps the banner
+(a ``FleetError`` that ends it still reaches stderr, through ``cli.main``); ``--once`` runs
+a short guided tour and exits, logging errors alone, to stderr. The banner's commands work
+when pasted into a fresh terminal: the bare ``fleet-deploy``, after an ``export PATH=…``
+that adds this installation's scripts when a new shell would not find them.
+
+Keys, permissions, server and listeners are ``fleet_core.testing.local_fleet``, the very
+plumbing of the tests and benchmarks; signals are ``fleet_core.lifecycle.run_until_signal``'s,
+which only cancels the work. So whatever ends the run, shutdown is the same: the listeners
+are cancelled, the rebuilds they leave running are stopped and reported ``failed/cancelled``
+(``Listener.stop_jobs``), their connections closed, nats-server stopped, and a
 temporary directory removed. What is left here is the sandbox's own: its plan, its
 directory and lock, its simulated ``nixos-rebuild`` per host, the banner and the tour.
 
@@ -28,6 +33,8 @@ The directory (``--dir``, or a temporary one)::
     state/<host>/jobs/      each host's job logs
     hosts/<host>/           its simulated nixos-rebuild
     cache/                  the builder's binary cache: a .narinfo per built closure
+    logs/sandbox.log        without --once: the listeners' and the builder's JSON log lines,
+                            appended (a temporary directory takes it along when removed)
 
 Longer than the median module because setup, banner and tour share one plan and one set of
 paths; each part is a few functions, in that order.
@@ -44,7 +51,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
@@ -76,6 +83,7 @@ from fleet_core.testing import (
 __all__ = [
     "ADMIN",
     "BUILDER",
+    "LOG_FILE",
     "READY_LINE",
     "REPO",
     "TEST_DEPLOYER",
@@ -101,6 +109,7 @@ _TOUR_DEPLOY_TIMEOUT = 60.0
 # The sandbox's stand-ins stop at once: a shorter grace than a host's keeps Ctrl-C snappy.
 _KILL_GRACE = 2.0
 _SHEBANG_MAX = 200  # Linux reads at most 256 bytes of a "#!" line
+LOG_FILE = Path("logs") / "sandbox.log"  # below the directory; not with --once
 
 
 # -- the plan (pure) ---------------------------------------------------------------
@@ -143,7 +152,7 @@ def run_sandbox(settings: SandboxSettings, *, out: TextIO = sys.stdout) -> int:
     A signal is how the long-lived sandbox is meant to end, so that is 0; it cuts the tour
     short, which ends 128 + N, as a shell reports it.
     """
-    configure_logging("error" if settings.once else "info")
+    configure_logging("error")  # until the directory, and its log file, exist
     finished = run_until_signal(functools.partial(_session, settings, out))
     if finished.signal is None:
         return finished.value or 0
@@ -157,7 +166,10 @@ def run_sandbox(settings: SandboxSettings, *, out: TextIO = sys.stdout) -> int:
 
 async def _session(settings: SandboxSettings, out: TextIO) -> int:
     plan = plan_hosts(settings.hosts)
-    with _workspace(settings.directory) as root:
+    with (
+        _workspace(settings.directory) as root,
+        nullcontext() if settings.once else _logging_to(root / LOG_FILE),
+    ):
         async with _fleet(root, plan, settings.port, settings.cluster) as fleet:
             hosts = [_listener_settings(fleet, h, i, settings) for i, h in enumerate(plan)]
             async with fleet.listeners(hosts), _builder(fleet, plan, settings):
@@ -213,6 +225,29 @@ def _workspace(directory: Path | None) -> Iterator[Path]:
     finally:
         if directory is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def _logging_to(path: Path) -> Iterator[None]:
+    """Every log line of the block (the listeners', the builder's, the server's plumbing) as
+    JSON, appended to ``path``, then errors to stderr again.
+
+    The listeners and the builder run in this process, so their logs would otherwise share
+    the terminal with the banner and push it off the screen. One file rather than one per
+    host: logging is configured once per process, every listener line names its ``host``
+    (``jq 'select(.host == "web2")'`` picks one), and the order across hosts is the story.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        log = path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write the sandbox's log {path}: {exc.strerror or exc}") from exc
+    with log:
+        configure_logging("info", json=True, stream=log)
+        try:
+            yield
+        finally:
+            configure_logging("error")  # before the file closes, and a temporary dir goes
 
 
 @contextmanager
@@ -309,16 +344,38 @@ def _script(name: str) -> Path:
     return Path(sysconfig.get_path("scripts")) / name
 
 
-def _shell_command(name: str) -> str:
-    """How to type this installation's ``name`` in any shell: bare when PATH finds this very
-    script, else its absolute path (another terminal need not share our directory)."""
-    script = _script(name)
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """How a fresh terminal runs this installation's ``fleet-deploy``."""
+
+    text: str  # what to type: the bare name, or ``python -m fleet_core`` without the script
+    path: Path | None = None  # the scripts directory to put on PATH first, if a shell lacks it
+
+    def exports(self) -> list[str]:
+        """The line that puts ``path`` on PATH, in front of the user's own; none if not needed."""
+        if self.path is None:
+            return []
+        return [f'export PATH={shlex.quote(str(self.path))}:"$PATH"']
+
+
+def _cli_command() -> _Command:
+    """Bare ``fleet-deploy``, as README shows it, after adding its directory to PATH unless a
+    new shell finds this very script anyway; ``python -m fleet_core`` when run from source.
+
+    Our own PATH is no guide: ``./scripts/demo`` prepends ``.venv/bin`` and an activated
+    virtualenv does the same, and a terminal opened next to ours has neither. So PATH counts
+    only when it reaches this script through a directory that is not a virtualenv's own
+    ``bin`` (a system install, pipx's link in ``~/.local/bin``).
+    """
+    script = _script("fleet-deploy")
     if not script.is_file():
-        return f"{shlex.quote(sys.executable)} -m fleet_core"
-    found = shutil.which(name)
-    if found and Path(found).resolve() == script.resolve():
-        return name
-    return shlex.quote(str(script))
+        return _Command(f"{shlex.quote(sys.executable)} -m fleet_core")
+    found = shutil.which(script.name)
+    if found is not None and Path(found).resolve() == script.resolve():
+        in_venv = sys.prefix != sys.base_prefix
+        if not (in_venv and Path(found).parent.resolve() == script.parent.resolve()):
+            return _Command(script.name)
+    return _Command(script.name, script.parent)
 
 
 # -- what the user sees -------------------------------------------------------------------------
@@ -383,7 +440,8 @@ class _Sandbox:
 
     def banner(self) -> None:
         url = self.fleet.url  # every server, comma-separated: what --nats-url takes
-        cli = _shell_command("fleet-deploy")
+        command = _cli_command()
+        cli = command.text
         test_key, admin_key = self.key(TEST_DEPLOYER), self.key(ADMIN)
         q = shlex.quote
         mcp_config = {
@@ -404,6 +462,9 @@ class _Sandbox:
             "",
             f"  NATS URL      {url}   ({self._servers()})",
             f"  directory     {self._where()}",
+            # Where the logs went instead of this terminal; kept or removed with the directory.
+            f"  logs          {self.root / LOG_FILE}   listeners and builder, JSON lines: "
+            "tail -f it",
             f"  test key      {test_key}   deploys the test tier only",
             f"  admin key     {admin_key}   deploys everything, prod included",
             f"  host keys     {self.root / 'keys'}/<host>.seed",
@@ -416,6 +477,7 @@ class _Sandbox:
             "",
             "Try it from another terminal:",
             "",
+            *(f"  {line}" for line in command.exports()),
             f"  export FLEET_DEPLOY_NATS_URL={q(url)}",
             f"  export FLEET_DEPLOY_NKEY_FILE={q(str(test_key))}",
             f"  {cli} hosts",
@@ -423,7 +485,7 @@ class _Sandbox:
             f"  {cli} deploy deploy.test.role.web --branch feature/login --action test",
             f"  {cli} deploy deploy.prod.all        # refused: the test key cannot reach prod",
             f"  {cli} deploy deploy.prod.all --nkey-file {q(str(admin_key))}",
-            f"  {cli} build {REPO} all              # every host's closure, built once",
+            f"  {cli} build {REPO} all               # every host's closure, built once",
             "",
             'MCP client config (Claude Desktop and others: "mcpServers"), with the test key:',
             "",
@@ -455,7 +517,8 @@ class _Sandbox:
     async def tour(self) -> int:
         """Discover, deploy to test, explain the failure, be refused on prod; 1 if surprised."""
         problems: list[str] = []
-        cli = _shell_command("fleet-deploy")
+        command = _cli_command()
+        cli = command.text
         self.say(
             f"fleet-deploy sandbox: {len(self.plan)} simulated hosts, NATS at "
             f"{self.fleet.url} ({self._servers()})\n  directory {self._where()}\n"
@@ -475,9 +538,10 @@ class _Sandbox:
             for problem in problems:
                 self.say(f"  - {problem}")
             return 1
+        where = f" ({cli} is in {command.path})" if command.path is not None else ""
         self.say(
-            f"\nTour complete. `{cli} sandbox` keeps such a fleet running and prints the "
-            "commands and the MCP config to try it yourself."
+            f"\nTour complete. `{cli} sandbox` keeps such a fleet running and prints the\n"
+            f"commands and the MCP config to try it yourself{where}."
         )
         return 0
 
