@@ -103,7 +103,7 @@ async def test_a_failing_host_fails_alone_with_its_error(builds: Builds) -> None
     assert not result.ok
     assert states["web1"].state is HostBuildState.FAILED
     assert states["web1"].error == "build_failed"
-    assert "attribute 'webroot' missing" in states["web1"].message
+    assert "undefined variable 'webroot'" in states["web1"].message
     assert any("webroot" in line for line in states["web1"].log_tail)
     assert {h for h, s in states.items() if s.state is HostBuildState.BUILT} == {"db1", "web2"}
     assert "1 of 3 hosts failed: web1 (build_failed)" in result.message

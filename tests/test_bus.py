@@ -53,8 +53,11 @@ class TestPermissions:
         finally:
             stop()
             await bus.close()
-        assert [d.subject for d in denials] == ["deploy.prod.pweb1"]
-        assert "admin key" in str(denials[0])
+        assert [(d.operation, d.subject) for d in denials] == [("publish", "deploy.prod.pweb1")]
+        public_key = fleet.seed("deployer").public_key
+        assert f"refused key {public_key} permission to publish to 'deploy.prod.pweb1'" in str(
+            denials[0]
+        )
 
     async def test_forbidden_subscribe_reaches_the_watcher(self, fleet: Fleet) -> None:
         """A listener key subscribing to another host's subject is reported too."""

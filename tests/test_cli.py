@@ -65,7 +65,7 @@ class TestDeployCommand:
             proc = await fleet.cli("deploy", "deploy.prod.pweb1", "--timeout", "600", limit=10)
         _, err = text(proc)
         assert proc.returncode == 2
-        assert "refused this key permission to publish to 'deploy.prod.pweb1'" in err
+        assert "permission to publish to 'deploy.prod.pweb1': it is a test-tier deployer key" in err
         assert fleet.runs() == []
 
     async def test_permission_error_is_immediate_in_process(self, fleet: Fleet) -> None:

@@ -277,7 +277,7 @@ class TestBuild:
         states = {h.host: h for h in report.hosts}
         web1 = states["web1"]
         assert (web1.state, web1.error) == (HostBuildState.FAILED, "build_failed")
-        assert "attribute 'webroot' missing" in web1.message
+        assert "undefined variable 'webroot'" in web1.message
         assert any("webroot" in line for line in web1.log_tail)
         assert {h for h, b in states.items() if b.state is HostBuildState.BUILT} == {
             "db1",
@@ -286,7 +286,7 @@ class TestBuild:
         assert "web1 failed (build_failed)" in report.summary
         assert "log_tail" in report.summary and "log_tail" in report.next_step
         text = result_text(text_of(result))
-        assert "attribute 'webroot' missing" in "\n".join(text.fenced)
+        assert "undefined variable 'webroot'" in "\n".join(text.fenced)
         assert "web1" in text.report
         assert f"build {report.build_id}: web1 failed — build_failed" in s.messages()
 
@@ -343,12 +343,12 @@ class TestArguments:
             (("build", {"repo": "nixos", "branch": "main#pdb1"}), "not a branch, tag"),
             (("build", {"repo": "nixos", "hostname": "web1"}), "Name the hosts with target"),
             (("build", {"repo": "nixos", "subject": "build.>"}), "has no argument 'subject'"),
-            (("build", {"repo": 1}), "valid string"),
-            (("build", {"repo": "nixos", "target": ["web1"]}), "valid string"),
-            (("build", {"repo": "nixos", "wait_seconds": "45"}), "valid number"),
+            (("build", {"repo": 1}), "repo must be a string"),
+            (("build", {"repo": "nixos", "target": ["web1"]}), "target must be a string"),
+            (("build", {"repo": "nixos", "wait_seconds": "45"}), "wait_seconds must be a number"),
             (("build", {"repo": "nixos", "wait_seconds": -1}), "wait_seconds"),
             (("build", {}), "repo"),
-            (("build_status", {"build_id": 1}), "valid string"),
+            (("build_status", {"build_id": 1}), "build_id must be a string"),
             (("build_status", {"wait_seconds": 10_000}), "wait_seconds"),
         ],
     )

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_core.deploy.report import RECOVERED, connection_line, host_line, summary
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.report import (
+    LISTED_NAMES,
+    RECOVERED,
+    connection_line,
+    directory_hint,
+    host_line,
+    summary,
+)
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, TierDirectory
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
@@ -80,3 +87,51 @@ class TestSummary:
             "lost 2 times (2.0 s in all) and was still down at the end; the final statuses "
             "of 2 hosts, sent meanwhile, were read back from their job records."
         ) in text
+
+
+class TestDirectoryHint:
+    """A target that reached no host is told with the names discovery found in its tier."""
+
+    @staticmethod
+    def reached_nobody(subject: str, hosts: list[str], roles: list[str]) -> DeploymentResult:
+        return result([], []).model_copy(
+            update={
+                "subject": subject,
+                "ok": False,
+                "counts": {},
+                "found_in_tier": TierDirectory(tier="test", hosts=hosts, roles=roles),
+            }
+        )
+
+    def test_a_mistyped_role_names_the_roles_and_the_nearest(self) -> None:
+        found = self.reached_nobody("deploy.test.role.wbe", ["db1", "web1"], ["db", "web"])
+        hint = directory_hint(found)
+        assert hint == (
+            "No host in the test tier has the role 'wbe'. Roles there: db, web. "
+            "Did you mean 'web'? Hosts there: db1, web1."
+        )
+        assert hint in summary(found)
+
+    def test_a_mistyped_host_names_the_hosts_and_the_nearest(self) -> None:
+        found = self.reached_nobody("deploy.test.wbe1", ["db1", "web1"], ["web"])
+        assert directory_hint(found) == (
+            "No listener named 'wbe1' answers in the test tier. Hosts there: db1, web1. "
+            "Did you mean 'web1'?"
+        )
+
+    def test_nothing_near_suggests_nothing(self) -> None:
+        found = self.reached_nobody("deploy.test.role.zzzz", ["db1"], ["db"])
+        assert "Did you mean" not in (directory_hint(found) or "")
+
+    def test_an_empty_tier_says_to_check_the_listeners(self) -> None:
+        hint = directory_hint(self.reached_nobody("deploy.test.all", [], []))
+        assert hint is not None and hint.startswith("Discovery found no host in the test tier")
+
+    def test_a_large_tier_is_listed_in_part(self) -> None:
+        names = [f"web{n:03}" for n in range(100)]
+        hint = directory_hint(self.reached_nobody("deploy.test.wbe", names, ["web"])) or ""
+        assert f"and {100 - LISTED_NAMES} more" in hint
+        assert "web099" not in hint
+
+    def test_without_a_directory_there_is_no_hint(self) -> None:
+        assert directory_hint(result([completed("web1")], [])) is None

@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import nats
@@ -87,6 +87,10 @@ def server_urls(servers: Servers) -> tuple[str, ...]:
     if not urls:
         raise ValueError("no NATS server URL given")
     return urls
+
+
+def _key(public_key: str | None) -> str:
+    return f"key {public_key}" if public_key else "this key"
 
 
 def describe_servers(urls: Sequence[str]) -> str:
@@ -241,13 +245,15 @@ class Bus:
         if match is None:
             log.warning("nats_error", url=self.url, error=_describe(exc))
             return
-        operation = "publish to" if match.group(1).lower() == "publish" else "subscribe to"
+        operation: Literal["publish", "subscribe"] = (
+            "publish" if match.group(1).lower() == "publish" else "subscribe"
+        )
         subject = match.group(2)
         denial = PermissionDenied(
-            f"the NATS server refused this key permission to {operation} {subject!r}: "
-            "use a key whose permissions allow it (the test deployer key reaches only "
-            "deploy.test.>; production needs the admin key)",
+            f"the NATS server refused {_key(self.public_key)} permission to {operation} to "
+            f"{subject!r}: use a key whose permissions allow it",
             subject=subject,
+            operation=operation,
         )
         expected = [watcher(denial) for watcher in list(self._watchers)]
         (log.debug if any(expected) else log.warning)(

@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from fleet_core.config.options import COMMANDS, add_arguments
 
@@ -33,6 +33,21 @@ _RUNNERS: dict[str, tuple[str, str, str]] = {
 }
 
 
+class _BadFlags(Exception):
+    """What argparse would print and exit with, raised instead, so ``main`` can also say it
+    as JSON when ``--json`` was asked for."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.usage = parser.format_usage()
+        self.prog = parser.prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _BadFlags(self, message)
+
+
 class _VersionAction(argparse.Action):
     """``--version``, looking the version up only when asked."""
 
@@ -46,7 +61,7 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fleet-deploy",
         description="Deploy NixOS configurations to a fleet over NATS.",
         epilog="Run 'fleet-deploy COMMAND --help' for the flags of a command.",
@@ -85,7 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return mcp_main(arguments[1:], prog="fleet-deploy mcp")
     parser = build_parser()
-    flags = vars(parser.parse_args(arguments))
+    as_json = "--json" in arguments
+    try:
+        flags = vars(parser.parse_args(arguments))
+    except _BadFlags as exc:
+        print(f"{exc.usage}{exc.prog}: error: {exc}", file=sys.stderr)
+        if as_json:
+            _print_error("usage", str(exc), f"Run '{exc.prog} --help' for its flags.")
+        return 2
     name = flags.pop("command", None)
     if name is None:
         parser.print_help(sys.stderr)
@@ -96,7 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(name, flags)
     except FleetError as exc:
         print(f"fleet-deploy: error: {exc}", file=sys.stderr)
+        if as_json:
+            _print_error(exc.code, str(exc), exc.what_to_do, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print("fleet-deploy: interrupted", file=sys.stderr)
         return 130
+
+
+def _print_error(code: str, message: str, what_to_do: str, exit_code: int = 2) -> None:
+    """With ``--json``, an error is one JSON object on stdout too, for scripts and CI:
+    ``{"ok": false, "exit_code": 2, "error": {"code", "message", "what_to_do"}}``."""
+    import json
+
+    error = {"code": code, "message": message, "what_to_do": what_to_do}
+    print(json.dumps({"ok": False, "exit_code": exit_code, "error": error}, indent=2))

@@ -18,6 +18,8 @@ permission problems); a deploy where a host did not complete is a result, not an
 
 from __future__ import annotations
 
+from typing import Literal
+
 __all__ = [
     "ConnectionFailed",
     "FleetError",
@@ -30,29 +32,76 @@ __all__ = [
 
 
 class FleetError(Exception):
-    """Base of every fleet-deploy error; ``str(err)`` is a message for a person."""
+    """Base of every fleet-deploy error; ``str(err)`` is a message for a person.
+
+    ``code`` names the kind of error for a program (the CLI's ``--json`` prints it), and
+    ``what_to_do`` the next step alone: the ``fix`` given where the error was raised, else
+    the advice of its kind. The message itself already says both, for a person."""
 
     exit_code: int = 2
+    code: str = "error"
+    advice: str = "Read the message: it says what went wrong."
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+    @property
+    def what_to_do(self) -> str:
+        return self.fix or self.advice
 
 
 class UsageError(FleetError):
     """The user asked for something that cannot work: fix the flags or arguments."""
 
+    code = "usage"
+    advice = "Fix the command line: 'fleet-deploy COMMAND --help' explains every flag."
+
 
 class KeyFileError(FleetError):
     """An NKey seed file cannot be used: missing, unreadable, malformed or group/world-readable."""
+
+    code = "key_file"
+    advice = (
+        "Point --nkey-file (FLEET_DEPLOY_NKEY_FILE) at a readable NKey seed file of mode "
+        "0600; 'fleet-deploy keygen NAME' writes one."
+    )
 
 
 class ConnectionFailed(FleetError):
     """The NATS server is unreachable, or it refused to authenticate the key."""
 
+    code = "connection_failed"
+    advice = (
+        "Check that nats-server is running, that --nats-url (FLEET_DEPLOY_NATS_URL) is right, "
+        "and that the server's authorization block has this key's public key."
+    )
+
 
 class PermissionDenied(FleetError):
-    """The NATS server refused this key a publish or subscribe (the tiered permissions)."""
+    """The NATS server refused this key a publish or subscribe (the tiered permissions).
 
-    def __init__(self, message: str, *, subject: str | None = None) -> None:
-        super().__init__(message)
+    ``operation`` ("publish" or "subscribe") and ``subject`` say what was refused, so that
+    whoever knows what was being asked for can say what the key is
+    (``fleet_core.protocol.refusals``)."""
+
+    code = "permission_denied"
+    advice = (
+        "Use a key whose NATS permissions allow it: the test deployer key reaches the test "
+        "tier, the admin key every tier."
+    )
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        subject: str | None = None,
+        operation: Literal["publish", "subscribe"] | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(message, fix=fix)
         self.subject = subject
+        self.operation = operation
 
 
 class RequestRejected(FleetError):

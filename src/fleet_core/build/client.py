@@ -32,6 +32,7 @@ from fleet_core.build.tracker import BuildTracker
 from fleet_core.bus import CLOSE_DEADLINE, Bus, Message, Subscription
 from fleet_core.config.settings import DeployTiming
 from fleet_core.errors import PermissionDenied, RequestRejected, UsageError
+from fleet_core.protocol.refusals import Refusal, explain_refusals
 
 __all__ = ["BuildClient", "OnBuildUpdate", "new_build_id"]
 
@@ -97,7 +98,7 @@ class BuildClient:
             bound.info("build_publish")
             await self._bus.publish(target.subject, request.encode(), reply=reply)
             await self._bus.flush()
-            events.raise_denied(prefer=target.subject)
+            events.raise_denied()
             tracker.published(time.monotonic())
             await _follow(tracker, events, on_update)
         result = tracker.result_at(time.monotonic())
@@ -167,11 +168,19 @@ class _Inbox:
     async def receive(self) -> _Event:
         return await self._receive.receive()
 
-    def raise_denied(self, *, prefer: str) -> None:
-        """Raise the server's refusal so far, if any: the one of ``prefer`` if it is there
-        (a key refused the publish is refused the subscription before it, too)."""
+    def raise_denied(self) -> None:
+        """Raise the server's refusals so far, if any, as one error that says what this key
+        is (a key refused the publish is refused the replies before it, too)."""
         if self._denials:
-            raise next((d for d in self._denials if d.subject == prefer), self._denials[0])
+            raise self._explained()
+
+    def _explained(self) -> PermissionDenied:
+        first = self._denials[0]
+        refusals = [Refusal(d.operation or "publish", d.subject or "?") for d in self._denials]
+        explained = explain_refusals(refusals, key=self._bus.public_key or "", reply=self._subject)
+        return PermissionDenied(
+            str(explained), subject=first.subject, operation=first.operation, fix=explained.fix
+        )
 
     def _post(self, event: _Event) -> None:
         # A late message after the build closed its inbox is no one's news; nats-py must not
@@ -188,7 +197,8 @@ class _Inbox:
         def denied(exc: PermissionDenied) -> bool:
             if exc.subject in self._watched:
                 self._denials.append(exc)
-                self._post(exc)
+                self._post(self._explained())
+                return True  # raised to the caller, who says it better than a log line
             return False
 
         self._stop_watching_denials = bus.watch_denials(denied)

@@ -37,6 +37,8 @@ def run_build(settings: BuildSettings, *, out: TextIO = sys.stdout) -> int:
     async def main() -> BuildResult:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy build") as bus:
+            if not settings.json:  # once connected: a bad flag or server is told alone
+                print(f"building {settings.target} at {settings.revision}", file=out, flush=True)
             return await BuildClient(bus, timing=settings.timing).build(
                 settings.target,
                 revision=settings.revision,
@@ -44,8 +46,6 @@ def run_build(settings: BuildSettings, *, out: TextIO = sys.stdout) -> int:
                 on_update=on_update,
             )
 
-    if not settings.json:
-        print(f"building {settings.target} at {settings.revision}", file=out, flush=True)
     return finish(
         run_until_signal(main),
         build_summary,

@@ -217,9 +217,8 @@ def add_arguments(parser: argparse.ArgumentParser, options: Iterable[Option]) ->
     """Add ``options`` to ``parser``; every value stays text (or None when not given)."""
     for option in options:
         if option.kind == "positional":
-            nargs = (
-                "?" if option.default is not None else None
-            )  # one with a default may be left off
+            # One with a default (or a said one) may be left off.
+            nargs = "?" if option.default_text is not None else None
             parser.add_argument(
                 option.name, metavar=option.metavar, nargs=nargs, help=option.help_text()
             )
@@ -618,8 +617,10 @@ KEYGEN = Command(
     "create an NKey user seed (mode 0600) and print its public key",
     "Write a new NKey user seed to DIR/NAME.seed with mode 0600 (an existing file is\n"
     "never overwritten) and print its public key on stdout — the key that goes into\n"
-    "the inventory for nats-config. The seed is the secret: it never leaves the file.\n\n"
-    "  fleet-deploy keygen web1 --dir /run/keys     # one per host and per deployer",
+    "the inventory for nats-config. The seed is the secret: it never leaves the file.\n"
+    "With --public FILE, write nothing: print the public key of the seed in FILE.\n\n"
+    "  fleet-deploy keygen web1 --dir /run/keys     # one per host and per deployer\n"
+    "  fleet-deploy keygen --public /run/keys/web1.seed   # its public key, again",
     (
         Option(
             "name",
@@ -627,6 +628,13 @@ KEYGEN = Command(
             env=False,
             kind="positional",
             metavar="NAME",
+            shown_default="none; leave it out with --public",
+        ),
+        Option(
+            "public",
+            "print the public key of this existing seed file and write nothing",
+            env=False,
+            metavar="FILE",
         ),
         Option(
             "dir",

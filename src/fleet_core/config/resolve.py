@@ -399,12 +399,16 @@ def _expected_hosts(items: tuple[str, ...]) -> tuple[str, ...]:
 def deploy_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> DeploySettings:
     """Settings for ``fleet-deploy deploy``; resolves aliases from ``FLEET_DEPLOY_ALIAS_*``."""
     values = _Values(command("deploy"), flags, environ)
+    try:  # checked here, so that a bad revision is told before anything connects
+        revision = validate_revision(values.required("branch"))
+    except RequestRejected as exc:
+        raise UsageError(str(exc)) from None
     return DeploySettings(
         connection=_connection(values),
         target=resolve_target(
             values.required("target"), os.environ if environ is None else environ
         ),
-        revision=values.required("branch"),
+        revision=revision,
         action=Action(values.required_choice("action")),
         timeout=values.number("timeout"),
         expect=_expected_hosts(values.items("expect")),
@@ -576,12 +580,29 @@ def sandbox_settings(flags: Flags) -> SandboxSettings:
 def keygen_settings(flags: Flags) -> KeygenSettings:
     """Settings for ``fleet-deploy keygen``: a plain key name, never a path."""
     values = _Values(command("keygen"), flags, {})
-    name = values.required("name")
+    public, name = values.text("public"), values.text("name")
+    if public is not None:
+        if name is not None:
+            raise UsageError(
+                f"give a key NAME to write a new seed, or --public FILE to print the public "
+                f"key of an existing one, not both (NAME {name!r}, --public {public!r})"
+            )
+        return KeygenSettings(path=Path(public), public=True)
+    if name is None:
+        raise UsageError(
+            "NAME is required: the new seed is written to DIR/NAME.seed (or give --public "
+            "FILE to print the public key of an existing seed)"
+        )
     base = name.removesuffix(SEED_SUFFIX)
     if not _KEY_NAME.fullmatch(base):
+        hint = (
+            f"; to print the public key of an existing seed, use --public {name}"
+            if "/" in name
+            else ""
+        )
         raise UsageError(
             f"invalid key name {name!r}: use 1-63 letters, digits, '-' or '_' (no path: "
-            "choose the folder with --dir)"
+            f"choose the folder with --dir){hint}"
         )
     return KeygenSettings(path=Path(values.required("dir")) / f"{base}{SEED_SUFFIX}")
 

@@ -276,9 +276,11 @@ class SandboxSettings:
 
 @dataclass(frozen=True, slots=True)
 class KeygenSettings:
-    """``path`` is where the new seed goes: ``<dir>/<name>.seed``."""
+    """``path`` is where the new seed goes (``<dir>/<name>.seed``) or, when ``public``
+    is true, the existing seed whose public key is asked for."""
 
     path: Path
+    public: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,12 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
     async def main() -> DeploymentResult:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
+            if not settings.json:  # once connected: a bad flag or server is told alone
+                print(
+                    f"deploying {settings.revision} ({settings.action.value}) to {settings.target}",
+                    file=out,
+                    flush=True,
+                )
             return await Deployer(bus, timing=settings.timing, signer=seed).deploy(
                 settings.target,
                 revision=settings.revision,
@@ -62,12 +68,6 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
                 on_connection=on_connection,
             )
 
-    if not settings.json:
-        print(
-            f"deploying {settings.revision} ({settings.action.value}) to {settings.target}",
-            file=out,
-            flush=True,
-        )
     return finish(
         run_until_signal(main),
         summary,

@@ -36,7 +36,13 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from fleet_core.bus import CLOSE_DEADLINE, Bus, Message, Subscription
 from fleet_core.config.settings import DeployTiming
-from fleet_core.deploy.tracker import DeploymentResult, DeploymentTracker, HostResult, Outage
+from fleet_core.deploy.tracker import (
+    DeploymentResult,
+    DeploymentTracker,
+    HostResult,
+    Outage,
+    TierDirectory,
+)
 from fleet_core.errors import (
     FleetError,
     PermissionDenied,
@@ -57,12 +63,14 @@ from fleet_core.protocol.messages import (
     parse_host_info,
     parse_status,
 )
+from fleet_core.protocol.refusals import Refusal, explain_refusals
 from fleet_core.protocol.signing import sign_request
 from fleet_core.protocol.subjects import (
     DISCOVER_SUBJECT,
     RESPONSES_PREFIX,
     Target,
     Tier,
+    is_token,
     tier_discover_subject,
 )
 from fleet_core.protocol.trust import (
@@ -207,6 +215,7 @@ class Deployer:
             for subject in asked:
                 await self._bus.publish(subject, payload, reply=reply)
             await self._bus.flush()  # a refused subscription or publish is reported by now
+            events.raise_denied()  # the bare replies, which every deployer key may read
             for tier, subject in readable.items():
                 if subject in events.refused:
                     self._unreadable.add(tier)
@@ -290,9 +299,11 @@ class Deployer:
         async with inbox as events:
             expected = set(expect)
             found = _Answers()
+            matched: set[str] = set()
             if target.is_group:
                 found = await self._discover(target.tier)
-                expected |= {h.hostname for h in found.hosts.values() if _listens_to(h, target)}
+                matched = {h.hostname for h in found.hosts.values() if _listens_to(h, target)}
+                expected |= matched
             elif target.name is not None:
                 expected.add(target.name)
             tracker = DeploymentTracker(
@@ -326,11 +337,14 @@ class Deployer:
                 payload = encode(self._sign(request, target.subject))
                 await self._bus.publish(target.subject, payload, reply=reply)
                 await self._bus.flush()
-                events.raise_denied(prefer=target.subject)  # the refusal that says most
+                events.raise_denied()
                 await self._gather(gathering, events)
             finally:
                 stop_watching()
             result = gathering.snapshot(time.monotonic())
+        if _reached_nobody(result, target, matched):
+            directory = await self._directory(target.tier, found if target.is_group else None)
+            result = result.model_copy(update={"found_in_tier": directory})
         bound.info(
             "deploy_done",
             ok=result.ok,
@@ -339,6 +353,23 @@ class Deployer:
             flagged=result.flagged_count,
         )
         return result
+
+    async def _directory(self, tier: Tier, found: _Answers | None) -> TierDirectory | None:
+        """Who answers in ``tier``: from the deployment's own discovery when it had one, else
+        from a new one. None when this key may not ask (the result stands without it)."""
+        if found is None:
+            try:
+                found = await self._discover(tier)
+            except FleetError as exc:
+                log.info("directory_unavailable", tier=tier.value, error=str(exc))
+                return None
+        hosts = [h for h in found.hosts.values() if h.tier == tier.value]
+        # A name that is no subject token cannot be what a target meant: it is left out.
+        return TierDirectory(
+            tier=tier.value,
+            hosts=sorted(h.hostname for h in hosts if is_token(h.hostname)),
+            roles=sorted({h.role for h in hosts if h.role is not None and is_token(h.role)}),
+        )
 
     def _sign(self, request: DeployRequest, subject: str) -> DeployRequest:
         """``request`` signed for ``subject`` now, when this deployer has a signer."""
@@ -583,6 +614,14 @@ def _take_answer(found: _Answers, request: DiscoverRequest, event: Message) -> N
     found.hosts[info.hostname] = info
 
 
+def _reached_nobody(result: DeploymentResult, target: Target, matched: set[str]) -> bool:
+    """Whether the target named no host that listens: a group that discovery matched to
+    none, or a single host the server said nobody is subscribed for."""
+    if target.is_group:
+        return not matched
+    return all(h.status == "missing" for h in result.hosts)
+
+
 def _listens_to(host: HostInfo, target: Target) -> bool:
     """Whether a discovered host subscribes to the target (by its own list, else by shape)."""
     if host.deploy_subjects:
@@ -596,6 +635,7 @@ class _Inbox:
     """Reply subscriptions plus permission denials, as one event stream; ``post`` adds events
     of the deployer's own (connection changes, job answers).
 
+    ``subjects[0]`` is the request's bare reply subject, which every deployer key may read.
     A denial on a ``watched`` subject is an event, and kept for ``raise_denied``. A denial of
     an ``optional`` subscription (a tier's replies, in discovery) is expected: it is only
     noted in ``refused``, and the bus logs it at debug level.
@@ -627,11 +667,21 @@ class _Inbox:
         with contextlib.suppress(anyio.ClosedResourceError):  # the deployment is over
             self._send.send_nowait(event)
 
-    def raise_denied(self, *, prefer: str) -> None:
-        """Raise the server's refusal so far, if any: the one of ``prefer`` if it is there
-        (a test key deploying prod is refused the publish, and the subscription before it)."""
+    def raise_denied(self) -> None:
+        """Raise the server's refusals so far, if any, as one error that says what this key
+        is and what it may do (a test key deploying prod is refused the publish, and the
+        prod replies before it)."""
         if self._denials:
-            raise next((d for d in self._denials if d.subject == prefer), self._denials[0])
+            raise self._explained()
+
+    def _explained(self) -> PermissionDenied:
+        first = self._denials[0]
+        refusals = [Refusal(d.operation or "publish", d.subject or "?") for d in self._denials]
+        key = self._bus.public_key or ""
+        explained = explain_refusals(refusals, key=key, reply=self._subjects[0])
+        return PermissionDenied(
+            str(explained), subject=first.subject, operation=first.operation, fix=explained.fix
+        )
 
     async def __aenter__(self) -> _Inbox:
         send: MemoryObjectSendStream[_Event]
@@ -648,7 +698,8 @@ class _Inbox:
                 return True
             if exc.subject in self._watched:
                 self._denials.append(exc)
-                send.send_nowait(exc)
+                send.send_nowait(self._explained())
+                return True  # raised to the caller, who says it better than a log line
             return False
 
         self._send = send

@@ -9,6 +9,7 @@ escaped: a host must not print a line of its own, such as a fake verdict.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
@@ -16,9 +17,11 @@ from fleet_core.protocol.messages import HostInfo
 from fleet_core.protocol.text import printable
 
 __all__ = [
+    "LISTED_NAMES",
     "RECOVERED",
     "TAIL_LINES",
     "connection_line",
+    "directory_hint",
     "host_line",
     "hosts_table",
     "summary",
@@ -26,6 +29,7 @@ __all__ = [
 ]
 
 TAIL_LINES = 20  # the lines of a failure's output a summary shows
+LISTED_NAMES = 12  # names a hint lists before "and N more"
 RECOVERED = "(recovered from its job record)"  # a final status whose message was lost
 
 
@@ -71,6 +75,9 @@ def summary(result: DeploymentResult) -> str:
     verdict = "OK" if result.ok else "NOT OK"
     if not result.hosts:
         counts = "no host answered"
+    hint = directory_hint(result)
+    if hint:
+        lines += ["", hint]
     if result.outages:
         lines += ["", _outages(result)]
     lines += trust_lines(result)
@@ -78,6 +85,51 @@ def summary(result: DeploymentResult) -> str:
         verdict += " (not server-verified)"
     lines += ["", f"{verdict}: {counts}"]
     return "\n".join(lines)
+
+
+def directory_hint(result: DeploymentResult) -> str | None:
+    """When the target reached no host: the roles or hosts discovery found in its tier, and
+    the nearest to what was typed. None when there is nothing to tell.
+
+    The names are subject tokens (the deployer keeps no other), so they are fit for a
+    sentence; a person and an MCP client read the same words."""
+    directory = result.found_in_tier
+    if directory is None:
+        return None
+    tier = directory.tier
+    if not directory.hosts:
+        return (
+            f"Discovery found no host in the {tier} tier: check that the listeners are "
+            "running and connected to this NATS server, and that this key may read their "
+            "answers."
+        )
+    hosts = f"Hosts there: {listed(directory.hosts)}."
+    kind, _, name = result.subject.removeprefix(f"deploy.{tier}.").rpartition(".")
+    if kind == "role" and directory.roles:
+        return (
+            f"No host in the {tier} tier has the role {name!r}. Roles there: "
+            f"{listed(directory.roles)}.{_nearest(name, directory.roles)} {hosts}"
+        )
+    if kind == "role":
+        return f"No host in the {tier} tier has a role. {hosts}"
+    if not kind and name != "all":
+        return (
+            f"No listener named {name!r} answers in the {tier} tier. "
+            f"{hosts}{_nearest(name, directory.hosts)}"
+        )
+    return None
+
+
+def listed(names: Sequence[str]) -> str:
+    """``names`` joined for a sentence, the first ``LISTED_NAMES`` of them and a count."""
+    shown = ", ".join(names[:LISTED_NAMES])
+    rest = len(names) - LISTED_NAMES
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def _nearest(typed: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(typed, names, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def trust_lines(result: DeploymentResult) -> list[str]:

@@ -56,6 +56,7 @@ __all__ = [
     "HostResult",
     "HostState",
     "Outage",
+    "TierDirectory",
 ]
 
 HostState = Literal[
@@ -113,6 +114,17 @@ class Outage(BaseModel):
     duration_s: float | None = Field(None, description="how long it was down; null: still down")
 
 
+class TierDirectory(BaseModel):
+    """Who discovery found in a tier: told when a deployment's target reached no host, so
+    that a mistyped role or hostname comes back with the names it could have been."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: str
+    hosts: list[str] = Field(description="the hostnames that answered discovery in the tier")
+    roles: list[str] = Field(description="the roles those hosts have")
+
+
 class DeploymentResult(BaseModel):
     """The outcome of one deployment (or its state so far, while ``done`` is false)."""
 
@@ -149,6 +161,11 @@ class DeploymentResult(BaseModel):
     unverified: list[str] = Field(
         default_factory=list,
         description="hosts whose counted status or job answer came on the bare reply subject",
+    )
+    found_in_tier: TierDirectory | None = Field(
+        None,
+        description="set when the target reached no host (a mistyped role or hostname?): the "
+        "hosts and roles discovery found in the target's tier",
     )
 
 

@@ -7,4 +7,5 @@ Modules:
     signing     signed requests: canonical text, ed25519, TTL and replay checks
     trust       bound replies: which host answered, and what a deployer believes
     text        text from the wire as it may be shown: control characters made visible
+    refusals    what the server's permission refusals say about a key, for the person using it
 """

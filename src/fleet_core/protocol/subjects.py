@@ -32,6 +32,7 @@ __all__ = [
     "alias_env_name",
     "expand_templates",
     "is_reply_subject",
+    "is_token",
     "parse_target",
     "resolve_target",
     "tier_discover_subject",
@@ -72,6 +73,12 @@ def _check_token(kind: str, value: str) -> str:
             "starting with a letter or digit (it becomes one NATS subject token)"
         )
     return value
+
+
+def is_token(value: object) -> bool:
+    """Whether ``value`` could be a hostname or role in a subject: 1-63 letters, digits,
+    '-' or '_', starting with a letter or digit."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
 
 
 def validate_hostname(value: str) -> str:

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from fleet_core.config.settings import KeygenSettings, NatsConfigSettings
 from fleet_core.errors import UsageError
-from fleet_core.keys import generate_seed, write_seed
+from fleet_core.keys import generate_seed, load_seed, write_seed
 from fleet_core.setup.nats_config import nats_config, parse_inventory
 
 __all__ = ["run_keygen", "run_nats_config"]
@@ -23,8 +23,13 @@ __all__ = ["run_keygen", "run_nats_config"]
 def run_keygen(
     settings: KeygenSettings, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
-    """Write a new seed (0600, never over an existing file); print its public key."""
+    """Write a new seed (0600, never over an existing file); print its public key. With
+    ``public``, print the public key of the existing seed instead, writing nothing: the
+    seed is loaded as every command loads one, so a file too open is refused here too."""
     path = settings.path
+    if settings.public:
+        print(load_seed(path).public_key, file=out, flush=True)
+        return 0
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

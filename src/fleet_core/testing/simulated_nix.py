@@ -22,7 +22,7 @@ file binary cache does, so tests can see what reached the cache. ``--sim-record`
 each argv as one JSON line. The commit of a branch is a hash of the flake URL and the branch
 name, so it is stable within a test and differs between branches. ``--sim-metadata-pad N``
 adds N characters of lock data to the metadata, as a flake with many inputs prints.
-Standard library only.
+Standard library only (and the simulated nixos-rebuild's evaluation error, the same flake's).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import sys
 import time
 import urllib.parse
 from pathlib import Path
+
+from fleet_core.testing.simulated_rebuild import EVAL_ERROR
 
 _TOPLEVEL = ".config.system.build.toplevel"
 _FEATURES = ("--extra-experimental-features", "nix-command flakes")
@@ -160,12 +162,8 @@ def _build(args: list[str], sim: argparse.Namespace) -> int:
         while not sim.sim_wait_for.exists():
             time.sleep(0.02)
     if host in sim.sim_fail_host:
-        print(
-            f"error: attribute 'webroot' missing\n"
-            f"       at /nix/store/{'3' * 32}-source/hosts/{host}/default.nix:12:5",
-            file=sys.stderr,
-            flush=True,
-        )
+        # The very evaluation error of the simulated nixos-rebuild: one flake, one mistake.
+        print(EVAL_ERROR.replace("{host}", host), file=sys.stderr, flush=True)
         _print_file(sim.sim_print_file)
         return 1
     _print_file(sim.sim_print_file)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_core.deploy.report import directory_hint
 from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
 from fleet_core.protocol.messages import ErrorCode
 from fleet_core.protocol.trust import Flagged
@@ -161,9 +162,8 @@ def deployment_report(
             summary = f"{what} finished OK: {counted(result.counts)} ({result.duration_s:.1f} s)."
             next_step = "Nothing to wait for: every host completed."
         elif not result.hosts:
-            summary = (
-                f"{what} reached no host: no listener is subscribed to {result.subject}. "
-                "Check the hostname or role with list_hosts."
+            summary = f"{what} reached no host: no listener is subscribed to {result.subject}. " + (
+                directory_hint(result) or "Check the hostname or role with list_hosts."
             )
             next_step = (
                 "Call list_hosts to see the hostnames and roles of this tier, then deploy to "
@@ -237,10 +237,12 @@ def _problems(result: DeploymentResult, *, test_only: bool) -> list[str]:
         elif host.message and host.status not in _DECIDED:
             note += "; its message (host output) says why"
         if host.status == "missing" and result.subject.endswith("." + host.hostname):
-            note += (
-                f"; no {result.tier}-tier listener named {named(host.hostname)} is running — "
-                "check the "
-                "name with list_hosts"
+            hint = directory_hint(result)
+            note += "; " + (
+                f"{hint.rstrip('.')} (list_hosts shows every host and role)"
+                if hint
+                else f"no {result.tier}-tier listener named {named(host.hostname)} is running "
+                "— check the name with list_hosts"
             )
             if test_only:
                 note += " (this tool reaches only the test tier)"
