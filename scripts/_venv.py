@@ -98,7 +98,18 @@ def ensure_node_packages() -> None:
     )
 
 
+def _env() -> dict[str, str]:
+    return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def run(argv: list[str]) -> int:
     """Run ``argv`` (a program in .venv/bin and its arguments) from the project root."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
+    return subprocess.run(argv, cwd=ROOT, env=_env(), check=False).returncode
+
+
+def become(argv: list[str]) -> None:
+    """Become ``argv`` (a program in .venv/bin), from the project root: a signal sent to
+    this script's pid (``kill -TERM``, a service manager's stop) then reaches the program
+    itself, and nothing is left behind when it ends."""
+    os.chdir(ROOT)
+    os.execve(argv[0], argv, _env())  # noqa: S606 - an argv of ours, never a shell

@@ -345,8 +345,11 @@ class TestProductionIsOutOfReach:
             [host] = report.hosts
             assert host.status == "missing"
             assert not report.ok
-            assert "list_hosts" in report.summary
             assert "test tier" in report.summary
+            # The names that do answer, but no guess: the model asks the user.
+            assert "Hosts there: " in report.summary and "Did you mean" not in report.summary
+            assert "list_hosts" in report.next_step
+            assert "Never deploy to another host or role in its place" in report.next_step
 
     @pytest.mark.parametrize(
         ("arguments", "hint"),
@@ -430,7 +433,8 @@ ARGUMENT_MISTAKES: list[tuple[str, dict[str, Any], str | tuple[str, ...]]] = [
         "wait_seconds must be a number from 0 to 900 (seconds this call waits for the "
         "result); 901 is too large. "
         "deploy has no argument 'tier': it takes hostname, all, role, branch, action, "
-        "wait_seconds. deploy always targets the test tier; production cannot be reached "
+        "canary, batch_size, batch_percent, max_failures, wait_seconds. deploy always "
+        "targets the test tier; production cannot be reached "
         "with it (only a person-enabled deploy_admin can).",
     ),
     ("deploy_admin", {"all": True}, "deploy_admin: tier is required: send 'test' or 'prod'."),

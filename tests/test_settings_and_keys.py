@@ -238,8 +238,11 @@ class TestHomelabDeployVariables:
         assert target == Target.role(Tier.PROD, "dns")
         with pytest.raises(UsageError, match=r"^HOMELAB_DEPLOY_ALIAS_BROKEN: 'deploy\.staging"):
             deploy_settings({**flags, "target": "broken"}, environ=env)
-        with pytest.raises(UsageError, match="define it with FLEET_DEPLOY_ALIAS_NOPE="):
+        with pytest.raises(UsageError, match="define the alias: export FLEET_DEPLOY_ALIAS_NOPE="):
             deploy_settings({**flags, "target": "nope"}, environ=env)
+        # No alias can be named test.all: the subject it looks like is offered instead.
+        with pytest.raises(UsageError, match=r"did you mean 'deploy\.test\.all'\?$"):
+            deploy_settings({**flags, "target": "test.all"}, environ=env)
 
     def test_the_sandbox_reads_neither(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The sandbox declares no variable, so no fallback either, and reads none."""

@@ -5,7 +5,10 @@ client, against a real nats-server: the wrong key, a mistyped role or host, a ba
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from .conftest import Fleet, scripts_dir
 from .support import free_port, session, settings_for
 
 pytestmark = pytest.mark.anyio
+
+MCP_PAGE = (Path(__file__).resolve().parent.parent / "docs" / "mcp.md").read_text()
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -82,6 +87,13 @@ class TestWrongKey:
         assert "this is no deployer key" in line
         assert proc.stdout == b""
 
+    async def test_hosts_of_a_tier_the_key_may_not_read_says_so(self, fleet: Fleet) -> None:
+        async with fleet.listeners("pweb1"):
+            proc = await fleet.cli("hosts", "--tier", "prod")
+        assert proc.returncode == 0
+        assert proc.stdout.decode() == "no host shown: this key may not read the prod tier\n"
+        assert "prod hosts are not shown" in proc.stderr.decode()
+
     async def test_the_test_key_on_prod_is_told_what_it_is(self, fleet: Fleet) -> None:
         async with fleet.listeners("pweb1"):
             proc = await fleet.cli("deploy", "deploy.prod.all", "--json")
@@ -142,9 +154,14 @@ class TestTypos:
             host = DeploymentReport.model_validate(
                 (await s.call("deploy", hostname="wbe1")).structured_content
             )
-        assert "No host in the test tier has the role 'wbe'" in role.summary
-        assert "Did you mean 'web'?" in role.summary
-        assert "Hosts there: db1, web1. Did you mean 'web1'?" in host.summary
+        assert "No host in the test tier has the role 'wbe'. Roles there: web." in role.summary
+        assert "No listener named 'wbe1' answers in the test tier." in host.summary
+        assert "Hosts there: db1, web1." in host.summary
+        for report in (role, host):
+            # No "did you mean": a model must not take another host for the one asked for.
+            assert "Did you mean" not in report.summary
+            assert report.next_step.startswith("Check the hostname or role with the user")
+            assert "Never deploy to another host or role in its place" in report.next_step
         assert fleet.runs() == []
 
 
@@ -227,3 +244,31 @@ class TestPublicKey:
         assert f"use --public {seed}" in proc.stderr
         both = run("keygen", "ci", "--public", str(seed))
         assert both.returncode == 2 and "not both" in both.stderr
+
+
+class TestDocumentedMcpScript:
+    async def test_the_script_in_docs_mcp_runs_as_written(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        """docs/mcp.md's "Without an editor" script, copied out of the page and run with
+        the exports the sandbox prints, lists the tools and hosts and deploys the role."""
+        found = re.search(r"<!-- example: try_mcp\.py -->\n```python\n(.*?)```", MCP_PAGE, re.S)
+        assert found, "docs/mcp.md lost its try_mcp.py example"
+        script = tmp_path / "try_mcp.py"
+        await anyio.Path(script).write_text(found.group(1))
+        env = fleet.cli_env(
+            FLEET_DEPLOY_NATS_URL=fleet.url,
+            FLEET_DEPLOY_NKEY_FILE=str(fleet.keys["deployer"]),
+            PATH=f"{scripts_dir()}{os.pathsep}/usr/bin:/bin",  # the banner's export PATH=…
+        )
+        async with fleet.listeners("web1", "web2", "db1"):
+            with anyio.fail_after(60):
+                proc = await anyio.run_process(
+                    [sys.executable, str(script)], check=False, env=env, cwd=tmp_path
+                )
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert out.startswith("tools: list_hosts, deploy, deployment_status, list_deployments")
+        assert "3 host(s) of any tier answered" not in out
+        assert "test of master to deploy.test.role.web finished OK: 2 completed" in out
+        assert fleet.hosts_run() == ["web1", "web2"]

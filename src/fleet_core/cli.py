@@ -57,7 +57,8 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         from fleet_core import __version__
 
-        parser.exit(message=f"{parser.prog} {__version__}\n")
+        print(f"{parser.prog} {__version__}")  # on stdout, as fleet-mcp --version prints it
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,7 +88,10 @@ def load_seed(path: str | os.PathLike[str]) -> Seed:
     try:
         info = key_path.stat()
     except FileNotFoundError:
-        raise KeyFileError(f"NKey seed file {key_path} does not exist") from None
+        raise KeyFileError(
+            f"NKey seed file {key_path} does not exist: check --nkey-file "
+            "(FLEET_DEPLOY_NKEY_FILE), or make a key with `fleet-deploy keygen NAME`"
+        ) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read NKey seed file {key_path}: {exc.strerror}") from exc
     if not stat.S_ISREG(info.st_mode):

@@ -62,6 +62,7 @@ from fleet_core.logging import configure_logging
 from fleet_core.processes import KILL_GRACE, stop_group
 from fleet_core.protocol.actions import redact
 from fleet_core.protocol.messages import InvalidRequest, StatusKind
+from fleet_core.protocol.text import counted
 
 __all__ = ["QUEUE_GROUP", "AsyncLinesIterator", "Builder", "NixRun", "run_builder", "run_nix"]
 
@@ -485,7 +486,7 @@ class _BuildRun:
             hosts=self.hosts,
             skipped=self.skipped or None,
             phase=BuildPhase.BUILDING,
-            message=f"building {len(self.hosts)} hosts of {self.target.repo} at "
+            message=f"building {counted(len(self.hosts), 'host')} of {self.target.repo} at "
             f"{self._at()}{unbuildable}",
         )
         for host in self.hosts:
@@ -494,7 +495,8 @@ class _BuildRun:
             await self._finish(
                 StatusKind.FAILED,
                 BuildError.INVALID_NAME,
-                f"built {len(self.hosts)} hosts, but not {len(self.skipped)} configurations "
+                f"built {counted(len(self.hosts), 'host')}, but not "
+                f"{counted(len(self.skipped), 'configuration')} "
                 f"whose names cannot go into an installable safely: "
                 f"{', '.join(self.skipped[:20])}; rename them (letters, digits, . _ -)",
             )
@@ -503,14 +505,15 @@ class _BuildRun:
             await self._finish(
                 StatusKind.FAILED,
                 BuildError.BUILD_FAILED,
-                f"{len(self.failures)} of {len(self.hosts)} hosts failed: {failed}",
+                f"{len(self.failures)} of {counted(len(self.hosts), 'host')} failed: {failed}",
             )
         else:
             where = f" and copied to {redact(self.settings.cache)}" if self.settings.cache else ""
             await self._finish(
                 StatusKind.COMPLETED,
                 None,
-                f"built {len(self.hosts)} hosts of {self.target.repo} at {self._at()}{where}",
+                f"built {counted(len(self.hosts), 'host')} of {self.target.repo} at "
+                f"{self._at()}{where}",
             )
 
     def _at(self) -> str:

@@ -224,7 +224,11 @@ def resolve_target(subject_or_alias: str, environ: Mapping[str, str]) -> Target:
                 return parse_target(aliased)
             except UsageError as exc:
                 raise UsageError(f"{name}: {exc}") from None
-    raise UsageError(
-        f"{subject_or_alias!r} is neither a deploy subject nor a defined alias: "
-        f"use {_SHAPES}, or define it with {variable}=deploy.test.all"
-    )
+    if _TOKEN.fullmatch(subject_or_alias):
+        fix = f"use {_SHAPES}, or define the alias: export {variable}=deploy.test.all"
+    else:  # no alias can have this name: perhaps a subject without its "deploy."
+        try:
+            fix = f"did you mean {parse_target('deploy.' + subject_or_alias).subject!r}?"
+        except UsageError:
+            fix = f"use {_SHAPES}"
+    raise UsageError(f"{subject_or_alias!r} is neither a deploy subject nor a defined alias: {fix}")

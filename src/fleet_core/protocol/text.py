@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["escaped_json", "printable"]
+__all__ = ["counted", "escaped_json", "printable"]
 
 _BIDI = r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 _SEPARATORS = r"\u2028\u2029"
@@ -59,3 +59,8 @@ def escaped_json(text: str) -> str:
     ``\\uXXXX`` means the character itself.
     """
     return _RAW_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def counted(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless one: "1 host", "2 hosts", "0 builders"."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

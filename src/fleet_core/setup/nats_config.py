@@ -67,6 +67,7 @@ from fleet_core.protocol.subjects import (
     validate_hostname,
     validate_role,
 )
+from fleet_core.protocol.text import counted
 from fleet_core.protocol.trust import bound_replies, bound_reply
 
 __all__ = [
@@ -353,9 +354,9 @@ def nats_config(inventory: Inventory, *, source: str, layout: Layout = DEFAULT_L
     tiers = [host.tier.value for host in inventory.hosts]
     header = [
         "# NATS authorization for fleet-deploy, written by `fleet-deploy nats-config` from",
-        f"# {source}: {len(tiers)} hosts ({tiers.count('test')} test, "
-        f"{tiers.count('prod')} prod), {len(inventory.deployers)} deployers and "
-        f"{len(inventory.builders)} builders.",
+        f"# {source}: {counted(len(tiers), 'host')} ({tiers.count('test')} test, "
+        f"{tiers.count('prod')} prod), {counted(len(inventory.deployers), 'deployer')} and "
+        f"{counted(len(inventory.builders), 'builder')}.",
         *_GUARANTEES[layout],
         "# Regenerate it rather than edit it. Load it with `nats-server -c <this file>`, or",
         "# `include` it from your server's config; check it with `nats-server -t -c <file>`.",

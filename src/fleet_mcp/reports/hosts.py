@@ -24,7 +24,15 @@ from fleet_mcp.reports.fitting import (
     whole,
     within_budget,
 )
-from fleet_mcp.reports.untrusted import UNTRUSTED, HostOutput, TextLayout, as_json, named, text
+from fleet_mcp.reports.untrusted import (
+    UNTRUSTED,
+    HostOutput,
+    TextLayout,
+    as_json,
+    named,
+    plain,
+    text,
+)
 from fleet_mcp.reports.wording import some_names
 
 __all__ = ["LAYOUT", "FleetHost", "HostsReport", "hosts_report", "hosts_text"]
@@ -72,7 +80,13 @@ def hosts_report(
     hosts: Sequence[FleetHost], tier: str | None, *, hidden: Sequence[str] = ()
 ) -> HostsReport:
     """``hidden``: tiers this server does not show (the test key's server shows only test)."""
-    where = f"the {tier} tier" if tier else "any tier"
+    shown = sorted({h.tier for h in hosts if plain(h.tier)})
+    if tier:
+        where = f"the {tier} tier"
+    elif hidden:  # every tier this server shows: not "any", when some are hidden
+        where = f"the {' and '.join(shown) or 'shown'} tier{'s' if len(shown) > 1 else ''}"
+    else:
+        where = "any tier"
     if not hosts:
         summary = f"No listener of {where} answered discovery."
     else:
