@@ -11,8 +11,8 @@ import os
 import re
 import select
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import mcp
+import pytest
 from anyio.abc import Process
 from mcp.types import CallToolResult, TextContent
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,6 +38,7 @@ from fleet_core.config.resolve import mcp_settings
 from fleet_core.config.settings import BuilderSettings, DeployTiming, McpSettings
 from fleet_core.protocol.messages import Status, parse_status
 from fleet_core.testing import FLAKE_URL, LocalFleet, simulated_nix_command
+from fleet_core.testing.embedded_server import EmbeddedNatsServer
 from fleet_mcp.reports.deployment import DeploymentReport
 from fleet_mcp.reports.untrusted import BEGIN, END, LABEL, REPORT
 from fleet_mcp.server import build_server
@@ -431,3 +433,43 @@ async def fleet_mcp_over_http(fleet: Fleet, *flags: str) -> AsyncIterator[int]:
             yield port
         finally:
             process.terminate()
+
+
+@contextmanager
+def successor_server(fleet: Fleet) -> Iterator[EmbeddedNatsServer]:
+    """A nats-server to start in place of the fleet's once it is stopped: same port, same
+    config (its clients reconnect to it as to the first); stopped at the end."""
+    port = int(fleet.url.rpartition(":")[2])
+    config = fleet.server.config_path.read_text()
+    again = EmbeddedNatsServer(fleet.root / "nats-successor", config, port=port)
+    try:
+        yield again
+    finally:
+        again.stop()
+
+
+@dataclass
+class FinalStatuses:
+    """Each host's final status, as this process's listeners hand it to their connection
+    (``spy_final_statuses``): an event per host, set even when NATS is down."""
+
+    sent: dict[str, anyio.Event] = field(default_factory=dict)
+
+    def of(self, host: str) -> anyio.Event:
+        return self.sent.setdefault(host, anyio.Event())
+
+
+def spy_final_statuses(monkeypatch: pytest.MonkeyPatch) -> FinalStatuses:
+    """Watch every ``Bus.publish`` of this process for final statuses."""
+    spy = FinalStatuses()
+    publish = Bus.publish
+
+    async def spy_publish(bus: Bus, subject: str, payload: bytes, **kwargs: Any) -> None:
+        await publish(bus, subject, payload, **kwargs)
+        if subject.startswith("deploy.responses."):
+            status = parse_status(payload)
+            if status is not None and status.is_final:
+                spy.of(status.hostname).set()
+
+    monkeypatch.setattr(Bus, "publish", spy_publish)
+    return spy

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,11 +34,20 @@ from fleet_core.config.resolve import sandbox_settings
 from fleet_core.errors import UsageError
 from fleet_core.keys import load_seed
 from fleet_core.protocol.subjects import Tier
-from fleet_core.testing.sandbox import ADMIN, LOG_FILE, READY_LINE, TEST_DEPLOYER, plan_hosts
+from fleet_core.testing.sandbox import (
+    ADMIN,
+    LOG_FILE,
+    READY_LINE,
+    TEST_DEPLOYER,
+    host_root,
+    plan_hosts,
+)
+from fleet_core.testing.simulated_system import current, profile
 
 from .conftest import scripts_dir
 
 FLEET_DEPLOY = str(scripts_dir() / "fleet-deploy")
+ROOT = Path(__file__).resolve().parent.parent
 _URL = re.compile(r"nats://127\.0\.0\.1:\d+(?:,nats://127\.0\.0\.1:\d+)*")  # one or a list
 _DIRECTORY = re.compile(r"^\s+directory\s+(\S+)")
 FRESH_PATH = "/usr/bin:/bin"  # a new terminal's PATH: no virtualenv of ours on it
@@ -97,11 +107,17 @@ class Lines:
 class RunningSandbox:
     """A ``fleet-deploy sandbox`` subprocess in a session of its own, up to its ready line."""
 
-    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        program: tuple[str, ...] = (FLEET_DEPLOY, "sandbox"),
+    ) -> None:
         self.stderr_path = tmp_path / f"sandbox-{time.monotonic_ns()}.err"
         with self.stderr_path.open("w") as stderr:
             self.process = subprocess.Popen(
-                [FLEET_DEPLOY, "sandbox", "--port", "0", *args],
+                [*program, "--port", "0", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -351,11 +367,16 @@ class TestSandbox:
         statuses = {h["hostname"]: (h["status"], h["error"]) for h in result["hosts"]}
         assert statuses == {
             "web1": ("completed", None),
-            "db1": ("completed", None),
+            "db1": ("failed", "rolled_back"),  # its new system cut its network
             "web2": ("failed", "build_failed"),
         }
         web2 = next(h for h in result["hosts"] if h["hostname"] == "web2")
         assert "undefined variable 'webroot'" in web2["message"]
+        # db1 went back by itself, to the exact system it ran before: its links say so.
+        db1_root = host_root(sandbox.directory, "db1")
+        running = current(db1_root)
+        assert running is not None and running == profile(db1_root)
+        assert running.name.endswith("-initial")
         assert any("hosts/web2/nginx.nix" in line for line in web2["log_tail"])
 
         build = sandbox.cli("build", "fleet", "all", "--json")
@@ -382,6 +403,23 @@ class TestSandbox:
         assert "sandbox stopped (SIGTERM)" in sandbox.lines.text()
         assert load_seed(sandbox.key(TEST_DEPLOYER)).public_key  # kept, still 0600
         assert "Traceback" not in sandbox.errors()
+
+    def test_sigterm_to_the_demo_script_stops_the_sandbox(self, tmp_path: Path) -> None:
+        """``./scripts/demo --stay`` becomes the sandbox: a kill of the script's pid (what a
+        user or a service manager sends) stops everything, nothing is left holding the port."""
+        demo = (sys.executable, str(ROOT / "scripts" / "demo"), "--stay")
+        sandbox = RunningSandbox(tmp_path, "--dir", str(tmp_path / "sbx"), program=demo)
+        try:
+            watch = PidWatch(sandbox.tree())
+            try:
+                assert any("nats-server" in command for _, command in watch.fds.values())
+                assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
+                assert watch.still_running() == []
+            finally:
+                watch.close()
+            assert "sandbox stopped (SIGTERM)" in sandbox.lines.text()
+        finally:
+            sandbox.cleanup()
 
     def test_ctrl_c_during_a_deploy_ends_every_process_and_removes_the_directory(
         self, tmp_path: Path, start_sandbox: type[RunningSandbox]

@@ -72,6 +72,9 @@ FINAL_ERRORS: Final[Mapping[StatusKind, tuple[str, ...]]] = {
         ErrorCode.BUILD_FAILED.value,
         ErrorCode.TIMEOUT.value,
         ErrorCode.CANCELLED.value,
+        ErrorCode.ROLLED_BACK.value,
+        ErrorCode.ROLLBACK_FAILED.value,
+        ErrorCode.CHECK_FAILED.value,
     ),
     StatusKind.REJECTED: (
         ErrorCode.ALREADY_RUNNING.value,

@@ -10,8 +10,11 @@ previous state (progress after progress) replaces it, and a finished deployment 
 each host's last state — a waiter skips what it had not reported yet and still hears every
 host's final state. A drop or return of the server's own NATS connection is an entry of the
 log too (the latest one replaces the one before), so a waiter says "lost its NATS
-connection" and then what the hosts answered once it was back. The sentences of the notes
-are pure functions in ``fleet_mcp.reports.progress``.
+connection" and then what the hosts answered once it was back. A rollout's steps — a batch
+going out, the rollout stopping — are entries too (the latest replaces the one before: a
+late waiter hears where the rollout is, not its history; each host's own state comes with
+it). The sentences of the notes are pure functions in ``fleet_mcp.reports.progress`` (a
+rollout's in ``fleet_mcp.reports.deployment``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from typing import TYPE_CHECKING, TypeAlias
 import anyio
 import structlog
 
+from fleet_core.config.settings import RolloutSettings
 from fleet_core.deploy.deployer import Deployer, new_deployment_id
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, RolloutStep
 from fleet_core.errors import FleetError
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Target
 from fleet_mcp.registry import Registry
+from fleet_mcp.reports.deployment import rollout_note
 from fleet_mcp.reports.progress import (
     batch_note,
     connection_note,
@@ -53,10 +58,12 @@ __all__ = [
 log = structlog.get_logger("fleet.mcp")
 
 Notify = Callable[[str], Awaitable[None]]
-Update = HostResult | Outage  # a host's change, or this server's NATS connection's
+# A host's change, this server's NATS connection's, or a rollout's step.
+Update = HostResult | Outage | RolloutStep
 BATCH = 5  # more changes than this at once are reported as counts
 COALESCE = 0.05  # seconds between progress notifications while changes pour in
 _CONNECTION = ""  # the update log's key of the connection's entry: never a hostname
+_ROLLOUT = "."  # and of the rollout's latest step: no hostname either
 
 
 class Deployment:
@@ -72,9 +79,11 @@ class Deployment:
         action: Action,
         admin: bool,
         deployment_id: str | None = None,
+        rollout: RolloutSettings | None = None,
     ) -> None:
         self.id = deployment_id or new_deployment_id()
         self.target = target
+        self.rollout = rollout  # None: one publish to the target
         self.revision = revision
         self.action = action
         self.admin = admin
@@ -135,6 +144,10 @@ class Deployment:
         back: the newest such change replaces the one before it in the log."""
         self._record(_CONNECTION, outage, snapshot, replace=True)
 
+    def on_rollout(self, step: RolloutStep, snapshot: DeploymentResult) -> None:
+        """The deployer's callback for a rollout's step: a batch went out, or it stopped."""
+        self._record(_ROLLOUT, step, snapshot, replace=True)
+
     def _record(
         self, key: str, update: Update, snapshot: DeploymentResult, *, replace: bool
     ) -> None:
@@ -172,6 +185,8 @@ class Deployment:
                 deployment_id=self.id,
                 on_update=self.on_update,
                 on_connection=self.on_connection,
+                rollout=self.rollout,
+                on_rollout=self.on_rollout,
             )
         except FleetError as exc:
             bound.warning("deployment_failed", error=str(exc))
@@ -209,7 +224,7 @@ class Deployment:
         - While nothing changes, a note at least every ``heartbeat`` seconds.
         - This server's NATS connection dropping, and coming back, each get a note (the
           latest of the two, if both happened since the last note), in order with the host
-          changes around them.
+          changes around them; so does a rollout's latest step (a batch out, or its stop).
         """
         seen = 0  # the number of the latest change reported
         with anyio.move_on_after(wait):
@@ -225,6 +240,8 @@ class Deployment:
                     for part in _parts(batch):
                         if isinstance(part, Outage):
                             await notify(connection_note(self.id, part))
+                        elif isinstance(part, RolloutStep):
+                            await notify(rollout_note(self.id, part, self.current().rollout))
                         elif len(part) <= BATCH:
                             for host in part:
                                 await notify(host_note(self.id, host))
@@ -243,11 +260,12 @@ class Deployment:
                     sent = anyio.current_time()
 
 
-def _parts(batch: list[Update]) -> list[list[HostResult] | Outage]:
-    """``batch`` cut at each connection change: runs of host changes, and the changes."""
-    parts: list[list[HostResult] | Outage] = []
+def _parts(batch: list[Update]) -> list[list[HostResult] | Outage | RolloutStep]:
+    """``batch`` cut at each connection change and rollout step: runs of host changes, and
+    the changes and steps."""
+    parts: list[list[HostResult] | Outage | RolloutStep] = []
     for update in batch:
-        if isinstance(update, Outage):
+        if isinstance(update, Outage | RolloutStep):
             parts.append(update)
         elif parts and isinstance(parts[-1], list):
             parts[-1].append(update)

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_KILL_GRACE",
     "DEFAULT_LISTENER_TIMEOUT",
     "DEFAULT_LOG_LEVEL",
+    "DEFAULT_MAX_FAILURES",
     "DEFAULT_MCP_HEARTBEAT",
     "DEFAULT_METRICS_ADDR",
     "DEFAULT_NATS_LAYOUT",
@@ -92,7 +93,14 @@ TIERS = tuple(t.value for t in Tier)
 
 DEFAULT_LISTENER_TIMEOUT = 600.0
 DEFAULT_DEPLOY_TIMEOUT = 900.0
+DEFAULT_MAX_FAILURES = 0  # a rollout stops at the first failed host unless told otherwise
 DEFAULT_REBUILD_COMMAND = "nixos-rebuild"
+DEFAULT_SYSTEM_PROFILE = Path("/nix/var/nix/profiles/system")
+DEFAULT_CURRENT_SYSTEM = Path("/run/current-system")
+DEFAULT_NIX_ENV_COMMAND = "nix-env"
+DEFAULT_SYSTEMCTL_COMMAND = "systemctl"
+DEFAULT_CONFIRM_TIMEOUT = 120.0  # seconds a new system has to reach NATS before rollback
+SYSTEM_RUNNING_CHECK = "system-running"  # the built-in health check (host.jobs.activation)
 DEFAULT_STATE_DIR = Path("/var/lib/fleet-deploy")
 DEFAULT_REBUILD_RUNNER = "auto"
 REBUILD_RUNNERS = ("auto", "systemd", "session")
@@ -413,6 +421,55 @@ LISTENER = Command(
             metavar="PATH",
         ),
         Option(
+            "no_rollback",
+            "never re-activate the previous system: after a switch or test, health checks still "
+            "run and are reported, but a failed one (or a failed activation) is only reported",
+            kind="switch",
+        ),
+        Option(
+            "health_checks",
+            "JSON file of the health checks to run after a switch or test: a list of "
+            '{"name", "command": [argv…], "timeout"} or {"name", "builtin": "system-running", '
+            '"ignore_units": […], "timeout"} (the NixOS module writes it)',
+            metavar="FILE",
+        ),
+        Option(
+            "confirm_timeout",
+            "after a switch or test, how long the new system has to reach NATS again (and "
+            "pass its checks) before the previous one is re-activated, in seconds",
+            default=DEFAULT_CONFIRM_TIMEOUT,
+            metavar="SECONDS",
+        ),
+        Option(
+            "system_profile",
+            "the system profile a switch or boot changes, and a rollback sets back",
+            default=DEFAULT_SYSTEM_PROFILE,
+            env=False,
+            metavar="PATH",
+        ),
+        Option(
+            "current_system",
+            "the link to the running system, recorded before a switch or test",
+            default=DEFAULT_CURRENT_SYSTEM,
+            env=False,
+            metavar="PATH",
+        ),
+        Option(
+            "nix_env_command",
+            "nix-env, as a rollback runs it (nix-env --profile P --set PATH), split like a shell "
+            "would but never run by one",
+            default=DEFAULT_NIX_ENV_COMMAND,
+            env=False,
+            metavar="CMD",
+        ),
+        Option(
+            "systemctl_command",
+            "systemctl, as the system-running health check runs it",
+            default=DEFAULT_SYSTEMCTL_COMMAND,
+            env=False,
+            metavar="CMD",
+        ),
+        Option(
             "heartbeat_interval",
             "while a deploy runs, send its progress at least this often, in seconds; keep it "
             f"well below {DEFAULT_SILENCE_LIMIT:g}, after which deployers ask a silent host "
@@ -445,8 +502,12 @@ DEPLOY = Command(
     "TARGET is deploy.<tier>.<host>, deploy.<tier>.all, deploy.<tier>.role.<role>,\n"
     f"or an alias defined as {ALIAS_ENV_PREFIX}<NAME>=<subject> (NAME upper-cased, - as _;\n"
     f"{LEGACY_ALIAS_ENV_PREFIX}<NAME> when that is unset).\n\n"
+    "With --canary or --batch a group is deployed in steps, by host name (or\n"
+    "--shuffle): the canary hosts, then batches; once more than --max-failures hosts\n"
+    "failed, no further batch starts and the hosts not attempted end skipped.\n"
+    "--timeout then bounds each batch.\n\n"
     "Exit status: 0 every host completed; 1 a host failed, was rejected, missing,\n"
-    "lost or timed out; 2 usage, key, connection or permission error.",
+    "lost, timed out or skipped; 2 usage, key, connection or permission error.",
     (
         Option("target", "deploy subject or alias", env=False, kind="positional", metavar="TARGET"),
         NATS_URL,
@@ -468,7 +529,8 @@ DEPLOY = Command(
         ),
         Option(
             "timeout",
-            "how long to wait for every result once the request is out, in seconds",
+            "how long to wait for every result once the request is out, in seconds (with "
+            "--canary or --batch: for each batch, from its publish)",
             default=DEFAULT_DEPLOY_TIMEOUT,
             metavar="SECONDS",
             legacy_env=True,
@@ -480,6 +542,45 @@ DEPLOY = Command(
             env=False,
             kind="list",
             metavar="HOST[,HOST]",
+        ),
+        # The rollout's flags have no variable: one set for every deploy would make each
+        # single-host deploy a usage error.
+        Option(
+            "canary",
+            "a group in steps: deploy K hosts first (the canary batch), and the rest only "
+            "once they are all final and the failure budget holds",
+            env=False,
+            metavar="K",
+        ),
+        Option(
+            "batch",
+            "a group in steps: then N hosts at a time, or N% of the target's hosts (rounded "
+            "up); a batch starts only once the one before is final",
+            env=False,
+            metavar="N[%]",
+            shown_default="the rest at once",
+        ),
+        Option(
+            "max_failures",
+            "with --canary or --batch: once more than F hosts have failed, start no further "
+            "batch; every host not attempted ends skipped",
+            default=DEFAULT_MAX_FAILURES,
+            env=False,
+            metavar="F",
+        ),
+        Option(
+            "shuffle",
+            "with --canary or --batch: a random host order instead of by name (its seed is "
+            "in the result)",
+            env=False,
+            kind="switch",
+        ),
+        Option(
+            "no_rollback",
+            "ask the hosts not to re-activate their previous system after a failed "
+            "activation, health check or confirmation: they only report it",
+            env=False,
+            kind="switch",
         ),
         replace(JSON, help="print one JSON result object instead of a table"),
     ),

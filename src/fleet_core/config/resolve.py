@@ -11,6 +11,7 @@ variable the bad value came from.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -29,6 +30,7 @@ from fleet_core.config.options import (
     MAX_SANDBOX_CLUSTER,
     MAX_SANDBOX_HOSTS,
     MIN_SANDBOX_HOSTS,
+    SYSTEM_RUNNING_CHECK,
     Command,
     command,
 )
@@ -38,11 +40,14 @@ from fleet_core.config.settings import (
     BuildSettings,
     ConnectionSettings,
     DeploySettings,
+    HealthCheckSpec,
     HostsSettings,
     KeygenSettings,
     ListenerSettings,
     McpSettings,
     NatsConfigSettings,
+    RollbackSettings,
+    RolloutSettings,
     SandboxSettings,
 )
 from fleet_core.errors import RequestRejected, UsageError
@@ -340,6 +345,79 @@ def listener_settings(
         ),
         trusted_deployer_keys=tuple(dict.fromkeys(values.items("trusted_deployer_key"))),
         request_ttl=values.number("request_ttl"),
+        rollback=_rollback(values),
+    )
+
+
+def _rollback(values: _Values) -> RollbackSettings:
+    """The guard of a switch or test: its links, its commands, its checks."""
+    checks_file = values.text("health_checks")
+    return RollbackSettings(
+        enabled=not values.switch("no_rollback"),
+        system_profile=Path(values.required("system_profile")),
+        current_system=Path(values.required("current_system")),
+        nix_env=_command(values, "nix_env_command"),
+        systemctl=_command(values, "systemctl_command"),
+        checks=_health_checks(checks_file) if checks_file else (),
+        confirm_timeout=values.number("confirm_timeout"),
+    )
+
+
+def _command(values: _Values, name: str) -> tuple[str, ...]:
+    text = values.required(name)
+    flag = "--" + name.replace("_", "-")
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        raise UsageError(f"{flag} {text!r} cannot be split: {exc}") from None
+    if not argv:
+        raise UsageError(f"{flag} must name a program")
+    return argv
+
+
+def _health_checks(path: str) -> tuple[HealthCheckSpec, ...]:
+    """The checks of ``--health-checks FILE``: every mistake names the file and the check."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read --health-checks {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--health-checks {path} is not JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise UsageError(f"--health-checks {path} must hold a JSON list of checks")
+    checks = [
+        _health_check(item, f"--health-checks {path}, check {n}") for n, item in enumerate(data)
+    ]
+    names = [c.name for c in checks]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--health-checks {path}: two checks have the same name")
+    return tuple(checks)
+
+
+def _health_check(item: object, where: str) -> HealthCheckSpec:
+    if not isinstance(item, dict):
+        raise UsageError(f"{where} must be an object")
+    name, command, builtin = item.get("name"), item.get("command"), item.get("builtin")
+    timeout, ignore = item.get("timeout", 60), item.get("ignore_units", [])
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"{where} needs a name")
+    where = f"{where} ({name})"
+    if builtin is not None and builtin != SYSTEM_RUNNING_CHECK:
+        raise UsageError(f"{where}: builtin must be {SYSTEM_RUNNING_CHECK!r}")
+    if builtin is None and not (
+        isinstance(command, list) and command and all(isinstance(a, str) for a in command)
+    ):
+        raise UsageError(f"{where}: command must be a list of strings (an argv, never a shell)")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise UsageError(f"{where}: timeout must be a positive number of seconds")
+    if not isinstance(ignore, list) or not all(isinstance(u, str) for u in ignore):
+        raise UsageError(f"{where}: ignore_units must be a list of unit names")
+    return HealthCheckSpec(
+        name=name,
+        argv=tuple(command) if isinstance(command, list) and builtin is None else (),
+        timeout=float(timeout),
+        builtin=builtin,
+        ignore_units=tuple(ignore),
     )
 
 
@@ -413,6 +491,41 @@ def deploy_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -
         timeout=values.number("timeout"),
         expect=_expected_hosts(values.items("expect")),
         json=values.switch("json"),
+        rollout=_rollout(values),
+        no_rollback=values.switch("no_rollback"),
+    )
+
+
+_BATCH = re.compile(r"\s*(\d+)\s*(%?)\s*")
+
+
+def _rollout(values: _Values) -> RolloutSettings | None:
+    """The rollout ``--canary``, ``--batch``, ``--max-failures`` and ``--shuffle`` ask for;
+    None when none of them is given, or only ``--canary 0`` (no canary: one publish)."""
+    given = {name: values.given(name) for name in ("canary", "batch", "max_failures")}
+    shuffle = values.switch("shuffle")
+    if not shuffle and all(v is None for v in given.values()):
+        return None
+    canary = values.integer("canary", 0)
+    if canary < 0:
+        raise UsageError(f"--canary must be 0 or more hosts, not {canary}")
+    if not shuffle and given["batch"] is None and given["max_failures"] is None and not canary:
+        return None
+    batch, percent = None, False
+    if given["batch"] is not None:
+        found = _BATCH.fullmatch(given["batch"][0])
+        if found is None:
+            raise UsageError(
+                f"--batch must be a number of hosts (N) or a percentage of the target's hosts "
+                f"(N%), not {given['batch'][0]!r}"
+            )
+        batch, percent = int(found.group(1)), bool(found.group(2))
+    return RolloutSettings(
+        canary=canary,
+        batch=batch,
+        batch_percent=percent,
+        max_failures=values.integer("max_failures"),
+        shuffle=shuffle,
     )
 
 

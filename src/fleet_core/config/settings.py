@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from fleet_core.config.options import (
     DEFAULT_BUILD_STEP_TIMEOUT,
     DEFAULT_BUILD_TIMEOUT,
+    DEFAULT_CONFIRM_TIMEOUT,
+    DEFAULT_CURRENT_SYSTEM,
     DEFAULT_DEPLOY_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_KILL_GRACE,
@@ -25,6 +27,7 @@ from fleet_core.config.options import (
     DEFAULT_MCP_HEARTBEAT,
     DEFAULT_NATS_LAYOUT,
     DEFAULT_NIX_COMMAND,
+    DEFAULT_NIX_ENV_COMMAND,
     DEFAULT_REBUILD_COMMAND,
     DEFAULT_REQUEST_TTL,
     DEFAULT_SANDBOX_CLUSTER,
@@ -33,6 +36,8 @@ from fleet_core.config.options import (
     DEFAULT_SILENCE_LIMIT,
     DEFAULT_SIM_DELAY,
     DEFAULT_STATE_DIR,
+    DEFAULT_SYSTEM_PROFILE,
+    DEFAULT_SYSTEMCTL_COMMAND,
     NatsLayout,
 )
 from fleet_core.config.parsers import check_public_key
@@ -66,17 +71,52 @@ __all__ = [
     "ConnectionSettings",
     "DeploySettings",
     "DeployTiming",
+    "HealthCheckSpec",
     "HostsSettings",
     "KeygenSettings",
     "ListenerSettings",
     "McpSettings",
     "NatsConfigSettings",
+    "RollbackSettings",
+    "RolloutSettings",
     "SandboxSettings",
 ]
 
 HEARTBEAT_INTERVAL = (
     DEFAULT_HEARTBEAT_INTERVAL  # the protocol's promise (fleet_core.config.options)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckSpec:
+    """A health check as declared: ``argv`` run without a shell, ok when it exits 0 within
+    ``timeout``; or the built-in ``system-running`` (``builtin``), ignoring ``ignore_units``."""
+
+    name: str
+    argv: tuple[str, ...] = ()
+    timeout: float = 60.0
+    builtin: str | None = None
+    ignore_units: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackSettings:
+    """How a switch or test is guarded (``fleet_core.host.jobs.activation``): the links it
+    records, the commands it runs to check and to go back, and whether it goes back."""
+
+    enabled: bool = True
+    system_profile: Path = DEFAULT_SYSTEM_PROFILE
+    current_system: Path = DEFAULT_CURRENT_SYSTEM
+    nix_env: tuple[str, ...] = (DEFAULT_NIX_ENV_COMMAND,)
+    systemctl: tuple[str, ...] = (DEFAULT_SYSTEMCTL_COMMAND,)
+    checks: tuple[HealthCheckSpec, ...] = ()
+    confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.confirm_timeout > 0:
+            raise UsageError("--confirm-timeout must be a positive number of seconds")
+        if not self.nix_env or not self.systemctl:
+            raise UsageError("--nix-env-command and --systemctl-command must name a program")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +156,7 @@ class ListenerSettings:
     # there are none, unsigned requests are accepted (fleet_core.protocol.signing).
     trusted_deployer_keys: tuple[str, ...] = ()
     request_ttl: float = DEFAULT_REQUEST_TTL
+    rollback: RollbackSettings = RollbackSettings()
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +217,51 @@ class DeployTiming:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutSettings:
+    """A group deploy in steps (``--canary``, ``--batch``, ``--max-failures``, ``--shuffle``;
+    the MCP tools' ``canary``, ``batch_size``/``batch_percent``, ``max_failures``).
+
+    ``canary`` hosts go first, then batches of ``batch`` hosts (``batch_percent``: that
+    percentage of the target's hosts, rounded up, at least one; None: all the rest at once).
+    Once more than ``max_failures`` hosts have failed no further batch starts. ``seed``
+    orders a ``shuffle`` (None: the deployer draws one and records it in the result).
+    ``fleet_core.deploy.rollout`` turns this into batches; a deploy without it publishes
+    once to the target's subject, as it always did.
+    """
+
+    canary: int = 0
+    batch: int | None = None
+    batch_percent: bool = False
+    max_failures: int = 0
+    shuffle: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.canary < 0:
+            raise UsageError(f"--canary must be 0 or more hosts, not {self.canary}")
+        if self.batch is not None and self.batch < 1:
+            raise UsageError(f"--batch must be at least 1 host, not {self.batch_text}")
+        if self.batch_percent and (self.batch is None or self.batch > 100):
+            raise UsageError(
+                f"--batch {self.batch_text} is more than all the hosts: use 1% to 100%"
+            )
+        if self.max_failures < 0:
+            raise UsageError(f"--max-failures must be 0 or more hosts, not {self.max_failures}")
+        if not self.canary and self.batch is None:
+            raise UsageError(
+                "--max-failures and --shuffle shape the steps of a rollout: give --canary K "
+                "or --batch N (or N%) with them"
+            )
+
+    @property
+    def batch_text(self) -> str | None:
+        """The batch size as the user gives it: "2" or "50%"; None: the rest at once."""
+        if self.batch is None:
+            return None
+        return f"{self.batch}%" if self.batch_percent else str(self.batch)
+
+
+@dataclass(frozen=True, slots=True)
 class DeploySettings:
     connection: ConnectionSettings
     target: Target
@@ -185,6 +271,16 @@ class DeploySettings:
     expect: tuple[str, ...] = ()
     json: bool = False
     timing: DeployTiming = DeployTiming()
+    rollout: RolloutSettings | None = None  # None: one publish to the target's subject
+    no_rollback: bool = False  # the hosts only report a failed activation, check or confirm
+
+    def __post_init__(self) -> None:
+        if self.rollout is not None and not self.target.is_group:
+            raise UsageError(
+                f"--canary and --batch deploy a group in steps, and {self.target.subject} is "
+                f"one host: target deploy.{self.target.tier.value}.all or "
+                f"deploy.{self.target.tier.value}.role.<role>, or leave them out"
+            )
 
 
 @dataclass(frozen=True, slots=True)

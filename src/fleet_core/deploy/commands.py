@@ -14,15 +14,16 @@ from collections.abc import Callable
 from typing import Protocol, TextIO, TypeVar
 
 from fleet_core.bus import Bus
-from fleet_core.config.settings import DeploySettings, HostsSettings
+from fleet_core.config.settings import DeploySettings, HostsSettings, RolloutSettings
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import (
     connection_line,
     host_line,
     hosts_table,
+    rollout_line,
     summary,
 )
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, RolloutStep
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import Finished, run_until_signal
 from fleet_core.logging import configure_logging
@@ -37,24 +38,30 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
 
     Interrupted (Ctrl-C, SIGTERM) it stops waiting and exits 130; the hosts carry on.
     A dropped NATS connection is told in two live lines (lost, reconnected after N s), not
-    in the connection's own warnings: only errors are logged.
+    in the connection's own warnings: only errors are logged. A rollout adds a line as each
+    batch goes out, and one when it stops, naming the skipped hosts (they get no line each).
     """
     configure_logging("error")
     seed = load_seed(settings.connection.nkey_file)
     live = sys.stderr if settings.json else out
 
     def on_update(host: HostResult, _: DeploymentResult) -> None:
-        print(host_line(host), file=live, flush=True)
+        if host.status != "skipped":  # the rollout's stop line names them all at once
+            print(host_line(host), file=live, flush=True)
 
     def on_connection(outage: Outage, _: DeploymentResult) -> None:
         print(connection_line(outage), file=live, flush=True)
+
+    def on_rollout(step: RolloutStep, current: DeploymentResult) -> None:
+        print(rollout_line(step, current.rollout), file=live, flush=True)
 
     async def main() -> DeploymentResult:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
             if not settings.json:  # once connected: a bad flag or server is told alone
                 print(
-                    f"deploying {settings.revision} ({settings.action.value}) to {settings.target}",
+                    f"deploying {settings.revision} ({settings.action.value}) to {settings.target}"
+                    + _in_steps(settings.rollout),
                     file=out,
                     flush=True,
                 )
@@ -66,6 +73,9 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
                 expect=settings.expect,
                 on_update=on_update,
                 on_connection=on_connection,
+                rollout=settings.rollout,
+                on_rollout=on_rollout,
+                no_rollback=settings.no_rollback,
             )
 
     return finish(
@@ -75,6 +85,18 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
         out=out,
         interrupted="the hosts carry on with the deploy",
     )
+
+
+def _in_steps(rollout: RolloutSettings | None) -> str:
+    """What the first line says of a rollout: "" for a deploy at once."""
+    if rollout is None:
+        return ""
+    steps = [f"canary {rollout.canary}"] if rollout.canary else []
+    steps.append(f"batches of {rollout.batch_text}" if rollout.batch_text else "then the rest")
+    steps.append(f"failure budget {rollout.max_failures}")
+    if rollout.shuffle:
+        steps.append("shuffled")
+    return f" in steps: {', '.join(steps)}"
 
 
 def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
@@ -99,6 +121,8 @@ def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:
         print(f"{tier} hosts are not shown: this key may not read their answers", file=sys.stderr)
     if settings.json:  # ensure_ascii: every control and bidi character as an escape
         print(json.dumps([h.model_dump(mode="json") for h in found], indent=2), file=out)
+    elif not found and hidden:  # not "nobody answered": nobody this key may hear did
+        print(f"no host shown: this key may not read the {' or '.join(hidden)} tier", file=out)
     else:
         print(hosts_table(found), file=out)
     return 0

@@ -11,6 +11,20 @@ asks for — after a reconnect, and before a silent host is called lost — run 
 deployment whose answers come back through the same event stream as the statuses. The
 decisions are all the tracker's; this module only does the I/O.
 
+A group target given a ``RolloutSettings`` (``--canary``, ``--batch``) is a *rollout*: after
+discovery, ``fleet_core.deploy.rollout`` cuts the hosts into batches, and each batch is one
+request per host on ``deploy.<tier>.<host>`` — all with the deployment's one id and reply
+subject (an id names its reply subject; listeners remember ids per host, so sharing one
+across hosts is no replay), each signed for its own subject. The next batch goes out only
+once every host of the one before is final and the rollout's budget holds, and never while
+the deployer's own connection is down (the rollout waits for it, at most a batch's
+``timeout``). Without one, a deployment is the single publish to the target's subject it
+always was. Log lines name counts and a few hosts, never a whole fleet.
+
+Longer than most modules: discovery, job queries, the gathering and a rollout's batches share
+one event stream (``_Inbox``) and one loop, and splitting them would pass that loop's state
+between modules; every decision in it is a pure module's (the tracker's, the rollout's).
+
 Every request asks for bound replies (``fleet_core.protocol.trust``): the deployer subscribes to
 ``<reply>.<tier>.*`` for the tier it expects and to the bare ``<reply>`` (homelab-deploy's
 listeners answer there), reads the sender from the subject, and drops — logging it and
@@ -24,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable
@@ -35,15 +50,27 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
 from fleet_core.bus import CLOSE_DEADLINE, Bus, Message, Subscription
-from fleet_core.config.settings import DeployTiming
+from fleet_core.config.settings import DeployTiming, RolloutSettings
+from fleet_core.deploy.rollout import (
+    MAX_NAMED,
+    Plan,
+    Stop,
+    budget_stop,
+    failed_hosts,
+    held_too_long,
+    plan_rollout,
+)
 from fleet_core.deploy.tracker import (
     DeploymentResult,
     DeploymentTracker,
     HostResult,
     Outage,
+    RolloutResult,
+    RolloutStep,
     TierDirectory,
 )
 from fleet_core.errors import (
+    ConnectionFailed,
     FleetError,
     PermissionDenied,
     RequestRejected,
@@ -82,13 +109,15 @@ from fleet_core.protocol.trust import (
     shown,
 )
 
-__all__ = ["Deployer", "OnConnection", "OnUpdate", "new_deployment_id"]
+__all__ = ["Deployer", "OnConnection", "OnRollout", "OnUpdate", "new_deployment_id"]
 
 log = structlog.get_logger("fleet.deployer")
 
 OnUpdate = Callable[[HostResult, DeploymentResult], None]
 # The deployer's connection dropped (``outage.duration_s`` is None) or came back.
 OnConnection = Callable[[Outage, DeploymentResult], None]
+# A rollout published a batch, or stopped (before its skipped hosts' own updates).
+OnRollout = Callable[[RolloutStep, DeploymentResult], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,28 +291,34 @@ class Deployer:
         deployment_id: str | None = None,
         on_update: OnUpdate | None = None,
         on_connection: OnConnection | None = None,
+        rollout: RolloutSettings | None = None,
+        on_rollout: OnRollout | None = None,
+        no_rollback: bool = False,
     ) -> DeploymentResult:
         """Deploy ``revision`` to ``target`` and return once every host is final.
+
+        ``no_rollback`` asks the hosts to report a failed activation, health check or
+        confirmation without re-activating their previous system.
 
         ``expect`` names hosts that must answer even if discovery does not find them (an
         offline host then ends ``missing``). ``on_update`` hears every host change,
         ``on_connection`` every drop and return of this deployer's own NATS connection.
+        ``rollout`` deploys a group target batch by batch (``timeout`` then bounds each
+        batch), and ``on_rollout`` hears each batch go out and the rollout stop.
         Raises ``UsageError`` for a bad revision, action or deployment id (building the
-        request is their one check) and ``PermissionDenied`` when the server refuses this key
-        the subject.
+        request is their one check) or a rollout of a single host, and ``PermissionDenied``
+        when the server refuses this key the subject.
         """
-        deployment_id = deployment_id or new_deployment_id()
-        reply = RESPONSES_PREFIX + deployment_id
-        try:
-            request = DeployRequest(
-                action=action, revision=revision, reply_to=reply, id=deployment_id, bind=True
+        if rollout is not None and not target.is_group:
+            raise UsageError(
+                f"a rollout (canary, batches) deploys a group in steps: {target.subject} is "
+                "one host"
             )
-        except RequestRejected as exc:
-            if exc.code == ErrorCode.INVALID_REQUEST:  # here only the id can make the reply bad
-                raise UsageError(
-                    f"deployment id {deployment_id!r} must be 1-64 letters, digits, '-' or '_'"
-                ) from None
-            raise UsageError(str(exc)) from None
+        deployment_id = deployment_id or new_deployment_id()
+        request = _deploy_request(
+            deployment_id, action=action, revision=revision, no_rollback=no_rollback
+        )
+        reply = request.reply_to
         bound = log.bind(
             deployment_id=deployment_id,
             subject=target.subject,
@@ -306,12 +341,17 @@ class Deployer:
                 expected |= matched
             elif target.name is not None:
                 expected.add(target.name)
+            plan = None
+            if rollout is not None:
+                plan = self._plan(rollout, expected, found, target.tier, bound)
+                expected = set(plan.batch_of())
             tracker = DeploymentTracker(
                 expected,
                 started_at=time.monotonic(),
                 timeout=timeout,
                 answer_within=self.timing.answer_within,
                 silence_limit=self.timing.silence_limit,
+                batches=plan.batch_of() if plan is not None else None,
             )
             tracker.heard_bound(found.bound)
             for flagged in found.flagged:
@@ -327,18 +367,29 @@ class Deployer:
                 on_update=on_update,
                 on_connection=on_connection,
                 signer=self._signer.public_key if self._signer is not None else None,
+                rollout=_Rollout(plan, request, on_rollout) if plan is not None else None,
             )
-            bound.info("deploy_publish", expected=sorted(expected), signer=gathering.signer)
+            bound.info(
+                "deploy_publish",
+                expected=len(expected),
+                hosts=sorted(expected)[:MAX_NAMED],
+                signer=gathering.signer,
+            )
             stop_watching = self._bus.watch_connection(
                 lambda connected: events.post(_Connection(connected, gone=self._bus.is_closed))
             )
             try:
-                # Signed last, after discovery: its lifetime starts as it goes out.
-                payload = encode(self._sign(request, target.subject))
-                await self._bus.publish(target.subject, payload, reply=reply)
-                await self._bus.flush()
-                events.raise_denied()
-                await self._gather(gathering, events)
+                if plan is None:
+                    # Signed last, after discovery: its lifetime starts as it goes out.
+                    payload = encode(self._sign(request, target.subject))
+                    await self._bus.publish(target.subject, payload, reply=reply)
+                    await self._bus.flush()
+                    events.raise_denied()
+                    await self._gather(gathering, events)
+                elif plan.batches:  # each batch is published by the gathering, in its turn
+                    await self._gather(gathering, events)
+                else:
+                    self._refused_rollout(target, tier_replies, events)
             finally:
                 stop_watching()
             result = gathering.snapshot(time.monotonic())
@@ -371,6 +422,138 @@ class Deployer:
             roles=sorted({h.role for h in hosts if h.role is not None and is_token(h.role)}),
         )
 
+    def _plan(
+        self,
+        rollout: RolloutSettings,
+        hosts: Collection[str],
+        found: _Answers,
+        tier: Tier,
+        log: Any,
+    ) -> Plan:
+        """The rollout's batches over ``hosts``; a shuffle without a seed gets one drawn.
+
+        A rollout sends each host its request on ``deploy.<tier>.<host>``: a discovered host
+        that says it does not listen there (its listener's ``--deploy-subject``) cannot be
+        reached so, and is a ``UsageError`` before anything is sent."""
+        addressable = {name for name in hosts if is_token(name)}
+        if len(addressable) < len(hosts):  # no subject can name it: it cannot be deployed
+            log.warning("rollout_unaddressable_hosts", count=len(hosts) - len(addressable))
+        deaf = sorted(
+            name
+            for name in addressable
+            if (info := found.hosts.get(name)) is not None
+            and info.deploy_subjects
+            and f"deploy.{tier.value}.{name}" not in info.deploy_subjects
+        )
+        if deaf:
+            raise UsageError(
+                f"a rollout sends each host its request on deploy.{tier.value}.<host>, and "
+                f"{', '.join(deaf[:MAX_NAMED])}{' and more' if len(deaf) > MAX_NAMED else ''} "
+                "do not listen there (their listeners' --deploy-subject): deploy them "
+                "without --canary and --batch"
+            )
+        seed = rollout.seed
+        if rollout.shuffle and seed is None:
+            seed = secrets.randbits(32)
+        plan = plan_rollout(addressable, rollout, seed=seed)
+        log.info(
+            "rollout_planned",
+            hosts=len(addressable),
+            batches=len(plan.batches),
+            canary=rollout.canary,
+            batch_size=rollout.batch_text,
+            max_failures=rollout.max_failures,
+            seed=plan.seed,
+        )
+        return plan
+
+    def _refused_rollout(self, target: Target, replies: str, events: _Inbox) -> None:
+        """A rollout that found no host to deploy: if it is because the server refused this
+        key its tier's answers, say that (the test key's prod, under the layout nats-config
+        writes — a single publish would have been refused, and said so)."""
+        if target.tier is Tier.PROD and Tier.PROD in self._unreadable:
+            key = self._bus.public_key or "this key"
+            fix = "Production needs the admin key (--nkey-file or FLEET_DEPLOY_NKEY_FILE)"
+            raise PermissionDenied(
+                f"the NATS server refused key {key} permission to read the answers of prod "
+                "hosts, so a rollout can neither find nor follow one: under the permissions "
+                "nats-config writes it is a test-tier deployer key (like the one an AI "
+                f"assistant gets), which may deploy to deploy.test.> only. {fix}",
+                subject=replies,
+                operation="subscribe",
+                fix=fix,
+            )
+        events.raise_denied()
+
+    async def _roll_on(self, gathering: _Gathering, events: _Inbox) -> list[HostResult]:
+        """A rollout's next step, once the hosts of its open batch are all final: stop (the
+        budget is spent, or an outcome is unknown), wait for the connection, or publish the
+        next batch. Returns the hosts that changed (those skipped)."""
+        tracker, rollout = gathering.tracker, gathering.rollout
+        if rollout is None or rollout.over or not tracker.batch_over or tracker.done:
+            return []
+        now = time.monotonic()
+        stop = None
+        if rollout.current is not None:  # a batch ran: may the next one start?
+            unknown = tracker.unknown_outcomes
+            stop = budget_stop(rollout.plan, tracker.hosts, unknown=unknown, gone=tracker.gone)
+        if stop is None and not (tracker.connected and self._bus.is_connected):
+            waited = tracker.hold(now)
+            if waited is None:
+                return []  # paused: the connection's return wakes the gathering
+            stop = held_too_long(rollout.plan, rollout.plan.batches[rollout.next].number, waited)
+        if stop is not None:
+            return self._stop_rollout(gathering, stop, now)
+        await self._publish_batch(gathering, events)
+        return []
+
+    def _stop_rollout(self, gathering: _Gathering, stop: Stop, now: float) -> list[HostResult]:
+        rollout = gathering.rollout
+        assert rollout is not None
+        rollout.stop = stop
+        message = f"not deployed: no further batch started, as {stop.reason}"
+        skipped = gathering.tracker.skip(message)
+        gathering.log.warning(
+            "rollout_stopped",
+            reason=stop.reason,
+            skipped=len(skipped),
+            after_batch=rollout.current,
+        )
+        names = [host.hostname for host in skipped]
+        step = RolloutStep(kind="stopped", batch=rollout.current or 0, hosts=names)
+        rollout.step(step, gathering, now)
+        return skipped
+
+    async def _publish_batch(self, gathering: _Gathering, events: _Inbox) -> None:
+        """Publish the rollout's next batch: one request per host, each signed for its own
+        subject as it goes out; then flush, so that a refusal is known before the wait."""
+        rollout = gathering.rollout
+        assert rollout is not None
+        batch = rollout.plan.batches[rollout.next]
+        tier = gathering.target.tier
+        subjects = [Target.host(tier, host).subject for host in batch.hosts]
+        events.watch(subjects)
+        gathering.tracker.start_batch(batch.hosts, time.monotonic())
+        rollout.started(batch.number)
+        for subject in subjects:
+            payload = encode(self._sign(rollout.request, subject))
+            await self._bus.publish(subject, payload, reply=gathering.reply)
+        try:
+            await self._bus.flush()
+        except ConnectionFailed as exc:
+            # Dropped as the batch went out: nats-py sends what it holds once it is back, and
+            # the job queries after the reconnect tell who got the request.
+            gathering.log.info("rollout_flush_failed", error=str(exc))
+        events.raise_denied()
+        gathering.log.info(
+            "rollout_batch",
+            batch=batch.number,
+            hosts=len(batch.hosts),
+            first=list(batch.hosts[:MAX_NAMED]),
+        )
+        step = RolloutStep(kind="batch", batch=batch.number, hosts=list(batch.hosts))
+        rollout.step(step, gathering, time.monotonic())
+
     def _sign(self, request: DeployRequest, subject: str) -> DeployRequest:
         """``request`` signed for ``subject`` now, when this deployer has a signer."""
         if self._signer is None:
@@ -399,7 +582,11 @@ class Deployer:
     async def _gather_with_queries(self, gathering: _Gathering, events: _Inbox) -> None:
         tracker = gathering.tracker
         async with anyio.create_task_group() as queries:
-            while not tracker.done:
+            while True:
+                if gathering.rollout is not None:
+                    gathering.report(await self._roll_on(gathering, events), time.monotonic())
+                if tracker.done:
+                    break
                 changed: list[HostResult] = []
                 with anyio.move_on_after(max(0.0, tracker.next_check() - time.monotonic())):
                     batch = [await events.receive()]
@@ -450,8 +637,10 @@ class _Gathering:
         on_update: OnUpdate | None,
         on_connection: OnConnection | None,
         signer: str | None = None,
+        rollout: _Rollout | None = None,
     ) -> None:
         self.tracker = tracker
+        self.rollout = rollout
         self.signer = signer  # the public key the request is signed with, if it is
         self.reply = reply
         self.deployment_id = deployment_id
@@ -470,6 +659,7 @@ class _Gathering:
             action=self._action.value,
             revision=self._revision,
             now=now,
+            rollout=self.rollout.result(self.tracker) if self.rollout is not None else None,
         )
 
     def report(self, changed: list[HostResult], now: float) -> None:
@@ -496,7 +686,13 @@ class _Gathering:
                     recovered=host.recovered,
                 )
             return changed
+        return self._status(event, now)
+
+    def _status(self, event: Message, now: float) -> list[HostResult]:
+        """A message on the reply subjects into the tracker, unless it is not believed."""
         if event.no_responders:
+            if self.rollout is not None:  # one of the batch's subjects, not the target's
+                return self.tracker.no_responder(now)
             return self.tracker.nobody_listens(now)
         origin = reply_origin(self.reply, event.subject)
         status = parse_status(event.data)
@@ -504,6 +700,10 @@ class _Gathering:
             self.log.warning("status_ignored", subject=shown(event.subject), size=len(event.data))
             return []
         tracker = self.tracker
+        unasked = self.rollout.unasked(status.hostname, tracker) if self.rollout else None
+        if unasked is not None:
+            self.flag(Flagged.of(event.subject, status.hostname, status.status.value, unasked))
+            return []
         reason = judge_status(
             status,
             origin,
@@ -568,6 +768,68 @@ class _Gathering:
         if self._on_connection is not None:
             self._on_connection(outage, self.snapshot(now))
         return []
+
+
+class _Rollout:
+    """A rollout under way: its plan, the request every batch sends, where it is, and why
+    it stopped (the decisions are ``fleet_core.deploy.rollout``'s)."""
+
+    def __init__(self, plan: Plan, request: DeployRequest, on_rollout: OnRollout | None) -> None:
+        self.plan = plan
+        self.request = request  # unsigned: each host's copy is signed for its own subject
+        self.next = 0  # index of the next batch to publish
+        self.current: int | None = None  # number of the batch published last
+        self.stop: Stop | None = None
+        self._on_rollout = on_rollout
+
+    @property
+    def over(self) -> bool:
+        """Every batch went out, or the rollout stopped."""
+        return self.stop is not None or self.next >= len(self.plan.batches)
+
+    def started(self, number: int) -> None:
+        self.current = number
+        self.next += 1
+
+    def step(self, step: RolloutStep, gathering: _Gathering, now: float) -> None:
+        if self._on_rollout is not None:
+            self._on_rollout(step, gathering.snapshot(now))
+
+    def unasked(self, name: str, tracker: DeploymentTracker) -> str | None:
+        """Why a status from ``name`` cannot be about this rollout, if it cannot: no
+        request of it went to that host (yet). A rollout addresses each host by name, so
+        an unexpected host has not been asked, unlike one reached through a group subject."""
+        if tracker.is_queued(name):
+            return "its batch has not gone out: no request of this deployment went to it yet"
+        if not tracker.expects(name):
+            return "it is not one of this rollout's hosts: no request of this deployment went to it"
+        return None
+
+    def result(self, tracker: DeploymentTracker) -> RolloutResult:
+        failed = failed_hosts(tracker.hosts, tracker.unknown_outcomes)
+        return self.plan.result(self.current, [h.hostname for h in failed], self.stop)
+
+
+def _deploy_request(
+    deployment_id: str, *, action: Action, revision: str, no_rollback: bool = False
+) -> DeployRequest:
+    """The deployment's request (unsigned), answered on ``deploy.responses.<id>``; a bad
+    revision, action or id is a ``UsageError``."""
+    try:
+        return DeployRequest(
+            action=action,
+            revision=revision,
+            reply_to=RESPONSES_PREFIX + deployment_id,
+            id=deployment_id,
+            bind=True,
+            no_rollback=True if no_rollback else None,  # off the wire unless asked for
+        )
+    except RequestRejected as exc:
+        if exc.code == ErrorCode.INVALID_REQUEST:  # here only the id can make the reply bad
+            raise UsageError(
+                f"deployment id {deployment_id!r} must be 1-64 letters, digits, '-' or '_'"
+            ) from None
+        raise UsageError(str(exc)) from None
 
 
 def _job_of(info: HostInfo, request_id: str) -> JobSummary | None:
@@ -651,7 +913,7 @@ class _Inbox:
     ) -> None:
         self._bus = bus
         self._subjects = subjects
-        self._watched = watched
+        self._watched = set(watched)
         self._optional = frozenset(optional)
         self._denials: list[PermissionDenied] = []
         self._subscriptions: list[Subscription] = []
@@ -662,6 +924,10 @@ class _Inbox:
 
     def receive_nowait(self) -> _Event:
         return self._receive.receive_nowait()
+
+    def watch(self, subjects: Iterable[str]) -> None:
+        """Report a denial on ``subjects`` too (a rollout's hosts, as each batch goes out)."""
+        self._watched.update(subjects)
 
     def post(self, event: _Event) -> None:
         with contextlib.suppress(anyio.ClosedResourceError):  # the deployment is over

@@ -5,14 +5,25 @@ version — goes through ``printable`` on its way into a line, so that a build l
 sequences cannot retitle the terminal, overwrite the verdict or hide a line
 (``fleet_core.protocol.text``). A multi-line message is shown as one line, its newlines
 escaped: a host must not print a line of its own, such as a fake verdict.
+
+A rollout's result adds a BATCH column and a paragraph on its steps; each batch that goes
+out gets a live line (``rollout_line``: ``canary: web1``, ``batch 2/4: web3, web4``), and so
+does its stop, which names the skipped hosts once instead of a line each.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Sequence
 
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.tracker import (
+    DeploymentResult,
+    HostResult,
+    Outage,
+    RolloutResult,
+    RolloutStep,
+)
 from fleet_core.protocol.messages import HostInfo
 from fleet_core.protocol.text import printable
 
@@ -20,10 +31,14 @@ __all__ = [
     "LISTED_NAMES",
     "RECOVERED",
     "TAIL_LINES",
+    "batch_label",
+    "check_lines",
     "connection_line",
     "directory_hint",
     "host_line",
     "hosts_table",
+    "rollout_line",
+    "rollout_paragraph",
     "summary",
     "trust_lines",
 ]
@@ -40,6 +55,23 @@ def connection_line(outage: Outage) -> str:
     return f"reconnected after {outage.duration_s:.1f} s"
 
 
+def batch_label(number: int, later: int) -> str:
+    """Batch ``number`` of a rollout with ``later`` batches after its canary: "canary",
+    "batch 2/4"."""
+    return "canary" if number == 0 else f"batch {number}/{later}"
+
+
+def rollout_line(step: RolloutStep, rollout: RolloutResult | None) -> str:
+    """A rollout's step as it happens: the batch that went out and its hosts, or why no
+    further batch starts and which hosts that leaves out."""
+    later = rollout.batches if rollout is not None else 0
+    names = listed([printable(name) for name in step.hosts])
+    if step.kind == "batch":
+        return f"{batch_label(step.batch, later)}: {names}"
+    why = printable(rollout.stopped) if rollout is not None and rollout.stopped else "stopped"
+    return f"no further batch: {why}. Skipped ({len(step.hosts)}): {names}"
+
+
 def host_line(host: HostResult) -> str:
     """One line for a host whose state just changed."""
     detail = printable(host.message)
@@ -54,19 +86,25 @@ def host_line(host: HostResult) -> str:
 
 def summary(result: DeploymentResult) -> str:
     """The final report: a row per host, the log tail of every failure, and a verdict."""
+    rollout = result.rollout
     lines = [
         f"deployment {result.deployment_id}: {result.action} of {result.revision} "
         f"to {result.subject} ({result.duration_s:.1f} s)",
         "",
-        f"  {'HOST':<20} {'STATUS':<10} {'TIME':>8}  MESSAGE",
+        f"  {'HOST':<20} {'BATCH  ' if rollout else ''}{'STATUS':<10} {'TIME':>8}  MESSAGE",
     ]
-    for host in result.hosts:
+    hosts = result.hosts
+    if rollout is not None:  # in the order they were deployed
+        hosts = sorted(hosts, key=lambda h: h.batch if h.batch is not None else math.inf)
+    for host in hosts:
         took = f"{host.duration_s:.1f}s" if host.duration_s is not None else "-"
         note = f"{host.error}: {host.message}" if host.error else host.message
         marker = "" if host.expected else " (unexpected)"
         marker += f" {RECOVERED}" if host.recovered else ""
         name = printable(host.hostname)
-        lines.append(f"  {name:<20} {host.status:<10} {took:>8}  {printable(note)}{marker}")
+        batch = f"{_batch_cell(host):<6} " if rollout else ""
+        lines.append(f"  {name:<20} {batch}{host.status:<10} {took:>8}  {printable(note)}{marker}")
+    lines += check_lines(result.hosts)
     for host in result.hosts:
         if host.log_tail:
             lines += ["", f"--- last output of {printable(host.hostname)} ---"]
@@ -78,6 +116,8 @@ def summary(result: DeploymentResult) -> str:
     hint = directory_hint(result)
     if hint:
         lines += ["", hint]
+    if rollout is not None and result.hosts:
+        lines += ["", rollout_paragraph(result)]
     if result.outages:
         lines += ["", _outages(result)]
     lines += trust_lines(result)
@@ -87,12 +127,31 @@ def summary(result: DeploymentResult) -> str:
     return "\n".join(lines)
 
 
-def directory_hint(result: DeploymentResult) -> str | None:
+def check_lines(hosts: Sequence[HostResult]) -> list[str]:
+    """The health checks each host ran after activating, a line per check: its verdict, its
+    time and, for a failed one, the last line it printed (host output, made printable)."""
+    lines: list[str] = []
+    for host in hosts:
+        if not host.checks:
+            continue
+        lines += ["", f"--- health checks of {printable(host.hostname)} ---"]
+        for check in host.checks:
+            took = f"{check.duration_s:.1f}s" if check.duration_s is not None else "-"
+            said = check.output_tail[-1] if check.output_tail and not check.ok else ""
+            verdict = "ok" if check.ok else "FAILED"
+            lines.append(
+                f"  {printable(check.name):<20} {verdict:<6} {took:>8}  {printable(said)}".rstrip()
+            )
+    return lines
+
+
+def directory_hint(result: DeploymentResult, *, suggest: bool = True) -> str | None:
     """When the target reached no host: the roles or hosts discovery found in its tier, and
-    the nearest to what was typed. None when there is nothing to tell.
+    (with ``suggest``) the nearest to what was typed. None when there is nothing to tell.
 
     The names are subject tokens (the deployer keeps no other), so they are fit for a
-    sentence; a person and an MCP client read the same words."""
+    sentence. An MCP client gets no suggestion: a model told "did you mean web1?" about a
+    prod host's name may deploy web1, a host nobody asked for."""
     directory = result.found_in_tier
     if directory is None:
         return None
@@ -108,16 +167,42 @@ def directory_hint(result: DeploymentResult) -> str | None:
     if kind == "role" and directory.roles:
         return (
             f"No host in the {tier} tier has the role {name!r}. Roles there: "
-            f"{listed(directory.roles)}.{_nearest(name, directory.roles)} {hosts}"
+            f"{listed(directory.roles)}.{_nearest(name, directory.roles, suggest)} {hosts}"
         )
     if kind == "role":
         return f"No host in the {tier} tier has a role. {hosts}"
     if not kind and name != "all":
         return (
             f"No listener named {name!r} answers in the {tier} tier. "
-            f"{hosts}{_nearest(name, directory.hosts)}"
+            f"{hosts}{_nearest(name, directory.hosts, suggest)}"
         )
     return None
+
+
+def _batch_cell(host: HostResult) -> str:
+    if host.batch is None:
+        return "-"
+    return "canary" if host.batch == 0 else str(host.batch)
+
+
+def rollout_paragraph(result: DeploymentResult) -> str:
+    """How a rollout went: what was asked, how far it got, and why it stopped."""
+    rollout = result.rollout
+    assert rollout is not None
+    asked = [f"canary {rollout.canary}"] if rollout.canary else []
+    asked.append(f"batches of {rollout.batch_size}" if rollout.batch_size else "then the rest")
+    asked.append(f"failure budget {rollout.max_failures}")
+    asked.append(f"shuffled, seed {rollout.seed}" if rollout.seed is not None else "by name")
+    has_canary = any(h.batch == 0 for h in result.hosts)
+    total = rollout.batches + has_canary
+    started = 0 if rollout.current is None else rollout.current + has_canary
+    text = f"Rollout ({', '.join(asked)}): {started} of {total} batches started"
+    if rollout.stopped:
+        text += f"; no further batch, as {printable(rollout.stopped)}"
+    skipped = [printable(h.hostname) for h in result.hosts if h.status == "skipped"]
+    if skipped:
+        text += f". Skipped, never sent a request ({len(skipped)}): {listed(skipped)}"
+    return text + "."
 
 
 def listed(names: Sequence[str]) -> str:
@@ -127,7 +212,9 @@ def listed(names: Sequence[str]) -> str:
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 
-def _nearest(typed: str, names: Sequence[str]) -> str:
+def _nearest(typed: str, names: Sequence[str], suggest: bool) -> str:
+    if not suggest:
+        return ""
     close = difflib.get_close_matches(typed, names, n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
 

@@ -7,7 +7,16 @@ of — each expected one and each that answered unasked — ended ``completed``.
 
 Final states: ``completed``, ``failed`` and ``rejected`` come from the listener; the
 deployer itself decides ``missing`` (an expected host never answered), ``lost`` (a host went
-silent after answering) and ``timeout`` (the deployment's deadline passed first).
+silent after answering), ``timeout`` (the deployment's deadline passed first) and
+``skipped`` (a rollout stopped before it reached the host, which was never sent a request).
+
+A rollout (``fleet_core.deploy.rollout``) names each host's batch up front: those hosts start
+``queued``, in no clock, and ``start_batch`` opens one batch at a time — its answer window and
+its deadline start then, so ``timeout`` bounds each batch from its publish, and a host of a
+later batch is never missing for the time the earlier ones took. Every earlier batch is final
+when the next starts, so one answer window and one deadline serve the open batch. ``skip``
+ends the hosts the rollout will not reach. The tracker does not decide *whether* to go on:
+``fleet_core.deploy.rollout`` does, from the hosts' states and ``unknown_outcomes``.
 
 Core NATS delivers at most once: a status published while the deployer's connection was
 down (or before its subscription was back) is gone. So the tracker does not guess where it
@@ -39,13 +48,20 @@ lets ``tests/test_tracking.py`` drive every case with explicit clocks.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_core.protocol.messages import FINAL_STATUSES, JobPhase, JobSummary, Status
+from fleet_core.protocol.messages import (
+    FINAL_STATUSES,
+    CheckStatus,
+    JobPhase,
+    JobSummary,
+    Status,
+)
 from fleet_core.protocol.trust import MAX_FLAGGED, Flagged
 
 __all__ = [
@@ -56,10 +72,13 @@ __all__ = [
     "HostResult",
     "HostState",
     "Outage",
+    "RolloutResult",
+    "RolloutStep",
     "TierDirectory",
 ]
 
 HostState = Literal[
+    "queued",  # a rollout's host whose batch has not started: no request was sent to it
     "pending",
     "accepted",
     "started",
@@ -70,9 +89,10 @@ HostState = Literal[
     "missing",
     "lost",
     "timeout",
+    "skipped",  # a rollout stopped before its batch: never sent a request
 ]
 FINAL_STATES: frozenset[str] = frozenset(
-    {*(s.value for s in FINAL_STATUSES), "missing", "lost", "timeout"}
+    {*(s.value for s in FINAL_STATUSES), "missing", "lost", "timeout", "skipped"}
 )
 # Seconds between the rounds of job queries after a reconnect, for hosts not heard from since.
 RECHECK_AFTER: Final = (1.0, 2.0, 4.0)
@@ -103,6 +123,20 @@ class HostResult(BaseModel):
         description="true when the final status was read from the host's job record (a job "
         "query) because the status message itself was lost, e.g. in a NATS outage",
     )
+    batch: int | None = Field(
+        None,
+        description="the host's batch in a rollout: 0 is the canary batch, then 1, 2, …; "
+        "null when the deployment was not a rollout",
+    )
+    checks: list[CheckStatus] | None = Field(
+        None,
+        description="the health checks the host ran after activating the new system "
+        "(a switch or test with checks): name, ok, duration_s, output_tail",
+    )
+    rolled_back_to: str | None = Field(
+        None,
+        description="after a rollback decided on the host: the exact system that runs again",
+    )
 
 
 class Outage(BaseModel):
@@ -112,6 +146,51 @@ class Outage(BaseModel):
 
     started_at: float = Field(description="when the connection dropped (Unix time)")
     duration_s: float | None = Field(None, description="how long it was down; null: still down")
+
+
+class RolloutResult(BaseModel):
+    """How a rollout (``--canary``, ``--batch``, ``--max-failures``) went, batch by batch;
+    each host's own ``batch`` says where it was."""
+
+    model_config = ConfigDict(frozen=True)
+
+    canary: int = Field(description="hosts asked for in the canary batch (batch 0)")
+    batch_size: str | None = Field(
+        description="hosts per batch after the canary, as asked: N, or N% of the target's "
+        "hosts; null: all the rest in one batch"
+    )
+    max_failures: int = Field(
+        description="the failure budget: more failed hosts than this, and no batch starts"
+    )
+    seed: int | None = Field(
+        description="the seed of a shuffled host order (random.Random(seed).shuffle of the "
+        "names sorted); null: the hosts went by name"
+    )
+    batches: int = Field(description="how many batches after the canary batch")
+    current: int | None = Field(
+        description="the batch in progress, or the last one started (0: the canary); null "
+        "before the first"
+    )
+    failed: list[str] = Field(
+        description="the hosts that count against the budget: those of the batches run so "
+        "far that ended other than completed (the first 50)"
+    )
+    failed_count: int = Field(description="how many hosts count against the budget")
+    stopped: str | None = Field(
+        description="why no further batch started, when hosts were left out (they ended "
+        "skipped); null when every batch started"
+    )
+
+
+class RolloutStep(BaseModel):
+    """One step of a rollout, as the deployer's ``on_rollout`` hears it: a batch published,
+    or the rollout stopped (``hosts`` then the skipped ones)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["batch", "stopped"]
+    batch: int = Field(description="the batch published, or the last one started")
+    hosts: list[str]
 
 
 class TierDirectory(BaseModel):
@@ -167,6 +246,9 @@ class DeploymentResult(BaseModel):
         description="set when the target reached no host (a mistyped role or hostname?): the "
         "hosts and roles discovery found in the target's tier",
     )
+    rollout: RolloutResult | None = Field(
+        None, description="the batches of a rollout (--canary, --batch); null: not a rollout"
+    )
 
 
 class DeploymentTracker:
@@ -191,19 +273,33 @@ class DeploymentTracker:
         answer_within: float,
         silence_limit: float,
         recheck_after: Sequence[float] = RECHECK_AFTER,
+        batches: Mapping[str, int] | None = None,
     ) -> None:
         self._started_at = started_at
+        self._timeout = timeout
         self._deadline = started_at + timeout
+        self._answer_within = answer_within
         self._answer_by = started_at + answer_within  # on the host clock
         self._silence_limit = silence_limit
         self._recheck_after = tuple(recheck_after)
-        names = sorted(set(expected))
+        # A rollout's hosts by batch number: queued until their batch starts.
+        queued = dict(batches or {})
+        names = sorted(set(expected) | queued.keys())
         self._hosts: dict[str, HostResult] = {
-            name: HostResult(hostname=name, status="pending") for name in names
+            name: HostResult(
+                hostname=name,
+                status="queued" if name in queued else "pending",
+                batch=queued.get(name),
+            )
+            for name in names
         }
-        self._counts: Counter[str] = Counter({"pending": len(names)} if names else {})
+        self._counts: Counter[str] = Counter(host.status for host in self._hosts.values())
         self._open = len(names)  # hosts not final yet
-        self._pending: set[str] = set(names)  # expected hosts not heard from yet
+        self._queued: set[str] = set(queued)  # a rollout's hosts whose batch has not started
+        self._pending: set[str] = set(names) - self._queued  # sent a request, not heard from
+        self._unknown: set[str] = set()  # ended timeout while this deployer's NATS was down
+        self._gone = False  # the connection was given up for good
+        self._held_since: float | None = None  # a batch is due, but NATS is down
         # Host-clock time of the last message of every host that answered and is not final
         # (nor silent), oldest first.
         self._quiet: OrderedDict[str, float] = OrderedDict()
@@ -220,6 +316,7 @@ class DeploymentTracker:
         self._paused = 0.0  # seconds the connection was down, all outages together
         self._outages: list[Outage] = []
         self._nobody_listens = False
+        self._no_responders = 0  # of the open batch: see no_responder
         self._now = started_at
         self._bound: set[str] = set()  # hosts that answered on their own bound reply subject
         self._unverified: set[str] = set()  # hosts whose counted status came on the bare one
@@ -233,6 +330,66 @@ class DeploymentTracker:
     @property
     def connected(self) -> bool:
         return self._down_since is None
+
+    @property
+    def gone(self) -> bool:
+        """The connection was given up for good: nothing more can be sent or heard."""
+        return self._gone
+
+    @property
+    def batch_over(self) -> bool:
+        """Every host sent a request is final: a rollout may start its next batch."""
+        return self._open == len(self._queued)
+
+    @property
+    def unknown_outcomes(self) -> frozenset[str]:
+        """Hosts that ended ``timeout`` while this deployer's NATS connection was down (or
+        given up): their outcome is unknown, not a failure of theirs."""
+        return frozenset(self._unknown)
+
+    def is_queued(self, name: str) -> bool:
+        """Whether ``name`` is a rollout's host whose batch has not started (no request went
+        to it, so nothing it says about this deployment can be believed)."""
+        return name in self._queued
+
+    def start_batch(self, names: Iterable[str], now: float) -> None:
+        """A rollout published its next batch to ``names`` (queued hosts): they wait for an
+        answer from now on, and the deadline is ``timeout`` from now."""
+        self._now = max(self._now, now)
+        self._held_since = None
+        self._no_responders = 0
+        self._deadline = now + self._timeout
+        self._answer_by = self._host_clock(now) + self._answer_within
+        for name in sorted(names):
+            host = self._hosts[name]
+            if name not in self._queued:
+                continue
+            self._queued.discard(name)
+            self._pending.add(name)
+            self._replace(host, host.model_copy(update={"status": "pending"}))
+
+    def skip(self, message: str) -> list[HostResult]:
+        """The rollout stops: every host still queued ends ``skipped``, never sent a request."""
+        return self._finish(sorted(self._queued), "skipped", message)
+
+    def hold(self, now: float) -> float | None:
+        """A rollout's next batch is due but this deployer's connection is down: the rollout
+        waits, at most ``timeout`` from the first call. Returns how long it waited once that
+        has passed, else None."""
+        self._now = max(self._now, now)
+        if self._held_since is None:
+            self._held_since = now
+            self._deadline = now + self._timeout
+        return now - self._held_since if now >= self._deadline else None
+
+    def no_responder(self, now: float) -> list[HostResult]:
+        """A rollout publishes to each host's own subject, all answering on one reply
+        subject: the server's "nobody listens" says that one of them has no listener, not
+        which. Once as many have come as hosts of the batch are still unheard, those are
+        the ones: they end ``missing`` (a host that answered has a listener)."""
+        self._now = max(self._now, now)
+        self._no_responders += 1
+        return self._settle_no_responders()
 
     @property
     def done(self) -> bool:
@@ -278,6 +435,8 @@ class DeploymentTracker:
         current = self._hosts.get(name)
         if current is not None and current.final:
             return None  # a late or duplicate message for a host that is already decided
+        if name in self._queued:
+            return None  # no request went to it yet: the deployer flags such a status
         if not bound:
             self._unverified.add(name)
         if current is None:
@@ -295,6 +454,9 @@ class DeploymentTracker:
             phase=status.phase or (current.phase if current else None),
             duration_s=status.duration_s,
             log_tail=status.log_tail or [],
+            batch=current.batch if current is not None else None,
+            checks=status.checks,
+            rolled_back_to=status.rolled_back_to,
         )
         self._hosts[name] = updated
         self._counts[updated.status] += 1
@@ -321,8 +483,9 @@ class DeploymentTracker:
         """
         self._now = max(self._now, now)
         if now >= self._deadline:
-            unfinished = [name for name, host in self._hosts.items() if not host.final]
+            unfinished = self._unfinished()
             if self._down_since is not None:
+                self._unknown.update(unfinished)
                 message = (
                     "NATS was unreachable when the deployment's deadline passed (the "
                     f"deployer's connection had been down for {now - self._down_since:.1f} s): "
@@ -331,10 +494,10 @@ class DeploymentTracker:
             else:
                 message = "the deployment timed out before this host finished"
             return self._finish(unfinished, "timeout", message)
+        changed: list[HostResult] = self._settle_no_responders()
         if self._down_since is not None:
-            return []  # an outage is not the hosts' silence
+            return changed  # an outage is not the hosts' silence
         clock = self._host_clock(now)
-        changed: list[HostResult] = []
         if clock >= self._answer_by and len(self._pending) > self._asking_pending:
             # Hosts being asked wait for their answer; the others never answered at all.
             unheard = sorted(name for name in self._pending if name not in self._asking)
@@ -430,8 +593,10 @@ class DeploymentTracker:
         """The connection is closed for good (its reconnect attempts ran out): nothing more
         can be heard, so every open host ends ``timeout``, saying NATS was unreachable."""
         self._now = max(self._now, now)
+        self._gone = True
         down = now - self._down_since if self._down_since is not None else 0.0
-        unfinished = [name for name, host in self._hosts.items() if not host.final]
+        unfinished = self._unfinished()
+        self._unknown.update(unfinished)
         return self._finish(
             unfinished,
             "timeout",
@@ -449,14 +614,17 @@ class DeploymentTracker:
         self._paused += length
         self._down_since = None
         self._outages[-1] = self._outages[-1].model_copy(update={"duration_s": round(length, 3)})
-        self._unconfirmed = {name for name, host in self._hosts.items() if not host.final}
+        self._unconfirmed = set(self._unfinished())
         self._recheck_at = now
         self._rechecks = 0
         return self._outages[-1]
 
     def next_check(self) -> float:
-        """The next moment at which ``expire`` or ``due_queries`` could change something."""
+        """The next moment at which ``expire`` or ``due_queries`` could change something (or
+        a rollout's wait for its connection end)."""
         moment = self._deadline
+        if self._queued and self.batch_over and self._held_since is None:
+            return math.inf  # between a rollout's batches: the deployer moves on, not a clock
         if self._down_since is not None:
             return moment
         if len(self._pending) > self._asking_pending or not self._hosts:
@@ -477,6 +645,7 @@ class DeploymentTracker:
         action: str,
         revision: str,
         now: float,
+        rollout: RolloutResult | None = None,
     ) -> DeploymentResult:
         # Built without re-validating every host: each HostResult was validated when made.
         return DeploymentResult.model_construct(
@@ -495,9 +664,27 @@ class DeploymentTracker:
             flagged=list(self._flagged),
             flagged_count=self._flagged_count,
             unverified=sorted(self._unverified),
+            found_in_tier=None,
+            rollout=rollout,
         )
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _unfinished(self) -> list[str]:
+        """The hosts sent a request (or that answered unasked) that are not final yet."""
+        return [
+            name
+            for name, host in self._hosts.items()
+            if not host.final and name not in self._queued
+        ]
+
+    def _settle_no_responders(self) -> list[HostResult]:
+        """See ``no_responder``: the unheard hosts, once the server named as many."""
+        if not self._no_responders or self._no_responders < len(self._pending):
+            return []
+        return self._finish(
+            sorted(self._pending), "missing", "no listener is subscribed to the host's subject"
+        )
 
     def _host_clock(self, now: float) -> float:
         """``now`` without the time the connection was down (standing still while it is)."""
@@ -575,6 +762,7 @@ class DeploymentTracker:
             duration_s=job.duration_s,
             log_tail=job.log_tail or [],
             recovered=True,
+            batch=host.batch,
         )
         self._replace(host, updated)
         self._open -= 1
@@ -592,6 +780,7 @@ class DeploymentTracker:
             host = self._hosts[name]
             updated = host.model_copy(update={"status": state, "final": True, "message": message})
             self._heard(name)
+            self._queued.discard(name)
             self._replace(host, updated)
             self._open -= 1
             self._quiet.pop(name, None)

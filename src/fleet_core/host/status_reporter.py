@@ -25,6 +25,7 @@ from fleet_core.protocol.actions import redact
 from fleet_core.protocol.messages import (
     FINAL_STATUSES,
     MAX_MESSAGE_CHARS,
+    CheckStatus,
     DeployRequest,
     Status,
     StatusKind,
@@ -65,6 +66,8 @@ class StatusReporter:
         phase: str | None = None,
         duration_s: float | None = None,
         log_tail: Sequence[str] | None = None,
+        checks: Sequence[CheckStatus] | None = None,
+        rolled_back_to: str | None = None,
     ) -> None:
         """Publish one status; a failure to publish costs that status only."""
         request = self.request
@@ -83,6 +86,8 @@ class StatusReporter:
             phase=phase,
             log_tail=[redact(line) for line in log_tail] if log_tail is not None else None,
             signer=self.signer,
+            checks=list(checks) if checks is not None else None,
+            rolled_back_to=rolled_back_to,
         )
         if kind in FINAL_STATUSES and self.on_final is not None and not self._counted:
             self._counted.append(True)

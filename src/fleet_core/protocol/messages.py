@@ -43,6 +43,7 @@ __all__ = [
     "MAX_MESSAGE_CHARS",
     "MAX_REQUEST_BYTES",
     "MAX_STATUS_BYTES",
+    "CheckStatus",
     "DeployRequest",
     "DiscoverRequest",
     "ErrorCode",
@@ -97,6 +98,11 @@ class ErrorCode(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     EXPIRED_REQUEST = "expired_request"
     REPLAYED_REQUEST = "replayed_request"
+    # After a switch or test the host decided to go back (fleet_core.host.jobs.activation):
+    # the previous system runs again; the message says why and which it is.
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"  # it tried, and that failed too: look at the host
+    CHECK_FAILED = "check_failed"  # a health check failed, and rollback was off
 
 
 class _Wire(BaseModel):
@@ -137,6 +143,9 @@ class DeployRequest(_Request):
     reply_to: str
     id: str | None = None
     bind: bool | None = None
+    # True: the host does not re-activate the previous system after a failed activation,
+    # check or confirmation; it reports. Left off the wire unless set.
+    no_rollback: bool | None = None
     signer: str | None = None
     signed_at: float | None = None
     signature: str | None = None
@@ -211,6 +220,15 @@ def _check_signing_fields(data: dict[str, Any]) -> None:
         )
 
 
+class CheckStatus(_Wire):
+    """One health check's result, as a final status carries it after a switch or test."""
+
+    name: str
+    ok: bool
+    duration_s: float | None = None
+    output_tail: list[str] = Field(default_factory=list)
+
+
 class Status(_Wire):
     """A status published by a listener to the request's ``reply_to``."""
 
@@ -231,6 +249,10 @@ class Status(_Wire):
     # this release always sends the field, so a deployer can tell its own request's answers
     # from those to a request that someone else sent with its id (protocol.trust).
     signer: str | None = None
+    # The health checks run after the activation (final statuses of a switch or test with
+    # checks only), and the exact system that runs after a rollback.
+    checks: list[CheckStatus] | None = None
+    rolled_back_to: str | None = None
 
     @property
     def reports_signer(self) -> bool:

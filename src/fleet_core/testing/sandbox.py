@@ -62,7 +62,14 @@ from fleet_core.build.builder import Builder
 from fleet_core.build.client import BuildClient
 from fleet_core.build.protocol import parse_build_target
 from fleet_core.build.report import build_summary
-from fleet_core.config.settings import DeployTiming, ListenerSettings, SandboxSettings
+from fleet_core.config.options import SYSTEM_RUNNING_CHECK
+from fleet_core.config.settings import (
+    DeployTiming,
+    HealthCheckSpec,
+    ListenerSettings,
+    RollbackSettings,
+    SandboxSettings,
+)
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import host_line, hosts_table, summary
 from fleet_core.deploy.tracker import DeploymentResult, HostResult
@@ -75,10 +82,15 @@ from fleet_core.protocol.text import printable
 from fleet_core.testing import (
     FleetHost,
     LocalFleet,
+    host_link,
+    init_root,
     local_fleet,
     simulated_nix_command,
+    simulated_nix_env_command,
     simulated_rebuild_command,
+    simulated_systemctl_command,
 )
+from fleet_core.testing.simulated_system import current, current_system_path, profile_path
 
 __all__ = [
     "ADMIN",
@@ -88,6 +100,7 @@ __all__ = [
     "REPO",
     "TEST_DEPLOYER",
     "SimulatedHost",
+    "host_root",
     "plan_hosts",
     "run_sandbox",
 ]
@@ -108,6 +121,9 @@ _TOUR_TIMING = DeployTiming(
 _TOUR_DEPLOY_TIMEOUT = 60.0
 # The sandbox's stand-ins stop at once: a shorter grace than a host's keeps Ctrl-C snappy.
 _KILL_GRACE = 2.0
+# How long a new system has to reach NATS before its host rolls back: short, so the tour's
+# host that cuts its network is back within seconds (a real host's default is 120 s).
+_CONFIRM_TIMEOUT = 3.0
 _SHEBANG_MAX = 200  # Linux reads at most 256 bytes of a "#!" line
 LOG_FILE = Path("logs") / "sandbox.log"  # below the directory; not with --once
 
@@ -118,6 +134,7 @@ LOG_FILE = Path("logs") / "sandbox.log"  # below the directory; not with --once
 @dataclass(frozen=True, slots=True)
 class SimulatedHost(FleetHost):
     fails: bool = False  # its rebuild stops with a nix evaluation error
+    cuts_network: bool = False  # its new system cuts it off NATS: it rolls back by itself
 
 
 # The first MIN_SANDBOX_HOSTS make a complete story; "web" is shared by two hosts in each tier.
@@ -125,7 +142,7 @@ _PLAN = (
     SimulatedHost("web1", Tier.TEST, "web"),
     SimulatedHost("web2", Tier.TEST, "web", fails=True),
     SimulatedHost("pweb1", Tier.PROD, "web"),
-    SimulatedHost("db1", Tier.TEST, "db"),
+    SimulatedHost("db1", Tier.TEST, "db", cuts_network=True),
     SimulatedHost("pweb2", Tier.PROD, "web"),
     SimulatedHost("pdb1", Tier.PROD, "db"),
 )
@@ -170,8 +187,14 @@ async def _session(settings: SandboxSettings, out: TextIO) -> int:
         _workspace(settings.directory) as root,
         nullcontext() if settings.once else _logging_to(root / LOG_FILE),
     ):
-        async with _fleet(root, plan, settings.port, settings.cluster) as fleet:
-            hosts = [_listener_settings(fleet, h, i, settings) for i, h in enumerate(plan)]
+        async with (
+            _fleet(root, plan, settings.port, settings.cluster) as fleet,
+            _links(fleet, _cut_off(plan, settings)) as links,
+        ):
+            hosts = [
+                _listener_settings(fleet, h, i, settings, links.get(h.name))
+                for i, h in enumerate(plan)
+            ]
             async with fleet.listeners(hosts), _builder(fleet, plan, settings):
                 sandbox = _Sandbox(settings=settings, fleet=fleet, plan=plan, out=out)
                 if not settings.once:
@@ -267,30 +290,87 @@ def _locked(root: Path) -> Iterator[None]:
         yield
 
 
+def _cut_off(plan: Sequence[SimulatedHost], settings: SandboxSettings) -> list[SimulatedHost]:
+    """The hosts whose new system really cuts their network: none on a cluster, whose
+    servers tell every client about the others, so a host would slip around its one link."""
+    return [h for h in plan if h.cuts_network and settings.cluster == 1]
+
+
+@asynccontextmanager
+async def _links(fleet: LocalFleet, plan: Sequence[SimulatedHost]) -> AsyncIterator[dict[str, str]]:
+    """The network path to NATS of each host whose new system cuts it (``host_link``): its
+    listener's URL, by host. The other hosts reach the server directly."""
+    upstream = fleet.urls[0].rpartition("//")[2]
+    address, _, port = upstream.rpartition(":")
+    async with AsyncExitStack() as stack:
+        links = {}
+        for host in plan:
+            if host.cuts_network:
+                root = host_root(fleet.root, host.name)
+                link = await stack.enter_async_context(host_link(root, address, int(port)))
+                links[host.name] = f"nats://127.0.0.1:{link}"
+        yield links
+
+
+def host_root(directory: Path, host: str) -> Path:
+    """Where sandbox host ``host`` keeps its simulated system: profile, current system,
+    store (``fleet_core.testing.simulated_system``)."""
+    return directory / "hosts" / host / "root"
+
+
 def _listener_settings(
-    fleet: LocalFleet, host: SimulatedHost, index: int, settings: SandboxSettings
+    fleet: LocalFleet,
+    host: SimulatedHost,
+    index: int,
+    settings: SandboxSettings,
+    url: str | None = None,
 ) -> ListenerSettings:
     # Signed requests as docs/security.md recommends: a test host trusts the admin and the
     # test-tier deployer, a prod host the admin alone.
     trusted = (ADMIN, TEST_DEPLOYER) if host.tier is Tier.TEST else (ADMIN,)
+    root = host_root(fleet.root, host.name)
+    init_root(root, host.name)
     return fleet.listener_settings(
         host.name,
         flake_url=FLAKE_URL,
-        rebuild_command=_rebuild_command(host, index, fleet.root / "hosts" / host.name, settings),
+        rebuild_command=_rebuild_command(
+            host, index, fleet.root / "hosts" / host.name, settings, system_root=root
+        ),
         progress_interval=0.25,
         kill_grace=_KILL_GRACE,
         trusted_deployer_keys=tuple(fleet.seed(name).public_key for name in trusted),
+        rollback=RollbackSettings(
+            system_profile=profile_path(root),
+            current_system=current_system_path(root),
+            nix_env=simulated_nix_env_command(),
+            systemctl=simulated_systemctl_command(root),
+            checks=(HealthCheckSpec(name="system", builtin=SYSTEM_RUNNING_CHECK, timeout=10),),
+            confirm_timeout=_CONFIRM_TIMEOUT,
+        ),
+        **({"nats_urls": (url,)} if url is not None else {}),
     )
 
 
 def _rebuild_command(
-    host: SimulatedHost, index: int, directory: Path, settings: SandboxSettings
+    host: SimulatedHost,
+    index: int,
+    directory: Path,
+    settings: SandboxSettings,
+    *,
+    system_root: Path,
 ) -> tuple[str, ...]:
     """The host's simulated ``nixos-rebuild``: a script by that name where a shebang can
     name this interpreter, so status lines show ``…/nixos-rebuild switch --flake …``."""
     # Slightly different paces, so the hosts do not move in lockstep.
     delay = settings.sim_delay * (0.8 + 0.2 * (index % 3))
-    sim = ["--sim-delay", f"{delay:.3f}", *(["--sim-fail"] if host.fails else [])]
+    sim = [
+        "--sim-delay",
+        f"{delay:.3f}",
+        "--sim-root",
+        str(system_root),
+        *(["--sim-fail"] if host.fails else []),
+        *(["--sim-cut-network"] if host in _cut_off([host], settings) else []),
+    ]
     python = sys.executable
     if any(c.isspace() for c in python) or len(python) > _SHEBANG_MAX:
         return simulated_rebuild_command(*sim)
@@ -378,6 +458,24 @@ def _cli_command() -> _Command:
     return _Command(script.name, script.parent)
 
 
+def _story(host: SimulatedHost, cut_off: bool) -> str:
+    """What the banner and the tour say a host of the plan does when deployed."""
+    if host.fails:
+        return "its rebuild fails (a nix evaluation error)"
+    if cut_off:
+        return "its new system cuts its network: it rolls back by itself"
+    return ""
+
+
+def _expected(host: SimulatedHost, cut_off: bool) -> tuple[str, str | None]:
+    """How a deploy of master ends on ``host``: its status and error code."""
+    if host.fails:
+        return ("failed", "build_failed")
+    if cut_off:
+        return ("failed", "rolled_back")
+    return ("completed", None)
+
+
 # -- what the user sees -------------------------------------------------------------------------
 
 
@@ -411,7 +509,7 @@ class _Sandbox:
                 h.name,
                 h.tier.value,
                 h.role or "-",
-                "its rebuild fails (a nix evaluation error)" if h.fails else "",
+                _story(h, h in _cut_off(self.plan, self.settings)),
             )
             for h in self.plan
         ]
@@ -448,7 +546,8 @@ class _Sandbox:
             "mcpServers": {
                 "fleet-deploy-sandbox": {
                     "command": str(_script("fleet-mcp")),
-                    "args": ["--nats-url", url, "--nkey-file", str(test_key)],
+                    # Builds change no host, and the sandbox runs a builder: offered too.
+                    "args": ["--nats-url", url, "--nkey-file", str(test_key), "--enable-builds"],
                 }
             }
         }
@@ -467,7 +566,7 @@ class _Sandbox:
             "tail -f it",
             f"  test key      {test_key}   deploys the test tier only",
             f"  admin key     {admin_key}   deploys everything, prod included",
-            f"  host keys     {self.root / 'keys'}/<host>.seed",
+            f"  host keys     {self.root / 'keys'}/<host>.seed   and the builder's, {BUILDER}.seed",
             f"  inventory     {self.root / 'inventory.toml'}   (nats-config turns it into "
             f"{self.root / 'nats' / 'nats-server.conf'})",
             f"  builder       {BUILDER}, repository {REPO}: builds into the binary cache "
@@ -487,7 +586,8 @@ class _Sandbox:
             f"  {cli} deploy deploy.prod.all --nkey-file {q(str(admin_key))}",
             f"  {cli} build {REPO} all               # every host's closure, built once",
             "",
-            'MCP client config (Claude Desktop and others: "mcpServers"), with the test key:',
+            'MCP client config (Claude Desktop and others: "mcpServers"), with the test key '
+            "and the builder's tools:",
             "",
             *("  " + line for line in json.dumps(mcp_config, indent=2).splitlines()),
             "",
@@ -565,16 +665,18 @@ class _Sandbox:
         self.say(f"\n2. Deploy master to the test tier    $ {cli} deploy deploy.test.all\n")
         result = await self._deploy(deployer, "deploy.test.all")
         self.say("\n" + summary(result))
-        expected = {
-            h.name: ("failed" if h.fails else "completed") for h in self.plan if h.tier is Tier.TEST
-        }
-        seen = {h.hostname: h.status for h in result.hosts}
+        cut = _cut_off(self.plan, self.settings)
+        expected = {h.name: _expected(h, h in cut) for h in self.plan if h.tier is Tier.TEST}
+        seen = {h.hostname: (h.status, h.error) for h in result.hosts}
         if seen != expected:
             problems.append(f"deploy.test.all ended {seen}, expected {expected}")
         failed = [h for h in result.hosts if h.status == "failed"]
         self.say("\n3. What went wrong?\n")
         for host in failed:
             self.say(f"  {host.hostname}: {printable(f'{host.error}: {host.message}')}")
+            if host.error == "rolled_back":
+                self._rolled_back(host.hostname, problems)
+                continue
             jobs = self.root / "state" / host.hostname / "jobs"
             logs = sorted(jobs.glob(f"*-{result.deployment_id}/output.log"))
             self.say(
@@ -585,6 +687,19 @@ class _Sandbox:
                 self.say(f"  The whole log stays on the host: {logs[0]}")
         if not failed:
             self.say("  nothing failed this time")
+
+    def _rolled_back(self, name: str, problems: list[str]) -> None:
+        """A host whose new system cut it off: it went back on its own, and says so."""
+        root = host_root(self.root, name)
+        running = current(root)
+        self.say(
+            f"  {name}'s new system cut its network, so its listener could not confirm it\n"
+            f"  reached NATS; after {_CONFIRM_TIMEOUT:g} s the job runner on {name} re-activated "
+            "the exact\n  system it had replaced — no deployer involved — and the listener "
+            f"reported it\n  once the network was back. Running now: {running}"
+        )
+        if running is None or not running.name.endswith("-initial"):
+            problems.append(f"{name} runs {running}, not the system it had before the deploy")
 
     async def _refused(self, deployer: Deployer, problems: list[str], cli: str) -> None:
         self.say(f"\n4. Production, with the test key    $ {cli} deploy deploy.prod.all\n")

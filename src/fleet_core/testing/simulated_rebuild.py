@@ -18,8 +18,18 @@ file's bytes as they are, last (on stderr when failing, where nix prints its err
 output of a branch whose author wrote escape sequences or words meant for a model.
 ``--sim-record`` appends its argv, pid and the program it stood in for as one JSON line, for
 tests to assert on; ``--sim-activate-writes`` appends a line to a file when a switch or test
-activates, as activation rewrites unit files. Standard library only: it starts once per job
-and must start fast.
+activates, as activation rewrites unit files.
+
+With ``--sim-root DIR`` (nixos-rebuild only) a rebuild changes a simulated host's system
+profile below DIR (``simulated_system``) as the real one changes the host's: it "builds"
+the system of the host and revision the flake names (DIR is initialised first if it is
+not yet), with the markers ``--sim-cut-network``, ``--sim-degraded UNIT`` and
+``--sim-fail-activation`` (only for the revision ``--sim-marker-revision`` names, if given);
+switch and boot then set the profile to it (nixos-rebuild's ``nix-env --set``), and every
+verb but build runs the system's own ``bin/switch-to-configuration``, whose output passes
+through. When that fails, nixos-rebuild's warning follows and the exit is 1, as nixos-rebuild
+exits. build prints the store path as its last line. Standard library only: it starts once
+per job and must start fast.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import time
 import urllib.parse
 from pathlib import Path
 from typing import TextIO
+
+from fleet_core.testing import simulated_system
 
 ACTIONS = ("switch", "boot", "test", "dry-activate", "build")
 # The verbs each stood-in program takes (fleet_core.protocol.actions maps the deploy actions
@@ -118,6 +130,19 @@ def _parser(program: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--sim-print-file", type=Path, help="print this file's bytes as they are, last"
     )
+    parser.add_argument("--sim-root", type=Path, help="change the simulated system under DIR")
+    parser.add_argument(
+        "--sim-cut-network", action="store_true", help="the new system cuts the network"
+    )
+    parser.add_argument(
+        "--sim-degraded", metavar="UNIT", action="append", default=[], help="a failed unit"
+    )
+    parser.add_argument(
+        "--sim-fail-activation", action="store_true", help="the new system's activation fails"
+    )
+    parser.add_argument(
+        "--sim-marker-revision", metavar="REV", help="markers only for this revision's system"
+    )
     parser.add_argument("action", choices=VERBS[program])
     if program == "home-manager":  # home-manager's -n: a flag of switch, not a verb
         parser.add_argument("-n", "--dry-run", action="store_true")
@@ -134,6 +159,8 @@ def _parse(args_list: list[str]) -> tuple[str, argparse.Namespace]:
     args.dry_run = bool(getattr(args, "dry_run", False))
     if args.dry_run and args.action != "switch":
         parser.error("--dry-run is only taken here with switch")
+    if args.sim_root is not None and program != "nixos-rebuild":
+        parser.error("--sim-root simulates a NixOS system profile: nixos-rebuild only")
     return program, args
 
 
@@ -170,13 +197,23 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr, flush=True)
         _print_file(args.sim_print_file, sys.stderr)
         return 1
+    code = _rebuild(program, args, host, revision, delay)
+    _print_file(args.sim_print_file, sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def _rebuild(
+    program: str, args: argparse.Namespace, host: str, revision: str | None, delay: float
+) -> int:
+    """The rebuild proper, once the arguments are checked and no failure was asked for."""
+    if args.sim_root is not None:
+        return _with_root(args, host, revision, delay)
     if program == "darwin-rebuild":
         _darwin(args.action, args.flake, host, delay, args.sim_activate_writes)
     elif program == "home-manager":
         _home_manager(args, host, delay)
     else:
         _succeed(args.action, args.flake, host, delay, args.sim_activate_writes)
-    _print_file(args.sim_print_file, sys.stdout)
     return 0
 
 
@@ -191,12 +228,7 @@ def _print_file(path: Path | None, stream: TextIO) -> None:
 def _succeed(action: str, flake: str, host: str, delay: float, writes: Path | None) -> None:
     """The output of a rebuild that works, shaped by the action."""
     system = _store_path(flake, f"nixos-system-{host}-24.11.20241122.5e4fbfb")
-    _say("building the system configuration...", delay)
-    _say("these 3 derivations will be built:", 0)
-    for name in ("etc.drv", "system-units.drv", f"nixos-system-{host}-24.11.drv"):
-        _say(f"  {_store_path(name + host, name)}", 0)
-    for name in ("etc.drv", "system-units.drv"):
-        _say(f"building '{_store_path(name + host, name)}'...", delay)
+    _building(host, delay)
     if action in ("switch", "boot"):
         _say("updating GRUB 2 menu...", delay)
     if action in ("switch", "test"):
@@ -210,6 +242,51 @@ def _succeed(action: str, flake: str, host: str, delay: float, writes: Path | No
     if action == "dry-activate":
         _say("would restart the following units: nginx.service", delay)
     _say(f"Done. The new configuration is {system}", 0)
+
+
+def _building(host: str, delay: float) -> None:
+    """nixos-rebuild's and nix's lines while a system builds."""
+    _say("building the system configuration...", delay)
+    _say("these 3 derivations will be built:", 0)
+    for name in ("etc.drv", "system-units.drv", f"nixos-system-{host}-24.11.drv"):
+        _say(f"  {_store_path(name + host, name)}", 0)
+    for name in ("etc.drv", "system-units.drv"):
+        _say(f"building '{_store_path(name + host, name)}'...", delay)
+
+
+def _with_root(args: argparse.Namespace, host: str, revision: str | None, delay: float) -> int:
+    """A rebuild that changes the simulated system profile below ``--sim-root``: build,
+    set the profile (switch, boot), run the system's switch-to-configuration (all but build).
+    """
+    root: Path = args.sim_root
+    simulated_system.init_root(root, host)  # a host has a system before its first deploy
+    marked = args.sim_marker_revision is None or revision == args.sim_marker_revision
+    _building(host, delay)
+    system = simulated_system.make_system(
+        root,
+        host,
+        revision or "unknown",
+        cut_network=marked and args.sim_cut_network,
+        degraded=args.sim_degraded if marked else (),
+        fail_activation=marked and args.sim_fail_activation,
+    )
+    if args.action == "build":
+        _say(f"Done. The new configuration is {system}", 0)
+        _say(str(system), 0)  # alone on the last line, as ./result would name it
+        return 0
+    if args.action in ("switch", "boot"):
+        simulated_system.set_profile(root, system)  # nix-env --profile … --set
+    if args.action in ("switch", "test") and args.sim_activate_writes is not None:
+        with args.sim_activate_writes.open("a", encoding="utf-8") as file:
+            file.write(f"activated {args.flake}\n")
+    sys.stdout.flush()
+    activation = [str(system / "bin" / "switch-to-configuration"), args.action]
+    if subprocess.run(activation, check=False).returncode != 0:  # noqa: S603 - our own script
+        warning = "warning: error(s) occurred while switching to the new configuration"
+        print(warning, file=sys.stderr, flush=True)
+        return 1
+    _say(f"Done. The new configuration is {system}", 0)
+    return 0
 
 
 def _built(flake: str, host: str, name: str, delay: float) -> str:

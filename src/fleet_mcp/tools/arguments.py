@@ -32,7 +32,11 @@ from fleet_mcp.reports.wording import DEFAULT_WAIT
 __all__ = [
     "MAX_WAIT",
     "QUOTE_LIMIT",
+    "BatchPercent",
+    "BatchSize",
     "Branch",
+    "Canary",
+    "MaxFailures",
     "WaitSeconds",
     "argument_mistakes",
     "parse_revision",
@@ -61,6 +65,48 @@ WaitSeconds = Annotated[
         description=f"seconds this call waits for the result (default {DEFAULT_WAIT:g}, which "
         "fits clients that cut calls off at 60 s); when it runs out the deployment goes on "
         "and deployment_status waits for the rest",
+    ),
+]
+
+
+# A rollout's arguments (deploy and deploy_admin): whole numbers with bounds, so a mistake is
+# told from the schema in plain words ("batch_percent must be a whole number from 1 to 100").
+# Two batch arguments rather than one "N or N%" string: a model sends a number as a number.
+Canary = Annotated[
+    int,
+    Field(
+        strict=True,
+        ge=0,
+        description="hosts to deploy first, as a canary batch (with all=true or role; hosts "
+        "go by name); the rest follow only once every canary host completed",
+    ),
+]
+BatchSize = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=1,
+        description="hosts per batch after the canary (with all=true or role); a batch "
+        "starts only once the one before is final. Default: all the rest at once",
+    ),
+]
+BatchPercent = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=1,
+        le=100,
+        description="hosts per batch as a percentage of the target's hosts, rounded up "
+        "(instead of batch_size, not with it)",
+    ),
+]
+MaxFailures = Annotated[
+    int | None,
+    Field(
+        strict=True,
+        ge=0,
+        description="the failure budget, with canary or a batch: once more hosts than this "
+        "failed, no further batch starts and the rest end skipped, never deployed. Default 0",
     ),
 ]
 

@@ -42,16 +42,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 
-def _load_jobdir() -> ModuleType:
-    """``jobdir.py`` beside this file, as a module of its own (run by path, this program
+def _load(name: str) -> ModuleType:
+    """``<name>.py`` beside this file, as a module of its own (run by path, this program
     has no package to import it from)."""
     spec = importlib.util.spec_from_file_location(
-        "fleet_job_runner_jobdir", Path(__file__).resolve().with_name("jobdir.py")
+        f"fleet_job_runner_{name}", Path(__file__).resolve().with_name(f"{name}.py")
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -61,15 +62,17 @@ def _load_jobdir() -> ModuleType:
 
 
 if TYPE_CHECKING or __package__:
-    from fleet_core.host.jobs import jobdir
+    from fleet_core.host.jobs import activation, jobdir
 else:  # run by path
-    jobdir = _load_jobdir()
+    jobdir = _load("jobdir")
+    activation = _load("activation")
 
 __all__ = ["MAX_LOG_BYTES", "OUTLIVE_GRACE", "main", "redact_output"]
 
 MAX_LOG_BYTES = 64 * 1024 * 1024
 OUTLIVE_GRACE = 2.0  # seconds children may hold the output open after the rebuild exits
 _CHUNK = 65536
+_CAPTURE_LIMIT = 64 * 1024  # of a check's output, kept for its tail
 # fleet_core.protocol.actions.redact's pattern, for bytes (this program imports nothing of
 # ours but jobdir; a test holds the two to the same answers). A match never spans whitespace.
 _USERINFO = re.compile(rb"(://)[^/@\s]*@")
@@ -162,7 +165,9 @@ class _Supervisor:
         self.timeout = timeout
         self.grace = grace
         self.stop_requested: str | None = None  # the signal's name, once one arrived
+        self.stoppable = True  # False while rolling back: a half rollback helps nobody
         self.log: _Log  # opened once runner.json is written: that file comes first
+        self._capture: bytearray | None = None  # a step's output, kept for its result
 
     def on_signal(self, signum: int, _frame: object) -> None:
         if signum != signal.SIGCHLD and self.stop_requested is None:
@@ -180,18 +185,74 @@ class _Supervisor:
             "started_at": started_at,
         }
         try:
+            guard = activation.read_guard(self.job_dir)
+            if isinstance(guard, str):
+                self.log.note(f"fleet-deploy: no rollback for this job: {guard}")
+                guard = None
+            before = activation.snapshot(guard) if guard is not None else None
             process = self._start(result)
             if process is not None:
                 jobdir.write_runner(self.job_dir, jobdir.RunnerPids(os.getpid(), process.pid))
-                timed_out, cancelled = self._supervise(process)
+                timed_out, cancelled = self._supervise(process, self.timeout)
                 result.update(
                     exit_code=process.returncode, timed_out=timed_out, cancelled=cancelled
                 )
+            if guard is not None and before is not None:
+                result["activation"] = self._guard(guard, before, result).as_json()
         finally:
             self.log.close()
         result["finished_at"] = time.time()
         result["duration_s"] = round(time.monotonic() - began, 3)
         return result
+
+    def _guard(self, guard: Any, before: dict[str, str | None], result: dict[str, Any]) -> Any:
+        """Checks, confirmation and, if need be, the rollback (``activation``)."""
+        rebuild_ok = (
+            result["exit_code"] == 0
+            and not result["timed_out"]
+            and not result["cancelled"]
+            and result["start_error"] is None
+        )
+
+        def phase(name: str) -> None:
+            self.stoppable = name != "rolling_back"
+            activation.write_phase(self.job_dir, name, jobdir.write_json_atomically)
+
+        return activation.guard_activation(
+            self.job_dir,
+            guard,
+            before,
+            rebuild_ok=rebuild_ok,
+            run=self._step,
+            note=self.log.note,
+            phase=phase,
+            stopped=lambda: self.stop_requested is not None,
+        )
+
+    def _step(self, argv: Sequence[str], timeout: float) -> Any:
+        """Run one command of the activation's (a check, a rollback step) as the rebuild
+        runs: its own process group, output into the log, a deadline; what it printed is
+        kept for its result."""
+        try:
+            process = subprocess.Popen(  # noqa: S603 - the listener's argv, never a shell
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            self.log.note(f"fleet-deploy: {error}")
+            return activation.Step(None, start_error=error)
+        jobdir.write_runner(self.job_dir, jobdir.RunnerPids(os.getpid(), process.pid))
+        self._capture = bytearray()
+        try:
+            timed_out, _ = self._supervise(process, timeout)
+            output = self._capture.decode("utf-8", "replace").splitlines()
+        finally:
+            self._capture = None
+        return activation.Step(process.returncode, timed_out=timed_out, output=output)
 
     def _start(self, result: dict[str, Any]) -> subprocess.Popen[bytes] | None:
         """The rebuild, started; None, with ``start_error`` set and noted, if it cannot be."""
@@ -212,13 +273,13 @@ class _Supervisor:
         self.log.note(error)
         return None
 
-    def _supervise(self, process: subprocess.Popen[bytes]) -> tuple[bool, bool]:
+    def _supervise(self, process: subprocess.Popen[bytes], timeout: float) -> tuple[bool, bool]:
         assert process.stdout is not None
         pipe = process.stdout.fileno()
         os.set_blocking(pipe, False)
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_write)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + timeout
         reason: str | None = None  # why the group is being stopped, once it is
         next_step = deadline  # the next moment something is due: the deadline, or a signal
         killed = False
@@ -230,7 +291,7 @@ class _Supervisor:
                 exited_at = now
                 next_step = min(next_step, now + OUTLIVE_GRACE)
             if reason is None:
-                reason = self._stop_reason(now, deadline, exited_at)
+                reason = self._stop_reason(now, deadline, exited_at, timeout)
                 if reason is not None:
                     _signal_group(process.pid, signal.SIGTERM)
                     next_step = now + self.grace
@@ -255,17 +316,21 @@ class _Supervisor:
         process.stdout.close()
         return reason == "deadline", reason == "signal"
 
-    def _stop_reason(self, now: float, deadline: float, exited_at: float | None) -> str | None:
+    def _stop_reason(
+        self, now: float, deadline: float, exited_at: float | None, timeout: float
+    ) -> str | None:
         """Why the group must be stopped now, noted in the log; None while it may run on."""
-        if self.stop_requested is not None and exited_at is None:
+        stop_requested = self.stop_requested if self.stoppable else None
+        if stop_requested is not None and exited_at is None:
             self.log.note(
                 f"fleet-deploy: the job runner got {self.stop_requested}: stopping the rebuild"
             )
             return "signal"
-        if self.stop_requested is not None:
+        if stop_requested is not None:
             return "outlived"  # the rebuild had already exited: its result stands
         if now >= deadline and exited_at is None:
-            self.log.note(f"fleet-deploy: the rebuild ran past its {self.timeout:g} s deadline")
+            what = "the rebuild" if self._capture is None else "the command"
+            self.log.note(f"fleet-deploy: {what} ran past its {timeout:g} s deadline")
             return "deadline"
         if exited_at is not None and now >= exited_at + OUTLIVE_GRACE:
             return "outlived"  # its children hold the output open: stop them too
@@ -280,6 +345,8 @@ class _Supervisor:
         if not chunk:
             return True
         self.log.write(chunk)
+        if self._capture is not None and len(self._capture) < _CAPTURE_LIMIT:
+            self._capture += chunk[: _CAPTURE_LIMIT - len(self._capture)]
         return False
 
 

@@ -34,8 +34,16 @@ import anyio.to_thread
 import structlog
 
 from fleet_core.config.settings import ListenerSettings
+from fleet_core.errors import FleetError
+from fleet_core.host.jobs.activation import confirm, read_phase, write_guard
 from fleet_core.host.jobs.follow import follow, runner_alive, stop_runner
-from fleet_core.host.jobs.jobdir import discard_argv, read_exit, read_runner
+from fleet_core.host.jobs.guard import guard_for, has_guard
+from fleet_core.host.jobs.jobdir import (
+    discard_argv,
+    read_exit,
+    read_runner,
+    write_json_atomically,
+)
 from fleet_core.host.jobs.launch import Launched, Rebuilder, RebuildJob, StartFailed
 from fleet_core.host.jobs.outcome import Outcome, RebuildResult, decide
 from fleet_core.host.jobs.rebuild import build_argv
@@ -54,6 +62,15 @@ __all__ = [
 ]
 
 log = structlog.get_logger("fleet.listener")
+
+_PHASE_POLL = 0.2  # seconds between two looks at the runner's phase file
+_CONFIRM_ROUND_TRIP = 5.0  # seconds a confirming round trip to the server may take
+# What a deployer is told when the runner enters a phase after the rebuild.
+_PHASE_NEWS = {
+    "checking": "running the health checks of the new system",
+    "confirming": "confirming that the new system reaches NATS",
+    "rolling_back": "rolling back to the previous system",
+}
 
 # (reply_to, request, request id, the request's verified signer) -> its reporter
 ReporterFor = Callable[[str, DeployRequest, str, str | None], StatusReporter]
@@ -206,6 +223,9 @@ class HostJobs:
         await job.reporter.send(
             StatusKind.ACCEPTED, message=f"{request.action.value} of {request.revision} accepted"
         )
+        guard = guard_for(self.settings, request)
+        if guard is not None:  # before the launch: the runner reads it first thing
+            await anyio.to_thread.run_sync(write_guard, job.directory, guard, write_json_atomically)
         with anyio.CancelScope(shield=True):  # launched and recorded, or neither
             try:
                 job.launched = await self._rebuilder.start(
@@ -254,6 +274,7 @@ class HostJobs:
         async with anyio.create_task_group() as tasks:
             if heartbeat:
                 tasks.start_soon(self._heartbeat, job, resumed)
+            tasks.start_soon(self._confirm, job)
             result = await follow(
                 job.directory,
                 job.on_line,
@@ -263,6 +284,42 @@ class HostJobs:
             )
             tasks.cancel_scope.cancel()
         return result
+
+    async def _confirm(self, job: Job) -> None:
+        """Follow the runner's phase after the rebuild (checks, confirmation, rollback) into
+        the job's progress, and confirm once it waits for it: this listener — perhaps one
+        the switch restarted, re-attached to the job — reached NATS from the new system.
+        A round trip that fails (the new system cut the network) is tried again until the
+        runner stops waiting and goes back by itself."""
+        assert job.directory is not None
+        if not await anyio.to_thread.run_sync(has_guard, job.directory):
+            return
+        confirmed = False
+        while True:
+            phase = await anyio.to_thread.run_sync(read_phase, job.directory)
+            if phase is not None and phase != job.phase:
+                job.phase = phase
+                job.latest_line = _PHASE_NEWS.get(phase, phase)
+                job.new_output.set()
+            if phase == "confirming" and not confirmed:
+                confirmed = await self._reaches_nats(job)
+                if confirmed:
+                    await anyio.to_thread.run_sync(confirm, job.directory, write_json_atomically)
+                    self._log.info("activation_confirmed", request_id=job.request_id)
+            await anyio.sleep(_PHASE_POLL)
+
+    async def _reaches_nats(self, job: Job) -> bool:
+        """A round trip to the server, on a connection that is up before and after it: a
+        flush while nats-py reconnects returns without having reached anything."""
+        bus = job.reporter.bus
+        if not bus.is_connected:
+            return False
+        try:
+            await bus.flush(timeout=_CONFIRM_ROUND_TRIP)
+        except FleetError as exc:
+            self._log.info("activation_not_confirmed_yet", error=str(exc))
+            return False
+        return bus.is_connected
 
     async def _heartbeat(self, job: Job, resumed: bool) -> None:
         """Progress on new output (rate-limited), and at least every heartbeat interval."""
@@ -403,6 +460,8 @@ class HostJobs:
             duration_s=duration_s,
             phase=job.phase,
             log_tail=outcome.log_tail,
+            checks=outcome.checks,
+            rolled_back_to=outcome.rolled_back_to,
         )
 
     async def _save(self, job: Job) -> None:

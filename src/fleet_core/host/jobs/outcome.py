@@ -15,9 +15,22 @@ from dataclasses import dataclass
 
 from fleet_core.host.jobs.rebuild_output import failure_summary, success_summary
 from fleet_core.protocol.actions import Action, redact
-from fleet_core.protocol.messages import MAX_MESSAGE_CHARS, ErrorCode, StatusKind
+from fleet_core.protocol.messages import MAX_MESSAGE_CHARS, CheckStatus, ErrorCode, StatusKind
 
-__all__ = ["Outcome", "RebuildResult", "decide"]
+__all__ = ["ActivationFacts", "Outcome", "RebuildResult", "decide"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationFacts:
+    """What the job runner found and did after a guarded switch, test or boot
+    (``fleet_core.host.jobs.activation``), as ``exit.json`` tells it."""
+
+    previous: str | None  # the exact system that ran (or that the profile held) before
+    rollback_reason: str | None = None  # why it had to go back; None: the new system stands
+    rolled_back: bool = False
+    rollback_error: str | None = None
+    rollback: bool = True  # False: told not to roll back
+    checks: tuple[CheckStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +44,7 @@ class RebuildResult:
     start_error: str | None = None  # the program could not be started at all
     cancelled: bool = False  # its job runner was told to stop it (SIGTERM to the runner)
     lost: str | None = None  # why the result cannot be known: the job runner vanished
+    activation: ActivationFacts | None = None  # a guarded switch, test or boot
 
     @property
     def ok(self) -> bool:
@@ -40,6 +54,7 @@ class RebuildResult:
             and not self.cancelled
             and self.start_error is None
             and self.lost is None
+            and (self.activation is None or self.activation.rollback_reason is None)
         )
 
 
@@ -51,6 +66,8 @@ class Outcome:
     error: ErrorCode | None = None
     message: str = ""
     log_tail: tuple[str, ...] | None = None
+    checks: tuple[CheckStatus, ...] | None = None
+    rolled_back_to: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,9 +90,22 @@ def decide(
     result that was lost with its job runner is ``cancelled`` too: the rebuild did not finish
     under supervision, and nothing says it failed to build.
     """
+    activation = result.activation
+    checks = activation.checks if activation is not None and activation.checks else None
     if result.ok:
         message = success_summary(result.tail, action.value, revision)
-        return Outcome(StatusKind.COMPLETED, message=_shown(message))
+        return Outcome(StatusKind.COMPLETED, message=_shown(message), checks=checks)
+    tail = tuple(redact(line) for line in result.tail)
+    if activation is not None and activation.rollback_reason is not None:
+        error, message = _went_back(activation)
+        return Outcome(
+            StatusKind.FAILED,
+            error,
+            _shown(message),
+            tail,
+            checks=checks,
+            rolled_back_to=activation.previous if activation.rolled_back else None,
+        )
     if result.timed_out:
         error = ErrorCode.TIMEOUT
         message = (
@@ -92,8 +122,27 @@ def decide(
         message = result.start_error or failure_summary(
             result.tail, result.exit_code, program=program
         )
-    tail = tuple(redact(line) for line in result.tail)
-    return Outcome(StatusKind.FAILED, error, _shown(message), tail)
+    return Outcome(StatusKind.FAILED, error, _shown(message), tail, checks=checks)
+
+
+def _went_back(activation: ActivationFacts) -> tuple[ErrorCode, str]:
+    """The error and message of a guarded activation that did not stand."""
+    reason = activation.rollback_reason
+    previous = activation.previous or "the previous system"
+    if activation.rolled_back:
+        return ErrorCode.ROLLED_BACK, f"rolled back to {previous}: {reason}"
+    if activation.rollback_error is not None:
+        return (
+            ErrorCode.ROLLBACK_FAILED,
+            f"{reason}, and rolling back to {previous} failed too "
+            f"({activation.rollback_error}): check the host",
+        )
+    failed_check = any(not c.ok for c in activation.checks)
+    return (
+        ErrorCode.CHECK_FAILED if failed_check else ErrorCode.BUILD_FAILED,
+        f"{reason}; not rolled back (rollback is off for this deploy or host), so the new "
+        f"system is still active",
+    )
 
 
 def _shown(message: str) -> str:

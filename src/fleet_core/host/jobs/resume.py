@@ -16,14 +16,19 @@ A listener that starts and finds an unfinished job ``resume``s it:
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 
+from pydantic import ValidationError
+
 from fleet_core.host.jobs.jobdir import json_object
-from fleet_core.host.jobs.outcome import RebuildResult
+from fleet_core.host.jobs.outcome import ActivationFacts, RebuildResult
+from fleet_core.protocol.messages import CheckStatus
 
 __all__ = [
     "START_GRACE",
     "Resume",
+    "activation_facts",
     "is_job_runner",
     "lost_before_start",
     "lost_runner",
@@ -101,6 +106,31 @@ def result_from_exit(data: bytes, tail: list[str]) -> RebuildResult:
         duration_s=float(duration) if isinstance(duration, int | float) else 0.0,
         start_error=start_error if isinstance(start_error, str) else None,
         cancelled=value.get("cancelled") is True,
+        activation=activation_facts(value.get("activation")),
+    )
+
+
+def activation_facts(value: object) -> ActivationFacts | None:
+    """``exit.json``'s ``activation`` (``host.jobs.activation.Activation``) as the outcome
+    reads it; None when there is none. What does not parse is dropped, field by field: the
+    runner wrote it, but a result must never be lost to a malformed detail."""
+    if not isinstance(value, dict):
+        return None
+    previous = value.get("previous")
+    before = previous if isinstance(previous, dict) else {}
+    system = before.get("current") or before.get("profile")
+    reason, error = value.get("rollback_reason"), value.get("rollback_error")
+    checks = []
+    for item in value.get("checks") or ():
+        with contextlib.suppress(ValidationError, TypeError):
+            checks.append(CheckStatus.model_validate(item))
+    return ActivationFacts(
+        previous=system if isinstance(system, str) else None,
+        rollback_reason=reason if isinstance(reason, str) else None,
+        rolled_back=value.get("rolled_back") is True,
+        rollback_error=error if isinstance(error, str) else None,
+        rollback=value.get("rollback") is not False,
+        checks=tuple(checks),
     )
 
 
