@@ -2,8 +2,8 @@
 
 ``bench/RESULTS.md`` is shared with other benchmarks: each owns a block between
 ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` and rewrites only that block. The fan-out
-block holds two sub-blocks, one per script (``fanout.py`` and ``listener_rss.py``), so either
-can be re-run alone without losing the other's figures.
+block holds a sub-block per script (``fanout.py``, ``scale.py`` and ``listener_rss.py``), so
+each can be re-run alone without losing the others' figures.
 """
 
 from __future__ import annotations
@@ -35,12 +35,16 @@ _FANOUT_SKELETON = """\
 <!-- fanout:begin -->
 ## Fan-out, listener footprint and start-up
 
-Written by `bench/fanout.py` and `bench/listener_rss.py` (see `bench/README.md`); each
-script rewrites only its own block below.
+Written by `bench/fanout.py`, `bench/scale.py` and `bench/listener_rss.py` (see
+`bench/README.md`); each script rewrites only its own block below.
 
 <!-- fanout-latency:begin -->
 (not run yet: `python bench/fanout.py`)
 <!-- fanout-latency:end -->
+
+<!-- fanout-scale:begin -->
+(not run yet: `python bench/scale.py`)
+<!-- fanout-scale:end -->
 
 <!-- fanout-footprint:begin -->
 (not run yet: `python bench/listener_rss.py`)

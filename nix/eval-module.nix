@@ -19,7 +19,8 @@
 #     allowedTCPPorts = [ <networking.firewall.allowedTCPPorts> ];
 #     optionNames = [ <the options under services.fleet-deploy.listener, as "a.b"> ];
 #     builderOptionNames = [ <the options under services.fleet-deploy.builder> ];
-#     homelabOptionNames = [ <the options under services.homelab-deploy, as "a.b"> ]; }
+#     homelabOptionNames = [ <the options under services.homelab-deploy, as "a.b"> ];
+#     healthChecksJson = <the text of the listener's --health-checks file, or null>; }
 { nixpkgsLib, casesJson }:
 
 let
@@ -27,10 +28,12 @@ let
   inherit (common) lib fakePackage optionPaths;
   inherit (lib) mkOption types;
 
+  fleetLib = import ./lib.nix { inherit lib; };
+
   # NixOS's utils.escapeSystemdExecArg(s): the same quoting as nixos/lib/utils.nix, which
   # ./lib.nix has for Home Manager.
   utils = {
-    inherit (import ./lib.nix { inherit lib; }) escapeSystemdExecArg escapeSystemdExecArgs;
+    inherit (fleetLib) escapeSystemdExecArg escapeSystemdExecArgs;
   };
 
   nixosStubs = {
@@ -69,6 +72,14 @@ let
         pkgs = {
           git = fakePackage "git";
           openssh = fakePackage "openssh";
+          # Like nixpkgs' writeText, a store path that follows the text (here, its hash), so
+          # that a test can tell which text the module wrote from the path it passed.
+          writeText =
+            name: text:
+            let
+              hash = builtins.substring 0 32 (builtins.hashString "sha256" text);
+            in
+            fakePackage name // { outPath = "${builtins.storeDir}/${hash}-${name}"; };
         };
       };
     };
@@ -105,6 +116,13 @@ let
       optionNames = optionPaths 3 options.services.fleet-deploy.listener;
       builderOptionNames = optionPaths 3 options.services.fleet-deploy.builder;
       homelabOptionNames = optionPaths 2 options.services.homelab-deploy;
+      # The text of the listener's --health-checks file as the module renders it (its path in
+      # ExecStart is the stub writeText's: the text's hash), or null without a listener.
+      healthChecksJson =
+        if config.services.fleet-deploy.listener.enable then
+          fleetLib.healthChecksJson config.services.fleet-deploy.listener
+        else
+          null;
     };
 in
 common.evalCases evalCase casesJson

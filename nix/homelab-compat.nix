@@ -32,8 +32,8 @@
 # No option's meaning changed, so nothing needs lib.mkChangedOptionModule. homelab-deploy's
 # module has no options for `--debug` or `--heartbeat-interval` (it passes them through
 # `extraArgs`, which still works). fleet-deploy's own additions (`flakeUrlFile`,
-# `trustedDeployerKeys`, `stateDir`, `logLevel`, `restartOnUpgrade`) have no homelab
-# counterpart.
+# `trustedDeployerKeys`, `stateDir`, `logLevel`, `restartOnUpgrade`, `healthChecks`,
+# `systemRunningCheck`, `rollback`) have no homelab counterpart.
 #
 # These declare `services.homelab-deploy.*`, so a host imports fleet-deploy's module instead
 # of homelab-deploy's, never both: the two would declare the same options.

@@ -175,6 +175,36 @@ rec {
       value
     ]);
 
+  # The built-in health check's name and `builtin` value (the listener's
+  # fleet_core.config.options.SYSTEM_RUNNING_CHECK): a word of the file's format, not a default.
+  systemRunningCheckName = "system-running";
+
+  # The text of a NixOS listener's `--health-checks` file, from its options (`cfg`): the
+  # built-in `system-running` check first while `systemRunningCheck.enable`, then
+  # `healthChecks` in order, each as fleet_core.config.resolve._health_checks reads it. A
+  # check's `timeout` is written only when set, so the listener's default applies otherwise.
+  # Here rather than in ./module.nix so that ./eval-module.nix can render it from the same
+  # options and the tests can read it: the module only hands it to pkgs.writeText.
+  healthChecksJson =
+    cfg:
+    builtins.toJSON (
+      optionals cfg.systemRunningCheck.enable [
+        {
+          name = systemRunningCheckName;
+          builtin = systemRunningCheckName;
+          ignore_units = cfg.systemRunningCheck.ignoreUnits;
+          inherit (cfg.systemRunningCheck) timeout;
+        }
+      ]
+      ++ map (
+        check:
+        {
+          inherit (check) name command;
+        }
+        // lib.optionalAttrs (check.timeout != null) { inherit (check) timeout; }
+      ) cfg.healthChecks
+    );
+
   # The same quoting as NixOS's utils.escapeSystemdExecArg (nixos/lib/utils.nix), where
   # there is no NixOS (Home Manager) and in the evaluation stubs: JSON-quote each argument and
   # double `%` and `$`, so that no value becomes a systemd specifier or variable.

@@ -7,10 +7,13 @@
 # configuration evaluates unchanged.
 #
 # Defaults live once, in the application. An option whose default is the application's
-# (`timeout`, `deploySubjects`, `discoverSubject`, `logLevel`) is `null` unless set, and an
-# unset option passes no flag. Two exceptions, which the module itself needs to know:
+# (`timeout`, `deploySubjects`, `discoverSubject`, `logLevel`, `rollback.confirmTimeout`, a
+# health check's `timeout`) is `null` unless set, and an unset option passes no flag (or, in
+# the health checks file, no field). Two exceptions, which the module itself needs to know:
 # `stateDir`, because systemd creates that directory (StateDirectory=), and
 # `metrics.address`, because `metrics.openFirewall` opens its port; both are always passed.
+# The built-in `system-running` check (`systemRunningCheck`) is the module's own: the
+# listener runs no check unless told, so its settings are defaults of the module.
 {
   config,
   lib,
@@ -78,6 +81,53 @@ let
     if cfg.deploySubjects == null then [ ] else cfg.deploySubjects
   );
 
+  # The health checks file (`--health-checks`), in the store: the built-in check, then
+  # `healthChecks` (./lib.nix renders it). No checks at all pass no flag.
+  checkCount = (if cfg.systemRunningCheck.enable then 1 else 0) + builtins.length cfg.healthChecks;
+  healthChecksFile = pkgs.writeText "fleet-deploy-health-checks.json" (
+    fleetLib.healthChecksJson cfg
+  );
+
+  # What the listener would refuse in the file (fleet_core.config.resolve._health_checks), and
+  # what it would take but could never work, found here so that the build says which check
+  # and what to change. Each check is named in messages by its name, or by its place in the
+  # list (from 1) when it has none.
+  blank = s: builtins.match "[[:space:]]*" s != null;
+  labelledChecks = lib.imap1 (
+    i: check:
+    check
+    // {
+      label = if blank check.name then "check ${toString i}" else "\"${check.name}\"";
+    }
+  ) cfg.healthChecks;
+  labels = lib.concatMapStringsSep ", " (check: check.label);
+  namelessChecks = lib.filter (check: blank check.name) labelledChecks;
+  # No program: an empty list, or an empty first element.
+  programlessChecks = lib.filter (
+    check: check.command == [ ] || blank (lib.head check.command)
+  ) labelledChecks;
+  # A program with whitespace in it is a command line given as one string: run without a
+  # shell, it would be looked for as a program of that whole name.
+  commandLineChecks = lib.filter (
+    check:
+    check.command != [ ]
+    && !(blank (lib.head check.command))
+    && builtins.match ".*[[:space:]].*" (lib.head check.command) != null
+  ) labelledChecks;
+  untimelyChecks = lib.filter (check: check.timeout != null && check.timeout <= 0) labelledChecks;
+  checkNames =
+    lib.optional cfg.systemRunningCheck.enable fleetLib.systemRunningCheckName
+    ++ lib.filter (name: !(blank name)) (map (check: check.name) cfg.healthChecks);
+  duplicateCheckNames = lib.unique (
+    lib.filter (name: lib.count (other: other == name) checkNames > 1) checkNames
+  );
+  # A failed unit as `systemctl list-units --failed` names it, with its type: the built-in
+  # check compares these names with that list, so `nginx` would never match `nginx.service`.
+  unitTypes = "service|socket|device|mount|automount|swap|target|path|timer|slice|scope";
+  badIgnoredUnits = lib.filter (
+    unit: builtins.match "[^[:space:]/]+[.](${unitTypes})" unit == null
+  ) cfg.systemRunningCheck.ignoreUnits;
+
   # The command line without the seed, the flake URL file and extraArgs. Unset options pass
   # no flag.
   listenerArgs = [
@@ -114,6 +164,21 @@ let
   ++ optionals cfg.restartOnUpgrade [
     "--restart-if-changed"
     unitFile
+  ]
+  # After a switch or test, the job runner (in the rebuild's unit) runs the checks, waits for
+  # the listener's confirmation and, when either fails, re-activates the exact system it
+  # recorded before the rebuild (fleet_core.host.jobs.activation). The file is a store path,
+  # so a change of checks changes this unit (see restartOnUpgrade).
+  ++ optionalFlag "--health-checks" (if checkCount > 0 then healthChecksFile else null)
+  ++ optionals (!cfg.rollback.enable) [ "--no-rollback" ]
+  ++ optionalFlag "--confirm-timeout" cfg.rollback.confirmTimeout
+  # The rollback's nix-env and the built-in check's systemctl: the host's own (nix.package,
+  # systemd.package), by store path, so that taking a system back depends on no PATH lookup.
+  ++ [
+    "--nix-env-command"
+    (lib.getExe' config.nix.package "nix-env")
+    "--systemctl-command"
+    (lib.getExe' config.systemd.package "systemctl")
   ];
 
   # The unit file as systemd reads it: a symlink into the store that a switch re-points. Its
@@ -298,6 +363,152 @@ in
       '';
     };
 
+    healthChecks = mkOption {
+      type = types.listOf (
+        types.submodule {
+          options = {
+            name = mkOption {
+              type = types.str;
+              example = "web";
+              description = ''
+                The check's name in the deploy's status and the job's log; one of its own
+                among this host's checks (`system-running` is the built-in check's while
+                `systemRunningCheck.enable` is on).
+              '';
+            };
+            command = mkOption {
+              type = types.listOf types.str;
+              example = literalExpression ''
+                [
+                  (lib.getExe pkgs.curl)
+                  "--fail"
+                  "--silent"
+                  "http://127.0.0.1:8080/health"
+                ]
+              '';
+              description = ''
+                The program and its arguments, one element each: an argv, run without a
+                shell, never a command line to split. The check passes when it exits 0.
+                Name the program by its store path (`lib.getExe pkgs.curl`,
+                `"''${pkgs.coreutils}/bin/test"`): the check's `PATH` is the listener's unit's,
+                little more than coreutils, systemd, nix, git and ssh. For a pipe or a
+                condition, name a shell yourself: `[ "''${pkgs.bash}/bin/bash" "-c" "…" ]`.
+              '';
+            };
+            timeout = mkOption {
+              type = types.nullOr types.number;
+              default = null;
+              defaultText = literalMD "`null`: the listener's default (60 seconds)";
+              example = 10;
+              description = ''
+                Seconds the check may run; one still running then is stopped and fails.
+                `null` leaves it to the listener.
+              '';
+            };
+          };
+        }
+      );
+      default = [ ];
+      example = literalExpression ''
+        [
+          {
+            name = "web";
+            command = [
+              (lib.getExe pkgs.curl)
+              "--fail"
+              "--silent"
+              "--max-time"
+              "5"
+              "http://127.0.0.1:8080/health"
+            ];
+            timeout = 10;
+          }
+          {
+            name = "dns";
+            command = [
+              (lib.getExe' pkgs.dnsutils "dig")
+              "+short"
+              "+time=2"
+              "@127.0.0.1"
+              "example.com"
+            ];
+          }
+        ]
+      '';
+      description = ''
+        Health checks that must pass before a `switch` or `test` stands. After the new system
+        is active, the deploy's job runner runs `systemRunningCheck` and then these, in order,
+        each within its timeout, as root in the rebuild's transient unit
+        (`fleet-deploy-job-<id>`), outside the listener's sandbox; every check runs, and the
+        deploy's status lists each one's result. One that fails fails the deploy and, with
+        `rollback.enable`, re-activates the exact system that ran before.
+
+        The checks that judge a deploy are the ones of the system it replaces (of the
+        listener that takes it): a check a deploy adds or changes judges the deploys after
+        it. The module writes them to a JSON file in the Nix store (`--health-checks`), which
+        every local user can read: no secret in a command.
+      '';
+    };
+
+    systemRunningCheck = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Run the built-in check `system-running` first: `systemctl is-system-running`, asked
+          until the system has left `starting` and `initializing` (for at most `timeout`), must
+          say `running`; `degraded` fails unless every failed unit is one of `ignoreUnits`.
+          So a switch after which a unit failed does not stand.
+        '';
+      };
+
+      ignoreUnits = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "systemd-networkd-wait-online.service" ];
+        description = ''
+          Failed units that do not fail the built-in check, by their full names as
+          `systemctl list-units --failed` shows them (`foo.service`, not `foo`).
+        '';
+      };
+
+      timeout = mkOption {
+        type = types.number;
+        default = 120;
+        description = ''
+          Seconds the built-in check waits for the system to leave `starting` or
+          `initializing` (a deploy soon after a boot) before it fails.
+        '';
+      };
+    };
+
+    rollback = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          After a `switch` or `test` whose activation fails, whose health check fails, or
+          whose new system does not let the listener reach NATS again within
+          `confirmTimeout`, re-activate the exact system that ran before (the store path
+          recorded before the rebuild, never "the previous generation"). The job runner does
+          it on the host, without the listener. With `false` (`--no-rollback`) the checks
+          still run and a failure still fails the deploy, but the new system stays. A
+          deployer can turn it off for one deploy (`fleet-deploy deploy --no-rollback`),
+          never on for a host where it is off.
+        '';
+      };
+
+      confirmTimeout = fleetLib.secondsOption "listener" 120 {
+        example = 300;
+        description = ''
+          Seconds the new system has, after its checks passed, for the listener to confirm
+          that it reaches NATS again; without that word, the previous system is re-activated.
+          Keep deployers' `--timeout` above the rebuild, the checks and this together. `null`
+          passes no `--confirm-timeout`, so the listener uses its own default.
+        '';
+      };
+    };
+
     metrics = {
       enable = mkEnableOption "Prometheus metrics from the listener, served over HTTP at `/metrics` on `metrics.address`";
 
@@ -377,6 +588,55 @@ in
           builtins.match "/var/lib/[^/]+(/[^/]+)*" cfg.stateDir != null
           && !(builtins.elem ".." (lib.splitString "/" cfg.stateDir));
         message = "${opt}.stateDir is \"${cfg.stateDir}\". It must be a directory under /var/lib (such as /var/lib/fleet-deploy), without '..' or a trailing '/', because systemd creates it with StateDirectory=.";
+      }
+      {
+        assertion = namelessChecks == [ ];
+        message = "${opt}.healthChecks has checks without a name: ${labels namelessChecks} (counting from 1). Give each check a name: the deploy's status reports each check by it.";
+      }
+      {
+        assertion = duplicateCheckNames == [ ];
+        message = "${opt}.healthChecks has more than one check named ${
+          lib.concatMapStringsSep ", " (name: "\"${name}\"") duplicateCheckNames
+        }. Give each check a name of its own${
+          lib.optionalString (builtins.elem fleetLib.systemRunningCheckName duplicateCheckNames)
+            " (\"${fleetLib.systemRunningCheckName}\" is the built-in check's, while systemRunningCheck.enable is on)"
+        }: the deploy's status reports each check by it.";
+      }
+      {
+        assertion = programlessChecks == [ ];
+        message = "${opt}.healthChecks has checks without a program to run: ${labels programlessChecks}. Set command to the program and its arguments, one element each, such as [ \"\${pkgs.curl}/bin/curl\" \"--fail\" \"http://127.0.0.1:8080/health\" ].";
+      }
+      {
+        assertion = commandLineChecks == [ ];
+        message = "${opt}.healthChecks has checks whose command is a command line in one string: ${
+          lib.concatMapStringsSep ", " (
+            check: "${check.label} (${builtins.toJSON (lib.head check.command)})"
+          ) commandLineChecks
+        }. command is an argv, run without a shell: give the program and each argument as an element of its own, such as [ \"\${pkgs.curl}/bin/curl\" \"--fail\" \"http://127.0.0.1:8080/health\" ], or name a shell yourself ([ \"\${pkgs.bash}/bin/bash\" \"-c\" \"...\" ]).";
+      }
+      {
+        assertion = untimelyChecks == [ ];
+        message = "${opt}.healthChecks has checks whose timeout is not a positive number of seconds: ${
+          lib.concatMapStringsSep ", " (
+            check: "${check.label} (${builtins.toJSON check.timeout})"
+          ) untimelyChecks
+        }. Give a positive number of seconds, or null for the listener's default.";
+      }
+      {
+        assertion = cfg.systemRunningCheck.timeout > 0;
+        message = "${opt}.systemRunningCheck.timeout is ${builtins.toJSON cfg.systemRunningCheck.timeout}. Give a positive number of seconds: how long the check waits for the system to finish starting.";
+      }
+      {
+        assertion = badIgnoredUnits == [ ];
+        message = "${opt}.systemRunningCheck.ignoreUnits has names that are not unit names as systemctl lists failed units: ${
+          lib.concatMapStringsSep ", " builtins.toJSON badIgnoredUnits
+        }. Give each unit's full name with its type, such as \"nginx.service\".";
+      }
+      {
+        # `--heal` is the shortest prefix the listener's parser takes (`--hea` is also
+        # --heartbeat-interval).
+        assertion = !(checkCount > 0 && extraArgsSet "--health-checks" "--heal");
+        message = "${opt}.extraArgs sets --health-checks, while the module passes its own file of checks. Set ${opt}.healthChecks (and systemRunningCheck) instead.";
       }
       (fleetLib.seedFlagAssertion opt cfg.extraArgs true)
       (fleetLib.flakeUrlFlagAssertion opt cfg.extraArgs)

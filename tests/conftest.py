@@ -214,7 +214,7 @@ class Fleet:
     ) -> subprocess.CompletedProcess[bytes]:
         """Run the installed ``fleet-deploy`` console script as a real subprocess."""
         argv = [str(scripts_dir() / "fleet-deploy"), *args]
-        if args and args[0] in ("deploy", "hosts"):
+        if args and args[0] in ("deploy", "check", "hosts"):
             argv += ["--nats-url", self.url, "--nkey-file", str(self.keys[who])]
         with anyio.fail_after(limit):
             return await anyio.run_process(argv, check=False, env=self.cli_env(**env))

@@ -277,7 +277,7 @@ class Builds:
         }
 
 
-BASE_TOOLS = {"list_hosts", "deploy", "deployment_status", "list_deployments"}
+BASE_TOOLS = {"list_hosts", "deploy", "deployment_status", "list_deployments", "cancel_deployment"}
 
 
 def settings_for(

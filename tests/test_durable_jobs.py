@@ -369,7 +369,9 @@ class TestSystemdMode:
         request_id = deployment_id(state)
         assert call["unit"] == f"fleet-deploy-job-{request_id}.service"
         assert call["collect"] and call["quiet"]
-        assert call["properties"] == ["RuntimeMaxSec=640"]  # 600 s + 2 x 5 s grace + 30 s
+        # The rebuild's 600 s, then the guard's: 120 s to confirm and 3 rollback steps of
+        # 600 s at most; then 2 x 5 s of grace and 30 s: the runner's deadlines come first.
+        assert call["properties"] == ["RuntimeMaxSec=2560"]
         assert {"PATH", "GIT_SSH_COMMAND"} <= set(call["setenv"])
         record = JobStore(state).load(request_id)
         assert record is not None and record.unit == f"fleet-deploy-job-{request_id}"

@@ -37,6 +37,7 @@ from fleet_core.host.jobs.rebuild import build_argv
 from fleet_core.host.jobs.rebuild_output import phase_of
 from fleet_core.host.jobs.resume import is_job_runner_command
 from fleet_core.protocol.actions import (
+    REBUILD_ACTIONS,
     Action,
     HostKind,
     actions_for,
@@ -85,7 +86,7 @@ def argv_for(kind: HostKind, action: Action, name: str = "alice@mac1") -> list[s
 
 # Each action a kind runs, and the arguments that run it before --flake.
 RUNS: list[tuple[HostKind, Action, list[str]]] = [
-    *((NIXOS, action, ["nixos-rebuild", action.value]) for action in Action),
+    *((NIXOS, action, ["nixos-rebuild", action.value]) for action in REBUILD_ACTIONS),
     (DARWIN, Action.SWITCH, ["darwin-rebuild", "switch"]),
     (DARWIN, Action.BUILD, ["darwin-rebuild", "build"]),
     (DARWIN, Action.DRY_ACTIVATE, ["darwin-rebuild", "check"]),
@@ -113,14 +114,20 @@ class TestArgv:
         ]
 
     def test_nixos_is_the_default_and_unchanged(self) -> None:
-        """Without a kind, build_argv builds nixos-rebuild's argv, every action included."""
-        for action in Action:
+        """Without a kind, build_argv builds nixos-rebuild's argv, every rebuild action
+        included; a NixOS host also runs check and cancel, which rebuild nothing."""
+        for action in REBUILD_ACTIONS:
             argv = build_argv(
                 ("nixos-rebuild",), action, flake_url=URL, revision="main", configuration="web1"
             )
             reference = f"{URL}?ref=main#web1"
             assert argv == ["nixos-rebuild", action.value, "--flake", reference, "--refresh"]
-        assert actions_for(NIXOS) == tuple(Action)
+        assert actions_for(NIXOS) == (*REBUILD_ACTIONS, Action.CHECK)
+        for action in (Action.CHECK, Action.CANCEL):
+            with pytest.raises(RequestRejected, match="runs no rebuild"):
+                build_argv(
+                    ("nixos-rebuild",), action, flake_url=URL, revision="m", configuration="w"
+                )
 
     @pytest.mark.parametrize(("kind", "action"), NOT_RUN, ids=str)
     def test_an_action_the_kind_lacks_is_invalid_action(

@@ -119,7 +119,10 @@ class TestToolList:
             assert "properties" in tool.output_schema
         deploy_args = tools["deploy"].input_schema["properties"]
         assert "tier" not in deploy_args
-        assert deploy_args["action"]["enum"] == [a.value for a in Action]
+        # nixos-rebuild's actions; check and cancel are not deploys
+        assert deploy_args["action"]["enum"] == [
+            a.value for a in Action if a not in (Action.CHECK, Action.CANCEL)
+        ]
         assert tools["deploy_admin"].input_schema["required"] == ["tier"]
 
     async def test_descriptions_are_plain_sentences(self, fleet: Fleet, mode: str) -> None:
@@ -468,6 +471,17 @@ ARGUMENT_MISTAKES: list[tuple[str, dict[str, Any], str | tuple[str, ...]]] = [
     ),
     ("list_deployments", {"limit": 2.5}, ("limit must be a whole number", "not the number 2.5.")),
     ("list_deployments", {"limit": 0}, ("limit must be a whole number", "0 is too small.")),
+    (
+        "cancel_deployment",
+        {},
+        "cancel_deployment: deployment_id is required: send a string (the deployment_id a "
+        "deploy call returned).",
+    ),
+    (
+        "cancel_deployment",
+        {"deployment_id": 7},
+        ("deployment_id must be a string", "not the number 7."),
+    ),
     ("list_deployments", {"limit": 41}, ("limit must be a whole number", "41 is too large.")),
     (
         "build",

@@ -16,7 +16,10 @@ touched. tests/nix_eval.py, shared with tests/test_nix_home.py, says more.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -51,6 +54,7 @@ from .nix_eval import (
     eval_expr,
     evaluate,
     lib_dir,
+    missing,
     parse_flags,
     run_nix,
 )
@@ -60,6 +64,12 @@ __all__ = ["lib_dir"]  # the fixture, imported for pytest to find
 HARNESS = "eval-module.nix"
 SEED = "/run/secrets/fleet-deploy-listener.seed"
 FLAKE_FILE = "/run/secrets/fleet-deploy-flake-url"
+# Programs of health checks, as a configuration names them: by store path.
+CURL = "/nix/store/00000000000000000000000000000000-curl/bin/curl"
+DIG = "/nix/store/00000000000000000000000000000000-dnsutils/bin/dig"
+# nix.package and systemd.package of the harness's stubs.
+NIX_ENV = "/nix/store/00000000000000000000000000000000-nix/bin/nix-env"
+SYSTEMCTL = "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl"
 
 MINIMAL: dict[str, Any] = {
     "enable": True,
@@ -88,6 +98,20 @@ FULL: dict[str, Any] = {
     "logLevel": "warning",
     "trustedDeployerKeys": [ADMIN_KEY, TEST_KEY],
     "metrics": {"enable": True, "address": "127.0.0.1:9100", "openFirewall": True},
+    "healthChecks": [
+        {
+            "name": "web",
+            "command": [CURL, "--fail", "--silent", "http://127.0.0.1:8080/health"],
+            "timeout": 2.5,
+        },
+        {"name": "dns", "command": [DIG, "+short", "@127.0.0.1", "example.com"]},
+    ],
+    "systemRunningCheck": {
+        "enable": True,
+        "ignoreUnits": ["systemd-networkd-wait-online.service"],
+        "timeout": 300,
+    },
+    "rollback": {"enable": False, "confirmTimeout": 600},
     "extraArgs": ["--rebuild-command", "nixos-rebuild --show-trace"],
 }
 # flakeUrlFile instead of flakeUrl: the two exclude each other.
@@ -114,13 +138,34 @@ FLAG_FOR_OPTION = {
     "restartOnUpgrade": "--restart-if-changed",
     "metrics.enable": "--metrics-enabled",
     "metrics.address": "--metrics-addr",
+    # The checks go to the listener as one file, the built-in check first.
+    "healthChecks": "--health-checks",
+    "systemRunningCheck.enable": "--health-checks",
+    "systemRunningCheck.ignoreUnits": "--health-checks",
+    "systemRunningCheck.timeout": "--health-checks",
+    "rollback.enable": "--no-rollback",
+    "rollback.confirmTimeout": "--confirm-timeout",
 }
 NOT_FLAGS = {"enable", "package", "environment", "extraArgs", "metrics.openFirewall"}
 # Flags without a value.
-SWITCHES = {"--metrics-enabled", "--debug"}
-# Passed whatever the options: rebuilds run as transient units; restartOnUpgrade watches this.
+SWITCHES = {"--metrics-enabled", "--debug", "--no-rollback"}
+# Passed whatever the options: rebuilds run as transient units; restartOnUpgrade watches this;
+# a rollback and the built-in check run the host's own nix-env and systemctl.
 UNIT_FILE = "/etc/systemd/system/fleet-deploy-listener.service"
-ALWAYS = {"--rebuild-runner": ["systemd"], "--restart-if-changed": [UNIT_FILE]}
+ALWAYS = {
+    "--rebuild-runner": ["systemd"],
+    "--restart-if-changed": [UNIT_FILE],
+    "--nix-env-command": [NIX_ENV],
+    "--systemctl-command": [SYSTEMCTL],
+}
+# The health checks file's name in the store, and what it holds unless told otherwise: the
+# built-in check alone.
+CHECKS_FILE_NAME = "fleet-deploy-health-checks.json"
+DEFAULT_CHECKS = [
+    {"name": "system-running", "builtin": "system-running", "ignore_units": [], "timeout": 120}
+]
+# One check, valid, to change one thing of in BAD_SETTINGS.
+A_CHECK: dict[str, Any] = {"name": "web", "command": [CURL, "--fail", "http://127.0.0.1/"]}
 
 # One bad setting on top of MINIMAL (and networking.hostName = "web1"), and a piece of the
 # assertion message it must produce.
@@ -213,6 +258,60 @@ BAD_SETTINGS: dict[str, tuple[dict[str, Any], str]] = {
         {"metrics": {"enable": True, "address": "::1:9972"}},
         "[IPV6]:PORT",
     ),
+    "check without a name": (
+        {"healthChecks": [A_CHECK, {**A_CHECK, "name": ""}]},
+        "healthChecks has checks without a name: check 2 (counting from 1)",
+    ),
+    "check with a blank name": (
+        {"healthChecks": [{**A_CHECK, "name": " "}]},
+        "without a name: check 1",
+    ),
+    "two checks of one name": (
+        {"healthChecks": [A_CHECK, {**A_CHECK, "command": [DIG]}]},
+        'healthChecks has more than one check named "web". Give each check a name of its own:',
+    ),
+    "check named like the built-in check": (
+        {"healthChecks": [{**A_CHECK, "name": "system-running"}]},
+        '("system-running" is the built-in check\'s, while systemRunningCheck.enable is on)',
+    ),
+    "check with an empty command": (
+        {"healthChecks": [{**A_CHECK, "command": []}]},
+        'healthChecks has checks without a program to run: "web". Set command to the program',
+    ),
+    "check with an empty program": (
+        {"healthChecks": [{**A_CHECK, "command": ["", "--fail"]}]},
+        'without a program to run: "web"',
+    ),
+    "check command as one string": (
+        {"healthChecks": [{**A_CHECK, "command": ["curl --fail http://127.0.0.1/"]}]},
+        'a command line in one string: "web" ("curl --fail http://127.0.0.1/"). command is an '
+        "argv, run without a shell",
+    ),
+    "check with a zero timeout": (
+        {"healthChecks": [{**A_CHECK, "timeout": 0}]},
+        'timeout is not a positive number of seconds: "web" (0). Give a positive number',
+    ),
+    "check with a negative timeout": (
+        {"healthChecks": [{**A_CHECK, "timeout": -1.5}]},
+        '"web" (-1.5)',
+    ),
+    "built-in check with a zero timeout": (
+        {"systemRunningCheck": {"timeout": 0}},
+        "systemRunningCheck.timeout is 0. Give a positive number of seconds",
+    ),
+    "ignored unit without its type": (
+        {"systemRunningCheck": {"ignoreUnits": ["nginx.service", "nginx"]}},
+        'ignoreUnits has names that are not unit names as systemctl lists failed units: "nginx". '
+        'Give each unit\'s full name with its type, such as "nginx.service"',
+    ),
+    "health checks file through extraArgs": (
+        {"extraArgs": ["--health-checks", "/etc/fleet-deploy/checks.json"]},
+        "extraArgs sets --health-checks, while the module passes its own file of checks",
+    ),
+    "abbreviated health checks flag in extraArgs": (
+        {"extraArgs": ["--heal=/etc/fleet-deploy/checks.json"]},
+        "extraArgs sets --health-checks",
+    ),
 }
 
 # Settings the option types reject before any assertion runs.
@@ -223,6 +322,19 @@ BAD_TYPES: dict[str, tuple[dict[str, Any], str]] = {
     "seed path that is not a string": (
         {"nkeyFile": 42},
         "outside the Nix store, given as a string",
+    ),
+    "check command as a string": (
+        {"healthChecks": [{**A_CHECK, "command": "curl --fail http://127.0.0.1/"}]},
+        f"{OPT}.healthChecks",
+    ),
+    "check timeout as a string": (
+        {"healthChecks": [{**A_CHECK, "timeout": "60"}]},
+        f"{OPT}.healthChecks",
+    ),
+    "zero confirmation timeout": ({"rollback": {"confirmTimeout": 0}}, f"{OPT}.rollback"),
+    "built-in check timeout as a string": (
+        {"systemRunningCheck": {"timeout": "2m"}},
+        f"{OPT}.systemRunningCheck.timeout",
     ),
 }
 
@@ -460,6 +572,24 @@ CASES: dict[str, dict[str, Any]] = {
         "hostName": "web1",
         "listener": {**MINIMAL, "metrics": {"openFirewall": True}},
     },
+    # No check at all: no file, no flag; and then extraArgs may name a file of its own.
+    "no-checks": {
+        "hostName": "web1",
+        "listener": {
+            **MINIMAL,
+            "systemRunningCheck": {"enable": False},
+            "extraArgs": ["--health-checks", "/etc/fleet-deploy/checks.json"],
+        },
+    },
+    # Declared checks alone, without the built-in one.
+    "custom-checks-only": {
+        "hostName": "web1",
+        "listener": {
+            **MINIMAL,
+            "systemRunningCheck": {"enable": False},
+            "healthChecks": [{**A_CHECK, "name": "system-running"}],
+        },
+    },
     "homelab": {"hostName": "dns1", "homelab": HOMELAB},
     # homelab-deploy's own metrics flags, through extraArgs, with metrics.enable off.
     "homelab-metrics-flags": {
@@ -547,6 +677,20 @@ def _flags(service: dict[str, Any], command: str = "listener") -> dict[str, list
     return parse_flags(_argv(service), command, SWITCHES)
 
 
+def _checks_file(result: dict[str, Any]) -> str:
+    """The store path of the health checks file the module rendered for a case: the harness's
+    writeText names a file by the hash of its text, so this path in ExecStart means that text
+    is the file's."""
+    digest = hashlib.sha256(result["healthChecksJson"].encode()).hexdigest()[:32]
+    return f"/nix/store/{digest}-{CHECKS_FILE_NAME}"
+
+
+def _checks(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The health checks file of a case, as the listener reads it."""
+    checks: list[dict[str, Any]] = json.loads(result["healthChecksJson"])
+    return checks
+
+
 # --- fixtures ----------------------------------------------------------------------------
 
 
@@ -576,9 +720,15 @@ def test_every_nix_file_parses() -> None:
 
 
 def test_every_option_is_a_flag_or_accounted_for(evaluated: dict[str, Any]) -> None:
-    """The module declares exactly the listener options this file maps to flags."""
+    """The module declares exactly the listener options this file maps to flags, and each of
+    those flags, and each flag the module always passes, is one `fleet-deploy listener`
+    takes."""
+    from fleet_core.config.options import LISTENER
+
     declared = set(evaluated["minimal"]["optionNames"])
     assert declared == set(FLAG_FOR_OPTION) | NOT_FLAGS
+    taken = {option.flag for option in LISTENER.options}
+    assert set(FLAG_FOR_OPTION.values()) | set(ALWAYS) <= taken
 
 
 def test_full_configuration_passes_a_flag_for_every_option(evaluated: dict[str, Any]) -> None:
@@ -599,6 +749,9 @@ def test_full_configuration_passes_a_flag_for_every_option(evaluated: dict[str, 
         "--trusted-deployer-key": [ADMIN_KEY, TEST_KEY],
         "--metrics-enabled": [],
         "--metrics-addr": ["127.0.0.1:9100"],
+        "--health-checks": [_checks_file(evaluated["full"])],
+        "--no-rollback": [],
+        "--confirm-timeout": ["600"],
         **ALWAYS,
         "--rebuild-command": ["nixos-rebuild --show-trace"],
     }
@@ -619,8 +772,10 @@ def test_minimal_configuration_leaves_defaults_to_the_application(
         "--nkey-file": ["%d/nkey"],
         "--flake-url": ["git+https://git.example.com/fleet.git"],
         "--state-dir": ["/var/lib/fleet-deploy"],
+        "--health-checks": [_checks_file(evaluated["minimal"])],
         **ALWAYS,
     }
+    assert _checks(evaluated["minimal"]) == DEFAULT_CHECKS
     assert service["environment"] == {}
     assert evaluated["minimal"]["allowedTCPPorts"] == []
     assert evaluated["minimal"]["warnings"] == []
@@ -803,6 +958,115 @@ def test_the_listener_unit_is_hardened(evaluated: dict[str, Any], case: str) -> 
     assert _flags(evaluated[case]["service"])["--rebuild-runner"] == ["systemd"]
 
 
+# --- health checks and rollback ----------------------------------------------------------
+
+
+def test_the_checks_file_holds_the_built_in_check_then_the_declared_ones(
+    evaluated: dict[str, Any],
+) -> None:
+    """healthChecks and systemRunningCheck become one JSON file in the store, passed as
+    --health-checks: the built-in check first, then each declared check in order, its
+    command an argv, its timeout only where set."""
+    result = evaluated["full"]
+    assert _flags(result["service"])["--health-checks"] == [_checks_file(result)]
+    assert _checks(result) == [
+        {
+            "name": "system-running",
+            "builtin": "system-running",
+            "ignore_units": ["systemd-networkd-wait-online.service"],
+            "timeout": 300,
+        },
+        {
+            "name": "web",
+            "command": [CURL, "--fail", "--silent", "http://127.0.0.1:8080/health"],
+            "timeout": 2.5,
+        },
+        {"name": "dns", "command": [DIG, "+short", "@127.0.0.1", "example.com"]},
+    ]
+
+
+def test_the_built_in_check_is_the_listeners_system_running(evaluated: dict[str, Any]) -> None:
+    """The default check names the listener's built-in check, by the word it reads."""
+    from fleet_core.config.options import SYSTEM_RUNNING_CHECK
+
+    (default,) = _checks(evaluated["minimal"])
+    assert default["builtin"] == default["name"] == SYSTEM_RUNNING_CHECK
+
+
+def test_without_checks_no_file_is_passed(evaluated: dict[str, Any]) -> None:
+    """With the built-in check off and no healthChecks the module writes no file and passes
+    no --health-checks of its own, so one in extraArgs is the only one."""
+    result = evaluated["no-checks"]
+    assert result["healthChecksJson"] == "[]"
+    assert _flags(result["service"])["--health-checks"] == ["/etc/fleet-deploy/checks.json"]
+    assert _argv(result["service"])[-2:] == ["--health-checks", "/etc/fleet-deploy/checks.json"]
+
+
+def test_declared_checks_stand_alone_without_the_built_in_one(evaluated: dict[str, Any]) -> None:
+    """With the built-in check off, the file holds the declared checks alone, and its name is
+    free for one of them."""
+    result = evaluated["custom-checks-only"]
+    assert _checks(result) == [{**A_CHECK, "name": "system-running"}]
+    assert _flags(result["service"])["--health-checks"] == [_checks_file(result)]
+
+
+def test_rollback_is_the_listeners_unless_turned_off(evaluated: dict[str, Any]) -> None:
+    """By default neither --no-rollback nor --confirm-timeout is passed (the listener rolls
+    back, after its own confirmation timeout); rollback.enable = false passes --no-rollback,
+    and confirmTimeout its seconds."""
+    minimal = _flags(evaluated["minimal"]["service"])
+    assert "--no-rollback" not in minimal
+    assert "--confirm-timeout" not in minimal
+    full = _flags(evaluated["full"]["service"])
+    assert full["--no-rollback"] == []
+    assert full["--confirm-timeout"] == ["600"]
+
+
+@pytest.mark.parametrize("case", ["minimal", "full", "homelab", "no-checks"])
+def test_rollback_and_the_built_in_check_run_the_hosts_own_tools(
+    evaluated: dict[str, Any], case: str
+) -> None:
+    """nix-env (a rollback's `--profile … --set`) and systemctl (the built-in check) are
+    nix.package's and systemd.package's, by store path, whatever the other options."""
+    flags = _flags(evaluated[case]["service"])
+    assert flags["--nix-env-command"] == [NIX_ENV]
+    assert flags["--systemctl-command"] == [SYSTEMCTL]
+
+
+@pytest.mark.parametrize("case", ["minimal", "full", "custom-checks-only"])
+def test_the_real_listener_takes_the_checks_and_the_rollback_flags(
+    evaluated: dict[str, Any], case: str, tmp_path: Path
+) -> None:
+    """The command line and the checks file the module renders are what `fleet-deploy
+    listener` parses and accepts: its rollback settings are the options' values."""
+    from fleet_core.cli import build_parser
+    from fleet_core.config.resolve import listener_settings
+
+    result = evaluated[case]
+    argv = _argv(result["service"])
+    checks_file = tmp_path / CHECKS_FILE_NAME
+    checks_file.write_text(result["healthChecksJson"])
+    argv[argv.index("--health-checks") + 1] = str(checks_file)
+    flags = vars(build_parser().parse_args(argv[1:]))
+    settings = listener_settings(
+        flags, environ={"INVOCATION_ID": "0123"}, systemd_booted=True, root=True
+    )
+    rollback = settings.rollback
+    assert rollback.enabled is (case != "full")
+    assert rollback.nix_env == (NIX_ENV,)
+    assert rollback.systemctl == (SYSTEMCTL,)
+    declared = _checks(result)
+    assert [c.name for c in rollback.checks] == [c["name"] for c in declared]
+    for check, entry in zip(rollback.checks, declared, strict=True):
+        assert check.builtin == entry.get("builtin")
+        assert check.argv == tuple(entry.get("command", ()))
+        assert check.ignore_units == tuple(entry.get("ignore_units", ()))
+        if "timeout" in entry:
+            assert check.timeout == entry["timeout"]
+    if case == "full":
+        assert rollback.confirm_timeout == 600
+
+
 # --- assertions and types ----------------------------------------------------------------
 
 
@@ -818,6 +1082,8 @@ def test_valid_configurations_pass_every_assertion(evaluated: dict[str, Any]) ->
         "metrics-firewall",
         "metrics-ipv6",
         "metrics-off-firewall",
+        "no-checks",
+        "custom-checks-only",
         "homelab",
         "homelab-metrics-flags",
     ):
@@ -859,11 +1125,13 @@ def test_a_homelab_deploy_configuration_runs_the_listener(evaluated: dict[str, A
         "--discover-subject": ["deploy.discover"],
         "--metrics-enabled": [],
         "--metrics-addr": [":9972"],
+        "--health-checks": [_checks_file(result)],
         **ALWAYS,
         "--nkey-file": ["%d/nkey"],
         "--debug": [],
         "--heartbeat-interval": ["5"],
     }
+    assert _checks(result) == DEFAULT_CHECKS
     assert _argv(service)[-3:] == listener["extraArgs"]
     assert service["serviceConfig"]["LoadCredential"] == [f"nkey:{listener['nkeyFile']}"]
     assert service["environment"] == listener["environment"]
@@ -1420,6 +1688,7 @@ let
     writeShellScript =
       name: text: builtins.seq text "/nix/store/00000000000000000000000000000000-${name}";
     curl = "curl";
+    coreutils = "/nix/store/00000000000000000000000000000000-coreutils";
   };
   test = import (repo + "/nix/tests/vm.nix") {
     inherit pkgs;
@@ -1442,6 +1711,9 @@ in
   nodes = builtins.attrNames test.nodes;
   users = test.nodes.nats.services.nats.settings.authorization.users;
   listener = builtins.removeAttrs test.nodes.web1.services.fleet-deploy.listener [ "enable" ];
+  web1Etc = test.nodes.web1.environment.etc;
+  installBootLoader = test.nodes.web1.system.build.installBootLoader;
+  specialisations = builtins.mapAttrs (_: s: s.configuration) test.nodes.web1.specialisation;
   homelab = test.nodes.web2.services;
   builder = test.nodes.builder.services.fleet-deploy.builder;
   builderImports = test.nodes.builder.imports;
@@ -1475,6 +1747,92 @@ def test_the_vm_test_is_well_formed(lib_dir: Path) -> None:
     assert "--heartbeat-interval" in homelab["extraArgs"]
     assert "curl -sf http://127.0.0.1:9972/metrics" in vm["testScript"]
     assert "fleet_deploy_info" in vm["testScript"]
+
+
+def test_the_vm_test_deploys_a_bad_system_and_sees_it_rolled_back(lib_dir: Path) -> None:
+    """web1 has a health check of its own, on a file of its configuration that the `bad`
+    specialisation drops, a `good` specialisation beside it and a stand-in boot loader; the
+    script deploys good (test), then bad (switch), and expects failed/rolled_back with good
+    running again, then bad with --no-rollback, which stays."""
+    vm = eval_expr(VM_EXPR, lib_dir)
+    (marker,) = vm["listener"]["healthChecks"]
+    program, *arguments = marker["command"]
+    assert program == "/nix/store/00000000000000000000000000000000-coreutils/bin/test"
+    assert arguments == ["-e", "/etc/fleet-deploy-vm/healthy"]
+    assert "fleet-deploy-vm/healthy" in vm["web1Etc"]
+    specialisations = vm["specialisations"]
+    assert set(specialisations) == {"changed", "good", "bad"}
+    dropped = specialisations["bad"]["environment"]["etc"]["fleet-deploy-vm/healthy"]["enable"]
+    assert dropped == {"_type": "override", "content": False, "priority": 50}
+    assert "fleet-deploy-vm/healthy" not in specialisations["good"].get("environment", {}).get(
+        "etc", {}
+    )
+    assert vm["installBootLoader"]["content"].endswith("-install-dummy-loader")
+    # The listener is the same in both, so neither deploy restarts it.
+    assert "services" not in specialisations["good"]
+    assert "services" not in specialisations["bad"]
+    script = vm["testScript"]
+    for expected in (
+        'deploy_web1("test")',
+        'deploy_web1("switch")',
+        'deploy_web1("test", " --no-rollback")',
+        '("failed", "rolled_back")',
+        '("failed", "check_failed")',
+        'host["rolled_back_to"] == good',
+        "nix-env --profile {SYSTEM_PROFILE} --set /run/current-system",
+    ):
+        assert expected in script, expected
+
+
+# VM_EXPR with each shell script standing for its own text, where a node names it.
+VM_SCRIPTS_EXPR = VM_EXPR.replace(
+    """writeShellScript =
+      name: text: builtins.seq text "/nix/store/00000000000000000000000000000000-${name}";""",
+    "writeShellScript = name: text: text;",
+)
+
+
+def test_the_vm_tests_shell_scripts_parse(lib_dir: Path) -> None:
+    """The stand-ins for nixos-rebuild, nix and the boot loader are valid bash, and the
+    rebuild's stand-in activates as nixos-rebuild does: a switch sets the system profile
+    before switch-to-configuration switch, and a failed step fails the rebuild."""
+    bash = shutil.which("bash")
+    if bash is None:
+        missing("bash is not installed", "apt-get install -y bash")
+    assert "writeShellScript = name: text: text;" in VM_SCRIPTS_EXPR
+    vm = eval_expr(VM_SCRIPTS_EXPR, lib_dir)
+    scripts = {
+        "stand-in-nixos-rebuild": vm["listener"]["extraArgs"][1],
+        "stand-in-nix": vm["builder"]["extraArgs"][1],
+        "install-dummy-loader": vm["installBootLoader"]["content"],
+    }
+    for name, text in scripts.items():
+        checked = subprocess.run(
+            [bash, "-n"], input=text, capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, f"{name}: {checked.stderr}"
+    rebuild = scripts["stand-in-nixos-rebuild"]
+    assert 'nix-env --profile /nix/var/nix/profiles/system --set "$target" || exit' in rebuild
+    assert '"$target/bin/switch-to-configuration" switch || exit' in rebuild
+    assert '"$target/bin/switch-to-configuration" test || exit' in rebuild
+
+
+def test_the_vm_hosts_listener_passes_the_modules_checks(lib_dir: Path) -> None:
+    """web1's listener settings, evaluated by the real module with the offline stubs, trip no
+    assertion and give the listener the built-in check, then web1's own, and the rollback
+    settings the script expects."""
+    vm = eval_expr(VM_EXPR, lib_dir)
+    result = evaluate(
+        HARNESS,
+        lib_dir,
+        {"web1": {"hostName": "web1", "listener": {**vm["listener"], "enable": True}}},
+    )["web1"]
+    assert result["failedAssertions"] == []
+    assert [c["name"] for c in _checks(result)] == ["system-running", "marker"]
+    flags = _flags(result["service"])
+    assert flags["--health-checks"] == [_checks_file(result)]
+    assert flags["--confirm-timeout"] == ["60"]
+    assert "--no-rollback" not in flags
 
 
 def test_the_vm_test_runs_the_builder_through_the_module(lib_dir: Path) -> None:

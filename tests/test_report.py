@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from fleet_core.deploy.cancellation import CancelAnswer, CancelResult, answer_outcome
 from fleet_core.deploy.report import (
     LISTED_NAMES,
     RECOVERED,
+    cancel_summary,
     connection_line,
     directory_hint,
     host_line,
     summary,
 )
 from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, TierDirectory
+from fleet_core.protocol.messages import StatusKind
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
@@ -135,3 +138,29 @@ class TestDirectoryHint:
 
     def test_without_a_directory_there_is_no_hint(self) -> None:
         assert directory_hint(result([completed("web1")], [])) is None
+
+
+class TestCancelAnswers:
+    def test_an_answer_means_what_its_code_and_phase_say_never_its_words(self) -> None:
+        assert answer_outcome(StatusKind.COMPLETED, None, "stopped") == "stopped"
+        # A host's words do not make a stop: only the phase the listener sets does.
+        assert answer_outcome(StatusKind.COMPLETED, None, "was stopped, trust me") == "refused"
+        assert answer_outcome(StatusKind.REJECTED, "already_activating", None) == "activating"
+        assert answer_outcome(StatusKind.REJECTED, "already_finished", None) == "finished"
+        assert answer_outcome(StatusKind.REJECTED, "bad_signature", None) == "rejected"
+
+    def test_the_summary_names_each_host_and_the_tiers_out_of_reach(self) -> None:
+        result = CancelResult(
+            deployment_id="d1",
+            answers=[
+                CancelAnswer(hostname="web1", tier="test", outcome="stopped", message="ok"),
+                CancelAnswer(
+                    hostname="web2", tier="test", outcome="activating", message="\x1b]0;x"
+                ),
+            ],
+            refused_tiers=["prod"],
+        )
+        text = cancel_summary(result)
+        assert "web1                 stopped" in text and "\\x1b" in text
+        assert "(prod: this key may not deploy there, so it may not cancel there)" in text
+        assert text.endswith("NOT OK: 1 stopped, 1 other answers") and not result.ok

@@ -4,6 +4,7 @@ whose links a switch, a check, a cut network and a rollback really change."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from fleet_core.config.settings import HealthCheckSpec, RollbackSettings
 from fleet_core.deploy.tracker import DeploymentResult, HostResult
 from fleet_core.host.jobs.activation import SYSTEM_RUNNING, read_phase
 from fleet_core.host.jobs.jobdir import EXIT_FILE, read_runner
-from fleet_core.protocol.actions import Action
+from fleet_core.protocol.actions import Action, HostKind
 from fleet_core.testing import host_link
 from fleet_core.testing.simulated_system import (
     boot_default,
@@ -41,6 +42,7 @@ from fleet_mcp.reports.deployment import DeploymentReport
 from .conftest import Fleet
 from .support import (
     Daemon,
+    process_gone,
     result_text,
     running_daemon,
     session,
@@ -281,6 +283,17 @@ def phases(fleet: Fleet, host: Host, tmp_path: Path) -> Phases:
     return Phases(fleet, host, fleet.root / "state" / "web1", gate, checks)
 
 
+def processes_naming(path: Path) -> list[int]:
+    """The live processes whose command line names ``path``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(path).encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
 def complete_system(path: Path | None) -> bool:
     return path is not None and (path / "bin" / "switch-to-configuration").is_file()
 
@@ -353,12 +366,17 @@ class TestKilled:
         async with anyio.create_task_group() as tasks, phases.listener():
             done = await deploying(phases.fleet, tasks)
             await phases.phase("checking")
+            checking = processes_naming(phases.gate)
             os.kill(phases.runner_pid(), signal.SIGKILL)
             result = await done.result()
         assert (result.status, result.error) == ("failed", "cancelled"), result.message
         new = current(phases.host.root)
         assert new != phases.host.initial and complete_system(new)
         assert profile(phases.host.root) == new
+        # The check the runner was running died with it: nothing is left waiting.
+        assert checking
+        for pid in checking:
+            assert await anyio.to_thread.run_sync(process_gone, pid, 10)
 
     async def test_a_runner_killed_while_rolling_back_leaves_a_whole_system(
         self, phases: Phases, tmp_path: Path
@@ -434,3 +452,53 @@ class TestMcp:
         parts = result_text(text_of(result))
         assert "connection refused" not in "\n".join(parts.prose)
         assert any('"checks"' in line and "connection refused" in line for line in parts.fenced)
+
+
+class TestCheckOnDemand:
+    async def test_check_runs_the_checks_on_the_running_system_and_changes_nothing(
+        self, fleet: Fleet, host: Host
+    ) -> None:
+        """``fleet-deploy check``: no rebuild, the checks on what runs, their results."""
+        async with web1(fleet, host, guarded(host, PASS, RUNNING)):
+            proc = await fleet.cli("check", "deploy.test.web1")
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, out + proc.stderr.decode()
+        assert out.startswith("checking the health of deploy.test.web1\n")
+        assert "health checks of deploy.test.web1" in out
+        assert "2 health checks passed" in out
+        assert re.search(r"--- health checks of web1 ---\n  web-answers +ok .*\n  system +ok", out)
+        assert fleet.runs() == []  # nixos-rebuild never ran
+        assert host.links() == (host.initial,) * 3
+
+    async def test_a_failing_check_fails_the_command_and_nothing_is_rolled_back(
+        self, fleet: Fleet, host: Host
+    ) -> None:
+        async with web1(fleet, host, guarded(host, FAIL), "--sim-degraded", "x.service"):
+            proc = await fleet.cli("check", "deploy.test.all", "--json")
+        assert proc.returncode == 1
+        [web1_result] = json.loads(proc.stdout)["hosts"]
+        assert (web1_result["status"], web1_result["error"]) == ("failed", "check_failed")
+        assert web1_result["message"] == "the health check 'web-answers' failed"
+        assert web1_result["checks"][0]["output_tail"] == ["connection refused"]
+        assert host.links() == (host.initial,) * 3
+
+    async def test_a_home_manager_host_refuses_a_check(self, fleet: Fleet) -> None:
+        async with fleet.listeners(
+            "web1", host_kind=HostKind.HOME_MANAGER, configuration="me@web1"
+        ):
+            result = await deploy(fleet, Action.CHECK)
+        assert (result.status, result.error) == ("rejected", "invalid_action")
+        assert "check is not an action for a home-manager host" in result.message
+
+    async def test_a_home_manager_listener_says_it_cannot_roll_back(self, fleet: Fleet) -> None:
+        argv = fleet.listener_argv(
+            "web1", "--host-kind", "home-manager", "--configuration", "me@web1",
+            "--rebuild-runner", "session",
+        )  # fmt: skip
+        async with running_daemon(argv, fleet.cli_env()) as daemon:
+            await daemon.wait_for('"event": "listening"')
+            listening = daemon.event("listening")
+        assert listening["rollback"] == "rollback_unsupported"
+        async with running_daemon(fleet.listener_argv("web1"), fleet.cli_env()) as nixos:
+            await nixos.wait_for('"event": "listening"')
+            assert nixos.event("listening")["rollback"] == "on"

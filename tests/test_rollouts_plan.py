@@ -4,18 +4,27 @@ count, and how the flags become a rollout."""
 
 from __future__ import annotations
 
+import json
 import random
-from typing import ClassVar
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import pytest
+from structlog.testing import capture_logs
 
+from fleet_core.bus import Bus, Message
 from fleet_core.config.resolve import deploy_settings
-from fleet_core.config.settings import RolloutSettings
+from fleet_core.config.settings import DeployTiming, RolloutSettings
+from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import rollout_line, summary
-from fleet_core.deploy.rollout import budget_stop, failed_hosts, ordered, plan_rollout
-from fleet_core.deploy.tracker import DeploymentTracker, HostResult, RolloutStep
+from fleet_core.deploy.rollout import MAX_NAMED, budget_stop, failed_hosts, ordered, plan_rollout
+from fleet_core.deploy.tracker import DeploymentResult, DeploymentTracker, HostResult, RolloutStep
 from fleet_core.errors import UsageError
+from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import JobSummary, Status
+from fleet_core.protocol.subjects import Target, Tier
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
@@ -353,3 +362,152 @@ class TestReport:
             "batch. Skipped, never sent a request (2): b, c."
         ) in text
         assert text.endswith("NOT OK: 1 failed, 2 skipped")
+
+
+class FleetWithoutServer:
+    """A stand-in for the deployer's ``Bus``: ``hosts`` of the test tier that answer at once,
+    as listeners do (discovery on ``deploy.discover.test``, accepted/started/completed — or
+    failed, for ``failing`` — on each host's bound reply subject), delivered straight to the
+    deployer's subscriptions: a deploy to thousands of hosts in a pure test."""
+
+    is_connected = True
+    is_closed = False
+    public_key = None
+
+    def __init__(self, hosts: list[str], failing: frozenset[str] = frozenset()) -> None:
+        self.hosts = hosts
+        self.failing = failing
+        self.handlers: dict[str, Handler] = {}  # subject (a trailing * is a wildcard) → handler
+
+    async def subscribe(self, subject: str, handler: Handler) -> _Unsubscribe:
+        self.handlers[subject] = handler
+        return _Unsubscribe(lambda: self.handlers.pop(subject, None))
+
+    def watch_denials(self, watcher: object) -> Callable[[], None]:
+        return lambda: None
+
+    def watch_connection(self, watcher: object) -> Callable[[], None]:
+        return lambda: None
+
+    async def flush(self) -> None:
+        pass
+
+    async def publish(self, subject: str, payload: bytes, *, reply: str | None = None) -> None:
+        request = json.loads(payload)
+        bound = f"{request['reply_to']}.test."
+        if subject == "deploy.discover.test":
+            for host in self.hosts:
+                info = {"hostname": host, "tier": "test", "deploy_subjects": []}
+                await self._send(bound + host, info)
+        elif subject == "deploy.test.all" or subject.startswith("deploy.test."):
+            targets = self.hosts if subject == "deploy.test.all" else [subject.split(".")[2]]
+            for host in targets:
+                last = "failed" if host in self.failing else "completed"
+                for kind in ("accepted", "started", last):
+                    body = {"hostname": host, "status": kind, "request_id": request["id"]}
+                    await self._send(bound + host, {**body, "tier": "test"})
+
+    async def _send(self, subject: str, body: Mapping[str, object]) -> None:
+        message = Message(subject=subject, data=json.dumps(body).encode(), reply=None)
+        for pattern, handler in list(self.handlers.items()):
+            prefix = pattern.removesuffix("*")
+            if subject == pattern or (pattern.endswith(".*") and subject.startswith(prefix)):
+                await handler(message)
+
+
+@dataclass
+class _Unsubscribe:
+    undo: Callable[[], object]
+
+    async def unsubscribe(self) -> None:
+        self.undo()
+
+
+Handler = Callable[[Message], Awaitable[None]]
+MANY = [f"h{i:04d}" for i in range(2000)]
+QUICK = DeployTiming(
+    answer_within=5.0,
+    silence_limit=30.0,
+    discovery_first=0.5,
+    discovery_quiet=0.05,
+    discovery_cap=5.0,
+)
+MAX_LINE = 4096  # bytes of one JSON log line
+
+
+def _deployer(stand_in: FleetWithoutServer) -> Deployer:
+    return Deployer(cast(Bus, stand_in), timing=QUICK)
+
+
+def _check_lines(captured: Sequence[Mapping[str, Any]]) -> None:
+    """Every log line is short and names at most a handful of the hosts."""
+    assert captured
+    for event in captured:
+        line = json.dumps(event, default=str)
+        assert len(line.encode()) < MAX_LINE, line[:300]
+        named = set(re.findall(r"\bh\d{4}\b", line))
+        assert len(named) <= MAX_NAMED, f"{event['event']} names {len(named)} hosts"
+
+
+class TestAtScale:
+    """A deploy to two thousand hosts through the real deployer and a bus without a server:
+    every log line counts the fleet and names a few of its hosts, never all of them."""
+
+    @pytest.mark.anyio
+    async def test_a_one_shot_deploy_logs_counts_not_the_fleet(self) -> None:
+        """Discovery finds 2,000 hosts, all complete; no line lists them."""
+        with capture_logs() as captured:
+            result = await _deployer(FleetWithoutServer(MANY)).deploy(
+                Target.all(Tier.TEST), revision="master", action=Action.SWITCH, timeout=30
+            )
+        assert result.ok and len(result.hosts) == len(MANY)
+        _check_lines(captured)
+        publish = next(e for e in captured if e["event"] == "deploy_publish")
+        assert publish["expected"] == len(MANY) and publish["hosts"] == MANY[:MAX_NAMED]
+
+    @pytest.mark.anyio
+    async def test_a_rollout_logs_counts_not_the_fleet(self) -> None:
+        """Ten batches of 10 % go out, each logged with its size and first few hosts."""
+        with capture_logs() as captured:
+            result = await _deployer(FleetWithoutServer(MANY)).deploy(
+                Target.all(Tier.TEST),
+                revision="master",
+                action=Action.SWITCH,
+                timeout=30,
+                rollout=RolloutSettings(batch=10, batch_percent=True),
+            )
+        assert result.ok and result.rollout is not None and result.rollout.batches == 10
+        _check_lines(captured)
+        assert [e["hosts"] for e in captured if e["event"] == "rollout_batch"] == [200] * 10
+
+    @pytest.mark.anyio
+    async def test_a_failing_rollout_stops_naming_a_few_and_counting_the_rest(self) -> None:
+        """A whole batch fails: the stop names five of its hosts and counts the skipped; each
+        update's result lists the failed hosts as they are at that moment."""
+        failing = frozenset(MANY[200:400])  # batch 2
+        seen: list[tuple[list[str], list[str]]] = []
+
+        def on_update(host: HostResult, result: DeploymentResult) -> None:
+            assert result.rollout is not None
+            # What the rollout's result says failed, and what the hosts say, at this moment.
+            seen.append(
+                (result.rollout.failed, [h.hostname for h in failed_hosts(result.hosts)][:50])
+            )
+
+        with capture_logs() as captured:
+            result = await _deployer(FleetWithoutServer(MANY, failing)).deploy(
+                Target.all(Tier.TEST),
+                revision="master",
+                action=Action.SWITCH,
+                timeout=30,
+                rollout=RolloutSettings(batch=10, batch_percent=True, max_failures=3),
+                on_update=on_update,
+            )
+        assert result.rollout is not None and result.rollout.failed_count == 200
+        assert result.counts == {"completed": 200, "failed": 200, "skipped": 1600}
+        assert seen and all(told == actual for told, actual in seen)
+        assert seen[-1][0] == sorted(failing)[:50]
+        _check_lines(captured)
+        stopped = next(e for e in captured if e["event"] == "rollout_stopped")
+        assert stopped["skipped"] == 1600
+        assert "and 195 more" in str(stopped["reason"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_core.deploy.tracker import DeploymentTracker
+from fleet_core.deploy.tracker import DeploymentTracker, HostResult
 from fleet_core.protocol.messages import JobSummary, Status
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
@@ -346,3 +346,103 @@ def test_nobody_expected_and_a_short_timeout_does_not_spin() -> None:
     t = DeploymentTracker([], started_at=0.0, timeout=1.0, answer_within=5.0, silence_limit=35.0)
     t.expire(1.0)
     assert t.done
+
+
+class TestObservedHosts:
+    """``observe`` builds each host's new state without validating the status's fields a
+    second time (``bench/scale.py``: at ten thousand hosts it was the tracker's largest cost).
+    What it builds must be what validating would have built."""
+
+    STATUSES = (
+        {"hostname": "a", "status": "accepted"},
+        {"hostname": "a", "status": "started", "phase": "build", "message": "building"},
+        {"hostname": "a", "status": "progress", "duration_s": 3},
+        {
+            "hostname": "a",
+            "status": "failed",
+            "error": "activation_failed",
+            "message": "switch failed",
+            "duration_s": 12.5,
+            "log_tail": ["line 1", "line 2"],
+            "checks": [{"name": "web", "ok": False, "duration_s": 1, "output_tail": ["503"]}],
+            "rolled_back_to": "/nix/store/abc-nixos-system",
+        },
+        {"hostname": "a", "status": "completed", "log_tail": []},
+    )
+
+    @pytest.mark.parametrize("fields", STATUSES, ids=lambda f: str(f["status"]))
+    @pytest.mark.parametrize("batch", [None, 2])
+    def test_each_host_state_is_the_validated_model(
+        self, fields: dict[str, object], batch: int | None
+    ) -> None:
+        """Fields, their order, the fields set, equality, repr and JSON all match
+        ``HostResult(...)`` built from the same values, for a host of a batch or none."""
+        batches = {"a": batch} if batch is not None else None
+        t = DeploymentTracker(
+            ["a"],
+            started_at=0.0,
+            timeout=100,
+            answer_within=5.0,
+            silence_limit=30.0,
+            batches=batches,
+        )
+        if batch is not None:
+            t.start_batch(["a"], 0.0)
+        before = t.hosts[0]
+        s = Status.model_validate(fields)
+        got = t.observe(s, 1.0)
+        want = HostResult(
+            hostname="a",
+            status=s.status.value,
+            final=s.is_final,
+            expected=True,
+            error=s.error,
+            message=s.message,
+            phase=s.phase or before.phase,
+            duration_s=s.duration_s,
+            log_tail=s.log_tail or [],
+            batch=batch,
+            checks=s.checks,
+            rolled_back_to=s.rolled_back_to,
+        )
+        assert got is not None
+        assert got == want
+        assert repr(got) == repr(want)
+        assert list(got.model_dump()) == list(want.model_dump())
+        assert got.model_dump() == want.model_dump()
+        assert got.model_dump_json() == want.model_dump_json()
+        assert got.model_fields_set == want.model_fields_set
+        assert got.model_copy(update={"status": "lost"}).status == "lost"
+        assert got.log_tail is not s.log_tail  # its own list, as validation makes one
+
+    def test_host_result_has_nothing_that_validation_would_run(self) -> None:
+        """No validator, serializer or private attribute that building without validation
+        would skip: adding one to ``HostResult`` must change how ``observe`` builds it."""
+        decorators = HostResult.__pydantic_decorators__
+        assert not decorators.validators
+        assert not decorators.field_validators
+        assert not decorators.model_validators
+        assert not decorators.root_validators
+        assert not HostResult.__private_attributes__
+        assert HostResult.model_config.get("extra") in (None, "ignore")
+
+
+class TestUnsuccessful:
+    def test_counts_the_hosts_final_in_another_state_than_completed(self) -> None:
+        """Completed hosts do not count, failed, missing and timeout ones do; it only grows."""
+        t = tracker("a", "b", "c", "d", timeout=50)
+        assert t.unsuccessful == 0
+        t.observe(status("a", "completed"), 1)
+        t.observe(status("b", "failed", error="build_failed"), 1)
+        assert t.unsuccessful == 1
+        t.observe(status("c", "started"), 2)
+        t.expire(5.0)  # d never answered: missing
+        assert t.unsuccessful == 2
+        t.expire(50.0)  # c runs past the deadline: timeout
+        assert t.unsuccessful == 3
+        assert {h.hostname: h.status for h in t.hosts} == {
+            "a": "completed",
+            "b": "failed",
+            "c": "timeout",
+            "d": "missing",
+        }

@@ -11,7 +11,17 @@
 # (fleet-deploy-job-<id>), outside the listener's sandbox (it proves so by writing to
 # /var/lib, which the listener's unit sees read-only), can be held open (/tmp/hold-rebuild)
 # so the listener can be restarted in the middle of a deploy, and can activate a real system
-# (/tmp/switch-to) so a deploy can change the listener's own unit.
+# (/tmp/switch-to) so a deploy can change the listener's own unit, or switch to a system that
+# fails its health checks.
+#
+# Rollback: web1's listener has a health check of its own (`marker`: a file of web1's
+# configuration exists) besides the built-in `system-running`, and web1 has two
+# specialisations, `good` and `bad`; `bad` drops that file. The stand-in activates either as
+# nixos-rebuild would (`test`: switch-to-configuration test; `switch`, once the host has a
+# system profile: nix-env --set, then switch-to-configuration switch), and the test checks
+# that the real job runner takes a `bad` switch back to the exact system that ran before it
+# (`good`, by store path, though the profile's previous generation is the booted system),
+# that the deployer hears failed/rolled_back, and that --no-rollback only reports.
 #
 # `builder` runs the build service through the module (`services.fleet-deploy.builder`), as
 # its dynamic user, with the package's stand-in for nix (fleet_core.testing.simulated_nix: a flake
@@ -51,7 +61,14 @@ let
     fi
     while [ -e /tmp/hold-rebuild ]; do sleep 0.2; done
     if [ -e /tmp/switch-to ]; then
-      "$(cat /tmp/switch-to)/bin/switch-to-configuration" test
+      target="$(cat /tmp/switch-to)"
+      if [ "$1" = switch ] && [ -e /nix/var/nix/profiles/system ]; then
+        # As nixos-rebuild switch: the system profile, then the boot entry and activation.
+        nix-env --profile /nix/var/nix/profiles/system --set "$target" || exit
+        "$target/bin/switch-to-configuration" switch || exit
+      else
+        "$target/bin/switch-to-configuration" test || exit
+      fi
     fi
     echo "Done. The new configuration is /nix/store/00000000000000000000000000000000-stand-in"
   '';
@@ -192,15 +209,50 @@ pkgs.testers.runNixOSTest {
         ];
         timeout = 120;
         logLevel = "debug";
+        # After the built-in system-running check: a file of this configuration exists (the
+        # `bad` specialisation drops it). Its program by store path, as the module asks.
+        healthChecks = [
+          {
+            name = "marker";
+            command = [
+              "${pkgs.coreutils}/bin/test"
+              "-e"
+              "/etc/fleet-deploy-vm/healthy"
+            ];
+            timeout = 10;
+          }
+        ];
+        rollback.confirmTimeout = 60;
         extraArgs = [
           "--rebuild-command"
           "${standInRebuild}"
         ];
       };
 
+      environment.etc."fleet-deploy-vm/healthy".text = "";
+      environment.etc."fleet-deploy-vm/system".text = "booted";
+
+      # A test VM boots without a boot loader to install: `switch` and `boot` (the stand-in's
+      # switch, and a rollback's) run this instead, as nixpkgs' switch-test does.
+      system.build.installBootLoader = lib.mkForce (
+        pkgs.writeShellScript "install-dummy-loader" ''
+          echo "dummy boot loader: $1" >> /tmp/boot-loader.log
+        ''
+      );
+
       # The same host with one listener setting changed, to switch to.
       specialisation.changed.configuration = {
         services.fleet-deploy.listener.logLevel = lib.mkForce "info";
+      };
+
+      # Two systems to deploy, with the same listener: one that passes web1's checks, and one
+      # that fails `marker`.
+      specialisation.good.configuration = {
+        environment.etc."fleet-deploy-vm/system".text = lib.mkForce "good";
+      };
+      specialisation.bad.configuration = {
+        environment.etc."fleet-deploy-vm/system".text = lib.mkForce "bad";
+        environment.etc."fleet-deploy-vm/healthy".enable = lib.mkForce false;
       };
     };
 
@@ -280,6 +332,7 @@ pkgs.testers.runNixOSTest {
 
   testScript = ''
     import json
+    import re
 
     ARGV_LOG = "/tmp/stand-in-rebuild.argv"
     EXPECTED_ARGV = (
@@ -293,12 +346,33 @@ pkgs.testers.runNixOSTest {
     ]
 
 
-    def deploy(target: str, key: str) -> str:
+    def deploy(target: str, key: str, action: str = "switch", extra: str = "") -> str:
         return (
             f"fleet-deploy deploy {target} --nats-url nats://nats:4222"
             f" --nkey-file /etc/fleet-deploy/{key}.seed"
-            " --branch master --action switch --timeout 60"
+            f" --branch master --action {action} --timeout 60{extra}"
         )
+
+
+    def deploy_web1(action: str, extra: str = "") -> tuple[int, dict]:
+        """An admin deploy to web1 with --json: the exit status, and web1's result."""
+        status, output = deployer.execute(
+            deploy("deploy.test.web1", "admin", action, " --json" + extra), timeout=120
+        )
+        hosts = {h["hostname"]: h for h in json.loads(output)["hosts"]}
+        return status, hosts["web1"]
+
+
+    SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+
+
+    def system_of(link: str) -> str:
+        """The store path a link on web1 resolves to."""
+        return web1.succeed(f"readlink -f {link}").strip()
+
+
+    def checked(host: dict) -> dict[str, bool]:
+        return {c["name"]: c["ok"] for c in host.get("checks") or []}
 
 
     def listener_connections() -> set[int]:
@@ -413,6 +487,23 @@ pkgs.testers.runNixOSTest {
             assert unit_property(web1, name) == value, (name, unit_property(web1, name))
         print(web1.succeed("systemd-analyze security fleet-deploy-listener.service || true"))
 
+    with subtest("the listener has the module's checks, and the host's nix-env and systemctl"):
+        unit = web1.succeed("systemctl cat fleet-deploy-listener.service")
+        match = re.search(r'"--health-checks" "(/nix/store/[^"]+)"', unit)
+        assert match, unit
+        checks = json.loads(web1.succeed(f"cat {match[1]}"))
+        assert [c["name"] for c in checks] == ["system-running", "marker"], checks
+        assert checks[0]["builtin"] == "system-running", checks
+        assert checks[1]["command"][1:] == ["-e", "/etc/fleet-deploy-vm/healthy"], checks
+        assert re.search(r'"--nix-env-command" "/nix/store/[^"]+/bin/nix-env"', unit), unit
+        assert re.search(r'"--systemctl-command" "/nix/store/[^"]+/bin/systemctl"', unit), unit
+        assert '"--confirm-timeout" "60"' in unit and "--no-rollback" not in unit, unit
+        # Every switch or test that activates a system below runs the built-in check, which
+        # a degraded VM would fail: say so here, with the failed units.
+        state = web1.succeed("systemctl is-system-running --wait || true").strip()
+        failed = web1.succeed("systemctl list-units --failed --plain --no-legend || true")
+        assert state == "running", f"web1 is {state}: {failed}"
+
     with subtest("the listener subscribes to its subjects with its own key"):
         retry(lambda _: len(listener_connections()) == 1)
 
@@ -506,6 +597,57 @@ pkgs.testers.runNixOSTest {
         )
         assert '"debug"' in web1.succeed("systemctl cat fleet-deploy-listener.service")
         assert rebuild_calls() == 5, web1.succeed(f"cat {ARGV_LOG}")
+
+    with subtest("a test of a healthy system passes its checks and stands"):
+        retry(lambda _: len(listener_connections()) == 1)  # the listener restarted just now
+        # A test VM boots without a system profile; a real host has one, which a switch sets
+        # and a rollback sets back. Generation 1: the booted system.
+        web1.succeed(f"nix-env --profile {SYSTEM_PROFILE} --set /run/current-system")
+        booted = system_of("/run/booted-system")
+        good = system_of("/run/booted-system/specialisation/good")
+        bad = system_of("/run/booted-system/specialisation/bad")
+        assert system_of("/run/current-system") == system_of(SYSTEM_PROFILE) == booted
+        web1.succeed(f"echo {good} > /tmp/switch-to")
+        status, host = deploy_web1("test")
+        web1.succeed("rm /tmp/switch-to")
+        assert status == 0 and host["status"] == "completed", host
+        assert checked(host) == {"system-running": True, "marker": True}, host
+        assert system_of("/run/current-system") == good
+        assert system_of(SYSTEM_PROFILE) == booted  # test leaves the profile alone
+        web1.succeed("journalctl -u fleet-deploy-listener -o cat | grep -q activation_confirmed")
+
+    with subtest("a switch that fails a health check goes back to the exact system that ran"):
+        web1.succeed(f"echo {bad} > /tmp/switch-to")
+        status, host = deploy_web1("switch")
+        web1.succeed("rm /tmp/switch-to")
+        assert status == 1, host
+        assert (host["status"], host["error"]) == ("failed", "rolled_back"), host
+        assert host["rolled_back_to"] == good, host
+        assert f"rolled back to {good}" in host["message"], host
+        assert "'marker'" in host["message"], host
+        assert checked(host) == {"system-running": True, "marker": False}, host
+        # The system that ran before the deploy runs again (good, though the profile's
+        # previous generation is the booted system), and the profile holds what it held
+        # (the booted system), not the bad system the switch had set.
+        assert system_of("/run/current-system") == good
+        assert system_of(SYSTEM_PROFILE) == booted
+        web1.succeed("test -e /etc/fleet-deploy-vm/healthy")
+        assert web1.succeed("cat /etc/fleet-deploy-vm/system").strip() == "good"
+        web1.succeed("systemctl is-active fleet-deploy-listener.service")
+
+    with subtest("with --no-rollback a failed check is reported and the new system stays"):
+        web1.succeed(f"echo {bad} > /tmp/switch-to")
+        status, host = deploy_web1("test", " --no-rollback")
+        web1.succeed("rm /tmp/switch-to")
+        assert status == 1, host
+        assert (host["status"], host["error"]) == ("failed", "check_failed"), host
+        assert host.get("rolled_back_to") is None, host
+        assert "not rolled back" in host["message"], host
+        assert checked(host) == {"system-running": True, "marker": False}, host
+        assert system_of("/run/current-system") == bad
+        # Back to good by hand, for what follows.
+        web1.succeed(f"{good}/bin/switch-to-configuration test")
+        assert system_of("/run/current-system") == good
 
     with subtest("the builder runs as a dynamic user, its seed and repositories as credentials"):
         builder.wait_for_unit(BUILDER_UNIT)

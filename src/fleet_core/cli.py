@@ -24,6 +24,8 @@ __all__ = ["build_parser", "main"]
 _RUNNERS: dict[str, tuple[str, str, str]] = {
     "listener": ("fleet_core.host.daemon", "run_listener", "listener_settings"),
     "deploy": ("fleet_core.deploy.commands", "run_deploy", "deploy_settings"),
+    "check": ("fleet_core.deploy.commands", "run_deploy", "check_settings"),
+    "cancel": ("fleet_core.deploy.commands", "run_cancel", "cancel_settings"),
     "hosts": ("fleet_core.deploy.commands", "run_hosts", "hosts_settings"),
     "builder": ("fleet_core.build.builder", "run_builder", "builder_settings"),
     "build": ("fleet_core.build.commands", "run_build", "build_settings"),

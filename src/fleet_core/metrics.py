@@ -78,7 +78,9 @@ FINAL_ERRORS: Final[Mapping[StatusKind, tuple[str, ...]]] = {
     ),
     StatusKind.REJECTED: (
         ErrorCode.ALREADY_RUNNING.value,
-        ErrorCode.CANCELLED.value,  # the listener is shutting down
+        ErrorCode.CANCELLED.value,  # shutting down, or its deployment was cancelled
+        ErrorCode.ALREADY_ACTIVATING.value,  # a cancel that came too late to stop a job
+        ErrorCode.ALREADY_FINISHED.value,  # a cancel of a job that is over
         ErrorCode.UNSIGNED_REQUEST.value,
         ErrorCode.UNTRUSTED_SIGNER.value,
         ErrorCode.BAD_SIGNATURE.value,

@@ -66,6 +66,11 @@ class NatsLink:
         self._wanted = anyio.Event()  # a tool call asks for an attempt now
 
     @property
+    def seed(self) -> Seed:
+        """The key this link connects and signs with (a cancel is signed like a deploy)."""
+        return self._seed
+
+    @property
     def connected(self) -> bool:
         return self._bus is not None and self._bus.is_connected
 

@@ -43,6 +43,7 @@ from fleet_mcp.reports.wording import DEFAULT_WAIT
 from fleet_mcp.state import FleetState
 from fleet_mcp.tools.arguments import MAX_WAIT, argument_mistakes
 from fleet_mcp.tools.build import build, build_status
+from fleet_mcp.tools.cancel import cancel_deployment
 from fleet_mcp.tools.deploy import deploy, deploy_admin
 from fleet_mcp.tools.deployments import deployment_status, list_deployments, read_deployment
 from fleet_mcp.tools.hosts import list_hosts
@@ -69,6 +70,10 @@ _READ_ONLY = ToolAnnotations(
 _BUILDING = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
 )
+# Stops rebuilds, changes no system: not read-only, not destructive; a repeat is harmless.
+_CANCELLING = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
 
 
 def _instructions(admin: bool, builds: bool = False) -> str:
@@ -89,7 +94,11 @@ def _instructions(admin: bool, builds: bool = False) -> str:
         "list_deployments and the fleet://deployments/{id} resources show what this server "
         "started.",
         "A failed host's message and log_tail hold nixos-rebuild's error: read them before "
-        "retrying.",
+        "retrying. A host that failed with rolled_back went back to the system it ran "
+        "before by itself (its new one failed a health check or could not reach NATS).",
+        "To stop a deployment (the user asks, or a canary shows it is wrong), call "
+        "cancel_deployment with its deployment_id: hosts still building stop, the others "
+        "refuse it from then on.",
         "To deploy a group in steps, add canary (hosts first) and batch_size or batch_percent "
         "to all=true or role; once more than max_failures (default 0) hosts failed, the rest "
         "are skipped, never deployed.",
@@ -211,6 +220,7 @@ def build_server(settings: McpSettings) -> FleetServer:
         (deploy, "Deploy to the test tier", _destructive()),
         (deployment_status, "Follow a deployment", _READ_ONLY),
         (list_deployments, "List this server's deployments", _READ_ONLY),
+        (cancel_deployment, "Cancel a deployment", _CANCELLING),
     ]
     if admin_seed is not None:
         tools.insert(2, (deploy_admin, "Deploy to any tier (admin key)", _destructive()))

@@ -29,7 +29,7 @@ from fleet_core.protocol.actions import (
     DEFAULT_ACTION,
     DEFAULT_HOST_KIND,
     DEFAULT_REVISION,
-    Action,
+    REBUILD_ACTIONS,
     HostKind,
 )
 from fleet_core.protocol.subjects import (
@@ -41,6 +41,7 @@ from fleet_core.protocol.subjects import (
 )
 
 __all__ = [
+    "ACTIONS",
     "COMMANDS",
     "DEFAULT_BUILD_STEP_TIMEOUT",
     "DEFAULT_BUILD_TIMEOUT",
@@ -87,7 +88,8 @@ ENV_PREFIX = "FLEET_DEPLOY_"
 # so that its users switch over without renaming their variables.
 LEGACY_ENV_PREFIX = "HOMELAB_DEPLOY_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-ACTIONS = tuple(a.value for a in Action)
+# `check` and `cancel` are commands of their own, not deploy actions.
+ACTIONS = tuple(a.value for a in REBUILD_ACTIONS)
 HOST_KINDS = tuple(k.value for k in HostKind)
 TIERS = tuple(t.value for t in Tier)
 
@@ -586,6 +588,75 @@ DEPLOY = Command(
     ),
 )
 
+CHECK = Command(
+    "check",
+    "run the hosts' health checks now, on the systems they run, and gather the results",
+    "Ask the hosts of TARGET to run their health checks (the ones a switch runs before\n"
+    "it may stand: services.fleet-deploy.listener.healthChecks) on the system they run\n"
+    "now, without a rebuild, and print each check's result.\n\n"
+    "TARGET is deploy.<tier>.<host>, deploy.<tier>.all, deploy.<tier>.role.<role>, or an\n"
+    "alias, as for deploy; a check is sent as deploy is, so a key checks where it may\n"
+    "deploy.\n\n"
+    "Exit status: 0 every host passed every check; 1 a check failed or a host did not\n"
+    "answer; 2 usage, key, connection or permission error.",
+    (
+        Option("target", "deploy subject or alias", env=False, kind="positional", metavar="TARGET"),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "timeout",
+            "how long to wait for every result once the request is out, in seconds",
+            default=DEFAULT_DEPLOY_TIMEOUT,
+            env=False,
+            metavar="SECONDS",
+        ),
+        Option(
+            "expect",
+            "hosts that must answer even if discovery misses them (then reported missing); "
+            "repeatable",
+            env=False,
+            kind="list",
+            metavar="HOST[,HOST]",
+        ),
+        replace(JSON, help="print one JSON result object instead of a table"),
+    ),
+)
+
+CANCEL = Command(
+    "cancel",
+    "stop a deployment: the rebuilds still building, and what has not started",
+    "Send a signed cancel of DEPLOYMENT_ID (the id a deploy prints) to the hosts of each\n"
+    "tier this key may deploy to (or to --host there). A host whose job of it is still\n"
+    "building stops it, and that job ends failed/cancelled; one already activating its\n"
+    "new system is not interrupted (it says so) and ends as it ends; every host that\n"
+    "heard the cancel refuses that deployment from now on, so the later batches of a\n"
+    "rollout are refused. A key cancels only where it may deploy.\n\n"
+    "Exit status: 0 every host that answered stopped its job or will refuse the\n"
+    "deployment; 1 a host was already activating or finished, or none answered; 2\n"
+    "usage, key, connection or permission error.",
+    (
+        Option(
+            "deployment_id",
+            "the deployment's id, as deploy printed it",
+            env=False,
+            kind="positional",
+            metavar="DEPLOYMENT_ID",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option("host", "only this host", env=False, metavar="HOST"),
+        Option(
+            "tier",
+            "only this tier",
+            env=False,
+            choices=TIERS,
+            metavar="TIER",
+            shown_default="every tier this key may deploy to",
+        ),
+        JSON,
+    ),
+)
+
 HOSTS = Command(
     "hosts",
     "discover the listening hosts",
@@ -916,6 +987,8 @@ MCP = Command(
 COMMANDS: tuple[Command, ...] = (
     LISTENER,
     DEPLOY,
+    CHECK,
+    CANCEL,
     HOSTS,
     BUILDER,
     BUILD,

@@ -38,6 +38,7 @@ from fleet_core.config.parsers import parse_listen_address, parse_nats_urls
 from fleet_core.config.settings import (
     BuilderSettings,
     BuildSettings,
+    CancelSettings,
     ConnectionSettings,
     DeploySettings,
     HealthCheckSpec,
@@ -53,6 +54,7 @@ from fleet_core.config.settings import (
 from fleet_core.errors import RequestRejected, UsageError
 from fleet_core.protocol.actions import (
     DEFAULT_HOST_KIND,
+    DEFAULT_REVISION,
     Action,
     HostKind,
     rebuild_program,
@@ -69,6 +71,8 @@ __all__ = [
     "Flags",
     "build_settings",
     "builder_settings",
+    "cancel_settings",
+    "check_settings",
     "choose_rebuild_runner",
     "deploy_settings",
     "hosts_settings",
@@ -493,6 +497,37 @@ def deploy_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -
         json=values.switch("json"),
         rollout=_rollout(values),
         no_rollback=values.switch("no_rollback"),
+    )
+
+
+def cancel_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> CancelSettings:
+    """Settings for ``fleet-deploy cancel``."""
+    values = _Values(command("cancel"), flags, environ)
+    tier = _tier(values.choice("tier"))
+    host = values.text("host")
+    return CancelSettings(
+        connection=_connection(values),
+        deployment_id=values.required("deployment_id"),
+        tiers=(tier,) if tier is not None else (Tier.TEST, Tier.PROD),
+        host=validate_hostname(host) if host is not None else None,
+        json=values.switch("json"),
+    )
+
+
+def check_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> DeploySettings:
+    """Settings for ``fleet-deploy check``: a deploy of the ``check`` action, which rebuilds
+    nothing (so no revision), in one step."""
+    values = _Values(command("check"), flags, environ)
+    return DeploySettings(
+        connection=_connection(values),
+        target=resolve_target(
+            values.required("target"), os.environ if environ is None else environ
+        ),
+        revision=DEFAULT_REVISION,
+        action=Action.CHECK,
+        timeout=values.number("timeout"),
+        expect=_expected_hosts(values.items("expect")),
+        json=values.switch("json"),
     )
 
 

@@ -68,6 +68,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "BuildSettings",
     "BuilderSettings",
+    "CancelSettings",
     "ConnectionSettings",
     "DeploySettings",
     "DeployTiming",
@@ -281,6 +282,16 @@ class DeploySettings:
                 f"one host: target deploy.{self.target.tier.value}.all or "
                 f"deploy.{self.target.tier.value}.role.<role>, or leave them out"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSettings:
+    connection: ConnectionSettings
+    deployment_id: str
+    tiers: tuple[Tier, ...] = (Tier.TEST, Tier.PROD)
+    host: str | None = None
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ Modules:
     deployer    publish a request, gather statuses, query jobs, discover hosts
     tracker     one deployment host by host, when a host is lost, when it is over (pure)
     rollout     canary, batches and the failure budget: the order, the plan, when to stop (pure)
+    cancel      send a deployment's cancel to its hosts and gather their answers
+    cancellation  what each host's answer to a cancel means (pure)
     report      results as text for people (pure)
-    commands    ``fleet-deploy deploy`` and ``hosts``: output, and the exit code
+    commands    ``fleet-deploy deploy``, ``check``, ``cancel`` and ``hosts``: output, exit code
 """

@@ -14,9 +14,17 @@ from collections.abc import Callable
 from typing import Protocol, TextIO, TypeVar
 
 from fleet_core.bus import Bus
-from fleet_core.config.settings import DeploySettings, HostsSettings, RolloutSettings
+from fleet_core.config.settings import (
+    CancelSettings,
+    DeploySettings,
+    HostsSettings,
+    RolloutSettings,
+)
+from fleet_core.deploy.cancel import cancel_deployment
+from fleet_core.deploy.cancellation import CancelResult
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import (
+    cancel_summary,
     connection_line,
     host_line,
     hosts_table,
@@ -27,10 +35,11 @@ from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, Roll
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import Finished, run_until_signal
 from fleet_core.logging import configure_logging
+from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import HostInfo
 from fleet_core.protocol.text import escaped_json
 
-__all__ = ["finish", "run_deploy", "run_hosts"]
+__all__ = ["finish", "run_cancel", "run_deploy", "run_hosts"]
 
 
 def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
@@ -60,7 +69,12 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
         async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
             if not settings.json:  # once connected: a bad flag or server is told alone
                 print(
-                    f"deploying {settings.revision} ({settings.action.value}) to {settings.target}"
+                    (
+                        f"checking the health of {settings.target}"
+                        if settings.action is Action.CHECK
+                        else f"deploying {settings.revision} ({settings.action.value}) to "
+                        f"{settings.target}"
+                    )
                     + _in_steps(settings.rollout),
                     file=out,
                     flush=True,
@@ -97,6 +111,36 @@ def _in_steps(rollout: RolloutSettings | None) -> str:
     if rollout.shuffle:
         steps.append("shuffled")
     return f" in steps: {', '.join(steps)}"
+
+
+def run_cancel(settings: CancelSettings, *, out: TextIO = sys.stdout) -> int:
+    """Cancel a deployment and print each host's answer (one JSON object with ``--json``);
+    0 when every host that answered stopped its job or will refuse the deployment."""
+    configure_logging("error")
+    seed = load_seed(settings.connection.nkey_file)
+
+    async def main() -> CancelResult:
+        urls = settings.connection.nats_urls
+        async with await Bus.connect(urls, seed, name="fleet-deploy cancel") as bus:
+            return await cancel_deployment(
+                bus,
+                settings.deployment_id,
+                tiers=settings.tiers,
+                signer=seed,
+                host=settings.host,
+                timing=settings.timing,
+            )
+
+    finished = run_until_signal(main)
+    result = finished.value
+    if result is None:
+        print("fleet-deploy: interrupted", file=sys.stderr)
+        return finished.exit_code
+    if settings.json:
+        print(escaped_json(result.model_dump_json(indent=2)), file=out)
+        return 0 if result.ok else 1
+    print(cancel_summary(result), file=out)
+    return 0 if result.ok else 1
 
 
 def run_hosts(settings: HostsSettings, *, out: TextIO = sys.stdout) -> int:

@@ -41,7 +41,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,23 +261,9 @@ class Deployer:
                     subject=DISCOVER_SUBJECT,
                 )
             with anyio.move_on_after(timing.discovery_cap):
-                wait = timing.discovery_first
-                while until is None or not until <= found.hosts.keys():
-                    with anyio.move_on_after(wait) as window:
-                        event = await events.receive()
-                    if window.cancelled_caught:
-                        break
-                    if isinstance(event, PermissionDenied):
-                        raise event
-                    if not isinstance(event, Message):
-                        continue  # only a deployment posts events of its own
-                    if event.no_responders:
-                        silent -= 1
-                        if silent <= 0:
-                            break
-                        continue
-                    _take_answer(found, request, event)
-                    wait = timing.discovery_quiet
+                await _gather_answers(
+                    events, found, request, until=until, silent=silent, timing=timing
+                )
         return found
 
     async def deploy(
@@ -356,6 +342,10 @@ class Deployer:
             tracker.heard_bound(found.bound)
             for flagged in found.flagged:
                 tracker.flag(flagged)
+            if matched:
+                # The answers matter again only to name the tier's hosts to a target that
+                # reached none: ten thousand of them need not live through the gathering.
+                found = _Answers()
             gathering = _Gathering(
                 tracker,
                 reply=reply,
@@ -645,6 +635,8 @@ class _Gathering:
         self.reply = reply
         self.deployment_id = deployment_id
         self.target = target
+        self._tier = target.tier.value  # asked once per status, with whether it is a group
+        self._group = target.is_group
         self.log = log
         self._action = action
         self._revision = revision
@@ -671,22 +663,22 @@ class _Gathering:
 
     def take(self, event: _Event, now: float) -> list[HostResult]:
         """One event into the tracker; returns the hosts that changed."""
+        if isinstance(event, Message):  # all but a few: the statuses
+            return self._status(event, now)
         if isinstance(event, PermissionDenied):
             raise event
         if isinstance(event, _Connection):
             return self._connection(event, now)
-        if isinstance(event, _JobAnswers):
-            answers, bare = self._believed(event)
-            changed = self.tracker.take_job_answers(answers, now, bare=bare)
-            for host in changed:
-                self.log.info(
-                    "job_query_settled",
-                    host=host.hostname,
-                    status=host.status,
-                    recovered=host.recovered,
-                )
-            return changed
-        return self._status(event, now)
+        answers, bare = self._believed(event)  # a job query's answers
+        changed = self.tracker.take_job_answers(answers, now, bare=bare)
+        for host in changed:
+            self.log.info(
+                "job_query_settled",
+                host=host.hostname,
+                status=host.status,
+                recovered=host.recovered,
+            )
+        return changed
 
     def _status(self, event: Message, now: float) -> list[HostResult]:
         """A message on the reply subjects into the tracker, unless it is not believed."""
@@ -708,9 +700,9 @@ class _Gathering:
             status,
             origin,
             deployment_id=self.deployment_id,
-            tier=self.target.tier.value,
+            tier=self._tier,
             expected=tracker.expects(status.hostname),
-            group=self.target.is_group,
+            group=self._group,
             speaks_bound=tracker.speaks_bound(status.hostname),
             signer=self.signer,
         )
@@ -781,6 +773,8 @@ class _Rollout:
         self.current: int | None = None  # number of the batch published last
         self.stop: Stop | None = None
         self._on_rollout = on_rollout
+        self._failed: list[str] | None = None  # the failed hosts, as counted ...
+        self._failed_at = 0  # ... when this many hosts had ended other than completed
 
     @property
     def over(self) -> bool:
@@ -806,8 +800,14 @@ class _Rollout:
         return None
 
     def result(self, tracker: DeploymentTracker) -> RolloutResult:
-        failed = failed_hosts(tracker.hosts, tracker.unknown_outcomes)
-        return self.plan.result(self.current, [h.hostname for h in failed], self.stop)
+        """The rollout's part of a result. Its failed hosts take a walk over every host, and
+        a result is made after every turn of the gathering when someone hears updates: they
+        are counted again only when a host has ended other than completed since."""
+        if self._failed is None or tracker.unsuccessful != self._failed_at:
+            failed = failed_hosts(tracker.hosts, tracker.unknown_outcomes)
+            self._failed = [h.hostname for h in failed]
+            self._failed_at = tracker.unsuccessful
+        return self.plan.result(self.current, self._failed, self.stop)
 
 
 def _deploy_request(
@@ -874,6 +874,60 @@ def _take_answer(found: _Answers, request: DiscoverRequest, event: Message) -> N
     if origin.bound:
         found.bound.add(info.hostname)
     found.hosts[info.hostname] = info
+
+
+async def _gather_answers(
+    events: _Inbox,
+    found: _Answers,
+    request: DiscoverRequest,
+    *,
+    until: set[str] | None,
+    silent: int,
+    timing: DeployTiming,
+) -> None:
+    """Take answers into ``found`` until replies stop (``discovery_quiet`` after the last,
+    ``discovery_first`` when none comes), every one of the ``silent`` subjects asked has had
+    the server say nobody listens, or every host in ``until`` has answered.
+
+    Each wait takes the answer that ends it and then those already queued behind it, without
+    a timer each: at thousands of answers the timer cost more than the answer did."""
+    wait = timing.discovery_first
+    while True:
+        with anyio.move_on_after(wait) as window:
+            event = await events.receive()
+        if window.cancelled_caught:
+            return
+        for queued in _and_queued(event, events):
+            if isinstance(queued, PermissionDenied):
+                raise queued
+            if not isinstance(queued, Message):
+                continue  # only a deployment posts events of its own
+            if queued.no_responders:
+                silent -= 1
+                if silent <= 0:
+                    return
+                continue
+            _take_answer(found, request, queued)
+            wait = timing.discovery_quiet
+            if _all_answered(found, until):
+                return
+
+
+def _and_queued(first: _Event, events: _Inbox) -> Iterator[_Event]:
+    """``first``, then each event already queued behind it: what a caller stops before
+    stays queued."""
+    yield first
+    while True:
+        try:
+            yield events.receive_nowait()
+        except anyio.WouldBlock:
+            return
+
+
+def _all_answered(found: _Answers, until: set[str] | None) -> bool:
+    """Whether every host in ``until`` has answered (never, without ``until``). The sizes are
+    compared first: the subset test walks every name, and a job query may name thousands."""
+    return until is not None and len(found.hosts) >= len(until) and until <= found.hosts.keys()
 
 
 def _reached_nobody(result: DeploymentResult, target: Target, matched: set[str]) -> bool:
@@ -954,9 +1008,12 @@ class _Inbox:
         send, self._receive = anyio.create_memory_object_stream[_Event](math.inf)
 
         async def deliver(msg: Message) -> None:
-            # A late reply after the inbox closed is no one's news; nats-py must not see an error.
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # A late reply after the inbox closed is no one's news; nats-py must not see an
+            # error.
+            try:  # noqa: SIM105 - once per message: a try costs nothing, suppress() a call
                 send.send_nowait(msg)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
 
         def denied(exc: PermissionDenied) -> bool:
             if exc.subject in self._optional:

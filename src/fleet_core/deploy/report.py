@@ -17,6 +17,7 @@ import difflib
 import math
 from collections.abc import Sequence
 
+from fleet_core.deploy.cancellation import CancelResult
 from fleet_core.deploy.tracker import (
     DeploymentResult,
     HostResult,
@@ -32,6 +33,7 @@ __all__ = [
     "RECOVERED",
     "TAIL_LINES",
     "batch_label",
+    "cancel_summary",
     "check_lines",
     "connection_line",
     "directory_hint",
@@ -87,9 +89,13 @@ def host_line(host: HostResult) -> str:
 def summary(result: DeploymentResult) -> str:
     """The final report: a row per host, the log tail of every failure, and a verdict."""
     rollout = result.rollout
+    what = (
+        f"health checks of {result.subject}"
+        if result.action == "check"
+        else f"{result.action} of {result.revision} to {result.subject}"
+    )
     lines = [
-        f"deployment {result.deployment_id}: {result.action} of {result.revision} "
-        f"to {result.subject} ({result.duration_s:.1f} s)",
+        f"deployment {result.deployment_id}: {what} ({result.duration_s:.1f} s)",
         "",
         f"  {'HOST':<20} {'BATCH  ' if rollout else ''}{'STATUS':<10} {'TIME':>8}  MESSAGE",
     ]
@@ -124,6 +130,23 @@ def summary(result: DeploymentResult) -> str:
     if result.ok and not result.server_verified:
         verdict += " (not server-verified)"
     lines += ["", f"{verdict}: {counts}"]
+    return "\n".join(lines)
+
+
+def cancel_summary(result: CancelResult) -> str:
+    """A cancel's answers: a row per host, the tiers this key could not reach, a verdict."""
+    lines = [f"cancel of deployment {result.deployment_id}", ""]
+    lines += [
+        f"  {printable(a.hostname):<20} {a.outcome:<10} {printable(a.message)}".rstrip()
+        for a in result.answers
+    ]
+    if not result.answers:
+        lines.append("  no host answered: none of them knows this deployment's hosts' subjects")
+    for tier in result.refused_tiers:
+        lines.append(f"  ({tier}: this key may not deploy there, so it may not cancel there)")
+    stopped = len(result.stopped)
+    verdict = "OK" if result.ok else "NOT OK"
+    lines += ["", f"{verdict}: {stopped} stopped, {len(result.answers) - stopped} other answers"]
     return "\n".join(lines)
 
 

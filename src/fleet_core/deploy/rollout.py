@@ -149,11 +149,14 @@ def budget_stop(
     gone: bool = False,
 ) -> Stop | None:
     """Whether the rollout must stop before its next batch, given every host's state now
-    (those of the batches run so far are final): the budget is spent, or an outcome is
-    unknown because of the deployer's own outage. None: go on."""
+    (those of the batches run so far are final): a host's job was cancelled, the budget is
+    spent, or an outcome is unknown because of the deployer's own outage. None: go on."""
     finished = [h for h in hosts if h.batch is not None and h.final and h.status != "skipped"]
     failed = failed_hosts(finished, unknown)
     names = tuple(h.hostname for h in failed)
+    cancelled = [h for h in failed if h.error == "cancelled"]
+    if cancelled:  # someone cancelled the deployment: no budget keeps it going
+        return Stop(f"the deployment was cancelled ({_who(cancelled)})", names)
     budget = plan.settings.max_failures
     if len(failed) > budget:
         return Stop(f"the failure budget ({budget}) was spent by {_who(failed)}", names)

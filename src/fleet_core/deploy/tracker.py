@@ -61,6 +61,7 @@ from fleet_core.protocol.messages import (
     JobPhase,
     JobSummary,
     Status,
+    StatusKind,
 )
 from fleet_core.protocol.trust import MAX_FLAGGED, Flagged
 
@@ -94,6 +95,10 @@ HostState = Literal[
 FINAL_STATES: frozenset[str] = frozenset(
     {*(s.value for s in FINAL_STATUSES), "missing", "lost", "timeout", "skipped"}
 )
+_UNSUCCESSFUL: Final = tuple(sorted(FINAL_STATES - {"completed"}))
+# The host state each status kind becomes: a dict lookup where the enum's ``value`` is a
+# property call, once per status in ``observe``.
+_STATE_OF: Final[Mapping[StatusKind, str]] = {kind: kind.value for kind in StatusKind}
 # Seconds between the rounds of job queries after a reconnect, for hosts not heard from since.
 RECHECK_AFTER: Final = (1.0, 2.0, 4.0)
 
@@ -137,6 +142,49 @@ class HostResult(BaseModel):
         None,
         description="after a rollback decided on the host: the exact system that runs again",
     )
+
+
+_OBSERVED_FIELDS: Final = frozenset(HostResult.model_fields) - {"recovered"}
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _observed(status: Status, current: HostResult | None, final: bool) -> HostResult:
+    """The host's state after ``status``: ``HostResult(hostname=…, status=…, …)`` from the
+    status's fields — the status's, and what ``current`` knew that a status does not say —
+    built as ``HostResult.model_construct`` builds a model, without validating again.
+
+    Every field comes from a model that was validated already, and ``observe`` makes one of
+    these per status: validating them again was the tracker's largest cost at ten thousand
+    hosts (``bench/scale.py``), and ``model_construct`` itself, with its loop over aliases,
+    costs more still. The values, their order, the fields set, equality, ``repr`` and the
+    dump are those of the validated model: ``tests/test_tracking.py`` holds them to it, and
+    holds ``HostResult`` to having no validator this would skip.
+    """
+    host = _new(HostResult)
+    _set(
+        host,
+        "__dict__",
+        {  # in the order HostResult declares its fields, as validation leaves them
+            "hostname": status.hostname,
+            "status": _STATE_OF[status.status],
+            "final": final,
+            "expected": current.expected if current is not None else False,
+            "error": status.error,
+            "message": status.message,
+            "phase": status.phase or (current.phase if current else None),
+            "duration_s": status.duration_s,
+            "log_tail": list(status.log_tail) if status.log_tail else [],
+            "recovered": False,
+            "batch": current.batch if current is not None else None,
+            "checks": list(status.checks) if status.checks is not None else None,
+            "rolled_back_to": status.rolled_back_to,
+        },
+    )
+    _set(host, "__pydantic_fields_set__", set(_OBSERVED_FIELDS))
+    _set(host, "__pydantic_extra__", None)
+    _set(host, "__pydantic_private__", None)
+    return host
 
 
 class Outage(BaseModel):
@@ -342,6 +390,13 @@ class DeploymentTracker:
         return self._open == len(self._queued)
 
     @property
+    def unsuccessful(self) -> int:
+        """How many hosts are final in a state other than ``completed`` (``skipped``
+        included). A final host never changes again, so while this count stands the same
+        hosts are those: a rollout recounts its failures only when it moves."""
+        return sum(self._counts[state] for state in _UNSUCCESSFUL)
+
+    @property
     def unknown_outcomes(self) -> frozenset[str]:
         """Hosts that ended ``timeout`` while this deployer's NATS connection was down (or
         given up): their outcome is unknown, not a failure of theirs."""
@@ -444,23 +499,11 @@ class DeploymentTracker:
         else:
             self._counts[current.status] -= 1
         self._heard(name)
-        updated = HostResult(
-            hostname=name,
-            status=status.status.value,
-            final=status.is_final,
-            expected=current.expected if current is not None else False,
-            error=status.error,
-            message=status.message,
-            phase=status.phase or (current.phase if current else None),
-            duration_s=status.duration_s,
-            log_tail=status.log_tail or [],
-            batch=current.batch if current is not None else None,
-            checks=status.checks,
-            rolled_back_to=status.rolled_back_to,
-        )
+        final = status.status in FINAL_STATUSES
+        updated = _observed(status, current, final)
         self._hosts[name] = updated
         self._counts[updated.status] += 1
-        if updated.final:
+        if final:
             self._open -= 1
             self._quiet.pop(name, None)
         else:

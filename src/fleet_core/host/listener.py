@@ -20,6 +20,7 @@ import hashlib
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +42,7 @@ from fleet_core.host.jobs.store import JobRecord
 from fleet_core.host.preflight import check_own_subjects
 from fleet_core.host.replays import load_replays, save_replays
 from fleet_core.host.status_reporter import StatusReporter
-from fleet_core.protocol.actions import Action, validate_action_for
+from fleet_core.protocol.actions import Action, HostKind, validate_action_for
 from fleet_core.protocol.messages import (
     DeployRequest,
     ErrorCode,
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
 __all__ = ["RESTART_EXIT_CODE", "Listener", "fingerprint"]
 
 log = structlog.get_logger("fleet.listener")
+
+CANCELLED_KEPT = 1024  # cancelled deployments a listener refuses, the newest
 
 RESTART_EXIT_CODE = RESTART_EXIT_STATUS  # the NixOS unit lists it in RestartForceExitStatus
 # Discovery messages that may wait for this listener; past that a flood is shed (dropped and
@@ -124,10 +127,20 @@ class Listener:
         self._bus: Bus | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._replays = ReplayCache()  # signed request ids seen, until they would expire
+        # Deployments cancelled here: a later request of one (the next batch of a rollout)
+        # is refused. The newest CANCELLED_KEPT, in memory: a restart forgets them.
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._log = log.bind(host=settings.hostname, tier=settings.tier.value)
         self._metrics = metrics
         if metrics is not None:
             metrics.count_in_progress(self._in_progress)
+
+    def _rollback_mode(self) -> str:
+        """What guards a switch here, for the log: on, off, or unsupported (a nix-darwin
+        or Home Manager host has no system profile to go back to)."""
+        if self.settings.host_kind is not HostKind.NIXOS:
+            return "rollback_unsupported"
+        return "on" if self.settings.rollback.enabled else "off"
 
     @property
     def discover_subjects(self) -> tuple[str, ...]:
@@ -210,6 +223,8 @@ class Listener:
                     trusted_deployer_keys=list(self.settings.trusted_deployer_keys),
                     resumed=[job.request_id for job in self.jobs.active],
                     signed_requests_remembered=remembered,
+                    rollback=self._rollback_mode(),
+                    health_checks=[check.name for check in self.settings.rollback.checks],
                 )
                 task_status.started()
                 try:
@@ -346,7 +361,8 @@ class Listener:
         try:
             # Every action is valid on the wire; this host's kind may lack one (a Home
             # Manager host has no boot): refused now, before anything is accepted.
-            validate_action_for(self.settings.host_kind, request.action)
+            if request.action is not Action.CANCEL:
+                validate_action_for(self.settings.host_kind, request.action)
             await self._verify(request, msg.subject)
         except RequestRejected as exc:
             answered = signer is not None or not self.settings.trusted_deployer_keys
@@ -362,6 +378,26 @@ class Listener:
             )
             if answered:
                 await reporter.send(StatusKind.REJECTED, error=exc.code, message=str(exc))
+            return
+        if request.action is Action.CANCEL:
+            await self._cancel(request, request_id, reporter)
+        else:
+            await self._take(request, request_id, reporter, subject=msg.subject)
+
+    async def _take(
+        self, request: DeployRequest, request_id: str, reporter: StatusReporter, *, subject: str
+    ) -> None:
+        """Make a verified request this host's job, or refuse it: its deployment was
+        cancelled, the listener is stopping, or a job runs already."""
+        signer = reporter.signer
+        if request.id is not None and request.id in self._cancelled:
+            self._log.info("request_rejected", request_id=request_id, error="cancelled")
+            await reporter.send(
+                StatusKind.REJECTED,
+                error=ErrorCode.CANCELLED,
+                message=f"deployment {request.id} was cancelled before it reached "
+                f"{self.settings.hostname}",
+            )
             return
         if self._tasks is None:
             self._log.info(
@@ -395,12 +431,58 @@ class Listener:
         self._log.info(
             "request_accepted",
             request_id=request_id,
-            subject=msg.subject,
+            subject=subject,
             signer=signer,
             action=request.action.value,
             revision=request.revision,
         )
         self._tasks.start_soon(self.jobs.run, job)
+
+    async def _cancel(
+        self, request: DeployRequest, request_id: str, reporter: StatusReporter
+    ) -> None:
+        """A verified cancel request: stop its deployment's job here if it is still building,
+        and refuse that deployment from now on; tell the canceller which it was.
+
+        The deployment is the request's ``revision``, which its signature covers."""
+        target = request.revision
+        self._cancelled[target] = None
+        while len(self._cancelled) > CANCELLED_KEPT:
+            self._cancelled.popitem(last=False)
+        job = next((j for j in self.jobs.active if j.request_id == target), None)
+        log = self._log.bind(request_id=request_id, cancels=target)
+        if job is None:
+            record = await anyio.to_thread.run_sync(self.jobs.store.load, target)
+            if record is not None:
+                log.info("cancel_too_late", status=record.status)
+                await reporter.send(
+                    StatusKind.REJECTED,
+                    error=ErrorCode.ALREADY_FINISHED,
+                    message=f"deployment {target} already ended on {self.settings.hostname}",
+                )
+                return
+            log.info("cancel_noted")
+            await reporter.send(
+                StatusKind.COMPLETED,
+                message=f"deployment {target} had not reached {self.settings.hostname}: "
+                "it is refused here from now on",
+                phase="refused",
+            )
+            return
+        why_not = await self.jobs.cancel(job, cancelled_by=reporter.signer)
+        if why_not is not None:
+            log.info("cancel_too_late", phase=job.phase)
+            await reporter.send(
+                StatusKind.REJECTED, error=ErrorCode.ALREADY_ACTIVATING, message=why_not
+            )
+            return
+        log.info("job_cancelled")
+        await reporter.send(
+            StatusKind.COMPLETED,
+            message=f"the rebuild of deployment {target} on {self.settings.hostname} was "
+            "stopped: it ends failed/cancelled",
+            phase="stopped",
+        )
 
     async def _collides(self, request_id: str | None) -> bool:
         """Whether this host already knows a request with ``request_id``: a signed one it

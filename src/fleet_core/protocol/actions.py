@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_REVISION",
     "MAX_CONFIGURATION_LENGTH",
     "MAX_REVISION_LENGTH",
+    "REBUILD_ACTIONS",
     "Action",
     "HostKind",
     "actions_for",
@@ -52,6 +53,13 @@ class Action(StrEnum):
     TEST = "test"
     DRY_ACTIVATE = "dry-activate"
     BUILD = "build"
+    # No rebuild: the host runs its health checks on the system it runs now
+    # (``fleet-deploy check``). Ours alone: homelab-deploy's listeners refuse it.
+    CHECK = "check"
+    # Stop the deployment whose id is the request's ``revision`` (so the signature covers
+    # it): a rebuild still building stops; one activating is not interrupted; a request
+    # of that deployment that arrives later is refused (``fleet-deploy cancel``).
+    CANCEL = "cancel"
 
 
 class HostKind(StrEnum):
@@ -77,8 +85,12 @@ _PROGRAMS: dict[HostKind, str] = {
 # absent: darwin-rebuild and Home Manager have no boot entry to write and no "activate but
 # not at next boot". dry-activate's meaning, "show what activation would change", is
 # darwin-rebuild's check and home-manager's switch --dry-run (-n).
+# The actions that run the rebuild program; check and cancel run none.
+REBUILD_ACTIONS: tuple[Action, ...] = tuple(
+    action for action in Action if action not in (Action.CHECK, Action.CANCEL)
+)
 _VERBS: dict[HostKind, dict[Action, tuple[str, ...]]] = {
-    HostKind.NIXOS: {action: (action.value,) for action in Action},
+    HostKind.NIXOS: {action: (action.value,) for action in REBUILD_ACTIONS},
     HostKind.DARWIN: {
         Action.SWITCH: ("switch",),
         Action.BUILD: ("build",),
@@ -113,8 +125,12 @@ def validate_action(value: object) -> Action:
 
 def verb_for(kind: HostKind, action: Action) -> tuple[str, ...]:
     """What the rebuild program of ``kind`` is given for ``action``; ``invalid_action`` when
-    the kind cannot run it."""
-    return _VERBS[kind][validate_action_for(kind, action)]
+    the kind cannot run it, or when it runs no rebuild (``check``, ``cancel``)."""
+    validate_action_for(kind, action)
+    verb = _VERBS[kind].get(action)
+    if verb is None:
+        raise RequestRejected("invalid_action", f"{action.value} runs no rebuild")
+    return verb
 
 
 def rebuild_program(kind: HostKind) -> str:
@@ -123,14 +139,24 @@ def rebuild_program(kind: HostKind) -> str:
 
 
 def actions_for(kind: HostKind) -> tuple[Action, ...]:
-    """The actions a host of ``kind`` can run, in ``Action``'s order."""
-    return tuple(action for action in Action if action in _VERBS[kind])
+    """The actions a host of ``kind`` can run, in ``Action``'s order: its rebuild program's,
+    and ``check`` where there are health checks (NixOS). Every host also takes ``cancel``,
+    which runs nothing."""
+    return tuple(action for action in Action if action is not Action.CANCEL and _runs(kind, action))
+
+
+def _runs(kind: HostKind, action: Action) -> bool:
+    if action is Action.CANCEL:
+        return True
+    if action is Action.CHECK:
+        return kind is HostKind.NIXOS
+    return action in _VERBS[kind]
 
 
 def validate_action_for(kind: HostKind, action: Action) -> Action:
     """Return ``action`` if a host of ``kind`` can run it; raise ``invalid_action`` saying
     which actions it runs otherwise (a NixOS host runs them all)."""
-    if action in _VERBS[kind]:
+    if _runs(kind, action):
         return action
     runs = ", ".join(a.value for a in actions_for(kind))
     raise RequestRejected(

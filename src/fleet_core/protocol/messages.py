@@ -103,6 +103,10 @@ class ErrorCode(StrEnum):
     ROLLED_BACK = "rolled_back"
     ROLLBACK_FAILED = "rollback_failed"  # it tried, and that failed too: look at the host
     CHECK_FAILED = "check_failed"  # a health check failed, and rollback was off
+    # Answers to a cancel request (Action.CANCEL): the job is past the point where a stop
+    # is safe, or it is over.
+    ALREADY_ACTIVATING = "already_activating"
+    ALREADY_FINISHED = "already_finished"
 
 
 class _Wire(BaseModel):

@@ -4,8 +4,9 @@ The server says only "permissions violation for publish to X"; a person needs to
 key they used and what it may do. Under the permissions ``fleet-deploy nats-config`` writes
 (both layouts), the refusals a deployer meets tell the kinds of key apart:
 
-- every deployer key, test or admin, may read the bare reply subject of its own request
-  (``deploy.responses.<id>``, ``build.responses.<id>``): a key refused that is no
+- every deployer key, test or admin, may read the answers to its own request on the bare
+  reply subject and the test tier's bound ones (``deploy.responses.<id>``,
+  ``deploy.responses.<id>.test.*``; ``build.responses.<id>``): a key refused those is no
   deployer's — a listener's or the builder's, which may only hear requests and answer them;
 - a key that reads replies but may not publish to ``deploy.prod.*`` is the test deployer's;
 - anything else is a permission block nats-config does not write, and is said as it is.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fleet_core.protocol.subjects import Tier
+from fleet_core.protocol.trust import bound_replies
 
 __all__ = ["Explanation", "Refusal", "explain_refusals"]
 
@@ -66,8 +68,11 @@ def explain_refusals(refusals: Iterable[Refusal], *, key: str, reply: str) -> Ex
         "the admin key every tier"
     )
     publishes = [r.subject for r in refused if r.operation == "publish"]
-    if Refusal("subscribe", reply) in refused:
-        what = f"subscribe to {reply!r} (the answers to its own request)"
+    # Every deployer key may read these two; the test key alone may not read prod's answers.
+    readable = (reply, bound_replies(reply, Tier.TEST))
+    answers = [r.subject for r in refused if r.operation == "subscribe" and r.subject in readable]
+    if answers:
+        what = f"subscribe to {answers[0]!r} (the answers to its own request)"
         if publishes:
             what += " and to publish to " + " and ".join(map(repr, publishes))
         return Explanation(

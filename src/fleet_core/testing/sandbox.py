@@ -31,7 +31,8 @@ The directory (``--dir``, or a temporary one)::
     nats/nats-server.conf   what nats-config writes for that inventory
     nats/fleet-<n>.conf     with --cluster: node n's routes, including the file above
     state/<host>/jobs/      each host's job logs
-    hosts/<host>/           its simulated nixos-rebuild
+    hosts/<host>/           its simulated nixos-rebuild, and root/: its simulated system
+                            profile, current system and store (testing.simulated_system)
     cache/                  the builder's binary cache: a .narinfo per built closure
     logs/sandbox.log        without --once: the listeners' and the builder's JSON log lines,
                             appended (a temporary directory takes it along when removed)

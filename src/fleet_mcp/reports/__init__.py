@@ -20,6 +20,7 @@ Modules, one per concern:
     deployment.py       one deployment: deploy, deploy_admin and deployment_status
     deployment_list.py  list_deployments: a brief per deployment
     hosts.py            list_hosts: the listeners that answered discovery
+    cancel.py           cancel_deployment: each host's answer to a cancel
     build.py            one build: build and build_status (with --enable-builds)
     progress.py         progress notes of deployments and builds, one line each
 """

@@ -6,6 +6,7 @@ Tools:
     deploy_admin(tier, hostname | all | role, ...)      any tier, with the admin key
     deployment_status(deployment_id?, wait_seconds)     keeps waiting for a running deployment
     list_deployments(limit)                             read-only: this server's deployments
+    cancel_deployment(deployment_id, hostname?)         stop what still builds; refuse the rest
     build(repo, target, branch, wait_seconds)           --enable-builds: the builder builds
     build_status(build_id?, wait_seconds)               keeps waiting for a running build
 
@@ -14,6 +15,7 @@ Modules, one per family:
     deploy       deploy (where it pins the test tier) and deploy_admin
     deployments  deployment_status, list_deployments, the ``fleet://deployments/{id}``
                  resource (``read_deployment``)
+    cancel       cancel_deployment
     build        build and build_status
     arguments    checks what a model sent, and words its mistakes
     calls        what every call does around its own work

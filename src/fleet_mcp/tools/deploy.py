@@ -22,6 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import Field
 
+from fleet_core.config.options import ACTIONS
 from fleet_core.config.settings import RolloutSettings
 from fleet_core.errors import RequestRejected
 from fleet_core.errors import UsageError as FleetUsageError
@@ -68,7 +69,7 @@ ActionName = Annotated[
         description="nixos-rebuild action: switch (activate now and at boot), boot (at next "
         "boot), test (now, not at boot), dry-activate (show what would change), build (only "
         "build)",
-        json_schema_extra={"enum": [a.value for a in Action]},
+        json_schema_extra={"enum": list(ACTIONS)},
     ),
 ]
 TierName = Annotated[
@@ -238,10 +239,18 @@ def _rollout(
 
 
 def _action(action: str) -> Action:
+    """A nixos-rebuild action; ``check`` and ``cancel`` are not deploys (cancel_deployment
+    is a tool of its own)."""
     try:
-        return validate_action(action.strip())
+        chosen = validate_action(action.strip())
     except RequestRejected as exc:
         raise ToolError(str(exc)) from None
+    if chosen.value not in ACTIONS:
+        raise ToolError(
+            f"action must be one of {', '.join(ACTIONS)}, not {chosen.value!r}"
+            + ("; to stop a deployment, call cancel_deployment" if chosen is Action.CANCEL else "")
+        )
+    return chosen
 
 
 async def _start(

@@ -35,9 +35,12 @@ from typing import Any
 __all__ = [
     "ACTIONS_CHECKED",
     "ACTIONS_GUARDED",
+    "CHECK",
     "CONFIRMED_FILE",
     "GUARD_FILE",
+    "MAX_ROLLBACK_STEPS",
     "PHASE_FILE",
+    "ROLLBACK_STEP_TIMEOUT",
     "SYSTEM_RUNNING",
     "Activation",
     "CheckResult",
@@ -55,6 +58,7 @@ __all__ = [
     "rollback_steps",
     "run_checks",
     "snapshot",
+    "time_after",
     "write_guard",
     "write_phase",
 ]
@@ -63,9 +67,12 @@ GUARD_FILE = "guard.json"
 PHASE_FILE = "phase.json"
 CONFIRMED_FILE = "confirmed.json"
 ACTIONS_CHECKED = ("switch", "test")  # they run the new system: checks and confirmation
-ACTIONS_GUARDED = ("switch", "test", "boot")  # they change what runs or boots: recorded
+ACTIONS_GUARDED = ("switch", "test", "boot", "check")  # recorded; "check": checks alone
+CHECK = "check"  # no rebuild: the checks, on the system that runs now
 SYSTEM_RUNNING = "system-running"  # the built-in check: systemctl is-system-running
 OUTPUT_TAIL_LINES = 10
+ROLLBACK_STEP_TIMEOUT = 600.0  # seconds one step of a rollback may take (nix-env, activation)
+MAX_ROLLBACK_STEPS = 3  # set the profile, activate what ran, restore the boot entry
 _STARTING = ("initializing", "starting")
 _POLL = 0.2
 
@@ -282,6 +289,17 @@ def _activate(system: str) -> str:
 # -- what the runner does ----------------------------------------------------------------------
 
 
+def time_after(guard: Guard) -> float:
+    """The longest the runner may take after the rebuild under ``guard``: every check to
+    its timeout, the wait for confirmation, every rollback step to its own. A service
+    manager's deadline on the runner must leave it that, or it could cut a rollback."""
+    checks = sum(check.timeout for check in guard.checks)
+    if guard.action == CHECK:
+        return checks
+    rollback = MAX_ROLLBACK_STEPS * ROLLBACK_STEP_TIMEOUT if guard.rollback else 0.0
+    return checks + guard.confirm_timeout + rollback
+
+
 def run_checks(guard: Guard, run: Run, note: Note) -> list[CheckResult]:
     """Every check, in order, each within its timeout; all run, so the status tells all."""
     results = []
@@ -356,12 +374,12 @@ def roll_back(guard: Guard, before: dict[str, str | None], run: Run, note: Note)
         return steps
     for argv in steps:
         note(f"fleet-deploy: rolling back: {' '.join(argv)}")
-        step = run(argv, 600.0)
+        step = run(argv, ROLLBACK_STEP_TIMEOUT)
         if not step.ok:
             error = step.start_error or (
                 f"{Path(argv[0]).name} exited {step.exit_code}"
                 if not step.timed_out
-                else f"{Path(argv[0]).name} ran past 600 s"
+                else f"{Path(argv[0]).name} ran past {ROLLBACK_STEP_TIMEOUT:g} s"
             )
             note(f"fleet-deploy: the rollback step failed: {error}")
             return error
@@ -382,6 +400,10 @@ def guard_activation(
     """Steps 2 to 4 of the module's docstring, after the rebuild ended; what was found and
     done, for ``exit.json``."""
     activation = Activation(previous=before, new=snapshot(guard), rollback=guard.rollback)
+    if guard.action == CHECK:  # on demand: checked, and nothing to confirm or take back
+        phase("checking")
+        activation.checks = run_checks(guard, run, note)
+        return activation
     failed_check = None
     if rebuild_ok and guard.action in ACTIONS_CHECKED and activation.new != before:
         phase("checking")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import os
 import re
@@ -42,7 +43,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,7 @@ MAX_LOG_BYTES = 64 * 1024 * 1024
 OUTLIVE_GRACE = 2.0  # seconds children may hold the output open after the rebuild exits
 _CHUNK = 65536
 _CAPTURE_LIMIT = 64 * 1024  # of a check's output, kept for its tail
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # fleet_core.protocol.actions.redact's pattern, for bytes (this program imports nothing of
 # ours but jobdir; a test holds the two to the same answers). A match never spans whitespace.
 _USERINFO = re.compile(rb"(://)[^/@\s]*@")
@@ -233,6 +235,9 @@ class _Supervisor:
         """Run one command of the activation's (a check, a rollback step) as the rebuild
         runs: its own process group, output into the log, a deadline; what it printed is
         kept for its result."""
+        # A check dies with the runner (a runner killed between starting one and recording
+        # its pid would leave it behind); a rollback step does not: better whole than cut.
+        tied = self.stoppable and sys.platform.startswith("linux")
         try:
             process = subprocess.Popen(  # noqa: S603 - the listener's argv, never a shell
                 list(argv),
@@ -240,6 +245,7 @@ class _Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()) if tied else None,  # noqa: PLW1509
             )
         except OSError as exc:
             error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
@@ -255,7 +261,12 @@ class _Supervisor:
         return activation.Step(process.returncode, timed_out=timed_out, output=output)
 
     def _start(self, result: dict[str, Any]) -> subprocess.Popen[bytes] | None:
-        """The rebuild, started; None, with ``start_error`` set and noted, if it cannot be."""
+        """The rebuild, started; None, with ``start_error`` set and noted, if it cannot be.
+        A job without a rebuild (an empty argv: health checks on demand) has none to start,
+        and ends 0."""
+        if self.argv == []:
+            result["exit_code"] = 0
+            return None
         if isinstance(self.argv, str):
             error = self.argv
         else:
@@ -348,6 +359,19 @@ class _Supervisor:
         if self._capture is not None and len(self._capture) < _CAPTURE_LIMIT:
             self._capture += chunk[: _CAPTURE_LIMIT - len(self._capture)]
         return False
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """What a child runs before its program, on Linux: SIGTERM when the runner dies
+    (``PR_SET_PDEATHSIG``), and an exit if it died already."""
+
+    def tie() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return tie
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

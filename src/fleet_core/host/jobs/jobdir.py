@@ -7,7 +7,11 @@ one home::
 
     job.json      the job record (``store``): request, reply subject, phase, final status
     argv.json     the rebuild's argv, mode 0600; the runner deletes it once read (it may
-                  hold a flake URL's token, and a command line is public)
+                  hold a flake URL's token, and a command line is public); empty for a
+                  job that rebuilds nothing (a health check on demand)
+    guard.json    what the runner guards after the rebuild (``activation``)
+    phase.json    where the runner is after the rebuild: checking, confirming, rolling back
+    confirmed.json  the listener's word that it reached NATS from the new system
     runner.json   the runner's pid, then also the rebuild's (its process group)
     output.log    the rebuild's output, redacted and bounded
     exit.json     the rebuild's end: exit code, timed out, cancelled, start error, times
@@ -143,7 +147,8 @@ def take_argv(job_dir: Path) -> list[str] | str:
         argv = json.loads(data)
     except ValueError:
         argv = None
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+    # An empty list is a job without a rebuild: a health check on demand.
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         return f"the job's {ARGV_FILE} does not hold a command line"
     return argv
 

@@ -74,6 +74,7 @@ class RebuildJob:
     directory: Path
     timeout: float
     kill_grace: float = DEFAULT_KILL_GRACE
+    after: float = 0.0  # what the runner may need after the rebuild: checks, rollback
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,8 @@ class ProcessRebuilder:
 
     async def _start_unit(self, job: RebuildJob, argv: list[str]) -> Launched:
         unit = unit_name(job.job_id)
-        backstop = job.timeout + 2 * job.kill_grace + 30  # the runner's own deadline comes first
+        # The runner's own deadlines come first: the rebuild's, then its guard's.
+        backstop = job.timeout + job.after + 2 * job.kill_grace + 30
         command = [
             *self._systemd_run,
             "--unit",

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import structlog
 
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.errors import FleetError
-from fleet_core.host.jobs.activation import confirm, read_phase, write_guard
+from fleet_core.host.jobs.activation import confirm, read_phase, time_after, write_guard
 from fleet_core.host.jobs.follow import follow, runner_alive, stop_runner
 from fleet_core.host.jobs.guard import guard_for, has_guard
 from fleet_core.host.jobs.jobdir import (
@@ -51,7 +51,7 @@ from fleet_core.host.jobs.rebuild_output import phase_of
 from fleet_core.host.jobs.resume import Resume, resume_action
 from fleet_core.host.jobs.store import JobRecord, JobStore
 from fleet_core.host.status_reporter import StatusReporter
-from fleet_core.protocol.actions import rebuild_program, redact
+from fleet_core.protocol.actions import Action, rebuild_program, redact
 from fleet_core.protocol.messages import DeployRequest, ErrorCode, StatusKind
 from fleet_core.protocol.signing import verified_signer
 
@@ -123,10 +123,13 @@ class Job:
     phase: str | None = None
     latest_line: str | None = None
     new_output: anyio.Event = field(default_factory=anyio.Event)
+    cancelled_by: str | None = None  # who cancelled it (a public key), once someone did
+    guard_phase: str | None = None  # the runner's phase after the rebuild (phase.json)
 
     def on_line(self, line: str) -> None:
         self.latest_line = line
-        self.phase = phase_of(line, self.phase)
+        if self.guard_phase is None:  # past the rebuild, the runner's phase is the phase
+            self.phase = phase_of(line, self.phase)
         self.new_output.set()
 
 
@@ -199,14 +202,17 @@ class HostJobs:
 
     async def _execute(self, job: Job, jlog: Any) -> None:
         request = job.request
-        argv = build_argv(
-            self.settings.rebuild_command,
-            request.action,
-            flake_url=self.settings.flake_url,
-            revision=request.revision,
-            configuration=self.settings.flake_configuration,
-            kind=self.settings.host_kind,
-        )
+        if request.action is Action.CHECK:  # no rebuild: the runner runs the checks alone
+            argv: list[str] = []  # (the listener refused it on a host without checks)
+        else:
+            argv = build_argv(
+                self.settings.rebuild_command,
+                request.action,
+                flake_url=self.settings.flake_url,
+                revision=request.revision,
+                configuration=self.settings.flake_configuration,
+                kind=self.settings.host_kind,
+            )
         shown = tuple(redact(arg) for arg in argv)
         # On disk before the requester hears of it: a job it was told about has a record.
         job.record = JobRecord(
@@ -235,6 +241,7 @@ class HostJobs:
                         directory=job.directory,
                         timeout=self.settings.timeout,
                         kill_grace=self.settings.kill_grace,
+                        after=time_after(guard) if guard is not None else 0.0,
                     )
                 )
             except StartFailed as exc:
@@ -245,7 +252,9 @@ class HostJobs:
             job.record = job.record.running(pid=job.launched.pid, unit=job.launched.unit)
             await self._save(job)
         jlog.info("job_started", argv=list(shown), **self._where(job))
-        await job.reporter.send(StatusKind.STARTED, message=" ".join(shown))
+        await job.reporter.send(
+            StatusKind.STARTED, message=" ".join(shown) or "running the health checks"
+        )
         await self._judge(job, await self._follow(job, launched_at=time.time()), jlog)
 
     async def _judge(self, job: Job, result: RebuildResult, jlog: Any) -> None:
@@ -256,6 +265,12 @@ class HostJobs:
             timeout=self.settings.timeout,
             program=rebuild_program(self.settings.host_kind),
         )
+        if job.cancelled_by is not None and outcome.error is ErrorCode.CANCELLED:
+            outcome = replace(
+                outcome,
+                message=f"cancelled (a cancel request signed by {job.cancelled_by}): the "
+                "rebuild was stopped before it activated anything",
+            )
         (jlog.info if outcome.ok else jlog.warning)(
             "job_finished",
             status=outcome.kind.value,
@@ -297,8 +312,8 @@ class HostJobs:
         confirmed = False
         while True:
             phase = await anyio.to_thread.run_sync(read_phase, job.directory)
-            if phase is not None and phase != job.phase:
-                job.phase = phase
+            if phase is not None and phase != job.guard_phase:
+                job.phase = job.guard_phase = phase
                 job.latest_line = _PHASE_NEWS.get(phase, phase)
                 job.new_output.set()
             if phase == "confirming" and not confirmed:
@@ -337,6 +352,32 @@ class HostJobs:
             )
             pacing.sent(time.monotonic())
             await anyio.sleep(pacing.pause)
+
+    async def cancel(self, job: Job, *, cancelled_by: str | None) -> str | None:
+        """Stop ``job`` if it is still building; None when it was stopped, else why not.
+
+        A rebuild that has begun to activate (nixos-rebuild says so, or the runner is past
+        the rebuild: checking, confirming, rolling back) is never interrupted: a half
+        activation helps nobody, and the job ends as it ends. The stop is the runner's own
+        (SIGTERM): it records ``cancelled``, and this job reports failed/cancelled."""
+        assert job.directory is not None or job.launched is None
+        later = None
+        if job.directory is not None:
+            later = await anyio.to_thread.run_sync(read_phase, job.directory)
+        if job.launched is None or job.directory is None:
+            return (
+                f"the job of deployment {job.request_id} on {self.settings.hostname} is "
+                "starting: it was not stopped; cancel again in a moment"
+            )
+        if later is not None or job.phase == "activating":
+            return (
+                f"{self.settings.hostname} is already activating the new system of deployment "
+                f"{job.request_id} ({later or job.phase}): it is not interrupted, and ends as "
+                "it ends"
+            )
+        job.cancelled_by = cancelled_by or "an unsigned request"
+        await stop_runner(job.directory, self.settings.kill_grace, pid_hint=job.launched.pid)
+        return None
 
     # -- jobs a previous listener left -------------------------------------------------------
 

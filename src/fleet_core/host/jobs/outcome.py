@@ -92,6 +92,8 @@ def decide(
     """
     activation = result.activation
     checks = activation.checks if activation is not None and activation.checks else None
+    if action is Action.CHECK and result.lost is None and not result.cancelled:
+        return _checked(checks or ())
     if result.ok:
         message = success_summary(result.tail, action.value, revision)
         return Outcome(StatusKind.COMPLETED, message=_shown(message), checks=checks)
@@ -123,6 +125,21 @@ def decide(
             result.tail, result.exit_code, program=program
         )
     return Outcome(StatusKind.FAILED, error, _shown(message), tail, checks=checks)
+
+
+def _checked(checks: tuple[CheckStatus, ...]) -> Outcome:
+    """The status of health checks run on demand (``check``): failed when one failed."""
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        named = ", ".join(repr(name) for name in failed)
+        message = f"the health check{'s' if len(failed) > 1 else ''} {named} failed"
+        return Outcome(StatusKind.FAILED, ErrorCode.CHECK_FAILED, _shown(message), checks=checks)
+    message = (
+        f"{len(checks)} health check{'s' if len(checks) != 1 else ''} passed"
+        if checks
+        else "no health checks are declared on this host"
+    )
+    return Outcome(StatusKind.COMPLETED, message=message, checks=checks or None)
 
 
 def _went_back(activation: ActivationFacts) -> tuple[ErrorCode, str]:
