@@ -497,6 +497,15 @@ LISTENER = Command(
 
 # -- deploy and hosts ------------------------------------------------------------------------
 
+# Deploy and check: hosts that must answer even if discovery misses them.
+EXPECT = Option(
+    "expect",
+    "hosts that must answer even if discovery misses them (then reported missing); repeatable",
+    env=False,
+    kind="list",
+    metavar="HOST[,HOST]",
+)
+
 DEPLOY = Command(
     "deploy",
     "deploy to a host, a tier or a role and wait for every result",
@@ -537,14 +546,7 @@ DEPLOY = Command(
             metavar="SECONDS",
             legacy_env=True,
         ),
-        Option(
-            "expect",
-            "hosts that must answer even if discovery misses them (then reported missing); "
-            "repeatable",
-            env=False,
-            kind="list",
-            metavar="HOST[,HOST]",
-        ),
+        EXPECT,
         # The rollout's flags have no variable: one set for every deploy would make each
         # single-host deploy a usage error.
         Option(
@@ -610,14 +612,7 @@ CHECK = Command(
             env=False,
             metavar="SECONDS",
         ),
-        Option(
-            "expect",
-            "hosts that must answer even if discovery misses them (then reported missing); "
-            "repeatable",
-            env=False,
-            kind="list",
-            metavar="HOST[,HOST]",
-        ),
+        EXPECT,
         replace(JSON, help="print one JSON result object instead of a table"),
     ),
 )

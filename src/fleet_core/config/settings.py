@@ -91,7 +91,11 @@ HEARTBEAT_INTERVAL = (
 @dataclass(frozen=True, slots=True)
 class HealthCheckSpec:
     """A health check as declared: ``argv`` run without a shell, ok when it exits 0 within
-    ``timeout``; or the built-in ``system-running`` (``builtin``), ignoring ``ignore_units``."""
+    ``timeout``; or the built-in ``system-running`` (``builtin``), ignoring ``ignore_units``.
+
+    ``host.jobs.activation.HealthCheck`` has the same fields on purpose: the job runner that
+    runs the checks loads that module by path, with the standard library alone, so it cannot
+    import this one (``host.jobs.guard`` copies one into the other)."""
 
     name: str
     argv: tuple[str, ...] = ()
