@@ -554,8 +554,7 @@ class TestSandbox:
         fleet-deploy; each command, pasted into a new bash with only the system's PATH, runs
         and ends as the banner says: web2 fails, the test key is refused prod (exit 2)."""
         bash = shutil.which("bash")
-        if bash is None:
-            pytest.skip("no bash to paste into")
+        assert bash is not None, "a terminal to paste into: bash (every machine .ci/run runs on)"
         fresh = {"PATH": FRESH_PATH, "HOME": str(tmp_path)}
         sandbox = start_sandbox(tmp_path, "--hosts", "4", "--sim-delay", "0.02", env=fresh)
         block = try_it_block(sandbox.lines.seen)
