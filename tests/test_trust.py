@@ -34,7 +34,8 @@ import pytest
 import structlog
 
 from fleet_core.bus import Bus, Message
-from fleet_core.deploy.deployer import Deployer, _Gathering, _JobAnswers
+from fleet_core.deploy.deployer import Deployer, _Gathering
+from fleet_core.deploy.inbox import JobAnswers
 from fleet_core.deploy.report import summary
 from fleet_core.deploy.tracker import DeploymentResult, DeploymentTracker, HostResult
 from fleet_core.errors import PermissionDenied
@@ -298,7 +299,7 @@ class TestPure:
         tracker.expire(20.0)
         assert tracker.due_queries(20.0) == ["web2", "web3"]
         done = JobSummary(request_id="d", phase=JobPhase.FINISHED, status=StatusKind.COMPLETED)
-        answers = _JobAnswers(
+        answers = JobAnswers(
             {"web2": done, "web3": done},
             bare=frozenset({"web2", "web3"}),
             reply="deploy.responses.q",

@@ -2,6 +2,8 @@
 
 Modules:
     deployer    publish a request, gather statuses, query jobs, discover hosts
+    inbox       a deployment's replies and the server's refusals, as one event stream
+    answers     what a discovery or job query gathers, and which answers are believed
     tracker     one deployment host by host, when a host is lost, when it is over (pure)
     rollout     canary, batches and the failure budget: the order, the plan, when to stop (pure)
     cancel      send a deployment's cancel to its hosts and gather their answers

@@ -22,7 +22,7 @@ the deployer's own connection is down (the rollout waits for it, at most a batch
 always was. Log lines name counts and a few hosts, never a whole fleet.
 
 Longer than most modules: discovery, job queries, the gathering and a rollout's batches share
-one event stream (``_Inbox``) and one loop, and splitting them would pass that loop's state
+one event stream (``Inbox``) and one loop, and splitting them would pass that loop's state
 between modules; every decision in it is a pure module's (the tracker's, the rollout's).
 
 Every request asks for bound replies (``fleet_core.protocol.trust``): the deployer subscribes to
@@ -37,20 +37,19 @@ tier's hosts are simply not found, and the deployer does not ask again.
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectSendStream
 
-from fleet_core.bus import CLOSE_DEADLINE, Bus, Message, Subscription
+from fleet_core.bus import Bus, Message
 from fleet_core.config.settings import DeployTiming, RolloutSettings
+from fleet_core.deploy.answers import Answers, gather_answers, job_of
+from fleet_core.deploy.inbox import ConnectionChange, Event, Inbox, JobAnswers
 from fleet_core.deploy.rollout import (
     MAX_NAMED,
     Plan,
@@ -84,13 +83,10 @@ from fleet_core.protocol.messages import (
     DiscoverRequest,
     ErrorCode,
     HostInfo,
-    JobPhase,
     JobSummary,
     encode,
-    parse_host_info,
     parse_status,
 )
-from fleet_core.protocol.refusals import Refusal, explain_refusals
 from fleet_core.protocol.signing import sign_request
 from fleet_core.protocol.subjects import (
     DISCOVER_SUBJECT,
@@ -103,7 +99,6 @@ from fleet_core.protocol.subjects import (
 from fleet_core.protocol.trust import (
     Flagged,
     bound_replies,
-    judge_answer,
     judge_status,
     reply_origin,
     shown,
@@ -118,37 +113,6 @@ OnUpdate = Callable[[HostResult, DeploymentResult], None]
 OnConnection = Callable[[Outage, DeploymentResult], None]
 # A rollout published a batch, or stopped (before its skipped hosts' own updates).
 OnRollout = Callable[[RolloutStep, DeploymentResult], None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Connection:
-    connected: bool
-    gone: bool = False  # closed for good: nats-py ran out of reconnect attempts
-
-
-@dataclass(frozen=True, slots=True)
-class _JobAnswers:
-    answers: dict[str, JobSummary | None]
-    bare: frozenset[str] = frozenset()  # hosts whose answer came on the bare reply subject
-    flagged: tuple[Flagged, ...] = ()
-    reply: str = ""  # the job query's reply subject
-
-
-@dataclass
-class _Answers:
-    """What a discovery or job query gathered, and on which subjects."""
-
-    reply: str = ""
-    hosts: dict[str, HostInfo] = field(default_factory=dict)
-    bound: set[str] = field(default_factory=set)  # answered on their own bound subject
-    flagged: list[Flagged] = field(default_factory=list)
-
-    @property
-    def bare(self) -> frozenset[str]:
-        return frozenset(self.hosts.keys() - self.bound)
-
-
-_Event = Message | PermissionDenied | _Connection | _JobAnswers
 
 
 def new_deployment_id() -> str:
@@ -191,7 +155,7 @@ class Deployer:
         found = await self._discover(tier)
         return sorted(found.hosts.values(), key=lambda h: (h.tier, h.hostname))
 
-    async def _discover(self, tier: Tier | None) -> _Answers:
+    async def _discover(self, tier: Tier | None) -> Answers:
         reply = RESPONSES_PREFIX + uuid.uuid4().hex
         return await self._ask(DiscoverRequest(reply_to=reply, tier=tier, bind=True))
 
@@ -209,15 +173,15 @@ class Deployer:
 
     async def _query_job(
         self, request_id: str, *, hosts: Iterable[str], tier: Tier | None
-    ) -> _Answers:
+    ) -> Answers:
         names = sorted(set(hosts))
         if not names:
-            return _Answers()
+            return Answers()
         reply = RESPONSES_PREFIX + uuid.uuid4().hex
         request = DiscoverRequest(reply_to=reply, tier=tier, job=request_id, hosts=names, bind=True)
         return await self._ask(request, until=set(names))
 
-    async def _ask(self, request: DiscoverRequest, *, until: set[str] | None = None) -> _Answers:
+    async def _ask(self, request: DiscoverRequest, *, until: set[str] | None = None) -> Answers:
         """Publish a discovery request and gather the answers of its tier (of the hosts it
         names, for a job query), on the bound subject of each tier it may read and the bare one.
 
@@ -232,8 +196,8 @@ class Deployer:
         # Each tier's own discovery subject, and the bare one for homelab-deploy's layout and
         # its listeners; a key need be allowed only one of them (test: deploy.discover.test).
         asked = (*(tier_discover_subject(t) for t in readable), DISCOVER_SUBJECT)
-        found = _Answers(reply)
-        inbox = _Inbox(
+        found = Answers(reply)
+        inbox = Inbox(
             self._bus,
             (reply, *readable.values()),
             watched=(reply,),
@@ -261,7 +225,7 @@ class Deployer:
                     subject=DISCOVER_SUBJECT,
                 )
             with anyio.move_on_after(timing.discovery_cap):
-                await _gather_answers(
+                await gather_answers(
                     events, found, request, until=until, silent=silent, timing=timing
                 )
         return found
@@ -312,14 +276,14 @@ class Deployer:
             revision=revision,
         )
         tier_replies = bound_replies(reply, target.tier)
-        inbox = _Inbox(
+        inbox = Inbox(
             self._bus,
             (reply, tier_replies),
             watched=(target.subject, reply, tier_replies),
         )
         async with inbox as events:
             expected = set(expect)
-            found = _Answers()
+            found = Answers()
             matched: set[str] = set()
             if target.is_group:
                 found = await self._discover(target.tier)
@@ -345,7 +309,7 @@ class Deployer:
             if matched:
                 # The answers matter again only to name the tier's hosts to a target that
                 # reached none: ten thousand of them need not live through the gathering.
-                found = _Answers()
+                found = Answers()
             gathering = _Gathering(
                 tracker,
                 reply=reply,
@@ -366,7 +330,7 @@ class Deployer:
                 signer=gathering.signer,
             )
             stop_watching = self._bus.watch_connection(
-                lambda connected: events.post(_Connection(connected, gone=self._bus.is_closed))
+                lambda connected: events.post(ConnectionChange(connected, gone=self._bus.is_closed))
             )
             try:
                 if plan is None:
@@ -395,7 +359,7 @@ class Deployer:
         )
         return result
 
-    async def _directory(self, tier: Tier, found: _Answers | None) -> TierDirectory | None:
+    async def _directory(self, tier: Tier, found: Answers | None) -> TierDirectory | None:
         """Who answers in ``tier``: from the deployment's own discovery when it had one, else
         from a new one. None when this key may not ask (the result stands without it)."""
         if found is None:
@@ -416,7 +380,7 @@ class Deployer:
         self,
         rollout: RolloutSettings,
         hosts: Collection[str],
-        found: _Answers,
+        found: Answers,
         tier: Tier,
         log: Any,
     ) -> Plan:
@@ -457,7 +421,7 @@ class Deployer:
         )
         return plan
 
-    def _refused_rollout(self, target: Target, replies: str, events: _Inbox) -> None:
+    def _refused_rollout(self, target: Target, replies: str, events: Inbox) -> None:
         """A rollout that found no host to deploy: if it is because the server refused this
         key its tier's answers, say that (the test key's prod, under the layout nats-config
         writes — a single publish would have been refused, and said so)."""
@@ -475,7 +439,7 @@ class Deployer:
             )
         events.raise_denied()
 
-    async def _roll_on(self, gathering: _Gathering, events: _Inbox) -> list[HostResult]:
+    async def _roll_on(self, gathering: _Gathering, events: Inbox) -> list[HostResult]:
         """A rollout's next step, once the hosts of its open batch are all final: stop (the
         budget is spent, or an outcome is unknown), wait for the connection, or publish the
         next batch. Returns the hosts that changed (those skipped)."""
@@ -514,7 +478,7 @@ class Deployer:
         rollout.step(step, gathering, now)
         return skipped
 
-    async def _publish_batch(self, gathering: _Gathering, events: _Inbox) -> None:
+    async def _publish_batch(self, gathering: _Gathering, events: Inbox) -> None:
         """Publish the rollout's next batch: one request per host, each signed for its own
         subject as it goes out; then flush, so that a refusal is known before the wait."""
         rollout = gathering.rollout
@@ -559,7 +523,7 @@ class Deployer:
         )
         return request.signed(signature)
 
-    async def _gather(self, gathering: _Gathering, events: _Inbox) -> None:
+    async def _gather(self, gathering: _Gathering, events: Inbox) -> None:
         """Feed the tracker until every host is final, sending the job queries it asks for.
 
         Raises ``PermissionDenied`` as itself, not wrapped by the queries' task group.
@@ -569,7 +533,7 @@ class Deployer:
         except BaseExceptionGroup as group:
             raise only_fleet_error(group) from None
 
-    async def _gather_with_queries(self, gathering: _Gathering, events: _Inbox) -> None:
+    async def _gather_with_queries(self, gathering: _Gathering, events: Inbox) -> None:
         tracker = gathering.tracker
         async with anyio.create_task_group() as queries:
             while True:
@@ -596,7 +560,7 @@ class Deployer:
                 gathering.report(changed, now)
             queries.cancel_scope.cancel()  # a query still out has nothing left to say
 
-    async def _ask_for_jobs(self, events: _Inbox, gathering: _Gathering, hosts: list[str]) -> None:
+    async def _ask_for_jobs(self, events: Inbox, gathering: _Gathering, hosts: list[str]) -> None:
         """Send the job query the tracker asked for; its answers, even none, come back as
         one event (a query that could not be sent has no answers)."""
         request_id = gathering.deployment_id
@@ -604,10 +568,10 @@ class Deployer:
             found = await self._query_job(request_id, hosts=hosts, tier=gathering.target.tier)
         except FleetError as exc:
             gathering.log.info("job_query_failed", error=str(exc))
-            found = _Answers()
-        answers = {name: _job_of(info, request_id) for name, info in found.hosts.items()}
+            found = Answers()
+        answers = {name: job_of(info, request_id) for name, info in found.hosts.items()}
         events.post(
-            _JobAnswers(answers, bare=found.bare, flagged=tuple(found.flagged), reply=found.reply)
+            JobAnswers(answers, bare=found.bare, flagged=tuple(found.flagged), reply=found.reply)
         )
 
 
@@ -661,13 +625,13 @@ class _Gathering:
         for host in changed:
             self._on_update(host, current)
 
-    def take(self, event: _Event, now: float) -> list[HostResult]:
+    def take(self, event: Event, now: float) -> list[HostResult]:
         """One event into the tracker; returns the hosts that changed."""
         if isinstance(event, Message):  # all but a few: the statuses
             return self._status(event, now)
         if isinstance(event, PermissionDenied):
             raise event
-        if isinstance(event, _Connection):
+        if isinstance(event, ConnectionChange):
             return self._connection(event, now)
         answers, bare = self._believed(event)  # a job query's answers
         changed = self.tracker.take_job_answers(answers, now, bare=bare)
@@ -723,7 +687,7 @@ class _Gathering:
         )
         self.tracker.flag(flagged)
 
-    def _believed(self, event: _JobAnswers) -> tuple[dict[str, JobSummary | None], Collection[str]]:
+    def _believed(self, event: JobAnswers) -> tuple[dict[str, JobSummary | None], Collection[str]]:
         """A job query's answers less those on the bare subject for a host known to answer
         bound; its flagged answers go to the result."""
         answers = dict(event.answers)
@@ -743,7 +707,7 @@ class _Gathering:
                 )
         return answers, event.bare
 
-    def _connection(self, event: _Connection, now: float) -> list[HostResult]:
+    def _connection(self, event: ConnectionChange, now: float) -> list[HostResult]:
         if event.gone:
             self.log.warning("deploy_connection_gone")
             return self.tracker.connection_gone(now)
@@ -832,104 +796,6 @@ def _deploy_request(
         raise UsageError(str(exc)) from None
 
 
-def _job_of(info: HostInfo, request_id: str) -> JobSummary | None:
-    """What a job query's answer says of the job; None when the listener cannot tell."""
-    if info.job is not None:
-        return info.job if info.job.request_id == request_id else None
-    if info.running_job == request_id:  # knows running_job but not job: still, it runs
-        return JobSummary(request_id=request_id, phase=JobPhase.RUNNING)
-    return None
-
-
-def _take_answer(found: _Answers, request: DiscoverRequest, event: Message) -> None:
-    """One answer to a discovery or job query into ``found``, unless it is not believed: an
-    answer on a bound subject must name that subject's host and tier, and one on the bare
-    subject for a host that answered bound is dropped."""
-    info = parse_host_info(event.data)
-    origin = reply_origin(request.reply_to, event.subject)
-    if info is None or origin is None:
-        return
-    reason = judge_answer(info, origin)
-    if reason is None and request.tier is not None and info.tier != request.tier.value:
-        return  # not asked for: an answer of a listener that ignores the tier
-    if reason is None and request.hosts is not None and info.hostname not in request.hosts:
-        return
-    if reason is None and not origin.bound and info.hostname in found.bound:
-        reason = (
-            f"it came on the bare reply subject, but {info.hostname} answered on its own "
-            "reply subject (any listener key may publish to the bare one)"
-        )
-    if reason is not None:
-        claim = "job answer" if request.job is not None else "discovery"
-        flagged = Flagged.of(event.subject, info.hostname, claim, reason)
-        log.warning(
-            "reply_flagged",
-            reply_subject=flagged.subject,
-            claimed_host=flagged.hostname,
-            claim=claim,
-            reason=reason,
-        )
-        found.flagged.append(flagged)
-        return
-    if origin.bound:
-        found.bound.add(info.hostname)
-    found.hosts[info.hostname] = info
-
-
-async def _gather_answers(
-    events: _Inbox,
-    found: _Answers,
-    request: DiscoverRequest,
-    *,
-    until: set[str] | None,
-    silent: int,
-    timing: DeployTiming,
-) -> None:
-    """Take answers into ``found`` until replies stop (``discovery_quiet`` after the last,
-    ``discovery_first`` when none comes), every one of the ``silent`` subjects asked has had
-    the server say nobody listens, or every host in ``until`` has answered.
-
-    Each wait takes the answer that ends it and then those already queued behind it, without
-    a timer each: at thousands of answers the timer cost more than the answer did."""
-    wait = timing.discovery_first
-    while True:
-        with anyio.move_on_after(wait) as window:
-            event = await events.receive()
-        if window.cancelled_caught:
-            return
-        for queued in _and_queued(event, events):
-            if isinstance(queued, PermissionDenied):
-                raise queued
-            if not isinstance(queued, Message):
-                continue  # only a deployment posts events of its own
-            if queued.no_responders:
-                silent -= 1
-                if silent <= 0:
-                    return
-                continue
-            _take_answer(found, request, queued)
-            wait = timing.discovery_quiet
-            if _all_answered(found, until):
-                return
-
-
-def _and_queued(first: _Event, events: _Inbox) -> Iterator[_Event]:
-    """``first``, then each event already queued behind it: what a caller stops before
-    stays queued."""
-    yield first
-    while True:
-        try:
-            yield events.receive_nowait()
-        except anyio.WouldBlock:
-            return
-
-
-def _all_answered(found: _Answers, until: set[str] | None) -> bool:
-    """Whether every host in ``until`` has answered (never, without ``until``). The sizes are
-    compared first: the subset test walks every name, and a job query may name thousands."""
-    return until is not None and len(found.hosts) >= len(until) and until <= found.hosts.keys()
-
-
 def _reached_nobody(result: DeploymentResult, target: Target, matched: set[str]) -> bool:
     """Whether the target named no host that listens: a group that discovery matched to
     none, or a single host the server said nobody is subscribed for."""
@@ -945,103 +811,3 @@ def _listens_to(host: HostInfo, target: Target) -> bool:
     if target.kind == "all":
         return True
     return target.kind == "role" and host.role == target.name
-
-
-class _Inbox:
-    """Reply subscriptions plus permission denials, as one event stream; ``post`` adds events
-    of the deployer's own (connection changes, job answers).
-
-    ``subjects[0]`` is the request's bare reply subject, which every deployer key may read.
-    A denial on a ``watched`` subject is an event, and kept for ``raise_denied``. A denial of
-    an ``optional`` subscription (a tier's replies, in discovery) is expected: it is only
-    noted in ``refused``, and the bus logs it at debug level.
-    """
-
-    def __init__(
-        self,
-        bus: Bus,
-        subjects: tuple[str, ...],
-        *,
-        watched: tuple[str, ...],
-        optional: Iterable[str] = (),
-    ) -> None:
-        self._bus = bus
-        self._subjects = subjects
-        self._watched = set(watched)
-        self._optional = frozenset(optional)
-        self._denials: list[PermissionDenied] = []
-        self._subscriptions: list[Subscription] = []
-        self.refused: set[str] = set()
-
-    async def receive(self) -> _Event:
-        return await self._receive.receive()
-
-    def receive_nowait(self) -> _Event:
-        return self._receive.receive_nowait()
-
-    def watch(self, subjects: Iterable[str]) -> None:
-        """Report a denial on ``subjects`` too (a rollout's hosts, as each batch goes out)."""
-        self._watched.update(subjects)
-
-    def post(self, event: _Event) -> None:
-        with contextlib.suppress(anyio.ClosedResourceError):  # the deployment is over
-            self._send.send_nowait(event)
-
-    def raise_denied(self) -> None:
-        """Raise the server's refusals so far, if any, as one error that says what this key
-        is and what it may do (a test key deploying prod is refused the publish, and the
-        prod replies before it)."""
-        if self._denials:
-            raise self._explained()
-
-    def _explained(self) -> PermissionDenied:
-        first = self._denials[0]
-        refusals = [Refusal(d.operation or "publish", d.subject or "?") for d in self._denials]
-        key = self._bus.public_key or ""
-        explained = explain_refusals(refusals, key=key, reply=self._subjects[0])
-        return PermissionDenied(
-            str(explained), subject=first.subject, operation=first.operation, fix=explained.fix
-        )
-
-    async def __aenter__(self) -> _Inbox:
-        send: MemoryObjectSendStream[_Event]
-        send, self._receive = anyio.create_memory_object_stream[_Event](math.inf)
-
-        async def deliver(msg: Message) -> None:
-            # A late reply after the inbox closed is no one's news; nats-py must not see an
-            # error.
-            try:  # noqa: SIM105 - once per message: a try costs nothing, suppress() a call
-                send.send_nowait(msg)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
-
-        def denied(exc: PermissionDenied) -> bool:
-            if exc.subject in self._optional:
-                self.refused.add(exc.subject)
-                return True
-            if exc.subject in self._watched:
-                self._denials.append(exc)
-                send.send_nowait(self._explained())
-                return True  # raised to the caller, who says it better than a log line
-            return False
-
-        self._send = send
-        self._stop_watching = self._bus.watch_denials(denied)
-        try:
-            for subject in self._subjects:
-                self._subscriptions.append(await self._bus.subscribe(subject, deliver))
-        except BaseException:
-            await self._close()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._close()
-
-    async def _close(self) -> None:
-        self._stop_watching()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_DEADLINE):
-            for subscription in self._subscriptions:
-                await subscription.unsubscribe()
-        self._send.close()
-        self._receive.close()
