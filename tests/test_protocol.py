@@ -414,6 +414,26 @@ class TestOtherMessages:
         """Anything that is not a status is ignored, not raised."""
         assert parse_status(data) is None
 
+    @pytest.mark.parametrize(
+        "data",
+        [
+            body(hostname="h", status="completed", duration_s=12),
+            body(hostname="h\u00e9\n", status="failed", error="x", log_tail=["a", "\x1b[31m"]),
+            b'{"hostname": "a", "hostname": "b", "status": "started"}',
+            body(hostname="h", status="progress", duration_s=1e308, phase=None),
+            body(hostname="h", status="completed", checks=[{"name": "c", "ok": True}]),
+            body(hostname="h", status="completed", duration_s="12"),
+        ],
+    )
+    def test_the_fast_parse_reads_what_the_careful_one_does(self, data: bytes) -> None:
+        """``parse_status`` tries pydantic's JSON parser first: it must read every status
+        as ``json.loads`` and validation read it before."""
+        try:
+            careful: Status | None = Status.model_validate(json.loads(data))
+        except ValueError:
+            careful = None
+        assert parse_status(data) == careful
+
     def test_final_statuses(self) -> None:
         """Only rejected, completed and failed are final."""
         finals = {k for k in StatusKind if Status(hostname="h", status=k).is_final}

@@ -14,6 +14,7 @@ from fleet_core.protocol.signing import (
     DEFAULT_SKEW,
     DEFAULT_TTL,
     ReplayCache,
+    RequestSigner,
     Signature,
     public_key_bytes,
     sign_request,
@@ -136,6 +137,19 @@ class TestVerify:
         with pytest.raises(RequestRejected) as refused:
             check(signature, [seed.public_key], replays=replays, now=NOW + 5)
         assert refused.value.code == "replayed_request"
+
+
+def test_a_kept_signer_signs_as_the_one_shot_function_does() -> None:
+    """The deployer's ``RequestSigner`` (one seed decoded per deploy) makes the very bytes
+    ``sign_request`` makes, for each of many subjects, and every one verifies."""
+    seed = generate_seed()
+    signer = RequestSigner(seed.reveal())
+    assert signer.public_key == seed.public_key
+    for host in ("web1", "web2", "db1"):
+        fields = {**REQUEST, "subject": f"deploy.prod.{host}"}
+        kept = signer.sign(**fields, now=NOW)
+        assert kept == sign_request(seed.reveal(), **fields, now=NOW)
+        check(kept, [seed.public_key], changes={"subject": fields["subject"]})
 
 
 class TestReplayCache:

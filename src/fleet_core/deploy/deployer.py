@@ -87,7 +87,7 @@ from fleet_core.protocol.messages import (
     encode,
     parse_status,
 )
-from fleet_core.protocol.signing import sign_request
+from fleet_core.protocol.signing import RequestSigner
 from fleet_core.protocol.subjects import (
     DISCOVER_SUBJECT,
     RESPONSES_PREFIX,
@@ -133,6 +133,8 @@ class Deployer:
         self._bus = bus
         self.timing = timing or DeployTiming()
         self._signer = signer
+        # Decoded once: a rollout signs a request per host (``RequestSigner`` says why).
+        self._signing = RequestSigner(signer.reveal()) if signer is not None else None
         # Tiers whose replies the server refused this key (the test key, prod's): discovery
         # does not ask for them again. A restart picks up a change of permissions.
         self._unreadable: set[Tier] = set()
@@ -510,11 +512,10 @@ class Deployer:
 
     def _sign(self, request: DeployRequest, subject: str) -> DeployRequest:
         """``request`` signed for ``subject`` now, when this deployer has a signer."""
-        if self._signer is None:
+        if self._signing is None:
             return request
         assert request.id is not None  # deploy always gives its request an id
-        signature = sign_request(
-            self._signer.reveal(),
+        signature = self._signing.sign(
             request_id=request.id,
             subject=subject,
             action=request.action.value,

@@ -475,7 +475,16 @@ def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> Dis
 
 
 def parse_status(data: bytes) -> Status | None:
-    """A status from a listener, or None when it is not one (the deployer ignores it)."""
+    """A status from a listener, or None when it is not one (the deployer ignores it).
+
+    The deployer parses one per host and step, ten thousand in a big deploy: pydantic's own
+    JSON parser first (a third of the time), and the careful path for anything it refuses.
+    """
+    if len(data) <= MAX_STATUS_BYTES:
+        try:
+            return Status.model_validate_json(data)
+        except ValidationError:
+            pass  # not JSON, not an object, or not a status: the careful path says which
     obj = _load_object(data, MAX_STATUS_BYTES)
     if isinstance(obj, str):
         return None
