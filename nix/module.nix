@@ -179,6 +179,13 @@ let
     (lib.getExe' config.nix.package "nix-env")
     "--systemctl-command"
     (lib.getExe' config.systemd.package "systemctl")
+  ]
+  # Discovery's host facts: the running system's own nixos-version, which describes it (the
+  # links it reads, /run/current-system, /run/booted-system and the system profile, are the
+  # listener's defaults on NixOS).
+  ++ [
+    "--version-command"
+    "/run/current-system/sw/bin/nixos-version --json"
   ];
 
   # The unit file as systemd reads it: a symlink into the store that a switch re-points. Its

@@ -277,7 +277,16 @@ class Builds:
         }
 
 
-BASE_TOOLS = {"list_hosts", "deploy", "deployment_status", "list_deployments", "cancel_deployment"}
+BASE_TOOLS = {
+    "list_hosts",
+    "deploy",
+    "deployment_status",
+    "list_deployments",
+    "cancel_deployment",
+    "fleet_status",
+    "deployment_history",
+    "deployment_logs",
+}
 
 
 def settings_for(

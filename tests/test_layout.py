@@ -46,6 +46,8 @@ PURE_MODULES = (
     "fleet_core/deploy/report.py",
     "fleet_core/deploy/rollout.py",
     "fleet_core/deploy/cancellation.py",
+    "fleet_core/deploy/fleet_status.py",
+    "fleet_core/deploy/history.py",
     "fleet_core/build/protocol.py",
     "fleet_core/build/tracker.py",
     "fleet_core/setup/nats_config.py",

@@ -119,9 +119,9 @@ class TestToolList:
             assert "properties" in tool.output_schema
         deploy_args = tools["deploy"].input_schema["properties"]
         assert "tier" not in deploy_args
-        # nixos-rebuild's actions; check and cancel are not deploys
+        # nixos-rebuild's actions; check, cancel and logs are not deploys
         assert deploy_args["action"]["enum"] == [
-            a.value for a in Action if a not in (Action.CHECK, Action.CANCEL)
+            a.value for a in Action if a not in (Action.CHECK, Action.CANCEL, Action.LOGS)
         ]
         assert tools["deploy_admin"].input_schema["required"] == ["tier"]
 
@@ -483,6 +483,30 @@ ARGUMENT_MISTAKES: list[tuple[str, dict[str, Any], str | tuple[str, ...]]] = [
         ("deployment_id must be a string", "not the number 7."),
     ),
     ("list_deployments", {"limit": 41}, ("limit must be a whole number", "41 is too large.")),
+    (
+        "fleet_status",
+        {"tier": "staging"},
+        ("tier must be 'test' or 'prod'", "not 'staging'"),
+    ),
+    ("fleet_status", {"revision": 42}, ("revision must be a string", "not the number 42.")),
+    ("deployment_history", {"limit": 21}, ("limit must be a whole number", "21 is too large.")),
+    (
+        "deployment_history",
+        {"tier": "staging"},
+        ("tier must be 'test' or 'prod'", "not 'staging'"),
+    ),
+    ("deployment_history", {"hostname": 7}, ("hostname must be a string", "not the number 7.")),
+    (
+        "deployment_logs",
+        {"hostname": "web1"},
+        "deployment_logs: deployment_id is required: send a string (the deployment_id a "
+        "deploy call returned).",
+    ),
+    (
+        "deployment_logs",
+        {"deployment_id": "abc", "hostname": "web1", "lines": 5000},
+        ("lines must be a whole number", "5000 is too large."),
+    ),
     (
         "build",
         {},

@@ -18,6 +18,7 @@ from fleet_core.host.status_reporter import StatusReporter
 from fleet_core.metrics import (
     DEPLOYMENT_OUTCOMES,
     FINAL_ERRORS,
+    UNCOUNTED_ERRORS,
     UNPARSED_ERRORS,
     DeployerMetrics,
     ListenerMetrics,
@@ -78,7 +79,8 @@ class TestListenerMetrics:
         """FINAL_ERRORS names each final status (one added later must be added there), and
         every error code is expected somewhere: a new one must be placed."""
         assert set(FINAL_ERRORS) == set(FINAL_STATUSES)
-        placed = {code for codes in FINAL_ERRORS.values() for code in codes} | set(UNPARSED_ERRORS)
+        placed = {code for codes in FINAL_ERRORS.values() for code in codes}
+        placed |= set(UNPARSED_ERRORS) | set(UNCOUNTED_ERRORS)
         assert {code.value for code in ErrorCode} <= placed
         assert FINAL_ERRORS[StatusKind.COMPLETED] == ("",)
 

@@ -150,13 +150,15 @@ NOT_FLAGS = {"enable", "package", "environment", "extraArgs", "metrics.openFirew
 # Flags without a value.
 SWITCHES = {"--metrics-enabled", "--debug", "--no-rollback"}
 # Passed whatever the options: rebuilds run as transient units; restartOnUpgrade watches this;
-# a rollback and the built-in check run the host's own nix-env and systemctl.
+# a rollback and the built-in check run the host's own nix-env and systemctl; discovery's
+# facts come from the running system's own nixos-version.
 UNIT_FILE = "/etc/systemd/system/fleet-deploy-listener.service"
 ALWAYS = {
     "--rebuild-runner": ["systemd"],
     "--restart-if-changed": [UNIT_FILE],
     "--nix-env-command": [NIX_ENV],
     "--systemctl-command": [SYSTEMCTL],
+    "--version-command": ["/run/current-system/sw/bin/nixos-version --json"],
 }
 # The health checks file's name in the store, and what it holds unless told otherwise: the
 # built-in check alone.

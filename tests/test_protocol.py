@@ -539,9 +539,13 @@ class TestInventory:
             'subscribe: ["deploy.test.web1", "deploy.test.all", "deploy.test.role.web", '
             '"deploy.discover.test"]' in rendered
         )
-        assert 'publish: ["deploy.responses.*.test.web1"]' in rendered
         assert (
-            'publish: { allow: ["deploy.>", "build.*.*"], deny: ["build.responses.>"] }'
+            'publish: ["deploy.responses.*.test.web1", "deploy.responses.*.test.web1.log"]'
+            in rendered
+        )
+        assert (
+            'publish: { allow: ["deploy.>", "build.*.*", "$JS.API.>"], '
+            'deny: ["build.responses.>"] }'
         ) in rendered
         homelab = render_authorization(parse_inventory(text), "homelab")
         assert 'publish: ["deploy.responses.>", "deploy.discover"]' in homelab
@@ -553,7 +557,8 @@ class TestInventory:
         text = f'[deployers.ai]\naccess = "test"\nnkey = "{self.KEY}"\n'
         assert (
             'subscribe: { allow: ["deploy.responses.*", "deploy.responses.*.test.*", '
-            '"build.responses.*"], deny: ["deploy.responses.*.prod.>"] }'
+            '"deploy.responses.*.test.*.log", "build.responses.*"], '
+            'deny: ["deploy.responses.*.prod.>"] }'
         ) in render_authorization(parse_inventory(text))
         assert (
             'subscribe: ["deploy.responses.>", "deploy.discover", "build.responses.*"]'
@@ -574,7 +579,8 @@ class TestInventory:
         assert 'publish: ["build.responses.>"]' in rendered
         assert 'subscribe: ["build.nixos.*", "build.home.*"]' in rendered
         assert (
-            'publish: { allow: ["deploy.test.>", "deploy.discover.test", "build.*.*"], '
+            'publish: { allow: ["deploy.test.>", "deploy.discover.test", "build.*.*", '
+            '"$JS.API.STREAM.INFO.FLEET_HISTORY_TEST", "$JS.API.DIRECT.GET.FLEET_HISTORY_TEST"], '
             'deny: ["build.responses.>"] }'
         ) in rendered
         assert parse_inventory(inventory_toml(inventory)) == inventory

@@ -483,8 +483,9 @@ class TestSandbox:
         sandbox = start_sandbox(tmp_path, "--dir", str(tmp_path / "sbx"), "--hosts", "3")
         try:
             inventory = sandbox.directory / "inventory.toml"
+            store = sandbox.directory / "nats" / "jetstream"  # the sandbox keeps its history
             rendered = subprocess.run(
-                [FLEET_DEPLOY, "nats-config", str(inventory)],
+                [FLEET_DEPLOY, "nats-config", str(inventory), "--jetstream-dir", str(store)],
                 capture_output=True,
                 text=True,
                 env=clean_env(),
@@ -579,6 +580,7 @@ class TestSandbox:
         assert {command: done.returncode for command, done in ran.items()} == {
             "hosts": 0,
             "deploy deploy.test.all": 1,
+            "status": 1,  # the failing host's last deploy failed, and it is behind master
             "deploy deploy.test.role.web --branch feature/login --action test": 1,
             "deploy deploy.prod.all": 2,
             "deploy deploy.prod.all --nkey-file ADMIN": 0,
@@ -590,6 +592,10 @@ class TestSandbox:
         web = outputs["deploy deploy.test.role.web --branch feature/login --action test"]
         assert re.search(r"^\s+web1\s+completed\s+test of feature/login done", web, re.M), web
         assert "permission to publish to 'deploy.prod.all'" in outputs["deploy deploy.prod.all"]
+        status = outputs["status"]  # measured on each host's simulated system
+        assert status.startswith("reference revision: master (the newest deploy on record"), status
+        assert re.search(r"^web1\s+test\s+web\s+master\s+no\s+no\s+switch master", status, re.M)
+        assert "prod hosts are not shown" in status
         assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
 
     def test_logs_go_to_the_directory_not_the_terminal(

@@ -118,7 +118,7 @@ class TestNatsConfig:
     @pytest.mark.parametrize(
         ("layout", "listener_publish"),
         [
-            ("bound", '"deploy.responses.*.test.web1"'),
+            ("bound", '"deploy.responses.*.test.web1", "deploy.responses.*.test.web1.log"'),
             ("homelab", '"deploy.responses.>", "deploy.discover"'),
         ],
     )

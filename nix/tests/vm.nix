@@ -104,7 +104,10 @@ pkgs.testers.runNixOSTest {
               # hears discovery only on its tier's subject.
               nkey = publicKey "listener-web1";
               permissions = {
-                publish = [ "deploy.responses.*.test.web1" ];
+                publish = [
+                  "deploy.responses.*.test.web1"
+                  "deploy.responses.*.test.web1.log"
+                ];
                 subscribe = [
                   "deploy.test.web1"
                   "deploy.test.all"
@@ -117,7 +120,10 @@ pkgs.testers.runNixOSTest {
               # The listener on web2, the same for tier test, role web.
               nkey = publicKey "listener-web2";
               permissions = {
-                publish = [ "deploy.responses.*.test.web2" ];
+                publish = [
+                  "deploy.responses.*.test.web2"
+                  "deploy.responses.*.test.web2.log"
+                ];
                 subscribe = [
                   "deploy.test.web2"
                   "deploy.test.all"
@@ -136,6 +142,9 @@ pkgs.testers.runNixOSTest {
                     "deploy.test.>"
                     "deploy.discover.test"
                     "build.*.*"
+                    # The test tier's history: stream info and direct gets, nothing more.
+                    "$JS.API.STREAM.INFO.FLEET_HISTORY_TEST"
+                    "$JS.API.DIRECT.GET.FLEET_HISTORY_TEST"
                   ];
                   deny = [ "build.responses.>" ];
                 };
@@ -145,6 +154,7 @@ pkgs.testers.runNixOSTest {
                   allow = [
                     "deploy.responses.*"
                     "deploy.responses.*.test.*"
+                    "deploy.responses.*.test.*.log"
                     "build.responses.*"
                   ];
                   deny = [ "deploy.responses.*.prod.>" ];
@@ -159,6 +169,7 @@ pkgs.testers.runNixOSTest {
                   allow = [
                     "deploy.>"
                     "build.*.*"
+                    "$JS.API.>"
                   ];
                   deny = [ "build.responses.>" ];
                 };

@@ -25,8 +25,8 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
@@ -62,12 +62,18 @@ CLOSE_DEADLINE = 5.0  # seconds a close may take before the socket is abandoned
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A received message; ``no_responders`` marks the server's "nobody listens" status."""
+    """A received message; ``no_responders`` marks the server's "nobody listens" status.
+
+    ``headers`` are the message's NATS headers (a status line shows as ``Status`` and
+    ``Description``): what JetStream's answers carry, such as a history message's original
+    subject and sequence (``fleet_core.deploy.history_reader``); empty for a plain message.
+    """
 
     subject: str
     data: bytes
     reply: str | None
     no_responders: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[Message], Awaitable[None]]
@@ -328,6 +334,7 @@ class Bus:
                     data=msg.data,
                     reply=msg.reply or None,
                     no_responders=headers.get("Status") == _NO_RESPONDERS and not msg.data,
+                    headers=headers,
                 )
             )
 

@@ -10,6 +10,9 @@ the CLI, an MCP tool, a listener callback.
     ├── KeyFileError          a seed file that is missing, unreadable, malformed or too open
     ├── ConnectionFailed      the NATS server cannot be reached or refused the key
     ├── PermissionDenied      the NATS server refused a publish or subscribe for this key
+    ├── HistoryUnavailable    no JetStream history to read: not enabled, no stream, no answer
+    ├── LogUnavailable        a host did not send a job's log: no such job (exit 1), refused,
+    │                         too old to serve logs, or no answer
     └── RequestRejected       a deploy request that fails validation (carries a wire error code)
 
 ``exit_code`` is what the CLI returns for each: 2 for all of them (usage, key, connection and
@@ -23,7 +26,9 @@ from typing import Literal
 __all__ = [
     "ConnectionFailed",
     "FleetError",
+    "HistoryUnavailable",
     "KeyFileError",
+    "LogUnavailable",
     "PermissionDenied",
     "RequestRejected",
     "UsageError",
@@ -102,6 +107,46 @@ class PermissionDenied(FleetError):
         super().__init__(message, fix=fix)
         self.subject = subject
         self.operation = operation
+
+
+class HistoryUnavailable(FleetError):
+    """The deployment history cannot be read from JetStream: the server has no JetStream,
+    the tier's stream does not exist, or it did not answer in time. ``history`` then falls
+    back to the hosts' own job records; ``reason`` is a short word for programs."""
+
+    code = "history_unavailable"
+    advice = (
+        "Enable JetStream on the NATS server (nats-config writes the block) and create the "
+        "history streams once with the admin key: 'fleet-deploy history --setup'."
+    )
+
+    def __init__(
+        self, message: str, *, reason: str = "unavailable", fix: str | None = None
+    ) -> None:
+        super().__init__(message, fix=fix)
+        self.reason = reason
+
+
+class LogUnavailable(FleetError):
+    """A host did not send the log asked for (``fleet-deploy logs``, ``deployment_logs``).
+
+    ``reason`` says why, for programs: ``unknown_job`` (the host answered that it keeps no
+    job of that id: an answer about the fleet, so the CLI exits 1, not 2), ``refused`` (it
+    refused the request: the message is its own), ``too_old`` (its listener predates log
+    requests), ``no_answer`` (nobody answered on the host's subject in time)."""
+
+    code = "log_unavailable"
+    advice = (
+        "Check the deployment id and the host's name and tier ('fleet-deploy hosts'), and "
+        "that the host still keeps the job: it keeps its newest jobs only."
+    )
+
+    def __init__(self, message: str, *, reason: str, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.reason = reason
+        if reason == "unknown_job":
+            self.code = "unknown_job"
+            self.exit_code = 1
 
 
 class RequestRejected(FleetError):

@@ -50,6 +50,7 @@ __all__ = [
     "DEPLOYMENT_OUTCOMES",
     "DURATION_BUCKETS",
     "FINAL_ERRORS",
+    "UNCOUNTED_ERRORS",
     "UNPARSED_ERRORS",
     "DeployerMetrics",
     "DeploymentOutcome",
@@ -93,6 +94,9 @@ UNPARSED_ERRORS: Final = (
     ErrorCode.INVALID_ACTION.value,
     ErrorCode.INVALID_REVISION.value,
 )
+# Codes no counted status carries: the refusals of log requests (fleet_core.host.logs),
+# which read a job's output and are no deploy, so no deployment counter hears them.
+UNCOUNTED_ERRORS: Final = (ErrorCode.UNKNOWN_JOB.value,)
 # Seconds: a failed evaluation takes a few, a switch that builds a kernel most of an hour.
 DURATION_BUCKETS: Final = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
 

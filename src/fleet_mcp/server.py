@@ -46,7 +46,10 @@ from fleet_mcp.tools.build import build, build_status
 from fleet_mcp.tools.cancel import cancel_deployment
 from fleet_mcp.tools.deploy import deploy, deploy_admin
 from fleet_mcp.tools.deployments import deployment_status, list_deployments, read_deployment
+from fleet_mcp.tools.history import deployment_history
 from fleet_mcp.tools.hosts import list_hosts
+from fleet_mcp.tools.logs import deployment_logs
+from fleet_mcp.tools.status import fleet_status
 
 __all__ = ["DEFAULT_WAIT", "MAX_WAIT", "SERVER_NAME", "FleetServer", "build_server"]
 
@@ -83,7 +86,8 @@ def _instructions(admin: bool, builds: bool = False) -> str:
         "Hosts belong to a tier: 'test' (deploy freely) or 'prod' (production).",
         "Target exactly one of: hostname='web1', all=true (the whole tier) or role='web'.",
         "Call list_hosts first to see hostnames, tiers, roles, which hosts are busy and which "
-        "tool can reach each (reachable_by).",
+        "tool can reach each (reachable_by). fleet_status shows which hosts are behind a "
+        "revision, need a reboot, or failed their last deploy.",
         "deploy reaches the test tier only. A deploy returns when every host has finished or "
         f"after {DEFAULT_WAIT:g} s; a result with state 'running' is not a failure: the "
         "deployment keeps running, so call deployment_status with its deployment_id until "
@@ -92,9 +96,11 @@ def _instructions(admin: bool, builds: bool = False) -> str:
         "Recovery: after a call that timed out or failed, call deployment_status (without "
         "arguments it follows the newest running deployment) before anything else; "
         "list_deployments and the fleet://deployments/{id} resources show what this server "
-        "started.",
+        "started; deployment_history shows what was deployed when and by whom, whoever "
+        "started it, and deployment_status also answers for those ids.",
         "A failed host's message and log_tail hold nixos-rebuild's error: read them before "
-        "retrying. A host that failed with rolled_back went back to the system it ran "
+        "retrying; deployment_logs reads a host's whole log of it, a window at a time. A "
+        "host that failed with rolled_back went back to the system it ran "
         "before by itself (its new one failed a health check or could not reach NATS).",
         "To stop a deployment (the user asks, or a canary shows it is wrong), call "
         "cancel_deployment with its deployment_id: hosts still building stop, the others "
@@ -220,6 +226,9 @@ def build_server(settings: McpSettings) -> FleetServer:
         (deploy, "Deploy to the test tier", _destructive()),
         (deployment_status, "Follow a deployment", _READ_ONLY),
         (list_deployments, "List this server's deployments", _READ_ONLY),
+        (fleet_status, "Show what every host runs", _READ_ONLY),
+        (deployment_history, "List recorded deployments", _READ_ONLY),
+        (deployment_logs, "Read a host's job log", _READ_ONLY),
         (cancel_deployment, "Cancel a deployment", _CANCELLING),
     ]
     if admin_seed is not None:

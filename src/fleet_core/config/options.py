@@ -43,12 +43,21 @@ from fleet_core.protocol.subjects import (
 __all__ = [
     "ACTIONS",
     "COMMANDS",
+    "DEFAULT_BOOTED_SYSTEM",
     "DEFAULT_BUILD_STEP_TIMEOUT",
     "DEFAULT_BUILD_TIMEOUT",
+    "DEFAULT_DARWIN_VERSION_COMMAND",
     "DEFAULT_DEPLOY_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_HISTORY_LIMIT",
+    "DEFAULT_HISTORY_MAX_AGE",
+    "DEFAULT_HISTORY_MAX_BYTES",
+    "DEFAULT_HISTORY_MAX_MSGS",
+    "DEFAULT_HISTORY_REPLICAS",
+    "DEFAULT_JETSTREAM_DIR",
     "DEFAULT_KILL_GRACE",
     "DEFAULT_LISTENER_TIMEOUT",
+    "DEFAULT_LOGS_ANSWER_WITHIN",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MAX_FAILURES",
     "DEFAULT_MCP_HEARTBEAT",
@@ -65,6 +74,7 @@ __all__ = [
     "DEFAULT_SILENCE_LIMIT",
     "DEFAULT_SIM_DELAY",
     "DEFAULT_STATE_DIR",
+    "DEFAULT_VERSION_COMMAND",
     "ENV_PREFIX",
     "LEGACY_ENV_PREFIX",
     "LOG_LEVELS",
@@ -95,10 +105,15 @@ TIERS = tuple(t.value for t in Tier)
 
 DEFAULT_LISTENER_TIMEOUT = 600.0
 DEFAULT_DEPLOY_TIMEOUT = 900.0
+DEFAULT_LOGS_ANSWER_WITHIN = 10.0  # seconds for a host to answer one log request
 DEFAULT_MAX_FAILURES = 0  # a rollout stops at the first failed host unless told otherwise
 DEFAULT_REBUILD_COMMAND = "nixos-rebuild"
 DEFAULT_SYSTEM_PROFILE = Path("/nix/var/nix/profiles/system")
 DEFAULT_CURRENT_SYSTEM = Path("/run/current-system")
+DEFAULT_BOOTED_SYSTEM = Path("/run/booted-system")
+# What a listener runs to learn its host's version and configuration revision (host facts).
+DEFAULT_VERSION_COMMAND = "nixos-version --json"
+DEFAULT_DARWIN_VERSION_COMMAND = "darwin-version --json"
 DEFAULT_NIX_ENV_COMMAND = "nix-env"
 DEFAULT_SYSTEMCTL_COMMAND = "systemctl"
 DEFAULT_CONFIRM_TIMEOUT = 120.0  # seconds a new system has to reach NATS before rollback
@@ -132,6 +147,14 @@ DEFAULT_SIM_DELAY = 0.15
 DEFAULT_NIX_COMMAND = "nix"
 DEFAULT_BUILD_STEP_TIMEOUT = 3600.0  # one host's closure from scratch can take long
 DEFAULT_BUILD_TIMEOUT = 7200.0  # a whole fleet's build, as the build command waits for it
+# History (docs/history.md): the streams keep whichever is smaller. A deploy of one host is
+# ~6 messages; discovery answers (~1 KiB a host) are captured too, and are most of it.
+DEFAULT_HISTORY_MAX_AGE = 90 * 86400.0  # seconds
+DEFAULT_HISTORY_MAX_MSGS = 1_000_000
+DEFAULT_HISTORY_MAX_BYTES = 1024**3
+DEFAULT_HISTORY_REPLICAS = 1  # 3 on a cluster of 3 or more servers
+DEFAULT_HISTORY_LIMIT = 20  # deployments history lists
+DEFAULT_JETSTREAM_DIR = "/var/lib/nats/jetstream"  # what nats-config writes into jetstream {}
 # nats-config's layouts (fleet_core.setup.nats_config): replies bound to their sender, or
 # homelab-deploy's published example.
 NatsLayout = Literal["bound", "homelab"]
@@ -444,17 +467,41 @@ LISTENER = Command(
         ),
         Option(
             "system_profile",
-            "the system profile a switch or boot changes, and a rollback sets back",
+            "the system profile a switch or boot changes, and a rollback sets back; discovery "
+            "reports its generation (on a Home Manager host: the home-manager profile)",
             default=DEFAULT_SYSTEM_PROFILE,
+            shown_default=f"{DEFAULT_SYSTEM_PROFILE}; on a Home Manager host, its profile in "
+            "$XDG_STATE_HOME/nix/profiles (~/.local/state/nix/profiles)",
             env=False,
             metavar="PATH",
         ),
         Option(
             "current_system",
-            "the link to the running system, recorded before a switch or test",
+            "the link to the running system, recorded before a switch or test, and reported "
+            "by discovery",
             default=DEFAULT_CURRENT_SYSTEM,
             env=False,
             metavar="PATH",
+        ),
+        Option(
+            "booted_system",
+            "the link to the system that was booted: discovery reports needs_reboot when its "
+            "kernel, initrd or kernel modules differ from the running system's (NixOS only)",
+            default=DEFAULT_BOOTED_SYSTEM,
+            env=False,
+            metavar="PATH",
+        ),
+        Option(
+            "version_command",
+            "what discovery runs to report the host's version and configuration revision "
+            "(once per change of the running system, no shell, at most 10 s): a program "
+            "printing the JSON of nixos-version --json; split like a shell would, never run "
+            "by one",
+            default=DEFAULT_VERSION_COMMAND,
+            shown_default=f"{DEFAULT_VERSION_COMMAND}; on nix-darwin "
+            f"{DEFAULT_DARWIN_VERSION_COMMAND}; none on Home Manager",
+            env=False,
+            metavar="CMD",
         ),
         Option(
             "nix_env_command",
@@ -664,6 +711,213 @@ HOSTS = Command(
     ),
 )
 
+STATUS = Command(
+    "status",
+    "what every host runs: behind, needs a reboot, last deploy and its outcome",
+    "Discover the hosts of TARGET (a deploy subject or alias; every host this key may\n"
+    "read without one) and print a row per host from the facts each measures: the\n"
+    "configuration revision it runs, whether it is behind, whether it needs a reboot,\n"
+    "its last deploy and outcome, and its listener's version (marked outdated when older\n"
+    "than this CLI).\n\n"
+    "Behind is against --revision, else against the revision last deployed to the\n"
+    "target's hosts (the newest switch, boot or test among their last jobs); the output\n"
+    "says which.\n\n"
+    "Exit status: 0 every host is at the revision and healthy (its last deploy did not\n"
+    "fail, no reboot is pending); 1 otherwise, or when no host answered; 2 usage, key or\n"
+    "connection error.",
+    (
+        Option(
+            "target",
+            "only the hosts of this deploy subject or alias",
+            env=False,
+            kind="positional",
+            metavar="TARGET",
+            shown_default="every host this key may read",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option(
+            "revision",
+            "the revision every host should run: a branch, tag or commit, as deployed",
+            env=False,
+            metavar="REV",
+            shown_default="the revision last deployed to the target",
+        ),
+        JSON,
+    ),
+)
+
+# -- history ---------------------------------------------------------------------------------
+
+INVENTORY = Option(
+    "inventory",
+    "a TOML inventory (as nats-config reads): names the keys that signed each deployment",
+    metavar="FILE",
+    shown_default="the seeds beside --nkey-file name theirs",
+)
+HISTORY_TIER = Option(
+    "tier",
+    "only this tier",
+    env=False,
+    choices=TIERS,
+    metavar="TIER",
+    shown_default="every tier this key may read",
+)
+
+HISTORY = Command(
+    "history",
+    "list recent deployments: who, what, where, and how each host ended",
+    "List the newest deployments, newest first, from the tiers' history streams in\n"
+    "JetStream (docs/history.md): id, the key that signed it (named from --inventory or\n"
+    "the seeds beside --nkey-file), target, action, revision, each host's outcome and\n"
+    "the duration. TARGET (a deploy subject or alias) or --host narrows the list. A key\n"
+    "reads only the tiers the NATS server lets it read: the test key, the test tier.\n\n"
+    "Without JetStream (homelab-deploy's layout, or streams never created) the list comes\n"
+    "from the hosts' own job records, through discovery, and says so.\n\n"
+    "--setup creates the history streams, or brings them to the retention given (admin\n"
+    "key; idempotent: run it again after changing a limit).\n\n"
+    "Exit status: 0 listed (or set up); 2 usage, key, connection or permission error.",
+    (
+        Option(
+            "target",
+            "only deployments to this subject or alias (a host's: also group deploys it was in)",
+            env=False,
+            kind="positional",
+            metavar="TARGET",
+            shown_default="every deployment",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option("host", "only deployments that reached this host", env=False, metavar="HOST"),
+        HISTORY_TIER,
+        Option(
+            "limit",
+            "list at most this many deployments",
+            default=DEFAULT_HISTORY_LIMIT,
+            env=False,
+            metavar="N",
+        ),
+        INVENTORY,
+        Option(
+            "setup",
+            "create or update the history streams with the retention below, then exit",
+            env=False,
+            kind="switch",
+        ),
+        Option(
+            "max_age",
+            "with --setup: keep history this long, in seconds",
+            default=DEFAULT_HISTORY_MAX_AGE,
+            env=False,
+            metavar="SECONDS",
+        ),
+        Option(
+            "max_msgs",
+            "with --setup: keep at most this many messages per tier",
+            default=DEFAULT_HISTORY_MAX_MSGS,
+            env=False,
+            metavar="N",
+        ),
+        Option(
+            "max_bytes",
+            "with --setup: keep at most this many bytes per tier",
+            default=DEFAULT_HISTORY_MAX_BYTES,
+            env=False,
+            metavar="BYTES",
+        ),
+        Option(
+            "replicas",
+            "with --setup: copies of each stream, on that many servers of a cluster (3 survives "
+            "the loss of one)",
+            default=DEFAULT_HISTORY_REPLICAS,
+            env=False,
+            metavar="N",
+        ),
+        JSON,
+    ),
+)
+
+SHOW = Command(
+    "show",
+    "show one deployment: each host's final status and log tail",
+    "Print the deployment DEPLOYMENT_ID from the history streams: who signed it, its\n"
+    "targets, action and revision, and for each host its final status, error, message\n"
+    "and the last lines of its log (escaped: text from a host is shown, never obeyed).\n"
+    "Without JetStream it asks the hosts for their record of that job instead.\n\n"
+    "Exit status: 0 found; 1 no record of it; 2 usage, key, connection or permission\n"
+    "error.",
+    (
+        Option(
+            "deployment_id",
+            "the deployment's id, as deploy and history print it",
+            env=False,
+            kind="positional",
+            metavar="DEPLOYMENT_ID",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        HISTORY_TIER,
+        INVENTORY,
+        JSON,
+    ),
+)
+
+LOGS = Command(
+    "logs",
+    "print a job's whole log, streamed from its host in chunks",
+    "Read the whole output of the job of DEPLOYMENT_ID on --host from that host's job\n"
+    "directory (it keeps its newest jobs), one bounded chunk after another, and write it\n"
+    "as it comes: memory stays flat whatever the log's size. Each chunk is a signed\n"
+    "request on the host's own subject deploy.<tier>.<host>, so a key reads the logs of\n"
+    "exactly the hosts it may deploy to. Control characters in the log are shown\n"
+    "escaped; --json writes each chunk as one JSON object per line, text exact.\n\n"
+    "With --follow it keeps reading while the job runs, until it ends.\n\n"
+    "Exit status: 0 the log was read (with --follow: the job ended and all of it was\n"
+    "read); 1 the host keeps no job of that id; 2 usage, key, connection or permission\n"
+    "error, a refusal, a listener too old to send logs, or no answer.",
+    (
+        Option(
+            "deployment_id",
+            "the deployment's id, as deploy and history print it",
+            env=False,
+            kind="positional",
+            metavar="DEPLOYMENT_ID",
+        ),
+        NATS_URL,
+        NKEY_FILE,
+        Option("host", "the host whose job to read", env=False, metavar="HOST", required=True),
+        Option(
+            "tier",
+            "the host's tier",
+            default=Tier.TEST.value,
+            env=False,
+            choices=TIERS,
+            metavar="TIER",
+        ),
+        Option(
+            "follow",
+            "keep reading while the job runs, until it ends",
+            env=False,
+            kind="switch",
+        ),
+        Option(
+            "offset",
+            "start at this byte of the log (where an interrupted read stopped)",
+            default=0,
+            env=False,
+            metavar="BYTES",
+        ),
+        Option(
+            "timeout",
+            "how long to wait for the host's answer to each chunk, in seconds",
+            default=DEFAULT_LOGS_ANSWER_WITHIN,
+            env=False,
+            metavar="SECONDS",
+        ),
+        replace(JSON, help="print each chunk as one JSON object per line"),
+    ),
+)
+
 # -- builds ----------------------------------------------------------------------------------
 
 BUILDER = Command(
@@ -865,6 +1119,14 @@ NATS_CONFIG = Command(
             choices=NATS_LAYOUTS,
             metavar="LAYOUT",
         ),
+        Option(
+            "jetstream_dir",
+            "with --layout bound: enable JetStream, storing the deployment history here "
+            "(docs/history.md); 'none' leaves JetStream out",
+            default=DEFAULT_JETSTREAM_DIR,
+            env=False,
+            metavar="DIR",
+        ),
     ),
 )
 
@@ -933,9 +1195,9 @@ MCP = Command(
     "mcp",
     "serve the MCP server (same as fleet-mcp)",
     "Serve fleet-deploy's MCP server: list_hosts, deploy (test tier only),\n"
-    "deployment_status, list_deployments, deploy_admin when --enable-admin and an\n"
-    "admin key are given, and build and build_status (the builder builds closures;\n"
-    "no host changes) with --enable-builds.\n\n"
+    "deployment_status, list_deployments, deployment_history (the recorded history),\n"
+    "deploy_admin when --enable-admin and an admin key are given, and build and\n"
+    "build_status (the builder builds closures; no host changes) with --enable-builds.\n\n"
     "Serves stdio by default (what an editor launches); --http serves streamable HTTP\n"
     "at /mcp.",
     (
@@ -985,6 +1247,10 @@ COMMANDS: tuple[Command, ...] = (
     CHECK,
     CANCEL,
     HOSTS,
+    STATUS,
+    HISTORY,
+    SHOW,
+    LOGS,
     BUILDER,
     BUILD,
     KEYGEN,

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fleet_core.config.options import (
+    DEFAULT_DARWIN_VERSION_COMMAND,
     DEFAULT_LOG_LEVEL,
     DEFAULT_NATS_LAYOUT,
     DEFAULT_REBUILD_RUNNER,
@@ -41,15 +42,20 @@ from fleet_core.config.settings import (
     CancelSettings,
     ConnectionSettings,
     DeploySettings,
+    FactsSettings,
     HealthCheckSpec,
+    HistorySettings,
     HostsSettings,
     KeygenSettings,
     ListenerSettings,
+    LogsSettings,
     McpSettings,
     NatsConfigSettings,
     RollbackSettings,
     RolloutSettings,
     SandboxSettings,
+    ShowSettings,
+    StatusSettings,
 )
 from fleet_core.errors import RequestRejected, UsageError
 from fleet_core.protocol.actions import (
@@ -61,6 +67,7 @@ from fleet_core.protocol.actions import (
     validate_configuration,
     validate_revision,
 )
+from fleet_core.protocol.messages import is_request_id
 from fleet_core.protocol.subjects import (
     Tier,
     resolve_target,
@@ -75,13 +82,16 @@ __all__ = [
     "check_settings",
     "choose_rebuild_runner",
     "deploy_settings",
+    "history_settings",
     "hosts_settings",
     "in_user_manager",
     "keygen_settings",
     "listener_settings",
+    "logs_settings",
     "mcp_settings",
     "nats_config_settings",
     "sandbox_settings",
+    "show_settings",
 ]
 
 Flags = Mapping[str, object]
@@ -350,6 +360,40 @@ def listener_settings(
         trusted_deployer_keys=tuple(dict.fromkeys(values.items("trusted_deployer_key"))),
         request_ttl=values.number("request_ttl"),
         rollback=_rollback(values),
+        facts=_facts(values, host_kind),
+    )
+
+
+def _facts(values: _Values, host_kind: HostKind) -> FactsSettings:
+    """Where discovery's host facts come from: the links and version program of the kind.
+
+    A Home Manager host's "system" is its home-manager profile (``$XDG_STATE_HOME`` or
+    ``~/.local/state``, as home-manager puts it), it has no booted system and no version
+    program; nix-darwin has no booted-system link and a ``darwin-version`` of its own.
+    """
+    profile = values.given("system_profile")
+    command = values.given("version_command")
+    if host_kind is HostKind.HOME_MANAGER:
+        user_home = values.environ.get("HOME") or str(Path.home())
+        state = values.environ.get("XDG_STATE_HOME") or str(Path(user_home, ".local", "state"))
+        home = Path(profile[0]) if profile else Path(state) / "nix" / "profiles" / "home-manager"
+        return FactsSettings(
+            current_system=home,
+            booted_system=None,
+            system_profile=home,
+            version_command=_command(values, "version_command") if command else (),
+        )
+    darwin = host_kind is HostKind.DARWIN
+    version = (
+        _command(values, "version_command")
+        if command or not darwin
+        else tuple(DEFAULT_DARWIN_VERSION_COMMAND.split())
+    )
+    return FactsSettings(
+        current_system=Path(values.required("current_system")),
+        booted_system=None if darwin else Path(values.required("booted_system")),
+        system_profile=Path(values.required("system_profile")),
+        version_command=version,
     )
 
 
@@ -564,12 +608,112 @@ def _rollout(values: _Values) -> RolloutSettings | None:
     )
 
 
+def _readable_tiers(values: _Values) -> tuple[Tier, ...]:
+    tier = _tier(values.choice("tier"))
+    return (tier,) if tier is not None else (Tier.TEST, Tier.PROD)
+
+
+def _inventory(values: _Values) -> Path | None:
+    text = values.text("inventory")
+    return Path(text) if text else None
+
+
+def _at_least(values: _Values, name: str, minimum: int) -> int:
+    number = values.integer(name)
+    if number < minimum:
+        raise UsageError(f"--{name.replace('_', '-')} must be at least {minimum}, not {number}")
+    return number
+
+
+def history_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> HistorySettings:
+    """Settings for ``fleet-deploy history``."""
+    values = _Values(command("history"), flags, environ)
+    target = values.text("target")
+    host = values.text("host")
+    if target is not None and host is not None:
+        raise UsageError("give TARGET or --host, not both")
+    replicas = _at_least(values, "replicas", 1)
+    if replicas > 5:
+        raise UsageError(f"--replicas must be 1 to 5 (JetStream's limit), not {replicas}")
+    return HistorySettings(
+        connection=_connection(values),
+        target=resolve_target(target, os.environ if environ is None else environ)
+        if target is not None
+        else None,
+        host=validate_hostname(host) if host is not None else None,
+        tiers=_readable_tiers(values),
+        limit=_at_least(values, "limit", 1),
+        inventory=_inventory(values),
+        setup=values.switch("setup"),
+        max_age=values.number("max_age"),
+        max_msgs=_at_least(values, "max_msgs", 1),
+        max_bytes=_at_least(values, "max_bytes", 1024 * 1024),
+        replicas=replicas,
+        json=values.switch("json"),
+    )
+
+
+def show_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> ShowSettings:
+    """Settings for ``fleet-deploy show``."""
+    values = _Values(command("show"), flags, environ)
+    return ShowSettings(
+        connection=_connection(values),
+        deployment_id=values.required("deployment_id"),
+        tiers=_readable_tiers(values),
+        inventory=_inventory(values),
+        json=values.switch("json"),
+    )
+
+
+def logs_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> LogsSettings:
+    """Settings for ``fleet-deploy logs``."""
+    values = _Values(command("logs"), flags, environ)
+    deployment_id = values.required("deployment_id")
+    if not is_request_id(deployment_id):
+        raise UsageError(
+            f"{deployment_id[:80]!r} is not a deployment id: ids are 1-64 letters, digits, "
+            "'-' or '_', as deploy and history print them"
+        )
+    return LogsSettings(
+        connection=_connection(values),
+        deployment_id=deployment_id,
+        host=values.required("host"),
+        tier=Tier(values.required_choice("tier")),
+        follow=values.switch("follow"),
+        offset=values.integer("offset"),
+        answer_within=values.number("timeout"),
+        json=values.switch("json"),
+    )
+
+
 def hosts_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> HostsSettings:
     """Settings for ``fleet-deploy hosts``."""
     values = _Values(command("hosts"), flags, environ)
     return HostsSettings(
         connection=_connection(values),
         tier=_tier(values.choice("tier")),
+        json=values.switch("json"),
+    )
+
+
+def status_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> StatusSettings:
+    """Settings for ``fleet-deploy status``; the revision is checked as a deploy's is."""
+    values = _Values(command("status"), flags, environ)
+    target = values.text("target")
+    revision = values.text("revision")
+    if revision is not None:
+        try:
+            revision = validate_revision(revision)
+        except RequestRejected as exc:
+            raise UsageError(f"--revision: {exc}") from None
+    return StatusSettings(
+        connection=_connection(values),
+        target=(
+            resolve_target(target, os.environ if environ is None else environ)
+            if target is not None
+            else None
+        ),
+        revision=revision,
         json=values.switch("json"),
     )
 
@@ -760,8 +904,10 @@ def nats_config_settings(flags: Flags) -> NatsConfigSettings:
     values = _Values(command("nats-config"), flags, {})
     output = values.text("output")
     layout = values.choice("layout")
+    jetstream_dir = values.required("jetstream_dir")
     return NatsConfigSettings(
         inventory=values.required("inventory"),
         output=Path(output) if output else None,
         layout="homelab" if layout == "homelab" else DEFAULT_NATS_LAYOUT,
+        jetstream_dir=None if jetstream_dir.strip().lower() in ("", "none") else jetstream_dir,
     )

@@ -15,15 +15,22 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from fleet_core.config.options import (
+    DEFAULT_BOOTED_SYSTEM,
     DEFAULT_BUILD_STEP_TIMEOUT,
     DEFAULT_BUILD_TIMEOUT,
     DEFAULT_CONFIRM_TIMEOUT,
     DEFAULT_CURRENT_SYSTEM,
     DEFAULT_DEPLOY_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HISTORY_LIMIT,
+    DEFAULT_HISTORY_MAX_AGE,
+    DEFAULT_HISTORY_MAX_BYTES,
+    DEFAULT_HISTORY_MAX_MSGS,
+    DEFAULT_HISTORY_REPLICAS,
     DEFAULT_KILL_GRACE,
     DEFAULT_LISTENER_TIMEOUT,
     DEFAULT_LOG_LEVEL,
+    DEFAULT_LOGS_ANSWER_WITHIN,
     DEFAULT_MCP_HEARTBEAT,
     DEFAULT_NATS_LAYOUT,
     DEFAULT_NIX_COMMAND,
@@ -38,6 +45,7 @@ from fleet_core.config.options import (
     DEFAULT_STATE_DIR,
     DEFAULT_SYSTEM_PROFILE,
     DEFAULT_SYSTEMCTL_COMMAND,
+    DEFAULT_VERSION_COMMAND,
     NatsLayout,
 )
 from fleet_core.config.parsers import check_public_key
@@ -72,15 +80,20 @@ __all__ = [
     "ConnectionSettings",
     "DeploySettings",
     "DeployTiming",
+    "FactsSettings",
     "HealthCheckSpec",
+    "HistorySettings",
     "HostsSettings",
     "KeygenSettings",
     "ListenerSettings",
+    "LogsSettings",
     "McpSettings",
     "NatsConfigSettings",
     "RollbackSettings",
     "RolloutSettings",
     "SandboxSettings",
+    "ShowSettings",
+    "StatusSettings",
 ]
 
 HEARTBEAT_INTERVAL = (
@@ -125,6 +138,24 @@ class RollbackSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FactsSettings:
+    """Where a listener measures its host's facts (``fleet_core.host.facts``): the links
+    it reads, and the program that prints its version as JSON (empty: none is run, as on a
+    Home Manager host). ``booted_system`` None: the host kind has no booted system.
+
+    Apart from ``RollbackSettings`` although two links are the same: a Home Manager host
+    has facts (its profile) but no rollback, and tests point each at what they simulate."""
+
+    current_system: Path = DEFAULT_CURRENT_SYSTEM
+    booted_system: Path | None = DEFAULT_BOOTED_SYSTEM
+    system_profile: Path = DEFAULT_SYSTEM_PROFILE
+    version_command: tuple[str, ...] = tuple(DEFAULT_VERSION_COMMAND.split())
+    # Seconds between two looks at the links (a discovery within it is answered from the
+    # cache); a job this listener ran, once over, makes the next discovery look at once.
+    recheck_after: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSettings:
     """Everything a listener needs; ``subjects`` are the expanded deploy subjects."""
 
@@ -162,6 +193,7 @@ class ListenerSettings:
     trusted_deployer_keys: tuple[str, ...] = ()
     request_ttl: float = DEFAULT_REQUEST_TTL
     rollback: RollbackSettings = RollbackSettings()
+    facts: FactsSettings = FactsSettings()  # what discovery reports of this host
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -299,9 +331,72 @@ class CancelSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """``fleet-deploy history``: which deployments to list, or (``setup``) the retention
+    to create the streams with. ``target`` is a deploy subject, already resolved."""
+
+    connection: ConnectionSettings
+    target: Target | None = None
+    host: str | None = None
+    tiers: tuple[Tier, ...] = (Tier.TEST, Tier.PROD)
+    limit: int = DEFAULT_HISTORY_LIMIT
+    inventory: Path | None = None  # names the signing keys, with the seeds beside the key
+    setup: bool = False
+    max_age: float = DEFAULT_HISTORY_MAX_AGE
+    max_msgs: int = DEFAULT_HISTORY_MAX_MSGS
+    max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+    replicas: int = DEFAULT_HISTORY_REPLICAS
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class ShowSettings:
+    """``fleet-deploy show``: one deployment by id."""
+
+    connection: ConnectionSettings
+    deployment_id: str
+    tiers: tuple[Tier, ...] = (Tier.TEST, Tier.PROD)
+    inventory: Path | None = None  # names the signing keys, with the seeds beside the key
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class LogsSettings:
+    """``fleet-deploy logs``: which job's log, on which host, from where, for how long."""
+
+    connection: ConnectionSettings
+    deployment_id: str
+    host: str
+    tier: Tier = Tier.TEST
+    follow: bool = False
+    offset: int = 0
+    answer_within: float = DEFAULT_LOGS_ANSWER_WITHIN
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        validate_hostname(self.host)
+        if self.offset < 0:
+            raise UsageError(f"--offset must be 0 or more bytes, not {self.offset}")
+
+
+@dataclass(frozen=True, slots=True)
 class HostsSettings:
     connection: ConnectionSettings
     tier: Tier | None = None
+    json: bool = False
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSettings:
+    """``fleet-deploy status``: whose hosts (None: every host this key may read), and the
+    revision they should run (None: the one last deployed to them)."""
+
+    connection: ConnectionSettings
+    target: Target | None = None
+    revision: str | None = None
     json: bool = False
     timing: DeployTiming = DeployTiming()
 
@@ -401,3 +496,4 @@ class NatsConfigSettings:
     inventory: str
     output: Path | None = None
     layout: NatsLayout = DEFAULT_NATS_LAYOUT
+    jetstream_dir: str | None = None  # None: no jetstream {} block

@@ -8,6 +8,12 @@ Modules:
     rollout     canary, batches and the failure budget: the order, the plan, when to stop (pure)
     cancel      send a deployment's cancel to its hosts and gather their answers
     cancellation  what each host's answer to a cancel means (pure)
+    logs        ``fleet-deploy logs``: a job's whole log from its host, chunk after chunk
     report      results as text for people (pure)
     commands    ``fleet-deploy deploy``, ``check``, ``cancel`` and ``hosts``: output, exit code
+    fleet_status  ``status``: each host's row, behind or not, healthy or not, the verdict (pure)
+    status_command  ``fleet-deploy status``: discover, judge, print; exit 0 or 1
+    history     the history streams' configuration; deployments from recorded messages (pure)
+    history_reader  create the history streams, read them (direct gets); the job-record fallback
+    history_commands  ``fleet-deploy history`` and ``show``: tables, one deployment, JSON
 """

@@ -150,16 +150,20 @@ class Deployer:
         discovered): the test key's prod, under the layout nats-config writes."""
         return frozenset(self._unreadable)
 
-    async def discover(self, tier: Tier | None = None) -> list[HostInfo]:
+    async def discover(
+        self, tier: Tier | None = None, *, recent_jobs: int | None = None
+    ) -> list[HostInfo]:
         """Ask every listener (of ``tier``) to answer; the window closes once replies stop.
 
-        Hosts of a tier whose replies this key may not read are not found: no error."""
-        found = await self._discover(tier)
+        Hosts of a tier whose replies this key may not read are not found: no error. With
+        ``recent_jobs`` (1 to ``MAX_RECENT_JOBS``) each host adds its newest job records."""
+        found = await self._discover(tier, recent_jobs=recent_jobs)
         return sorted(found.hosts.values(), key=lambda h: (h.tier, h.hostname))
 
-    async def _discover(self, tier: Tier | None) -> Answers:
+    async def _discover(self, tier: Tier | None, *, recent_jobs: int | None = None) -> Answers:
         reply = RESPONSES_PREFIX + uuid.uuid4().hex
-        return await self._ask(DiscoverRequest(reply_to=reply, tier=tier, bind=True))
+        request = DiscoverRequest(reply_to=reply, tier=tier, bind=True, recent_jobs=recent_jobs)
+        return await self._ask(request)
 
     async def query_job(
         self, request_id: str, *, hosts: Iterable[str], tier: Tier | None = None

@@ -35,15 +35,19 @@ from fleet_core.bus import Bus, Message, Subscription
 from fleet_core.config.options import RESTART_EXIT_STATUS
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.errors import FleetError, PermissionDenied, RequestRejected
+from fleet_core.host.facts import FactsReader
 from fleet_core.host.jobs.launch import Rebuilder, rebuilder_for
 from fleet_core.host.jobs.manager import HostJobs, Job
 from fleet_core.host.jobs.outcome import Outcome
 from fleet_core.host.jobs.store import JobRecord
+from fleet_core.host.logs import LogServer
 from fleet_core.host.preflight import check_own_subjects
 from fleet_core.host.replays import load_replays, save_replays
 from fleet_core.host.status_reporter import StatusReporter
 from fleet_core.protocol.actions import Action, HostKind, validate_action_for
+from fleet_core.protocol.facts import clip
 from fleet_core.protocol.messages import (
+    MAX_STATUS_BYTES,
     DeployRequest,
     ErrorCode,
     HostInfo,
@@ -73,6 +77,7 @@ RESTART_EXIT_CODE = RESTART_EXIT_STATUS  # the NixOS unit lists it in RestartFor
 # counted in the log) instead of queueing ahead of real discoveries and job queries. Deploy
 # requests arrive on subscriptions of their own and never wait behind discovery.
 DISCOVERY_BACKLOG = 64
+RECENT_MESSAGE_CHARS = 120  # of each recent job's message in a discovery answer
 _ACTIVATING = frozenset({Action.SWITCH, Action.TEST})
 
 Fingerprint = tuple[tuple[str, str, str | None], ...]
@@ -130,8 +135,10 @@ class Listener:
         # Deployments cancelled here: a later request of one (the next batch of a rollout)
         # is refused. The newest CANCELLED_KEPT, in memory: a restart forgets them.
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._logs = LogServer(settings, self.jobs.store)  # log requests: read-only, apart
         self._log = log.bind(host=settings.hostname, tier=settings.tier.value)
         self._metrics = metrics
+        self.facts = FactsReader(settings, self.jobs.store)  # what discovery says it runs
         if metrics is not None:
             metrics.count_in_progress(self._in_progress)
 
@@ -349,6 +356,10 @@ class Listener:
                 "request sent with its id; the answer belongs to the first one",
             )
             return
+        if request.action is Action.LOGS:  # reads a job's output, runs nothing: host.logs
+            assert self._bus is not None
+            await self._logs.answer(self._bus, request, msg.subject)
+            return
         request_id = request.id or uuid.uuid4().hex
         signer = verified_signer(
             request.signature_fields(),
@@ -530,7 +541,8 @@ class Listener:
         if request.hosts is not None and self.settings.hostname not in request.hosts:
             return
         assert self._bus is not None
-        running = self.jobs.active[-1].request_id if self.jobs.active else None
+        active = self.jobs.active[-1] if self.jobs.active else None
+        running = active.request_id if active is not None else None
         info = HostInfo(
             hostname=self.settings.hostname,
             tier=self.settings.tier.value,
@@ -541,8 +553,18 @@ class Listener:
             kind=self.settings.host_kind.value,
             running_job=running,
             job=await self._job_summary(request.job) if request.job is not None else None,
+            recent_jobs=(
+                await self._recent_jobs(request.recent_jobs) if request.recent_jobs else None
+            ),
+            facts=await self.facts.read(active.record if active is not None else None),
         )
-        await self._bus.publish(self._reply_subject(request.reply_to, request.bind), encode(info))
+        data = encode(info)
+        while len(data) > MAX_STATUS_BYTES and info.recent_jobs:  # escaped text can grow 6x
+            info = info.model_copy(
+                update={"recent_jobs": info.recent_jobs[: len(info.recent_jobs) // 2]}
+            )
+            data = encode(info)
+        await self._bus.publish(self._reply_subject(request.reply_to, request.bind), data)
 
     async def _job_summary(self, request_id: str) -> JobSummary:
         """What this host knows of the job ``request_id``: its record, or ``unknown``."""
@@ -554,11 +576,23 @@ class Listener:
             return JobSummary(request_id=request_id, phase=JobPhase.UNKNOWN)
         return record.summary()
 
+    async def _recent_jobs(self, count: int) -> list[JobSummary]:
+        """The newest ``count`` job records as summaries, newest first, without log tails
+        and with messages cut short: fifty of them must fit one discovery answer."""
+        records = await anyio.to_thread.run_sync(self.jobs.store.recent, count)
+        return [
+            summary.model_copy(
+                update={"log_tail": None, "message": clip(summary.message, RECENT_MESSAGE_CHARS)}
+            )
+            for summary in (record.summary() for record in records)
+        ]
+
     # -- upgrades ----------------------------------------------------------------------------
 
     async def _after_job(self, job: Job, outcome: Outcome) -> None:
         """After a switch or test (whatever its outcome: activation may have begun), restart
         if the watched files changed — its final status has been sent already."""
+        self.facts.jobs_changed()  # its record is final: discovery's last_job follows
         paths = self.settings.restart_if_changed
         if job.request.action not in _ACTIVATING or not paths or self.restart_reason:
             return

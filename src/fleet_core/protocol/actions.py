@@ -60,6 +60,9 @@ class Action(StrEnum):
     # it): a rebuild still building stops; one activating is not interrupted; a request
     # of that deployment that arrives later is refused (``fleet-deploy cancel``).
     CANCEL = "cancel"
+    # Read a chunk of the output of the job whose id is the request's ``revision``
+    # (``fleet-deploy logs``, fleet_core.protocol.logs); runs nothing, changes nothing.
+    LOGS = "logs"
 
 
 class HostKind(StrEnum):
@@ -85,9 +88,9 @@ _PROGRAMS: dict[HostKind, str] = {
 # absent: darwin-rebuild and Home Manager have no boot entry to write and no "activate but
 # not at next boot". dry-activate's meaning, "show what activation would change", is
 # darwin-rebuild's check and home-manager's switch --dry-run (-n).
-# The actions that run the rebuild program; check and cancel run none.
+# The actions that run the rebuild program; check, cancel and logs run none.
 REBUILD_ACTIONS: tuple[Action, ...] = tuple(
-    action for action in Action if action not in (Action.CHECK, Action.CANCEL)
+    action for action in Action if action not in (Action.CHECK, Action.CANCEL, Action.LOGS)
 )
 _VERBS: dict[HostKind, dict[Action, tuple[str, ...]]] = {
     HostKind.NIXOS: {action: (action.value,) for action in REBUILD_ACTIONS},
@@ -125,7 +128,7 @@ def validate_action(value: object) -> Action:
 
 def verb_for(kind: HostKind, action: Action) -> tuple[str, ...]:
     """What the rebuild program of ``kind`` is given for ``action``; ``invalid_action`` when
-    the kind cannot run it, or when it runs no rebuild (``check``, ``cancel``)."""
+    the kind cannot run it, or when it runs no rebuild (``check``, ``cancel``, ``logs``)."""
     validate_action_for(kind, action)
     verb = _VERBS[kind].get(action)
     if verb is None:
@@ -140,13 +143,17 @@ def rebuild_program(kind: HostKind) -> str:
 
 def actions_for(kind: HostKind) -> tuple[Action, ...]:
     """The actions a host of ``kind`` can run, in ``Action``'s order: its rebuild program's,
-    and ``check`` where there are health checks (NixOS). Every host also takes ``cancel``,
-    which runs nothing."""
-    return tuple(action for action in Action if action is not Action.CANCEL and _runs(kind, action))
+    and ``check`` where there are health checks (NixOS). Every host also takes ``cancel``
+    and ``logs``, which run nothing."""
+    return tuple(
+        action
+        for action in Action
+        if action not in (Action.CANCEL, Action.LOGS) and _runs(kind, action)
+    )
 
 
 def _runs(kind: HostKind, action: Action) -> bool:
-    if action is Action.CANCEL:
+    if action in (Action.CANCEL, Action.LOGS):
         return True
     if action is Action.CHECK:
         return kind is HostKind.NIXOS

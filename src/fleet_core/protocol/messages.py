@@ -35,12 +35,14 @@ from fleet_core.protocol.actions import (
     validate_action,
     validate_revision,
 )
+from fleet_core.protocol.facts import HostFacts
 from fleet_core.protocol.signing import Signature
 from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier, is_reply_subject
 
 __all__ = [
     "FINAL_STATUSES",
     "MAX_MESSAGE_CHARS",
+    "MAX_RECENT_JOBS",
     "MAX_REQUEST_BYTES",
     "MAX_STATUS_BYTES",
     "CheckStatus",
@@ -66,6 +68,10 @@ MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_STATUS_BYTES: Final = 64 * 1024
 MAX_MESSAGE_CHARS: Final = 2000
 MAX_QUERY_HOSTS: Final = 5000  # hosts one job query may name (it must fit MAX_REQUEST_BYTES)
+# Job summaries one discovery may ask each host for (``DiscoverRequest.recent_jobs``); a
+# host keeps its newest 50 job directories by default, and 50 summaries without their log
+# tails fit well within MAX_STATUS_BYTES.
+MAX_RECENT_JOBS: Final = 50
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SIGNING_FIELDS = ("signer", "signed_at", "signature")
 _MAX_SIGNING_CHARS = 128  # a public key is 56 characters, an ed25519 signature 86
@@ -107,6 +113,9 @@ class ErrorCode(StrEnum):
     # is safe, or it is over.
     ALREADY_ACTIVATING = "already_activating"
     ALREADY_FINISHED = "already_finished"
+    # The answer to a log request (Action.LOGS) for a job this host has no directory of:
+    # it never ran here, or it is older than the jobs the host keeps.
+    UNKNOWN_JOB = "unknown_job"
 
 
 class _Wire(BaseModel):
@@ -150,6 +159,12 @@ class DeployRequest(_Request):
     # True: the host does not re-activate the previous system after a failed activation,
     # check or confirmation; it reports. Left off the wire unless set.
     no_rollback: bool | None = None
+    # A log request's window (Action.LOGS, fleet_core.protocol.logs): the byte of the job's
+    # output to start at, the most bytes and the most lines to send. Not signed; left off
+    # the wire unless set, so other requests are as they were.
+    offset: int | None = None
+    size: int | None = None
+    lines: int | None = None
     signer: str | None = None
     signed_at: float | None = None
     signature: str | None = None
@@ -187,6 +202,7 @@ class DeployRequest(_Request):
                 ErrorCode.INVALID_REQUEST, "id must be 1-64 letters, digits, '-' or '_'"
             )
         _check_bind(data)
+        _check_window(data)
         _check_signing_fields(data)
         return {
             **data,
@@ -199,6 +215,20 @@ def _check_bind(data: dict[str, Any]) -> None:
     """``bind`` is true, false or absent: never a string or number read as one."""
     if not isinstance(data.get("bind", False), bool | None):
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "bind must be true or false")
+
+
+def _check_window(data: dict[str, Any]) -> None:
+    """A log request's ``offset``, ``size`` and ``lines``: absent, or whole numbers in range
+    (never a bool, a float or a string read as one); an offset a file could have."""
+    for name, low in (("offset", 0), ("size", 1), ("lines", 1)):
+        value = data.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value < 2**53
+        ):
+            raise RequestRejected(
+                ErrorCode.INVALID_REQUEST,
+                f"{name} must be a whole number from {low} to 2^53, not {str(value)[:40]!r}",
+            )
 
 
 def _check_signing_fields(data: dict[str, Any]) -> None:
@@ -278,6 +308,10 @@ class DiscoverRequest(_Request):
     Only the named hosts answer; a listener that predates job queries answers as to any
     discovery, without ``job``, which the deployer reads as "cannot tell". With ``bind`` a
     listener answers on ``<reply_to>.<tier>.<hostname>``, as it does a bound deploy request.
+
+    With ``recent_jobs`` (1 to ``MAX_RECENT_JOBS``) each answering host adds summaries of
+    its newest job records, newest first (``HostInfo.recent_jobs``): the history of a
+    fleet without JetStream. A listener that predates it ignores the field.
     """
 
     reply_to: str
@@ -285,6 +319,7 @@ class DiscoverRequest(_Request):
     job: str | None = None
     hosts: list[str] | None = None
     bind: bool | None = None
+    recent_jobs: int | None = Field(default=None, ge=1, le=MAX_RECENT_JOBS)
 
 
 class JobPhase(StrEnum):
@@ -309,6 +344,14 @@ class JobSummary(_Wire):
     exit_code: int | None = None
     duration_s: float | None = None
     log_tail: list[str] | None = None
+    # What the job was asked and when, from the record: a job query's answer and the
+    # summaries of ``HostInfo.recent_jobs`` carry them; a listener of an earlier release
+    # does not (None). ``signer`` is the key that signed the request, as verified on arrival.
+    action: str | None = None
+    revision: str | None = None
+    signer: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 class HostInfo(_Wire):
@@ -325,6 +368,12 @@ class HostInfo(_Wire):
     # What the host runs (fleet_core.protocol.actions.HostKind): nixos, darwin or home-manager. None
     # from a listener that predates host kinds, or homelab-deploy's (both are NixOS).
     kind: str | None = None
+    # What the host runs, measured on the host (fleet_core.protocol.facts); None from a
+    # listener that predates facts, or homelab-deploy's.
+    facts: HostFacts | None = None
+    # Set only when the discovery asked for ``recent_jobs``: the host's newest job records,
+    # newest first, without log tails (a job query by id gives one's tail).
+    recent_jobs: list[JobSummary] | None = None
 
 
 class InvalidRequest(RequestRejected):
@@ -450,6 +499,17 @@ def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> Dis
             reply_to=None,
         )
     job, hosts, bind = obj.get("job"), obj.get("hosts"), obj.get("bind")
+    recent = obj.get("recent_jobs")
+    if recent is not None and (
+        isinstance(recent, bool)
+        or not isinstance(recent, int)
+        or not 1 <= recent <= MAX_RECENT_JOBS
+    ):
+        raise InvalidRequest(
+            ErrorCode.INVALID_REQUEST,
+            f"recent_jobs must be a number from 1 to {MAX_RECENT_JOBS}",
+            reply_to=None,
+        )
     if job is not None and not is_request_id(job):
         raise InvalidRequest(ErrorCode.INVALID_REQUEST, "job must be a request id", reply_to=None)
     if not isinstance(bind, bool | None):
@@ -466,7 +526,12 @@ def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> Dis
         )
     try:
         return DiscoverRequest(
-            reply_to=reply, tier=obj.get("tier"), job=job, hosts=hosts, bind=bind
+            reply_to=reply,
+            tier=obj.get("tier"),
+            job=job,
+            hosts=hosts,
+            bind=bind,
+            recent_jobs=recent,
         )
     except ValidationError:
         raise InvalidRequest(

@@ -60,7 +60,10 @@ def run_nats_config(
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise UsageError(f"cannot read inventory {inventory}: {reason}") from exc
     config = nats_config(
-        parse_inventory(text, source=source), source=source, layout=settings.layout
+        parse_inventory(text, source=source),
+        source=source,
+        layout=settings.layout,
+        jetstream_dir=settings.jetstream_dir,
     )
     if settings.output is None:
         out.write(config)

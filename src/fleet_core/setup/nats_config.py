@@ -56,7 +56,9 @@ from typing import Any, Final, Literal
 
 from fleet_core.build.protocol import BUILD_PREFIX, BUILD_RESPONSES_PREFIX, validate_repo
 from fleet_core.config.options import DEFAULT_NATS_LAYOUT, NATS_LAYOUTS, NatsLayout
+from fleet_core.deploy.history import stream_name
 from fleet_core.errors import UsageError
+from fleet_core.protocol.logs import log_reply
 from fleet_core.protocol.subjects import (
     DEFAULT_DEPLOY_SUBJECTS,
     DISCOVER_SUBJECT,
@@ -81,11 +83,13 @@ __all__ = [
     "UserPermissions",
     "builder_permissions",
     "deployer_permissions",
+    "history_read_subjects",
     "inventory_toml",
     "listener_permissions",
     "nats_config",
     "parse_inventory",
     "render_authorization",
+    "render_jetstream",
 ]
 
 _PUBLIC_KEY = re.compile(r"U[A-Z2-7]{55}")
@@ -94,6 +98,7 @@ BARE_REPLIES = RESPONSES_PREFIX + "*"  # deploy.responses.<id>: homelab-style an
 BUILD_REQUESTS = BUILD_PREFIX + "*.*"  # build.<repo>.<host|all>
 BUILD_REPLIES = BUILD_RESPONSES_PREFIX + "*"  # build.responses.<id>
 BUILD_RESPONSES_WILDCARD = BUILD_RESPONSES_PREFIX + ">"
+JS_API_WILDCARD = "$JS.API.>"
 
 Layout = NatsLayout
 LAYOUTS: Final = NATS_LAYOUTS
@@ -256,7 +261,12 @@ def listener_permissions(host: HostEntry, layout: Layout = DEFAULT_LAYOUT) -> Us
     # Discovery only on its own tier's subject, which only that tier's deployers (and the
     # admin) may publish to: another tier's key can neither load it nor read what is asked.
     return UserPermissions(
-        publish=(bound_reply(BARE_REPLIES, host.tier.value, host.name),),
+        # Its statuses, and the chunks of its jobs' logs on a subject of their own (which
+        # the history streams do not record: fleet_core.protocol.logs).
+        publish=(
+            bound_reply(BARE_REPLIES, host.tier.value, host.name),
+            log_reply(BARE_REPLIES, host.tier.value, host.name),
+        ),
         subscribe=(*subjects, tier_discover_subject(host.tier)),
     )
 
@@ -267,8 +277,11 @@ def deployer_permissions(
     """The admin reaches everything; the test deployer publishes to the test tier and, under
     ``bound``, reads only bare and test-tier replies."""
     if access == "admin":
+        # $JS.API.> under ``bound``: the admin creates the history streams and reads them;
+        # its answers come on reply subjects under deploy.> (history_reader).
+        js = (JS_API_WILDCARD,) if layout == "bound" else ()
         return UserPermissions(
-            publish=("deploy.>", BUILD_REQUESTS),
+            publish=("deploy.>", BUILD_REQUESTS, *js),
             subscribe=("deploy.>", BUILD_REPLIES),
             deny_publish=(BUILD_RESPONSES_WILDCARD,),
         )
@@ -280,14 +293,47 @@ def deployer_permissions(
         )
     return UserPermissions(
         # Discovery and job queries of the test tier only: the prod listeners never hear
-        # this key, and it reads no discovery subject (the admin's prod job queries).
-        publish=("deploy.test.>", tier_discover_subject(Tier.TEST), BUILD_REQUESTS),
-        subscribe=(BARE_REPLIES, bound_replies(BARE_REPLIES, Tier.TEST), BUILD_REPLIES),
+        # this key, and it reads no discovery subject (the admin's prod job queries). Of
+        # JetStream it may ask only for the test history: its state and direct gets, which
+        # answer on its own reply subject (fleet_core.deploy.history_reader); no consumer,
+        # no other stream, no stream of its own that could source prod's.
+        publish=(
+            "deploy.test.>",
+            tier_discover_subject(Tier.TEST),
+            BUILD_REQUESTS,
+            *history_read_subjects(Tier.TEST),
+        ),
+        subscribe=(
+            BARE_REPLIES,
+            bound_replies(BARE_REPLIES, Tier.TEST),
+            log_reply(BARE_REPLIES, Tier.TEST.value, "*"),  # test hosts' log chunks
+            BUILD_REPLIES,
+        ),
         # deploy.responses.* admits a subscription to deploy.responses.> (a ``*`` matches
         # the literal token ``>``); the server then withholds what this deny matches.
         deny_subscribe=(bound_reply(BARE_REPLIES, Tier.PROD.value, ">"),),
         # build.*.* would let a deployer answer a build in a builder's name.
         deny_publish=(BUILD_RESPONSES_WILDCARD,),
+    )
+
+
+def history_read_subjects(tier: Tier) -> tuple[str, str]:
+    """The JetStream API subjects that read ``tier``'s history and nothing else."""
+    name = stream_name(tier)
+    return (f"$JS.API.STREAM.INFO.{name}", f"$JS.API.DIRECT.GET.{name}")
+
+
+def render_jetstream(store_dir: str) -> str:
+    """The ``jetstream {}`` block: the history streams live in ``store_dir``."""
+    return "\n".join(
+        [
+            "# JetStream keeps the deployment history (docs/history.md); create its streams",
+            "# once with the admin key: fleet-deploy history --setup",
+            "jetstream {",
+            f"  store_dir: {json.dumps(store_dir)}",
+            "}",
+            "",
+        ]
     )
 
 
@@ -348,9 +394,17 @@ def render_authorization(inventory: Inventory, layout: Layout = DEFAULT_LAYOUT) 
     return "\n".join(lines)
 
 
-def nats_config(inventory: Inventory, *, source: str, layout: Layout = DEFAULT_LAYOUT) -> str:
+def nats_config(
+    inventory: Inventory,
+    *,
+    source: str,
+    layout: Layout = DEFAULT_LAYOUT,
+    jetstream_dir: str | None = None,
+) -> str:
     """A complete nats-server config for ``inventory``: a header comment (which layout, and
-    what it guarantees) and its users."""
+    what it guarantees), its users, and under ``bound`` with ``jetstream_dir`` the JetStream
+    block that keeps the history (homelab-deploy's layout has no history to keep: its
+    replies name no tier)."""
     tiers = [host.tier.value for host in inventory.hosts]
     header = [
         "# NATS authorization for fleet-deploy, written by `fleet-deploy nats-config` from",
@@ -362,7 +416,8 @@ def nats_config(inventory: Inventory, *, source: str, layout: Layout = DEFAULT_L
         "# `include` it from your server's config; check it with `nats-server -t -c <file>`.",
         "",
     ]
-    return "\n".join(header) + render_authorization(inventory, layout)
+    jetstream = render_jetstream(jetstream_dir) if jetstream_dir and layout == "bound" else ""
+    return "\n".join(header) + render_authorization(inventory, layout) + jetstream
 
 
 def _toml_key(name: str) -> str:

@@ -10,6 +10,7 @@ Modules:
     simulated_systemd_run  the systemd-run stand-in, for the systemd launch mode
     simulated_system       a host's system profile under a directory of its own: store
                            paths, generations, current and booted; switch-to-configuration
+    simulated_nixos_version  the nixos-version stand-in: --json of a simulated host's system
     simulated_nix_env      the nix-env stand-in: set a system profile, list its generations
     simulated_systemctl    the systemctl stand-in: is-system-running, failed units
     simulated_network      a host's network path to NATS, cut while its system says so
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         Permissions,
         local_fleet,
         simulated_darwin_rebuild_command,
+        simulated_facts,
         simulated_home_manager_command,
         simulated_nix_command,
         simulated_rebuild_command,
@@ -70,6 +72,7 @@ _HOMES = {
     "simulated_darwin_rebuild_command": _FLEET,
     "simulated_home_manager_command": _FLEET,
     "simulated_nix_command": _FLEET,
+    "simulated_facts": _FLEET,
     "simulated_nix_env_command": _SYSTEM,
     "simulated_rebuild_command": _FLEET,
     "simulated_systemctl_command": _SYSTEM,
@@ -91,6 +94,7 @@ __all__ = [
     "make_system",
     "set_profile",
     "simulated_darwin_rebuild_command",
+    "simulated_facts",
     "simulated_home_manager_command",
     "simulated_nix_command",
     "simulated_nix_env_command",

@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -70,6 +71,8 @@ class ClusterNode:
     name: str
     password: str
     routes: tuple[str, ...] = ()
+    store_dir: str | None = None  # JetStream's, one per node; None: no JetStream
+    listen_port: int = -1  # the route port: -1 lets the kernel pick
 
     def config(self, include: str) -> str:
         """A config that includes the file ``include`` beside it (nats-server resolves it
@@ -83,14 +86,22 @@ class ClusterNode:
                 f"server_name: {json.dumps(self.name)}",
                 "cluster {",
                 f"  name: {json.dumps(self.cluster)}",
-                '  listen: "127.0.0.1:-1"',
+                f'  listen: "127.0.0.1:{self.listen_port}"',
                 "  pool_size: -1  # one route per pair of nodes: what readiness counts",
                 f"  authorization {{ user: {_ROUTE_USER}, password: {json.dumps(self.password)} }}",
                 f"  routes: [{routes}]",
                 "}",
+                *_jetstream_lines(self.store_dir),
                 "",
             ]
         )
+
+
+def _jetstream_lines(store_dir: str | None) -> list[str]:
+    """A ``jetstream {}`` block storing in ``store_dir`` (none without one)."""
+    if store_dir is None:
+        return []
+    return ["jetstream {", f"  store_dir: {json.dumps(store_dir)}", "}"]
 
 
 class EmbeddedNatsServer:
@@ -244,16 +255,27 @@ class EmbeddedNatsCluster:
 
     ``port`` is the first node's client port (-1: a free one); the others pick free ones.
     ``urls`` lists every node's client URL, ``url`` joins them as ``--nats-url`` takes them.
+    With ``jetstream`` each node of a cluster runs JetStream, storing in
+    ``directory/jetstream/<node>`` (nodes of one cluster must not share a store), kept across
+    a restart of the node; a single server runs it when its config says so.
     """
 
     def __init__(
-        self, directory: Path, config: str, *, size: int = 1, port: int = -1, name: str = "fleet"
+        self,
+        directory: Path,
+        config: str,
+        *,
+        size: int = 1,
+        port: int = -1,
+        name: str = "fleet",
+        jetstream: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"a cluster has at least one node, not {size}")
         self.directory = directory
         self.size = size
         self.name = name
+        self.jetstream = jetstream
         self._config = config
         self._port = port
         self._password = secrets.token_urlsafe(24)
@@ -286,7 +308,17 @@ class EmbeddedNatsCluster:
                 plain = EmbeddedNatsServer(self.directory, self._config, port=self._port)
                 self._start(plain, timeout)
                 return self
-            first = self._start(self._node(1, (), self._port), timeout)
+            # JetStream refuses a clustered node with no route configured: the first node,
+            # which has no peer yet, gets a route port chosen here and a route to itself
+            # (nats-server recognises and skips it). A port could be taken in between;
+            # that fails the start loudly, it never joins a wrong cluster (routes have a
+            # password).
+            seed_routes: tuple[str, ...] = ()
+            listen = -1
+            if self.jetstream:
+                listen = _free_port()
+                seed_routes = (f"127.0.0.1:{listen}",)
+            first = self._start(self._node(1, seed_routes, self._port, listen), timeout)
             for index in range(2, self.size + 1):
                 remaining = max(0.1, deadline - time.monotonic())
                 self._start(self._node(index, (first.route_url,), -1), remaining)
@@ -296,8 +328,18 @@ class EmbeddedNatsCluster:
             raise
         return self
 
-    def _node(self, index: int, routes: tuple[str, ...], port: int) -> EmbeddedNatsServer:
-        node = ClusterNode(self.name, f"{self.name}-{index}", self._password, routes)
+    def store_dir(self, node: str) -> str:
+        """Where the node named ``node`` keeps its JetStream data."""
+        return str(self.directory / "jetstream" / node)
+
+    def _node(
+        self, index: int, routes: tuple[str, ...], port: int, listen: int = -1
+    ) -> EmbeddedNatsServer:
+        name = f"{self.name}-{index}"
+        store = self.store_dir(name) if self.jetstream else None
+        node = ClusterNode(
+            self.name, name, self._password, routes, store_dir=store, listen_port=listen
+        )
         return EmbeddedNatsServer(self.directory, self._config, port=port, cluster=node)
 
     def _start(self, node: EmbeddedNatsServer, timeout: float = 15.0) -> EmbeddedNatsServer:
@@ -328,6 +370,13 @@ class EmbeddedNatsCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -10,6 +10,8 @@ check is what the sandbox shows; only the rebuild is stood in for, by ``InstantR
 ``ProcessRebuilder`` (see ``simulated_rebuild_command``)::
 
     from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.history import Retention
+from fleet_core.deploy.history_reader import setup_history
     from fleet_core.protocol.subjects import Tier, parse_target
     from fleet_core.testing import FleetHost, InstantRebuilder, local_fleet
 
@@ -52,9 +54,16 @@ import anyio.to_thread
 import structlog
 
 from fleet_core.bus import Bus, Servers
-from fleet_core.config.settings import BuilderSettings, DeployTiming, ListenerSettings
+from fleet_core.config.settings import (
+    BuilderSettings,
+    DeployTiming,
+    FactsSettings,
+    ListenerSettings,
+)
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.errors import FleetError
+from fleet_core.deploy.history import Retention
+from fleet_core.deploy.history_reader import setup_history
+from fleet_core.errors import FleetError, HistoryUnavailable
 from fleet_core.host.jobs.jobdir import EXIT_FILE, OUTPUT_LOG
 from fleet_core.host.jobs.launch import Launched, Rebuilder, RebuildJob
 from fleet_core.host.listener import Listener
@@ -71,6 +80,12 @@ from fleet_core.setup.nats_config import (
     nats_config,
 )
 from fleet_core.testing.embedded_server import EmbeddedNatsCluster, EmbeddedNatsServer
+from fleet_core.testing.simulated_nixos_version import simulated_version_command
+from fleet_core.testing.simulated_system import (
+    booted_system_path,
+    current_system_path,
+    profile_path,
+)
 
 __all__ = [
     "FLAKE_URL",
@@ -81,6 +96,7 @@ __all__ = [
     "Permissions",
     "local_fleet",
     "simulated_darwin_rebuild_command",
+    "simulated_facts",
     "simulated_home_manager_command",
     "simulated_nix_command",
     "simulated_rebuild_command",
@@ -151,6 +167,17 @@ def simulated_nix_command(*sim: str) -> tuple[str, ...]:
     """The packaged stand-in for the builder's ``nix`` (``--sim-*`` flags first), for
     ``BuilderSettings.nix_command``."""
     return (sys.executable, "-m", "fleet_core.testing.simulated_nix", *sim)
+
+
+def simulated_facts(root: Path) -> FactsSettings:
+    """Where a listener on the simulated host whose root is ``root`` measures its facts:
+    that root's links (``simulated_system``) and its ``nixos-version`` stand-in."""
+    return FactsSettings(
+        current_system=current_system_path(root),
+        booted_system=booted_system_path(root),
+        system_profile=profile_path(root),
+        version_command=simulated_version_command(root),
+    )
 
 
 def simulated_systemd_run_command(*sim: str) -> tuple[str, ...]:
@@ -389,6 +416,7 @@ async def local_fleet(
     reuse_keys: bool = False,
     cluster: int = 1,
     layout: Layout = DEFAULT_LAYOUT,
+    history: bool = False,
 ) -> AsyncIterator[LocalFleet]:
     """Keys, the tiered permissions and a started nats-server for ``hosts`` and ``deployers``.
 
@@ -401,8 +429,11 @@ async def local_fleet(
     generating only the missing ones. ``cluster`` > 1 starts that many nats-servers on the
     same config, routed into a cluster (``port`` is then the first one's), all routes up
     before the block starts. ``layout`` is ``nats-config``'s: ``bound`` (its default), or
-    ``homelab`` for homelab-deploy's published example. Listeners start with
-    ``LocalFleet.listeners``.
+    ``homelab`` for homelab-deploy's published example. ``history`` runs JetStream on
+    every server (stored under ``root/nats/jetstream``) and creates the history streams
+    with the first admin deployer's key, one replica per server up to 3: opt-in, because
+    a stream capturing ``deploy.<tier>.>`` silences the server's "no responders" status that
+    some tests rely on (docs/history.md). Listeners start with ``LocalFleet.listeners``.
     """
     async with AsyncExitStack() as stack:  # clean-up runs in the reverse order of set-up
         if root is None:
@@ -428,13 +459,22 @@ async def local_fleet(
         )
         inventory_path = root / "inventory.toml"
         inventory_path.write_text(inventory_toml(inventory), encoding="utf-8")
-        config = nats_config(inventory, source=str(inventory_path), layout=layout)
+        # JetStream's store: a single server's is in the config, as nats-config writes it;
+        # each node of a cluster needs its own, which the cluster adds to each node's config.
+        store = str(root / "nats" / "jetstream") if history and cluster == 1 else None
+        config = nats_config(
+            inventory, source=str(inventory_path), layout=layout, jetstream_dir=store
+        )
         if extra:
             config = _with_users(config, {name: (seeds[name], extra[name]) for name in extra})
-        servers = EmbeddedNatsCluster(root / "nats", config, size=cluster, port=port)
+        servers = EmbeddedNatsCluster(
+            root / "nats", config, size=cluster, port=port, jetstream=history and cluster > 1
+        )
         stack.callback(_stop_servers, servers)
         # In a thread: start() blocks until every server (and route) is up, 15 s at most.
         await anyio.to_thread.run_sync(servers.start)
+        if history:
+            await _create_history(servers, seeds, inventory)
         fleet = LocalFleet(
             root=root,
             state_root=state_root or root / "state",
@@ -446,6 +486,32 @@ async def local_fleet(
         )
         stack.push_async_callback(fleet._close_connections)
         yield fleet
+
+
+async def _create_history(
+    servers: EmbeddedNatsCluster, seeds: Mapping[str, Seed], inventory: Inventory
+) -> None:
+    """Create the history streams with the first admin key, as ``history --setup`` does."""
+    admin = next((d.name for d in inventory.deployers if d.access == "admin"), None)
+    if admin is None:
+        raise FleetError("history=True creates the streams with an admin deployer: add one")
+    retention = Retention(replicas=min(3, len(servers.nodes)))
+    async with await Bus.connect(servers.urls, seeds[admin], name="history setup") as bus:
+        # A new cluster elects its JetStream meta leader a moment after its routes are up,
+        # and says so to nobody: until then the API refuses or does not answer. No event
+        # tells when it is ready, so this polls, within a deadline.
+        with anyio.fail_after(30):
+            while not await _history_created(bus, retention):  # noqa: ASYNC110 - no event
+                await anyio.sleep(0.2)
+
+
+async def _history_created(bus: Bus, retention: Retention) -> bool:
+    try:
+        await setup_history(bus, (Tier.TEST, Tier.PROD), retention)
+    except HistoryUnavailable as exc:
+        log.info("history_not_ready_yet", reason=exc.reason)
+        return False
+    return True
 
 
 def _with_users(config: str, users: Mapping[str, tuple[Seed, Permissions]]) -> str:

@@ -86,6 +86,7 @@ from fleet_core.testing import (
     host_link,
     init_root,
     local_fleet,
+    simulated_facts,
     simulated_nix_command,
     simulated_nix_env_command,
     simulated_rebuild_command,
@@ -220,6 +221,7 @@ async def _fleet(
                     port=port or -1,  # nats-server: -1 is a random port, 0 would be 4222
                     reuse_keys=True,
                     cluster=cluster,
+                    history=True,  # JetStream and the history streams: `history` works here
                 )
             )
         except FleetError as exc:
@@ -348,6 +350,7 @@ def _listener_settings(
             checks=(HealthCheckSpec(name="system", builtin=SYSTEM_RUNNING_CHECK, timeout=10),),
             confirm_timeout=_CONFIRM_TIMEOUT,
         ),
+        facts=simulated_facts(root),  # what `hosts` and `status` show: its simulated system
         **({"nats_urls": (url,)} if url is not None else {}),
     )
 
@@ -582,6 +585,7 @@ class _Sandbox:
             f"  export FLEET_DEPLOY_NKEY_FILE={q(str(test_key))}",
             f"  {cli} hosts",
             f"  {cli} deploy deploy.test.all",
+            f"  {cli} status                        # what each host runs, and is it behind",
             f"  {cli} deploy deploy.test.role.web --branch feature/login --action test",
             f"  {cli} deploy deploy.prod.all        # refused: the test key cannot reach prod",
             f"  {cli} deploy deploy.prod.all --nkey-file {q(str(admin_key))}",

@@ -23,8 +23,10 @@ activates, as activation rewrites unit files.
 With ``--sim-root DIR`` (nixos-rebuild only) a rebuild changes a simulated host's system
 profile below DIR (``simulated_system``) as the real one changes the host's: it "builds"
 the system of the host and revision the flake names (DIR is initialised first if it is
-not yet), with the markers ``--sim-cut-network``, ``--sim-degraded UNIT`` and
-``--sim-fail-activation`` (only for the revision ``--sim-marker-revision`` names, if given);
+not yet), with the markers ``--sim-cut-network``, ``--sim-degraded UNIT``,
+``--sim-fail-activation`` and ``--sim-kernel VERSION`` (a system with another kernel: after a
+switch to it the host needs a reboot) (only for the revision ``--sim-marker-revision``
+names, if given);
 switch and boot then set the profile to it (nixos-rebuild's ``nix-env --set``), and every
 verb but build runs the system's own ``bin/switch-to-configuration``, whose output passes
 through. When that fails, nixos-rebuild's warning follows and the exit is 1, as nixos-rebuild
@@ -139,6 +141,9 @@ def _parser(program: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sim-fail-activation", action="store_true", help="the new system's activation fails"
+    )
+    parser.add_argument(
+        "--sim-kernel", metavar="VERSION", help="the new system's kernel (another needs a reboot)"
     )
     parser.add_argument(
         "--sim-marker-revision", metavar="REV", help="markers only for this revision's system"
@@ -269,6 +274,7 @@ def _with_root(args: argparse.Namespace, host: str, revision: str | None, delay:
         cut_network=marked and args.sim_cut_network,
         degraded=args.sim_degraded if marked else (),
         fail_activation=marked and args.sim_fail_activation,
+        kernel=args.sim_kernel if marked and args.sim_kernel else simulated_system.DEFAULT_KERNEL,
     )
     if args.action == "build":
         _say(f"Done. The new configuration is {system}", 0)

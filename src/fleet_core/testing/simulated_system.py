@@ -2,8 +2,11 @@
 the real /nix or /run): what ``switch``, ``boot``, ``test`` and a rollback change, as links.
 
     DIR/nix/store/<hash>-nixos-system-<host>-<label>/   a system: nixos-version (the label),
-        bin/switch-to-configuration, and markers in sim/: cut-network, degraded (failed units,
-        one a line), fail-activation
+        bin/switch-to-configuration, kernel, initrd and kernel-modules (links into the
+        store, as a real system's: their paths change only with the system's kernel), and
+        markers in sim/: cut-network, degraded (failed units, one a line), fail-activation
+    DIR/nix/store/<hash>-linux-<kernel>/bzImage, …-initrd-linux-<kernel>/initrd,
+        …-linux-<kernel>-modules/                          a kernel, shared by its systems
     DIR/nix/var/nix/profiles/system -> system-<N>-link -> a store path   (nix-env --set)
     DIR/run/current-system -> a store path    what runs: switch and test change it
     DIR/run/booted-system -> a store path     what was booted
@@ -42,9 +45,11 @@ from pathlib import Path
 
 __all__ = [
     "ACTIONS",
+    "DEFAULT_KERNEL",
     "activate",
     "boot_default",
     "booted",
+    "booted_system_path",
     "current",
     "current_system_path",
     "describe_unit",
@@ -64,6 +69,8 @@ __all__ = [
 
 ACTIONS = ("switch", "boot", "test", "dry-activate")  # switch-to-configuration's verbs
 INITIAL_LABEL = "initial"
+DEFAULT_KERNEL = "6.6.63"  # the kernel of every system that names none
+KERNEL_ENTRIES = ("kernel", "initrd", "kernel-modules")  # what a reboot is needed to change
 DEFAULT_FAILED_UNIT = "foo.service"
 _ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"  # nix's base32
 _NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9+\-._?=]")  # what a store path's name may not hold
@@ -95,7 +102,8 @@ def current_system_path(root: Path) -> Path:
     return Path(root).absolute() / "run" / "current-system"
 
 
-def _booted_system_path(root: Path) -> Path:
+def booted_system_path(root: Path) -> Path:
+    """The booted system's link: the listener's ``--booted-system`` under this root."""
     return Path(root).absolute() / "run" / "booted-system"
 
 
@@ -126,7 +134,7 @@ def current(root: Path) -> Path | None:
 
 def booted(root: Path) -> Path | None:
     """The store path that was booted."""
-    return _follow(_booted_system_path(root))
+    return _follow(booted_system_path(root))
 
 
 def profile(root: Path) -> Path | None:
@@ -195,7 +203,7 @@ def init_root(root: Path, host: str) -> Path:
     system = make_system(root, host, INITIAL_LABEL)
     if not os.path.lexists(profile_path(root)):
         set_profile(root, system)
-    for link in (current_system_path(root), _booted_system_path(root), _boot_default_path(root)):
+    for link in (current_system_path(root), booted_system_path(root), _boot_default_path(root)):
         if not os.path.lexists(link):
             _link(link, system)
     return system
@@ -209,17 +217,23 @@ def make_system(
     cut_network: bool = False,
     degraded: Iterable[str] = (),
     fail_activation: bool = False,
+    kernel: str = DEFAULT_KERNEL,
 ) -> Path:
     """The store path of ``host``'s system ``label`` with these markers, made if missing.
 
     Its hash comes from the inputs alone, so the same deploy gives the same path and a
     rollback target can be named in advance. It is made under a temporary name and renamed
-    into place, so a concurrent reader never sees half a system.
+    into place, so a concurrent reader never sees half a system. ``kernel`` names its
+    kernel: systems of one kernel share its store paths, so only a deploy that changes the
+    kernel leaves a host needing a reboot.
     """
     units = tuple(degraded) or ((DEFAULT_FAILED_UNIT,) if fail_activation else ())
     if any(not unit or unit != unit.strip() or len(unit.split()) != 1 for unit in units):
         raise ValueError(f"unit names are single words: {units!r}")
-    seed = json.dumps([host, label, cut_network, sorted(units), fail_activation])
+    inputs: list[object] = [host, label, cut_network, sorted(units), fail_activation]
+    if kernel != DEFAULT_KERNEL:  # the default leaves the paths of earlier releases alone
+        inputs.append(kernel)
+    seed = json.dumps(inputs)
     digest = hashlib.sha256(seed.encode()).digest()
     text = "".join(_ALPHABET[byte % 32] for byte in digest)
     name = _NOT_IN_NAMES.sub("-", f"nixos-system-{host}-{label}")
@@ -230,6 +244,8 @@ def make_system(
     building = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         (building / "nixos-version").write_text(label, encoding="utf-8")
+        for entry, target in zip(KERNEL_ENTRIES, _kernel(root, kernel), strict=True):
+            os.symlink(target, building / entry)
         script = building / "bin" / "switch-to-configuration"
         script.parent.mkdir()
         script.write_text(_script(), encoding="utf-8")
@@ -249,6 +265,25 @@ def make_system(
         if not path.is_dir():  # not another process making the same system first
             raise
     return path
+
+
+def _kernel(root: Path, version: str) -> tuple[Path, Path, Path]:
+    """The store paths of kernel ``version``: its image, initrd and modules, made if missing
+    (each is a file or directory whose content depends only on the version)."""
+    if not version or _NOT_IN_NAMES.search(version):
+        raise ValueError(f"a kernel version is letters, digits and +-._?=: {version!r}")
+
+    def path(name: str) -> Path:
+        digest = hashlib.sha256(f"{name}-{version}".encode()).digest()
+        return store_dir(root) / f"{''.join(_ALPHABET[b % 32] for b in digest)}-{name}"
+
+    image, initrd = path(f"linux-{version}"), path(f"initrd-linux-{version}")
+    modules = path(f"linux-{version}-modules")
+    for directory, file in ((image, "bzImage"), (initrd, "initrd"), (modules, None)):
+        directory.mkdir(parents=True, exist_ok=True)
+        if file is not None and not (directory / file).exists():
+            (directory / file).write_text(f"{file} {version}\n", encoding="utf-8")
+    return image / "bzImage", initrd / "initrd", modules
 
 
 def _script() -> str:
@@ -296,7 +331,7 @@ def reboot(root: Path) -> Path | None:
     """What a reboot does: the boot default becomes the booted and the running system."""
     system = boot_default(root)
     if system is not None:
-        _link(_booted_system_path(root), system)
+        _link(booted_system_path(root), system)
         _link(current_system_path(root), system)
     return system
 

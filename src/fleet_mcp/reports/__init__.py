@@ -19,8 +19,11 @@ Modules, one per concern:
     fitting.py          keeping a result's text within its budget: the digest's tools
     deployment.py       one deployment: deploy, deploy_admin and deployment_status
     deployment_list.py  list_deployments: a brief per deployment
+    history.py          deployment_history: recorded deployments, their hosts' outcomes
     hosts.py            list_hosts: the listeners that answered discovery
+    fleet_status.py     fleet_status: each host's revision, reboot and last deploy
     cancel.py           cancel_deployment: each host's answer to a cancel
+    logs.py             deployment_logs: a window of a host's job log, and its cursor
     build.py            one build: build and build_status (with --enable-builds)
     progress.py         progress notes of deployments and builds, one line each
 """

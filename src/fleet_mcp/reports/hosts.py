@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet_core.protocol.facts import HostFacts
 from fleet_core.protocol.messages import HostInfo
 from fleet_mcp.reports.fitting import (
     LISTED,
@@ -48,6 +49,12 @@ class FleetHost(HostInfo):
     running_job: str | None = Field(
         None, description=f"the request id of its job in progress: {UNTRUSTED}"
     )
+    facts: HostFacts | None = Field(
+        None,
+        description="what the host runs, as it measured it: current_system, booted_system, "
+        "needs_reboot, nixos_version, configuration_revision, generation, uptime_s (of the "
+        f"listener) and last_job; null from a listener too old to report them: {UNTRUSTED}",
+    )
     reachable_by: list[str] = Field(
         description="the tools of this server that can deploy this host: 'deploy' for the "
         "test tier, 'deploy_admin' (only with the admin key) for any tier"
@@ -70,7 +77,7 @@ class HostsReport(BaseModel):
 
 # A listener's answer: hostnames are checked by the trust layer; the rest is its own word.
 _HOST = HostOutput(
-    always=frozenset({"version", "deploy_subjects", "running_job", "job"}),
+    always=frozenset({"version", "deploy_subjects", "running_job", "job", "facts", "recent_jobs"}),
     plain=frozenset({"hostname", "tier", "role", "kind"}),
 )
 LAYOUT = TextLayout(lists={"hosts": _HOST, "groups": HostOutput(plain=frozenset({"tier", "role"}))})
@@ -94,6 +101,7 @@ def hosts_report(
         summary = f"{len(hosts)} host(s) of {where} answered" + (
             f"; busy deploying: {some_names(busy)}." if busy else "; none is busy."
         )
+        summary += _attention(hosts)
     if hidden:
         summary += (
             f" Hosts of the {' and '.join(hidden)} tier are not shown: this server deploys to "
@@ -101,6 +109,24 @@ def hosts_report(
             "the admin key)."
         )
     return HostsReport(summary=summary, tier=tier, hosts=list(hosts))
+
+
+def _attention(hosts: Sequence[FleetHost]) -> str:
+    """Counts of what needs a look, from the facts (fleet_status has the details)."""
+    reboot = sum(1 for h in hosts if h.facts is not None and h.facts.needs_reboot)
+    failed = sum(
+        1
+        for h in hosts
+        if h.facts is not None
+        and h.facts.last_job is not None
+        and h.facts.last_job.status in ("failed", "rejected")
+    )
+    notes = [
+        f"{count} {what}"
+        for count, what in ((reboot, "need(s) a reboot"), (failed, "failed the last deploy"))
+        if count
+    ]
+    return f" Of them, {' and '.join(notes)} (fleet_status has details)." if notes else ""
 
 
 def hosts_text(report: HostsReport) -> str:
@@ -124,6 +150,7 @@ def hosts_text(report: HostsReport) -> str:
         "groups_omitted": len(groups) - len(largest),
         "busy_count": len(busy),
         "busy": [named(h.hostname) for h in busy[:LISTED]],
+        "needs_reboot_count": sum(1 for h in report.hosts if h.facts and h.facts.needs_reboot),
         "note": f"This text is a digest of {len(report.hosts)} hosts; the structured content "
         "has every host. Deploy by role or all=true rather than host by host.",
     }

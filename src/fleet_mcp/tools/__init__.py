@@ -1,21 +1,27 @@
 """The MCP tools, a thin layer over the deployer; ``server.build_server`` registers them.
 
 Tools:
-    list_hosts(tier?)                                   read-only discovery
+    list_hosts(tier?)                                   read-only discovery, with host facts
+    fleet_status(tier?, hostname | role?, revision?)    read-only: behind, reboot, last deploy
     deploy(hostname | all | role, branch, action)       the test tier, and only the test tier
     deploy_admin(tier, hostname | all | role, ...)      any tier, with the admin key
     deployment_status(deployment_id?, wait_seconds)     keeps waiting for a running deployment
     list_deployments(limit)                             read-only: this server's deployments
+    deployment_history(tier?, hostname?, limit)         read-only: the recorded history
     cancel_deployment(deployment_id, hostname?)         stop what still builds; refuse the rest
+    deployment_logs(deployment_id, hostname, cursor?, lines?, tier?)  read-only: a log window
     build(repo, target, branch, wait_seconds)           --enable-builds: the builder builds
     build_status(build_id?, wait_seconds)               keeps waiting for a running build
 
 Modules, one per family:
     hosts        list_hosts
+    status       fleet_status
     deploy       deploy (where it pins the test tier) and deploy_admin
     deployments  deployment_status, list_deployments, the ``fleet://deployments/{id}``
                  resource (``read_deployment``)
+    history      deployment_history; deployment_status's answer for an id it did not start
     cancel       cancel_deployment
+    logs         deployment_logs
     build        build and build_status
     arguments    checks what a model sent, and words its mistakes
     calls        what every call does around its own work

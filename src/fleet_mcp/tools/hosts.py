@@ -36,7 +36,8 @@ async def list_hosts(
     ] = None,
 ) -> Annotated[CallToolResult, HostsReport]:
     """List the hosts whose listeners answer: name, tier, role, busy (deploying now),
-    listener version, and which of this server's tools can deploy each (reachable_by).
+    listener version, which of this server's tools can deploy each (reachable_by), and what
+    each runs (facts: configuration revision, needs_reboot, generation, last job).
 
     Read-only. Use it to find hostnames and roles before deploying. Without the admin key
     this server shows and deploys the test tier only. What a listener says of itself (its

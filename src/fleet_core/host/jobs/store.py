@@ -90,6 +90,11 @@ class JobRecord(BaseModel):
             exit_code=self.exit_code,
             duration_s=self.duration_s,
             log_tail=list(self.log_tail) if self.log_tail is not None else None,
+            action=self.request.action.value,
+            revision=self.request.revision,
+            signer=self.signer,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
         )
 
     def finished(
@@ -153,6 +158,17 @@ class JobStore:
                 return self._read(directory)
         return None
 
+    def find(self, request_id: str) -> tuple[Path, JobRecord] | None:
+        """The newest job with ``request_id``: its directory and record (a log request reads
+        the directory's ``output.log``); None as for ``load``."""
+        if not is_request_id(request_id):  # it may come from the network: never a path
+            return None
+        for directory in reversed(self._directories()):
+            if directory.name.partition("-")[2] == request_id:
+                record = self._read(directory)
+                return (directory, record) if record is not None else None
+        return None
+
     def unfinished(self) -> list[tuple[Path, JobRecord]]:
         """Every job whose record is not finished, with its directory, oldest first."""
         found = []
@@ -166,6 +182,17 @@ class JobStore:
         """The newest job's record; None when there is none or it cannot be read."""
         directories = self._directories()
         return self._read(directories[-1]) if directories else None
+
+    def recent(self, count: int) -> list[JobRecord]:
+        """The newest ``count`` readable records, newest first (discovery's ``recent_jobs``)."""
+        found: list[JobRecord] = []
+        for directory in reversed(self._directories()):
+            if len(found) >= count:
+                break
+            record = self._read(directory)
+            if record is not None:
+                found.append(record)
+        return found
 
     def _directories(self) -> list[Path]:
         """Job directories, oldest first (their names begin with a sortable UTC stamp)."""

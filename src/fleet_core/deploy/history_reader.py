@@ -1,0 +1,361 @@
+"""The history streams over the wire: create them, and read their newest messages (I/O).
+
+JetStream's API is plain request/reply on ``$JS.API.…``, spoken here over ``Bus`` so that
+every answer comes to a reply subject this module chooses: ``read_reply_subject`` keeps the
+answers of a prod read away from the test key and out of the streams themselves. Reading
+uses *direct gets in batches* (``$JS.API.DIRECT.GET.<stream>`` with ``{"seq", "batch"}``):
+no consumer is created, so a reader needs no permission beyond that one subject and its
+stream's ``STREAM.INFO`` (docs/history.md), and any replica of a clustered stream answers.
+
+Every wait has a deadline; a read is bounded by ``scan`` messages, the newest of the stream,
+and each message goes into a ``HistoryBook`` as it arrives, so memory holds deployments,
+never the stream. Errors become ``HistoryUnavailable`` (no JetStream, no stream, no answer)
+or ``PermissionDenied`` (this key may not read that tier).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import anyio
+import structlog
+
+from fleet_core.bus import Bus, Message
+from fleet_core.config.settings import DeployTiming
+from fleet_core.deploy.history import (
+    DeploymentRecord,
+    HistoryBook,
+    Recorded,
+    Retention,
+    parse_timestamp,
+    read_reply_subject,
+    records_from_jobs,
+    stream_config,
+    stream_name,
+)
+from fleet_core.errors import FleetError, HistoryUnavailable, PermissionDenied, UsageError
+from fleet_core.keys import load_seed
+from fleet_core.protocol.messages import MAX_RECENT_JOBS
+from fleet_core.protocol.subjects import Tier
+
+__all__ = [
+    "BATCH",
+    "DEFAULT_SCAN",
+    "HistoryView",
+    "StreamState",
+    "key_names",
+    "load_history",
+    "read_history",
+    "setup_history",
+    "stream_state",
+]
+
+log = structlog.get_logger("fleet.history")
+
+API: Final = "$JS.API."
+BATCH: Final = 256  # messages one direct get returns; each at most a request or a status
+DEFAULT_SCAN: Final = 20_000  # newest messages read per tier and call
+API_TIMEOUT: Final = 5.0  # seconds one API answer (or one batch's next message) may take
+_STREAM_NOT_FOUND: Final = 10059
+_SEED_SUFFIX: Final = ".seed"
+_MAX_SEEDS: Final = 200  # seed files beside the key that name signers
+
+StreamState = dict[str, Any]  # JetStream's state: messages, bytes, first_seq, last_seq, …
+
+
+async def _exchange(
+    bus: Bus,
+    subject: str,
+    payload: dict[str, Any],
+    tier: Tier,
+    *,
+    until_end: bool = False,
+    timeout: float = API_TIMEOUT,
+) -> list[Message]:
+    """Publish ``payload`` to ``subject`` and gather the answers on a fresh reply subject:
+    the first one, or with ``until_end`` every one up to a status line (a batch's end).
+
+    A refusal of the publish or of the reply's subscription is a ``PermissionDenied``."""
+    reply = read_reply_subject(tier, uuid.uuid4().hex)
+    send, receive = anyio.create_memory_object_stream[Message | PermissionDenied](math.inf)
+
+    def denied(denial: PermissionDenied) -> bool:
+        if denial.subject is not None and denial.subject.lower() in (
+            subject.lower(),
+            reply.lower(),
+        ):
+            send.send_nowait(denial)
+            return True
+        return False
+
+    async def deliver(message: Message) -> None:
+        send.send_nowait(message)
+
+    stop_watching = bus.watch_denials(denied)
+    answers: list[Message] = []
+    try:
+        subscription = await bus.subscribe(reply, deliver)
+        try:
+            await bus.publish(subject, json.dumps(payload).encode(), reply=reply)
+            await bus.flush()
+            with anyio.fail_after(timeout):
+                async for event in receive:
+                    if isinstance(event, PermissionDenied):
+                        raise PermissionDenied(
+                            f"this key may not use the {tier.value} history: the NATS server "
+                            f"refused it {event.operation or 'access'} on {event.subject}",
+                            subject=event.subject,
+                            operation=event.operation,
+                            fix="use a key of that tier (the admin key reads every tier and "
+                            "alone sets the streams up)",
+                        )
+                    answers.append(event)
+                    if not until_end or "Status" in event.headers or event.no_responders:
+                        break
+        finally:
+            await subscription.unsubscribe()
+    except TimeoutError:
+        raise HistoryUnavailable(
+            f"the NATS server did not answer {subject} within {timeout:g} s",
+            reason="no_answer",
+        ) from None
+    finally:
+        stop_watching()
+        send.close()
+        receive.close()
+    if answers and answers[0].no_responders:
+        raise HistoryUnavailable(
+            "the NATS server has no JetStream: the history is not recorded",
+            reason="no_jetstream",
+        )
+    return answers
+
+
+def _api_answer(messages: list[Message]) -> dict[str, Any]:
+    try:
+        answer = json.loads(messages[0].data)
+    except (ValueError, IndexError):
+        raise HistoryUnavailable("JetStream's answer was not JSON", reason="bad_answer") from None
+    if not isinstance(answer, dict):
+        raise HistoryUnavailable("JetStream's answer was not an object", reason="bad_answer")
+    return answer
+
+
+def _error_code(answer: dict[str, Any]) -> int | None:
+    error = answer.get("error")
+    return int(error.get("err_code", 0)) if isinstance(error, dict) else None
+
+
+async def stream_state(bus: Bus, tier: Tier) -> StreamState:
+    """The state of ``tier``'s history stream (counts and sequences)."""
+    name = stream_name(tier)
+    answer = _api_answer(await _exchange(bus, f"{API}STREAM.INFO.{name}", {}, tier))
+    if _error_code(answer) == _STREAM_NOT_FOUND:
+        raise HistoryUnavailable(
+            f"the {tier.value} history stream {name} does not exist",
+            reason="no_stream",
+            fix="create it once with the admin key: fleet-deploy history --setup",
+        )
+    state = answer.get("state")
+    if _error_code(answer) is not None or not isinstance(state, dict):
+        raise HistoryUnavailable(
+            f"JetStream could not tell the state of {name}: {_error_text(answer)}",
+            reason="bad_answer",
+        )
+    return state
+
+
+def _error_text(answer: dict[str, Any]) -> str:
+    error = answer.get("error")
+    if isinstance(error, dict):
+        return str(error.get("description", "unknown error"))[:200]
+    return "no state in the answer"
+
+
+async def read_history(bus: Bus, tier: Tier, book: HistoryBook, *, scan: int = DEFAULT_SCAN) -> int:
+    """Feed the newest ``scan`` messages of ``tier``'s stream into ``book``, oldest first;
+    returns how many were read."""
+    state = await stream_state(bus, tier)
+    last = int(state.get("last_seq", 0))
+    first = max(int(state.get("first_seq", 0)), last - scan + 1, 1)
+    name = stream_name(tier)
+    read = 0
+    start = first
+    while start <= last:
+        batch = await _exchange(
+            bus,
+            f"{API}DIRECT.GET.{name}",
+            {"seq": start, "batch": min(BATCH, last - start + 1)},
+            tier,
+            until_end=True,
+        )
+        got = 0
+        for message in batch:
+            sequence = message.headers.get("Nats-Sequence")
+            if sequence is None:
+                continue  # the batch's end (204), or nothing at or after start (404)
+            entry = Recorded(
+                seq=int(sequence),
+                subject=message.headers.get("Nats-Subject", ""),
+                data=message.data,
+                time=parse_timestamp(message.headers.get("Nats-Time-Stamp")),
+            )
+            book.add(entry)
+            got += 1
+            start = entry.seq + 1
+        read += got
+        if not got:
+            break  # what was left aged out while we read
+    log.debug("history_read", tier=tier.value, messages=read, first=first, last=last)
+    return read
+
+
+async def setup_history(
+    bus: Bus, tiers: Iterable[Tier], retention: Retention
+) -> dict[str, Literal["created", "updated"]]:
+    """Create each tier's stream, or bring an existing one to ``retention``; idempotent.
+
+    JetStream refuses some changes to an existing stream (its storage type, for one); the
+    error then says so, and nothing was changed."""
+    done: dict[str, Literal["created", "updated"]] = {}
+    for tier in tiers:
+        config = stream_config(tier, retention)
+        name = stream_name(tier)
+        info = _api_answer(await _exchange(bus, f"{API}STREAM.INFO.{name}", {}, tier))
+        outcome: Literal["created", "updated"] = (
+            "created" if _error_code(info) == _STREAM_NOT_FOUND else "updated"
+        )
+        verb = "CREATE" if outcome == "created" else "UPDATE"
+        answer = _api_answer(await _exchange(bus, f"{API}STREAM.{verb}.{name}", config, tier))
+        if _error_code(answer) is not None:
+            raise HistoryUnavailable(
+                f"JetStream refused the stream {name}: {_error_text(answer)}",
+                reason="setup_refused",
+                fix="check that JetStream is enabled, and on a cluster that --replicas is at "
+                "most the number of servers",
+            )
+        done[name] = outcome
+        log.info("history_stream_ready", stream=name, outcome=outcome)
+    return done
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryView:
+    """What a history read found: the deployments, and where they came from.
+
+    ``source`` per tier: ``jetstream``, or ``job_records`` when the tier's stream could not
+    be read (``fallback_reasons`` says why: no JetStream, no stream, no answer). Tiers this
+    key may not read are in ``unreadable`` — not an error: the test key reads test only."""
+
+    records: list[DeploymentRecord]
+    sources: dict[str, Literal["jetstream", "job_records"]] = field(default_factory=dict)
+    fallback_reasons: dict[str, str] = field(default_factory=dict)
+    unreadable: tuple[str, ...] = ()
+
+    @property
+    def from_job_records(self) -> bool:
+        return "job_records" in self.sources.values()
+
+    def notes(self) -> list[str]:
+        """What a person should know about where this came from (one line each)."""
+        lines = [
+            f"{tier} tier: no JetStream history ({reason}); these are the hosts' own job "
+            "records, asked through discovery: only hosts that answer now, only the jobs each "
+            "still keeps, and no targets"
+            for tier, reason in self.fallback_reasons.items()
+        ]
+        lines += [f"{tier} tier: this key may not read its history" for tier in self.unreadable]
+        return lines
+
+
+async def load_history(
+    bus: Bus,
+    tiers: Iterable[Tier],
+    *,
+    names: Mapping[str, str] | None = None,
+    timing: DeployTiming | None = None,
+    scan: int = DEFAULT_SCAN,
+) -> HistoryView:
+    """Every deployment of ``tiers`` this key may read, newest first: from each tier's
+    stream, or, where there is none, from the hosts' job records (``fallback``)."""
+    records: list[DeploymentRecord] = []
+    sources: dict[str, Literal["jetstream", "job_records"]] = {}
+    reasons: dict[str, str] = {}
+    unreadable: list[str] = []
+    for tier in tiers:
+        book = HistoryBook(names=names)
+        try:
+            await read_history(bus, tier, book, scan=scan)
+        except (PermissionDenied, HistoryUnavailable) as exc:
+            # Refused JetStream: a key of homelab-deploy's layout (which grants none), or
+            # one that may not read this tier at all; the hosts' answer tells which.
+            found = await _job_records(bus, tier, names=names, timing=timing)
+            if found is None:
+                unreadable.append(tier.value)
+                continue
+            reasons[tier.value] = (
+                str(exc)
+                if isinstance(exc, HistoryUnavailable)
+                else "this key may not use JetStream"
+            )
+            records += found
+            sources[tier.value] = "job_records"
+            continue
+        records += book.records()
+        sources[tier.value] = "jetstream"
+    records.sort(key=lambda r: (r.started_at or 0.0, r.id), reverse=True)
+    return HistoryView(records, sources, reasons, tuple(unreadable))
+
+
+async def _job_records(
+    bus: Bus,
+    tier: Tier,
+    *,
+    names: Mapping[str, str] | None,
+    timing: DeployTiming | None,
+) -> list[DeploymentRecord] | None:
+    """The tier's deployments from its hosts' job records; None when this key may not hear
+    the tier's hosts at all."""
+    from fleet_core.deploy.deployer import Deployer  # the fallback only
+
+    deployer = Deployer(bus, timing=timing or DeployTiming())
+    try:
+        hosts = await deployer.discover(tier, recent_jobs=MAX_RECENT_JOBS)
+    except PermissionDenied:
+        return None
+    if tier in deployer.unreadable_tiers:
+        return None
+    return records_from_jobs(hosts, names=names)
+
+
+def key_names(inventory: Path | None, seeds: Iterable[Path] = ()) -> dict[str, str]:
+    """Public key -> name: each seed file's own (its file name without ``.seed``), the
+    other ``*.seed`` files beside it, and an inventory's deployers and hosts. Unreadable
+    files are skipped: naming is a courtesy, never a reason to fail."""
+    from fleet_core.setup.nats_config import parse_inventory
+
+    names: dict[str, str] = {}
+    for seed_path in seeds:
+        candidates = [seed_path, *sorted(seed_path.parent.glob("*" + _SEED_SUFFIX))[:_MAX_SEEDS]]
+        for path in candidates:
+            try:
+                public = load_seed(path).public_key
+            except FleetError:
+                continue
+            names.setdefault(public, path.name.removesuffix(_SEED_SUFFIX))
+    if inventory is not None:
+        try:
+            parsed = parse_inventory(inventory.read_text(encoding="utf-8"), source=str(inventory))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read inventory {inventory}: {exc}") from exc
+        for deployer in parsed.deployers:
+            names[deployer.nkey] = deployer.name
+        for host in parsed.hosts:
+            names.setdefault(host.nkey, host.name)
+    return names
