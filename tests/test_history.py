@@ -88,6 +88,39 @@ class TestRecorded:
         assert [(h.hostname, h.status) for h in silent.hosts] == [("web3", "missing")]
 
 
+class TestPastTheWindow:
+    async def test_older_deployments_are_found_by_id_and_by_walking_back(
+        self, fleet: Fleet
+    ) -> None:
+        """Discovery answers fill a stream: with a window of the newest few messages, which
+        holds answers only, a deployment before them is still read whole by its id (``show``)
+        and by walking back through the requests (``history --limit``), as a read of the
+        whole stream reads it."""
+        async with fleet.listeners("web1", "web2"):
+            first = await fleet.deploy("deploy.test.web1")
+            second = await fleet.deploy("deploy.test.role.web")
+            async with await fleet.connect("admin") as bus:
+                for _ in range(4):
+                    assert len(await Deployer(bus, timing=FAST).discover(Tier.TEST)) == 2
+        async with await fleet.connect("admin") as bus:
+
+            async def read(**how: Any) -> list[Any]:
+                book = HistoryBook()
+                await read_history(bus, Tier.TEST, book, **how)
+                return book.records()
+
+            assert await read(scan=4) == []
+            found = await read(scan=4, find=first.deployment_id)
+            assert [r.id for r in found] == [first.deployment_id]
+            assert found[0].request_recorded and found[0].targets == ["deploy.test.web1"]
+            assert [(h.hostname, h.status) for h in found[0].hosts] == [("web1", "completed")]
+            assert await read(scan=4, find=uuid.uuid4().hex) == []
+            back = await read(scan=4, want=2)
+            assert [r.id for r in back] == [second.deployment_id, first.deployment_id]
+            assert back == await read()
+            assert [r.id for r in await read(scan=4, want=1)] == [second.deployment_id]
+
+
 class TestConfidentiality:
     async def test_the_test_key_reads_the_test_history_only(self, fleet: Fleet) -> None:
         """load_history with the test key: test deployments listed, prod named unreadable."""

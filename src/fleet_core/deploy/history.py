@@ -49,6 +49,7 @@ from fleet_core.protocol.messages import (
     JobPhase,
     JobSummary,
     Status,
+    is_request_id,
     parse_deploy_request,
     parse_host_info,
     parse_status,
@@ -66,6 +67,7 @@ __all__ = [
     "Recorded",
     "Retention",
     "as_json",
+    "deployment_of_request",
     "parse_timestamp",
     "read_reply_subject",
     "records_from_jobs",
@@ -282,6 +284,19 @@ class HistoryBook:
             self.add(entry)
         return self
 
+    def adopt(self, deployment_id: str, entries: Iterable[Recorded]) -> None:
+        """One deployment read whole by its id from past the newest messages
+        (``history_reader``): its requests and answers, in stream order. It takes the place
+        of what the book held of it only when that lacked its request (aged out of the
+        window the book was fed)."""
+        whole = HistoryBook(names=self._names).extend(entries)
+        self.messages += whole.messages
+        self.flagged += whole.flagged
+        found = whole._deployments.get(deployment_id)
+        known = self._deployments.get(deployment_id)
+        if found is not None and (known is None or not known.request_recorded):
+            self._deployments[deployment_id] = found
+
     def _deployment(self, deployment_id: str, tier: str, seq: int) -> _Deployment:
         found = self._deployments.get(deployment_id)
         if found is None:
@@ -483,6 +498,20 @@ def as_json(records: Iterable[DeploymentRecord]) -> list[dict[str, Any]]:
         {**record.model_dump(mode="json"), "counts": record.counts, "ok": record.ok}
         for record in records
     ]
+
+
+def deployment_of_request(data: bytes) -> str | None:
+    """The deployment a recorded request starts: its id when it is a deployment's request
+    (not a cancel's or a log's), else None. Only a pointer for the reader, which then reads
+    that deployment whole; the book judges the request itself."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(body, dict) or body.get("action") not in _DELIBERATE_ACTIONS:
+        return None
+    value = body.get("id")
+    return value if is_request_id(value) else None
 
 
 def records_from_jobs(

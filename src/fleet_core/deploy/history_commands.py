@@ -37,7 +37,9 @@ def run_history(settings: HistorySettings, *, out: TextIO = sys.stdout) -> int:
     async def main() -> HistoryView:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy history") as bus:
-            return await load_history(bus, settings.tiers, names=names, timing=settings.timing)
+            return await load_history(
+                bus, settings.tiers, names=names, timing=settings.timing, want=settings.limit
+            )
 
     finished = run_until_signal(main)
     view = finished.value
@@ -95,7 +97,13 @@ def run_show(settings: ShowSettings, *, out: TextIO = sys.stdout) -> int:
     async def main() -> HistoryView:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy show") as bus:
-            return await load_history(bus, settings.tiers, names=names, timing=settings.timing)
+            return await load_history(
+                bus,
+                settings.tiers,
+                names=names,
+                timing=settings.timing,
+                find=settings.deployment_id,
+            )
 
     finished = run_until_signal(main)
     view = finished.value

@@ -33,6 +33,7 @@ from fleet_core.deploy.history import (
     HistoryBook,
     Recorded,
     Retention,
+    deployment_of_request,
     parse_timestamp,
     read_reply_subject,
     records_from_jobs,
@@ -41,8 +42,8 @@ from fleet_core.deploy.history import (
 )
 from fleet_core.errors import FleetError, HistoryUnavailable, PermissionDenied, UsageError
 from fleet_core.keys import load_seed
-from fleet_core.protocol.messages import MAX_RECENT_JOBS
-from fleet_core.protocol.subjects import Tier
+from fleet_core.protocol.messages import MAX_RECENT_JOBS, is_request_id
+from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier
 
 __all__ = [
     "BATCH",
@@ -107,10 +108,16 @@ async def _exchange(
             with anyio.fail_after(timeout):
                 async for event in receive:
                     if isinstance(event, PermissionDenied):
+                        # The client library lowercases the server's error: name the
+                        # subject as it was used, "$JS.API.…", not "$js.api.…".
+                        refused = next(
+                            (s for s in (subject, reply) if s.lower() == event.subject),
+                            event.subject,
+                        )
                         raise PermissionDenied(
                             f"this key may not use the {tier.value} history: the NATS server "
-                            f"refused it {event.operation or 'access'} on {event.subject}",
-                            subject=event.subject,
+                            f"refused it {event.operation or 'access'} on {refused}",
+                            subject=refused,
                             operation=event.operation,
                             fix="use a key of that tier (the admin key reads every tier and "
                             "alone sets the streams up)",
@@ -178,23 +185,21 @@ def _error_text(answer: dict[str, Any]) -> str:
     return "no state in the answer"
 
 
-async def read_history(bus: Bus, tier: Tier, book: HistoryBook, *, scan: int = DEFAULT_SCAN) -> int:
-    """Feed the newest ``scan`` messages of ``tier``'s stream into ``book``, oldest first;
-    returns how many were read."""
-    state = await stream_state(bus, tier)
-    last = int(state.get("last_seq", 0))
-    first = max(int(state.get("first_seq", 0)), last - scan + 1, 1)
+async def _fetch(
+    bus: Bus, tier: Tier, start: int, *, until: int, only: str | None = None, stop: int = 0
+) -> list[Recorded]:
+    """The stream's messages from sequence ``start`` to ``until``, in order — with ``only``,
+    those on subjects matching it (the server skips the rest, which costs it a look at
+    each, and this client nothing); at most ``stop`` of them when ``stop`` is set."""
     name = stream_name(tier)
-    read = 0
-    start = first
-    while start <= last:
-        batch = await _exchange(
-            bus,
-            f"{API}DIRECT.GET.{name}",
-            {"seq": start, "batch": min(BATCH, last - start + 1)},
-            tier,
-            until_end=True,
-        )
+    found: list[Recorded] = []
+    while start <= until and (not stop or len(found) < stop):
+        query: dict[str, Any] = {"seq": start, "batch": BATCH}
+        if only is not None:
+            query["next_by_subj"] = only
+        else:
+            query["batch"] = min(BATCH, until - start + 1)
+        batch = await _exchange(bus, f"{API}DIRECT.GET.{name}", query, tier, until_end=True)
         got = 0
         for message in batch:
             sequence = message.headers.get("Nats-Sequence")
@@ -206,13 +211,100 @@ async def read_history(bus: Bus, tier: Tier, book: HistoryBook, *, scan: int = D
                 data=message.data,
                 time=parse_timestamp(message.headers.get("Nats-Time-Stamp")),
             )
-            book.add(entry)
-            got += 1
             start = entry.seq + 1
-        read += got
+            if entry.seq > until:
+                return found
+            found.append(entry)
+            got += 1
         if not got:
-            break  # what was left aged out while we read
+            break  # nothing more that matches (or what was left aged out while we read)
+    return found
+
+
+async def read_history(
+    bus: Bus,
+    tier: Tier,
+    book: HistoryBook,
+    *,
+    scan: int = DEFAULT_SCAN,
+    want: int = 0,
+    find: str | None = None,
+) -> int:
+    """Feed the newest ``scan`` messages of ``tier``'s stream into ``book``, oldest first;
+    returns how many were read.
+
+    A stream also holds every discovery answer, so ``scan`` messages may span few
+    deployments. With ``want``, when the window holds fewer deployments than that, the read
+    goes on back in time through the *requests* alone (the server filters them out of
+    everything else) and reads each older deployment's answers by its id; with ``find``,
+    a deployment the window does not hold is looked up by its id in the whole stream. Both
+    go into ``book`` as whole deployments (``HistoryBook.adopt``)."""
+    state = await stream_state(bus, tier)
+    last = int(state.get("last_seq", 0))
+    oldest = max(int(state.get("first_seq", 0)), 1)
+    first = max(oldest, last - scan + 1)
+    entries = await _fetch(bus, tier, first, until=last) if last >= first else []
+    book.extend(entries)
+    read = len(entries)
+    if first > oldest and find is not None and book.record(find) is None:
+        read += await _adopt(bus, tier, book, find, oldest=oldest, last=last)
+    if first > oldest and want and len(book.records()) < want:
+        read += await _read_back(bus, tier, book, want, oldest=oldest, before=first, last=last)
     log.debug("history_read", tier=tier.value, messages=read, first=first, last=last)
+    return read
+
+
+_LOOKBACK: Final = 20_000  # sequences before a deployment's first answer where its request is
+
+
+async def _adopt(
+    bus: Bus, tier: Tier, book: HistoryBook, deployment_id: str, *, oldest: int, last: int
+) -> int:
+    """Read one deployment whole by its id: its answers, then its requests just before and
+    among them; into ``book``. Returns how many messages were read."""
+    if not is_request_id(deployment_id):
+        return 0
+    answers = await _fetch(
+        bus, tier, oldest, until=last, only=f"{RESPONSES_PREFIX}{deployment_id}.{tier.value}.*"
+    )
+    if not answers:
+        return 0
+    requests = await _fetch(
+        bus,
+        tier,
+        max(oldest, answers[0].seq - _LOOKBACK),
+        until=answers[-1].seq,
+        only=f"deploy.{tier.value}.>",
+    )
+    mine = [entry for entry in requests if deployment_of_request(entry.data) == deployment_id]
+    book.adopt(deployment_id, sorted(mine + answers, key=lambda entry: entry.seq))
+    return len(answers) + len(requests)
+
+
+async def _read_back(
+    bus: Bus, tier: Tier, book: HistoryBook, want: int, *, oldest: int, before: int, last: int
+) -> int:
+    """Go back from sequence ``before`` through the requests alone, window after doubling
+    window, until ``book`` holds ``want`` deployments or the stream's start; then read each
+    deployment found there whole. Returns how many messages were read."""
+    read = 0
+    found: dict[str, None] = {}
+    size = BATCH * 4
+    while before > oldest and len(book.records()) + len(found) < want:
+        start = max(oldest, before - size)
+        requests = await _fetch(bus, tier, start, until=before - 1, only=f"deploy.{tier.value}.>")
+        read += len(requests)
+        older: dict[str, None] = {}
+        for entry in requests:
+            request_id = deployment_of_request(entry.data)
+            if request_id is not None and book.record(request_id) is None:
+                older[request_id] = None
+        # Newest first: the deployments nearest the window are the ones to show.
+        for request_id in reversed(older):
+            found.setdefault(request_id, None)
+        before, size = start, size * 2
+    for deployment_id in list(found)[: max(0, want - len(book.records()))]:
+        read += await _adopt(bus, tier, book, deployment_id, oldest=oldest, last=last)
     return read
 
 
@@ -281,9 +373,13 @@ async def load_history(
     names: Mapping[str, str] | None = None,
     timing: DeployTiming | None = None,
     scan: int = DEFAULT_SCAN,
+    want: int = 0,
+    find: str | None = None,
 ) -> HistoryView:
     """Every deployment of ``tiers`` this key may read, newest first: from each tier's
-    stream, or, where there is none, from the hosts' job records (``fallback``)."""
+    stream, or, where there is none, from the hosts' job records (``fallback``).
+
+    ``want`` and ``find`` reach past the newest ``scan`` messages (``read_history``)."""
     records: list[DeploymentRecord] = []
     sources: dict[str, Literal["jetstream", "job_records"]] = {}
     reasons: dict[str, str] = {}
@@ -291,7 +387,7 @@ async def load_history(
     for tier in tiers:
         book = HistoryBook(names=names)
         try:
-            await read_history(bus, tier, book, scan=scan)
+            await read_history(bus, tier, book, scan=scan, want=want, find=find)
         except (PermissionDenied, HistoryUnavailable) as exc:
             # Refused JetStream: a key of homelab-deploy's layout (which grants none), or
             # one that may not read this tier at all; the hosts' answer tells which.

@@ -45,14 +45,16 @@ def _tiers(state: FleetState, tier: str | None) -> tuple[Tier, ...]:
     return (chosen,) if chosen is not None else (Tier.TEST, Tier.PROD)
 
 
-async def _view(state: FleetState, tiers: tuple[Tier, ...]) -> HistoryView:
+async def _view(
+    state: FleetState, tiers: tuple[Tier, ...], *, want: int = 0, find: str | None = None
+) -> HistoryView:
     link = state.admin if state.admin is not None else state.test
     deployer = await connected_deployer(link, "read")
     names = {link.public_key: "this MCP server"} if link.public_key else {}
     if state.admin is not None and state.test.public_key:
         names[state.test.public_key] = "this MCP server (test key)"
     try:
-        return await load_history(deployer.bus, tiers, names=names)
+        return await load_history(deployer.bus, tiers, names=names, want=want, find=find)
     except FleetError as exc:
         raise ToolError(f"Reading the history failed: {exc}") from exc
 
@@ -86,7 +88,7 @@ async def deployment_history(
     """
     state = begin(ctx, "deployment_history", ("tier", "hostname", "limit"))
     tiers = _tiers(state, tier)
-    view = await _view(state, tiers)
+    view = await _view(state, tiers, want=limit)
     host = hostname.strip() if hostname else None
     chosen = select(view.records, host=host, limit=limit)
     shown = [t.value for t in tiers if t.value not in view.unreadable]
@@ -97,7 +99,7 @@ async def deployment_history(
 async def recall_deployment(state: FleetState, deployment_id: str) -> DeploymentResult | None:
     """The deployment ``deployment_id`` as the history recorded it, its hosts without a
     final status there asked for their job record; None when no readable tier knows it."""
-    view = await _view(state, _tiers(state, None))
+    view = await _view(state, _tiers(state, None), find=deployment_id)
     record = next((r for r in view.records if r.id == deployment_id), None)
     if record is None:
         return None
