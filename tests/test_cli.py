@@ -204,14 +204,27 @@ class TestDeployCommand:
         assert f"cannot reach the NATS server at {url}" in proc.stderr.decode()
 
     async def test_missing_flags_name_their_variables(self, fleet: Fleet) -> None:
-        """Without --nats-url the error names the flag and its environment variable."""
+        """Without --nats-url the error names the flag, its environment variable and what
+        it is for, as --help says it (`logs` without --host: which host)."""
         proc = await anyio.run_process(
             [str(scripts_dir() / "fleet-deploy"), "deploy", "deploy.test.web1"],
             check=False,
             env=fleet.cli_env(),
         )
         assert proc.returncode == 2
-        assert "--nats-url is required (or set FLEET_DEPLOY_NATS_URL)" in proc.stderr.decode()
+        assert "--nats-url is required (or set FLEET_DEPLOY_NATS_URL): NATS server URL" in (
+            proc.stderr.decode()
+        )
+        logs = await anyio.run_process(
+            [str(scripts_dir() / "fleet-deploy"), "logs", "f" * 32],
+            check=False,
+            env=fleet.cli_env(
+                FLEET_DEPLOY_NATS_URL=fleet.url,
+                FLEET_DEPLOY_NKEY_FILE=str(fleet.keys["deployer"]),
+            ),
+        )
+        assert logs.returncode == 2
+        assert "--host is required: the host whose job to read" in logs.stderr.decode()
 
 
 class TestHostsCommand:

@@ -1,7 +1,9 @@
-"""The docs stay true: option tables match the declarations, and links between pages resolve."""
+"""The docs stay true: option tables match the declarations, the command table names every
+command, and links between pages resolve."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -49,3 +51,18 @@ def test_links_between_pages_resolve(page: Path) -> None:
         elif anchor and anchor not in _anchors(linked):
             broken.append(f"{target}#{anchor} (no such heading)")
     assert not broken, f"{page.name}: {broken}"
+
+
+def test_the_command_table_names_every_command() -> None:
+    """docs/cli.md's table of commands has a row for each command `fleet-deploy --help` lists."""
+    from fleet_core.cli import build_parser
+
+    parser = build_parser()
+    commands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    table = text.split("| command | what it does |", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"^\| \[`([\w-]+)", table, flags=re.MULTILINE))
+    missing = set(commands.choices) - listed
+    assert not missing, f"docs/cli.md's command table lacks {sorted(missing)}"

@@ -300,6 +300,25 @@ class TestTable:
         assert "switch v1 2h ago" in lines[3] and "BEHIND" in lines[3]
         assert lines[-1] == "NOT OK: 2 hosts, 1 at the revision, 1 behind"
 
+    def test_a_reference_found_across_tiers_says_how_to_compare_each_tier(self) -> None:
+        """Without a TARGET the newest deploy may be another tier's (prod's release, while
+        test runs ahead): the head says so, and names the per-tier command; one tier, no
+        such line; --revision, none either (it is the user's own reference)."""
+        hosts = [host("web1"), host("pweb1", tier="prod", job=("switch", "v1", "completed"))]
+        table = status_table(
+            fleet_status(hosts, target=None, revision=None, cli_version="0.1.0"), now=NOW
+        )
+        assert table.splitlines()[1] == (
+            "it spans the prod and test tiers: 'status deploy.<tier>.all' compares each tier "
+            "with its own last deploy"
+        )
+        assert table.splitlines()[2].startswith("HOST")
+        for one in (
+            fleet_status(hosts[:1], target=None, revision=None, cli_version="0.1.0"),
+            fleet_status(hosts, target=None, revision="v2", cli_version="0.1.0"),
+        ):
+            assert "it spans" not in status_table(one, now=NOW)
+
 
 LISTENER = {
     "hostname": "web1",

@@ -123,13 +123,17 @@ class TestPastTheWindow:
 
 class TestConfidentiality:
     async def test_the_test_key_reads_the_test_history_only(self, fleet: Fleet) -> None:
-        """load_history with the test key: test deployments listed, prod named unreadable."""
+        """load_history with the test key: test deployments listed, from the test hosts' job
+        records (it may use no JetStream API: tests/test_history_attacks.py), and said so;
+        prod named unreadable."""
         async with fleet.listeners("web1", "pweb1"):
             test_deploy = await fleet.deploy("deploy.test.web1")
             await fleet.deploy("deploy.prod.pweb1", who="admin")
-        async with await fleet.connect("deployer") as bus:
-            view = await load_history(bus, (Tier.TEST, Tier.PROD))
+            async with await fleet.connect("deployer") as bus:
+                view = await load_history(bus, (Tier.TEST, Tier.PROD))
         assert [r.id for r in view.records] == [test_deploy.deployment_id]
+        assert view.sources == {"test": "job_records"}
+        assert any("job records" in note for note in view.notes())
         assert view.unreadable == ("prod",)
         async with await fleet.connect("admin") as bus:
             admin_view = await load_history(bus, (Tier.TEST, Tier.PROD))
@@ -227,7 +231,10 @@ class TestSetup:
         assert [r.id for r in (await history(fleet, Tier.TEST)).records()] == [kept.deployment_id]
         refused = await fleet.cli("history", "--setup", *cli_args(fleet, "deployer"))
         assert refused.returncode == 2
-        assert b"may not use the test history" in refused.stderr
+        # What to do, and the subject as JetStream spells it (not lowercased).
+        assert b"may not set up the history streams" in refused.stderr
+        assert b"with the admin key" in refused.stderr
+        assert b"$JS.API.STREAM." in refused.stderr
 
 
 class TestAcrossRestarts:
@@ -247,9 +254,12 @@ class TestAcrossRestarts:
         assert [d["id"] for d in found["deployments"]] == [deployment_id]
         assert found["deployments"][0]["signer_name"] == "deployer"
         assert found["sources"] == {"test": "jetstream", "prod": "jetstream"}
-        text = await fleet.cli("history", "deploy.test.web1", *cli_args(fleet, "deployer"))
+        async with fleet.listeners("web1"):  # the test key's history: their job records
+            await fleet.local.wait_for_listeners(["web1"])
+            text = await fleet.cli("history", "deploy.test.web1", *cli_args(fleet, "deployer"))
         assert text.returncode == 0
         assert deployment_id in text.stdout.decode()
+        assert b"test tier: no JetStream history" in text.stderr
         assert b"prod tier: this key may not read its history" in text.stderr
         shown = await fleet.cli("show", deployment_id, *cli_args(fleet, "admin"))
         assert shown.returncode == 0, shown.stderr.decode()

@@ -82,23 +82,31 @@ class TestAfterARestart:
 
 class TestDeploymentHistory:
     async def test_the_test_keys_server_lists_the_test_tier_only(self, fleet: Fleet) -> None:
-        """With the test key, deployment_history lists test deployments only, and refuses to
-        be asked for prod; with the admin key, both tiers, with who signed each."""
+        """With the test key, deployment_history lists test deployments only (from the test
+        hosts' job records: the test key may use no JetStream API), and refuses to be asked
+        for prod; with the admin key, both tiers from JetStream, with who signed each."""
         async with fleet.listeners("web1", "pweb1"):
             test = await fleet.deploy("deploy.test.web1")
             prod = await fleet.deploy("deploy.prod.pweb1", who="admin")
-        async with session(settings_for(fleet), "auto") as s:
-            result = await s.call("deployment_history")
-            refused = await s.error("deployment_history", tier="prod")
+            async with session(settings_for(fleet), "auto") as s:
+                result = await s.call("deployment_history")
+                refused = await s.error("deployment_history", tier="prod")
         report = HistoryReport.model_validate(result.structured_content)
         assert [d.deployment_id for d in report.deployments] == [test.deployment_id]
-        assert report.sources == {"test": "jetstream"}
+        assert report.sources == {"test": "job_records"}
         assert report.deployments[0].counts == {"completed": 1}
         assert "test tier's history only" in refused
         async with session(settings_for(fleet, admin="admin"), "auto") as s:
             result = await s.call("deployment_history", hostname="pweb1")
+            unmatched = await s.call("deployment_history", hostname="nosuch")
+        # Deployments are recorded; none reached that host: say that, and what to check.
+        none = HistoryReport.model_validate(unmatched.structured_content)
+        assert none.deployments == []
+        assert "reached that hostname" in none.summary
+        assert "list_hosts" in none.next_step
         report = HistoryReport.model_validate(result.structured_content)
         assert [d.deployment_id for d in report.deployments] == [prod.deployment_id]
+        assert report.sources == {"test": "jetstream", "prod": "jetstream"}
         assert report.deployments[0].signer == fleet.seed("admin").public_key
         assert report.deployments[0].signer_name == "this MCP server"
         assert "<<<BEGIN UNTRUSTED HOST OUTPUT>>>" in text_of(result)

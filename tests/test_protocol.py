@@ -579,8 +579,7 @@ class TestInventory:
         assert 'publish: ["build.responses.>"]' in rendered
         assert 'subscribe: ["build.nixos.*", "build.home.*"]' in rendered
         assert (
-            'publish: { allow: ["deploy.test.>", "deploy.discover.test", "build.*.*", '
-            '"$JS.API.STREAM.INFO.FLEET_HISTORY_TEST", "$JS.API.DIRECT.GET.FLEET_HISTORY_TEST"], '
+            'publish: { allow: ["deploy.test.>", "deploy.discover.test", "build.*.*"], '
             'deny: ["build.responses.>"] }'
         ) in rendered
         assert parse_inventory(inventory_toml(inventory)) == inventory

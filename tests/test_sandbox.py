@@ -581,6 +581,7 @@ class TestSandbox:
             "hosts": 0,
             "deploy deploy.test.all": 1,
             "status": 1,  # the failing host's last deploy failed, and it is behind master
+            "history": 0,
             "deploy deploy.test.role.web --branch feature/login --action test": 1,
             "deploy deploy.prod.all": 2,
             "deploy deploy.prod.all --nkey-file ADMIN": 0,
@@ -596,6 +597,10 @@ class TestSandbox:
         assert status.startswith("reference revision: master (the newest deploy on record"), status
         assert re.search(r"^web1\s+test\s+web\s+master\s+no\s+no\s+switch master", status, re.M)
         assert "prod hosts are not shown" in status
+        history = ran["history"].stdout  # the deploy to deploy.test.all above
+        assert re.search(
+            r"^[0-9a-f]{32}\s.*\sswitch\s+master\s+1 completed, 2 failed", history, re.M
+        )
         assert sandbox.stop(signal.SIGTERM) == 0, sandbox.errors()
 
     def test_logs_go_to_the_directory_not_the_terminal(

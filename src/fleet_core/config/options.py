@@ -723,8 +723,8 @@ STATUS = Command(
     "target's hosts (the newest switch, boot or test among their last jobs); the output\n"
     "says which.\n\n"
     "Exit status: 0 every host is at the revision and healthy (its last deploy did not\n"
-    "fail, no reboot is pending); 1 otherwise, or when no host answered; 2 usage, key or\n"
-    "connection error.",
+    "fail, no reboot is pending); 1 otherwise, or when no host answered; 2 usage, key,\n"
+    "connection or permission error (a key that may not read the target's tier at all).",
     (
         Option(
             "target",
@@ -806,7 +806,8 @@ HISTORY = Command(
         ),
         Option(
             "max_age",
-            "with --setup: keep history this long, in seconds",
+            "with --setup: keep history this long, in seconds (a day is 86400; the "
+            "default, 90 days)",
             default=DEFAULT_HISTORY_MAX_AGE,
             env=False,
             metavar="SECONDS",

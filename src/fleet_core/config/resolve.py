@@ -163,7 +163,9 @@ class _Values:
         if value is None:
             option = self._options[name]
             alternative = f" (or set {option.variable})" if option.variable else ""
-            raise UsageError(f"{option.flag} is required{alternative}")
+            # With what it is for, as --help says it: "--host is required: the host whose
+            # job to read" tells a first-time user what to give.
+            raise UsageError(f"{option.flag} is required{alternative}: {option.help}")
         return value
 
     def choice(self, name: str) -> str | None:
@@ -656,9 +658,15 @@ def history_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) 
 def show_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> ShowSettings:
     """Settings for ``fleet-deploy show``."""
     values = _Values(command("show"), flags, environ)
+    deployment_id = values.required("deployment_id")
+    if not is_request_id(deployment_id):  # as logs: a usage error, not "no record of it"
+        raise UsageError(
+            f"{deployment_id[:80]!r} is not a deployment id: ids are 1-64 letters, digits, "
+            "'-' or '_', as deploy and history print them"
+        )
     return ShowSettings(
         connection=_connection(values),
-        deployment_id=values.required("deployment_id"),
+        deployment_id=deployment_id,
         tiers=_readable_tiers(values),
         inventory=_inventory(values),
         json=values.switch("json"),

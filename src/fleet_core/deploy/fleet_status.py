@@ -282,6 +282,12 @@ def status_table(status: FleetStatus, *, now: float | None = None) -> str:
             f"on {printable(status.revision_from_host or '?')}; --revision REV to compare "
             "with another)"
         )
+        tiers = sorted({row.tier for row in status.hosts})
+        if len(tiers) > 1:  # test usually runs ahead of prod: one tier's deploy is no news
+            head += (
+                f"\nit spans the {' and '.join(tiers)} tiers: 'status deploy.<tier>.all' "
+                "compares each tier with its own last deploy"
+            )
     rows: list[tuple[str, ...]] = [
         (
             "HOST",

@@ -29,6 +29,7 @@ on what came off the wire.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,8 +43,8 @@ from fleet_core.config.options import (
     DEFAULT_HISTORY_MAX_MSGS,
     DEFAULT_HISTORY_REPLICAS,
 )
-from fleet_core.errors import RequestRejected
-from fleet_core.protocol.actions import Action
+from fleet_core.errors import RequestRejected, UsageError
+from fleet_core.protocol.actions import Action, validate_revision
 from fleet_core.protocol.messages import (
     HostInfo,
     JobPhase,
@@ -55,7 +56,7 @@ from fleet_core.protocol.messages import (
     parse_status,
 )
 from fleet_core.protocol.signing import verified_signer
-from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier
+from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier, parse_target
 from fleet_core.protocol.text import printable
 from fleet_core.protocol.trust import shown
 
@@ -85,6 +86,7 @@ MAX_FLAGGED: Final = 20  # flagged entries kept per deployment (the rest are cou
 _MAX_OTHER_IDS: Final = 100_000
 _MAX_LOG_TAIL: Final = 50
 _STREAM_PREFIX: Final = "FLEET_HISTORY_"
+_PUBLIC_KEY: Final = re.compile(r"U[A-Z2-7]{55}")  # an NKey user's public key
 # Every recorded message is a request or a status: at most 64 KiB of body, plus headers.
 _MAX_MSG_SIZE: Final = 64 * 1024 + 4096
 _DELIBERATE_ACTIONS: Final = frozenset(
@@ -145,7 +147,9 @@ def read_reply_subject(tier: Tier, token: str) -> str:
     one the test key may subscribe to: ``deploy.responses.<token>.prod.history.read`` has
     six tokens, past what the prod stream captures (five), and the test key is denied
     ``deploy.responses.*.prod.>``. Test reads use the bare ``deploy.responses.<token>``,
-    the only reply subject besides its tier's bound ones that the test key may read."""
+    the only reply subject besides its tier's bound ones that the test key may read. (The
+    layout ``nats-config`` writes lets only the admin key read the streams: JetStream
+    answers on any reply subject a request names, so the test key gets no API subject.)"""
     if tier is Tier.TEST:
         return RESPONSES_PREFIX + token
     return f"{RESPONSES_PREFIX}{token}.{tier.value}.history.read"
@@ -315,6 +319,13 @@ class HistoryBook:
             return
         reply_id = request.reply_to.removeprefix(RESPONSES_PREFIX).split(".")[0]
         deployment_id = request.id or reply_id
+        if not is_request_id(deployment_id) or not _is_target(entry.subject):
+            # An id or a target no deployer sends: either is shown as it is (a table, an MCP
+            # sentence), so whoever published it could write there. Not believed.
+            self.flagged += 1
+            if is_request_id(deployment_id):
+                self._other(deployment_id)
+            return
         if request.action.value not in _DELIBERATE_ACTIONS:
             # Not a deployment (a cancel, a request for a job's log): its answers are not
             # statuses of one. A cancel's revision is the id of the deployment it stops.
@@ -378,6 +389,11 @@ class HistoryBook:
                 self._other(request_id)
 
     def _answer(self, entry: Recorded, *, reply_id: str, tier: str, hostname: str) -> None:
+        if not is_request_id(reply_id):
+            # A listener may publish under any first token (its permission binds only its
+            # tier and name): an id of escapes or instructions never becomes a deployment.
+            self.flagged += 1
+            return
         if reply_id in self._other_ids:
             return  # an answer to a cancel or a chunk of a log
         status = parse_status(entry.data)
@@ -526,10 +542,14 @@ def records_from_jobs(
         for job in info.recent_jobs or []:
             if job.action is not None and job.action not in _DELIBERATE_ACTIONS:
                 continue
+            if not is_request_id(job.request_id):
+                continue  # the host's word, shown as an id: only an id's characters
             grouped.setdefault(job.request_id, []).append((info, job))
     records: list[DeploymentRecord] = []
     for request_id, jobs in grouped.items():
         first = jobs[0][1]
+        # Shown unfenced like a recorded request's: only what a request could have carried.
+        signer = first.signer if first.signer and _PUBLIC_KEY.fullmatch(first.signer) else None
         started = [j.started_at for _, j in jobs if j.started_at is not None]
         finished = [j.finished_at for _, j in jobs if j.finished_at is not None]
         outcomes = [_job_outcome(info.hostname, job) for info, job in jobs]
@@ -542,10 +562,10 @@ def records_from_jobs(
                 tier=str(jobs[0][0].tier),
                 targets=[],
                 action=first.action,
-                revision=first.revision,
-                signer=first.signer,
-                signer_name=known.get(first.signer) if first.signer else None,
-                signature="verified" if first.signer else "unknown",
+                revision=_revision(first.revision),
+                signer=signer,
+                signer_name=known.get(signer) if signer else None,
+                signature="verified" if signer else "unknown",
                 started_at=start,
                 finished_at=end,
                 duration_s=round(end - start, 3) if end is not None and start is not None else None,
@@ -553,6 +573,22 @@ def records_from_jobs(
             )
         )
     return sorted(records, key=lambda r: (r.started_at or 0.0, r.id), reverse=True)
+
+
+def _is_target(subject: str) -> bool:
+    try:
+        parse_target(subject)
+    except UsageError:
+        return False
+    return True
+
+
+def _revision(value: str | None) -> str | None:
+    """A host's record of a revision, if it is one a request could carry; else None."""
+    try:
+        return validate_revision(value) if value is not None else None
+    except RequestRejected:
+        return None
 
 
 def _job_outcome(hostname: str, job: JobSummary) -> HostOutcome:

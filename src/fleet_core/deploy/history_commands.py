@@ -16,6 +16,7 @@ from fleet_core.bus import Bus
 from fleet_core.config.settings import HistorySettings, ShowSettings
 from fleet_core.deploy.history import DeploymentRecord, Retention, as_json, select
 from fleet_core.deploy.history_reader import HistoryView, key_names, load_history, setup_history
+from fleet_core.errors import PermissionDenied
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import run_until_signal
 from fleet_core.logging import configure_logging
@@ -45,6 +46,7 @@ def run_history(settings: HistorySettings, *, out: TextIO = sys.stdout) -> int:
     view = finished.value
     if view is None:
         return finished.exit_code
+    _refuse_if_nothing_readable(view)
     target = settings.target.subject if settings.target is not None else None
     chosen = select(view.records, target=target, host=settings.host, limit=settings.limit)
     for note in view.notes():
@@ -52,7 +54,7 @@ def run_history(settings: HistorySettings, *, out: TextIO = sys.stdout) -> int:
     if settings.json:
         print(json.dumps(_json_view(view, chosen), indent=2), file=out)
     elif not chosen:
-        print("no deployment recorded" + (" for that" if target or settings.host else ""), file=out)
+        print(_none_recorded(view, target=target, host=settings.host), file=out)
     else:
         print(history_table(chosen), file=out)
     return 0
@@ -81,11 +83,28 @@ def _setup(settings: HistorySettings, out: TextIO) -> int:
     else:
         for stream, outcome in done.items():
             print(
-                f"{stream}: {outcome} (max age {settings.max_age:g} s, {settings.max_msgs} "
-                f"messages, {settings.max_bytes} bytes, {counted(settings.replicas, 'replica')})",
+                f"{stream}: {outcome} (max age {_seconds(settings.max_age)}, "
+                f"{settings.max_msgs} messages, {_bytes(settings.max_bytes)}, "
+                f"{counted(settings.replicas, 'replica')})",
                 file=out,
             )
     return 0
+
+
+def _seconds(seconds: float) -> str:
+    """A retention age as given (``--max-age`` is in seconds), with days when whole:
+    "7776000 s (90 days)", never "7.776e+06 s"."""
+    text = f"{seconds:.0f} s" if seconds == int(seconds) else f"{seconds} s"
+    days = seconds / 86_400
+    return f"{text} ({counted(int(days), 'day')})" if days >= 1 and days == int(days) else text
+
+
+def _bytes(size: int) -> str:
+    """A byte limit as given, with GiB or MiB when whole: "1073741824 bytes (1 GiB)"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if size >= scale and size % scale == 0:
+            return f"{size} bytes ({size // scale} {unit})"
+    return f"{size} bytes"
 
 
 def run_show(settings: ShowSettings, *, out: TextIO = sys.stdout) -> int:
@@ -109,16 +128,67 @@ def run_show(settings: ShowSettings, *, out: TextIO = sys.stdout) -> int:
     view = finished.value
     if view is None:
         return finished.exit_code
+    _refuse_if_nothing_readable(view)
     found = [r for r in view.records if r.id == settings.deployment_id]
     for note in view.notes():
         print(note, file=sys.stderr)
     if settings.json:
         print(json.dumps(_json_view(view, found), indent=2), file=out)
     elif not found:
-        print(f"no record of deployment {settings.deployment_id!r}", file=out)
+        print(_not_found(view, settings.deployment_id), file=out)
     else:
         print("\n\n".join(show_text(record) for record in found), file=out)
     return 0 if found else 1
+
+
+def _refuse_if_nothing_readable(view: HistoryView) -> None:
+    """A key that may read none of the tiers asked for (the test key with ``--tier prod``)
+    learnt nothing: that is a permission error (exit 2), not "no deployment recorded"."""
+    if view.unreadable and not view.sources:
+        tiers = " or ".join(view.unreadable)
+        raise PermissionDenied(
+            f"this key may not read the {tiers} tier's history: the NATS server keeps it from "
+            "this key. Use the admin key (--nkey-file or FLEET_DEPLOY_NKEY_FILE), which reads "
+            "every tier",
+            fix="use the admin key, which reads every tier's history",
+        )
+
+
+def _where(view: HistoryView) -> str:
+    """Which record was read, for a sentence: "the test tier's history"."""
+    streams = [tier for tier, source in view.sources.items() if source == "jetstream"]
+    records = [tier for tier, source in view.sources.items() if source == "job_records"]
+    parts = []
+    if streams:
+        tiers = " and ".join(streams)
+        parts.append(f"the {tiers} tier's history" if len(streams) == 1 else f"the {tiers} history")
+    if records:
+        parts.append(f"the {' and '.join(records)} hosts' job records")
+    return " and ".join(parts)
+
+
+def _none_recorded(view: HistoryView, *, target: str | None, host: str | None) -> str:
+    if target is None and host is None:
+        return f"no deployment recorded in {_where(view)}"
+    what = " and ".join(
+        part
+        for part in (f"to {target}" if target else "", f"that reached {host}" if host else "")
+        if part
+    )
+    return f"no deployment {what} recorded in {_where(view)}"
+
+
+def _not_found(view: HistoryView, deployment_id: str) -> str:
+    unread = (
+        f"; the {' and '.join(view.unreadable)} history needs the admin key"
+        if view.unreadable
+        else ""
+    )
+    return (
+        f"no record of deployment {deployment_id!r} in {_where(view)}: check the id "
+        "('fleet-deploy history' lists the recorded ones); a deployment older than the "
+        f"history's retention is no longer there{unread}"
+    )
 
 
 def _json_view(view: HistoryView, records: list[DeploymentRecord]) -> dict[str, object]:
@@ -137,6 +207,10 @@ def _when(moment: float | None) -> str:
 
 
 def _who(record: DeploymentRecord) -> str:
+    if not record.request_recorded:
+        # Its request aged out — or there never was one: a listener may answer under an id
+        # no deployer used. Either way nobody is known to have asked for it.
+        return "(no request)"
     if record.signer is None:
         return "unsigned" if record.signature == "unsigned" else _NO_VALUE
     return record.signer_name or record.signer[:12] + "…"
@@ -196,7 +270,10 @@ def show_text(record: DeploymentRecord) -> str:
     if record.cancel_requested:
         lines.append("  a cancel of this deployment was sent")
     if not record.request_recorded:
-        lines.append("  its request is no longer in the history (aged out): statuses only")
+        lines.append(
+            "  no request of it is recorded (aged out, or a host answered an id no deployer "
+            "used): statuses only"
+        )
     if record.flagged_count:
         lines.append(f"  {counted(record.flagged_count, 'message')} not believed:")
         lines += [f"    {reason}" for reason in record.flagged]
@@ -206,4 +283,7 @@ def show_text(record: DeploymentRecord) -> str:
         source = " [from its job record]" if host.source == "job_query" else ""
         lines.append(f"\n  {host.hostname}  {state}{error} {host.message}{source}".rstrip())
         lines += [f"    | {line}" for line in host.log_tail]
+    if record.hosts:  # the tail is the last lines at most (none from a job record)
+        tier = "" if record.tier == "test" else f" --tier {record.tier}"
+        lines.append(f"\n  a host's whole log: fleet-deploy logs {record.id} --host HOST{tier}")
     return "\n".join(lines)

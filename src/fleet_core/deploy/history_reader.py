@@ -111,7 +111,11 @@ async def _exchange(
                         # The client library lowercases the server's error: name the
                         # subject as it was used, "$JS.API.…", not "$js.api.…".
                         refused = next(
-                            (s for s in (subject, reply) if s.lower() == event.subject),
+                            (
+                                s
+                                for s in (subject, reply)
+                                if s.lower() == (event.subject or "").lower()
+                            ),
                             event.subject,
                         )
                         raise PermissionDenied(
@@ -319,15 +323,28 @@ async def setup_history(
     for tier in tiers:
         config = stream_config(tier, retention)
         name = stream_name(tier)
-        info = _api_answer(await _exchange(bus, f"{API}STREAM.INFO.{name}", {}, tier))
-        outcome: Literal["created", "updated"] = (
-            "created" if _error_code(info) == _STREAM_NOT_FOUND else "updated"
-        )
-        verb = "CREATE" if outcome == "created" else "UPDATE"
-        answer = _api_answer(await _exchange(bus, f"{API}STREAM.{verb}.{name}", config, tier))
+        try:
+            info = _api_answer(await _exchange(bus, f"{API}STREAM.INFO.{name}", {}, tier))
+            outcome: Literal["created", "updated"] = (
+                "created" if _error_code(info) == _STREAM_NOT_FOUND else "updated"
+            )
+            verb = "CREATE" if outcome == "created" else "UPDATE"
+            exchanged = await _exchange(bus, f"{API}STREAM.{verb}.{name}", config, tier)
+        except PermissionDenied as exc:  # any key but the admin's: it alone has JetStream
+            raise PermissionDenied(
+                f"this key may not set up the history streams: the NATS server refused it "
+                f"{exc.operation or 'access'} on {exc.subject}. Run 'fleet-deploy history "
+                "--setup' with the admin key (--nkey-file or FLEET_DEPLOY_NKEY_FILE)",
+                subject=exc.subject,
+                operation=exc.operation,
+                fix="run --setup with the admin key: only it may create or change the streams",
+            ) from exc
+        answer = _api_answer(exchanged)
         if _error_code(answer) is not None:
             raise HistoryUnavailable(
-                f"JetStream refused the stream {name}: {_error_text(answer)}",
+                f"JetStream refused the stream {name}: {_error_text(answer)}. Check that "
+                "JetStream is enabled, and that --replicas is at most the number of servers "
+                "in the cluster (1 without one)",
                 reason="setup_refused",
                 fix="check that JetStream is enabled, and on a cluster that --replicas is at "
                 "most the number of servers",

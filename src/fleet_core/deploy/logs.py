@@ -42,7 +42,7 @@ from fleet_core.protocol.messages import DeployRequest, ErrorCode, Status, encod
 from fleet_core.protocol.refusals import Refusal, explain_refusals
 from fleet_core.protocol.signing import RequestSigner
 from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier, validate_hostname
-from fleet_core.protocol.text import printable
+from fleet_core.protocol.text import escaped_json, printable
 from fleet_core.protocol.trust import bound_reply, shown
 
 __all__ = ["ANSWER_WITHIN", "FOLLOW_RETRIES", "POLL_MAX", "POLL_MIN", "LogReader", "run_logs"]
@@ -270,7 +270,8 @@ def run_logs(settings: LogsSettings, *, out: TextIO = sys.stdout) -> int:
 
     def write(chunk: LogChunk) -> None:
         if settings.json:
-            out.write(chunk.model_dump_json() + "\n")  # JSON escapes every control character
+            # JSON escapes the C0 controls; escaped_json the C1 ones and the bidi characters.
+            out.write(escaped_json(chunk.model_dump_json()) + "\n")
         elif chunk.text:
             *whole, rest = chunk.text.split("\n")
             out.write("".join(printable(line) + "\n" for line in whole) + printable(rest))

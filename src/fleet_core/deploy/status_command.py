@@ -15,6 +15,7 @@ from fleet_core.bus import Bus
 from fleet_core.config.settings import StatusSettings
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.fleet_status import fleet_status, status_table
+from fleet_core.errors import PermissionDenied
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import run_until_signal
 from fleet_core.logging import configure_logging
@@ -43,6 +44,14 @@ def run_status(settings: StatusSettings, *, out: TextIO = sys.stdout) -> int:
     found = finished.value
     if found is None:
         return finished.exit_code
+    if not found and hidden:  # not "no host answered": nobody this key may hear did
+        tiers = " or ".join(hidden)
+        raise PermissionDenied(
+            f"no host shown: this key may not read the {tiers} tier's answers, so it cannot "
+            "tell their status. Use the admin key (--nkey-file or FLEET_DEPLOY_NKEY_FILE), "
+            "which reads every tier",
+            fix="use the admin key, which reads every tier's answers",
+        )
     for name in hidden:
         print(f"{name} hosts are not shown: this key may not read their answers", file=sys.stderr)
     status = fleet_status(

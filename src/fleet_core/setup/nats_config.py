@@ -56,7 +56,6 @@ from typing import Any, Final, Literal
 
 from fleet_core.build.protocol import BUILD_PREFIX, BUILD_RESPONSES_PREFIX, validate_repo
 from fleet_core.config.options import DEFAULT_NATS_LAYOUT, NATS_LAYOUTS, NatsLayout
-from fleet_core.deploy.history import stream_name
 from fleet_core.errors import UsageError
 from fleet_core.protocol.logs import log_reply
 from fleet_core.protocol.subjects import (
@@ -83,7 +82,6 @@ __all__ = [
     "UserPermissions",
     "builder_permissions",
     "deployer_permissions",
-    "history_read_subjects",
     "inventory_toml",
     "listener_permissions",
     "nats_config",
@@ -293,16 +291,12 @@ def deployer_permissions(
         )
     return UserPermissions(
         # Discovery and job queries of the test tier only: the prod listeners never hear
-        # this key, and it reads no discovery subject (the admin's prod job queries). Of
-        # JetStream it may ask only for the test history: its state and direct gets, which
-        # answer on its own reply subject (fleet_core.deploy.history_reader); no consumer,
-        # no other stream, no stream of its own that could source prod's.
-        publish=(
-            "deploy.test.>",
-            tier_discover_subject(Tier.TEST),
-            BUILD_REQUESTS,
-            *history_read_subjects(Tier.TEST),
-        ),
+        # this key, and it reads no discovery subject (the admin's prod job queries). No
+        # JetStream API subject at all: JetStream answers on whatever reply subject a
+        # request names, with the server's own rights, so even a read of the test stream
+        # could be answered onto $JS.API.STREAM.DELETE.<prod's>, a prod host's bound reply
+        # or a prod deploy subject. Its history comes from the test hosts' job records.
+        publish=("deploy.test.>", tier_discover_subject(Tier.TEST), BUILD_REQUESTS),
         subscribe=(
             BARE_REPLIES,
             bound_replies(BARE_REPLIES, Tier.TEST),
@@ -315,12 +309,6 @@ def deployer_permissions(
         # build.*.* would let a deployer answer a build in a builder's name.
         deny_publish=(BUILD_RESPONSES_WILDCARD,),
     )
-
-
-def history_read_subjects(tier: Tier) -> tuple[str, str]:
-    """The JetStream API subjects that read ``tier``'s history and nothing else."""
-    name = stream_name(tier)
-    return (f"$JS.API.STREAM.INFO.{name}", f"$JS.API.DIRECT.GET.{name}")
 
 
 def render_jetstream(store_dir: str) -> str:

@@ -586,6 +586,8 @@ class _Sandbox:
             f"  {cli} hosts",
             f"  {cli} deploy deploy.test.all",
             f"  {cli} status                        # what each host runs, and is it behind",
+            f"  {cli} history                       # who deployed what, when; then show ID, "
+            "logs ID --host web2",
             f"  {cli} deploy deploy.test.role.web --branch feature/login --action test",
             f"  {cli} deploy deploy.prod.all        # refused: the test key cannot reach prod",
             f"  {cli} deploy deploy.prod.all --nkey-file {q(str(admin_key))}",

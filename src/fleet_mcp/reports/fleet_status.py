@@ -74,6 +74,11 @@ def fleet_status_report(status: FleetStatus) -> FleetStatusReport:
             needs.append("ask a person to reboot the hosts that need it")
         if any(h.last_job and h.last_job.status in ("failed", "rejected") for h in status.hosts):
             needs.append("look at the failed hosts' last deploy (deployment_status)")
+        if any(not h.answered for h in status.hosts):
+            needs.append(
+                "check the names of the hosts that did not answer with list_hosts (a listener "
+                "that stopped answers nothing either)"
+            )
         next_step = "; ".join(needs).capitalize() + "." if needs else "Look at the problems."
     return FleetStatusReport(
         summary=status.summary + ".",

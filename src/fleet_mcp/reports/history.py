@@ -61,6 +61,11 @@ class HistoryEntry(BaseModel):
     hosts: list[HistoryHost]
     hosts_omitted: int = Field(0, description="hosts not listed here (counted in counts)")
     cancel_requested: bool = False
+    request_recorded: bool = Field(
+        True,
+        description="false when no request of it is recorded: it aged out, or a host sent "
+        "statuses under an id no deployer used; nobody is known to have asked for it",
+    )
 
 
 class HistoryReport(BaseModel):
@@ -108,18 +113,32 @@ def _entry(record: DeploymentRecord) -> HistoryEntry:
         ],
         hosts_omitted=len(ordered) - len(shown),
         cancel_requested=record.cancel_requested,
+        request_recorded=record.request_recorded,
     )
 
 
 def history_report(
-    records: Sequence[DeploymentRecord], *, sources: dict[str, str], tiers: Sequence[str]
+    records: Sequence[DeploymentRecord],
+    *,
+    sources: dict[str, str],
+    tiers: Sequence[str],
+    filtered: bool = False,
 ) -> HistoryReport:
-    """``records`` newest first, from the tiers ``tiers`` (what this server may read)."""
+    """``records`` newest first, from the tiers ``tiers`` (what this server may read);
+    ``filtered`` when a hostname narrowed them, so that none left is not "none recorded"."""
     shown = " and ".join(tiers)
     fallback = [tier for tier, source in sources.items() if source == "job_records"]
     summary = f"{len(records)} deployment(s) of the {shown} tier, newest first."
+    next_step = "Call deployment_status with a deployment_id for every host's outcome and log tail."
     if not records:
         summary = f"No deployment is recorded for the {shown} tier."
+        next_step = "Deploy first: the history lists deployments once there are some."
+    if not records and filtered:
+        summary = f"No deployment recorded for the {shown} tier reached that hostname."
+        next_step = (
+            "Check the hostname with list_hosts, or call deployment_history without hostname "
+            "for every deployment."
+        )
     if fallback:
         summary += (
             f" The {' and '.join(fallback)} tier records no history (no JetStream): these "
@@ -129,8 +148,7 @@ def history_report(
         summary=summary,
         deployments=[_entry(r) for r in records],
         sources=dict(sources),
-        next_step="Call deployment_status with a deployment_id for every host's outcome and "
-        "log tail.",
+        next_step=next_step,
     )
 
 

@@ -92,7 +92,9 @@ async def deployment_history(
     host = hostname.strip() if hostname else None
     chosen = select(view.records, host=host, limit=limit)
     shown = [t.value for t in tiers if t.value not in view.unreadable]
-    report = history_report(chosen, sources=dict(view.sources), tiers=shown or ["test"])
+    report = history_report(
+        chosen, sources=dict(view.sources), tiers=shown or ["test"], filtered=bool(host)
+    )
     return tool_result(report, history_text(report))
 
 
@@ -104,6 +106,8 @@ async def recall_deployment(state: FleetState, deployment_id: str) -> Deployment
     if record is None:
         return None
     hosts: dict[str, HostResult] = {}
+    # A job record's unfinished phase ("running") is no host state: that host is asked.
+    unsure: list[str] = []
     for outcome in record.hosts:
         result = _host(
             outcome.hostname,
@@ -115,7 +119,9 @@ async def recall_deployment(state: FleetState, deployment_id: str) -> Deployment
         )
         if result is not None:
             hosts[outcome.hostname] = result
-    unsure = [name for name, result in hosts.items() if not result.final]
+        elif not outcome.final:
+            unsure.append(outcome.hostname)
+    unsure += [name for name, result in hosts.items() if not result.final]
     # A host the request named but whose answers the history lacks is asked too (a group's
     # hosts are not known without a discovery: those are left to deployment_history).
     unsure += [

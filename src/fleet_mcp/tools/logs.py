@@ -119,7 +119,10 @@ def _offset(cursor: str | None) -> int:
     if cursor is None or not cursor.strip():
         return 0
     text = cursor.strip()
-    if not text.isdigit() or int(text) >= _MAX_CURSOR:
+    # ASCII digits, and few: str.isdigit() admits "²", and int() refuses both it and a
+    # number of thousands of digits (Python's limit): the call would end unexplained.
+    usable = text.isascii() and text.isdigit() and len(text) <= len(str(_MAX_CURSOR))
+    if not usable or int(text) >= _MAX_CURSOR:
         raise ToolError(
             f"cursor {quoted(cursor)} is not one this tool returned: pass a previous result's "
             "cursor unchanged, or leave it out to read from the start."
