@@ -142,6 +142,8 @@ class TestListenerFlagsOfHomelabDeploy:
             ("9972", "must be HOST:PORT or :PORT"),
             (":0", "a port from 1 to 65535"),
             (":99999", "a port from 1 to 65535"),
+            (":" + "9" * 5000, "a port from 1 to 65535"),
+            (":\u00b2", "a port from 1 to 65535"),
             ("host:http", "must be HOST:PORT or :PORT"),
             ("::1:9972", "an IPv6 address goes in brackets"),
             ("my host:9972", "is not a host name or address"),
@@ -349,8 +351,9 @@ class TestMcpSettings:
             "127.0.0.1",
             8000,
         )
-        with pytest.raises(UsageError, match="HOST:PORT"):
-            mcp_settings({**MCP, "http": "8000"}, environ={})
+        for bad in ("8000", "127.0.0.1:\u00b2", "127.0.0.1:\u0663", "127.0.0.1:" + "9" * 5000):
+            with pytest.raises(UsageError, match="HOST:PORT"):
+                mcp_settings({**MCP, "http": bad}, environ={})
 
 
 class TestKeys:

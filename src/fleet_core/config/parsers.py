@@ -75,7 +75,8 @@ def parse_listen_address(text: str, source: str) -> tuple[str, int]:
     address of this host. ``source`` (the flag or variable) begins every error."""
     host, sep, port = text.strip().rpartition(":")
     example = "e.g. :9972 (every address) or 127.0.0.1:9972"
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    digits = port.isascii() and port.isdigit() and len(port) <= 5  # int() takes "²" and 10**5000
+    if not sep or not digits or not 0 < int(port) < 65536:
         raise UsageError(
             f"{source} {text!r} must be HOST:PORT or :PORT, with a port from 1 to 65535: {example}"
         )

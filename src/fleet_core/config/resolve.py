@@ -816,7 +816,12 @@ def build_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) ->
 
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit() and len(port) <= 5)
+        or not 0 < int(port) < 65536
+    ):
         raise UsageError(f"--http {value!r} must be HOST:PORT, e.g. 127.0.0.1:8765")
     return host.strip("[]"), int(port)
 
