@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,9 +65,10 @@ def bound_replies(reply: str, tier: Tier) -> str:
     return f"{reply}.{tier.value}.*"
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyOrigin:
-    """Where an answer arrived: a host's bound subject (tier and hostname), or the bare one."""
+class ReplyOrigin(NamedTuple):
+    """Where an answer arrived: a host's bound subject (tier and hostname), or the bare one.
+
+    A named tuple: one is made per status a deployer reads (see ``bus.Message``)."""
 
     tier: str | None = None
     hostname: str | None = None
@@ -90,7 +90,7 @@ def reply_origin(reply: str, subject: str) -> ReplyOrigin | None:
     tokens = rest.split(".") if not head and dot else []
     if len(tokens) != 2 or not all(tokens):
         return None
-    return ReplyOrigin(tier=tokens[0], hostname=tokens[1])
+    return ReplyOrigin(tokens[0], tokens[1])
 
 
 def shown(value: object, limit: int = 64) -> str:
