@@ -300,6 +300,38 @@ class TestTable:
         assert "switch v1 2h ago" in lines[3] and "BEHIND" in lines[3]
         assert lines[-1] == "NOT OK: 2 hosts, 1 at the revision, 1 behind"
 
+    def test_a_failed_last_deploy_names_the_commands_that_show_why(self) -> None:
+        """Under the summary, each host whose last deploy failed gets the ``show`` and
+        ``logs`` commands of that job (prod's with --tier); an id that is no request id
+        (the host's word) gets none, and a healthy host none either."""
+        hosts = [
+            host("web1"),
+            host("web2", job=("switch", "v2", "failed")),
+            host("pweb1", tier="prod", job=("switch", "v2", "failed")),
+        ]
+        table = status_table(
+            fleet_status(hosts, target=None, revision="v2", cli_version="0.1.0"), now=NOW
+        )
+        tail = table.splitlines()[-2:]
+        assert tail == [
+            "  pweb1: fleet-deploy show pweb1-v2 --tier prod; "
+            "fleet-deploy logs pweb1-v2 --host pweb1 --tier prod",
+            "  web2: fleet-deploy show web2-v2; fleet-deploy logs web2-v2 --host web2",
+        ]
+        odd = host("web3", job=("switch", "v2", "failed"))
+        assert odd.facts is not None and odd.facts.last_job is not None
+        bad = odd.model_copy(
+            update={
+                "facts": odd.facts.model_copy(
+                    update={"last_job": odd.facts.last_job.model_copy(update={"id": "x y"})}
+                )
+            }
+        )
+        table = status_table(
+            fleet_status([bad], target=None, revision="v2", cli_version="0.1.0"), now=NOW
+        )
+        assert table.splitlines()[-1].startswith("NOT OK:")
+
     def test_a_reference_found_across_tiers_says_how_to_compare_each_tier(self) -> None:
         """Without a TARGET the newest deploy may be another tier's (prod's release, while
         test runs ahead): the head says so, and names the per-tier command; one tier, no

@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from fleet_core.protocol.facts import HostFacts, LastJob
-from fleet_core.protocol.messages import HostInfo
+from fleet_core.protocol.messages import HostInfo, is_request_id
 from fleet_core.protocol.subjects import Target
 from fleet_core.protocol.text import counted, printable
 
@@ -340,4 +340,20 @@ def status_table(status: FleetStatus, *, now: float | None = None) -> str:
         for r in rows
     )
     verdict = "ok" if status.ok else "NOT OK"
-    return f"{head}\n{table}\n{verdict}: {status.summary}"
+    return f"{head}\n{table}\n{verdict}: {status.summary}" + "".join(
+        _where_to_look(row) for row in status.hosts
+    )
+
+
+def _where_to_look(row: HostStatus) -> str:
+    """For a host whose last deploy failed, the commands that show why (the id is the
+    host's word: printed only when it is an id, as ``show`` and ``logs`` take it)."""
+    job = row.last_job
+    if not _failed(job) or job is None or not is_request_id(job.id):
+        return ""
+    tier = "" if row.tier == "test" else f" --tier {printable(row.tier)}"
+    name = printable(row.hostname)
+    return (
+        f"\n  {name}: fleet-deploy show {job.id}{tier}; "
+        f"fleet-deploy logs {job.id} --host {name}{tier}"
+    )
