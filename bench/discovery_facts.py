@@ -114,9 +114,8 @@ async def run(n: int, rounds: int, directory: Path) -> dict[str, Any]:
 
                 def arm(name: str) -> None:
                     for listener in listeners:
-                        listener.facts = (  # type: ignore[assignment]
-                            readers[id(listener)] if name == "facts" else NoFacts()
-                        )
+                        reader = readers[id(listener)] if name == "facts" else NoFacts()
+                        listener.facts = reader  # type: ignore[assignment]  # duck-typed
 
                 arm("facts")
                 first = await raw_discover(client, n)  # every listener measures once

@@ -36,6 +36,7 @@ from fleet_core.build.protocol import (
 from fleet_core.bus import Bus, Message
 from fleet_core.config.resolve import mcp_settings
 from fleet_core.config.settings import BuilderSettings, DeployTiming, McpSettings
+from fleet_core.errors import PermissionDenied
 from fleet_core.protocol.messages import Status, parse_status
 from fleet_core.testing import FLAKE_URL, LocalFleet, simulated_nix_command
 from fleet_core.testing.embedded_server import EmbeddedNatsServer
@@ -482,3 +483,14 @@ def spy_final_statuses(monkeypatch: pytest.MonkeyPatch) -> FinalStatuses:
 
     monkeypatch.setattr(Bus, "publish", spy_publish)
     return spy
+
+
+def noting(subjects: list[str]) -> Callable[[PermissionDenied], bool]:
+    """A denial watcher that notes each refused subject, lowercased as nats-py reports it,
+    and lets the bus log it as unexpected."""
+
+    def note(denial: PermissionDenied) -> bool:
+        subjects.append((denial.subject or "").lower())
+        return False
+
+    return note

@@ -27,6 +27,7 @@ from fleet_core.testing import FleetHost, local_fleet
 from fleet_core.testing.embedded_server import EmbeddedNatsServer
 
 from .conftest import DEPLOYERS, FAST, HOSTS, Fleet
+from .support import noting
 
 pytestmark = pytest.mark.anyio
 
@@ -156,7 +157,7 @@ class TestConfidentiality:
             heard.append(message)
 
         async with await fleet.connect("deployer") as spy:
-            spy.watch_denials(lambda d: bool(denied.append((d.subject or "").lower())))
+            spy.watch_denials(noting(denied))
             # Every reply subject the test key may read: any answer to it would show here.
             for subject in (
                 "deploy.responses.*",

@@ -31,7 +31,7 @@ from fleet_core.testing import FleetHost, local_fleet
 from fleet_mcp.reports.history import HistoryReport
 
 from .conftest import DEPLOYERS, HOSTS, Fleet
-from .support import session, settings_for, text_of
+from .support import noting, session, settings_for, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +64,7 @@ class TestRedirectedAnswers:
         )
         denied: list[str] = []
         async with await fleet.connect("deployer") as spy:
-            spy.watch_denials(lambda d: bool(denied.append((d.subject or "").lower())))
+            spy.watch_denials(noting(denied))
             await spy.publish("deploy.test.web9", json.dumps(forged).encode())
             await spy.flush()
             for reply in redirects:
@@ -109,7 +109,7 @@ class TestRedirectedAnswers:
         }
         denied: list[str] = []
         async with await fleet.connect("web1") as hostile:
-            hostile.watch_denials(lambda d: bool(denied.append((d.subject or "").lower())))
+            hostile.watch_denials(noting(denied))
             for subject, body in attempts.items():
                 await hostile.publish(subject, body, reply=f"deploy.responses.{token}.test.web1")
             await hostile.flush()

@@ -838,6 +838,14 @@ HISTORY = Command(
     ),
 )
 
+DEPLOYMENT_ID = Option(
+    "deployment_id",
+    "the deployment's id, as deploy and history print it",
+    env=False,
+    kind="positional",
+    metavar="DEPLOYMENT_ID",
+)
+
 SHOW = Command(
     "show",
     "show one deployment: each host's final status and log tail",
@@ -848,13 +856,7 @@ SHOW = Command(
     "Exit status: 0 found; 1 no record of it; 2 usage, key, connection or permission\n"
     "error.",
     (
-        Option(
-            "deployment_id",
-            "the deployment's id, as deploy and history print it",
-            env=False,
-            kind="positional",
-            metavar="DEPLOYMENT_ID",
-        ),
+        DEPLOYMENT_ID,
         NATS_URL,
         NKEY_FILE,
         HISTORY_TIER,
@@ -877,13 +879,7 @@ LOGS = Command(
     "read); 1 the host keeps no job of that id; 2 usage, key, connection or permission\n"
     "error, a refusal, a listener too old to send logs, or no answer.",
     (
-        Option(
-            "deployment_id",
-            "the deployment's id, as deploy and history print it",
-            env=False,
-            kind="positional",
-            metavar="DEPLOYMENT_ID",
-        ),
+        DEPLOYMENT_ID,
         NATS_URL,
         NKEY_FILE,
         Option("host", "the host whose job to read", env=False, metavar="HOST", required=True),

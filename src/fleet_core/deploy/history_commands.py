@@ -18,7 +18,7 @@ from fleet_core.deploy.history import DeploymentRecord, Retention, as_json, sele
 from fleet_core.deploy.history_reader import HistoryView, key_names, load_history, setup_history
 from fleet_core.errors import PermissionDenied
 from fleet_core.keys import load_seed
-from fleet_core.lifecycle import run_until_signal
+from fleet_core.lifecycle import Finished, run_until_signal
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.text import counted
 
@@ -32,17 +32,7 @@ def run_history(settings: HistorySettings, *, out: TextIO = sys.stdout) -> int:
     configure_logging("warning")
     if settings.setup:
         return _setup(settings, out)
-    seed = load_seed(settings.connection.nkey_file)
-    names = key_names(settings.inventory, (settings.connection.nkey_file,))
-
-    async def main() -> HistoryView:
-        urls = settings.connection.nats_urls
-        async with await Bus.connect(urls, seed, name="fleet-deploy history") as bus:
-            return await load_history(
-                bus, settings.tiers, names=names, timing=settings.timing, want=settings.limit
-            )
-
-    finished = run_until_signal(main)
+    finished = _read(settings, "fleet-deploy history", want=settings.limit)
     view = finished.value
     if view is None:
         return finished.exit_code
@@ -110,21 +100,7 @@ def _bytes(size: int) -> str:
 def run_show(settings: ShowSettings, *, out: TextIO = sys.stdout) -> int:
     """Print one deployment with each host's final status and log tail; 1 if unknown."""
     configure_logging("warning")
-    seed = load_seed(settings.connection.nkey_file)
-    names = key_names(settings.inventory, (settings.connection.nkey_file,))
-
-    async def main() -> HistoryView:
-        urls = settings.connection.nats_urls
-        async with await Bus.connect(urls, seed, name="fleet-deploy show") as bus:
-            return await load_history(
-                bus,
-                settings.tiers,
-                names=names,
-                timing=settings.timing,
-                find=settings.deployment_id,
-            )
-
-    finished = run_until_signal(main)
+    finished = _read(settings, "fleet-deploy show", find=settings.deployment_id)
     view = finished.value
     if view is None:
         return finished.exit_code
@@ -189,6 +165,24 @@ def _not_found(view: HistoryView, deployment_id: str) -> str:
         "('fleet-deploy history' lists the recorded ones); a deployment older than the "
         f"history's retention is no longer there{unread}"
     )
+
+
+def _read(
+    settings: HistorySettings | ShowSettings, name: str, *, want: int = 0, find: str | None = None
+) -> Finished[HistoryView]:
+    """Connect with the settings' key and read the history of their tiers, signers named
+    from the inventory and the seeds beside the key."""
+    seed = load_seed(settings.connection.nkey_file)
+    names = key_names(settings.inventory, (settings.connection.nkey_file,))
+
+    async def main() -> HistoryView:
+        urls = settings.connection.nats_urls
+        async with await Bus.connect(urls, seed, name=name) as bus:
+            return await load_history(
+                bus, settings.tiers, names=names, timing=settings.timing, want=want, find=find
+            )
+
+    return run_until_signal(main)
 
 
 def _json_view(view: HistoryView, records: list[DeploymentRecord]) -> dict[str, object]:
