@@ -130,9 +130,16 @@ class TestConfidentiality:
         async with fleet.listeners("web1", "pweb1"):
             test_deploy = await fleet.deploy("deploy.test.web1")
             await fleet.deploy("deploy.prod.pweb1", who="admin")
+            second = await fleet.deploy("deploy.test.web1")
             async with await fleet.connect("deployer") as bus:
                 view = await load_history(bus, (Tier.TEST, Tier.PROD))
-        assert [r.id for r in view.records] == [test_deploy.deployment_id]
+                newest = await load_history(bus, (Tier.TEST,), want=1)
+                # One deployment by its id: a job query, not every host's recent jobs.
+                found = await load_history(bus, (Tier.TEST,), find=test_deploy.deployment_id)
+        assert [r.id for r in newest.records] == [second.deployment_id]
+        assert [r.id for r in found.records] == [test_deploy.deployment_id]
+        assert [(h.hostname, h.status) for h in found.records[0].hosts] == [("web1", "completed")]
+        assert [r.id for r in view.records] == [second.deployment_id, test_deploy.deployment_id]
         assert view.sources == {"test": "job_records"}
         assert any("job records" in note for note in view.notes())
         assert view.unreadable == ("prod",)

@@ -42,7 +42,7 @@ from fleet_core.deploy.history import (
 )
 from fleet_core.errors import FleetError, HistoryUnavailable, PermissionDenied, UsageError
 from fleet_core.keys import load_seed
-from fleet_core.protocol.messages import MAX_RECENT_JOBS, is_request_id
+from fleet_core.protocol.messages import MAX_RECENT_JOBS, JobPhase, is_request_id
 from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier
 
 __all__ = [
@@ -408,7 +408,7 @@ async def load_history(
         except (PermissionDenied, HistoryUnavailable) as exc:
             # Refused JetStream: a key of homelab-deploy's layout (which grants none), or
             # one that may not read this tier at all; the hosts' answer tells which.
-            found = await _job_records(bus, tier, names=names, timing=timing)
+            found = await _job_records(bus, tier, names=names, timing=timing, want=want, find=find)
             if found is None:
                 unreadable.append(tier.value)
                 continue
@@ -432,17 +432,34 @@ async def _job_records(
     *,
     names: Mapping[str, str] | None,
     timing: DeployTiming | None,
+    want: int = 0,
+    find: str | None = None,
 ) -> list[DeploymentRecord] | None:
     """The tier's deployments from its hosts' job records; None when this key may not hear
-    the tier's hosts at all."""
+    the tier's hosts at all.
+
+    Each answer weighs up to 64 KiB with fifty jobs in it, so a host is asked for no more
+    jobs than ``want`` deployments need; and one deployment (``find``) is asked for by its
+    id, a job query every host of the tier answers with that job alone, log tail and all."""
     from fleet_core.deploy.deployer import Deployer  # the fallback only
 
     deployer = Deployer(bus, timing=timing or DeployTiming())
+    recent = min(want, MAX_RECENT_JOBS) if want else MAX_RECENT_JOBS
     try:
-        hosts = await deployer.discover(tier, recent_jobs=MAX_RECENT_JOBS)
+        hosts = await deployer.discover(tier, recent_jobs=None if find else recent)
+        if tier in deployer.unreadable_tiers:
+            return None
+        if find is not None:
+            if not is_request_id(find):
+                return []
+            names_in_tier = [h.hostname for h in hosts if h.tier == tier.value]
+            answers = await deployer.query_job(find, hosts=names_in_tier, tier=tier)
+            hosts = [
+                info.model_copy(update={"recent_jobs": [info.job]})
+                for info in answers.values()
+                if info.job is not None and info.job.phase is not JobPhase.UNKNOWN
+            ]
     except PermissionDenied:
-        return None
-    if tier in deployer.unreadable_tiers:
         return None
     return records_from_jobs(hosts, names=names)
 
