@@ -122,6 +122,32 @@ class TestPastTheWindow:
             assert [r.id for r in await read(scan=4, want=1)] == [second.deployment_id]
 
 
+class TestStatusReference:
+    async def test_status_compares_with_the_recorded_deploy_where_its_key_may_read_it(
+        self, fleet: Fleet
+    ) -> None:
+        """web1 was down when v2 went to its role. Its own last job still says v1, so the
+        test key's status, which has only the hosts' word, compares with v1. The admin's
+        reads the role's v2 request in the history and finds web1 behind."""
+        async with fleet.listeners("web1", "web2"):
+            await fleet.deploy("deploy.test.role.web", revision="v1")
+        async with fleet.listeners("web2"):
+            await fleet.deploy("deploy.test.role.web", revision="v2")
+        async with fleet.listeners("web1"):
+            admin = await fleet.cli(
+                "status", "deploy.test.web1", "--json", *cli_args(fleet, "admin")
+            )
+            test = await fleet.cli(
+                "status", "deploy.test.web1", "--json", *cli_args(fleet, "deployer")
+            )
+        seen, told = json.loads(admin.stdout), json.loads(test.stdout)
+        assert (seen["revision"], seen["revision_source"]) == ("v2", "history")
+        assert seen["revision_deployment"] is not None
+        assert [h["behind"] for h in seen["hosts"]] == [True] and admin.returncode == 1
+        assert (told["revision"], told["revision_source"]) == ("v1", "last_deploy")
+        assert [h["behind"] for h in told["hosts"]] == [False]
+
+
 class TestConfidentiality:
     async def test_the_test_key_reads_the_test_history_only(self, fleet: Fleet) -> None:
         """load_history with the test key: test deployments listed, from the test hosts' job

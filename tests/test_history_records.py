@@ -13,6 +13,7 @@ from fleet_core.deploy.history import (
     Recorded,
     Retention,
     parse_timestamp,
+    reaches,
     read_reply_subject,
     records_from_jobs,
     select,
@@ -295,3 +296,24 @@ class TestStreams:
     def test_timestamps(self, text: str | None, expected: float | None) -> None:
         found = parse_timestamp(text)
         assert found == pytest.approx(expected) if expected is not None else found is None
+
+
+@pytest.mark.parametrize(
+    ("subject", "reached"),
+    [
+        ("deploy.test.web1", True),
+        ("deploy.test.all", True),
+        ("deploy.test.role.web", True),
+        ("deploy.test.role.db", False),
+        ("deploy.test.web2", False),
+        ("deploy.prod.web1", False),
+        ("deploy.prod.all", False),
+        ("deploy.test", False),
+        ("build.test.web1", False),
+    ],
+)
+def test_what_a_recorded_request_reached(subject: str, reached: bool) -> None:
+    """A request reached a host on its own subject, its tier's ``all`` or its role's:
+    what ``status`` looks for in the history (``last_deploy``)."""
+    web1 = HostInfo(hostname="web1", tier="test", role="web")
+    assert reaches(subject, [web1]) is reached

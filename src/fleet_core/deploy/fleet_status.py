@@ -42,6 +42,7 @@ __all__ = [
     "FleetStatus",
     "HostStatus",
     "fleet_status",
+    "in_target",
     "older_version",
     "status_table",
 ]
@@ -52,7 +53,7 @@ _RUNS_IT = frozenset({"switch", "test"})  # a completed one of these runs its re
 _FAILED = frozenset({"failed", "rejected"})
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
-ReferenceSource = Literal["flag", "last_deploy"]
+ReferenceSource = Literal["flag", "history", "last_deploy"]
 
 
 class _Model(BaseModel):
@@ -87,6 +88,8 @@ class FleetStatus(_Model):
     target: str | None = None
     revision: str | None = None
     revision_source: ReferenceSource | None = None
+    # With revision_source "history": the id of the recorded deployment it came from.
+    revision_deployment: str | None = None
     # With revision_source "last_deploy": the host and time of the deploy it came from.
     revision_from_host: str | None = None
     cli_version: str
@@ -112,7 +115,8 @@ def _version_tuple(version: str | None) -> tuple[int, int, int] | None:
     return int(major), int(minor), int(patch or 0)
 
 
-def _in_target(host: HostInfo, target: Target | None) -> bool:
+def in_target(host: HostInfo, target: Target | None) -> bool:
+    """Whether ``target`` addresses ``host`` (every host, without a target)."""
     if target is None:
         return True
     if host.tier != target.tier.value:
@@ -193,12 +197,21 @@ def fleet_status(
     target: Target | None,
     revision: str | None,
     cli_version: str,
+    recorded: tuple[str, str] | None = None,
 ) -> FleetStatus:
     """The status of ``target``'s hosts (every host given, without one) against ``revision``
-    (None: the revision last deployed to them)."""
-    chosen = sorted((h for h in hosts if _in_target(h, target)), key=lambda h: (h.tier, h.hostname))
+    (None: the revision last deployed to them).
+
+    ``recorded`` is the revision and id of the newest deploy to them that the history
+    recorded, when it could be read: what a deployer signed and sent, preferred to the
+    hosts' own word of their last jobs, which one hostile host could bend."""
+    chosen = sorted((h for h in hosts if in_target(h, target)), key=lambda h: (h.tier, h.hostname))
     source: ReferenceSource | None = "flag" if revision is not None else None
     from_host: str | None = None
+    from_deployment: str | None = None
+    if revision is None and recorded is not None:
+        revision, from_deployment = recorded
+        source = "history"
     if revision is None and (last := _last_deploy(chosen)) is not None:
         revision, from_host = last
         source = "last_deploy"
@@ -220,6 +233,7 @@ def fleet_status(
         target=target.subject if target is not None else None,
         revision=revision,
         revision_source=source,
+        revision_deployment=from_deployment,
         revision_from_host=from_host,
         cli_version=cli_version,
         hosts=rows,
@@ -276,18 +290,25 @@ def status_table(status: FleetStatus, *, now: float | None = None) -> str:
         head = "reference revision: none (no --revision, and no host has a deploy on record)"
     elif status.revision_source == "flag":
         head = f"reference revision: {printable(status.revision)} (--revision)"
+    elif status.revision_source == "history":
+        head = (
+            f"reference revision: {printable(status.revision)} (the newest deploy to these "
+            f"hosts in the history, {printable(status.revision_deployment or '?')}; "
+            "--revision REV to compare with another)"
+        )
     else:
         head = (
             f"reference revision: {printable(status.revision)} (the newest deploy on record, "
             f"on {printable(status.revision_from_host or '?')}; --revision REV to compare "
             "with another)"
         )
-        tiers = sorted({row.tier for row in status.hosts})
-        if len(tiers) > 1:  # test usually runs ahead of prod: one tier's deploy is no news
-            head += (
-                f"\nit spans the {' and '.join(tiers)} tiers: 'status deploy.<tier>.all' "
-                "compares each tier with its own last deploy"
-            )
+    tiers = sorted({row.tier for row in status.hosts})
+    if status.revision_source in ("history", "last_deploy") and len(tiers) > 1:
+        # Test usually runs ahead of prod: one tier's deploy is no news for the other.
+        head += (
+            f"\nit spans the {' and '.join(tiers)} tiers: 'status deploy.<tier>.all' "
+            "compares each tier with its own last deploy"
+        )
     rows: list[tuple[str, ...]] = [
         (
             "HOST",

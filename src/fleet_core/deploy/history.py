@@ -70,6 +70,7 @@ __all__ = [
     "as_json",
     "deployment_of_request",
     "parse_timestamp",
+    "reaches",
     "read_reply_subject",
     "records_from_jobs",
     "select",
@@ -528,6 +529,22 @@ def deployment_of_request(data: bytes) -> str | None:
         return None
     value = body.get("id")
     return value if is_request_id(value) else None
+
+
+def reaches(subject: str, hosts: Iterable[HostInfo]) -> bool:
+    """Whether a request published on ``subject`` went to any of ``hosts``: the host's own
+    subject, its tier's ``all``, or its role's (what a listener subscribes to by default)."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != "deploy":
+        return False
+    for host in hosts:
+        if parts[1] != host.tier:
+            continue
+        if parts[2:] in (["all"], [host.hostname]):
+            return True
+        if host.role is not None and parts[2:] == ["role", host.role]:
+            return True
+    return False
 
 
 def records_from_jobs(

@@ -28,6 +28,7 @@ import structlog
 
 from fleet_core.bus import Bus, Message
 from fleet_core.config.settings import DeployTiming
+from fleet_core.deploy.fleet_status import DEPLOY_ACTIONS, in_target
 from fleet_core.deploy.history import (
     DeploymentRecord,
     HistoryBook,
@@ -35,24 +36,40 @@ from fleet_core.deploy.history import (
     Retention,
     deployment_of_request,
     parse_timestamp,
+    reaches,
     read_reply_subject,
     records_from_jobs,
     stream_config,
     stream_name,
 )
-from fleet_core.errors import FleetError, HistoryUnavailable, PermissionDenied, UsageError
+from fleet_core.errors import (
+    FleetError,
+    HistoryUnavailable,
+    PermissionDenied,
+    RequestRejected,
+    UsageError,
+)
 from fleet_core.keys import load_seed
-from fleet_core.protocol.messages import MAX_RECENT_JOBS, JobPhase, is_request_id
-from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier
+from fleet_core.protocol.messages import (
+    MAX_RECENT_JOBS,
+    HostInfo,
+    JobPhase,
+    is_request_id,
+    parse_deploy_request,
+)
+from fleet_core.protocol.subjects import RESPONSES_PREFIX, Target, Tier
 
 __all__ = [
     "BATCH",
     "DEFAULT_SCAN",
     "HistoryView",
+    "LastDeploy",
     "StreamState",
     "key_names",
+    "last_deploy",
     "load_history",
     "read_history",
+    "recorded_reference",
     "setup_history",
     "stream_state",
 ]
@@ -310,6 +327,65 @@ async def _read_back(
     for deployment_id in list(found)[: max(0, want - len(book.records()))]:
         read += await _adopt(bus, tier, book, deployment_id, oldest=oldest, last=last)
     return read
+
+
+@dataclass(frozen=True, slots=True)
+class LastDeploy:
+    """The newest deploy the history recorded to some hosts: its revision, id and time."""
+
+    revision: str
+    deployment_id: str
+    at: float | None
+
+
+async def last_deploy(
+    bus: Bus, tier: Tier, hosts: list[HostInfo], *, actions: frozenset[str]
+) -> LastDeploy | None:
+    """The newest recorded request of one of ``actions`` that went to any of ``hosts``
+    (``history.reaches``), read back through the requests alone, newest window first; None
+    when there is none. What a deployer signed and sent, not what a host says it ran.
+
+    Raises ``HistoryUnavailable`` or ``PermissionDenied`` when the stream cannot be read."""
+    state = await stream_state(bus, tier)
+    oldest = max(int(state.get("first_seq", 0)), 1)
+    before = int(state.get("last_seq", 0)) + 1
+    size = BATCH * 4
+    while before > oldest:
+        start = max(oldest, before - size)
+        requests = await _fetch(bus, tier, start, until=before - 1, only=f"deploy.{tier.value}.>")
+        for entry in reversed(requests):
+            if not reaches(entry.subject, hosts):
+                continue
+            try:
+                request = parse_deploy_request(entry.data)
+            except RequestRejected:
+                continue  # the stream keeps what it got; a bad request deployed nothing
+            if request.action.value in actions and request.id is not None:
+                return LastDeploy(request.revision, request.id, entry.time)
+        before, size = start, size * 2
+    return None
+
+
+async def recorded_reference(
+    bus: Bus, found: list[HostInfo], target: Target | None
+) -> LastDeploy | None:
+    """The newest recorded deploy (switch, boot or test) to ``target``'s hosts among
+    ``found``, across their tiers, where this key may read the history (the admin's key);
+    None where it may not or nothing is recorded: the hosts' own last jobs decide then
+    (``fleet_status``)."""
+    chosen = [host for host in found if in_target(host, target)]
+    newest: LastDeploy | None = None
+    for tier in Tier:
+        hosts = [host for host in chosen if host.tier == tier.value]
+        if not hosts:
+            continue
+        try:
+            last = await last_deploy(bus, tier, hosts, actions=DEPLOY_ACTIONS)
+        except (HistoryUnavailable, PermissionDenied):
+            continue
+        if last is not None and (newest is None or (last.at or 0.0) > (newest.at or 0.0)):
+            newest = last
+    return newest
 
 
 async def setup_history(

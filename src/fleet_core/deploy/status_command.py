@@ -15,6 +15,7 @@ from fleet_core.bus import Bus
 from fleet_core.config.settings import StatusSettings
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.fleet_status import fleet_status, status_table
+from fleet_core.deploy.history_reader import LastDeploy, recorded_reference
 from fleet_core.errors import PermissionDenied
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import run_until_signal
@@ -32,12 +33,16 @@ def run_status(settings: StatusSettings, *, out: TextIO = sys.stdout) -> int:
     hidden: list[str] = []
     tier = settings.target.tier if settings.target is not None else None
 
+    recorded: list[LastDeploy | None] = []
+
     async def main() -> list[HostInfo]:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy status") as bus:
             deployer = Deployer(bus, timing=settings.timing)
             found = await deployer.discover(tier)
             hidden.extend(t.value for t in sorted(deployer.unreadable_tiers))
+            if settings.revision is None:
+                recorded.append(await recorded_reference(bus, found, settings.target))
             return found
 
     finished = run_until_signal(main)
@@ -54,8 +59,13 @@ def run_status(settings: StatusSettings, *, out: TextIO = sys.stdout) -> int:
         )
     for name in hidden:
         print(f"{name} hosts are not shown: this key may not read their answers", file=sys.stderr)
+    newest = recorded[0] if recorded else None
     status = fleet_status(
-        found, target=settings.target, revision=settings.revision, cli_version=__version__
+        found,
+        target=settings.target,
+        revision=settings.revision,
+        cli_version=__version__,
+        recorded=(newest.revision, newest.deployment_id) if newest is not None else None,
     )
     if settings.json:
         print(escaped_json(status.model_dump_json(indent=2)), file=out)

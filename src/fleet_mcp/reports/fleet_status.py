@@ -39,7 +39,8 @@ class FleetStatusReport(BaseModel):
         f"among the hosts' last jobs ({UNTRUSTED} then)"
     )
     revision_source: str | None = Field(
-        description="'flag': the revision argument; 'last_deploy': the newest deploy on record"
+        description="'flag': the revision argument; 'history': the newest deploy to these "
+        "hosts that the history recorded; 'last_deploy': the newest among the hosts' last jobs"
     )
     revision_from_host: str | None = None
     cli_version: str = Field(description="this server's version; older listeners are outdated")

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from fleet_core import __version__
 from fleet_core.deploy.fleet_status import fleet_status as judge
+from fleet_core.deploy.history_reader import recorded_reference
 from fleet_core.errors import FleetError
 from fleet_core.errors import UsageError as FleetUsageError
 from fleet_core.protocol.subjects import Target, Tier
@@ -80,9 +81,18 @@ async def fleet_status(
     deployer = await connected_deployer(link, "shown")
     try:
         found = await deployer.discover(chosen)
+        recorded = (
+            None if wanted is not None else await recorded_reference(deployer.bus, found, target)
+        )
     except FleetError as exc:
         raise ToolError(f"Discovery failed: {exc}") from exc
-    status = judge(found, target=target, revision=wanted, cli_version=__version__)
+    status = judge(
+        found,
+        target=target,
+        revision=wanted,
+        cli_version=__version__,
+        recorded=(recorded.revision, recorded.deployment_id) if recorded is not None else None,
+    )
     report = fleet_status_report(status)
     return tool_result(report, fleet_status_text(report))
 
