@@ -59,7 +59,7 @@ from fleet_core.protocol.messages import (
     parse_deploy_request,
     parse_discover_request,
 )
-from fleet_core.protocol.signing import ReplayCache, verified_signer, verify_request
+from fleet_core.protocol.signing import ReplayCache, verified_signer
 from fleet_core.protocol.subjects import tier_discover_subject
 from fleet_core.protocol.trust import bound_reply
 
@@ -515,16 +515,8 @@ class Listener:
         if not trusted:
             return
         now = time.time()
-        verify_request(
-            request.signature_fields(),
-            request_id=request.id,
-            subject=subject,
-            action=request.action.value,
-            revision=request.revision,
-            trusted=trusted,
-            now=now,
-            replays=self._replays,
-            ttl=self.settings.request_ttl,
+        request.verify(
+            subject, trusted=trusted, replays=self._replays, now=now, ttl=self.settings.request_ttl
         )
         await anyio.to_thread.run_sync(
             lambda: save_replays(self.settings.state_dir, self._replays, now=now)

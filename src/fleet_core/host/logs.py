@@ -44,7 +44,7 @@ from fleet_core.protocol.messages import (
     StatusKind,
     is_request_id,
 )
-from fleet_core.protocol.signing import ReplayCache, verified_signer, verify_request
+from fleet_core.protocol.signing import ReplayCache, verified_signer
 from fleet_core.protocol.subjects import expand_templates
 
 __all__ = ["LOG_REPLAYS_KEPT", "LogRead", "LogServer", "read_log"]
@@ -217,14 +217,10 @@ class LogServer:
         trusted = self.settings.trusted_deployer_keys
         if not trusted:
             return
-        verify_request(
-            request.signature_fields(),
-            request_id=request.id,
-            subject=subject,
-            action=request.action.value,
-            revision=request.revision,
+        request.verify(
+            subject,
             trusted=trusted,
-            now=time.time(),
             replays=self._replays,
+            now=time.time(),
             ttl=self.settings.request_ttl,
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, Final
 
@@ -36,7 +37,7 @@ from fleet_core.protocol.actions import (
     validate_revision,
 )
 from fleet_core.protocol.facts import HostFacts
-from fleet_core.protocol.signing import Signature
+from fleet_core.protocol.signing import ReplayCache, Signature, verify_request
 from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier, is_reply_subject
 
 __all__ = [
@@ -174,6 +175,30 @@ class DeployRequest(_Request):
         if self.signer is None or self.signed_at is None or self.signature is None:
             return None
         return Signature(self.signer, self.signed_at, self.signature)
+
+    def verify(
+        self,
+        subject: str,
+        *,
+        trusted: Iterable[str],
+        replays: ReplayCache,
+        now: float,
+        ttl: float,
+    ) -> None:
+        """Raise ``RequestRejected`` unless this request, heard on ``subject``, is signed by
+        one of ``trusted`` over its own fields, recently, and seen for the first time
+        (``signing.verify_request``)."""
+        verify_request(
+            self.signature_fields(),
+            request_id=self.id,
+            subject=subject,
+            action=self.action.value,
+            revision=self.revision,
+            trusted=trusted,
+            now=now,
+            replays=replays,
+            ttl=ttl,
+        )
 
     def signed(self, signature: Signature) -> DeployRequest:
         """This request carrying ``signature`` (made over its id, subject, action, revision)."""
