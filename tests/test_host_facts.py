@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_core.config.settings import FactsSettings, RollbackSettings
+from fleet_core.config.settings import DeployTiming, FactsSettings, RollbackSettings
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.protocol.actions import Action, HostKind
 from fleet_core.protocol.facts import HostFacts
@@ -231,6 +231,30 @@ class TestFactsDegradeGracefully:
         assert (facts.nixos_version, facts.configuration_revision) == (None, None)
         assert facts.needs_reboot is None  # no booted system to compare with
         assert facts.generation == 1
+
+    async def test_a_hung_version_program_keeps_no_host_out_of_discovery(
+        self, fleet: Fleet, root: Path, tmp_path: Path
+    ) -> None:
+        """A version program that never ends (killed at its deadline, 10 s): discovery, which
+        gives up after 1 s of silence, still finds the host and its links (the answer waits
+        ``version_grace``, 0.5 s); only the version is missing. One that prints in time is
+        waited for."""
+        hung = (sys.executable, "-c", "import time; time.sleep(120)")
+        facts_settings = FactsSettings(
+            current_system=current_system_path(root),
+            booted_system=root / "run" / "booted-system",
+            system_profile=profile_path(root),
+            version_command=hung,
+        )
+        # The shipped discovery windows, not the tests' shorter ones.
+        async with web1(fleet, root, facts=facts_settings), await fleet.connect() as bus:
+            hosts = await Deployer(bus, timing=DeployTiming()).discover(Tier.TEST)
+        [info] = [h for h in hosts if h.hostname == "web1"]
+        assert info.facts is not None and info.facts.current_system == str(current(root))
+        assert (info.facts.nixos_version, info.facts.configuration_revision) == (None, None)
+        async with web1(fleet, root):  # the stand-in nixos-version, waited for
+            facts = await facts_of(fleet)
+        assert facts.nixos_version is not None
 
 
 class TestRecentJobs:

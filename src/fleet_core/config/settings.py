@@ -153,6 +153,10 @@ class FactsSettings:
     # Seconds between two looks at the links (a discovery within it is answered from the
     # cache); a job this listener ran, once over, makes the next discovery look at once.
     recheck_after: float = 1.0
+    # Seconds a discovery answer waits for the version program after a link moved; past
+    # them it goes without the version, which later answers carry (a hung program must not
+    # keep the host out of discovery windows, which give up after 1 s of silence).
+    version_grace: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import structlog
 
@@ -234,6 +235,14 @@ class FactsReader:
         self._disk_stamp: int | None = None
         self._seen_active: str | None = None
         self._active: tuple[JobRecord, LastJob] | None = None
+        # The listener's task group, which owns the version program's runs once attached.
+        self._tasks: anyio.abc.TaskGroup | None = None
+
+    def attach(self, tasks: anyio.abc.TaskGroup) -> None:
+        """Run the version program in ``tasks`` from now on, so that a discovery answer
+        waits for it ``FactsSettings.version_grace`` at most (without: inline, up to its
+        deadline)."""
+        self._tasks = tasks
 
     def jobs_changed(self) -> None:
         """A job ended: the next ``read`` looks at the links and the newest record again."""
@@ -249,7 +258,7 @@ class FactsReader:
             if key != self._key:
                 async with self._lock:
                     if key != self._key:  # not measured meanwhile by another discovery
-                        self._measured = await self._measure()
+                        self._measured = await self._measure(key)
                         self._key = key
                         self._facts = None
             stamp = _mtime(self._jobs_dir)
@@ -273,18 +282,32 @@ class FactsReader:
             )
         return facts
 
-    async def _measure(self) -> _Measured:
+    async def _measure(self, key: LinkState) -> _Measured:
+        """The facts of the links as they are at ``key``; the caller keeps them for it."""
         links = await anyio.to_thread.run_sync(_measure_links, self._paths, self._kind)
-        version, revision = await _version(self._paths.version_command)
         log.debug("facts_measured", generation=links.generation, needs_reboot=links.needs_reboot)
-        return _Measured(
-            current_system=links.current_system,
-            booted_system=links.booted_system,
-            needs_reboot=links.needs_reboot,
-            generation=links.generation,
-            nixos_version=version,
-            configuration_revision=revision,
-        )
+        if self._tasks is None:
+            version, revision = await _version(self._paths.version_command)
+            return replace(links, nixos_version=version, configuration_revision=revision)
+        found: list[tuple[str | None, str | None]] = []
+        done = anyio.Event()
+
+        async def run_version() -> None:
+            found.append(await _version(self._paths.version_command))
+            done.set()
+            if self._key == key:  # came after the grace: the answers from now on carry it
+                self._measured = replace(
+                    self._measured, nixos_version=found[0][0], configuration_revision=found[0][1]
+                )
+                self._facts = None
+
+        self._tasks.start_soon(run_version)
+        with anyio.move_on_after(self._paths.version_grace):
+            await done.wait()
+        if not found:
+            log.info("version_command_slow", program=self._paths.version_command[:1])
+            return links
+        return replace(links, nixos_version=found[0][0], configuration_revision=found[0][1])
 
     async def _last_job(self, active: JobRecord | None) -> LastJob | None:
         if active is not None:

@@ -203,6 +203,7 @@ class Listener:
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
+                self.facts.attach(tasks)
                 await self.jobs.resume(tasks)
                 for subject in self.settings.subjects:
                     subscriptions.append(await bus.subscribe(subject, self._on_deploy))
