@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_core.config.settings import DeployTiming, FactsSettings, RollbackSettings
+from fleet_core.config.settings import DeployTiming, FactsSettings
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.protocol.actions import Action, HostKind
 from fleet_core.protocol.facts import HostFacts
@@ -22,7 +22,7 @@ from fleet_core.testing import (
     init_root,
     simulated_facts,
     simulated_home_manager_command,
-    simulated_nix_env_command,
+    simulated_rollback,
 )
 from fleet_core.testing.simulated_system import (
     current,
@@ -32,7 +32,6 @@ from fleet_core.testing.simulated_system import (
     profile_path,
     reboot,
     set_profile,
-    simulated_systemctl_command,
 )
 
 from .conftest import FAST, Fleet
@@ -45,16 +44,6 @@ def root(tmp_path: Path) -> Path:
     root = tmp_path / "web1-root"
     init_root(root, "web1")
     return root
-
-
-def _rollback(root: Path) -> RollbackSettings:
-    return RollbackSettings(
-        system_profile=profile_path(root),
-        current_system=current_system_path(root),
-        nix_env=simulated_nix_env_command(),
-        systemctl=simulated_systemctl_command(root),
-        confirm_timeout=10.0,
-    )
 
 
 def at_once(root: Path) -> FactsSettings:
@@ -71,7 +60,7 @@ async def web1(
     async with fleet.listeners(
         "web1",
         sim={"web1": ["--sim-root", str(root), *sim]},
-        rollback=_rollback(root),
+        rollback=simulated_rollback(root),
         facts=facts or simulated_facts(root),
     ):
         yield

@@ -9,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet_core.config.settings import RollbackSettings
-from fleet_core.testing import init_root, simulated_facts, simulated_nix_env_command
-from fleet_core.testing.simulated_system import (
-    current_system_path,
-    profile_path,
-    simulated_systemctl_command,
-)
+from fleet_core.testing import init_root, simulated_facts, simulated_rollback
 from fleet_mcp.reports.fleet_status import FleetStatusReport
 from fleet_mcp.reports.hosts import HostsReport
 from fleet_mcp.reports.untrusted import BEGIN, END
@@ -43,13 +37,7 @@ async def hosts(
                 "--sim-root",
                 str(root),
                 *sim,
-                rollback=RollbackSettings(
-                    system_profile=profile_path(root),
-                    current_system=current_system_path(root),
-                    nix_env=simulated_nix_env_command(),
-                    systemctl=simulated_systemctl_command(root),
-                    confirm_timeout=10.0,
-                ),
+                rollback=simulated_rollback(root),
                 facts=simulated_facts(root),
             )
         )

@@ -14,14 +14,10 @@ from typing import Any
 
 import pytest
 
-from fleet_core.config.settings import RollbackSettings
 from fleet_core.protocol.actions import Action
-from fleet_core.testing import init_root, simulated_facts, simulated_nix_env_command
+from fleet_core.testing import init_root, simulated_facts, simulated_rollback
 from fleet_core.testing.simulated_system import (
-    current_system_path,
-    profile_path,
     reboot,
-    simulated_systemctl_command,
 )
 
 from .conftest import Fleet
@@ -45,13 +41,7 @@ async def hosts(
             "--sim-root",
             str(root),
             *sim,
-            rollback=RollbackSettings(
-                system_profile=profile_path(root),
-                current_system=current_system_path(root),
-                nix_env=simulated_nix_env_command(),
-                systemctl=simulated_systemctl_command(root),
-                confirm_timeout=10.0,
-            ),
+            rollback=simulated_rollback(root),
             # Links looked at by every discovery: a simulated reboot leaves the listener
             # running (a real one restarts it, and it measures anew).
             facts=replace(simulated_facts(root), recheck_after=0.0),

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         simulated_home_manager_command,
         simulated_nix_command,
         simulated_rebuild_command,
+        simulated_rollback,
         simulated_systemd_run_command,
         stop_jobs,
     )
@@ -75,6 +76,7 @@ _HOMES = {
     "simulated_facts": _FLEET,
     "simulated_nix_env_command": _SYSTEM,
     "simulated_rebuild_command": _FLEET,
+    "simulated_rollback": _FLEET,
     "simulated_systemctl_command": _SYSTEM,
     "simulated_systemd_run_command": _FLEET,
     "stop_jobs": _FLEET,
@@ -99,6 +101,7 @@ __all__ = [
     "simulated_nix_command",
     "simulated_nix_env_command",
     "simulated_rebuild_command",
+    "simulated_rollback",
     "simulated_systemctl_command",
     "simulated_systemd_run_command",
     "stop_jobs",

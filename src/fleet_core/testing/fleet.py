@@ -58,7 +58,9 @@ from fleet_core.config.settings import (
     BuilderSettings,
     DeployTiming,
     FactsSettings,
+    HealthCheckSpec,
     ListenerSettings,
+    RollbackSettings,
 )
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.history import Retention
@@ -85,6 +87,8 @@ from fleet_core.testing.simulated_system import (
     booted_system_path,
     current_system_path,
     profile_path,
+    simulated_nix_env_command,
+    simulated_systemctl_command,
 )
 
 __all__ = [
@@ -100,6 +104,7 @@ __all__ = [
     "simulated_home_manager_command",
     "simulated_nix_command",
     "simulated_rebuild_command",
+    "simulated_rollback",
     "simulated_systemd_run_command",
     "stop_jobs",
 ]
@@ -180,6 +185,22 @@ def simulated_facts(root: Path) -> FactsSettings:
         # The stand-in is a Python program, slow to start on a loaded machine: answers wait
         # for it (its deadline), so that what a test reads after a switch is whole.
         version_grace=10.0,
+    )
+
+
+def simulated_rollback(
+    root: Path, *, checks: Sequence[HealthCheckSpec] = (), confirm_timeout: float = 10.0
+) -> RollbackSettings:
+    """How a listener on the simulated host whose root is ``root`` activates an exact
+    system and goes back to one: that root's profile and running system, and the stand-ins
+    for ``nix-env`` and ``systemctl``."""
+    return RollbackSettings(
+        system_profile=profile_path(root),
+        current_system=current_system_path(root),
+        nix_env=simulated_nix_env_command(),
+        systemctl=simulated_systemctl_command(root),
+        checks=tuple(checks),
+        confirm_timeout=confirm_timeout,
     )
 
 

@@ -68,7 +68,6 @@ from fleet_core.config.settings import (
     DeployTiming,
     HealthCheckSpec,
     ListenerSettings,
-    RollbackSettings,
     SandboxSettings,
 )
 from fleet_core.deploy.deployer import Deployer
@@ -88,11 +87,10 @@ from fleet_core.testing import (
     local_fleet,
     simulated_facts,
     simulated_nix_command,
-    simulated_nix_env_command,
     simulated_rebuild_command,
-    simulated_systemctl_command,
+    simulated_rollback,
 )
-from fleet_core.testing.simulated_system import current, current_system_path, profile_path
+from fleet_core.testing.simulated_system import current
 
 __all__ = [
     "ADMIN",
@@ -342,11 +340,8 @@ def _listener_settings(
         progress_interval=0.25,
         kill_grace=_KILL_GRACE,
         trusted_deployer_keys=tuple(fleet.seed(name).public_key for name in trusted),
-        rollback=RollbackSettings(
-            system_profile=profile_path(root),
-            current_system=current_system_path(root),
-            nix_env=simulated_nix_env_command(),
-            systemctl=simulated_systemctl_command(root),
+        rollback=simulated_rollback(
+            root,
             checks=(HealthCheckSpec(name="system", builtin=SYSTEM_RUNNING_CHECK, timeout=10),),
             confirm_timeout=_CONFIRM_TIMEOUT,
         ),
