@@ -485,12 +485,23 @@ def spy_final_statuses(monkeypatch: pytest.MonkeyPatch) -> FinalStatuses:
     return spy
 
 
-def noting(subjects: list[str]) -> Callable[[PermissionDenied], bool]:
-    """A denial watcher that notes each refused subject, lowercased as nats-py reports it,
-    and lets the bus log it as unexpected."""
+class Denials(list[str]):
+    """A denial watcher (``Bus.watch_denials``) that notes each refused subject, lowercased
+    as nats-py reports it, and lets the bus log it as unexpected; ``wait_for`` waits for the
+    count to be reached. Refusals come through the connection's error callback, after a
+    flush has returned: the watcher's call is the event to wait for."""
 
-    def note(denial: PermissionDenied) -> bool:
-        subjects.append((denial.subject or "").lower())
+    def __init__(self) -> None:
+        super().__init__()
+        self._noted = anyio.Event()
+
+    def __call__(self, denial: PermissionDenied) -> bool:
+        self.append((denial.subject or "").lower())
+        self._noted.set()
         return False
 
-    return note
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+        with anyio.fail_after(timeout):
+            while len(self) < count:
+                self._noted = anyio.Event()
+                await self._noted.wait()

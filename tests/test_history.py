@@ -27,7 +27,7 @@ from fleet_core.testing import FleetHost, local_fleet
 from fleet_core.testing.embedded_server import EmbeddedNatsServer
 
 from .conftest import DEPLOYERS, FAST, HOSTS, Fleet
-from .support import noting
+from .support import Denials
 
 pytestmark = pytest.mark.anyio
 
@@ -183,14 +183,14 @@ class TestConfidentiality:
         async with fleet.listeners("pweb1"):
             await fleet.deploy("deploy.prod.pweb1", who="admin")
         prod = stream_name(Tier.PROD)
-        denied: list[str] = []
+        denied = Denials()
         heard: list[Message] = []
 
         async def hear(message: Message) -> None:
             heard.append(message)
 
         async with await fleet.connect("deployer") as spy:
-            spy.watch_denials(noting(denied))
+            spy.watch_denials(denied)
             # Every reply subject the test key may read: any answer to it would show here.
             for subject in (
                 "deploy.responses.*",
@@ -225,9 +225,7 @@ class TestConfidentiality:
                 await read_history(admin, Tier.PROD, book)
                 await admin.flush()
             await spy.flush()
-            with anyio.fail_after(5):
-                while len(denied) < len(attempts) + 3:  # noqa: ASYNC110 - denials come via error_cb
-                    await anyio.sleep(0.05)
+            await denied.wait_for(len(attempts) + 3)
         assert len(book.records()) == 1  # the admin did read it
         for subject in attempts:
             assert subject.lower() in denied, subject

@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from fleet_core.bus import Bus, Message
@@ -31,7 +30,7 @@ from fleet_core.testing import FleetHost, local_fleet
 from fleet_mcp.reports.history import HistoryReport
 
 from .conftest import DEPLOYERS, HOSTS, Fleet
-from .support import noting, session, settings_for, text_of
+from .support import Denials, session, settings_for, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -62,9 +61,9 @@ class TestRedirectedAnswers:
             "deploy.prod.pweb1",
             "deploy.discover.prod",
         )
-        denied: list[str] = []
+        denied = Denials()
         async with await fleet.connect("deployer") as spy:
-            spy.watch_denials(noting(denied))
+            spy.watch_denials(denied)
             await spy.publish("deploy.test.web9", json.dumps(forged).encode())
             await spy.flush()
             for reply in redirects:
@@ -72,10 +71,7 @@ class TestRedirectedAnswers:
                 await spy.publish(f"$JS.API.DIRECT.GET.{test}", last, reply=reply)
                 await spy.publish(f"$JS.API.STREAM.INFO.{test}", b"{}", reply=reply)
             await spy.flush()
-            # Refusals come only through the connection's error callback: no event to await.
-            with anyio.fail_after(5):
-                while len(denied) < 2 * len(redirects):  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
+            await denied.wait_for(2 * len(redirects))
         assert {f"$js.api.direct.get.{test}".lower(), f"$js.api.stream.info.{test}".lower()} == (
             set(denied)
         )
@@ -107,15 +103,13 @@ class TestRedirectedAnswers:
             f"deploy.responses.{token}.prod.pweb1": b'{"hostname": "pweb1", "status": "failed"}',
             f"deploy.responses.{token}": b'{"hostname": "web1", "status": "completed"}',
         }
-        denied: list[str] = []
+        denied = Denials()
         async with await fleet.connect("web1") as hostile:
-            hostile.watch_denials(noting(denied))
+            hostile.watch_denials(denied)
             for subject, body in attempts.items():
                 await hostile.publish(subject, body, reply=f"deploy.responses.{token}.test.web1")
             await hostile.flush()
-            with anyio.fail_after(5):
-                while len(denied) < len(attempts):  # noqa: ASYNC110 - denials come via error_cb
-                    await anyio.sleep(0.05)
+            await denied.wait_for(len(attempts))
         assert set(denied) == {subject.lower() for subject in attempts}
         async with await fleet.connect("admin") as admin:
             after = await stream_state(admin, Tier.TEST)
