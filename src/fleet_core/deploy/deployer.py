@@ -525,6 +525,7 @@ class Deployer:
             action=request.action.value,
             revision=request.revision,
             now=time.time(),
+            store_path=request.store_path,
         )
         return request.signed(signature)
 

@@ -341,6 +341,7 @@ class HistoryBook:
             subject=entry.subject,
             action=request.action.value,
             revision=request.revision,
+            store_path=request.store_path,
         )
         signature: Literal["verified", "unsigned", "bad"] = (
             "unsigned"

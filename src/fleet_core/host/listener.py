@@ -368,6 +368,7 @@ class Listener:
             subject=msg.subject,
             action=request.action.value,
             revision=request.revision,
+            store_path=request.store_path,
         )
         reporter = self._reporter(request.reply_to, request, request_id, signer)
         try:

@@ -10,4 +10,5 @@ Modules:
     text        text from the wire as it may be shown: control characters made visible
     refusals    what the server's permission refusals say about a key, for the person using it
     logs        whole logs on demand: a log request's window, the chunk, where a chunk is cut
+    closures    closure deploys: the store paths a request may carry, which a host takes
 """

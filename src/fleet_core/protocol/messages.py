@@ -36,6 +36,7 @@ from fleet_core.protocol.actions import (
     validate_action,
     validate_revision,
 )
+from fleet_core.protocol.closures import CLOSURE_ACTIONS, validate_store_path
 from fleet_core.protocol.facts import HostFacts
 from fleet_core.protocol.signing import ReplayCache, Signature, verify_request
 from fleet_core.protocol.subjects import RESPONSES_PREFIX, Tier, is_reply_subject
@@ -117,6 +118,11 @@ class ErrorCode(StrEnum):
     # The answer to a log request (Action.LOGS) for a job this host has no directory of:
     # it never ran here, or it is older than the jobs the host keeps.
     UNKNOWN_JOB = "unknown_job"
+    # A closure deploy's store path (fleet_core.protocol.closures): another host's system, no
+    # system at all, or one that no substituter the host trusts serves with a valid signature.
+    WRONG_HOST = "wrong_host"
+    NOT_A_SYSTEM = "not_a_system"
+    CLOSURE_UNAVAILABLE = "closure_unavailable"
 
 
 class _Wire(BaseModel):
@@ -160,6 +166,9 @@ class DeployRequest(_Request):
     # True: the host does not re-activate the previous system after a failed activation,
     # check or confirmation; it reports. Left off the wire unless set.
     no_rollback: bool | None = None
+    # A closure deploy: the exact system to fetch and activate instead of evaluating the
+    # flake (fleet_core.protocol.closures). Signed with the rest; left off the wire unless set.
+    store_path: str | None = None
     # A log request's window (Action.LOGS, fleet_core.protocol.logs): the byte of the job's
     # output to start at, the most bytes and the most lines to send. Not signed; left off
     # the wire unless set, so other requests are as they were.
@@ -194,6 +203,7 @@ class DeployRequest(_Request):
             subject=subject,
             action=self.action.value,
             revision=self.revision,
+            store_path=self.store_path,
             trusted=trusted,
             now=now,
             replays=replays,
@@ -201,7 +211,8 @@ class DeployRequest(_Request):
         )
 
     def signed(self, signature: Signature) -> DeployRequest:
-        """This request carrying ``signature`` (made over its id, subject, action, revision)."""
+        """This request carrying ``signature`` (made over its id, subject, action, revision
+        and store path)."""
         return self.model_copy(
             update={
                 "signer": signature.signer,
@@ -229,6 +240,7 @@ class DeployRequest(_Request):
         _check_bind(data)
         _check_window(data)
         _check_signing_fields(data)
+        _check_store_path(data)
         return {
             **data,
             "action": validate_action(data.get("action", DEFAULT_ACTION.value)),
@@ -240,6 +252,22 @@ def _check_bind(data: dict[str, Any]) -> None:
     """``bind`` is true, false or absent: never a string or number read as one."""
     if not isinstance(data.get("bind", False), bool | None):
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "bind must be true or false")
+
+
+def _check_store_path(data: dict[str, Any]) -> None:
+    """A closure deploy's ``store_path``: absent, or one store path, with an action that
+    fetches or activates a system (never ``check``, ``cancel`` or ``logs``)."""
+    store_path = data.get("store_path")
+    if store_path is None:
+        return
+    validate_store_path(store_path)
+    action = data.get("action", DEFAULT_ACTION.value)
+    if action not in CLOSURE_ACTIONS:
+        raise RequestRejected(
+            ErrorCode.INVALID_REQUEST,
+            f"a store path can be deployed with {', '.join(sorted(CLOSURE_ACTIONS))}, not with "
+            f"{str(action)[:40]!r}",
+        )
 
 
 def _check_window(data: dict[str, Any]) -> None:
@@ -374,6 +402,7 @@ class JobSummary(_Wire):
     # does not (None). ``signer`` is the key that signed the request, as verified on arrival.
     action: str | None = None
     revision: str | None = None
+    store_path: str | None = None  # a closure deploy's system
     signer: str | None = None
     started_at: float | None = None
     finished_at: float | None = None

@@ -12,6 +12,13 @@ Choria does) over a canonical text that binds everything that decides what runs:
     <revision>
     <signed-at, unix seconds with millisecond precision>
 
+A closure deploy (``store_path``, ``fleet_core.protocol.closures``) is signed over
+``fleet-deploy-request-v2`` and the same lines, then the store path: the system a host
+activates is bound to the key as the revision is. A request without one is signed as v1, so
+a host of an earlier release verifies every other request as before; one of those never
+verifies a closure deploy (it would evaluate the revision instead) and refuses it as
+``bad_signature``.
+
 A listener configured with trusted deployer public keys for its tier accepts a request only
 when it is signed by one of them, over exactly this text, recently enough (``ttl`` seconds,
 plus ``skew`` for clocks that disagree), and not seen before (the replay cache remembers
@@ -51,6 +58,7 @@ __all__ = [
 DEFAULT_TTL = DEFAULT_REQUEST_TTL  # seconds a signed request stays valid (--request-ttl)
 DEFAULT_SKEW = DEFAULT_REQUEST_SKEW  # seconds of clock difference tolerated in either direction
 _DOMAIN = "fleet-deploy-request-v1"
+_DOMAIN_CLOSURE = "fleet-deploy-request-v2"
 _PUBLIC_USER_PREFIX = nkeys.PREFIX_BYTE_USER
 
 
@@ -64,10 +72,22 @@ class Signature:
 
 
 def canonical_text(
-    *, request_id: str, subject: str, action: str, revision: str, signed_at: float
+    *,
+    request_id: str,
+    subject: str,
+    action: str,
+    revision: str,
+    signed_at: float,
+    store_path: str | None = None,
 ) -> bytes:
     """The exact bytes that are signed: one field per line, nothing left to interpretation."""
-    fields = (_DOMAIN, request_id, subject, action, revision, f"{signed_at:.3f}")
+    if store_path is None:
+        fields: tuple[str, ...] = (_DOMAIN, request_id, subject, action, revision)
+    else:
+        fields = (_DOMAIN_CLOSURE, request_id, subject, action, revision)
+    fields = (*fields, f"{signed_at:.3f}")
+    if store_path is not None:
+        fields = (*fields, store_path)
     return "\n".join(fields).encode()
 
 
@@ -85,7 +105,14 @@ class RequestSigner:
         self.public_key: str = self._pair.public_key.decode()
 
     def sign(
-        self, *, request_id: str, subject: str, action: str, revision: str, now: float
+        self,
+        *,
+        request_id: str,
+        subject: str,
+        action: str,
+        revision: str,
+        now: float,
+        store_path: str | None = None,
     ) -> Signature:
         """Sign a request for ``subject`` at wall-clock time ``now``."""
         signed_at = round(now, 3)
@@ -95,6 +122,7 @@ class RequestSigner:
             action=action,
             revision=revision,
             signed_at=signed_at,
+            store_path=store_path,
         )
         raw = self._pair.sign(text)
         return Signature(
@@ -105,11 +133,23 @@ class RequestSigner:
 
 
 def sign_request(
-    seed: str, *, request_id: str, subject: str, action: str, revision: str, now: float
+    seed: str,
+    *,
+    request_id: str,
+    subject: str,
+    action: str,
+    revision: str,
+    now: float,
+    store_path: str | None = None,
 ) -> Signature:
     """Sign one request with ``seed`` (an ``SU…`` user seed) at wall-clock time ``now``."""
     return RequestSigner(seed).sign(
-        request_id=request_id, subject=subject, action=action, revision=revision, now=now
+        request_id=request_id,
+        subject=subject,
+        action=action,
+        revision=revision,
+        now=now,
+        store_path=store_path,
     )
 
 
@@ -181,6 +221,7 @@ def verified_signer(
     subject: str,
     action: str,
     revision: str,
+    store_path: str | None = None,
 ) -> str | None:
     """The public key that truly signed this request for ``subject``, or None when it is
     unsigned or its signature does not verify — whoever the body claims.
@@ -198,6 +239,7 @@ def verified_signer(
         action=action,
         revision=revision,
         signed_at=signature.signed_at,
+        store_path=store_path,
     )
     try:
         raw = base64.urlsafe_b64decode(signature.signature + "=" * (-len(signature.signature) % 4))
@@ -216,6 +258,7 @@ def verify_request(
     revision: str,
     trusted: Iterable[str],
     now: float,
+    store_path: str | None = None,
     replays: ReplayCache,
     ttl: float = DEFAULT_TTL,
     skew: float = DEFAULT_SKEW,
@@ -241,13 +284,18 @@ def verify_request(
             "trusted deployer keys for its tier",
         )
     signer = verified_signer(
-        signature, request_id=request_id, subject=subject, action=action, revision=revision
+        signature,
+        request_id=request_id,
+        subject=subject,
+        action=action,
+        revision=revision,
+        store_path=store_path,
     )
     if signer is None:
         raise RequestRejected(
             "bad_signature",
-            "the request's signature does not match its id, subject, action, revision and "
-            "time: it was altered on the way, or signed for another request",
+            "the request's signature does not match its id, subject, action, revision, store "
+            "path and time: it was altered on the way, or signed for another request",
         )
     age = now - signature.signed_at
     if age > ttl + skew:

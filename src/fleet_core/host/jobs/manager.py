@@ -429,6 +429,7 @@ class HostJobs:
                 subject=subject,
                 action=request.action.value,
                 revision=request.revision,
+                store_path=request.store_path,
             )
             if signer is not None:
                 return signer
