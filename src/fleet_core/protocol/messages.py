@@ -428,6 +428,10 @@ class HostInfo(_Wire):
     # Set only when the discovery asked for ``recent_jobs``: the host's newest job records,
     # newest first, without log tails (a job query by id gives one's tail).
     recent_jobs: list[JobSummary] | None = None
+    # True from a listener that takes closure deploys (``DeployRequest.store_path``). A
+    # listener before them ignores the field and would evaluate the revision instead, so a
+    # deployer sends a store path only to a host that says true here.
+    closures: bool | None = None
 
 
 class InvalidRequest(RequestRejected):
