@@ -95,6 +95,12 @@
           module = self.nixosModules.default;
           package = packageFor pkgs;
         };
+        # Closure deploys: built on the builder, served by a binary cache, switched on a host.
+        closures = import ./nix/tests/closures.nix {
+          inherit pkgs;
+          module = self.nixosModules.default;
+          package = packageFor pkgs;
+        };
       });
     };
 }

@@ -15,7 +15,9 @@ is left when the hosts cost almost nothing:
   naming the request id and the key that signed it — a listener names the signer it
   verified; these echo it unverified, since checking a signature is the host's cost, paid
   once per host and in parallel on a real fleet;
-- discovery on ``deploy.discover.test`` with a host record that lists both subjects, and a
+- discovery on ``deploy.discover.test`` with a host record that lists both subjects and says
+  it takes closure deploys (``closures: true``; ``closures.py`` sends each host its own store
+  path, which these answer like any request), and a
   job query (a discovery naming ``job`` and ``hosts``) for its named hosts only, with a
   finished job: the deployer asks one only for a host that went silent, which these never do.
 
@@ -99,6 +101,7 @@ def _info(name: str, job: str | None) -> bytes:
             "running_job": None,
             "job": summary,
             "kind": "nixos",
+            "closures": True,
         }
     ).encode()
 

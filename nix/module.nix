@@ -180,6 +180,16 @@ let
     "--systemctl-command"
     (lib.getExe' config.systemd.package "systemctl")
   ]
+  # A closure deploy (docs/closures.md) fetches the store path it was sent with the host's own
+  # nix-store (`--realise`), by store path like nix-env. It substitutes from the host's
+  # `nix.settings.substituters` and accepts only what a key of its
+  # `nix.settings.trusted-public-keys` signed: nix's settings, read by nix itself, so the
+  # module adds no option for them. `--store-dir` stays the listener's default, /nix/store,
+  # which is every NixOS host's store.
+  ++ [
+    "--nix-store-command"
+    (lib.getExe' config.nix.package "nix-store")
+  ]
   # Discovery's host facts: the running system's own nixos-version, which describes it (the
   # links it reads, /run/current-system, /run/booted-system and the system profile, are the
   # listener's defaults on NixOS).

@@ -69,6 +69,7 @@ CURL = "/nix/store/00000000000000000000000000000000-curl/bin/curl"
 DIG = "/nix/store/00000000000000000000000000000000-dnsutils/bin/dig"
 # nix.package and systemd.package of the harness's stubs.
 NIX_ENV = "/nix/store/00000000000000000000000000000000-nix/bin/nix-env"
+NIX_STORE = "/nix/store/00000000000000000000000000000000-nix/bin/nix-store"
 SYSTEMCTL = "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl"
 
 MINIMAL: dict[str, Any] = {
@@ -150,14 +151,15 @@ NOT_FLAGS = {"enable", "package", "environment", "extraArgs", "metrics.openFirew
 # Flags without a value.
 SWITCHES = {"--metrics-enabled", "--debug", "--no-rollback"}
 # Passed whatever the options: rebuilds run as transient units; restartOnUpgrade watches this;
-# a rollback and the built-in check run the host's own nix-env and systemctl; discovery's
-# facts come from the running system's own nixos-version.
+# a rollback and the built-in check run the host's own nix-env and systemctl, a closure deploy
+# its own nix-store; discovery's facts come from the running system's own nixos-version.
 UNIT_FILE = "/etc/systemd/system/fleet-deploy-listener.service"
 ALWAYS = {
     "--rebuild-runner": ["systemd"],
     "--restart-if-changed": [UNIT_FILE],
     "--nix-env-command": [NIX_ENV],
     "--systemctl-command": [SYSTEMCTL],
+    "--nix-store-command": [NIX_STORE],
     "--version-command": ["/run/current-system/sw/bin/nixos-version --json"],
 }
 # The health checks file's name in the store, and what it holds unless told otherwise: the
@@ -708,7 +710,13 @@ def evaluated(lib_dir: Path) -> dict[str, Any]:
 def test_every_nix_file_parses() -> None:
     """Every .nix file in the repository passes `nix-instantiate --parse`."""
     files = _nix_files()
-    expected = {"flake.nix", "nix/module.nix", "nix/package.nix", "nix/tests/vm.nix"}
+    expected = {
+        "flake.nix",
+        "nix/module.nix",
+        "nix/package.nix",
+        "nix/tests/vm.nix",
+        "nix/tests/closures.nix",
+    }
     assert expected <= {p.relative_to(REPO).as_posix() for p in files}, files
     failures = []
     for path in files:
@@ -1033,6 +1041,33 @@ def test_rollback_and_the_built_in_check_run_the_hosts_own_tools(
     flags = _flags(evaluated[case]["service"])
     assert flags["--nix-env-command"] == [NIX_ENV]
     assert flags["--systemctl-command"] == [SYSTEMCTL]
+
+
+@pytest.mark.parametrize("case", ["minimal", "full", "homelab"])
+def test_a_closure_deploy_fetches_with_the_hosts_own_nix_store(
+    evaluated: dict[str, Any], case: str, tmp_path: Path
+) -> None:
+    """A closure deploy's fetch runs nix.package's nix-store by store path, and the store is
+    the listener's default, /nix/store: the real listener takes exactly that from the command
+    line the module renders. Substituters and trusted keys are nix's settings, no flag."""
+    from fleet_core.cli import build_parser
+    from fleet_core.config.resolve import listener_settings
+
+    result = evaluated[case]
+    flags = _flags(result["service"])
+    assert flags["--nix-store-command"] == [NIX_STORE]
+    assert "--store-dir" not in flags
+    assert not {f for f in flags if "substituter" in f or "public-key" in f}
+    argv = _argv(result["service"])
+    checks_file = tmp_path / CHECKS_FILE_NAME
+    checks_file.write_text(result["healthChecksJson"])
+    argv[argv.index("--health-checks") + 1] = str(checks_file)
+    parsed = vars(build_parser().parse_args(argv[1:]))
+    settings = listener_settings(
+        parsed, environ={"INVOCATION_ID": "0123"}, systemd_booted=True, root=True
+    )
+    assert settings.nix_store_command == (NIX_STORE,)
+    assert settings.store_dir == Path("/nix/store")
 
 
 @pytest.mark.parametrize("case", ["minimal", "full", "custom-checks-only"])
@@ -1510,7 +1545,7 @@ def test_the_flake_declares_its_outputs_for_both_systems(lib_dir: Path) -> None:
     assert flake["apps"] == {s: ["default"] for s in systems}
     assert flake["appType"] == "app"
     assert flake["devShells"] == {s: ["default"] for s in systems}
-    assert flake["checks"] == {s: ["package", "vm"] for s in systems}
+    assert flake["checks"] == {s: ["closures", "package", "vm"] for s in systems}
     assert flake["formatter"] == systems
     assert flake["nixosModules"] == ["default", "fleet-deploy"]
 
