@@ -436,7 +436,8 @@ ARGUMENT_MISTAKES: list[tuple[str, dict[str, Any], str | tuple[str, ...]]] = [
         "wait_seconds must be a number from 0 to 900 (seconds this call waits for the "
         "result); 901 is too large. "
         "deploy has no argument 'tier': it takes hostname, all, role, branch, action, "
-        "canary, batch_size, batch_percent, max_failures, wait_seconds. deploy always "
+        "canary, batch_size, batch_percent, max_failures, build_id, store_path, wait_seconds. "
+        "deploy always "
         "targets the test tier; production cannot be reached "
         "with it (only a person-enabled deploy_admin can).",
     ),

@@ -144,7 +144,8 @@ def test_several_mistakes_one_sentence_each_in_the_schema_order() -> None:
         "wait_seconds must be a number from 0 to 900 (seconds this call waits for the "
         "result), not the string '45'. "
         "deploy has no argument 'tier': it takes hostname, all, role, branch, action, "
-        "canary, batch_size, batch_percent, max_failures, wait_seconds. deploy always "
+        "canary, batch_size, batch_percent, max_failures, build_id, store_path, wait_seconds. "
+        "deploy always "
         "targets the test tier; production cannot be reached "
         "with it (only a person-enabled deploy_admin can)."
     )

@@ -28,6 +28,7 @@ import anyio
 import structlog
 
 from fleet_core.config.settings import RolloutSettings
+from fleet_core.deploy.closures import Closures
 from fleet_core.deploy.deployer import Deployer, new_deployment_id
 from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, RolloutStep
 from fleet_core.errors import FleetError
@@ -80,10 +81,12 @@ class Deployment:
         admin: bool,
         deployment_id: str | None = None,
         rollout: RolloutSettings | None = None,
+        closures: Closures | None = None,
     ) -> None:
         self.id = deployment_id or new_deployment_id()
         self.target = target
         self.rollout = rollout  # None: one publish to the target
+        self.closures = closures  # a closure deploy: each host is sent its own system
         self.revision = revision
         self.action = action
         self.admin = admin
@@ -187,6 +190,7 @@ class Deployment:
                 on_connection=self.on_connection,
                 rollout=self.rollout,
                 on_rollout=self.on_rollout,
+                closures=self.closures,
             )
         except FleetError as exc:
             bound.warning("deployment_failed", error=str(exc))

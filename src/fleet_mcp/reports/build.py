@@ -216,13 +216,24 @@ def _ok(result: BuildResult, what: str) -> tuple[str, str]:
         if any(h.copied_to for h in result.hosts)
         else ""
     )
-    next_step = f"Nothing to wait for: every host was built{cached}."
-    if is_commit(result.commit):
-        next_step += (
-            f" To deploy exactly what was built, deploy with branch={result.commit!r} "
-            f"(the branch {result.revision!r} may move on)."
-        )
+    next_step = f"Nothing to wait for: every host was built{cached}. " + deploy_step(result)
     return summary, next_step
+
+
+def deploy_step(result: BuildResult) -> str:
+    """How to deploy what a build made: its systems by build id (each host switches to its
+    own, no evaluation on the hosts), or its commit (each host builds it)."""
+    step = (
+        f"To switch hosts to exactly these systems, with no evaluation on the hosts, call "
+        f"deploy (or deploy_admin) with build_id={result.build_id!r} and the target "
+        "(hostname, role or all=true): each host is sent its own system."
+    )
+    if is_commit(result.commit):
+        step += (
+            f" Deploying with branch={result.commit!r} instead has each host evaluate and "
+            f"build that commit itself (the branch {result.revision!r} may move on)."
+        )
+    return step
 
 
 def _unanswered(result: BuildResult, what: str, other_running: str | None) -> tuple[str, str]:
@@ -284,7 +295,14 @@ def _failed(result: BuildResult, what: str) -> tuple[str, str]:
     summary = f"{what} finished NOT OK: {counted(result.counts())}. " + "; ".join(
         first_problems(problems)
     )
-    return full_stop(summary), _advice(result)
+    advice = _advice(result)
+    if any(host.state is HostBuildState.BUILT for host in result.hosts):
+        advice += (
+            f" The hosts that were built can be deployed meanwhile: deploy with "
+            f"build_id={result.build_id!r} sends each its own system, and the hosts whose "
+            "build failed are sent nothing (they end build_failed)."
+        )
+    return full_stop(summary), advice
 
 
 def _problems(result: BuildResult) -> list[str]:

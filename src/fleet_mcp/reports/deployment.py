@@ -31,7 +31,7 @@ from fleet_core.deploy.tracker import (
     RolloutResult,
     RolloutStep,
 )
-from fleet_core.protocol.messages import CheckStatus, ErrorCode
+from fleet_core.protocol.messages import CheckStatus, ErrorCode, is_request_id
 from fleet_core.protocol.trust import Flagged
 from fleet_mcp.reports.fitting import LISTED, hosts_within_budget, whole
 from fleet_mcp.reports.untrusted import UNTRUSTED, HostOutput, TextLayout, known, named
@@ -105,6 +105,11 @@ class ReportedHost(HostResult):
         description="after the host rolled back by itself: the exact system it runs again, "
         f"a store path: {UNTRUSTED}",
     )
+    store_path: str | None = Field(
+        None,
+        description="a closure deploy: the system this host was sent, a store path the "
+        "builder made (null: it was sent none, e.g. its build failed)",
+    )
 
 
 class DeploymentReport(BaseModel):
@@ -122,6 +127,14 @@ class DeploymentReport(BaseModel):
     tier: str
     action: str
     revision: str = Field(description="the branch, tag or commit deployed")
+    build_id: str | None = Field(
+        None,
+        description="a closure deploy: the build whose systems the hosts were sent (each host's "
+        "store_path); null for a deploy of a branch, which every host evaluates itself",
+    )
+    commit: str | None = Field(
+        None, description="a closure deploy: the commit every built system comes from"
+    )
     counts: dict[str, int] = Field(description="number of hosts in each state")
     hosts: list[ReportedHost] = Field(
         description="per host: status, error code, message, duration_s and, for a failure, "
@@ -192,6 +205,10 @@ def deployment_report(
 ) -> DeploymentReport:
     """A report for the model from the deployer's result (or its latest snapshot)."""
     what = f"{result.action} of {result.revision} to {result.subject}"
+    if result.build_id is not None and is_request_id(result.build_id):
+        what = f"{result.action} of the systems of build {result.build_id} to {result.subject}"
+    elif any(h.store_path for h in result.hosts):
+        what = f"{result.action} of a given system to {result.subject}"
     if finished:
         if result.ok:
             summary = f"{what} finished OK: {counted(result.counts)} ({result.duration_s:.1f} s)."
@@ -242,6 +259,8 @@ def deployment_report(
         tier=result.tier,
         action=result.action,
         revision=result.revision,
+        build_id=result.build_id,
+        commit=result.commit,
         counts=result.counts,
         hosts=[ReportedHost.model_validate(trimmed(h).model_dump()) for h in result.hosts],
         duration_s=result.duration_s,
