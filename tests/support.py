@@ -273,8 +273,11 @@ class Builds:
     def cached(self) -> set[str]:
         if not self.cache.exists():
             return set()
-        return {
-            p.read_text().removeprefix("StorePath: ").strip() for p in self.cache.glob("*.narinfo")
+        return {  # a signed narinfo has more lines: its StorePath is the path
+            line.removeprefix("StorePath: ").strip()
+            for p in self.cache.glob("*.narinfo")
+            for line in p.read_text().splitlines()
+            if line.startswith("StorePath: ")
         }
 
 

@@ -256,6 +256,7 @@ class TestSetup:
         assert json.loads(again.stdout)["streams"] == {
             "FLEET_HISTORY_TEST": "updated",
             "FLEET_HISTORY_PROD": "updated",
+            "FLEET_BUILDS": "updated",
         }
         async with await fleet.connect("admin") as bus:
             info = await _stream_info(bus)

@@ -45,6 +45,7 @@ PURE_MODULES = (
     "fleet_core/deploy/tracker.py",
     "fleet_core/deploy/report.py",
     "fleet_core/deploy/rollout.py",
+    "fleet_core/deploy/closures.py",
     "fleet_core/deploy/cancellation.py",
     "fleet_core/deploy/fleet_status.py",
     "fleet_core/deploy/history.py",
@@ -58,6 +59,7 @@ STDLIB_ONLY = (
     "fleet_core/host/jobs/job_runner.py",
     "fleet_core/host/jobs/jobdir.py",
     "fleet_core/host/jobs/activation.py",
+    "fleet_core/host/jobs/closure.py",
 )
 # The one reader of the environment, and the systemd-run stand-in: a program of its own
 # that, like the real one, copies `--setenv NAME` from its own environment.
@@ -219,6 +221,7 @@ def test_the_job_runner_imports_only_the_standard_library(rel: str) -> None:
     assert _own(SRC / rel) <= {
         "fleet_core/host/jobs/jobdir.py",
         "fleet_core/host/jobs/activation.py",
+        "fleet_core/host/jobs/closure.py",
     }
 
 

@@ -106,5 +106,5 @@ async def test_setup_prints_its_limits_in_plain_units(fleet: Fleet) -> None:
     assert done.stdout.decode().splitlines() == [
         f"{stream}: updated (max age 7776000 s (90 days), 1000000 messages, "
         "1073741824 bytes (1 GiB), 1 replica)"
-        for stream in ("FLEET_HISTORY_TEST", "FLEET_HISTORY_PROD")
+        for stream in ("FLEET_HISTORY_TEST", "FLEET_HISTORY_PROD", "FLEET_BUILDS")
     ]

@@ -387,9 +387,11 @@ class TestSandbox:
             h.name: "failed" if h.name == "web2" else "built"
             for h in plan_hosts(DEFAULT_SANDBOX_HOSTS)
         }
-        cached = {
-            p.read_text().removeprefix("StorePath: ").strip()
+        cached = {  # a signed narinfo: its StorePath line names the path
+            line.removeprefix("StorePath: ")
             for p in (sandbox.directory / "cache").glob("*.narinfo")
+            for line in p.read_text().splitlines()
+            if line.startswith("StorePath: ")
         }
         assert cached == {h["store_path"] for h in built["hosts"] if h["state"] == "built"}
 

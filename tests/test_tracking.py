@@ -404,6 +404,7 @@ class TestObservedHosts:
             batch=batch,
             checks=s.checks,
             rolled_back_to=s.rolled_back_to,
+            store_path=before.store_path,
         )
         assert got is not None
         assert got == want

@@ -76,6 +76,8 @@ FINAL_ERRORS: Final[Mapping[StatusKind, tuple[str, ...]]] = {
         ErrorCode.ROLLED_BACK.value,
         ErrorCode.ROLLBACK_FAILED.value,
         ErrorCode.CHECK_FAILED.value,
+        ErrorCode.CLOSURE_UNAVAILABLE.value,  # a closure deploy's fetch failed
+        ErrorCode.NOT_A_SYSTEM.value,  # what it fetched is no system
     ),
     StatusKind.REJECTED: (
         ErrorCode.ALREADY_RUNNING.value,
@@ -87,6 +89,8 @@ FINAL_ERRORS: Final[Mapping[StatusKind, tuple[str, ...]]] = {
         ErrorCode.BAD_SIGNATURE.value,
         ErrorCode.EXPIRED_REQUEST.value,
         ErrorCode.REPLAYED_REQUEST.value,
+        ErrorCode.WRONG_HOST.value,  # a closure deploy of another host's system, by name
+        ErrorCode.NOT_A_SYSTEM.value,  # of a path named like no system
     ),
 }
 UNPARSED_ERRORS: Final = (

@@ -465,17 +465,9 @@ class _BuildRun:
         except ValueError as exc:
             await self._end_whole(BuildError.EVAL_FAILED, str(exc) + " for", listed)
             return
-        self.skipped = skipped if self.target.host is None else []
-        if self.target.host is not None and self.target.host not in names:
-            shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
-            await self._finish(
-                StatusKind.FAILED,
-                BuildError.UNKNOWN_HOST,
-                f"{self.target.host} is not a nixosConfiguration of {self.target.repo} at "
-                f"{self._at()}; it has: {shown or 'none'}",
-            )
+        unknown = await self._choose(names, skipped)
+        if unknown is None:
             return
-        self.hosts = [self.target.host] if self.target.host is not None else names
         unbuildable = (
             f"; {len(self.skipped)} whose names cannot be built: {', '.join(self.skipped[:20])}"
             if self.skipped
@@ -490,7 +482,10 @@ class _BuildRun:
             f"{self._at()}{unbuildable}",
         )
         for host in self.hosts:
-            await self._build_host(flake, host)
+            if host in unknown:
+                await self._unknown_host(host, names)
+            else:
+                await self._build_host(flake, host)
         if self.skipped and not self.failures:
             await self._finish(
                 StatusKind.FAILED,
@@ -515,6 +510,46 @@ class _BuildRun:
                 f"built {counted(len(self.hosts), 'host')} of {self.target.repo} at "
                 f"{self._at()}{where}",
             )
+
+    async def _choose(self, names: list[str], skipped: list[str]) -> set[str] | None:
+        """Set the hosts this build builds, from the flake's ``names``; returns those asked
+        for by name that the flake does not have, or None when the build ended here (its one
+        host is not in the flake)."""
+        self.skipped = skipped if self.target.host is None else []
+        if self.target.host is not None and self.target.host not in names:
+            shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+            await self._finish(
+                StatusKind.FAILED,
+                BuildError.UNKNOWN_HOST,
+                f"{self.target.host} is not a nixosConfiguration of {self.target.repo} at "
+                f"{self._at()}; it has: {shown or 'none'}",
+            )
+            return None
+        if self.target.host is not None:
+            self.hosts = [self.target.host]
+            return set()
+        if self.request.hosts is not None:
+            # Exactly the hosts asked for (a closure deploy's targets), at the same commit;
+            # the flake's others are not this build's to build or to report. A name it does
+            # not have fails alone.
+            self.hosts = list(self.request.hosts)
+            self.skipped = []
+            return set(self.hosts) - set(names)
+        self.hosts = names
+        return set()
+
+    async def _unknown_host(self, host: str, names: Sequence[str]) -> None:
+        """A host asked for by name that the flake does not have: it fails alone."""
+        self.failures[host] = BuildError.UNKNOWN_HOST.value
+        shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+        await self.reporter.send(
+            StatusKind.FAILED,
+            host=host,
+            error=BuildError.UNKNOWN_HOST,
+            phase=BuildPhase.EVALUATING,
+            message=f"{host} is not a nixosConfiguration of {self.target.repo} at "
+            f"{self._at()}; it has: {shown or 'none'}",
+        )
 
     def _at(self) -> str:
         commit = self.reporter.commit

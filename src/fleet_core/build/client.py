@@ -14,7 +14,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import anyio
@@ -32,6 +32,7 @@ from fleet_core.build.tracker import BuildTracker
 from fleet_core.bus import CLOSE_DEADLINE, Bus, Message, Subscription
 from fleet_core.config.settings import DeployTiming
 from fleet_core.errors import PermissionDenied, RequestRejected, UsageError
+from fleet_core.protocol.messages import MAX_REQUEST_BYTES
 from fleet_core.protocol.refusals import Refusal, explain_refusals
 
 __all__ = ["BuildClient", "OnBuildUpdate", "new_build_id"]
@@ -64,6 +65,7 @@ class BuildClient:
         timeout: float,
         build_id: str | None = None,
         on_update: OnBuildUpdate | None = None,
+        hosts: Collection[str] | None = None,
     ) -> BuildResult:
         """Ask a builder to build ``target`` at ``revision``; return once the build is over.
 
@@ -76,13 +78,21 @@ class BuildClient:
         ``on_update`` hears the result after every status that changed it. Raises
         ``UsageError`` for a bad revision or id and ``PermissionDenied`` when the server refuses
         this key the subject.
+
+        ``hosts`` (with a target of ``all``) asks for exactly those configurations, from the
+        one pinned commit; when their names do not fit in one request (a thousand or so),
+        the request asks for ``all`` and the caller takes the hosts it wants from the result.
         """
         build_id = build_id or new_build_id()
         reply = BUILD_RESPONSES_PREFIX + build_id
+        named = sorted(set(hosts)) if hosts is not None and target.host is None else None
         try:
-            request = BuildRequest(revision=revision, reply_to=reply, id=build_id)
+            request = BuildRequest(revision=revision, reply_to=reply, id=build_id, hosts=named)
         except RequestRejected as exc:
             raise UsageError(str(exc)) from None
+        if named is not None and len(request.encode()) > MAX_REQUEST_BYTES:
+            log.info("build_hosts_do_not_fit", build_id=build_id, hosts=len(named))
+            request = request.model_copy(update={"hosts": None})
         result = BuildResult(
             build_id=build_id, target=target.subject, repo=target.repo, revision=revision
         )

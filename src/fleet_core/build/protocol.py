@@ -17,6 +17,13 @@ shell:
         <flake>?rev=<commit>#nixosConfigurations.<host>.config.system.build.toplevel
     nix copy --to <cache> <store path>                                  with --cache only
 
+A request to ``build.<repo>.all`` may name exactly the configurations to build
+(``BuildRequest.hosts``: what a closure deploy asks for, its target's hosts); the builder
+then builds those alone, all from the one pinned commit, and fails each name the flake does
+not have (``unknown_host``) without stopping the others. A builder from before the field
+ignores it and builds every configuration: the deployer takes its targets' results either
+way, and asks for ``all`` when the names would not fit in one request.
+
 Each runs as ``nix --extra-experimental-features 'nix-command flakes' …``: a stock NixOS
 nix has neither enabled, and nixos-rebuild passes the same itself. Pinning the commit once
 means every host of one build comes from the same commit even if the branch moves
@@ -189,12 +196,24 @@ class BuildRequest(_Wire):
     revision: str = DEFAULT_REVISION
     reply_to: str
     id: str | None = None
+    # Build only these nixosConfigurations (a request to build.<repo>.all); None: every one.
+    hosts: list[str] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _validate(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        hosts = data.get("hosts")
+        if hosts is not None:
+            if not isinstance(hosts, list) or not all(
+                isinstance(name, str) and is_buildable_name(name) for name in hosts
+            ):
+                raise RequestRejected(
+                    BuildError.INVALID_REQUEST,
+                    "hosts must be a list of configuration names (letters, digits, . _ -)",
+                )
+            data = {**data, "hosts": sorted(set(hosts))}
         if not is_build_reply_subject(data.get("reply_to")):
             raise RequestRejected(
                 BuildError.INVALID_REQUEST,
@@ -256,6 +275,9 @@ class BuildStatus(_Wire):
     revision: str | None = None
     commit: str | None = None  # the commit the revision was when the build began
     hosts: list[str] | None = None  # in the whole build's ``started``: what will be built
+    # How many hosts the build builds, when ``hosts`` was left off to fit the status within
+    # MAX_STATUS_BYTES (a flake of thousands of hosts): their own statuses name them.
+    host_count: int | None = None
     skipped: list[str] | None = None  # configurations whose names cannot be built
     heartbeat_s: float | None = None  # in ``accepted``: progress comes at least this often
     phase: BuildPhase | None = None
@@ -273,13 +295,26 @@ class BuildStatus(_Wire):
 
 
 def encode_build_status(status: BuildStatus, limit: int = MAX_STATUS_BYTES) -> bytes:
-    """Serialize ``status`` within ``limit`` bytes, dropping the oldest log lines first."""
+    """Serialize ``status`` within ``limit`` bytes, dropping the oldest log lines first, then
+    the whole build's list of hosts (counted in ``host_count`` instead) and of skipped names:
+    a flake of ten thousand hosts names more than one status holds."""
     clipped = status.model_copy(update={"message": status.message[:MAX_MESSAGE_CHARS]})
     data = clipped.model_dump_json().encode()
     tail = clipped.log_tail or []
     while len(data) > limit and tail:
         tail = tail[max(1, len(tail) // 8) :]
-        data = clipped.model_copy(update={"log_tail": tail}).model_dump_json().encode()
+        clipped = clipped.model_copy(update={"log_tail": tail})
+        data = clipped.model_dump_json().encode()
+    if len(data) > limit and (clipped.hosts or clipped.skipped):
+        counted_hosts = len(clipped.hosts) if clipped.hosts is not None else None
+        clipped = clipped.model_copy(
+            update={
+                "hosts": None,
+                "host_count": counted_hosts,
+                "skipped": clipped.skipped[:20] if clipped.skipped else None,
+            }
+        )
+        data = clipped.model_dump_json().encode()
     return data
 
 

@@ -32,6 +32,7 @@ from fleet_core.protocol.actions import (
     REBUILD_ACTIONS,
     HostKind,
 )
+from fleet_core.protocol.closures import STORE_DIR
 from fleet_core.protocol.subjects import (
     ALIAS_ENV_PREFIX,
     DEFAULT_DEPLOY_SUBJECTS,
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_METRICS_ADDR",
     "DEFAULT_NATS_LAYOUT",
     "DEFAULT_NIX_COMMAND",
+    "DEFAULT_NIX_STORE_COMMAND",
     "DEFAULT_REBUILD_COMMAND",
     "DEFAULT_REBUILD_RUNNER",
     "DEFAULT_REQUEST_SKEW",
@@ -74,6 +76,7 @@ __all__ = [
     "DEFAULT_SILENCE_LIMIT",
     "DEFAULT_SIM_DELAY",
     "DEFAULT_STATE_DIR",
+    "DEFAULT_STORE_DIR",
     "DEFAULT_VERSION_COMMAND",
     "ENV_PREFIX",
     "LEGACY_ENV_PREFIX",
@@ -116,6 +119,9 @@ DEFAULT_VERSION_COMMAND = "nixos-version --json"
 DEFAULT_DARWIN_VERSION_COMMAND = "darwin-version --json"
 DEFAULT_NIX_ENV_COMMAND = "nix-env"
 DEFAULT_SYSTEMCTL_COMMAND = "systemctl"
+# What a closure deploy fetches with (nix-store --realise PATH), and where the store lies.
+DEFAULT_NIX_STORE_COMMAND = "nix-store"
+DEFAULT_STORE_DIR = Path(STORE_DIR)
 DEFAULT_CONFIRM_TIMEOUT = 120.0  # seconds a new system has to reach NATS before rollback
 SYSTEM_RUNNING_CHECK = "system-running"  # the built-in health check (host.jobs.activation)
 DEFAULT_STATE_DIR = Path("/var/lib/fleet-deploy")
@@ -519,6 +525,23 @@ LISTENER = Command(
             metavar="CMD",
         ),
         Option(
+            "nix_store_command",
+            "nix-store, as a closure deploy fetches its store path (nix-store --realise PATH: "
+            "from the host's own substituters, their signatures checked), split like a shell "
+            "would but never run by one",
+            default=DEFAULT_NIX_STORE_COMMAND,
+            env=False,
+            metavar="CMD",
+        ),
+        Option(
+            "store_dir",
+            "where this host's Nix store lies: a closure deploy checks and activates the "
+            "fetched path there",
+            default=DEFAULT_STORE_DIR,
+            env=False,
+            metavar="DIR",
+        ),
+        Option(
             "heartbeat_interval",
             "while a deploy runs, send its progress at least this often, in seconds; keep it "
             f"well below {DEFAULT_SILENCE_LIMIT:g}, after which deployers ask a silent host "
@@ -564,6 +587,10 @@ DEPLOY = Command(
     "--shuffle): the canary hosts, then batches; once more than --max-failures hosts\n"
     "failed, no further batch starts and the hosts not attempted end skipped.\n"
     "--timeout then bounds each batch.\n\n"
+    "Closure deploys (no evaluation on the hosts): --build REPO has the builder build\n"
+    "the target's hosts from one pinned commit of --branch, and sends each host its own\n"
+    "system; --from-build BUILD_ID sends those of a recorded build; --store-path PATH\n"
+    "sends one host the system given. A host whose build failed is sent nothing.\n\n"
     "Exit status: 0 every host completed; 1 a host failed, was rejected, missing,\n"
     "lost, timed out or skipped; 2 usage, key, connection or permission error.",
     (
@@ -632,6 +659,37 @@ DEPLOY = Command(
             "activation, health check or confirmation: they only report it",
             env=False,
             kind="switch",
+        ),
+        # A closure deploy's source: one of these three, none with a variable (one set for
+        # every deploy would turn each into a closure deploy).
+        Option(
+            "build",
+            "a closure deploy: the builder of repository REPO builds the target's hosts from "
+            "one pinned commit of --branch, then each host is sent its own system and "
+            "switches to exactly that (docs/closures.md)",
+            env=False,
+            metavar="REPO",
+        ),
+        Option(
+            "from_build",
+            "a closure deploy of a build that ran before (its id, as build prints it), read "
+            "from the builds stream: needs the admin key",
+            env=False,
+            metavar="BUILD_ID",
+        ),
+        Option(
+            "store_path",
+            "a closure deploy to one host: send it this system, a store path of its own "
+            "(nixos-system-<host>-…), e.g. to pin it back to a known-good one",
+            env=False,
+            metavar="PATH",
+        ),
+        Option(
+            "build_timeout",
+            "with --build: how long the build may take once it is asked for, in seconds",
+            default=DEFAULT_BUILD_TIMEOUT,
+            env=False,
+            metavar="SECONDS",
         ),
         replace(JSON, help="print one JSON result object instead of a table"),
     ),

@@ -40,6 +40,7 @@ from fleet_core.config.settings import (
     BuilderSettings,
     BuildSettings,
     CancelSettings,
+    ClosureSettings,
     ConnectionSettings,
     DeploySettings,
     FactsSettings,
@@ -363,6 +364,8 @@ def listener_settings(
         request_ttl=values.number("request_ttl"),
         rollback=_rollback(values),
         facts=_facts(values, host_kind),
+        nix_store_command=_command(values, "nix_store_command"),
+        store_dir=Path(values.required("store_dir")),
     )
 
 
@@ -543,6 +546,23 @@ def deploy_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -
         json=values.switch("json"),
         rollout=_rollout(values),
         no_rollback=values.switch("no_rollback"),
+        closures=_closures(values),
+    )
+
+
+def _closures(values: _Values) -> ClosureSettings | None:
+    """A closure deploy's source (``--build``, ``--from-build``, ``--store-path``); None when
+    none is given. ``--build-timeout`` alone is a usage error: it times a build."""
+    given = {name: values.text(name) for name in ("build", "from_build", "store_path")}
+    if all(value is None for value in given.values()):
+        if values.given("build_timeout") is not None:
+            raise UsageError("--build-timeout times the build of --build REPO: give --build")
+        return None
+    return ClosureSettings(
+        build_repo=given["build"],
+        from_build=given["from_build"],
+        store_path=given["store_path"],
+        build_timeout=values.number("build_timeout"),
     )
 
 

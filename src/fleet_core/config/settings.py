@@ -35,6 +35,7 @@ from fleet_core.config.options import (
     DEFAULT_NATS_LAYOUT,
     DEFAULT_NIX_COMMAND,
     DEFAULT_NIX_ENV_COMMAND,
+    DEFAULT_NIX_STORE_COMMAND,
     DEFAULT_REBUILD_COMMAND,
     DEFAULT_REQUEST_TTL,
     DEFAULT_SANDBOX_CLUSTER,
@@ -43,6 +44,7 @@ from fleet_core.config.options import (
     DEFAULT_SILENCE_LIMIT,
     DEFAULT_SIM_DELAY,
     DEFAULT_STATE_DIR,
+    DEFAULT_STORE_DIR,
     DEFAULT_SYSTEM_PROFILE,
     DEFAULT_SYSTEMCTL_COMMAND,
     DEFAULT_VERSION_COMMAND,
@@ -77,6 +79,7 @@ __all__ = [
     "BuildSettings",
     "BuilderSettings",
     "CancelSettings",
+    "ClosureSettings",
     "ConnectionSettings",
     "DeploySettings",
     "DeployTiming",
@@ -198,6 +201,10 @@ class ListenerSettings:
     request_ttl: float = DEFAULT_REQUEST_TTL
     rollback: RollbackSettings = RollbackSettings()
     facts: FactsSettings = FactsSettings()  # what discovery reports of this host
+    # A closure deploy (fleet_core.host.jobs.closure): what fetches its store path, and where
+    # this host's store lies (a simulated host's is below its own root).
+    nix_store_command: tuple[str, ...] = (DEFAULT_NIX_STORE_COMMAND,)
+    store_dir: Path = DEFAULT_STORE_DIR
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +223,7 @@ class ListenerSettings:
             raise UsageError("--heartbeat-interval must be a positive number of seconds")
         if not self.rebuild_command:
             raise UsageError("--rebuild-command must name a program")
+        _check_store(self.nix_store_command, self.store_dir)
         if self.rebuild_runner not in ("systemd", "session"):
             raise UsageError(f"--rebuild-runner {self.rebuild_runner!r} is not systemd or session")
         for path in self.restart_if_changed:
@@ -236,6 +244,14 @@ class ListenerSettings:
     def flake_configuration(self) -> str:
         """The flake attribute a deploy builds: ``configuration``, else the hostname."""
         return self.configuration if self.configuration is not None else self.hostname
+
+
+def _check_store(nix_store_command: tuple[str, ...], store_dir: Path) -> None:
+    """A closure deploy's settings (``ListenerSettings``): a fetch program, an absolute store."""
+    if not nix_store_command:
+        raise UsageError("--nix-store-command must name a program")
+    if not store_dir.is_absolute():
+        raise UsageError(f"--store-dir {str(store_dir)!r} must be an absolute path")
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +319,52 @@ class RolloutSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClosureSettings:
+    """Where a closure deploy's systems come from (docs/closures.md): a build asked for now
+    (``--build REPO``, of ``DeploySettings.revision``), a recorded build (``--from-build``)
+    or one system given (``--store-path``). Exactly one of the three."""
+
+    build_repo: str | None = None
+    from_build: str | None = None
+    store_path: str | None = None
+    build_timeout: float = DEFAULT_BUILD_TIMEOUT
+
+    def __post_init__(self) -> None:
+        from fleet_core.build.protocol import validate_repo
+        from fleet_core.protocol.closures import is_store_path
+        from fleet_core.protocol.messages import is_request_id
+
+        given = [
+            flag
+            for flag, value in (
+                ("--build", self.build_repo),
+                ("--from-build", self.from_build),
+                ("--store-path", self.store_path),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise UsageError(
+                f"{' and '.join(given) or 'nothing'}: a closure deploy takes its systems from "
+                "one of --build REPO, --from-build BUILD_ID or --store-path PATH"
+            )
+        if self.build_repo is not None:
+            validate_repo(self.build_repo)
+        if self.from_build is not None and not is_request_id(self.from_build):
+            raise UsageError(
+                f"--from-build {self.from_build[:80]!r} is not a build id: ids are 1-64 "
+                "letters, digits, '-' or '_', as build prints them"
+            )
+        if self.store_path is not None and not is_store_path(self.store_path):
+            raise UsageError(
+                f"--store-path {self.store_path[:80]!r} is not a store path: "
+                "/nix/store/<32-character hash>-<name>, as nix build --print-out-paths prints it"
+            )
+        if not self.build_timeout > 0:
+            raise UsageError("--build-timeout must be a positive number of seconds")
+
+
+@dataclass(frozen=True, slots=True)
 class DeploySettings:
     connection: ConnectionSettings
     target: Target
@@ -314,6 +376,7 @@ class DeploySettings:
     timing: DeployTiming = DeployTiming()
     rollout: RolloutSettings | None = None  # None: one publish to the target's subject
     no_rollback: bool = False  # the hosts only report a failed activation, check or confirm
+    closures: ClosureSettings | None = None  # None: the hosts evaluate the revision
 
     def __post_init__(self) -> None:
         if self.rollout is not None and not self.target.is_group:
@@ -321,6 +384,16 @@ class DeploySettings:
                 f"--canary and --batch deploy a group in steps, and {self.target.subject} is "
                 f"one host: target deploy.{self.target.tier.value}.all or "
                 f"deploy.{self.target.tier.value}.role.<role>, or leave them out"
+            )
+        if (
+            self.closures is not None
+            and self.closures.store_path is not None
+            and self.target.is_group
+        ):
+            raise UsageError(
+                f"--store-path sends one host its own system, and {self.target.subject} is a "
+                f"group: target one host (deploy.{self.target.tier.value}.<host>), or build "
+                "each host's system with --build REPO"
             )
 
 

@@ -6,6 +6,8 @@ Modules:
     answers     what a discovery or job query gathers, and which answers are believed
     tracker     one deployment host by host, when a host is lost, when it is over (pure)
     rollout     canary, batches and the failure budget: the order, the plan, when to stop (pure)
+    closures    closure deploys: which host is sent which built system, who is sent none (pure)
+    closure_deploy  a closure deploy's systems: built for the target now, or a recorded build
     cancel      send a deployment's cancel to its hosts and gather their answers
     cancellation  what each host's answer to a cancel means (pure)
     logs        ``fleet-deploy logs``: a job's whole log from its host, chunk after chunk

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Protocol, TextIO, TypeVar
 
+from fleet_core.build.protocol import BuildResult, HostBuildState
+from fleet_core.build.report import build_line
 from fleet_core.bus import Bus
 from fleet_core.config.settings import (
     CancelSettings,
@@ -22,6 +24,8 @@ from fleet_core.config.settings import (
 )
 from fleet_core.deploy.cancel import cancel_deployment
 from fleet_core.deploy.cancellation import CancelResult
+from fleet_core.deploy.closure_deploy import build_for_deploy, load_build
+from fleet_core.deploy.closures import Closures, closures_from_build, single_closure
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import (
     cancel_summary,
@@ -37,7 +41,7 @@ from fleet_core.lifecycle import Finished, run_until_signal
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import HostInfo
-from fleet_core.protocol.text import escaped_json
+from fleet_core.protocol.text import escaped_json, printable
 
 __all__ = ["finish", "run_cancel", "run_deploy", "run_hosts"]
 
@@ -67,7 +71,11 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
     async def main() -> DeploymentResult:
         urls = settings.connection.nats_urls
         async with await Bus.connect(urls, seed, name="fleet-deploy") as bus:
-            if not settings.json:  # once connected: a bad flag or server is told alone
+            deployer = Deployer(bus, timing=settings.timing, signer=seed)
+            closures = None
+            if settings.closures is not None:
+                closures = await _closures(deployer, settings, out=out, live=live)
+            elif not settings.json:  # once connected: a bad flag or server is told alone
                 print(
                     (
                         f"checking the health of {settings.target}"
@@ -79,7 +87,7 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
                     file=out,
                     flush=True,
                 )
-            return await Deployer(bus, timing=settings.timing, signer=seed).deploy(
+            return await deployer.deploy(
                 settings.target,
                 revision=settings.revision,
                 action=settings.action,
@@ -90,6 +98,7 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
                 rollout=settings.rollout,
                 on_rollout=on_rollout,
                 no_rollback=settings.no_rollback,
+                closures=closures,
             )
 
     return finish(
@@ -98,6 +107,61 @@ def run_deploy(settings: DeploySettings, *, out: TextIO = sys.stdout) -> int:
         json_out=settings.json,
         out=out,
         interrupted="the hosts carry on with the deploy",
+    )
+
+
+async def _closures(
+    deployer: Deployer, settings: DeploySettings, *, out: TextIO, live: TextIO
+) -> Closures:
+    """The systems a closure deploy sends (``settings.closures`` says from where): built now
+    for the target's hosts (each host's build shown as it starts and ends), read from the
+    builds stream, or the one given. Says which on ``out`` unless the output is JSON."""
+    source = settings.closures
+    assert source is not None
+    target, action = settings.target, settings.action.value
+    steps = _in_steps(settings.rollout)
+
+    def say(text: str) -> None:
+        if not settings.json:
+            print(text, file=out, flush=True)
+
+    if source.store_path is not None:
+        assert target.name is not None  # settings refuse --store-path for a group
+        say(f"deploying {source.store_path} ({action}) to {target}")
+        return single_closure(target.name, source.store_path)
+    if source.from_build is not None:
+        recorded = await load_build(deployer.bus, source.from_build)
+        say(f"deploying the systems of {_built(recorded)} ({action}) to {target}{steps}")
+        return closures_from_build(recorded)
+    assert source.build_repo is not None
+    say(f"building the hosts of {target} with {source.build_repo} at {settings.revision}")
+    shown: dict[str, HostBuildState] = {}
+
+    def on_build(result: BuildResult) -> None:
+        for host in result.hosts:
+            if host.state is not HostBuildState.WAITING and shown.get(host.host) != host.state:
+                shown[host.host] = host.state
+                print(build_line(host), file=live, flush=True)
+
+    closures, build = await build_for_deploy(
+        deployer,
+        target,
+        repo=source.build_repo,
+        revision=settings.revision,
+        timeout=source.build_timeout,
+        expect=settings.expect,
+        on_update=on_build,
+    )
+    if build is not None:
+        say(f"deploying the systems of {_built(build)} ({action}) to {target}{steps}")
+    return closures
+
+
+def _built(build: BuildResult) -> str:
+    """A build in a sentence: "build <id> of nixos at main (commit 0123456789ab)"."""
+    commit = f" (commit {printable(build.commit[:12])})" if build.commit else ""
+    return (
+        f"build {build.build_id} of {printable(build.repo)} at {printable(build.revision)}{commit}"
     )
 
 

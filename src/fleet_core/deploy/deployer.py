@@ -21,6 +21,13 @@ the deployer's own connection is down (the rollout waits for it, at most a batch
 ``timeout``). Without one, a deployment is the single publish to the target's subject it
 always was. Log lines name counts and a few hosts, never a whole fleet.
 
+A *closure deploy* (``closures``: the systems a build made, ``fleet_core.deploy.closures``)
+also goes to each host by name: the target's hosts are discovered (a single host's too, to
+learn that its listener takes one), the hosts whose build failed or whose listener cannot
+take one end before anything is sent, and each other host gets its own request on
+``deploy.<tier>.<host>`` carrying its store path, signed for that subject — all at once, or
+batch by batch in a rollout, whose budget counts the failed builds before its first batch.
+
 Longer than most modules: discovery, job queries, the gathering and a rollout's batches share
 one event stream (``Inbox``) and one loop, and splitting them would pass that loop's state
 between modules; every decision in it is a pure module's (the tracker's, the rollout's).
@@ -40,7 +47,8 @@ import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -49,6 +57,7 @@ import structlog
 from fleet_core.bus import Bus, Message
 from fleet_core.config.settings import DeployTiming, RolloutSettings
 from fleet_core.deploy.answers import Answers, gather_answers, job_of
+from fleet_core.deploy.closures import ClosurePlan, Closures, Ended, plan_closures
 from fleet_core.deploy.inbox import ConnectionChange, Event, Inbox, JobAnswers
 from fleet_core.deploy.rollout import (
     MAX_NAMED,
@@ -78,6 +87,7 @@ from fleet_core.errors import (
 )
 from fleet_core.keys import Seed
 from fleet_core.protocol.actions import Action
+from fleet_core.protocol.closures import CLOSURE_ACTIONS
 from fleet_core.protocol.messages import (
     DeployRequest,
     DiscoverRequest,
@@ -104,7 +114,14 @@ from fleet_core.protocol.trust import (
     shown,
 )
 
-__all__ = ["Deployer", "OnConnection", "OnRollout", "OnUpdate", "new_deployment_id"]
+__all__ = [
+    "Deployer",
+    "OnConnection",
+    "OnRollout",
+    "OnUpdate",
+    "listens_to",
+    "new_deployment_id",
+]
 
 log = structlog.get_logger("fleet.deployer")
 
@@ -250,8 +267,14 @@ class Deployer:
         rollout: RolloutSettings | None = None,
         on_rollout: OnRollout | None = None,
         no_rollback: bool = False,
+        closures: Closures | None = None,
     ) -> DeploymentResult:
         """Deploy ``revision`` to ``target`` and return once every host is final.
+
+        ``closures`` makes it a closure deploy (``fleet_core.deploy.closures``): the target's
+        hosts are discovered (a single host too), and each that may take one is sent its own
+        store path on ``deploy.<tier>.<host>``, signed for that subject; the others end
+        before anything is sent. The request's revision is then the build's commit.
 
         ``no_rollback`` asks the hosts to report a failed activation, health check or
         confirmation without re-activating their previous system.
@@ -270,6 +293,13 @@ class Deployer:
                 f"a rollout (canary, batches) deploys a group in steps: {target.subject} is "
                 "one host"
             )
+        if closures is not None:
+            if action.value not in CLOSURE_ACTIONS:
+                raise UsageError(
+                    f"a closure deploy can {', '.join(sorted(CLOSURE_ACTIONS))} a system, not "
+                    f"{action.value}"
+                )
+            revision = closures.commit or revision
         deployment_id = deployment_id or new_deployment_id()
         request = _deploy_request(
             deployment_id, action=action, revision=revision, no_rollback=no_rollback
@@ -288,19 +318,11 @@ class Deployer:
             watched=(target.subject, reply, tier_replies),
         )
         async with inbox as events:
-            expected = set(expect)
-            found = Answers()
-            matched: set[str] = set()
-            if target.is_group:
-                found = await self._discover(target.tier)
-                matched = {h.hostname for h in found.hosts.values() if _listens_to(h, target)}
-                expected |= matched
-            elif target.name is not None:
-                expected.add(target.name)
-            plan = None
-            if rollout is not None:
-                plan = self._plan(rollout, expected, found, target.tier, bound)
-                expected = set(plan.batch_of())
+            setup = await self._setup(
+                target, expect, closures, rollout, events, log=bound, replies=tier_replies
+            )
+            expected, found, matched = setup.expected, setup.found, setup.matched
+            chosen, plan = setup.chosen, setup.plan
             tracker = DeploymentTracker(
                 expected,
                 started_at=time.monotonic(),
@@ -308,7 +330,9 @@ class Deployer:
                 answer_within=self.timing.answer_within,
                 silence_limit=self.timing.silence_limit,
                 batches=plan.batch_of() if plan is not None else None,
+                paths=chosen.send if chosen is not None else None,
             )
+            unsent = _end_unsent(tracker, chosen.ended) if chosen is not None else []
             tracker.heard_bound(found.bound)
             for flagged in found.flagged:
                 tracker.flag(flagged)
@@ -327,29 +351,23 @@ class Deployer:
                 on_update=on_update,
                 on_connection=on_connection,
                 signer=self._signer.public_key if self._signer is not None else None,
-                rollout=_Rollout(plan, request, on_rollout) if plan is not None else None,
+                rollout=_Rollout(plan, request, on_rollout, chosen) if plan is not None else None,
+                closures=closures,
             )
             bound.info(
                 "deploy_publish",
                 expected=len(expected),
                 hosts=sorted(expected)[:MAX_NAMED],
                 signer=gathering.signer,
+                closures=len(chosen.send) if chosen is not None else None,
+                unsent=len(unsent) if chosen is not None else None,
             )
+            gathering.report(unsent, time.monotonic())
             stop_watching = self._bus.watch_connection(
                 lambda connected: events.post(ConnectionChange(connected, gone=self._bus.is_closed))
             )
             try:
-                if plan is None:
-                    # Signed last, after discovery: its lifetime starts as it goes out.
-                    payload = encode(self._sign(request, target.subject))
-                    await self._bus.publish(target.subject, payload, reply=reply)
-                    await self._bus.flush()
-                    events.raise_denied()
-                    await self._gather(gathering, events)
-                elif plan.batches:  # each batch is published by the gathering, in its turn
-                    await self._gather(gathering, events)
-                else:
-                    self._refused_rollout(target, tier_replies, events)
+                await self._send_and_gather(gathering, events, request, setup)
             finally:
                 stop_watching()
             result = gathering.snapshot(time.monotonic())
@@ -364,6 +382,62 @@ class Deployer:
             flagged=result.flagged_count,
         )
         return result
+
+    async def _setup(
+        self,
+        target: Target,
+        expect: Iterable[str],
+        closures: Closures | None,
+        rollout: RolloutSettings | None,
+        events: Inbox,
+        *,
+        log: Any,
+        replies: str,
+    ) -> _Setup:
+        """Which hosts the deployment expects (discovered for a group or a closure deploy),
+        and, when it is one, its closure plan and its rollout's batches."""
+        expected = set(expect)
+        found = Answers()
+        matched: set[str] = set()
+        if target.is_group or closures is not None:
+            found = await self._discover(target.tier)
+        if target.is_group:
+            matched = {h.hostname for h in found.hosts.values() if listens_to(h, target)}
+            expected |= matched
+        elif target.name is not None:
+            expected.add(target.name)
+        chosen = None
+        if closures is not None:
+            if target.tier in self._unreadable:
+                self._refused_rollout(target, replies, events)
+            chosen = self._plan_closures(expected, closures, found, target.tier)
+        plan = None
+        if rollout is not None:
+            sendable = expected if chosen is None else set(chosen.send)
+            failed_first = chosen.failed_first if chosen is not None else ()
+            plan = self._plan(rollout, sendable, found, target.tier, log, failed_first=failed_first)
+            expected = set(plan.batch_of()) | (expected - sendable)
+        return _Setup(expected, found, matched, chosen, plan)
+
+    async def _send_and_gather(
+        self, gathering: _Gathering, events: Inbox, request: DeployRequest, setup: _Setup
+    ) -> None:
+        """Publish as the deployment is shaped (one request to the target's subject, one
+        per host of a closure deploy, or a rollout's batches in their turn) and gather."""
+        target, chosen, plan = gathering.target, setup.chosen, setup.plan
+        if plan is None and chosen is not None:
+            await self._publish_closures(gathering, events, request, chosen.send)
+        elif plan is None:
+            # Signed last, after discovery: its lifetime starts as it goes out.
+            payload = encode(self._sign(request, target.subject))
+            await self._bus.publish(target.subject, payload, reply=gathering.reply)
+            await self._bus.flush()
+            events.raise_denied()
+        elif not plan.batches:
+            self._refused_rollout(target, bound_replies(gathering.reply, target.tier), events)
+            return
+        # A rollout's batches are published by the gathering, each in its turn.
+        await self._gather(gathering, events)
 
     async def _directory(self, tier: Tier, found: Answers | None) -> TierDirectory | None:
         """Who answers in ``tier``: from the deployment's own discovery when it had one, else
@@ -389,6 +463,8 @@ class Deployer:
         found: Answers,
         tier: Tier,
         log: Any,
+        *,
+        failed_first: Collection[str] = (),
     ) -> Plan:
         """The rollout's batches over ``hosts``; a shuffle without a seed gets one drawn.
 
@@ -398,24 +474,17 @@ class Deployer:
         addressable = {name for name in hosts if is_token(name)}
         if len(addressable) < len(hosts):  # no subject can name it: it cannot be deployed
             log.warning("rollout_unaddressable_hosts", count=len(hosts) - len(addressable))
-        deaf = sorted(
-            name
-            for name in addressable
-            if (info := found.hosts.get(name)) is not None
-            and info.deploy_subjects
-            and f"deploy.{tier.value}.{name}" not in info.deploy_subjects
+        _refuse_deaf(
+            addressable,
+            found,
+            tier,
+            "a rollout",
+            "deploy them without --canary and --batch",
         )
-        if deaf:
-            raise UsageError(
-                f"a rollout sends each host its request on deploy.{tier.value}.<host>, and "
-                f"{', '.join(deaf[:MAX_NAMED])}{' and more' if len(deaf) > MAX_NAMED else ''} "
-                "do not listen there (their listeners' --deploy-subject): deploy them "
-                "without --canary and --batch"
-            )
         seed = rollout.seed
         if rollout.shuffle and seed is None:
             seed = secrets.randbits(32)
-        plan = plan_rollout(addressable, rollout, seed=seed)
+        plan = plan_rollout(addressable, rollout, seed=seed, failed_first=failed_first)
         log.info(
             "rollout_planned",
             hosts=len(addressable),
@@ -427,18 +496,57 @@ class Deployer:
         )
         return plan
 
+    def _plan_closures(
+        self, hosts: Collection[str], closures: Closures, found: Answers, tier: Tier
+    ) -> ClosurePlan:
+        """Which of ``hosts`` a closure deploy sends its system, and how the rest end
+        (``closures.plan_closures``); a host that does not listen on its own subject, which
+        a closure deploy addresses, is a ``UsageError`` before anything is sent."""
+        chosen = plan_closures((name for name in hosts if is_token(name)), closures, found.hosts)
+        _refuse_deaf(
+            chosen.send.keys(),
+            found,
+            tier,
+            "a closure deploy",
+            "let their listeners hear their own subject (the default --deploy-subject)",
+        )
+        return chosen
+
+    async def _publish_closures(
+        self,
+        gathering: _Gathering,
+        events: Inbox,
+        request: DeployRequest,
+        paths: Mapping[str, str],
+    ) -> None:
+        """A closure deploy at once: one request per host, on its own subject, carrying its
+        own store path and signed for that subject; then flush, so that a refusal is known
+        before the wait. One copy of the request per host, and no validation again: the
+        paths were checked as ``Closures`` were made."""
+        prefix = f"deploy.{gathering.target.tier.value}."
+        subjects = {host: prefix + host for host in paths}
+        events.watch(subjects.values())
+        publish, reply = self._bus.publish, gathering.reply
+        for host, subject in subjects.items():
+            own = request.model_copy(update={"store_path": paths[host]})
+            await publish(subject, encode(self._sign(own, subject)), reply=reply)
+        await self._bus.flush()
+        events.raise_denied()
+
     def _refused_rollout(self, target: Target, replies: str, events: Inbox) -> None:
-        """A rollout that found no host to deploy: if it is because the server refused this
-        key its tier's answers, say that (the test key's prod, under the layout nats-config
-        writes — a single publish would have been refused, and said so)."""
+        """A rollout (or a closure deploy) that found no host to deploy: if it is because
+        the server refused this key its tier's answers, say that (the test key's prod, under
+        the layout nats-config writes — a single publish would have been refused, and said
+        so)."""
         if target.tier is Tier.PROD and Tier.PROD in self._unreadable:
             key = self._bus.public_key or "this key"
             fix = "Production needs the admin key (--nkey-file or FLEET_DEPLOY_NKEY_FILE)"
             raise PermissionDenied(
                 f"the NATS server refused key {key} permission to read the answers of prod "
-                "hosts, so a rollout can neither find nor follow one: under the permissions "
-                "nats-config writes it is a test-tier deployer key (like the one an AI "
-                f"assistant gets), which may deploy to deploy.test.> only. {fix}",
+                "hosts, so a rollout or a closure deploy (each addresses its hosts by name) "
+                "can neither find nor follow one: under the permissions nats-config writes "
+                "it is a test-tier deployer key (like the one an AI assistant gets), which "
+                f"may deploy to deploy.test.> only. {fix}",
                 subject=replies,
                 operation="subscribe",
                 fix=fix,
@@ -454,7 +562,8 @@ class Deployer:
             return []
         now = time.monotonic()
         stop = None
-        if rollout.current is not None:  # a batch ran: may the next one start?
+        if rollout.current is not None or rollout.plan.failed_first:
+            # A batch ran, or builds failed before the first: may the next one start?
             unknown = tracker.unknown_outcomes
             stop = budget_stop(rollout.plan, tracker.hosts, unknown=unknown, gone=tracker.gone)
         if stop is None and not (tracker.connected and self._bus.is_connected):
@@ -495,8 +604,8 @@ class Deployer:
         events.watch(subjects)
         gathering.tracker.start_batch(batch.hosts, time.monotonic())
         rollout.started(batch.number)
-        for subject in subjects:
-            payload = encode(self._sign(rollout.request, subject))
+        for host, subject in zip(batch.hosts, subjects, strict=True):
+            payload = encode(self._sign(rollout.request_for(host), subject))
             await self._bus.publish(subject, payload, reply=gathering.reply)
         try:
             await self._bus.flush()
@@ -581,6 +690,18 @@ class Deployer:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """What a deployment found before it sends: the hosts it expects, the discovery's
+    answers, the group's own hosts, a closure deploy's plan and a rollout's batches."""
+
+    expected: set[str]
+    found: Answers
+    matched: set[str]
+    chosen: ClosurePlan | None
+    plan: Plan | None
+
+
 class _Gathering:
     """One deployment's tracker and its caller's callbacks: what each event does to them."""
 
@@ -598,15 +719,20 @@ class _Gathering:
         on_connection: OnConnection | None,
         signer: str | None = None,
         rollout: _Rollout | None = None,
+        closures: Closures | None = None,
     ) -> None:
         self.tracker = tracker
         self.rollout = rollout
+        self.closures = closures
+        # Each host is sent its own request on its own subject (a rollout, a closure
+        # deploy): "nobody listens" is one host's, and no host answers unasked.
+        self._per_host = rollout is not None or closures is not None
         self.signer = signer  # the public key the request is signed with, if it is
         self.reply = reply
         self.deployment_id = deployment_id
         self.target = target
         self._tier = target.tier.value  # asked once per status, with whether it is a group
-        self._group = target.is_group
+        self._group = target.is_group and closures is None
         self.log = log
         self._action = action
         self._revision = revision
@@ -622,6 +748,8 @@ class _Gathering:
             revision=self._revision,
             now=now,
             rollout=self.rollout.result(self.tracker) if self.rollout is not None else None,
+            build_id=self.closures.build_id if self.closures is not None else None,
+            commit=self.closures.commit if self.closures is not None else None,
         )
 
     def report(self, changed: list[HostResult], now: float) -> None:
@@ -653,7 +781,7 @@ class _Gathering:
     def _status(self, event: Message, now: float) -> list[HostResult]:
         """A message on the reply subjects into the tracker, unless it is not believed."""
         if event.no_responders:
-            if self.rollout is not None:  # one of the batch's subjects, not the target's
+            if self._per_host:  # one of the hosts' subjects, not the target's
                 return self.tracker.no_responder(now)
             return self.tracker.nobody_listens(now)
         origin = reply_origin(self.reply, event.subject)
@@ -736,9 +864,16 @@ class _Rollout:
     """A rollout under way: its plan, the request every batch sends, where it is, and why
     it stopped (the decisions are ``fleet_core.deploy.rollout``'s)."""
 
-    def __init__(self, plan: Plan, request: DeployRequest, on_rollout: OnRollout | None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        request: DeployRequest,
+        on_rollout: OnRollout | None,
+        closures: ClosurePlan | None = None,
+    ) -> None:
         self.plan = plan
         self.request = request  # unsigned: each host's copy is signed for its own subject
+        self._paths = closures.send if closures is not None else None
         self.next = 0  # index of the next batch to publish
         self.current: int | None = None  # number of the batch published last
         self.stop: Stop | None = None
@@ -750,6 +885,12 @@ class _Rollout:
     def over(self) -> bool:
         """Every batch went out, or the rollout stopped."""
         return self.stop is not None or self.next >= len(self.plan.batches)
+
+    def request_for(self, host: str) -> DeployRequest:
+        """The request ``host`` is sent (unsigned): a closure deploy's carries its path."""
+        if self._paths is None:
+            return self.request
+        return self.request.model_copy(update={"store_path": self._paths[host]})
 
     def started(self, number: int) -> None:
         self.current = number
@@ -774,7 +915,9 @@ class _Rollout:
         a result is made after every turn of the gathering when someone hears updates: they
         are counted again only when a host has ended other than completed since."""
         if self._failed is None or tracker.unsuccessful != self._failed_at:
-            failed = failed_hosts(tracker.hosts, tracker.unknown_outcomes)
+            failed = failed_hosts(
+                tracker.hosts, tracker.unknown_outcomes, first=self.plan.failed_first
+            )
             self._failed = [h.hostname for h in failed]
             self._failed_at = tracker.unsuccessful
         return self.plan.result(self.current, self._failed, self.stop)
@@ -802,6 +945,33 @@ def _deploy_request(
         raise UsageError(str(exc)) from None
 
 
+def _end_unsent(tracker: DeploymentTracker, ended: Iterable[Ended]) -> list[HostResult]:
+    """A closure deploy's hosts that end before anything is sent, ended in the tracker."""
+    changed: list[HostResult] = []
+    for end in ended:
+        changed += tracker.end_unsent(end.host, end.status, error=end.error, message=end.message)
+    return changed
+
+
+def _refuse_deaf(hosts: Iterable[str], found: Answers, tier: Tier, what: str, instead: str) -> None:
+    """A ``UsageError`` when a discovered host of ``hosts`` says it does not listen on
+    ``deploy.<tier>.<host>`` (its listener's --deploy-subject), where ``what`` sends it its
+    request; ``instead`` says what to do."""
+    deaf = sorted(
+        name
+        for name in hosts
+        if (info := found.hosts.get(name)) is not None
+        and info.deploy_subjects
+        and f"deploy.{tier.value}.{name}" not in info.deploy_subjects
+    )
+    if deaf:
+        raise UsageError(
+            f"{what} sends each host its request on deploy.{tier.value}.<host>, and "
+            f"{', '.join(deaf[:MAX_NAMED])}{' and more' if len(deaf) > MAX_NAMED else ''} "
+            f"do not listen there (their listeners' --deploy-subject): {instead}"
+        )
+
+
 def _reached_nobody(result: DeploymentResult, target: Target, matched: set[str]) -> bool:
     """Whether the target named no host that listens: a group that discovery matched to
     none, or a single host the server said nobody is subscribed for."""
@@ -810,7 +980,7 @@ def _reached_nobody(result: DeploymentResult, target: Target, matched: set[str])
     return all(h.status == "missing" for h in result.hosts)
 
 
-def _listens_to(host: HostInfo, target: Target) -> bool:
+def listens_to(host: HostInfo, target: Target) -> bool:
     """Whether a discovered host subscribes to the target (by its own list, else by shape)."""
     if host.deploy_subjects:
         return target.subject in host.deploy_subjects

@@ -11,6 +11,13 @@ Every wait has a deadline; a read is bounded by ``scan`` messages, the newest of
 and each message goes into a ``HistoryBook`` as it arrives, so memory holds deployments,
 never the stream. Errors become ``HistoryUnavailable`` (no JetStream, no stream, no answer)
 or ``PermissionDenied`` (this key may not read that tier).
+
+Beside the tiers' streams, ``FLEET_BUILDS`` keeps the builders' statuses
+(``build.responses.*``, which only a builder may publish), so that a closure deploy can
+deploy a build a previous command ran (``--from-build``): ``read_build`` reads one build's
+statuses by its id. Its reads are answered on ``deploy.responses.<token>.builds.read``,
+which no stream captures and only the admin key reads. (Wherever a function here takes a
+``tier``, None means the builds stream.)
 """
 
 from __future__ import annotations
@@ -61,13 +68,16 @@ from fleet_core.protocol.subjects import RESPONSES_PREFIX, Target, Tier
 
 __all__ = [
     "BATCH",
+    "BUILDS_STREAM",
     "DEFAULT_SCAN",
     "HistoryView",
     "LastDeploy",
     "StreamState",
+    "builds_stream_config",
     "key_names",
     "last_deploy",
     "load_history",
+    "read_build",
     "read_history",
     "recorded_reference",
     "setup_history",
@@ -85,13 +95,41 @@ _SEED_SUFFIX: Final = ".seed"
 _MAX_SEEDS: Final = 200  # seed files beside the key that name signers
 
 StreamState = dict[str, Any]  # JetStream's state: messages, bytes, first_seq, last_seq, …
+BUILDS_STREAM: Final = "FLEET_BUILDS"
+BUILDS_SUBJECT: Final = "build.responses.*"  # a build's statuses: only a builder publishes
+MAX_BUILD_STATUSES: Final = 100_000  # statuses one build read takes at most
+
+
+def builds_stream_config(retention: Retention) -> dict[str, Any]:
+    """The builds stream: the tiers' configuration (``no_ack``, direct gets, no deletes)
+    over the builders' statuses."""
+    config = stream_config(Tier.TEST, retention)
+    return {
+        **config,
+        "name": BUILDS_STREAM,
+        "description": "fleet-deploy builds: every builder's statuses",
+        "subjects": [BUILDS_SUBJECT],
+    }
+
+
+def _stream(tier: Tier | None) -> str:
+    return BUILDS_STREAM if tier is None else stream_name(tier)
+
+
+def _reply(tier: Tier | None, token: str) -> str:
+    """Where a read's answers go: a tier's (``read_reply_subject``), or the builds stream's,
+    ``deploy.responses.<token>.builds.read``: no stream captures it (a tier's takes
+    ``deploy.responses.*.<tier>.*`` only) and only the admin key may read it."""
+    if tier is None:
+        return f"{RESPONSES_PREFIX}{token}.builds.read"
+    return read_reply_subject(tier, token)
 
 
 async def _exchange(
     bus: Bus,
     subject: str,
     payload: dict[str, Any],
-    tier: Tier,
+    tier: Tier | None,
     *,
     until_end: bool = False,
     timeout: float = API_TIMEOUT,
@@ -100,7 +138,7 @@ async def _exchange(
     the first one, or with ``until_end`` every one up to a status line (a batch's end).
 
     A refusal of the publish or of the reply's subscription is a ``PermissionDenied``."""
-    reply = read_reply_subject(tier, uuid.uuid4().hex)
+    reply = _reply(tier, uuid.uuid4().hex)
     send, receive = anyio.create_memory_object_stream[Message | PermissionDenied](math.inf)
 
     def denied(denial: PermissionDenied) -> bool:
@@ -135,8 +173,9 @@ async def _exchange(
                             ),
                             event.subject,
                         )
+                        what = "builds" if tier is None else f"{tier.value} history"
                         raise PermissionDenied(
-                            f"this key may not use the {tier.value} history: the NATS server "
+                            f"this key may not use the {what}: the NATS server "
                             f"refused it {event.operation or 'access'} on {refused}",
                             subject=refused,
                             operation=event.operation,
@@ -180,13 +219,14 @@ def _error_code(answer: dict[str, Any]) -> int | None:
     return int(error.get("err_code", 0)) if isinstance(error, dict) else None
 
 
-async def stream_state(bus: Bus, tier: Tier) -> StreamState:
+async def stream_state(bus: Bus, tier: Tier | None) -> StreamState:
     """The state of ``tier``'s history stream (counts and sequences)."""
-    name = stream_name(tier)
+    name = _stream(tier)
     answer = _api_answer(await _exchange(bus, f"{API}STREAM.INFO.{name}", {}, tier))
     if _error_code(answer) == _STREAM_NOT_FOUND:
+        what = "builds" if tier is None else f"{tier.value} history"
         raise HistoryUnavailable(
-            f"the {tier.value} history stream {name} does not exist",
+            f"the {what} stream {name} does not exist",
             reason="no_stream",
             fix="create it once with the admin key: fleet-deploy history --setup",
         )
@@ -207,12 +247,12 @@ def _error_text(answer: dict[str, Any]) -> str:
 
 
 async def _fetch(
-    bus: Bus, tier: Tier, start: int, *, until: int, only: str | None = None, stop: int = 0
+    bus: Bus, tier: Tier | None, start: int, *, until: int, only: str | None = None, stop: int = 0
 ) -> list[Recorded]:
     """The stream's messages from sequence ``start`` to ``until``, in order — with ``only``,
     those on subjects matching it (the server skips the rest, which costs it a look at
     each, and this client nothing); at most ``stop`` of them when ``stop`` is set."""
-    name = stream_name(tier)
+    name = _stream(tier)
     found: list[Recorded] = []
     while start <= until and (not stop or len(found) < stop):
         query: dict[str, Any] = {"seq": start, "batch": BATCH}
@@ -388,17 +428,42 @@ async def recorded_reference(
     return newest
 
 
+async def read_build(bus: Bus, build_id: str) -> list[bytes]:
+    """Every status of the build ``build_id`` the builds stream holds, oldest first (the
+    server picks them out by subject, ``build.responses.<id>``).
+
+    Raises ``HistoryUnavailable`` (no JetStream, no builds stream, no answer) or
+    ``PermissionDenied`` (a key without JetStream: only the admin's has it)."""
+    if not is_request_id(build_id):
+        raise UsageError(
+            f"{build_id[:80]!r} is not a build id: ids are 1-64 letters, digits, '-' or '_', "
+            "as build prints them"
+        )
+    state = await stream_state(bus, None)
+    oldest = max(int(state.get("first_seq", 0)), 1)
+    last = int(state.get("last_seq", 0))
+    subject = BUILDS_SUBJECT.replace("*", build_id)
+    found = await _fetch(bus, None, oldest, until=last, only=subject, stop=MAX_BUILD_STATUSES)
+    log.debug("build_read", build_id=build_id, statuses=len(found))
+    return [entry.data for entry in found if entry.subject == subject]
+
+
 async def setup_history(
-    bus: Bus, tiers: Iterable[Tier], retention: Retention
+    bus: Bus, tiers: Iterable[Tier], retention: Retention, *, builds: bool = True
 ) -> dict[str, Literal["created", "updated"]]:
-    """Create each tier's stream, or bring an existing one to ``retention``; idempotent.
+    """Create each tier's stream, and (``builds``) the builds stream, or bring an existing
+    one to ``retention``; idempotent.
 
     JetStream refuses some changes to an existing stream (its storage type, for one); the
     error then says so, and nothing was changed."""
     done: dict[str, Literal["created", "updated"]] = {}
-    for tier in tiers:
-        config = stream_config(tier, retention)
-        name = stream_name(tier)
+    streams: list[tuple[Tier | None, dict[str, Any]]] = [
+        (tier, stream_config(tier, retention)) for tier in tiers
+    ]
+    if builds:
+        streams.append((None, builds_stream_config(retention)))
+    for tier, config in streams:
+        name = _stream(tier)
         try:
             info = _api_answer(await _exchange(bus, f"{API}STREAM.INFO.{name}", {}, tier))
             outcome: Literal["created", "updated"] = (

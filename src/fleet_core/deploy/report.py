@@ -9,6 +9,9 @@ escaped: a host must not print a line of its own, such as a fake verdict.
 A rollout's result adds a BATCH column and a paragraph on its steps; each batch that goes
 out gets a live line (``rollout_line``: ``canary: web1``, ``batch 2/4: web3, web4``), and so
 does its stop, which names the skipped hosts once instead of a line each.
+
+A closure deploy's result names the build and the commit its systems were built from, and
+lists the exact system each host was sent (``systems_lines``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "rollout_line",
     "rollout_paragraph",
     "summary",
+    "systems_lines",
     "trust_lines",
 ]
 
@@ -89,11 +93,7 @@ def host_line(host: HostResult) -> str:
 def summary(result: DeploymentResult) -> str:
     """The final report: a row per host, the log tail of every failure, and a verdict."""
     rollout = result.rollout
-    what = (
-        f"health checks of {result.subject}"
-        if result.action == "check"
-        else f"{result.action} of {result.revision} to {result.subject}"
-    )
+    what = _what(result)
     lines = [
         f"deployment {result.deployment_id}: {what} ({result.duration_s:.1f} s)",
         "",
@@ -110,6 +110,7 @@ def summary(result: DeploymentResult) -> str:
         name = printable(host.hostname)
         batch = f"{_batch_cell(host):<6} " if rollout else ""
         lines.append(f"  {name:<20} {batch}{host.status:<10} {took:>8}  {printable(note)}{marker}")
+    lines += systems_lines(result.hosts)
     lines += check_lines(result.hosts)
     for host in result.hosts:
         if host.log_tail:
@@ -131,6 +132,34 @@ def summary(result: DeploymentResult) -> str:
         verdict += " (not server-verified)"
     lines += ["", f"{verdict}: {counts}"]
     return "\n".join(lines)
+
+
+def _what(result: DeploymentResult) -> str:
+    """What the deployment did, for the first line: a closure deploy names its build and
+    commit (the revision is then the commit), or says that it sent a given system."""
+    if result.action == "check":
+        return f"health checks of {result.subject}"
+    if result.build_id is not None:
+        at = f" (commit {printable(result.commit[:12])})" if result.commit else ""
+        return (
+            f"{result.action} of the systems of build {printable(result.build_id)}{at} to "
+            f"{result.subject}"
+        )
+    if any(host.store_path for host in result.hosts):
+        return f"{result.action} of a given system to {result.subject}"
+    return f"{result.action} of {result.revision} to {result.subject}"
+
+
+def systems_lines(hosts: Sequence[HostResult]) -> list[str]:
+    """A closure deploy: the exact system each host was sent, a line per host."""
+    sent = [host for host in hosts if host.store_path]
+    if not sent:
+        return []
+    lines = ["", "--- systems sent ---"]
+    lines += [
+        f"  {printable(host.hostname):<20} {printable(host.store_path or '')}" for host in sent
+    ]
+    return lines
 
 
 def cancel_summary(result: CancelResult) -> str:

@@ -17,6 +17,10 @@ the deployer (``fleet_core.deploy.deployer``) only sends and listens.
 - **The budget**: a host of a batch that ran and ended anything but ``completed`` — failed,
   rejected, missing, lost, timeout — counts against it. Once more than ``max_failures`` hosts
   count, no further batch starts and every host not attempted ends ``skipped``.
+- **Build failures first**: a closure deploy's host whose build failed is never sent
+  anything (``fleet_core.deploy.closures``); it counts against the budget before the first
+  batch (``Plan.failed_first``), so that with ``--max-failures 0`` a failed build stops the
+  rollout before any host switches.
 - **The deployer's own outage is no failure**: a host that ended ``timeout`` while the
   deployer's NATS connection was down (or given up) has an unknown outcome. It does not spend
   the budget, but no batch starts after it either — going on blind is what a canary exists
@@ -78,6 +82,9 @@ class Plan:
     settings: RolloutSettings
     batches: tuple[Batch, ...]
     seed: int | None = None  # the shuffle's; None: by name
+    # Hosts that failed before the first batch (a closure deploy's failed builds): in no
+    # batch, never sent anything, and counted against the budget from the start.
+    failed_first: frozenset[str] = frozenset()
 
     @property
     def later(self) -> int:
@@ -114,10 +121,16 @@ def ordered(hosts: Iterable[str], seed: int | None = None) -> list[str]:
 
 
 def plan_rollout(
-    hosts: Iterable[str], settings: RolloutSettings, *, seed: int | None = None
+    hosts: Iterable[str],
+    settings: RolloutSettings,
+    *,
+    seed: int | None = None,
+    failed_first: Iterable[str] = (),
 ) -> Plan:
     """Cut ``hosts`` into batches as ``settings`` asks: ``canary`` hosts first, then batches
-    of the batch size. ``seed`` (required when ``settings.shuffle``) orders a shuffle."""
+    of the batch size. ``seed`` (required when ``settings.shuffle``) orders a shuffle.
+    ``failed_first`` names hosts that already failed (their builds), in no batch: a
+    percentage counts them among the target's hosts, and the budget counts them first."""
     if settings.shuffle and seed is None:
         raise ValueError("a shuffled rollout needs its seed")
     names = ordered(hosts, seed if settings.shuffle else None)
@@ -125,11 +138,12 @@ def plan_rollout(
     canary, rest = names[: settings.canary], names[settings.canary :]
     if canary:
         batches.append(Batch(0, tuple(canary)))
-    size = max(1, _batch_size(settings, len(names)) or len(rest))
+    first = frozenset(failed_first) - set(names)
+    size = max(1, _batch_size(settings, len(names) + len(first)) or len(rest))
     for start in range(0, len(rest), size):
         number = len(batches) + (0 if canary else 1)  # after the canary's 0, from 1
         batches.append(Batch(number, tuple(rest[start : start + size])))
-    return Plan(settings, tuple(batches), seed if settings.shuffle else None)
+    return Plan(settings, tuple(batches), seed if settings.shuffle else None, first)
 
 
 def _batch_size(settings: RolloutSettings, total: int) -> int | None:
@@ -149,10 +163,16 @@ def budget_stop(
     gone: bool = False,
 ) -> Stop | None:
     """Whether the rollout must stop before its next batch, given every host's state now
-    (those of the batches run so far are final): a host's job was cancelled, the budget is
-    spent, or an outcome is unknown because of the deployer's own outage. None: go on."""
-    finished = [h for h in hosts if h.batch is not None and h.final and h.status != "skipped"]
-    failed = failed_hosts(finished, unknown)
+    (those of the batches run so far are final, and those that failed before the first):
+    a host's job was cancelled, the budget is spent, or an outcome is unknown because of
+    the deployer's own outage. None: go on."""
+    first = plan.failed_first
+    finished = [
+        h
+        for h in hosts
+        if (h.batch is not None or h.hostname in first) and h.final and h.status != "skipped"
+    ]
+    failed = failed_hosts(finished, unknown, first=first)
     names = tuple(h.hostname for h in failed)
     cancelled = [h for h in failed if h.error == "cancelled"]
     if cancelled:  # someone cancelled the deployment: no budget keeps it going
@@ -174,13 +194,16 @@ def budget_stop(
     return None
 
 
-def failed_hosts(hosts: Iterable[HostResult], unknown: Collection[str] = ()) -> list[HostResult]:
+def failed_hosts(
+    hosts: Iterable[HostResult], unknown: Collection[str] = (), *, first: Collection[str] = ()
+) -> list[HostResult]:
     """The hosts of a rollout's batches that count against its budget: final, and neither
-    completed, nor skipped (never tried), nor of an outcome the deployer's outage hid."""
+    completed, nor skipped (never tried), nor of an outcome the deployer's outage hid; and
+    ``first``, those that failed before the first batch (``Plan.failed_first``)."""
     return [
         h
         for h in hosts
-        if h.batch is not None
+        if (h.batch is not None or h.hostname in first)
         and h.final
         and h.status not in ("completed", "skipped")
         and h.hostname not in unknown
@@ -204,17 +227,22 @@ def _batch_named(number: int) -> str:
 
 
 def _who(failed: Sequence[HostResult]) -> str:
-    """The failed hosts with their batches: "web2 in batch 1", "web1 in the canary batch"."""
-    groups: dict[int, list[str]] = {}
+    """The failed hosts with their batches: "web2 in batch 1", "web1 in the canary batch",
+    "web3 before any batch (its build failed)"."""
+    groups: dict[int | None, list[str]] = {}
     for host in failed:
-        groups.setdefault(host.batch or 0, []).append(host.hostname)
+        groups.setdefault(host.batch, []).append(host.hostname)
     parts = []
     shown = 0
     for number, names in groups.items():
         if shown >= MAX_NAMED:
             break
-        where = _batch_named(number)
-        parts.append(f"{_names(names, MAX_NAMED - shown)} in {where}")
+        where = (
+            f"before any batch ({'its build' if len(names) == 1 else 'their builds'} failed)"
+            if number is None
+            else f"in {_batch_named(number)}"
+        )
+        parts.append(f"{_names(names, MAX_NAMED - shown)} {where}")
         shown += len(names)
     more = len(failed) - shown
     text = "; ".join(parts)

@@ -9,6 +9,8 @@ Final states: ``completed``, ``failed`` and ``rejected`` come from the listener;
 deployer itself decides ``missing`` (an expected host never answered), ``lost`` (a host went
 silent after answering), ``timeout`` (the deployment's deadline passed first) and
 ``skipped`` (a rollout stopped before it reached the host, which was never sent a request).
+A closure deploy ends some hosts before anything is sent (``end_unsent``: their build
+failed, or their listener cannot take one), and keeps each host's ``store_path``.
 
 A rollout (``fleet_core.deploy.rollout``) names each host's batch up front: those hosts start
 ``queued``, in no clock, and ``start_batch`` opens one batch at a time — its answer window and
@@ -142,6 +144,11 @@ class HostResult(BaseModel):
         None,
         description="after a rollback decided on the host: the exact system that runs again",
     )
+    store_path: str | None = Field(
+        None,
+        description="a closure deploy: the exact system the host was sent (null: it was sent "
+        "none, or the deployment evaluated a revision on the hosts)",
+    )
 
 
 _OBSERVED_FIELDS: Final = frozenset(HostResult.model_fields) - {"recovered"}
@@ -179,6 +186,7 @@ def _observed(status: Status, current: HostResult | None, final: bool) -> HostRe
             "batch": current.batch if current is not None else None,
             "checks": list(status.checks) if status.checks is not None else None,
             "rolled_back_to": status.rolled_back_to,
+            "store_path": current.store_path if current is not None else None,
         },
     )
     _set(host, "__pydantic_fields_set__", set(_OBSERVED_FIELDS))
@@ -297,6 +305,13 @@ class DeploymentResult(BaseModel):
     rollout: RolloutResult | None = Field(
         None, description="the batches of a rollout (--canary, --batch); null: not a rollout"
     )
+    build_id: str | None = Field(
+        None,
+        description="a closure deploy of a build: the build whose systems the hosts were sent",
+    )
+    commit: str | None = Field(
+        None, description="a closure deploy of a build: the commit every system was built from"
+    )
 
 
 class DeploymentTracker:
@@ -322,6 +337,7 @@ class DeploymentTracker:
         silence_limit: float,
         recheck_after: Sequence[float] = RECHECK_AFTER,
         batches: Mapping[str, int] | None = None,
+        paths: Mapping[str, str] | None = None,
     ) -> None:
         self._started_at = started_at
         self._timeout = timeout
@@ -338,6 +354,7 @@ class DeploymentTracker:
                 hostname=name,
                 status="queued" if name in queued else "pending",
                 batch=queued.get(name),
+                store_path=paths.get(name) if paths else None,
             )
             for name in names
         }
@@ -422,6 +439,24 @@ class DeploymentTracker:
             self._queued.discard(name)
             self._pending.add(name)
             self._replace(host, host.model_copy(update={"status": "pending"}))
+
+    def end_unsent(
+        self, name: str, state: HostState, *, error: str | None, message: str
+    ) -> list[HostResult]:
+        """``name`` ends ``state`` before anything is sent to it, and never will be: a closure
+        deploy's host whose build failed, or whose listener cannot take one
+        (``fleet_core.deploy.closures``). It is neither pending nor queued from here."""
+        host = self._hosts[name]
+        if host.final:
+            return []
+        self._queued.discard(name)
+        self._pending.discard(name)
+        updated = host.model_copy(
+            update={"status": state, "final": True, "error": error, "message": message}
+        )
+        self._replace(host, updated)
+        self._open -= 1
+        return [updated]
 
     def skip(self, message: str) -> list[HostResult]:
         """The rollout stops: every host still queued ends ``skipped``, never sent a request."""
@@ -689,6 +724,8 @@ class DeploymentTracker:
         revision: str,
         now: float,
         rollout: RolloutResult | None = None,
+        build_id: str | None = None,
+        commit: str | None = None,
     ) -> DeploymentResult:
         # Built without re-validating every host: each HostResult was validated when made.
         return DeploymentResult.model_construct(
@@ -709,6 +746,8 @@ class DeploymentTracker:
             unverified=sorted(self._unverified),
             found_in_tier=None,
             rollout=rollout,
+            build_id=build_id,
+            commit=commit,
         )
 
     # -- internals ------------------------------------------------------------------------------
@@ -806,6 +845,7 @@ class DeploymentTracker:
             log_tail=job.log_tail or [],
             recovered=True,
             batch=host.batch,
+            store_path=host.store_path,
         )
         self._replace(host, updated)
         self._open -= 1

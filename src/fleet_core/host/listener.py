@@ -36,6 +36,7 @@ from fleet_core.config.options import RESTART_EXIT_STATUS
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.errors import FleetError, PermissionDenied, RequestRejected
 from fleet_core.host.facts import FactsReader
+from fleet_core.host.jobs.guard import closure_refusal
 from fleet_core.host.jobs.launch import Rebuilder, rebuilder_for
 from fleet_core.host.jobs.manager import HostJobs, Job
 from fleet_core.host.jobs.outcome import Outcome
@@ -377,6 +378,11 @@ class Listener:
             if request.action is not Action.CANCEL:
                 validate_action_for(self.settings.host_kind, request.action)
             await self._verify(request, msg.subject)
+            # A closure deploy of a path that is not this host's own system, by its name:
+            # refused before anything is accepted, fetched or changed.
+            refusal = closure_refusal(self.settings, request)
+            if refusal is not None:
+                raise refusal
         except RequestRejected as exc:
             answered = signer is not None or not self.settings.trusted_deployer_keys
             self._log.warning(
@@ -545,6 +551,7 @@ class Listener:
             busy=self.busy,
             deploy_subjects=list(self.settings.subjects),
             kind=self.settings.host_kind.value,
+            closures=True,  # it takes closure deploys (DeployRequest.store_path)
             running_job=running,
             job=await self._job_summary(request.job) if request.job is not None else None,
             recent_jobs=(

@@ -7,6 +7,8 @@ Modules:
     sandbox                ``fleet-deploy sandbox``: a whole simulated fleet, and its tour
     simulated_rebuild      the nixos-rebuild, darwin-rebuild and home-manager stand-in
     simulated_nix          the nix stand-in a builder runs
+    simulated_nix_store    a host's nix-store --realise stand-in, and the file:// cache it
+                           reads (signed narinfos, as a closure deploy fetches them)
     simulated_systemd_run  the systemd-run stand-in, for the systemd launch mode
     simulated_system       a host's system profile under a directory of its own: store
                            paths, generations, current and booted; switch-to-configuration
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
         LocalFleet,
         Permissions,
         local_fleet,
+        simulated_closures,
         simulated_darwin_rebuild_command,
         simulated_facts,
         simulated_home_manager_command,
@@ -45,17 +48,20 @@ if TYPE_CHECKING:
         stop_jobs,
     )
     from fleet_core.testing.simulated_network import LinkPort, host_link
+    from fleet_core.testing.simulated_nix_store import publish_system, simulated_nix_store_command
     from fleet_core.testing.simulated_system import (
         init_root,
         make_system,
         set_profile,
         simulated_nix_env_command,
         simulated_systemctl_command,
+        system_at,
     )
 
 _FLEET = "fleet_core.testing.fleet"
 _SYSTEM = "fleet_core.testing.simulated_system"
 _NETWORK = "fleet_core.testing.simulated_network"
+_NIX_STORE = "fleet_core.testing.simulated_nix_store"
 # Each exported name, and the module it is loaded from.
 _HOMES = {
     "FLAKE_URL": _FLEET,
@@ -69,17 +75,21 @@ _HOMES = {
     "init_root": _SYSTEM,
     "local_fleet": _FLEET,
     "make_system": _SYSTEM,
+    "publish_system": _NIX_STORE,
     "set_profile": _SYSTEM,
+    "simulated_closures": _FLEET,
     "simulated_darwin_rebuild_command": _FLEET,
     "simulated_home_manager_command": _FLEET,
     "simulated_nix_command": _FLEET,
     "simulated_facts": _FLEET,
     "simulated_nix_env_command": _SYSTEM,
+    "simulated_nix_store_command": _NIX_STORE,
     "simulated_rebuild_command": _FLEET,
     "simulated_rollback": _FLEET,
     "simulated_systemctl_command": _SYSTEM,
     "simulated_systemd_run_command": _FLEET,
     "stop_jobs": _FLEET,
+    "system_at": _SYSTEM,
 }
 
 __all__ = [
@@ -94,17 +104,21 @@ __all__ = [
     "init_root",
     "local_fleet",
     "make_system",
+    "publish_system",
     "set_profile",
+    "simulated_closures",
     "simulated_darwin_rebuild_command",
     "simulated_facts",
     "simulated_home_manager_command",
     "simulated_nix_command",
     "simulated_nix_env_command",
+    "simulated_nix_store_command",
     "simulated_rebuild_command",
     "simulated_rollback",
     "simulated_systemctl_command",
     "simulated_systemd_run_command",
     "stop_jobs",
+    "system_at",
 ]
 
 

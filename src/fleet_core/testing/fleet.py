@@ -66,6 +66,7 @@ from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.history import Retention
 from fleet_core.deploy.history_reader import setup_history
 from fleet_core.errors import FleetError, HistoryUnavailable
+from fleet_core.host.jobs.closure import Plan, activation_steps, read_plan
 from fleet_core.host.jobs.jobdir import EXIT_FILE, OUTPUT_LOG
 from fleet_core.host.jobs.launch import Launched, Rebuilder, RebuildJob
 from fleet_core.host.listener import Listener
@@ -82,6 +83,7 @@ from fleet_core.setup.nats_config import (
     nats_config,
 )
 from fleet_core.testing.embedded_server import EmbeddedNatsCluster, EmbeddedNatsServer
+from fleet_core.testing.simulated_nix_store import simulated_nix_store_command
 from fleet_core.testing.simulated_nixos_version import simulated_version_command
 from fleet_core.testing.simulated_system import (
     booted_system_path,
@@ -89,6 +91,7 @@ from fleet_core.testing.simulated_system import (
     profile_path,
     simulated_nix_env_command,
     simulated_systemctl_command,
+    store_dir,
 )
 
 __all__ = [
@@ -99,6 +102,7 @@ __all__ = [
     "LocalFleet",
     "Permissions",
     "local_fleet",
+    "simulated_closures",
     "simulated_darwin_rebuild_command",
     "simulated_facts",
     "simulated_home_manager_command",
@@ -136,7 +140,8 @@ class InstantRebuilder:
     It "launches" by writing what a job runner leaves behind a finished rebuild (its output
     and ``exit.json``), so the listener follows it like any job. For what the listener and
     deployer cost by themselves (the benchmarks), and for tests that need a completed
-    deploy, not a rebuild.
+    deploy, not a rebuild. A closure deploy (its plan in the job directory) "fetches and
+    activates" its store path at once the same way.
     """
 
     async def start(self, job: RebuildJob) -> Launched:
@@ -144,8 +149,13 @@ class InstantRebuilder:
         flake = argv[argv.index("--flake") + 1] if "--flake" in argv[:-1] else ""
         host = flake.rpartition("#")[2] or "host"
         line = f"Done. The new configuration is /nix/store/{'0' * 32}-nixos-system-{host}-25.05"
+        finished: dict[str, Any] = {"exit_code": 0, "timed_out": False, "duration_s": 0.0}
+        plan = read_plan(job.directory)
+        if isinstance(plan, Plan):
+            line = f"copying path '{plan.store_path}' from 'https://cache.example.invalid'..."
+            steps = ["fetch", "check", *(name for name, _ in activation_steps(plan))]
+            finished["closure"] = {"store_path": plan.store_path, "steps": steps}
         (job.directory / OUTPUT_LOG).write_text(line + "\n", encoding="utf-8")
-        finished = {"exit_code": 0, "timed_out": False, "duration_s": 0.0}
         (job.directory / EXIT_FILE).write_text(json.dumps(finished), encoding="utf-8")
         return Launched()
 
@@ -202,6 +212,28 @@ def simulated_rollback(
         checks=tuple(checks),
         confirm_timeout=confirm_timeout,
     )
+
+
+def simulated_closures(
+    root: Path,
+    cache: Path,
+    trusted_key: str,
+    *sim: str,
+    checks: Sequence[HealthCheckSpec] = (),
+    confirm_timeout: float = 10.0,
+) -> dict[str, Any]:
+    """The settings of a listener on the simulated host whose root is ``root`` that takes
+    closure deploys, as ``listener_settings(host, **…)`` overrides: it fetches from the
+    ``file://`` cache ``cache`` with the simulated ``nix-store`` (``--sim-*`` options in
+    ``sim``), trusting signatures by ``trusted_key`` only, into that root's store, and
+    activates, checks and rolls back there (``simulated_rollback``, ``simulated_facts``).
+    The root must exist (``init_root``)."""
+    return {
+        "nix_store_command": simulated_nix_store_command(root, cache, trusted_key, *sim),
+        "store_dir": store_dir(root),
+        "rollback": simulated_rollback(root, checks=checks, confirm_timeout=confirm_timeout),
+        "facts": simulated_facts(root),
+    }
 
 
 def simulated_systemd_run_command(*sim: str) -> tuple[str, ...]:

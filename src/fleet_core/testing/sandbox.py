@@ -22,7 +22,8 @@ which only cancels the work. So whatever ends the run, shutdown is the same: the
 are cancelled, the rebuilds they leave running are stopped and reported ``failed/cancelled``
 (``Listener.stop_jobs``), their connections closed, nats-server stopped, and a
 temporary directory removed. What is left here is the sandbox's own: its plan, its
-directory and lock, its simulated ``nixos-rebuild`` per host, the banner and the tour.
+directory and lock, its simulated ``nixos-rebuild`` and ``nix-store`` per host, the banner
+and the tour.
 
 The directory (``--dir``, or a temporary one)::
 
@@ -31,9 +32,12 @@ The directory (``--dir``, or a temporary one)::
     nats/nats-server.conf   what nats-config writes for that inventory
     nats/fleet-<n>.conf     with --cluster: node n's routes, including the file above
     state/<host>/jobs/      each host's job logs
-    hosts/<host>/           its simulated nixos-rebuild, and root/: its simulated system
-                            profile, current system and store (testing.simulated_system)
-    cache/                  the builder's binary cache: a .narinfo per built closure
+    hosts/<host>/           its simulated nixos-rebuild and nix-store, and root/: its
+                            simulated system profile, current system and store
+                            (testing.simulated_system)
+    cache/                  the builder's binary cache: a signed .narinfo and its NAR per
+                            built closure, which the hosts fetch closure deploys from
+    builder-store/          what the builder built (testing.simulated_nix's --sim-store)
     logs/sandbox.log        without --once: the listeners' and the builder's JSON log lines,
                             appended (a temporary directory takes it along when removed)
 
@@ -61,7 +65,7 @@ import anyio
 
 from fleet_core.build.builder import Builder
 from fleet_core.build.client import BuildClient
-from fleet_core.build.protocol import parse_build_target
+from fleet_core.build.protocol import BuildResult, parse_build_target
 from fleet_core.build.report import build_summary
 from fleet_core.config.options import SYSTEM_RUNNING_CHECK
 from fleet_core.config.settings import (
@@ -70,6 +74,7 @@ from fleet_core.config.settings import (
     ListenerSettings,
     SandboxSettings,
 )
+from fleet_core.deploy.closures import Closures, closures_from_build
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import host_line, hosts_table, summary
 from fleet_core.deploy.tracker import DeploymentResult, HostResult
@@ -87,10 +92,11 @@ from fleet_core.testing import (
     local_fleet,
     simulated_facts,
     simulated_nix_command,
+    simulated_nix_store_command,
     simulated_rebuild_command,
     simulated_rollback,
 )
-from fleet_core.testing.simulated_system import current
+from fleet_core.testing.simulated_system import current, store_dir
 
 __all__ = [
     "ADMIN",
@@ -110,6 +116,9 @@ ADMIN = "admin"
 BUILDER = "buildbox"
 REPO = "fleet"  # the builder's repository: build.fleet.<host>, build.fleet.all
 FLAKE_URL = "git+https://git.example.org/nixos-configs.git"
+# The name of the key the builder signs the cache with, and the hosts trust (nix's own
+# trusted-public-keys; the simulated nix-store checks it by name).
+CACHE_KEY = "cache.sandbox.invalid-1"
 READY_LINE = "sandbox ready"  # printed (and flushed) once everything listens; tests wait for it
 _TOUR_TIMING = DeployTiming(
     answer_within=5.0,
@@ -346,8 +355,34 @@ def _listener_settings(
             confirm_timeout=_CONFIRM_TIMEOUT,
         ),
         facts=simulated_facts(root),  # what `hosts` and `status` show: its simulated system
+        # Closure deploys: fetched from the builder's cache, signed by the key it trusts.
+        nix_store_command=_nix_store_command(fleet.root, host.name, root),
+        store_dir=store_dir(root),
         **({"nats_urls": (url,)} if url is not None else {}),
     )
+
+
+def _nix_store_command(directory: Path, host: str, system_root: Path) -> tuple[str, ...]:
+    """The host's simulated ``nix-store``, fetching from the builder's cache and trusting its
+    key: a script by that name where a shebang can name this interpreter, so status lines
+    show ``…/nix-store --realise /nix/store/…``."""
+    command = simulated_nix_store_command(system_root, directory / "cache", CACHE_KEY)
+    sim = list(command[3:])  # without the interpreter and its -m module
+    python = sys.executable
+    if any(c.isspace() for c in python) or len(python) > _SHEBANG_MAX:
+        return command
+    script = directory / "hosts" / host / "nix-store"
+    script.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    script.write_text(
+        f"#!{python}\n"
+        f"# The simulated nix-store of sandbox host {host} (fleet-deploy sandbox).\n"
+        "import sys\n\n"
+        "from fleet_core.testing.simulated_nix_store import main\n\n"
+        f"sys.exit(main([*{sim!r}, *sys.argv[1:]]))\n",
+        encoding="utf-8",
+    )
+    script.chmod(0o700)
+    return (str(script),)
 
 
 def _rebuild_command(
@@ -399,6 +434,8 @@ async def _builder(
         "--sim-delay",
         f"{settings.sim_delay / 3:.3f}",
         *(arg for h in plan if h.fails for arg in ("--sim-fail-host", h.name)),
+        # Copies signed as nix signs with secret-key-files, and systems that know their commit.
+        *("--sim-signing-key", CACHE_KEY, "--sim-store", str(fleet.root / "builder-store")),
     ]
     builder = Builder(
         fleet.builder_settings(
@@ -634,7 +671,8 @@ class _Sandbox:
             await self._deploy_test(deployer, problems, cli)
             await self._refused(deployer, problems, cli)
         await self._admin(problems, cli)
-        await self._build(problems, cli)
+        build = await self._build(problems, cli)
+        await self._closures(build, problems, cli)
         if problems:
             self.say("\nThe tour saw something it did not expect:")
             for problem in problems:
@@ -728,7 +766,7 @@ class _Sandbox:
         if not result.ok or sorted(h.hostname for h in result.hosts) != web:
             problems.append(f"deploy.prod.role.web with the admin key ended {result.counts}")
 
-    async def _build(self, problems: list[str], cli: str) -> None:
+    async def _build(self, problems: list[str], cli: str) -> BuildResult:
         self.say(
             f"\n6. Build every host's system once, for the binary cache    "
             f"$ {cli} build {REPO} all\n"
@@ -752,3 +790,82 @@ class _Sandbox:
         seen = {h.host: h.state.value for h in result.hosts}
         if seen != expected:
             problems.append(f"build.{REPO}.all ended {seen}, expected {expected}")
+        return result
+
+    async def _closures(self, build: BuildResult, problems: list[str], cli: str) -> None:
+        """Deploy what the build built to the test tier: no host evaluates anything; then
+        send one host another's system, which it refuses by name, fetching nothing."""
+        self.say(
+            "\n7. Deploy what step 6 built to the test tier    "
+            f"$ {cli} deploy deploy.test.all --build {REPO}\n"
+        )
+        test_hosts = sorted(h.name for h in self.plan if h.tier is Tier.TEST)
+        # The hosts switched in step 2: each measures its new system's facts once, for the
+        # first discovery after it, which may take longer than a discovery window on a busy
+        # machine. Until every host has answered once, a closure deploy could miss one.
+        await self.fleet.wait_for_listeners(test_hosts)
+        async with await self.fleet.connect(TEST_DEPLOYER, name="tour closures") as bus:
+            deployer = Deployer(bus, timing=_TOUR_TIMING, signer=self.fleet.seed(TEST_DEPLOYER))
+            try:
+                closures = closures_from_build(build, test_hosts)
+            except FleetError as exc:
+                problems.append(f"the build cannot be deployed: {exc}")
+                return
+            result = await deployer.deploy(
+                parse_target("deploy.test.all"),
+                revision="master",  # what was built: the build's commit, which it pinned
+                action=Action.SWITCH,
+                timeout=_TOUR_DEPLOY_TIMEOUT,
+                on_update=self._live,
+                closures=closures,
+            )
+            self.say("\n" + summary(result))
+            self.say(
+                "  Each host fetched the store path built for it from the cache (the cache's\n"
+                "  signature checked by its nix), checked that it is a system, and switched to\n"
+                "  exactly that: no host evaluated the flake. A host whose build failed was sent\n"
+                "  nothing and ends with the build's error. (--build builds the target's hosts\n"
+                "  and deploys them in one command; the tour deploys step 6's build.)"
+            )
+            expected = {
+                h.name: ("failed", "build_failed") if h.fails else ("completed", None)
+                for h in self.plan
+                if h.tier is Tier.TEST
+            }
+            seen = {h.hostname: (h.status, h.error) for h in result.hosts}
+            if seen != expected:
+                problems.append(f"the closure deploy ended {seen}, expected {expected}")
+            await self._not_its_own(deployer, closures, problems)
+
+    async def _not_its_own(
+        self, deployer: Deployer, closures: Closures, problems: list[str]
+    ) -> None:
+        """web1 is sent another host's system: refused on arrival, nothing fetched."""
+        mine, theirs = next(
+            ((a, b) for a in sorted(closures.paths) for b in sorted(closures.paths) if a != b),
+            (None, None),
+        )
+        if mine is None or theirs is None:
+            return
+        path = closures.paths[theirs]
+        self.say(f"\n8. Send {mine} the system built for {theirs}    {path}\n")
+        before = current(host_root(self.root, mine))
+        await self.fleet.wait_for_listeners([mine])  # it switched in step 7: as there
+        result = await deployer.deploy(
+            parse_target(f"deploy.test.{mine}"),
+            revision="master",
+            action=Action.SWITCH,
+            timeout=_TOUR_DEPLOY_TIMEOUT,
+            on_update=self._live,
+            closures=Closures(paths={mine: path}, commit=closures.commit),
+        )
+        [host] = result.hosts
+        self.say(
+            f"  {mine} refused it by its name before fetching anything: a host takes only its\n"
+            f"  own system (the CLI's --store-path refuses it even before sending). {mine} still\n"
+            f"  runs {before}."
+        )
+        if (host.status, host.error) != ("rejected", "wrong_host"):
+            problems.append(f"{mine} took {theirs}'s system: {host.status} {host.error}")
+        if current(host_root(self.root, mine)) != before:
+            problems.append(f"{mine}'s running system changed after refusing {theirs}'s")

@@ -18,16 +18,25 @@ a build open without sleeping), or to leave a child behind that holds its output
 ``--sim-print-file`` adds a file's bytes, as they are, to the end of every build's log (a
 failing build's after its error): what a branch's author can make nix print.
 A copy ``--to file://DIR`` writes ``DIR/<hash>.narinfo`` naming the store path, as a real
-file binary cache does, so tests can see what reached the cache. ``--sim-record`` appends
-each argv as one JSON line. The commit of a branch is a hash of the flake URL and the branch
-name, so it is stable within a test and differs between branches. ``--sim-metadata-pad N``
-adds N characters of lock data to the metadata, as a flake with many inputs prints.
+file binary cache does, so tests can see what reached the cache; with
+``--sim-signing-key NAME`` (the builder's ``secret-key-files``) it writes the whole narinfo,
+signed by NAME, and the NAR, so a host's simulated ``nix-store --realise``
+(``simulated_nix_store``, which holds the cache's format) can fetch the system from it; with
+``--sim-store DIR`` (the builder's store) a build leaves what it made there, and that system
+carries the commit it was built from as its configuration revision, as a flake setting
+``system.configurationRevision`` does (without it, a copied system's label is the NixOS
+version in its name).
+``--sim-record`` appends each argv as one JSON line. The commit of a branch is a hash of the
+flake URL and the branch name, so it is stable within a test and differs between branches.
+``--sim-metadata-pad N`` adds N characters of lock data to the metadata, as a flake with many
+inputs prints.
 Standard library only (and the simulated nixos-rebuild's evaluation error, the same flake's).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -36,6 +45,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from fleet_core.testing.simulated_nix_store import publish, system_content
 from fleet_core.testing.simulated_rebuild import EVAL_ERROR
 
 _TOPLEVEL = ".config.system.build.toplevel"
@@ -56,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sim-metadata-pad", type=int, default=0, help="lock data, characters")
     parser.add_argument("--sim-no-lock", action="store_true", help="metadata names no commit")
     parser.add_argument("--sim-print-file", type=Path, help="a build's log ends with its bytes")
+    parser.add_argument("--sim-signing-key", help="copies sign their narinfo with this key name")
+    parser.add_argument(
+        "--sim-store", type=Path, help="the builder's store: what a build made, for its copy"
+    )
     parser.add_argument(
         "--sim-leave-child",
         type=Path,
@@ -171,7 +185,13 @@ def _build(args: list[str], sim: argparse.Namespace) -> int:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         sim.sim_leave_child.write_text(str(child.pid), encoding="utf-8")
     name = f"nixos-system-{host}-24.11.20241122.5e4fbfb"  # the simulated nixos-rebuild's too
-    print(_store_path(name, _commit(url, params)), flush=True)
+    commit = _commit(url, params)
+    path = _store_path(name, commit)
+    if sim.sim_store is not None:  # the system knows its commit: configurationRevision
+        sim.sim_store.mkdir(parents=True, exist_ok=True)
+        built = system_content(path, label=commit)
+        (sim.sim_store / f"{Path(path).name}.json").write_text(json.dumps(built), "utf-8")
+    print(path, flush=True)
     return 0
 
 
@@ -193,9 +213,22 @@ def _copy(args: list[str], sim: argparse.Namespace) -> int:
     if destination.startswith("file://"):
         cache = Path(urllib.parse.urlsplit(destination).path)
         cache.mkdir(parents=True, exist_ok=True)
+        if sim.sim_signing_key is not None:  # as nix with secret-key-files: signed, whole
+            publish(cache, path, _built(path, sim.sim_store), signing_key=sim.sim_signing_key)
+            return 0
         digest = Path(path).name.split("-", 1)[0]
         (cache / f"{digest}.narinfo").write_text(f"StorePath: {path}\n", encoding="utf-8")
     return 0
+
+
+def _built(path: str, store: Path | None) -> dict[str, object]:
+    """What ``path`` holds: as its build left it in ``--sim-store``, else made up from its name."""
+    if store is not None:
+        with contextlib.suppress(OSError, ValueError):
+            built = json.loads((store / f"{Path(path).name}.json").read_text(encoding="utf-8"))
+            if isinstance(built, dict):
+                return built
+    return system_content(path)
 
 
 def main(argv: list[str] | None = None) -> int:

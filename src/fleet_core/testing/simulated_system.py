@@ -65,6 +65,7 @@ __all__ = [
     "simulated_nix_env_command",
     "simulated_systemctl_command",
     "store_dir",
+    "system_at",
 ]
 
 ACTIONS = ("switch", "boot", "test", "dry-activate")  # switch-to-configuration's verbs
@@ -227,9 +228,7 @@ def make_system(
     kernel: systems of one kernel share its store paths, so only a deploy that changes the
     kernel leaves a host needing a reboot.
     """
-    units = tuple(degraded) or ((DEFAULT_FAILED_UNIT,) if fail_activation else ())
-    if any(not unit or unit != unit.strip() or len(unit.split()) != 1 for unit in units):
-        raise ValueError(f"unit names are single words: {units!r}")
+    units = _failed_units(degraded, fail_activation)
     inputs: list[object] = [host, label, cut_network, sorted(units), fail_activation]
     if kernel != DEFAULT_KERNEL:  # the default leaves the paths of earlier releases alone
         inputs.append(kernel)
@@ -237,7 +236,41 @@ def make_system(
     digest = hashlib.sha256(seed.encode()).digest()
     text = "".join(_ALPHABET[byte % 32] for byte in digest)
     name = _NOT_IN_NAMES.sub("-", f"nixos-system-{host}-{label}")
-    path = store_dir(root) / f"{text}-{name}"
+    return system_at(
+        root,
+        f"{text}-{name}",
+        label,
+        cut_network=cut_network,
+        degraded=units,
+        fail_activation=fail_activation,
+        kernel=kernel,
+    )
+
+
+def _failed_units(degraded: Iterable[str], fail_activation: bool) -> tuple[str, ...]:
+    units = tuple(degraded) or ((DEFAULT_FAILED_UNIT,) if fail_activation else ())
+    if any(not unit or unit != unit.strip() or len(unit.split()) != 1 for unit in units):
+        raise ValueError(f"unit names are single words: {units!r}")
+    return units
+
+
+def system_at(
+    root: Path,
+    base_name: str,
+    label: str,
+    *,
+    cut_network: bool = False,
+    degraded: Iterable[str] = (),
+    fail_activation: bool = False,
+    kernel: str = DEFAULT_KERNEL,
+) -> Path:
+    """The system ``label`` at exactly ``DIR/nix/store/<base_name>``, made if missing: a store
+    path that came from elsewhere (a closure the simulated nix-store fetched from a cache),
+    whose name the builder chose. The markers and kernel are as for :func:`make_system`."""
+    if "/" in base_name or base_name in ("", ".", ".."):
+        raise ValueError(f"a store path's base name is one path component: {base_name!r}")
+    units = _failed_units(degraded, fail_activation)
+    path = store_dir(root) / base_name
     if path.is_dir():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

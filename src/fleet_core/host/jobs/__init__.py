@@ -7,6 +7,7 @@ Modules:
     launch          start the job runner: a transient systemd unit or a session of its own
     job_runner      the job runner program (stdlib only): argv, process group, deadline, log
     activation      after a switch or test: checks, confirmation, rollback (stdlib only)
+    closure         a closure deploy's plan and steps: fetch, check, activate (stdlib only)
     guard           which jobs are guarded, and with what: the listener's side of activation
     follow          follow a job from its directory: output lines, the runner's end
     resume          what a starting listener does with an unfinished job (pure)

@@ -9,6 +9,9 @@ never touches the rebuild. The runner:
 - takes the rebuild's argv from ``argv.json`` in the job directory (mode 0600, written by the
   listener with ``write_argv``) and deletes that file at once: the argv holds the flake URL,
   token and all, and a command line is public (``/proc/<pid>/cmdline``, ``systemctl show``);
+- for a closure deploy (a ``closure.json`` plan beside it: ``closure``) runs that argv, the
+  fetch, then the check and the activation steps the plan makes, each the same way, all
+  under the one deadline, and records them in ``exit.json``'s ``closure``;
 - writes ``runner.json`` first (its own pid, later the rebuild's), atomically;
 - runs ``argv`` in a new session and process group, stdin from /dev/null, stdout and stderr
   into one pipe that only this program reads — a listener that dies cannot SIGPIPE it;
@@ -63,10 +66,11 @@ def _load(name: str) -> ModuleType:
 
 
 if TYPE_CHECKING or __package__:
-    from fleet_core.host.jobs import activation, jobdir
+    from fleet_core.host.jobs import activation, closure, jobdir
 else:  # run by path
     jobdir = _load("jobdir")
     activation = _load("activation")
+    closure = _load("closure")
 
 __all__ = ["MAX_LOG_BYTES", "OUTLIVE_GRACE", "main", "redact_output"]
 
@@ -170,6 +174,7 @@ class _Supervisor:
         self.stoppable = True  # False while rolling back: a half rollback helps nobody
         self.log: _Log  # opened once runner.json is written: that file comes first
         self._capture: bytearray | None = None  # a step's output, kept for its result
+        self._running: str | None = None  # a closure deploy's step, while it runs
 
     def on_signal(self, signum: int, _frame: object) -> None:
         if signum != signal.SIGCHLD and self.stop_requested is None:
@@ -192,13 +197,17 @@ class _Supervisor:
                 self.log.note(f"fleet-deploy: no rollback for this job: {guard}")
                 guard = None
             before = activation.snapshot(guard) if guard is not None else None
-            process = self._start(result)
-            if process is not None:
-                jobdir.write_runner(self.job_dir, jobdir.RunnerPids(os.getpid(), process.pid))
-                timed_out, cancelled = self._supervise(process, self.timeout)
-                result.update(
-                    exit_code=process.returncode, timed_out=timed_out, cancelled=cancelled
-                )
+            plan = closure.read_plan(self.job_dir)
+            if plan is not None:
+                self._closure(plan, result, deadline=began + self.timeout)
+            else:
+                process = self._start(result)
+                if process is not None:
+                    jobdir.write_runner(self.job_dir, jobdir.RunnerPids(os.getpid(), process.pid))
+                    timed_out, cancelled = self._supervise(process, self.timeout)
+                    result.update(
+                        exit_code=process.returncode, timed_out=timed_out, cancelled=cancelled
+                    )
             if guard is not None and before is not None:
                 result["activation"] = self._guard(guard, before, result).as_json()
         finally:
@@ -206,6 +215,88 @@ class _Supervisor:
         result["finished_at"] = time.time()
         result["duration_s"] = round(time.monotonic() - began, 3)
         return result
+
+    def _closure(self, plan: Any, result: dict[str, Any], *, deadline: float) -> None:
+        """A closure deploy (``closure``): the fetch (the argv), the check, the activation
+        steps, each stopping the job when it fails; what they did in ``result["closure"]``.
+        ``deadline`` (monotonic) is the job's, over all of them."""
+        if isinstance(plan, str):  # unreadable: nothing is fetched, nothing activated
+            result["start_error"] = plan
+            self.log.note(f"fleet-deploy: {plan}")
+            return
+        report = closure.Report(plan.store_path)
+        result["closure"] = report.as_json()
+        try:
+            if not self._closure_step(closure.FETCH, self.argv, deadline, result, report):
+                return
+            if self.stop_requested is not None:  # asked to stop as the fetch ended
+                self.log.note(f"fleet-deploy: the job runner got {self.stop_requested}: stopped")
+                result["cancelled"] = True
+                return
+            report.steps.append(closure.CHECK)
+            why = closure.system_check(plan.path)
+            if why is not None:
+                report.failed_step, report.error = closure.CHECK, why
+                result["exit_code"] = None
+                self.log.note(f"fleet-deploy: {why}")
+                return
+            steps = closure.activation_steps(plan)
+            if steps:
+                # Past the fetch: a half activation helps nobody, so no stop request is obeyed
+                # from here on, and the listener answers a cancel already_activating.
+                self.stoppable = False
+                activation.write_phase(
+                    self.job_dir, closure.ACTIVATING, jobdir.write_json_atomically
+                )
+            for name, argv in steps:
+                if not self._closure_step(name, argv, deadline, result, report):
+                    return
+        finally:
+            self.stoppable = True
+            self._running = None
+            result["closure"] = report.as_json()
+
+    def _closure_step(
+        self,
+        name: str,
+        argv: list[str] | str,
+        deadline: float,
+        result: dict[str, Any],
+        report: Any,
+    ) -> bool:
+        """One step of a closure deploy, run as a rebuild is: its own session and process
+        group, output into the log, what is left of the deadline. True when it exited 0."""
+        report.steps.append(name)
+        self._running = f"the {name} step"
+        if isinstance(argv, str) or not argv:
+            error = argv or f"the {name} step has no command line"
+            result["start_error"] = error
+            report.failed_step, report.error = name, error
+            self.log.note(f"fleet-deploy: {error}")
+            return False
+        self.log.note(f"fleet-deploy: {name}: {' '.join(argv)}")
+        try:
+            process = subprocess.Popen(  # noqa: S603 - the listener's argv, never a shell
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            error = f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+            result["start_error"] = error
+            report.failed_step, report.error = name, error
+            self.log.note(f"fleet-deploy: {error}")
+            return False
+        jobdir.write_runner(self.job_dir, jobdir.RunnerPids(os.getpid(), process.pid))
+        left = max(0.0, deadline - time.monotonic())
+        timed_out, cancelled = self._supervise(process, left)
+        result.update(exit_code=process.returncode, timed_out=timed_out, cancelled=cancelled)
+        if process.returncode == 0 and not timed_out and not cancelled:
+            return True
+        report.failed_step = name
+        return False
 
     def _guard(self, guard: Any, before: dict[str, str | None], result: dict[str, Any]) -> Any:
         """Checks, confirmation and, if need be, the rollback (``activation``)."""
@@ -332,16 +423,18 @@ class _Supervisor:
     ) -> str | None:
         """Why the group must be stopped now, noted in the log; None while it may run on."""
         stop_requested = self.stop_requested if self.stoppable else None
+        what = "the rebuild" if self._capture is None else "the command"
+        limit = f"its {timeout:g} s deadline"
+        if self._running is not None:  # a closure deploy's step: the job's deadline, not its own
+            what, limit = self._running, f"the job's {self.timeout:g} s deadline"
         if stop_requested is not None and exited_at is None:
-            self.log.note(
-                f"fleet-deploy: the job runner got {self.stop_requested}: stopping the rebuild"
-            )
+            got = self.stop_requested
+            self.log.note(f"fleet-deploy: the job runner got {got}: stopping {what}")
             return "signal"
         if stop_requested is not None:
             return "outlived"  # the rebuild had already exited: its result stands
         if now >= deadline and exited_at is None:
-            what = "the rebuild" if self._capture is None else "the command"
-            self.log.note(f"fleet-deploy: {what} ran past its {timeout:g} s deadline")
+            self.log.note(f"fleet-deploy: {what} ran past {limit}")
             return "deadline"
         if exited_at is not None and now >= exited_at + OUTLIVE_GRACE:
             return "outlived"  # its children hold the output open: stop them too

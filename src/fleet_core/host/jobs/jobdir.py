@@ -10,11 +10,13 @@ one home::
                   hold a flake URL's token, and a command line is public); empty for a
                   job that rebuilds nothing (a health check on demand)
     guard.json    what the runner guards after the rebuild (``activation``)
+    closure.json  a closure deploy's plan: the fetched path, what activates it (``closure``)
     phase.json    where the runner is after the rebuild: checking, confirming, rolling back
     confirmed.json  the listener's word that it reached NATS from the new system
     runner.json   the runner's pid, then also the rebuild's (its process group)
     output.log    the rebuild's output, redacted and bounded
-    exit.json     the rebuild's end: exit code, timed out, cancelled, start error, times
+    exit.json     the rebuild's end: exit code, timed out, cancelled, start error, times;
+                  a closure deploy's steps and the one that failed (``closure``)
 
 Every file but ``output.log`` is replaced atomically (``write_atomically``): a crash leaves
 the old file or the new one, never half of one.

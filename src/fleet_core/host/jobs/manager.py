@@ -36,8 +36,9 @@ import structlog
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.errors import FleetError
 from fleet_core.host.jobs.activation import confirm, read_phase, time_after, write_guard
+from fleet_core.host.jobs.closure import write_plan
 from fleet_core.host.jobs.follow import follow, runner_alive, stop_runner
-from fleet_core.host.jobs.guard import guard_for, has_guard
+from fleet_core.host.jobs.guard import closure_fetch_argv, closure_plan, guard_for, has_guard
 from fleet_core.host.jobs.jobdir import (
     discard_argv,
     read_exit,
@@ -67,6 +68,7 @@ _PHASE_POLL = 0.2  # seconds between two looks at the runner's phase file
 _CONFIRM_ROUND_TRIP = 5.0  # seconds a confirming round trip to the server may take
 # What a deployer is told when the runner enters a phase after the rebuild.
 _PHASE_NEWS = {
+    "activating": "activating the fetched system",  # a closure deploy, past its fetch
     "checking": "running the health checks of the new system",
     "confirming": "confirming that the new system reaches NATS",
     "rolling_back": "rolling back to the previous system",
@@ -167,6 +169,7 @@ class HostJobs:
             request_id=job.request_id,
             action=job.request.action.value,
             revision=job.request.revision,
+            store_path=job.request.store_path,
         )
         try:
             await self._execute(job, jlog)
@@ -202,8 +205,11 @@ class HostJobs:
 
     async def _execute(self, job: Job, jlog: Any) -> None:
         request = job.request
+        plan = closure_plan(self.settings, request)
         if request.action is Action.CHECK:  # no rebuild: the runner runs the checks alone
             argv: list[str] = []  # (the listener refused it on a host without checks)
+        elif plan is not None:  # a closure deploy: fetched, checked, activated (host.jobs.closure)
+            argv = closure_fetch_argv(self.settings, plan.store_path)
         else:
             argv = build_argv(
                 self.settings.rebuild_command,
@@ -226,12 +232,15 @@ class HostJobs:
         if job.directory is None:  # the state dir refused: the deploy runs, but not durably
             job.durable = False
             job.directory = Path(tempfile.mkdtemp(prefix="fleet-deploy-job-"))
+        what = request.store_path if plan is not None else request.revision
         await job.reporter.send(
-            StatusKind.ACCEPTED, message=f"{request.action.value} of {request.revision} accepted"
+            StatusKind.ACCEPTED, message=f"{request.action.value} of {what} accepted"
         )
         guard = guard_for(self.settings, request)
         if guard is not None:  # before the launch: the runner reads it first thing
             await anyio.to_thread.run_sync(write_guard, job.directory, guard, write_json_atomically)
+        if plan is not None:  # as the guard: there before the runner looks for it
+            await anyio.to_thread.run_sync(write_plan, job.directory, plan, write_json_atomically)
         with anyio.CancelScope(shield=True):  # launched and recorded, or neither
             try:
                 job.launched = await self._rebuilder.start(

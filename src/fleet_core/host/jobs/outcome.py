@@ -5,6 +5,10 @@ rebuild can end — done, failed with nix's error, stopped at its deadline, stop
 never started, or lost with its job runner — is decided in one function that is tested
 against recorded nixos-rebuild output.
 
+A closure deploy (``fleet_core.host.jobs.closure``) is judged here too: its fetch failing is
+``closure_unavailable``, its check failing ``not_a_system``; its activation, deadline and
+stop end as a rebuild's do.
+
 The outcome is what people are told, on the wire and in the job record alike, so its
 message and tail are redacted and bounded here rather than by each reader.
 """
@@ -17,7 +21,27 @@ from fleet_core.host.jobs.rebuild_output import failure_summary, success_summary
 from fleet_core.protocol.actions import Action, redact
 from fleet_core.protocol.messages import MAX_MESSAGE_CHARS, CheckStatus, ErrorCode, StatusKind
 
-__all__ = ["ActivationFacts", "Outcome", "RebuildResult", "decide"]
+__all__ = [
+    "CLOSURE_CHECK",
+    "CLOSURE_FETCH",
+    "ActivationFacts",
+    "ClosureFacts",
+    "Outcome",
+    "RebuildResult",
+    "decide",
+]
+
+# A closure deploy's steps as exit.json names them (``closure.FETCH``, ``closure.CHECK``: that
+# module is the job runner's, stdlib only; a test holds the names to the same values).
+CLOSURE_FETCH = "fetch"
+CLOSURE_CHECK = "check"
+# What each step runs, for the messages: set-profile and activate are the primitive a
+# rollback uses too.
+_STEP_PROGRAMS = {
+    CLOSURE_FETCH: "nix-store --realise",
+    "set-profile": "nix-env --set",
+    "activate": "switch-to-configuration",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +58,16 @@ class ActivationFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class ClosureFacts:
+    """What the steps of a closure deploy did, as ``exit.json``'s ``closure`` tells it."""
+
+    store_path: str
+    failed_step: str | None = None  # fetch, check, set-profile, activate; None: none failed
+    error: str | None = None  # the runner's sentence, when the step's output is not the why
+    steps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RebuildResult:
     """What a ``Rebuilder`` reports once the rebuild process is gone."""
 
@@ -45,6 +79,7 @@ class RebuildResult:
     cancelled: bool = False  # its job runner was told to stop it (SIGTERM to the runner)
     lost: str | None = None  # why the result cannot be known: the job runner vanished
     activation: ActivationFacts | None = None  # a guarded switch, test or boot
+    closure: ClosureFacts | None = None  # a closure deploy's steps
 
     @property
     def ok(self) -> bool:
@@ -94,8 +129,12 @@ def decide(
     checks = activation.checks if activation is not None and activation.checks else None
     if action is Action.CHECK and result.lost is None and not result.cancelled:
         return _checked(checks or ())
+    closure = result.closure
     if result.ok:
-        message = success_summary(result.tail, action.value, revision)
+        if closure is not None:
+            message = _closure_done(closure, action)
+        else:
+            message = success_summary(result.tail, action.value, revision)
         return Outcome(StatusKind.COMPLETED, message=_shown(message), checks=checks)
     tail = tuple(redact(line) for line in result.tail)
     if activation is not None and activation.rollback_reason is not None:
@@ -108,14 +147,31 @@ def decide(
             checks=checks,
             rolled_back_to=activation.previous if activation.rolled_back else None,
         )
+    stopped = result.timed_out or result.cancelled or result.lost is not None
+    if closure is not None and not stopped:
+        failed = _closure_failed(closure, result)
+        if failed is not None:
+            error, message = failed
+            return Outcome(StatusKind.FAILED, error, _shown(message), tail, checks=checks)
+        program = _STEP_PROGRAMS.get(closure.failed_step or "", program)
     if result.timed_out:
         error = ErrorCode.TIMEOUT
+        running = closure.steps[-1] if closure is not None and closure.steps else None
         message = (
             f"{program} ran longer than {timeout:g} s and was stopped with its whole process group"
+            if closure is None
+            else f"the closure deploy of {closure.store_path} ran longer than {timeout:g} s and "
+            f"was stopped with its whole process group (in its {running or 'first'} step)"
         )
     elif result.lost is not None:
         error = ErrorCode.CANCELLED
         message = result.lost
+    elif result.cancelled and closure is not None:
+        error = ErrorCode.CANCELLED
+        message = (
+            f"the closure deploy of {closure.store_path} was stopped before it activated "
+            "anything: its job runner was told to stop"
+        )
     elif result.cancelled:
         error = ErrorCode.CANCELLED
         message = "the rebuild was stopped before it finished: its job runner was told to stop"
@@ -125,6 +181,37 @@ def decide(
             result.tail, result.exit_code, program=program
         )
     return Outcome(StatusKind.FAILED, error, _shown(message), tail, checks=checks)
+
+
+def _closure_failed(closure: ClosureFacts, result: RebuildResult) -> tuple[ErrorCode, str] | None:
+    """The error of a closure deploy whose fetch or check failed; None for another step
+    (its activation ends as a rebuild's does)."""
+    if closure.failed_step == CLOSURE_FETCH:
+        return ErrorCode.CLOSURE_UNAVAILABLE, _unavailable(closure, result)
+    if closure.failed_step == CLOSURE_CHECK:
+        message = closure.error or f"{closure.store_path} is not a NixOS system"
+        return ErrorCode.NOT_A_SYSTEM, f"{message}; nothing was activated"
+    return None
+
+
+def _closure_done(closure: ClosureFacts, action: Action) -> str:
+    """The message of a closure deploy that completed."""
+    if action is Action.BUILD:
+        return f"fetched {closure.store_path}: a NixOS system, signed by a key this host trusts"
+    if action is Action.DRY_ACTIVATE:
+        return f"dry-activate of {closure.store_path} done: nothing was changed"
+    return f"{action.value} of {closure.store_path} done"
+
+
+def _unavailable(closure: ClosureFacts, result: RebuildResult) -> str:
+    """Why a closure could not be fetched: nix's own last error, and what that means."""
+    said = result.start_error or closure.error
+    if said is None:
+        said = failure_summary(result.tail, result.exit_code, program="nix-store --realise")
+    return (
+        f"{closure.store_path} could not be fetched ({said}): no substituter this host trusts "
+        "serves it with a valid signature, or none could be reached. Nothing was changed"
+    )
 
 
 def _checked(checks: tuple[CheckStatus, ...]) -> Outcome:

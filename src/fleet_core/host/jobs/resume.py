@@ -22,13 +22,14 @@ from enum import Enum
 from pydantic import ValidationError
 
 from fleet_core.host.jobs.jobdir import json_object
-from fleet_core.host.jobs.outcome import ActivationFacts, RebuildResult
+from fleet_core.host.jobs.outcome import ActivationFacts, ClosureFacts, RebuildResult
 from fleet_core.protocol.messages import CheckStatus
 
 __all__ = [
     "START_GRACE",
     "Resume",
     "activation_facts",
+    "closure_facts",
     "is_job_runner",
     "lost_before_start",
     "lost_runner",
@@ -107,6 +108,22 @@ def result_from_exit(data: bytes, tail: list[str]) -> RebuildResult:
         start_error=start_error if isinstance(start_error, str) else None,
         cancelled=value.get("cancelled") is True,
         activation=activation_facts(value.get("activation")),
+        closure=closure_facts(value.get("closure")),
+    )
+
+
+def closure_facts(value: object) -> ClosureFacts | None:
+    """``exit.json``'s ``closure`` (``host.jobs.closure.Report``) as the outcome reads it;
+    None when there is none (a rebuild). Malformed details are dropped, as for activation."""
+    if not isinstance(value, dict) or not isinstance(value.get("store_path"), str):
+        return None
+    failed, error = value.get("failed_step"), value.get("error")
+    steps = value.get("steps")
+    return ClosureFacts(
+        store_path=value["store_path"],
+        failed_step=failed if isinstance(failed, str) else None,
+        error=error if isinstance(error, str) else None,
+        steps=tuple(s for s in steps if isinstance(s, str)) if isinstance(steps, list) else (),
     )
 
 

@@ -4,6 +4,7 @@
         job.json      the JobRecord, replaced atomically at every phase change (the listener)
         runner.json   the job runner's pid, then the rebuild's           (the job runner)
         argv.json     the rebuild's argv, 0600, until the runner reads it (the listener)
+        closure.json  a closure deploy's plan: what to do once fetched    (the listener)
         output.log    everything the rebuild printed, bounded, redacted   (the job runner)
         exit.json     how the rebuild ended, written once at its end      (the job runner)
 
@@ -92,6 +93,7 @@ class JobRecord(BaseModel):
             log_tail=list(self.log_tail) if self.log_tail is not None else None,
             action=self.request.action.value,
             revision=self.request.revision,
+            store_path=self.request.store_path,
             signer=self.signer,
             started_at=self.started_at,
             finished_at=self.finished_at,
