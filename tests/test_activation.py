@@ -12,7 +12,13 @@ from fleet_core.config.options import SYSTEM_RUNNING_CHECK
 from fleet_core.config.resolve import listener_settings
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.errors import UsageError
-from fleet_core.host.jobs.activation import SYSTEM_RUNNING, Guard, rollback_reason, rollback_steps
+from fleet_core.host.jobs.activation import (
+    STOPPED_REASON,
+    SYSTEM_RUNNING,
+    Guard,
+    rollback_reason,
+    rollback_steps,
+)
 from fleet_core.host.jobs.outcome import ActivationFacts, RebuildResult, decide
 from fleet_core.host.jobs.resume import activation_facts
 from fleet_core.protocol.actions import Action
@@ -53,6 +59,23 @@ class TestTheDecision:
             rollback_reason("switch", rebuild_ok=True, before=OLD, after=NEW, confirmed=True)
             is None
         )
+
+    def test_a_stop_before_checks_and_confirmation_is_said_as_a_stop(self) -> None:
+        """Not a "failed" check nor a confirmation that "did not come": the runner was told
+        to stop (a check it cut short fails, a wait it cut short answers no)."""
+        assert (
+            rollback_reason(
+                "switch",
+                rebuild_ok=True,
+                before=OLD,
+                after=NEW,
+                failed_check="web",
+                confirmed=False,
+                stopped=True,
+            )
+            == STOPPED_REASON
+        )
+        assert rollback_reason("boot", rebuild_ok=True, before=OLD, after=NEW, stopped=True) is None
 
 
 class TestTheSteps:

@@ -156,6 +156,17 @@ class TestGiven:
 
 
 class TestPlan:
+    @pytest.mark.parametrize("kind", ["darwin", "home-manager"])
+    def test_a_host_that_is_not_nixos_is_told_to_deploy_by_revision(self, kind: str) -> None:
+        """Not "upgrade its listener": no release of it takes a closure for such a host."""
+        darwin = HostInfo(hostname="mac1", tier="test", kind=kind, closures=False)
+        plan = plan_closures(["mac1"], Closures(paths={"mac1": system("mac1")}), {"mac1": darwin})
+        assert not plan.send
+        [ended] = plan.ended
+        assert (ended.status, ended.error) == ("failed", CLOSURES_UNSUPPORTED)
+        assert f"a {kind} host" in ended.message and "by revision" in ended.message
+        assert "upgrade" not in ended.message
+
     def test_who_is_sent_what_and_who_ends_unsent(self) -> None:
         closures = Closures(
             paths={h: system(h) for h in ("web1", "web2", "web3")},

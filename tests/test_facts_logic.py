@@ -208,6 +208,27 @@ class TestStatusDecisions:
         assert [h.behind for h in status.hosts] == [None, None]
         assert not status.ok
 
+    def test_a_system_given_by_path_names_no_revision(self) -> None:
+        """A host pinned to a system by path (``--store-path``, its request carrying the
+        default branch) neither runs "master" nor sets the reference; a closure deploy of a
+        build, whose revision is the build's commit, does both."""
+        plain = host("db1", revision=None, job=("switch", "master", "completed"))
+        facts = plain.facts
+        assert facts is not None and facts.last_job is not None
+        path = "/nix/store/" + "a" * 32 + "-nixos-system-db1-initial"
+        job = facts.last_job.model_copy(update={"store_path": path})
+        pinned = plain.model_copy(update={"facts": facts.model_copy(update={"last_job": job})})
+        older = host("web1", job=("switch", "v2", "completed"), finished_at=NOW - 600)
+        status = fleet_status([pinned, older], target=None, revision=None, cli_version="0.1.0")
+        assert (status.revision, status.revision_from_host) == ("v2", "web1")
+        assert {h.hostname: h.behind for h in status.hosts} == {"db1": None, "web1": False}
+        commit = "c" * 40
+        built = job.model_copy(update={"revision": commit})
+        pinned = plain.model_copy(update={"facts": facts.model_copy(update={"last_job": built})})
+        status = fleet_status([pinned, older], target=None, revision=None, cli_version="0.1.0")
+        assert (status.revision, status.revision_from_host) == (commit, "db1")
+        assert {h.hostname: h.behind for h in status.hosts} == {"db1": False, "web1": True}
+
     def test_nothing_deployed_yet_is_ok_without_a_reference(self) -> None:
         status = fleet_status(
             [host("web1", job=None)], target=None, revision=None, cli_version="0.1.0"

@@ -572,6 +572,7 @@ class TestEndToEnd:
             async with await fleet.connect("admin") as bus:
                 (found,) = await Deployer(bus).discover()
             assert (found.hostname, found.kind) == ("web1", "home-manager")
+            assert found.closures is False  # a closure deploy activates a NixOS system
 
     async def test_a_darwin_host(self, fleet: Fleet, tmp_path: Path) -> None:
         """--host-kind darwin builds #<hostname> unless told: switch runs darwin-rebuild

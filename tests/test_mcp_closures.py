@@ -21,6 +21,7 @@ from fleet_core.build.builder import Builder
 from fleet_core.build.client import BuildClient
 from fleet_core.build.protocol import parse_build_target
 from fleet_core.config.settings import McpSettings
+from fleet_core.deploy.tracker import DeploymentResult, HostResult
 from fleet_core.protocol.subjects import Tier
 from fleet_core.testing import (
     FleetHost,
@@ -35,7 +36,7 @@ from fleet_core.testing import (
 )
 from fleet_core.testing.simulated_system import current, store_dir
 from fleet_mcp.reports.build import BuildReport
-from fleet_mcp.reports.deployment import DeploymentReport
+from fleet_mcp.reports.deployment import DeploymentReport, deployment_report
 
 from .conftest import DEPLOYERS, Fleet
 from .support import Session, session, settings_for, text_of
@@ -200,3 +201,35 @@ async def test_deploy_admin_deploys_a_recorded_build_and_deploy_cannot_reach_pro
     assert [h.store_path for h in report.hosts] == [paths["pweb1"]]
     assert _running(local, "pweb1") == Path(str(paths["pweb1"])).name
     assert _running(local, "web1") != Path(str(paths["web1"])).name  # only the target moved
+
+
+def test_a_failed_closure_deploy_says_whose_words_the_messages_hold() -> None:
+    """A failed host of a closure deploy holds the build's, nix's fetch or the activation's
+    words, not nixos-rebuild's; a deploy of a branch still names nixos-rebuild."""
+    failed = HostResult(hostname="web2", status="failed", final=True, error="closure_unavailable")
+    common = {
+        "deployment_id": "d1",
+        "subject": "deploy.test.role.web",
+        "tier": "test",
+        "action": "switch",
+        "revision": "c" * 40,
+        "ok": False,
+        "done": True,
+        "counts": {"failed": 1},
+        "duration_s": 1.0,
+    }
+    path = "/nix/store/" + "a" * 32 + "-nixos-system-web2-r"
+    closure = DeploymentResult(
+        **common, hosts=[failed.model_copy(update={"store_path": path})], build_id="b1"
+    )
+    branch = DeploymentResult(**common, hosts=[failed])
+    said = deployment_report(closure, finished=True, test_only=True).next_step
+    old = failed.model_copy(update={"error": "closures_unsupported"})
+    unsupported = DeploymentResult(**common, hosts=[old], build_id="b1")
+    summary = deployment_report(unsupported, finished=True, test_only=True).summary
+    assert "closures_unsupported" in summary and "does not know" not in summary
+    assert "nix's fetch error" in said and "nixos-rebuild" not in said
+    assert (
+        "nixos-rebuild's error"
+        in deployment_report(branch, finished=True, test_only=True).next_step
+    )

@@ -588,6 +588,7 @@ class TestSandbox:
             "deploy deploy.prod.all": 2,
             "deploy deploy.prod.all --nkey-file ADMIN": 0,
             "build fleet all": 1,
+            "deploy deploy.test.all --build fleet": 1,  # web2's build fails: it is sent nothing
         }, outputs
         assert "command not found" not in "".join(outputs.values())
         found = set(re.findall(r"^(\S+)\s+test\s", ran["hosts"].stdout, re.M))
@@ -595,6 +596,9 @@ class TestSandbox:
         web = outputs["deploy deploy.test.role.web --branch feature/login --action test"]
         assert re.search(r"^\s+web1\s+completed\s+test of feature/login done", web, re.M), web
         assert "permission to publish to 'deploy.prod.all'" in outputs["deploy deploy.prod.all"]
+        closure = outputs["deploy deploy.test.all --build fleet"]  # the system built for web1
+        built_for_web1 = r"^\s+web1\s+completed\s+\S+\s+switch of /nix/store/\S+-nixos-system-web1-"
+        assert re.search(built_for_web1, closure, re.M), closure
         status = outputs["status"]  # measured on each host's simulated system
         assert status.startswith("reference revision: master (the newest deploy on record"), status
         assert re.search(r"^web1\s+test\s+web\s+master\s+no\s+no\s+switch master", status, re.M)

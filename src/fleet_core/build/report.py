@@ -54,6 +54,16 @@ def build_summary(result: BuildResult) -> str:
                 lines += ["", f"--- last output of {printable(host.host)} ---"]
                 lines += [f"  {printable(line)}" for line in host.log_tail[-TAIL_LINES:]]
         lines.append("")
+    if any(host.store_path for host in result.hosts):
+        # The next step, as the MCP build tool's result says it (docs/closures.md).
+        pinned = printable(result.commit or result.revision)
+        lines += [
+            f"deploy these systems: fleet-deploy deploy TARGET --from-build {result.build_id}"
+            "   (the admin key: it reads the builds stream)",
+            f"  or build and deploy in one step: fleet-deploy deploy TARGET --build "
+            f"{printable(result.repo)} --branch {pinned}",
+            "",
+        ]
     if result.message:
         first, *rest = result.message.split("\n")
         lines.append(f"{printable(result.status)}: {printable(first)}")

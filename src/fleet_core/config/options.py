@@ -590,7 +590,8 @@ DEPLOY = Command(
     "Closure deploys (no evaluation on the hosts): --build REPO has the builder build\n"
     "the target's hosts from one pinned commit of --branch, and sends each host its own\n"
     "system; --from-build BUILD_ID sends those of a recorded build; --store-path PATH\n"
-    "sends one host the system given. A host whose build failed is sent nothing.\n\n"
+    "sends one host the system given. A host whose build failed is sent nothing,\n"
+    "and with --max-failures it counts against the budget before the first batch.\n\n"
     "Exit status: 0 every host completed; 1 a host failed, was rejected, missing,\n"
     "lost, timed out or skipped; 2 usage, key, connection or permission error.",
     (

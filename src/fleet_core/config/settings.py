@@ -395,6 +395,14 @@ class DeploySettings:
                 f"group: target one host (deploy.{self.target.tier.value}.<host>), or build "
                 "each host's system with --build REPO"
             )
+        if self.closures is not None and self.closures.store_path is not None:
+            # Another host's system, or no system at all, is told before anything connects
+            # (the host would refuse it too, but only after the deploy had begun).
+            from fleet_core.protocol.closures import system_refusal
+
+            refusal = system_refusal(self.closures.store_path, [self.target.name or ""])
+            if refusal is not None:
+                raise UsageError(f"--store-path: {refusal}")
 
 
 @dataclass(frozen=True, slots=True)

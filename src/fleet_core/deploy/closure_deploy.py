@@ -92,10 +92,12 @@ async def load_build(bus: Bus, build_id: str) -> BuildResult:
     try:
         statuses = await read_build(bus, build_id)
     except PermissionDenied as exc:
+        refused = f"{exc.operation or 'use'} on {exc.subject}" if exc.subject else "it"
         raise PermissionDenied(
-            f"this key may not read recorded builds: {exc}. Only the admin key may use "
-            "JetStream (docs/history.md); with this key, deploy with --build REPO, or give "
-            "one host its system with --store-path",
+            "this key may not read recorded builds: they are kept in JetStream, which only "
+            "the admin key may use (docs/history.md). With this key, deploy with --build "
+            "REPO (it builds again), or give one host its system with --store-path PATH "
+            f"(the NATS server refused this key {refused})",
             subject=exc.subject,
             operation=exc.operation,
             fix="use the admin key for --from-build, or build again with --build REPO",
@@ -112,6 +114,8 @@ async def load_build(bus: Bus, build_id: str) -> BuildResult:
         raise BuildUnusable(
             f"no build {build_id} is recorded in the builds stream: check the id (build "
             "prints it), and that the build ran after the stream was created and is younger "
-            "than its retention"
+            "than its retention",
+            fix="check the build id (fleet-deploy build and deploy --build print it), or "
+            "build again: fleet-deploy deploy TARGET --build REPO",
         )
     return result

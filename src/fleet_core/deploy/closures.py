@@ -14,6 +14,8 @@ with the path in the signed text. What each host gets comes from a build
 - a host whose discovery answer lacks ``closures: true`` runs a listener from before closure
   deploys. It would ignore the store path and evaluate the revision instead — a system
   other than the one built — so it is sent nothing and ends ``failed/closures_unsupported``;
+  so does one whose answer says it does not listen on its own subject, where its request
+  would go (one host, misconfigured or hostile, never stops the others' deploy);
 - every other host is sent its own path.
 
 A build is used only when it ended (``completed``, or ``failed`` with some hosts built): a
@@ -24,11 +26,14 @@ is for (``protocol.closures.system_refusal``), so a builder's slip fails that ho
 rather than on the host.
 
 The messages name counts and hosts, never a whole fleet; the build's own error messages are
-text from the builder, kept whole (the report escapes them as it prints any host text).
+text from the builder, kept whole in a host's message (the report escapes them as it prints
+any host text) and escaped (``protocol.text.printable``) in a ``BuildUnusable``, which the
+command line prints as it is: a builder's words must not act on a terminal.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -43,8 +48,14 @@ from fleet_core.build.protocol import (
 )
 from fleet_core.build.tracker import BuildTracker
 from fleet_core.errors import UsageError
-from fleet_core.protocol.closures import is_store_path, system_refusal
+from fleet_core.protocol.closures import (
+    SYSTEM_PREFIX,
+    is_store_path,
+    store_base_name,
+    system_refusal,
+)
 from fleet_core.protocol.messages import ErrorCode, HostInfo
+from fleet_core.protocol.text import printable
 
 __all__ = [
     "BUILD_FAILED",
@@ -65,6 +76,9 @@ CLOSURES_UNSUPPORTED: Final = "closures_unsupported"
 # The build statuses a deploy may use: it ended, and said so.
 _ENDED_BUILDS: Final = frozenset({"completed", "failed"})
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_HASH_CHARS: Final = 32  # of a store path's base name, before its dash
+_COMMIT: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git commit id, SHA-1 or SHA-256
+_NOT_NIXOS: Final = frozenset({"darwin", "home-manager"})  # HostInfo.kind of hosts without one
 
 
 class BuildUnusable(UsageError):
@@ -103,17 +117,18 @@ class Closures:
         return host in self.paths or host in self.failed
 
 
-def single_closure(host: str, store_path: str) -> Closures:
-    """One host's system, given by a person (``--store-path``): checked as a store path and
-    by its name as a system of ``host`` (the host checks both again)."""
+def single_closure(host: str, store_path: str, *, given_as: str = "--store-path") -> Closures:
+    """One host's system, given by a person (``--store-path``; the MCP tools' ``store_path``,
+    named by ``given_as`` so each error speaks the caller's words): checked as a store path
+    and by its name as a system of ``host`` (the host checks both again)."""
     if not is_store_path(store_path):
         raise UsageError(
-            f"--store-path {store_path[:80]!r} is not a store path: /nix/store/<32-character "
+            f"{given_as} {store_path[:80]!r} is not a store path: /nix/store/<32-character "
             "hash>-<name>, as nix build --print-out-paths prints it"
         )
     refusal = system_refusal(store_path, [host])
     if refusal is not None:
-        raise UsageError(f"--store-path: {refusal}")
+        raise UsageError(f"{given_as}: {refusal}")
     return Closures(paths={host: store_path})
 
 
@@ -125,7 +140,7 @@ def closures_from_build(build: BuildResult, hosts: Collection[str] | None = None
     when the build did not end (no builder, rejected, lost, still running) or, for a
     target, built none of its hosts and failed as a whole (its error is the message)."""
     if build.status not in _ENDED_BUILDS:
-        raise BuildUnusable(_unusable(build))
+        raise BuildUnusable(printable(_unusable(build)))
     by_name = {h.host: h for h in build.hosts}
     names = sorted(by_name) if hosts is None else sorted(set(hosts))
     paths: dict[str, str] = {}
@@ -141,10 +156,16 @@ def closures_from_build(build: BuildResult, hosts: Collection[str] | None = None
         # The build ended before any of these hosts (an evaluation error, an unknown host):
         # its own error is the whole story.
         raise BuildUnusable(
-            f"build {build.build_id} of {build.repo} at {build.revision} failed before "
-            f"building any of the hosts: {build.error or 'failed'}: {build.message}"
+            printable(
+                f"build {build.build_id} of {build.repo} at {build.revision} failed before "
+                f"building any of the hosts: {build.error or 'failed'}: {build.message}"
+            )
         )
-    return Closures(paths=paths, failed=failed, build_id=build.build_id, commit=build.commit)
+    # A builder pins a commit id (build.protocol.parse_locked_commit); anything else in its
+    # place is a broken or hostile builder's text, which would otherwise travel as the
+    # requests' revision and be reported as "the commit" in a deployer's own voice.
+    commit = build.commit if build.commit and _COMMIT.fullmatch(build.commit) else None
+    return Closures(paths=paths, failed=failed, build_id=build.build_id, commit=commit)
 
 
 def build_from_statuses(build_id: str, statuses: Iterable[bytes]) -> BuildResult | None:
@@ -204,7 +225,9 @@ def _unusable(build: BuildResult) -> str:
             "or build again"
         )
     said = f": {build.message}" if build.message else ""
-    return f"{what} ended {build.status}{said}. Nothing was deployed"
+    # The builder's message may end a sentence itself ("… may it subscribe there?").
+    end = " " if said.endswith((".", "?", "!")) else ". "
+    return f"{what} ended {build.status}{said}{end}Nothing was deployed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,10 +255,15 @@ class ClosurePlan:
 
 
 def plan_closures(
-    hosts: Iterable[str], closures: Closures, found: Mapping[str, HostInfo]
+    hosts: Iterable[str],
+    closures: Closures,
+    found: Mapping[str, HostInfo],
+    *,
+    tier: str | None = None,
 ) -> ClosurePlan:
     """Which of ``hosts`` (the target's) are sent their system, and how the others end, from
-    ``closures`` and the deployment's discovery answers (``found``, by host name)."""
+    ``closures`` and the deployment's discovery answers (``found``, by host name); with the
+    ``tier``, a host that says it does not listen on ``deploy.<tier>.<host>`` ends too."""
     send: dict[str, str] = {}
     ended: list[Ended] = []
     for name in sorted(set(hosts)):
@@ -255,6 +283,17 @@ def plan_closures(
                     "listener takes closure deploys",
                 )
             )
+        elif info.kind in _NOT_NIXOS:
+            ended.append(
+                Ended(
+                    name,
+                    "failed",
+                    CLOSURES_UNSUPPORTED,
+                    f"not deployed: it is a {info.kind} host, and a closure deploy activates a "
+                    "NixOS system: deploy it by revision (without --build, --from-build or "
+                    "--store-path)",
+                )
+            )
         elif info.closures is not True:
             version = f" ({info.version})" if info.version else ""
             ended.append(
@@ -267,9 +306,50 @@ def plan_closures(
                     "upgrade its fleet-deploy listener",
                 )
             )
+        elif (owner := _longer_owner(name, path, found)) is not None:
+            # The host would take it: its name begins nixos-system-<name>-. But it is the
+            # system of another host whose name only begins with this one's (web, web-db).
+            ended.append(
+                Ended(
+                    name,
+                    "failed",
+                    ErrorCode.WRONG_HOST.value,
+                    f"not deployed: {path} is the system of {owner}, not of {name}: each host "
+                    "takes only its own system",
+                )
+            )
+        elif (
+            tier is not None
+            and info.deploy_subjects
+            and (own := f"deploy.{tier}.{name}") not in info.deploy_subjects
+        ):
+            # One host (misconfigured, or in hostile hands) must not stop the others'.
+            ended.append(
+                Ended(
+                    name,
+                    "failed",
+                    CLOSURES_UNSUPPORTED,
+                    f"not deployed: its listener does not listen on {own}, where a closure "
+                    "deploy sends each host its own request (its --deploy-subject): let it hear "
+                    "its own subject, as the default does",
+                )
+            )
         else:
             send[name] = path
     return ClosurePlan(send=MappingProxyType(send), ended=tuple(ended))
+
+
+def _longer_owner(name: str, path: str, found: Mapping[str, HostInfo]) -> str | None:
+    """Another known host whose system ``path`` is by name, though ``name``'s check would
+    take it: ``nixos-system-web-db-…`` for ``web`` when ``web-db`` answered discovery too.
+    A few set lookups per host (the words of the label), never a pass over the fleet."""
+    rest = store_base_name(path)[_HASH_CHARS + 1 :].removeprefix(f"{SYSTEM_PREFIX}{name}-")
+    words = rest.split("-")
+    for count in range(len(words) - 1, 0, -1):  # the longest name first; a label remains
+        other = f"{name}-{'-'.join(words[:count])}"
+        if other in found:
+            return other
+    return None
 
 
 def _nothing_for(name: str, closures: Closures) -> str:

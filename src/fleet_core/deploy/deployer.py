@@ -500,17 +500,11 @@ class Deployer:
         self, hosts: Collection[str], closures: Closures, found: Answers, tier: Tier
     ) -> ClosurePlan:
         """Which of ``hosts`` a closure deploy sends its system, and how the rest end
-        (``closures.plan_closures``); a host that does not listen on its own subject, which
-        a closure deploy addresses, is a ``UsageError`` before anything is sent."""
-        chosen = plan_closures((name for name in hosts if is_token(name)), closures, found.hosts)
-        _refuse_deaf(
-            chosen.send.keys(),
-            found,
-            tier,
-            "a closure deploy",
-            "let their listeners hear their own subject (the default --deploy-subject)",
+        (``closures.plan_closures``): a host that does not listen on its own subject, which
+        a closure deploy addresses, ends failed alone, sent nothing."""
+        return plan_closures(
+            (name for name in hosts if is_token(name)), closures, found.hosts, tier=tier.value
         )
-        return chosen
 
     async def _publish_closures(
         self,

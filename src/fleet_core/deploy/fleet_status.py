@@ -11,7 +11,10 @@ one row per host and the fleet's verdict. The decisions, and why:
   --json``, measured), and also the revision of its last job when that was a completed
   switch or test (deployers name revisions as branches, while a configuration revision is
   usually a commit: either matching the reference counts as "at the revision"). A branch
-  that moved since cannot be seen here: the comparison is by name.
+  that moved since cannot be seen here: the comparison is by name. A closure deploy's job
+  (``store_path``) names what its system was built from only when its revision is a full
+  commit (a build's); a system given by path (``--store-path``) names none, so such a job
+  neither says what the host runs nor sets the reference.
 - **Healthy**: the last job did not fail or get rejected, and no reboot is pending.
 - **Exit status**: 0 when every host is at the reference revision (or there is none) and
   healthy; 1 otherwise: a host behind, or whose revision cannot be told (no facts, no
@@ -52,6 +55,7 @@ DEPLOY_ACTIONS = frozenset({"switch", "boot", "test"})
 _RUNS_IT = frozenset({"switch", "test"})  # a completed one of these runs its revision
 _FAILED = frozenset({"failed", "rejected"})
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 ReferenceSource = Literal["flag", "history", "last_deploy"]
 
@@ -132,9 +136,17 @@ def _runs(facts: HostFacts | None) -> set[str]:
         return set()
     names = {facts.configuration_revision} if facts.configuration_revision else set()
     job = facts.last_job
-    if job is not None and job.action in _RUNS_IT and job.status == "completed" and job.revision:
-        names.add(job.revision)
+    if job is not None and job.action in _RUNS_IT and job.status == "completed" and _names(job):
+        names.add(str(job.revision))
     return names
+
+
+def _names(job: LastJob) -> bool:
+    """Whether ``job``'s revision names what it deployed: always for a rebuild, and for a
+    closure deploy only a full commit (a build's; one given by path carries a mere branch)."""
+    if not job.revision:
+        return False
+    return job.store_path is None or _COMMIT.fullmatch(job.revision) is not None
 
 
 def _last_deploy(hosts: Sequence[HostInfo]) -> tuple[str, str] | None:
@@ -142,11 +154,11 @@ def _last_deploy(hosts: Sequence[HostInfo]) -> tuple[str, str] | None:
     newest: tuple[float, str, str] | None = None
     for host in hosts:
         job = host.facts.last_job if host.facts is not None else None
-        if job is None or job.action not in DEPLOY_ACTIONS or not job.revision:
+        if job is None or job.action not in DEPLOY_ACTIONS or not _names(job):
             continue
         when = job.finished_at if job.finished_at is not None else float("inf")  # running
         if newest is None or when > newest[0]:
-            newest = (when, job.revision, host.hostname)
+            newest = (when, str(job.revision), host.hostname)
     return (newest[1], newest[2]) if newest is not None else None
 
 

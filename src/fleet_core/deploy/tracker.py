@@ -859,9 +859,12 @@ class DeploymentTracker:
 
     def _finish(self, names: Iterable[str], state: HostState, message: str) -> list[HostResult]:
         changed: list[HostResult] = []
+        update: dict[str, object] = {"status": state, "final": True, "message": message}
+        if state == "skipped":  # never sent a request, so never sent a system either
+            update["store_path"] = None
         for name in names:
             host = self._hosts[name]
-            updated = host.model_copy(update={"status": state, "final": True, "message": message})
+            updated = host.model_copy(update=update)
             self._heard(name)
             self._queued.discard(name)
             self._replace(host, updated)

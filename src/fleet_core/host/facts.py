@@ -203,6 +203,7 @@ def last_job_of(record: JobRecord) -> LastJob:
         id=record.request_id,
         action=record.request.action.value,
         revision=record.request.revision,
+        store_path=record.request.store_path,
         status=status,
         error=record.error,
         finished_at=record.finished_at,

@@ -551,7 +551,9 @@ class Listener:
             busy=self.busy,
             deploy_subjects=list(self.settings.subjects),
             kind=self.settings.host_kind.value,
-            closures=True,  # it takes closure deploys (DeployRequest.store_path)
+            # It takes closure deploys (DeployRequest.store_path): NixOS systems only; a
+            # nix-darwin or Home Manager listener refuses them, and says so here first.
+            closures=self.settings.host_kind is HostKind.NIXOS,
             running_job=running,
             job=await self._job_summary(request.job) if request.job is not None else None,
             recent_jobs=(

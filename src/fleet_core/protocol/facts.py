@@ -65,11 +65,14 @@ class LastJob(_Facts):
     id: str
     action: str | None = None
     revision: str | None = None
+    # A closure deploy's system (fleet_core.protocol.closures): the host was sent this path,
+    # and ``revision`` is what it was built from only when it is a full commit.
+    store_path: str | None = None
     status: str | None = None
     error: str | None = None
     finished_at: float | None = None
 
-    @field_validator("action", "revision", "status", "error", mode="after")
+    @field_validator("action", "revision", "store_path", "status", "error", mode="after")
     @classmethod
     def _bounded(cls, value: str | None) -> str | None:
         return clip(value, _MAX_ERROR_CHARS)

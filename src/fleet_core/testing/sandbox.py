@@ -624,6 +624,8 @@ class _Sandbox:
             f"  {cli} deploy deploy.prod.all        # refused: the test key cannot reach prod",
             f"  {cli} deploy deploy.prod.all --nkey-file {q(str(admin_key))}",
             f"  {cli} build {REPO} all               # every host's closure, built once",
+            f"  {cli} deploy deploy.test.all --build {REPO}   # build, then each host switches "
+            "to its own",
             "",
             'MCP client config (Claude Desktop and others: "mcpServers"), with the test key '
             "and the builder's tools:",

@@ -354,7 +354,7 @@ async def _closures(
                 "all or role. To deploy a whole build, pass its build_id."
             )
         try:
-            return single_closure(target.name, path)
+            return single_closure(target.name, path, given_as="store_path")
         except FleetUsageError as exc:
             raise ToolError(f"{exc}.") from None
     if wanted is None:

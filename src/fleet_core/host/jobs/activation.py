@@ -41,6 +41,7 @@ __all__ = [
     "MAX_ROLLBACK_STEPS",
     "PHASE_FILE",
     "ROLLBACK_STEP_TIMEOUT",
+    "STOPPED_REASON",
     "SYSTEM_RUNNING",
     "Activation",
     "CheckResult",
@@ -73,6 +74,10 @@ SYSTEM_RUNNING = "system-running"  # the built-in check: systemctl is-system-run
 OUTPUT_TAIL_LINES = 10
 ROLLBACK_STEP_TIMEOUT = 600.0  # seconds one step of a rollback may take (nix-env, activation)
 MAX_ROLLBACK_STEPS = 3  # set the profile, activate what ran, restore the boot entry
+# Why a new system does not stand when the runner was told to stop before it was checked and
+# confirmed (systemctl stop of its unit, the host shutting down, a cancel that met the
+# activation): said as it is, never as a failed check or a confirmation that did not come.
+STOPPED_REASON = "the job runner was told to stop before the new system was checked and confirmed"
 _STARTING = ("initializing", "starting")
 _POLL = 0.2
 
@@ -237,18 +242,22 @@ def rollback_reason(
     failed_check: str | None = None,
     confirmed: bool | None = None,
     confirm_timeout: float = 0.0,
+    stopped: bool = False,
 ) -> str | None:
     """Why the recorded system must be re-activated; None when the result stands (pure).
 
     A failed rebuild that changed neither link changed nothing: there is nothing to take
     back. One that changed either failed while activating. ``boot`` runs nothing new, so
-    nothing can be checked or confirmed; ``switch`` and ``test`` need both.
+    nothing can be checked or confirmed; ``switch`` and ``test`` need both, and a runner
+    told to stop (``stopped``) before it had both does not let the new system stand.
     """
     activated = before != after
     if not rebuild_ok:
         return "the activation failed" if activated else None
     if action not in ACTIONS_CHECKED:
         return None
+    if stopped:
+        return STOPPED_REASON
     if failed_check is not None:
         return f"the health check {failed_check!r} failed"
     if confirmed is False:
@@ -405,14 +414,22 @@ def guard_activation(
         activation.checks = run_checks(guard, run, note)
         return activation
     failed_check = None
+    interrupted = False
     if rebuild_ok and guard.action in ACTIONS_CHECKED and activation.new != before:
-        phase("checking")
-        activation.checks = run_checks(guard, run, note)
-        failed_check = next((c.name for c in activation.checks if not c.ok), None)
-        if failed_check is None and guard.rollback:  # nothing to do on no answer, if off
+        # A stop that came before the new system was checked (and, with rollback on,
+        # confirmed) — while an activation ran to its end, or cutting a check or the wait
+        # short — is why it does not stand: not a check that "failed", nor a confirmation
+        # that "did not come".
+        if not stopped():
+            phase("checking")
+            activation.checks = run_checks(guard, run, note)
+            failed_check = next((c.name for c in activation.checks if not c.ok), None)
+        interrupted = stopped()
+        if failed_check is None and guard.rollback and not interrupted:
             phase("confirming")
             note("fleet-deploy: waiting for the listener to confirm it reached NATS")
             activation.confirmed = await_confirmation(job_dir, guard.confirm_timeout, stopped)
+            interrupted = stopped() and not activation.confirmed
     activation.rollback_reason = rollback_reason(
         guard.action,
         rebuild_ok=rebuild_ok,
@@ -421,6 +438,7 @@ def guard_activation(
         failed_check=failed_check,
         confirmed=activation.confirmed,
         confirm_timeout=guard.confirm_timeout,
+        stopped=interrupted,
     )
     if activation.rollback_reason is None:
         return activation

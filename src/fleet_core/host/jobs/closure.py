@@ -12,9 +12,10 @@ into ``output.log``, all of them under the job's one deadline:
    from the host's own configured substituters, and only with a signature by a key in its
    ``trusted-public-keys`` (never ``--no-check-sigs``); a path already in the store is there.
    When it fails the job ends ``closure_unavailable`` and nothing has changed.
-2. ``check`` (no process, ``system_check``): what arrived holds ``bin/switch-to-configuration``
-   and ``nixos-version``, as every NixOS system does; else ``not_a_system``, nothing is
-   activated. The name check on arrival guards against mistakes; this one looks at content.
+2. ``check`` (no process, ``system_check``): what arrived is a directory, not a symlink,
+   holding ``bin/switch-to-configuration`` and ``nixos-version``, as every NixOS system does;
+   else ``not_a_system``, nothing is activated. The name check on arrival guards against
+   mistakes; this one looks at content.
 3. the activation (``activation_steps``), with the exact-system primitive a rollback uses:
 
        switch        nix-env --profile P --set PATH, then PATH/bin/switch-to-configuration switch
@@ -26,7 +27,9 @@ into ``output.log``, all of them under the job's one deadline:
    Before it the runner writes the phase ``activating`` (``activation.PHASE_FILE``): from
    then on a stop request is not obeyed (a half activation helps nobody) and a cancel is
    answered ``already_activating``, as during nixos-rebuild's activation. The deadline
-   still holds, as it does for a rebuild's activation.
+   still holds, as it does for a rebuild's activation. A stop that came meanwhile is obeyed
+   once the activation ended: the guard does not let the new system stand unchecked
+   (``activation.STOPPED_REASON``).
 
 Then the guard runs as after any rebuild (``activation``): health checks, the listener's
 confirmation, and the rollback to the exact previous system. What the steps did goes into
@@ -38,6 +41,7 @@ Standard library only: the job runner loads this file by path, as it loads ``job
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,9 +137,15 @@ def read_plan(job_dir: Path) -> Plan | str | None:
 
 
 def system_check(path: str) -> str | None:
-    """Why the fetched ``path`` is not a NixOS system; None when it is one (its top level
-    holds ``SYSTEM_FILES``, the script executable)."""
+    """Why the fetched ``path`` is not a NixOS system; None when it is one (its top level is
+    a directory, not a symlink, and holds ``SYSTEM_FILES``, the script executable and, links
+    followed, within the store that holds ``path``)."""
     top = Path(path)
+    if top.is_symlink():
+        # A system's top level is a directory. A store path that is a symlink (any local
+        # user can add one, of any name) may point where its owner can still change what
+        # would be activated, and booted, after this check.
+        return f"{path} is not a NixOS system: it is a symlink, not a directory"
     if not top.is_dir():
         return f"{path} is not a NixOS system: it is not a directory"
     missing = [name for name in SYSTEM_FILES if not (top / name).is_file()]
@@ -147,6 +157,15 @@ def system_check(path: str) -> str | None:
     script = top / SYSTEM_FILES[0]
     if not script.stat().st_mode & 0o111:
         return f"{path} is not a NixOS system: its {SYSTEM_FILES[0]} is not executable"
+    # It may be a link (into another store path, as switch-to-configuration-ng's is), but
+    # never out of the store: what it runs must be as fixed as the path itself.
+    store = os.path.realpath(top.parent)
+    runs = os.path.realpath(script)
+    if not runs.startswith(store + os.sep):
+        return (
+            f"{path} is not a NixOS system: its {SYSTEM_FILES[0]} leads out of the store "
+            f"(to {runs[:200]})"
+        )
     return None
 
 
