@@ -20,6 +20,7 @@ from fleet_core.protocol.messages import (
     DeployRequest,
     ErrorCode,
     InvalidRequest,
+    PerHostRequest,
     encode,
     parse_deploy_request,
 )
@@ -149,3 +150,21 @@ def test_a_request_without_a_store_path_is_signed_as_before() -> None:
     )
     key, request = _signed(None)
     request.verify("deploy.test.web1", trusted=[key], replays=ReplayCache(), now=1000.0, ttl=60)
+
+
+def test_a_per_host_request_is_the_request_with_its_path_and_signature() -> None:
+    """What a closure deploy publishes to each host parses to exactly the request built the
+    slow way (a copy with the path, signed), and its signature verifies."""
+    key, signed = _signed(WEB1)
+    reply = "deploy.responses.d1"  # a request with an id is answered on its own subject
+    request = DeployRequest(id="d1", reply_to=reply, revision="a" * 40, no_rollback=True)
+    signature = signed.signature_fields()
+    assert signature is not None
+    fast = PerHostRequest(request).encode(WEB1, signature)
+    slow = encode(request.model_copy(update={"store_path": WEB1}).signed(signature))
+    assert json.loads(fast) == json.loads(slow)
+    parsed = parse_deploy_request(fast)
+    assert parsed == parse_deploy_request(slow)
+    parsed.verify("deploy.test.web1", trusted=[key], replays=ReplayCache(), now=1000.0, ttl=60)
+    unsigned = json.loads(PerHostRequest(request).encode(WEB2, None))
+    assert unsigned["store_path"] == WEB2 and "signature" not in unsigned

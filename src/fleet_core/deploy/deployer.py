@@ -94,6 +94,7 @@ from fleet_core.protocol.messages import (
     ErrorCode,
     HostInfo,
     JobSummary,
+    PerHostRequest,
     encode,
     parse_status,
 )
@@ -516,14 +517,26 @@ class Deployer:
         """A closure deploy at once: one request per host, on its own subject, carrying its
         own store path and signed for that subject; then flush, so that a refusal is known
         before the wait. One copy of the request per host, and no validation again: the
-        paths were checked as ``Closures`` were made."""
+        paths were checked as ``Closures`` were made (``PerHostRequest``)."""
         prefix = f"deploy.{gathering.target.tier.value}."
         subjects = {host: prefix + host for host in paths}
         events.watch(subjects.values())
-        publish, reply = self._bus.publish, gathering.reply
+        publish, reply, signing = self._bus.publish, gathering.reply, self._signing
+        template = PerHostRequest(request)
+        assert request.id is not None  # deploy always gives its request an id
         for host, subject in subjects.items():
-            own = request.model_copy(update={"store_path": paths[host]})
-            await publish(subject, encode(self._sign(own, subject)), reply=reply)
+            path = paths[host]
+            signature = None
+            if signing is not None:
+                signature = signing.sign(
+                    request_id=request.id,
+                    subject=subject,
+                    action=request.action.value,
+                    revision=request.revision,
+                    now=time.time(),
+                    store_path=path,
+                )
+            await publish(subject, template.encode(path, signature), reply=reply)
         await self._bus.flush()
         events.raise_denied()
 
