@@ -10,14 +10,9 @@ point to, their job records) against what the deployer reported."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -26,7 +21,6 @@ import pytest
 from fleet_core.build.builder import Builder
 from fleet_core.build.client import BuildClient
 from fleet_core.build.protocol import (
-    NIX_FEATURES,
     BuildResult,
     parse_build_status,
     parse_build_target,
@@ -41,203 +35,31 @@ from fleet_core.deploy.closures import (
     single_closure,
 )
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult
 from fleet_core.errors import PermissionDenied
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import MAX_STATUS_BYTES, JobPhase
-from fleet_core.protocol.subjects import Tier, parse_target
+from fleet_core.protocol.subjects import parse_target
 from fleet_core.testing import (
     FLAKE_URL,
-    FleetHost,
-    LocalFleet,
-    init_root,
-    local_fleet,
     publish_system,
-    simulated_facts,
     simulated_nix_command,
-    simulated_nix_store_command,
-    simulated_rollback,
 )
-from fleet_core.testing.simulated_system import current, store_dir
-from tests.conftest import DEPLOYERS, scripts_dir
+from tests.conftest import scripts_dir
 
+from .closure_fleet import (
+    CONFIGURATIONS,
+    KEY,
+    TIMING,
+    Closed,
+    closed,
+    env,
+    pinned,
+)
 from .support import commit_of
 
 pytestmark = pytest.mark.anyio
 
-KEY = "cache.example.org-1"  # the builder signs with it; every host trusts it
-HOSTS = (
-    FleetHost("web1", Tier.TEST, "web"),
-    FleetHost("web2", Tier.TEST, "web"),
-    FleetHost("db1", Tier.TEST, None),
-    FleetHost("pweb1", Tier.PROD, "web"),
-)
-CONFIGURATIONS = ("db1", "pweb1", "web1", "web2")
-TIMING = DeployTiming(answer_within=5.0, silence_limit=10.0)
-
-
-@dataclass
-class Closed:
-    """The fleet, each host's simulated root, the builder's cache and its nix record."""
-
-    local: LocalFleet
-    root: Path
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def record(self) -> Path:
-        return self.root / "nix.jsonl"
-
-    def host_root(self, host: str) -> Path:
-        return self.root / f"{host}-root"
-
-    def fetched(self, host: str) -> list[list[str]]:
-        """Every nix-store --realise the host ran."""
-        record = self.root / f"{host}-nix-store.jsonl"
-        if not record.exists():
-            return []
-        return [json.loads(line)["argv"] for line in record.read_text().splitlines()]
-
-    def running(self, host: str) -> str | None:
-        """The base name (hash-name) of the system the host runs."""
-        system = current(self.host_root(host))
-        return system.name if system is not None else None
-
-    def builds(self) -> list[str]:
-        """The installable of every nix build the builder ran."""
-        if not self.record.exists():
-            return []
-        argvs = [json.loads(line)["argv"] for line in self.record.read_text().splitlines()]
-        assert all(argv[:2] == list(NIX_FEATURES) for argv in argvs), argvs
-        return [argv[-1] for argv in argvs if argv[2] == "build"]
-
-    @asynccontextmanager
-    async def listeners(self, *hosts: str) -> AsyncIterator[None]:
-        """The hosts' listeners, each on its own simulated root, fetching from the cache and
-        trusting the builder's key, taking requests signed by either deployer key."""
-        trusted = (self.local.seed("deployer").public_key, self.local.seed("admin").public_key)
-        chosen = []
-        for host in hosts:
-            root = self.host_root(host)
-            init_root(root, host)
-            chosen.append(
-                self.local.listener_settings(
-                    host,
-                    rollback=simulated_rollback(root),
-                    facts=simulated_facts(root),
-                    nix_store_command=simulated_nix_store_command(
-                        root,
-                        self.cache,
-                        KEY,
-                        "--sim-record",
-                        str(self.root / f"{host}-nix-store.jsonl"),
-                    ),
-                    store_dir=store_dir(root),
-                    trusted_deployer_keys=trusted,
-                )
-            )
-        async with self.local.listeners(chosen):
-            yield
-
-    @asynccontextmanager
-    async def builder(self, *sim: str) -> AsyncIterator[None]:
-        """A builder of repository nixos, signing what it copies to the cache."""
-        nix = simulated_nix_command(
-            "--sim-hosts",
-            ",".join(CONFIGURATIONS),
-            "--sim-record",
-            str(self.record),
-            "--sim-signing-key",
-            KEY,
-            *sim,
-        )
-        settings = self.local.builder_settings(
-            "builder",
-            nix_command=nix,
-            heartbeat_interval=0.5,
-            progress_interval=0.05,
-            cache=f"file://{self.cache}",
-        )
-        builder = Builder(settings)
-        async with await self.local.connect("builder") as bus, anyio.create_task_group() as tg:
-            await tg.start(builder.serve, bus)
-            yield
-            tg.cancel_scope.cancel()
-
-    async def deploy(
-        self, subject: str, closures: Closures, *, who: str = "deployer", **kw: Any
-    ) -> DeploymentResult:
-        async with await self.local.connect(who) as bus:
-            return await Deployer(bus, timing=TIMING, signer=self.local.seed(who)).deploy(
-                parse_target(subject),
-                revision="main",
-                action=Action.SWITCH,
-                timeout=60,
-                closures=closures,
-                **kw,
-            )
-
-    async def build_and_deploy(
-        self, subject: str, *, who: str = "deployer", **kw: Any
-    ) -> tuple[DeploymentResult, BuildResult | None]:
-        async with await self.local.connect(who) as bus:
-            deployer = Deployer(bus, timing=TIMING, signer=self.local.seed(who))
-            target = parse_target(subject)
-            closures, build = await build_for_deploy(
-                deployer, target, repo="nixos", revision="main", timeout=60
-            )
-            result = await deployer.deploy(
-                target,
-                revision="main",
-                action=Action.SWITCH,
-                timeout=60,
-                closures=closures,
-                **kw,
-            )
-        return result, build
-
-    async def job_phase(self, host: str, deployment_id: str, tier: Tier = Tier.TEST) -> JobPhase:
-        """What ``host``'s job records say of the deployment (asked by job query)."""
-        async with await self.local.connect("admin") as bus:
-            answers = await Deployer(bus, timing=TIMING).query_job(
-                deployment_id, hosts=[host], tier=tier
-            )
-        job = answers[host].job
-        assert job is not None
-        return job.phase
-
-    async def cli(self, *args: str, who: str = "deployer") -> tuple[int, str, str]:
-        """The installed fleet-deploy, as a real process."""
-        argv = [str(scripts_dir() / "fleet-deploy"), *args]
-        argv += ["--nats-url", self.local.url, "--nkey-file", str(self.local.keys[who])]
-        with anyio.fail_after(90):
-            done = await anyio.run_process(argv, check=False, env=_env())
-        return done.returncode, done.stdout.decode(), done.stderr.decode()
-
-
-def _env() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("FLEET_DEPLOY_", "HOMELAB_DEPLOY_")) and k != "INVOCATION_ID"
-    }
-
-
-@pytest.fixture
-async def closed(tmp_path: Path) -> AsyncIterator[Closed]:
-    async with local_fleet(
-        list(HOSTS), DEPLOYERS, builders={"builder": ["nixos"]}, root=tmp_path, history=True
-    ) as local:
-        yield Closed(local, tmp_path)
-
-
-def pinned(host: str) -> str:
-    """The installable the builder builds ``host`` from: the commit main was pinned to."""
-    commit = commit_of("main")
-    return f"{FLAKE_URL}?rev={commit}#nixosConfigurations.{host}.config.system.build.toplevel"
+__all__ = ["closed"]  # the fixture
 
 
 async def test_the_cli_builds_a_role_once_and_each_host_switches_to_its_own_system(
@@ -456,7 +278,7 @@ async def test_a_lost_build_is_an_error_and_deploys_nothing(closed: Closed) -> N
     try:
         async with (
             closed.listeners("web1", "web2"),
-            await anyio.open_process(argv, env=_env(), stdout=subprocess.DEVNULL) as process,
+            await anyio.open_process(argv, env=env(), stdout=subprocess.DEVNULL) as process,
         ):
             assert process.stderr is not None
             seen = b""

@@ -1,7 +1,7 @@
 """Closure deploys as a new user meets them: the error paths of the command line and the MCP
 tools say what happened in the caller's own words, and what is reported as sent was sent.
 
-Real parts, as in ``tests/test_closure_deploy.py`` (whose ``Closed`` fleet this reuses): a
+Real parts, as in ``tests/test_closure_deploy.py`` (the ``Closed`` fleet of ``closure_fleet``): a
 real nats-server with the tiered permissions and the builds stream, a real builder signing
 what it copies into a ``file://`` cache, real listeners fetching from it, the installed
 ``fleet-deploy`` as a process and real ``mcp.Client`` sessions."""
@@ -10,28 +10,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fleet_core.config.settings import RolloutSettings
-from fleet_core.testing import local_fleet, publish_system
+from fleet_core.testing import publish_system
 
-from .conftest import DEPLOYERS, Fleet, scripts_dir
-from .support import commit_of, session, settings_for, text_of
-from .test_closure_deploy import HOSTS, KEY, Closed, _env
+from .closure_fleet import KEY, Closed, closed, env, mcp_settings
+from .conftest import scripts_dir
+from .support import commit_of, session, text_of
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture
-async def closed(tmp_path: Path) -> AsyncIterator[Closed]:
-    async with local_fleet(
-        list(HOSTS), DEPLOYERS, builders={"builder": ["nixos"]}, root=tmp_path, history=True
-    ) as local:
-        yield Closed(local, tmp_path)
+__all__ = ["closed"]  # the fixture
 
 
 def test_store_path_of_another_host_is_refused_before_connecting(tmp_path: Path) -> None:
@@ -45,9 +37,9 @@ def test_store_path_of_another_host_is_refused_before_connecting(tmp_path: Path)
     web1 = publish_system(tmp_path / "cache", "web1", "good", signing_key=KEY)
     common = ["--nats-url", "nats://127.0.0.1:1", "--nkey-file", str(tmp_path / "me.seed")]
     argv = [fleet_deploy, "deploy", "deploy.test.db1", "--store-path", web1, *common]
-    text = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=30, check=False)
+    text = subprocess.run(argv, capture_output=True, text=True, env=env(), timeout=30, check=False)
     as_json = subprocess.run(
-        [*argv, "--json"], capture_output=True, text=True, env=_env(), timeout=30, check=False
+        [*argv, "--json"], capture_output=True, text=True, env=env(), timeout=30, check=False
     )
     assert (text.returncode, text.stdout) == (2, ""), text
     assert "--store-path:" in text.stderr and "is not a system of 'db1'" in text.stderr
@@ -121,8 +113,7 @@ async def test_the_mcp_tools_speak_of_store_path_and_of_a_rollout_that_never_beg
     failed builds stopped before its first batch says that no batch started and names the
     skipped host, not "no batch has gone out yet", and reports no system sent to it."""
     other = publish_system(closed.cache, "web2", "known-good", signing_key=KEY)
-    fleet = Fleet(local=closed.local, record=closed.root / "runs.jsonl")
-    settings = replace(settings_for(fleet), enable_builds=True)
+    settings = mcp_settings(closed)
     listeners = closed.listeners("web1", "web2")
     builder = closed.builder("--sim-fail-host", "web2")
     async with builder, listeners, session(settings, "auto") as s:

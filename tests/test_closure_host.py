@@ -10,37 +10,22 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
-from fleet_core.bus import Message
-from fleet_core.config.settings import HealthCheckSpec
 from fleet_core.host.jobs.jobdir import EXIT_FILE
 from fleet_core.protocol.messages import (
-    DeployRequest,
-    DiscoverRequest,
-    HostInfo,
     Status,
     encode,
-    parse_host_info,
 )
-from fleet_core.protocol.signing import RequestSigner
-from fleet_core.protocol.subjects import Tier, tier_discover_subject
+from fleet_core.protocol.subjects import Tier
 from fleet_core.protocol.trust import bound_replies
 from fleet_core.testing import (
     InstantRebuilder,
-    init_root,
     publish_system,
-    simulated_closures,
-    simulated_nix_store_command,
     simulated_rollback,
     simulated_systemd_run_command,
 )
@@ -54,171 +39,34 @@ from fleet_core.testing.simulated_system import (
     current,
     current_system_path,
     generations,
-    profile,
     profile_path,
     simulated_nix_env_command,
     simulated_systemctl_command,
     store_dir,
 )
 
+from .closure_fleet import (
+    FAIL,
+    KEY,
+    OTHER_KEY,
+    PASS,
+    REVISION,
+    Host,
+    ask,
+    asking,
+    discover,
+    final_of,
+    host,
+    signed,
+    wait_final,
+    web1,
+)
 from .conftest import FLAKE_URL, Fleet, scripts_dir
-from .support import Replies, replies_on, running_daemon, wait_for_file
+from .support import replies_on, running_daemon, wait_for_file
 
 pytestmark = pytest.mark.anyio
 
-KEY = "cache.example.org-1"  # the builder's signing key, as the host trusts it
-OTHER_KEY = "someone-else-1"
-REVISION = "a" * 40  # the commit the closure was built from
-PASS = HealthCheckSpec(name="web-answers", argv=(sys.executable, "-c", "print('200 OK')"))
-FAIL = HealthCheckSpec(
-    name="web-answers",
-    argv=(sys.executable, "-c", "import sys; print('connection refused'); sys.exit(1)"),
-)
-
-
-@dataclass
-class Host:
-    """web1 with a root of its own, the builder's cache, and a record of every fetch."""
-
-    root: Path
-    initial: Path
-    cache: Path
-    record: Path
-
-    def links(self) -> tuple[Path | None, Path | None, Path | None]:
-        """The profile's system, the running one, the one booted next."""
-        return profile(self.root), current(self.root), boot_default(self.root)
-
-    def fetches(self) -> list[list[str]]:
-        """The argv of every nix-store the host ran (without the --sim-* options)."""
-        if not self.record.exists():
-            return []
-        argvs = [json.loads(line)["argv"] for line in self.record.read_text().splitlines()]
-        return [argv[argv.index("--realise") :] for argv in argvs]
-
-    def local(self, store_path: str) -> Path:
-        """Where ``store_path`` lies in this host's store."""
-        return store_dir(self.root) / Path(store_path).name
-
-    def nix_store(self, *sim: str, trusted: str = KEY) -> tuple[str, ...]:
-        return simulated_nix_store_command(
-            self.root, self.cache, trusted, "--sim-record", str(self.record), *sim
-        )
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Host:
-    root = tmp_path / "web1-root"
-    return Host(root, init_root(root, "web1"), tmp_path / "cache", tmp_path / "nix-store.jsonl")
-
-
-@asynccontextmanager
-async def web1(
-    fleet: Fleet,
-    host: Host,
-    *,
-    checks: Sequence[HealthCheckSpec] = (),
-    sim: Sequence[str] = (),
-    trusted: str = KEY,
-    **overrides: object,
-) -> AsyncIterator[None]:
-    """web1's listener on its simulated root, taking requests signed by the test deployer."""
-    fields: dict[str, Any] = simulated_closures(
-        host.root, host.cache, trusted, "--sim-record", str(host.record), *sim, checks=checks
-    )
-    fields["trusted_deployer_keys"] = (fleet.seed("deployer").public_key,)
-    async with fleet.listeners("web1", **(fields | overrides)):
-        yield
-
-
-def signed(
-    fleet: Fleet, subject: str, action: str, *, revision: str, store_path: str | None, who: str
-) -> DeployRequest:
-    request_id = uuid.uuid4().hex
-    signature = RequestSigner(fleet.seed(who).reveal()).sign(
-        request_id=request_id,
-        subject=subject,
-        action=action,
-        revision=revision,
-        now=time.time(),
-        store_path=store_path,
-    )
-    request = DeployRequest(
-        id=request_id,
-        reply_to=f"deploy.responses.{request_id}",
-        action=action,
-        revision=revision,
-        store_path=store_path,
-    )
-    return request.signed(signature)
-
-
-@asynccontextmanager
-async def asking(
-    fleet: Fleet,
-    store_path: str | None,
-    action: str = "switch",
-    *,
-    revision: str = REVISION,
-    who: str = "deployer",
-) -> AsyncIterator[tuple[str, Replies]]:
-    """Publish one signed request to web1 and gather its statuses for the block's length."""
-    subject = "deploy.test.web1"
-    request = signed(fleet, subject, action, revision=revision, store_path=store_path, who=who)
-    async with (
-        await fleet.connect(who) as bus,
-        replies_on(bus, bound_replies(request.reply_to, Tier.TEST)) as replies,
-    ):
-        await bus.publish(subject, encode(request))
-        await bus.flush()
-        assert request.id is not None
-        yield request.id, replies
-
-
-async def ask(
-    fleet: Fleet, store_path: str | None, action: str = "switch", *, who: str = "deployer"
-) -> tuple[str, list[Status]]:
-    """One request to its final status: the request id and every status."""
-    async with asking(fleet, store_path, action, who=who) as (request_id, replies):
-        await wait_final(replies)
-    return request_id, replies.statuses
-
-
-async def wait_final(replies: Replies, limit: float = 40) -> Status:
-    await replies.wait_for(lambda got: any(s.is_final for s in got), limit)
-    [final] = replies.final()
-    return final
-
-
-def final_of(statuses: list[Status]) -> Status:
-    [final] = [s for s in statuses if s.is_final]
-    return final
-
-
-async def discover(fleet: Fleet, job: str | None = None) -> HostInfo:
-    """web1's answer to a discovery (a job query when ``job`` is given), as the test key."""
-    reply = f"deploy.responses.{uuid.uuid4().hex}"
-    query = DiscoverRequest(
-        reply_to=reply, tier=Tier.TEST, job=job, hosts=["web1"] if job else None, bind=True
-    )
-    answers: list[HostInfo] = []
-    got = anyio.Event()
-
-    async with await fleet.connect("deployer") as bus:
-
-        async def deliver(msg: Message) -> None:
-            info = parse_host_info(msg.data)
-            if info is not None and info.hostname == "web1":
-                answers.append(info)
-                got.set()
-
-        subscription = await bus.subscribe(bound_replies(reply, Tier.TEST), deliver)
-        await bus.flush()
-        await bus.publish(tier_discover_subject(Tier.TEST), encode(query), reply=reply)
-        with anyio.fail_after(10):
-            await got.wait()
-        await subscription.unsubscribe()
-    return answers[0]
+__all__ = ["host"]  # the fixture
 
 
 class TestActions:
