@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -22,6 +23,7 @@ from fleet_core.build.builder import Builder
 from fleet_core.build.client import BuildClient
 from fleet_core.build.protocol import (
     BuildResult,
+    HostBuildState,
     parse_build_status,
     parse_build_target,
 )
@@ -212,6 +214,17 @@ async def test_without_a_builder_nothing_is_deployed_and_the_error_says_why(
     assert closed.fetched("web1") == [] and closed.fetched("web2") == []
 
 
+def _once_building() -> tuple[anyio.Event, Callable[[BuildResult], None]]:
+    """An event set once the builder says it builds a host, and the build's callback."""
+    building = anyio.Event()
+
+    def on_build(result: BuildResult) -> None:
+        if any(host.state is HostBuildState.BUILDING for host in result.hosts):
+            building.set()
+
+    return building, on_build
+
+
 async def test_a_builder_stopped_mid_build_deploys_nothing(closed: Closed) -> None:
     """The builder stops mid-build (its build ends cancelled, web2 never built): web2 is
     sent nothing, and nothing was fetched for it."""
@@ -219,12 +232,12 @@ async def test_a_builder_stopped_mid_build_deploys_nothing(closed: Closed) -> No
     async with closed.listeners("web1", "web2"), await closed.local.connect("deployer") as bus:
         deployer = Deployer(bus, timing=TIMING, signer=closed.local.seed("deployer"))
         target = parse_target("deploy.test.role.web")
+        building, on_build = _once_building()
         async with anyio.create_task_group() as tg:
 
             async def stop_builder_once_building(scope: anyio.CancelScope) -> None:
                 with anyio.fail_after(30):
-                    while not closed.builds():  # noqa: ASYNC110 - the record is a file
-                        await anyio.sleep(0.05)
+                    await building.wait()
                 scope.cancel()
 
             async def run_builder() -> None:
@@ -235,7 +248,7 @@ async def test_a_builder_stopped_mid_build_deploys_nothing(closed: Closed) -> No
 
             tg.start_soon(run_builder)
             closures, build = await build_for_deploy(
-                deployer, target, repo="nixos", revision="main", timeout=60
+                deployer, target, repo="nixos", revision="main", timeout=60, on_update=on_build
             )
         result = await deployer.deploy(
             target, revision="main", action=Action.SWITCH, timeout=30, closures=closures
@@ -417,17 +430,22 @@ async def test_the_whole_builds_statuses_fit_for_ten_thousand_hosts(closed: Clos
                     with builder_scope:
                         await Builder(settings).serve(own, task_status=task_status)
 
+            building, on_build = _once_building()
+
             async def stop_once_building() -> None:
                 with anyio.fail_after(60):
-                    while not closed.builds():  # noqa: ASYNC110 - the record is a file
-                        await anyio.sleep(0.05)
+                    await building.wait()
                 builder_scope.cancel()
 
             async with anyio.create_task_group() as tg:
                 await tg.start(serve)
                 tg.start_soon(stop_once_building)
                 result = await BuildClient(bus, timing=TIMING).build(
-                    parse_build_target("nixos"), revision="main", timeout=60, build_id="big"
+                    parse_build_target("nixos"),
+                    revision="main",
+                    timeout=60,
+                    build_id="big",
+                    on_update=on_build,
                 )
             with anyio.fail_after(10):
                 await arrived.wait()

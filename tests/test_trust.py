@@ -34,7 +34,8 @@ import pytest
 import structlog
 
 from fleet_core.bus import Bus, Message
-from fleet_core.deploy.deployer import Deployer, _Gathering
+from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.gathering import Gathering
 from fleet_core.deploy.inbox import JobAnswers
 from fleet_core.deploy.report import summary
 from fleet_core.deploy.tracker import DeploymentResult, DeploymentTracker, HostResult
@@ -283,7 +284,7 @@ class TestPure:
         tracker = DeploymentTracker(
             ["web2", "web3"], started_at=0.0, timeout=100, answer_within=5, silence_limit=10
         )
-        gathering = _Gathering(
+        gathering = Gathering(
             tracker,
             reply="deploy.responses.d",
             deployment_id="d",

@@ -2,6 +2,7 @@
 
 Modules:
     deployer    publish a request, gather statuses, query jobs, discover hosts
+    gathering   what each event does to a deployment's tracker; a rollout under way
     inbox       a deployment's replies and the server's refusals, as one event stream
     answers     what a discovery or job query gathers, and which answers are believed
     tracker     one deployment host by host, when a host is lost, when it is over (pure)

@@ -28,9 +28,10 @@ take one end before anything is sent, and each other host gets its own request o
 ``deploy.<tier>.<host>`` carrying its store path, signed for that subject — all at once, or
 batch by batch in a rollout, whose budget counts the failed builds before its first batch.
 
-Longer than most modules: discovery, job queries, the gathering and a rollout's batches share
-one event stream (``Inbox``) and one loop, and splitting them would pass that loop's state
-between modules; every decision in it is a pure module's (the tracker's, the rollout's).
+Discovery, job queries, the gathering and a rollout's batches share one event stream
+(``Inbox``) and one loop, which this module runs; what each event does to the deployment's
+tracker, and a rollout's place, are ``fleet_core.deploy.gathering``'s; every decision in them
+is a pure module's (the tracker's, the rollout's).
 
 Every request asks for bound replies (``fleet_core.protocol.trust``): the deployer subscribes to
 ``<reply>.<tier>.*`` for the tier it expects and to the bare ``<reply>`` (homelab-deploy's
@@ -47,24 +48,30 @@ import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import structlog
 
-from fleet_core.bus import Bus, Message
+from fleet_core.bus import Bus
 from fleet_core.config.settings import DeployTiming, RolloutSettings
 from fleet_core.deploy.answers import Answers, gather_answers, job_of
 from fleet_core.deploy.closures import ClosurePlan, Closures, Ended, plan_closures
-from fleet_core.deploy.inbox import ConnectionChange, Event, Inbox, JobAnswers
+from fleet_core.deploy.gathering import (
+    Gathering,
+    OnConnection,
+    OnRollout,
+    OnUpdate,
+    RunningRollout,
+)
+from fleet_core.deploy.inbox import ConnectionChange, Inbox, JobAnswers
 from fleet_core.deploy.rollout import (
     MAX_NAMED,
     Plan,
     Stop,
     budget_stop,
-    failed_hosts,
     held_too_long,
     plan_rollout,
 )
@@ -72,8 +79,6 @@ from fleet_core.deploy.tracker import (
     DeploymentResult,
     DeploymentTracker,
     HostResult,
-    Outage,
-    RolloutResult,
     RolloutStep,
     TierDirectory,
 )
@@ -93,10 +98,8 @@ from fleet_core.protocol.messages import (
     DiscoverRequest,
     ErrorCode,
     HostInfo,
-    JobSummary,
     PerHostRequest,
     encode,
-    parse_status,
 )
 from fleet_core.protocol.signing import RequestSigner
 from fleet_core.protocol.subjects import (
@@ -108,11 +111,7 @@ from fleet_core.protocol.subjects import (
     tier_discover_subject,
 )
 from fleet_core.protocol.trust import (
-    Flagged,
     bound_replies,
-    judge_status,
-    reply_origin,
-    shown,
 )
 
 __all__ = [
@@ -125,12 +124,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("fleet.deployer")
-
-OnUpdate = Callable[[HostResult, DeploymentResult], None]
-# The deployer's connection dropped (``outage.duration_s`` is None) or came back.
-OnConnection = Callable[[Outage, DeploymentResult], None]
-# A rollout published a batch, or stopped (before its skipped hosts' own updates).
-OnRollout = Callable[[RolloutStep, DeploymentResult], None]
 
 
 def new_deployment_id() -> str:
@@ -341,7 +334,7 @@ class Deployer:
                 # The answers matter again only to name the tier's hosts to a target that
                 # reached none: ten thousand of them need not live through the gathering.
                 found = Answers()
-            gathering = _Gathering(
+            gathering = Gathering(
                 tracker,
                 reply=reply,
                 deployment_id=deployment_id,
@@ -352,7 +345,9 @@ class Deployer:
                 on_update=on_update,
                 on_connection=on_connection,
                 signer=self._signer.public_key if self._signer is not None else None,
-                rollout=_Rollout(plan, request, on_rollout, chosen) if plan is not None else None,
+                rollout=RunningRollout(plan, request, on_rollout, chosen)
+                if plan is not None
+                else None,
                 closures=closures,
             )
             bound.info(
@@ -421,7 +416,7 @@ class Deployer:
         return _Setup(expected, found, matched, chosen, plan)
 
     async def _send_and_gather(
-        self, gathering: _Gathering, events: Inbox, request: DeployRequest, setup: _Setup
+        self, gathering: Gathering, events: Inbox, request: DeployRequest, setup: _Setup
     ) -> None:
         """Publish as the deployment is shaped (one request to the target's subject, one
         per host of a closure deploy, or a rollout's batches in their turn) and gather."""
@@ -509,7 +504,7 @@ class Deployer:
 
     async def _publish_closures(
         self,
-        gathering: _Gathering,
+        gathering: Gathering,
         events: Inbox,
         request: DeployRequest,
         paths: Mapping[str, str],
@@ -560,7 +555,7 @@ class Deployer:
             )
         events.raise_denied()
 
-    async def _roll_on(self, gathering: _Gathering, events: Inbox) -> list[HostResult]:
+    async def _roll_on(self, gathering: Gathering, events: Inbox) -> list[HostResult]:
         """A rollout's next step, once the hosts of its open batch are all final: stop (the
         budget is spent, or an outcome is unknown), wait for the connection, or publish the
         next batch. Returns the hosts that changed (those skipped)."""
@@ -583,7 +578,7 @@ class Deployer:
         await self._publish_batch(gathering, events)
         return []
 
-    def _stop_rollout(self, gathering: _Gathering, stop: Stop, now: float) -> list[HostResult]:
+    def _stop_rollout(self, gathering: Gathering, stop: Stop, now: float) -> list[HostResult]:
         rollout = gathering.rollout
         assert rollout is not None
         rollout.stop = stop
@@ -600,7 +595,7 @@ class Deployer:
         rollout.step(step, gathering, now)
         return skipped
 
-    async def _publish_batch(self, gathering: _Gathering, events: Inbox) -> None:
+    async def _publish_batch(self, gathering: Gathering, events: Inbox) -> None:
         """Publish the rollout's next batch: one request per host, each signed for its own
         subject as it goes out; then flush, so that a refusal is known before the wait."""
         rollout = gathering.rollout
@@ -645,7 +640,7 @@ class Deployer:
         )
         return request.signed(signature)
 
-    async def _gather(self, gathering: _Gathering, events: Inbox) -> None:
+    async def _gather(self, gathering: Gathering, events: Inbox) -> None:
         """Feed the tracker until every host is final, sending the job queries it asks for.
 
         Raises ``PermissionDenied`` as itself, not wrapped by the queries' task group.
@@ -655,7 +650,7 @@ class Deployer:
         except BaseExceptionGroup as group:
             raise only_fleet_error(group) from None
 
-    async def _gather_with_queries(self, gathering: _Gathering, events: Inbox) -> None:
+    async def _gather_with_queries(self, gathering: Gathering, events: Inbox) -> None:
         tracker = gathering.tracker
         async with anyio.create_task_group() as queries:
             while True:
@@ -682,7 +677,7 @@ class Deployer:
                 gathering.report(changed, now)
             queries.cancel_scope.cancel()  # a query still out has nothing left to say
 
-    async def _ask_for_jobs(self, events: Inbox, gathering: _Gathering, hosts: list[str]) -> None:
+    async def _ask_for_jobs(self, events: Inbox, gathering: Gathering, hosts: list[str]) -> None:
         """Send the job query the tracker asked for; its answers, even none, come back as
         one event (a query that could not be sent has no answers)."""
         request_id = gathering.deployment_id
@@ -707,227 +702,6 @@ class _Setup:
     matched: set[str]
     chosen: ClosurePlan | None
     plan: Plan | None
-
-
-class _Gathering:
-    """One deployment's tracker and its caller's callbacks: what each event does to them."""
-
-    def __init__(
-        self,
-        tracker: DeploymentTracker,
-        *,
-        reply: str,
-        deployment_id: str,
-        target: Target,
-        action: Action,
-        revision: str,
-        log: Any,
-        on_update: OnUpdate | None,
-        on_connection: OnConnection | None,
-        signer: str | None = None,
-        rollout: _Rollout | None = None,
-        closures: Closures | None = None,
-    ) -> None:
-        self.tracker = tracker
-        self.rollout = rollout
-        self.closures = closures
-        # Each host is sent its own request on its own subject (a rollout, a closure
-        # deploy): "nobody listens" is one host's, and no host answers unasked.
-        self._per_host = rollout is not None or closures is not None
-        self.signer = signer  # the public key the request is signed with, if it is
-        self.reply = reply
-        self.deployment_id = deployment_id
-        self.target = target
-        self._tier = target.tier.value  # asked once per status, with whether it is a group
-        self._group = target.is_group and closures is None
-        self.log = log
-        self._action = action
-        self._revision = revision
-        self._on_update = on_update
-        self._on_connection = on_connection
-
-    def snapshot(self, now: float) -> DeploymentResult:
-        return self.tracker.result(
-            deployment_id=self.deployment_id,
-            subject=self.target.subject,
-            tier=self.target.tier.value,
-            action=self._action.value,
-            revision=self._revision,
-            now=now,
-            rollout=self.rollout.result(self.tracker) if self.rollout is not None else None,
-            build_id=self.closures.build_id if self.closures is not None else None,
-            commit=self.closures.commit if self.closures is not None else None,
-        )
-
-    def report(self, changed: list[HostResult], now: float) -> None:
-        if self._on_update is None or not changed:
-            return
-        current = self.snapshot(now)
-        for host in changed:
-            self._on_update(host, current)
-
-    def take(self, event: Event, now: float) -> list[HostResult]:
-        """One event into the tracker; returns the hosts that changed."""
-        if isinstance(event, Message):  # all but a few: the statuses
-            return self._status(event, now)
-        if isinstance(event, PermissionDenied):
-            raise event
-        if isinstance(event, ConnectionChange):
-            return self._connection(event, now)
-        answers, bare = self._believed(event)  # a job query's answers
-        changed = self.tracker.take_job_answers(answers, now, bare=bare)
-        for host in changed:
-            self.log.info(
-                "job_query_settled",
-                host=host.hostname,
-                status=host.status,
-                recovered=host.recovered,
-            )
-        return changed
-
-    def _status(self, event: Message, now: float) -> list[HostResult]:
-        """A message on the reply subjects into the tracker, unless it is not believed."""
-        if event.no_responders:
-            if self._per_host:  # one of the hosts' subjects, not the target's
-                return self.tracker.no_responder(now)
-            return self.tracker.nobody_listens(now)
-        origin = reply_origin(self.reply, event.subject)
-        status = parse_status(event.data)
-        if status is None or origin is None:
-            self.log.warning("status_ignored", subject=shown(event.subject), size=len(event.data))
-            return []
-        tracker = self.tracker
-        unasked = self.rollout.unasked(status.hostname, tracker) if self.rollout else None
-        if unasked is not None:
-            self.flag(Flagged.of(event.subject, status.hostname, status.status.value, unasked))
-            return []
-        reason = judge_status(
-            status,
-            origin,
-            deployment_id=self.deployment_id,
-            tier=self._tier,
-            expected=tracker.expects(status.hostname),
-            group=self._group,
-            speaks_bound=tracker.speaks_bound(status.hostname),
-            signer=self.signer,
-        )
-        if reason is not None:
-            self.flag(Flagged.of(event.subject, status.hostname, status.status.value, reason))
-            return []
-        updated = tracker.observe(status, now, bound=origin.bound)
-        return [updated] if updated is not None else []
-
-    def flag(self, flagged: Flagged) -> None:
-        """Drop what is not believed: a warning, and a line in the result."""
-        self.log.warning(
-            "reply_flagged",
-            reply_subject=flagged.subject,
-            claimed_host=flagged.hostname,
-            claim=flagged.claim,
-            reason=flagged.reason,
-        )
-        self.tracker.flag(flagged)
-
-    def _believed(self, event: JobAnswers) -> tuple[dict[str, JobSummary | None], Collection[str]]:
-        """A job query's answers less those on the bare subject for a host known to answer
-        bound; its flagged answers go to the result."""
-        answers = dict(event.answers)
-        for flagged in event.flagged:
-            self.flag(flagged)
-        for name in sorted(event.bare & answers.keys()):
-            if self.tracker.speaks_bound(name):
-                del answers[name]
-                self.flag(
-                    Flagged.of(
-                        event.reply,
-                        name,
-                        "job answer",
-                        f"it came on the bare reply subject, but {name} answers on its own "
-                        "reply subject (any listener key may publish to the bare one)",
-                    )
-                )
-        return answers, event.bare
-
-    def _connection(self, event: ConnectionChange, now: float) -> list[HostResult]:
-        if event.gone:
-            self.log.warning("deploy_connection_gone")
-            return self.tracker.connection_gone(now)
-        if event.connected:
-            outage = self.tracker.connection_back(now)
-        else:
-            outage = self.tracker.connection_lost(now, at=time.time())
-        if outage is None:
-            return []
-        if event.connected:
-            self.log.info("deploy_connection_back", outage_s=outage.duration_s)
-        else:
-            self.log.info("deploy_connection_lost")
-        if self._on_connection is not None:
-            self._on_connection(outage, self.snapshot(now))
-        return []
-
-
-class _Rollout:
-    """A rollout under way: its plan, the request every batch sends, where it is, and why
-    it stopped (the decisions are ``fleet_core.deploy.rollout``'s)."""
-
-    def __init__(
-        self,
-        plan: Plan,
-        request: DeployRequest,
-        on_rollout: OnRollout | None,
-        closures: ClosurePlan | None = None,
-    ) -> None:
-        self.plan = plan
-        self.request = request  # unsigned: each host's copy is signed for its own subject
-        self._paths = closures.send if closures is not None else None
-        self.next = 0  # index of the next batch to publish
-        self.current: int | None = None  # number of the batch published last
-        self.stop: Stop | None = None
-        self._on_rollout = on_rollout
-        self._failed: list[str] | None = None  # the failed hosts, as counted ...
-        self._failed_at = 0  # ... when this many hosts had ended other than completed
-
-    @property
-    def over(self) -> bool:
-        """Every batch went out, or the rollout stopped."""
-        return self.stop is not None or self.next >= len(self.plan.batches)
-
-    def request_for(self, host: str) -> DeployRequest:
-        """The request ``host`` is sent (unsigned): a closure deploy's carries its path."""
-        if self._paths is None:
-            return self.request
-        return self.request.model_copy(update={"store_path": self._paths[host]})
-
-    def started(self, number: int) -> None:
-        self.current = number
-        self.next += 1
-
-    def step(self, step: RolloutStep, gathering: _Gathering, now: float) -> None:
-        if self._on_rollout is not None:
-            self._on_rollout(step, gathering.snapshot(now))
-
-    def unasked(self, name: str, tracker: DeploymentTracker) -> str | None:
-        """Why a status from ``name`` cannot be about this rollout, if it cannot: no
-        request of it went to that host (yet). A rollout addresses each host by name, so
-        an unexpected host has not been asked, unlike one reached through a group subject."""
-        if tracker.is_queued(name):
-            return "its batch has not gone out: no request of this deployment went to it yet"
-        if not tracker.expects(name):
-            return "it is not one of this rollout's hosts: no request of this deployment went to it"
-        return None
-
-    def result(self, tracker: DeploymentTracker) -> RolloutResult:
-        """The rollout's part of a result. Its failed hosts take a walk over every host, and
-        a result is made after every turn of the gathering when someone hears updates: they
-        are counted again only when a host has ended other than completed since."""
-        if self._failed is None or tracker.unsuccessful != self._failed_at:
-            failed = failed_hosts(
-                tracker.hosts, tracker.unknown_outcomes, first=self.plan.failed_first
-            )
-            self._failed = [h.hostname for h in failed]
-            self._failed_at = tracker.unsuccessful
-        return self.plan.result(self.current, self._failed, self.stop)
 
 
 def _deploy_request(
