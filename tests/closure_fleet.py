@@ -272,9 +272,10 @@ class Closed:
         return [argv[-1] for argv in argvs if argv[2] == "build"]
 
     @asynccontextmanager
-    async def listeners(self, *hosts: str) -> AsyncIterator[None]:
+    async def listeners(self, *hosts: str, **overrides: Any) -> AsyncIterator[None]:
         """The hosts' listeners, each on its own simulated root, fetching from the cache and
-        trusting the builder's key, taking requests signed by either deployer key."""
+        trusting the builder's key, taking requests signed by either deployer key; with
+        ``overrides`` of their settings."""
         trusted = (self.local.seed("deployer").public_key, self.local.seed("admin").public_key)
         chosen = []
         for host in hosts:
@@ -294,6 +295,7 @@ class Closed:
                     ),
                     store_dir=store_dir(root),
                     trusted_deployer_keys=trusted,
+                    **overrides,
                 )
             )
         async with self.local.listeners(chosen):

@@ -347,18 +347,35 @@ async def test_the_admin_deploys_a_prod_closure(closed: Closed) -> None:
     assert closed.running("pweb1") == Path(path).name
 
 
-async def test_a_host_refusing_a_system_that_is_not_its_own_ends_wrong_host(
-    closed: Closed,
-) -> None:
-    """Closures that give web1 web2's system (made directly, past the checks a build's
-    closures get): web1 refuses it by name, and runs what it ran."""
+async def test_a_system_that_is_not_the_hosts_own_is_never_sent(closed: Closed) -> None:
+    """Closures that give web1 web2's system (made directly, as a slip of a builder would):
+    the deployer ends web1 failed/wrong_host before sending it anything (web1 would refuse
+    it by name too: tests/test_closure_host.py), and web1 runs what it ran."""
     path = publish_system(closed.cache, "web2", "mixup", signing_key=KEY)
     async with closed.listeners("web1"):
         before = closed.running("web1")
         result = await closed.deploy("deploy.test.web1", Closures(paths={"web1": path}))
     (host,) = result.hosts
-    assert (host.status, host.error, host.store_path) == ("rejected", "wrong_host", path)
-    assert closed.running("web1") == before
+    assert (host.status, host.error) == ("failed", "wrong_host"), host
+    assert "nixos-system-web2-" in host.message
+    assert closed.fetched("web1") == [] and closed.running("web1") == before
+
+
+async def test_a_host_whose_configuration_is_not_its_name_gets_its_configurations_system(
+    closed: Closed,
+) -> None:
+    """web1's listener builds the configuration web1.example.com (--configuration): --build
+    asks the builder for that configuration, and web1 switches to what it built."""
+    async with (
+        closed.builder("--sim-hosts", "web1.example.com"),
+        closed.listeners("web1", configuration="web1.example.com"),
+    ):
+        result, build = await closed.build_and_deploy("deploy.test.web1")
+    assert build is not None and [h.host for h in build.hosts] == ["web1.example.com"]
+    (host,) = result.hosts
+    assert (host.hostname, host.status) == ("web1", "completed"), host
+    assert host.store_path is not None and "nixos-system-web1.example.com-" in host.store_path
+    assert closed.running("web1") == Path(host.store_path).name
 
 
 async def test_a_build_of_named_hosts_builds_those_alone_and_fails_an_unknown_one(

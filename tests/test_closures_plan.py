@@ -107,11 +107,23 @@ class TestFromBuild:
         assert not got.failed
 
     def test_a_path_that_is_not_the_hosts_own_system_fails_it(self) -> None:
-        """A builder's slip (another host's system) fails that host here, not on the host."""
+        """A builder's slip (another host's system) fails that host here, not on the host:
+        judged per host, by its host name and its configuration."""
         got = closures_from_build(build(built("web1", system("web2"))))
-        assert not got.paths
-        assert got.failed["web1"].startswith("build b1 built something other than web1's system")
-        assert "is not a system of 'web1'" in got.failed["web1"]
+        plan = plan_closures(["web1"], got, {"web1": info("web1")})
+        assert not plan.send
+        [ended] = plan.ended
+        assert (ended.status, ended.error) == ("failed", "wrong_host")
+        assert "is not a system of 'web1'" in ended.message
+
+    def test_a_build_names_a_host_by_its_configuration(self) -> None:
+        """A host whose listener builds another configuration (web1.example.com) gets that
+        configuration's system, named after either."""
+        dotted = "/nix/store/" + "b" * 32 + "-nixos-system-web1.example.com-r"
+        got = closures_from_build(build(built("web1.example.com", dotted)))
+        answer = info("web1").model_copy(update={"configuration": "web1.example.com"})
+        plan = plan_closures(["web1"], got, {"web1": answer})
+        assert dict(plan.send) == {"web1": dotted} and not plan.ended
 
     @pytest.mark.parametrize("status", ["no_builder", "lost", "rejected", "running"])
     def test_a_build_that_did_not_end_is_refused_whole(self, status: str) -> None:

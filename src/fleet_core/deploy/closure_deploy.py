@@ -1,8 +1,9 @@
 """Where a closure deploy's systems come from: a build asked for now, or one recorded (I/O).
 
-``fleet-deploy deploy TARGET --build REPO`` first finds the target's hosts (the deployment's
-own discovery, as any group deploy's), then asks the builder for exactly those hosts from
-one pinned commit (``build_for_deploy``), and deploys what it built
+``fleet-deploy deploy TARGET --build REPO`` first finds the target's hosts and the flake
+configuration each builds (a discovery, as any group deploy's), then asks the builder for
+exactly those configurations from one pinned commit (``build_for_deploy``), and deploys what
+it built
 (``Deployer.deploy(closures=…)``). ``--from-build BUILD_ID`` reads a build a previous
 command ran from the builds stream (``load_build``). The decisions — which build can be
 used, which host gets what — are ``fleet_core.deploy.closures``'; this module only asks.
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 import structlog
 
 from fleet_core.build.client import BuildClient, OnBuildUpdate
-from fleet_core.build.protocol import BuildResult, parse_build_target
+from fleet_core.build.protocol import BuildResult, is_buildable_name, parse_build_target
 from fleet_core.bus import Bus
 from fleet_core.deploy.closures import (
     BuildUnusable,
@@ -27,24 +28,35 @@ from fleet_core.deploy.deployer import Deployer, listens_to
 from fleet_core.deploy.history_reader import read_build
 from fleet_core.deploy.rollout import MAX_NAMED
 from fleet_core.errors import HistoryUnavailable, PermissionDenied
+from fleet_core.protocol.messages import HostInfo
 from fleet_core.protocol.subjects import Target, is_token
 
-__all__ = ["build_for_deploy", "load_build", "target_hosts"]
+__all__ = ["build_for_deploy", "load_build", "target_configurations"]
 
 log = structlog.get_logger("fleet.deployer")
 
 
-async def target_hosts(deployer: Deployer, target: Target, expect: Iterable[str] = ()) -> set[str]:
-    """The hosts a deploy to ``target`` reaches: a single host's name, or the group's hosts
-    that answer discovery (and ``expect``), as the deployment itself will find them."""
+async def target_configurations(
+    deployer: Deployer, target: Target, expect: Iterable[str] = ()
+) -> dict[str, str]:
+    """The hosts a deploy to ``target`` reaches, each with the flake configuration it builds
+    (its discovery answer's; the host name when it does not say, or did not answer): a
+    single host, or the group's hosts that answer discovery (and ``expect``), as the
+    deployment itself will find them."""
     names = {name for name in expect if is_token(name)}
     if not target.is_group:
         assert target.name is not None  # a single-host target names its host
-        return names | {target.name}
+        names.add(target.name)
     found = await deployer.discover(target.tier)
-    return names | {
-        host.hostname for host in found if is_token(host.hostname) and listens_to(host, target)
-    }
+    if target.is_group:
+        names |= {h.hostname for h in found if is_token(h.hostname) and listens_to(h, target)}
+    answers = {h.hostname: h for h in found if h.hostname in names}
+    return {name: _configuration(answers[name]) if name in answers else name for name in names}
+
+
+def _configuration(host: HostInfo) -> str:
+    named = host.configuration
+    return named if named is not None and is_buildable_name(named) else host.hostname
 
 
 async def build_for_deploy(
@@ -64,7 +76,8 @@ async def build_for_deploy(
     A target that reaches no host builds nothing (no build: None); the deployment then says
     who there is. Raises ``BuildUnusable`` when no builder answered, the build was refused
     or lost, or it failed before building any of them: nothing is deployed then."""
-    hosts = await target_hosts(deployer, target, expect)
+    configurations = await target_configurations(deployer, target, expect)
+    hosts = set(configurations.values())
     bound = log.bind(subject=target.subject, repo=repo, revision=revision)
     if not hosts:
         bound.info("closure_build_skipped", reason="no host")

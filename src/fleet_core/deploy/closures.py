@@ -210,10 +210,7 @@ def _system_of(built: HostBuild | None, name: str, build: BuildResult) -> tuple[
         return None, f"{label} failed for {name} ({error}){said}"
     if built.store_path is None or not is_store_path(built.store_path):
         return None, f"{label} reported no store path of {name}'s system"
-    refusal = system_refusal(built.store_path, [name])
-    if refusal is not None:
-        return None, f"{label} built something other than {name}'s system: {refusal}"
-    return built.store_path, ""
+    return built.store_path, ""  # whose system it is, by name, is judged per host (plan)
 
 
 def _unusable(build: BuildResult) -> str:
@@ -267,9 +264,14 @@ def plan_closures(
     send: dict[str, str] = {}
     ended: list[Ended] = []
     for name in sorted(set(hosts)):
-        failure = closures.failed.get(name)
-        path = closures.paths.get(name)
         info = found.get(name)
+        # A build names systems by configuration, which is the host name unless the host's
+        # listener was given another (--configuration, e.g. web1.example.com).
+        configuration = info.configuration if info is not None and info.configuration else name
+        key = name if closures.has(name) or not closures.has(configuration) else configuration
+        failure = closures.failed.get(key)
+        path = closures.paths.get(key)
+        refusal = system_refusal(path, [name, configuration]) if path is not None else None
         if failure is not None or path is None:
             why = failure or _nothing_for(name, closures)
             ended.append(Ended(name, "failed", BUILD_FAILED, f"not deployed: {why}"))
@@ -304,6 +306,15 @@ def plan_closures(
                     f"not deployed: its listener{version} does not take closure deploys (it "
                     "would evaluate the flake instead of switching to the built system): "
                     "upgrade its fleet-deploy listener",
+                )
+            )
+        elif refusal is not None:  # a builder's slip, or a path given for another host
+            ended.append(
+                Ended(
+                    name,
+                    "failed",
+                    refusal.code,
+                    f"not deployed: the system it was to be sent is not its own: {refusal}",
                 )
             )
         elif (owner := _longer_owner(name, path, found)) is not None:

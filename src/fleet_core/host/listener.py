@@ -554,6 +554,7 @@ class Listener:
             # It takes closure deploys (DeployRequest.store_path): NixOS systems only; a
             # nix-darwin or Home Manager listener refuses them, and says so here first.
             closures=self.settings.host_kind is HostKind.NIXOS,
+            configuration=self.settings.flake_configuration,
             running_job=running,
             job=await self._job_summary(request.job) if request.job is not None else None,
             recent_jobs=(

@@ -433,6 +433,9 @@ class HostInfo(_Wire):
     # listener before them ignores the field and would evaluate the revision instead, so a
     # deployer sends a store path only to a host that says true here.
     closures: bool | None = None
+    # The flake configuration the host builds (its listener's --configuration; the hostname
+    # unless set): what a closure deploy asks the builder for. None from an older listener.
+    configuration: str | None = None
 
 
 class InvalidRequest(RequestRejected):
