@@ -474,3 +474,20 @@ async def test_the_whole_builds_statuses_fit_for_ten_thousand_hosts(closed: Clos
     assert [(s.hosts, s.host_count) for s in started] == [(None, 10_000)]
     assert [(s.error, s.host_count) for s in ended] == [("cancelled", 10_000)]
     assert result.status == "failed" and result.error == "cancelled"
+
+
+async def test_show_names_the_system_each_host_was_sent(closed: Closed) -> None:
+    """The tier's history records each host's request, path and all: `show` names the
+    system each host was sent, and `--json` carries it per host."""
+    async with closed.builder(), closed.listeners("web1", "web2"):
+        result, _ = await closed.build_and_deploy("deploy.test.role.web")
+    assert result.ok, result
+    sent = {h.hostname: h.store_path for h in result.hosts}
+    code, out, err = await closed.cli("show", result.deployment_id, who="admin")
+    assert code == 0, err
+    for host in ("web1", "web2"):
+        assert f"    system {sent[host]}" in out, out
+    code, dumped, err = await closed.cli("show", result.deployment_id, "--json", who="admin")
+    assert code == 0, err
+    [recorded] = json.loads(dumped)["deployments"]
+    assert {h["hostname"]: h["store_path"] for h in recorded["hosts"]} == sent

@@ -45,6 +45,7 @@ from fleet_core.config.options import (
 )
 from fleet_core.errors import RequestRejected, UsageError
 from fleet_core.protocol.actions import Action, validate_revision
+from fleet_core.protocol.closures import is_store_path
 from fleet_core.protocol.messages import (
     HostInfo,
     JobPhase,
@@ -194,6 +195,9 @@ class HostOutcome(BaseModel):
     at: float | None = Field(None, description="when the server recorded that status")
     log_tail: list[str] = Field(default_factory=list)
     source: Literal["status", "job_query"] = "status"
+    store_path: str | None = Field(
+        None, description="a closure deploy: the system it was sent (its recorded request's)"
+    )
 
 
 class DeploymentRecord(BaseModel):
@@ -248,6 +252,7 @@ class _Deployment:
     first_seq: int = 0
     hosts: dict[str, HostOutcome] = field(default_factory=dict)
     answered: dict[str, HostOutcome] = field(default_factory=dict)  # from job queries
+    systems: dict[str, str] = field(default_factory=dict)  # a closure deploy's, by host
     cancel_requested: bool = False
     request_recorded: bool = False
     flagged: list[str] = field(default_factory=list)
@@ -369,6 +374,9 @@ class HistoryBook:
         record.signer = signer if signer is not None else record.signer
         if record.signature in ("unknown", "unsigned"):
             record.signature = signature
+        host = _host_of(entry.subject)
+        if request.store_path is not None and host is not None and signature != "bad":
+            record.systems[host] = request.store_path  # a closure deploy's: that host's own
         if entry.subject not in record.targets:
             record.targets.append(entry.subject)
         if record.started_at is None or (entry.time is not None and entry.time < record.started_at):
@@ -481,7 +489,7 @@ class HistoryBook:
             started_at=found.started_at,
             finished_at=finished if every_final else None,
             duration_s=round(duration, 3) if duration is not None else None,
-            hosts=[hosts[name] for name in sorted(hosts)],
+            hosts=[_with_system(hosts[name], found.systems.get(name)) for name in sorted(hosts)],
             cancel_requested=found.cancel_requested,
             request_recorded=found.request_recorded,
             flagged=list(found.flagged),
@@ -609,6 +617,16 @@ def _revision(value: str | None) -> str | None:
         return None
 
 
+def _host_of(subject: str) -> str | None:
+    """The host ``deploy.<tier>.<host>`` addresses; None for a group's subject."""
+    tokens = subject.split(".")
+    return tokens[2] if len(tokens) == 3 and tokens[2] != "all" else None
+
+
+def _with_system(outcome: HostOutcome, store_path: str | None) -> HostOutcome:
+    return outcome if store_path is None else outcome.model_copy(update={"store_path": store_path})
+
+
 def _job_outcome(hostname: str, job: JobSummary) -> HostOutcome:
     final = job.phase is JobPhase.FINISHED and job.status is not None
     return HostOutcome(
@@ -621,6 +639,8 @@ def _job_outcome(hostname: str, job: JobSummary) -> HostOutcome:
         at=job.finished_at,
         log_tail=[printable(line) for line in (job.log_tail or [])[-_MAX_LOG_TAIL:]],
         source="job_query",
+        # The host's word, shown unfenced: only a store path, as a request could carry.
+        store_path=job.store_path if is_store_path(job.store_path) else None,
     )
 
 

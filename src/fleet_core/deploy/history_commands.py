@@ -276,6 +276,8 @@ def show_text(record: DeploymentRecord) -> str:
         error = f" {host.error}:" if host.error else ""
         source = " [from its job record]" if host.source == "job_query" else ""
         lines.append(f"\n  {host.hostname}  {state}{error} {host.message}{source}".rstrip())
+        if host.store_path is not None:
+            lines.append(f"    system {host.store_path}")
         lines += [f"    | {line}" for line in host.log_tail]
     if record.hosts:  # the tail is the last lines at most (none from a job record)
         tier = "" if record.tier == "test" else f" --tier {record.tier}"
