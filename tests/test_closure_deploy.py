@@ -347,17 +347,24 @@ async def test_the_admin_deploys_a_prod_closure(closed: Closed) -> None:
     assert closed.running("pweb1") == Path(path).name
 
 
-async def test_a_system_that_is_not_the_hosts_own_is_never_sent(closed: Closed) -> None:
-    """Closures that give web1 web2's system (made directly, as a slip of a builder would):
-    the deployer ends web1 failed/wrong_host before sending it anything (web1 would refuse
-    it by name too: tests/test_closure_host.py), and web1 runs what it ran."""
+async def test_a_system_that_is_not_the_hosts_own_is_refused_and_never_fetched(
+    closed: Closed,
+) -> None:
+    """web1 given web2's system: from a build (a builder's slip), the deployer ends web1
+    failed/wrong_host before sending anything; given directly, web1 refuses it by name
+    (rejected/wrong_host). Either way nothing is fetched and web1 runs what it ran."""
     path = publish_system(closed.cache, "web2", "mixup", signing_key=KEY)
     async with closed.listeners("web1"):
         before = closed.running("web1")
-        result = await closed.deploy("deploy.test.web1", Closures(paths={"web1": path}))
-    (host,) = result.hosts
+        built = await closed.deploy(
+            "deploy.test.web1", Closures(paths={"web1": path}, build_id="b1")
+        )
+        given = await closed.deploy("deploy.test.web1", Closures(paths={"web1": path}))
+    (host,) = built.hosts
     assert (host.status, host.error) == ("failed", "wrong_host"), host
     assert "nixos-system-web2-" in host.message
+    (host,) = given.hosts
+    assert (host.status, host.error, host.store_path) == ("rejected", "wrong_host", path)
     assert closed.fetched("web1") == [] and closed.running("web1") == before
 
 

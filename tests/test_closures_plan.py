@@ -115,6 +115,11 @@ class TestFromBuild:
         [ended] = plan.ended
         assert (ended.status, ended.error) == ("failed", "wrong_host")
         assert "is not a system of 'web1'" in ended.message
+        # A path given directly (no build) was judged as it was given; the host judges it.
+        given = Closures(paths={"web1": system("web2")})
+        assert dict(plan_closures(["web1"], given, {"web1": info("web1")}).send) == {
+            "web1": system("web2")
+        }
 
     def test_a_build_names_a_host_by_its_configuration(self) -> None:
         """A host whose listener builds another configuration (web1.example.com) gets that

@@ -271,7 +271,11 @@ def plan_closures(
         key = name if closures.has(name) or not closures.has(configuration) else configuration
         failure = closures.failed.get(key)
         path = closures.paths.get(key)
-        refusal = system_refusal(path, [name, configuration]) if path is not None else None
+        # A build's system is judged here, per host: a builder's slip is never sent. A path
+        # given by a person was judged as it was given (single_closure), and the host judges
+        # every path again.
+        judged = path is not None and closures.build_id is not None
+        refusal = system_refusal(path, [name, configuration]) if judged and path else None
         if failure is not None or path is None:
             why = failure or _nothing_for(name, closures)
             ended.append(Ended(name, "failed", BUILD_FAILED, f"not deployed: {why}"))
