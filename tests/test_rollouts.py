@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import structlog
 
 from fleet_core.config.settings import RolloutSettings
 from fleet_core.deploy.deployer import Deployer
@@ -331,6 +333,55 @@ class Steps:
 
     def on_rollout(self, step: RolloutStep, _: DeploymentResult) -> None:
         self.events.append(f"{step.kind} {step.batch}")
+
+
+class TestAHostStillResubscribing:
+    async def test_its_request_goes_out_once_more_before_nobody_listens_counts(
+        self, fleet: Fleet
+    ) -> None:
+        """The server says nobody listens on web2's subject as the batch goes out (as after
+        a NATS restart the deployer came back from before web2's listener): the deployer
+        sends web2 its request once more a moment later, and web2, subscribed by then,
+        completes; the budget is not spent by a host that was only late."""
+        # Time for web2's listener to start, within the hosts' answer window.
+        timing = replace(FAST, resend_after=4.0, answer_within=15.0)
+        result: DeploymentResult | None = None
+        done = anyio.Event()
+        with structlog.testing.capture_logs() as logs, anyio.fail_after(LIMIT):
+            async with (
+                fleet.listeners("web1"),
+                await fleet.connect() as bus,
+                anyio.create_task_group() as tasks,
+            ):
+
+                async def run() -> None:
+                    nonlocal result
+                    deployer = Deployer(bus, timing=timing, signer=fleet.seed("deployer"))
+                    result = await deployer.deploy(
+                        Target.all(Tier.TEST),
+                        revision="master",
+                        action=Action.SWITCH,
+                        timeout=30,
+                        expect=["web2"],
+                        rollout=RolloutSettings(batch=2),
+                    )
+                    done.set()
+
+                tasks.start_soon(run)
+                # The deployer's log line is the only trace of the server's "no responders".
+                due = "no_responders_resend_due"
+                while not done.is_set() and not any(e["event"] == due for e in logs):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+                async with fleet.listeners("web2"):
+                    await done.wait()
+        assert result is not None
+        assert {h.hostname: h.status for h in result.hosts} == {
+            "web1": "completed",
+            "web2": "completed",
+        }, result
+        assert result.ok and result.rollout is not None and result.rollout.failed_count == 0
+        resent = [e for e in logs if e["event"] == "no_responders_resent"]
+        assert [(e["hosts"], e["first"]) for e in resent] == [(1, ["web2"])]
 
 
 class TestAcrossANatsRestart:

@@ -271,6 +271,10 @@ class DeployTiming:
     discovery_first: float = 1.0  # discovery gives up when nobody answers within this
     discovery_quiet: float = 0.3  # ... and closes once replies stop for this long
     discovery_cap: float = 3.0  # ... and never takes longer than this
+    # A request sent to a host's own subject that met "no responders" goes out once more
+    # after this long: a listener still resubscribing after a NATS restart gets it (well
+    # within answer_within, which still counts from the first send).
+    resend_after: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -349,6 +349,7 @@ class Deployer:
                 if plan is not None
                 else None,
                 closures=closures,
+                resend_after=self.timing.resend_after,
             )
             bound.info(
                 "deploy_publish",
@@ -519,6 +520,8 @@ class Deployer:
         publish, reply, signing = self._bus.publish, gathering.reply, self._signing
         template = PerHostRequest(request)
         assert request.id is not None  # deploy always gives its request an id
+        sent: dict[str, tuple[str, bytes]] = {}
+        gathering.sent_round(sent)
         for host, subject in subjects.items():
             path = paths[host]
             signature = None
@@ -531,7 +534,9 @@ class Deployer:
                     now=time.time(),
                     store_path=path,
                 )
-            await publish(subject, template.encode(path, signature), reply=reply)
+            payload = template.encode(path, signature)
+            sent[host] = (subject, payload)
+            await publish(subject, payload, reply=reply)
         await self._bus.flush()
         events.raise_denied()
 
@@ -606,8 +611,11 @@ class Deployer:
         events.watch(subjects)
         gathering.tracker.start_batch(batch.hosts, time.monotonic())
         rollout.started(batch.number)
+        sent: dict[str, tuple[str, bytes]] = {}
+        gathering.sent_round(sent)
         for host, subject in zip(batch.hosts, subjects, strict=True):
             payload = encode(self._sign(rollout.request_for(host), subject))
+            sent[host] = (subject, payload)
             await self._bus.publish(subject, payload, reply=gathering.reply)
         try:
             await self._bus.flush()
@@ -659,7 +667,10 @@ class Deployer:
                 if tracker.done:
                     break
                 changed: list[HostResult] = []
-                with anyio.move_on_after(max(0.0, tracker.next_check() - time.monotonic())):
+                wake = tracker.next_check()
+                if gathering.resend_at is not None:
+                    wake = min(wake, gathering.resend_at)
+                with anyio.move_on_after(max(0.0, wake - time.monotonic())):
                     batch = [await events.receive()]
                     # Take everything that is already here before reporting once.
                     with contextlib.suppress(anyio.WouldBlock):
@@ -669,6 +680,8 @@ class Deployer:
                     for event in batch:
                         changed += gathering.take(event, now)
                 now = time.monotonic()
+                if gathering.resend_at is not None and now >= gathering.resend_at:
+                    await self._resend(gathering)
                 changed += tracker.expire(now)
                 ask = tracker.due_queries(now)
                 if ask:
@@ -676,6 +689,19 @@ class Deployer:
                     queries.start_soon(self._ask_for_jobs, events, gathering, ask)
                 gathering.report(changed, now)
             queries.cancel_scope.cancel()  # a query still out has nothing left to say
+
+    async def _resend(self, gathering: Gathering) -> None:
+        """Send the round's unheard hosts their requests once more (the very bytes: a host
+        that has the request ignores an id it knows), after the server said nobody listened
+        to one of them: a listener may have been resubscribing after a NATS restart."""
+        unheard = [host for host in gathering.tracker.unheard() if host in gathering.sent]
+        gathering.resent()
+        gathering.log.info("no_responders_resent", hosts=len(unheard), first=unheard[:MAX_NAMED])
+        for host in unheard:
+            subject, payload = gathering.sent[host]
+            await self._bus.publish(subject, payload, reply=gathering.reply)
+        with contextlib.suppress(ConnectionFailed):  # sent once it is back, as a batch is
+            await self._bus.flush()
 
     async def _ask_for_jobs(self, events: Inbox, gathering: Gathering, hosts: list[str]) -> None:
         """Send the job query the tracker asked for; its answers, even none, come back as

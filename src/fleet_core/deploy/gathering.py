@@ -59,8 +59,10 @@ class Gathering:
         signer: str | None = None,
         rollout: RunningRollout | None = None,
         closures: Closures | None = None,
+        resend_after: float = 1.0,
     ) -> None:
         self.tracker = tracker
+        self.resend_after = resend_after
         self.rollout = rollout
         self.closures = closures
         # Each host is sent its own request on its own subject (a rollout, a closure
@@ -77,6 +79,21 @@ class Gathering:
         self._revision = revision
         self._on_update = on_update
         self._on_connection = on_connection
+        # The requests of the round sent to hosts by name (a batch, a closure deploy), by
+        # host: what goes out once more when the server said nobody listened to one.
+        self.sent: dict[str, tuple[str, bytes]] = {}
+        self.resend_at: float | None = None  # when that is due; None: not (or not again)
+        self._resent = False
+
+    def sent_round(self, sent: dict[str, tuple[str, bytes]]) -> None:
+        """A round of per-host requests went out: ``sent`` maps each host to its subject
+        and payload, for one resend."""
+        self.sent, self.resend_at, self._resent = sent, None, False
+
+    def resent(self) -> None:
+        """The round's unheard hosts were sent their requests again: from now on "no
+        responders" counts (``DeploymentTracker.no_responder``)."""
+        self.resend_at, self._resent = None, True
 
     def snapshot(self, now: float) -> DeploymentResult:
         return self.tracker.result(
@@ -120,9 +137,7 @@ class Gathering:
     def _status(self, event: Message, now: float) -> list[HostResult]:
         """A message on the reply subjects into the tracker, unless it is not believed."""
         if event.no_responders:
-            if self._per_host:  # one of the hosts' subjects, not the target's
-                return self.tracker.no_responder(now)
-            return self.tracker.nobody_listens(now)
+            return self._no_responders(now)
         origin = reply_origin(self.reply, event.subject)
         status = parse_status(event.data)
         if status is None or origin is None:
@@ -148,6 +163,20 @@ class Gathering:
             return []
         updated = tracker.observe(status, now, bound=origin.bound)
         return [updated] if updated is not None else []
+
+    def _no_responders(self, now: float) -> list[HostResult]:
+        """The server said nobody listens: to the target's subject, or to one of the hosts'
+        (a rollout, a closure deploy). A listener may be resubscribing then (a NATS restart
+        that the deployer came back from first): the round's unheard hosts get their
+        requests once more before any "nobody listens" counts."""
+        if not self._per_host:
+            return self.tracker.nobody_listens(now)
+        if not self._resent and self.sent:
+            if self.resend_at is None:
+                self.resend_at = now + self.resend_after
+                self.log.info("no_responders_resend_due", resend_in_s=self.resend_after)
+            return []
+        return self.tracker.no_responder(now)
 
     def flag(self, flagged: Flagged) -> None:
         """Drop what is not believed: a warning, and a line in the result."""

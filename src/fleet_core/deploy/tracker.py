@@ -472,6 +472,10 @@ class DeploymentTracker:
             self._deadline = now + self._timeout
         return now - self._held_since if now >= self._deadline else None
 
+    def unheard(self) -> list[str]:
+        """The hosts sent a request and not heard from since."""
+        return sorted(self._pending)
+
     def no_responder(self, now: float) -> list[HostResult]:
         """A rollout publishes to each host's own subject, all answering on one reply
         subject: the server's "nobody listens" says that one of them has no listener, not
