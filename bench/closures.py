@@ -82,6 +82,7 @@ from scale import (
     RawSigner,
     Shape,
     responder_processes,
+    shape_parser,
 )
 
 from fleet_core.build.protocol import BuildResult, HostBuild, HostBuildState
@@ -540,19 +541,8 @@ def report(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--hosts", type=int, default=1000, help="N (default 1000)")
-    parser.add_argument("--runs", type=int, default=15, help="measured rounds (default 15)")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
-    parser.add_argument(
-        "--processes", type=int, default=2, help="responder processes (default 2: the CPUs)"
-    )
-    parser.add_argument(
-        "--per-connection", type=int, default=250, help="hosts per responder connection"
-    )
-    parser.add_argument(
-        "--no-write", action="store_true", help="print the report, leave RESULTS.md alone"
-    )
+    description = __doc__.split("\n\n")[0] if __doc__ else None
+    parser = shape_parser(description, hosts=1000, runs=15)
     parser.add_argument(
         "--profile",
         action="store_true",

@@ -673,10 +673,12 @@ def report(
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--hosts", type=int, default=10_000, help="N (default 10000)")
-    parser.add_argument("--runs", type=int, default=7, help="measured rounds (default 7)")
+def shape_parser(description: str | None, *, hosts: int, runs: int) -> argparse.ArgumentParser:
+    """The options every benchmark over bare responders takes (this one's, closures.py's):
+    the fleet's size and shape, the rounds, and whether RESULTS.md is written."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--hosts", type=int, default=hosts, help=f"N (default {hosts})")
+    parser.add_argument("--runs", type=int, default=runs, help=f"measured rounds (default {runs})")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     parser.add_argument(
         "--processes", type=int, default=2, help="responder processes (default 2: the CPUs)"
@@ -687,6 +689,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-write", action="store_true", help="print the report, leave RESULTS.md alone"
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    description = __doc__.split("\n\n")[0] if __doc__ else None
+    parser = shape_parser(description, hosts=10_000, runs=7)
     parser.add_argument(
         "--only",
         nargs="+",

@@ -36,7 +36,6 @@ from fleet_core.testing import (
     init_root,
     local_fleet,
     publish_system,
-    simulated_facts,
     simulated_nix_store_command,
     simulated_rollback,
 )
@@ -482,30 +481,8 @@ class TestOneHostThatDoesNotHearItsOwnSubject:
         custom --deploy-subject, or a host in hostile hands): a closure deploy, which sends
         each host its request on its own subject, cannot reach it. That host ends failed,
         sent nothing; the rest of the role gets its systems as if web2 were not there."""
-        trusted = (closed.local.seed("deployer").public_key,)
-        chosen = []
-        for name in ("web1", "web2"):
-            root = closed.host_root(name)
-            init_root(root, name)
-            deaf = {"deploy_subject_templates": ("deploy.<tier>.role.<role>",)}
-            chosen.append(
-                closed.local.listener_settings(
-                    name,
-                    rollback=simulated_rollback(root),
-                    facts=simulated_facts(root),
-                    nix_store_command=simulated_nix_store_command(
-                        root,
-                        closed.cache,
-                        KEY,
-                        "--sim-record",
-                        str(closed.root / f"{name}-nix-store.jsonl"),
-                    ),
-                    store_dir=store_dir(root),
-                    trusted_deployer_keys=trusted,
-                    **(deaf if name == "web2" else {}),
-                )
-            )
-        async with closed.builder(), closed.local.listeners(chosen):
+        deaf = closed.listeners("web2", deploy_subject_templates=("deploy.<tier>.role.<role>",))
+        async with closed.builder(), closed.listeners("web1"), deaf:
             code, out, err = await closed.cli(
                 "deploy", "deploy.test.role.web", "--build", "nixos", "--json"
             )
