@@ -677,6 +677,10 @@ class Deployer:
                         while True:
                             batch.append(events.receive_nowait())
                     now = time.monotonic()
+                    if tracker.connection_down and self._bus.is_connected:
+                        # A status can come in before the connection's own "back" event:
+                        # the outage ends first, as it did (the event then changes nothing).
+                        changed += gathering.take(ConnectionChange(connected=True), now)
                     for event in batch:
                         changed += gathering.take(event, now)
                 now = time.monotonic()

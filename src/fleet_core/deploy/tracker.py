@@ -686,6 +686,11 @@ class DeploymentTracker:
             "this host's outcome is unknown, and it may still be deploying",
         )
 
+    @property
+    def connection_down(self) -> bool:
+        """Whether the deployer's connection is down, as far as the tracker was told."""
+        return self._down_since is not None
+
     def connection_back(self, now: float) -> Outage | None:
         """The connection is back: the hosts' clocks run again, and every open host is due
         for a job query. Returns the outage ended, or None if it was not down."""
