@@ -140,7 +140,7 @@ class TestDeadlines:
             now=2.5,
         )
         assert result.counts == {"completed": 1, "failed": 1}
-        assert result.hosts[1].log_tail == ["x", "error: y"]
+        assert result.hosts[1].log_tail == ("x", "error: y")
         assert (result.ok, result.done, result.duration_s) == (False, True, 2.5)
 
 
@@ -177,7 +177,7 @@ class TestJobQueries:
         [host] = t.take_job_answers({"a": record}, 33.0)
         assert (host.status, host.final, host.recovered) == (expected, True, True)
         assert (host.error, host.duration_s) == (record.error, record.duration_s)
-        assert host.log_tail == (record.log_tail or [])
+        assert host.log_tail == tuple(record.log_tail or ())
         assert host.phase == "building"
         assert t.done and t.ok is (expected == "completed")
 

@@ -56,6 +56,7 @@ from fleet_core.protocol.trust import (
     Flagged,
     ReplyOrigin,
     judge_status,
+    plainly_believed,
     reply_origin,
 )
 from fleet_mcp.reports.deployment import deployment_report
@@ -188,6 +189,11 @@ class TestPure:
             ("deploy.responses.r1.test.web1.x", None),
             ("deploy.responses.r10.test.web1", None),
             ("deploy.responses.r2", None),
+            ("deploy.responses.r1..web1", None),
+            ("deploy.responses.r1.test.", None),
+            ("deploy.responses.r1.", None),
+            ("deploy.responses", None),
+            ("xdeploy.responses.r1.test.web1", None),
         ],
     )
     def test_reply_origin(self, subject: str, origin: ReplyOrigin | None) -> None:
@@ -247,6 +253,34 @@ class TestPure:
         )
         assert (reason is None) == (why is None), reason
         assert why is None or (reason is not None and why in reason)
+        # The deployer's fast path believes only what judge_status believes.
+        plain = plainly_believed(
+            Status.model_validate(body),
+            origin,
+            deployment_id="d",
+            tier="test",
+            expected=given["expected"],
+            signer="UMINE",
+        )
+        assert not plain or reason is None
+
+    def test_the_common_status_is_plainly_believed(self) -> None:
+        """An expected host's status for this deployment, on its own subject, signed by this
+        deployer or naming no signer: the deployer believes it without the full judgement;
+        change any one fact and it is judged in full."""
+        origin = ReplyOrigin("test", "web1")
+        common = Status.model_validate(signed_status("UMINE"))
+        facts: dict[str, Any] = {"deployment_id": "d", "tier": "test", "expected": True}
+        assert plainly_believed(common, origin, signer="UMINE", **facts)
+        unsigned = Status.model_validate(status("web1", "completed", "d"))
+        assert plainly_believed(unsigned, origin, signer="UMINE", **facts)
+        assert not plainly_believed(common, origin, signer="UOTHER", **facts)
+        assert not plainly_believed(common, ReplyOrigin(), signer="UMINE", **facts)
+        assert not plainly_believed(common, ReplyOrigin("prod", "web1"), signer="UMINE", **facts)
+        assert not plainly_believed(common, origin, signer="UMINE", **(facts | {"expected": False}))
+        assert not plainly_believed(
+            common, origin, signer="UMINE", **(facts | {"deployment_id": "e"})
+        )
 
     def test_bind_must_be_a_boolean(self) -> None:
         """A listener refuses a request whose bind is not true or false (a string is no yes)."""

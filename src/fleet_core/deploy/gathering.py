@@ -30,7 +30,14 @@ from fleet_core.errors import PermissionDenied
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import DeployRequest, JobSummary, parse_status
 from fleet_core.protocol.subjects import Target
-from fleet_core.protocol.trust import Flagged, judge_status, reply_origin, shown
+from fleet_core.protocol.trust import (
+    Flagged,
+    ReplyOrigin,
+    judge_status,
+    plainly_believed,
+    reply_origin,
+    shown,
+)
 
 __all__ = ["Gathering", "OnConnection", "OnRollout", "OnUpdate", "RunningRollout"]
 
@@ -84,6 +91,8 @@ class Gathering:
         self.sent: dict[str, tuple[str, bytes]] = {}
         self.resend_at: float | None = None  # when that is due; None: not (or not again)
         self._resent = False
+        self._origins: dict[str, ReplyOrigin] = {}
+        self._origins_cap = 2 * tracker.size + 64
 
     def sent_round(self, sent: dict[str, tuple[str, bytes]]) -> None:
         """A round of per-host requests went out: ``sent`` maps each host to its subject
@@ -138,31 +147,53 @@ class Gathering:
         """A message on the reply subjects into the tracker, unless it is not believed."""
         if event.no_responders:
             return self._no_responders(now)
-        origin = reply_origin(self.reply, event.subject)
+        origin = self._origin(event.subject)
         status = parse_status(event.data)
         if status is None or origin is None:
             self.log.warning("status_ignored", subject=shown(event.subject), size=len(event.data))
             return []
         tracker = self.tracker
-        unasked = self.rollout.unasked(status.hostname, tracker) if self.rollout else None
+        name = status.hostname
+        unasked = self.rollout.unasked(name, tracker) if self.rollout else None
         if unasked is not None:
-            self.flag(Flagged.of(event.subject, status.hostname, status.status.value, unasked))
+            self.flag(Flagged.of(event.subject, name, status.status.value, unasked))
             return []
-        reason = judge_status(
+        expected = tracker.expects(name)
+        if not plainly_believed(
             status,
             origin,
             deployment_id=self.deployment_id,
             tier=self._tier,
-            expected=tracker.expects(status.hostname),
-            group=self._group,
-            speaks_bound=tracker.speaks_bound(status.hostname),
+            expected=expected,
             signer=self.signer,
-        )
-        if reason is not None:
-            self.flag(Flagged.of(event.subject, status.hostname, status.status.value, reason))
-            return []
+        ):
+            reason = judge_status(
+                status,
+                origin,
+                deployment_id=self.deployment_id,
+                tier=self._tier,
+                expected=expected,
+                group=self._group,
+                speaks_bound=tracker.speaks_bound(name),
+                signer=self.signer,
+            )
+            if reason is not None:
+                self.flag(Flagged.of(event.subject, name, status.status.value, reason))
+                return []
         updated = tracker.observe(status, now, bound=origin.bound)
         return [updated] if updated is not None else []
+
+    def _origin(self, subject: str) -> ReplyOrigin | None:
+        """``reply_origin`` of a status's subject, remembered: a host sends several statuses
+        on one subject. Only as many are kept as the deployment has hosts (and a few): a
+        flood of made-up subjects (homelab-deploy's layout lets any listener key publish to
+        any reply subject) must not grow it."""
+        origin = self._origins.get(subject)
+        if origin is None:
+            origin = reply_origin(self.reply, subject)
+            if origin is not None and len(self._origins) < self._origins_cap:
+                self._origins[subject] = origin
+        return origin
 
     def _no_responders(self, now: float) -> list[HostResult]:
         """The server said nobody listens: to the target's subject, or to one of the hosts'

@@ -124,7 +124,9 @@ class HostResult(BaseModel):
     message: str = ""
     phase: str | None = None
     duration_s: float | None = None
-    log_tail: list[str] = Field(default_factory=list, description="last output lines of a failure")
+    # A tuple: with no list among its values a result's __dict__ is no container the garbage
+    # collector must walk, and ten thousand of them live through a big deployment.
+    log_tail: tuple[str, ...] = Field((), description="last output lines of a failure")
     recovered: bool = Field(
         False,
         description="true when the final status was read from the host's job record (a job "
@@ -154,6 +156,13 @@ class HostResult(BaseModel):
 _OBSERVED_FIELDS: Final = frozenset(HostResult.model_fields) - {"recovered"}
 _new = object.__new__
 _set = object.__setattr__
+# What ``_observed`` takes from a host's current state, for a host that had none (unasked).
+_UNKNOWN: Final[Mapping[str, object]] = {
+    "expected": False,
+    "phase": None,
+    "batch": None,
+    "store_path": None,
+}
 
 
 def _observed(status: Status, current: HostResult | None, final: bool) -> HostResult:
@@ -168,25 +177,29 @@ def _observed(status: Status, current: HostResult | None, final: bool) -> HostRe
     dump are those of the validated model: ``tests/test_tracking.py`` holds them to it, and
     holds ``HostResult`` to having no validator this would skip.
     """
+    said = status.__dict__  # its fields, read as validation left them
+    known = current.__dict__ if current is not None else _UNKNOWN
+    tail = said["log_tail"]
+    checks = said["checks"]
     host = _new(HostResult)
     _set(
         host,
         "__dict__",
         {  # in the order HostResult declares its fields, as validation leaves them
-            "hostname": status.hostname,
-            "status": _STATE_OF[status.status],
+            "hostname": said["hostname"],
+            "status": _STATE_OF[said["status"]],
             "final": final,
-            "expected": current.expected if current is not None else False,
-            "error": status.error,
-            "message": status.message,
-            "phase": status.phase or (current.phase if current else None),
-            "duration_s": status.duration_s,
-            "log_tail": list(status.log_tail) if status.log_tail else [],
+            "expected": known["expected"],
+            "error": said["error"],
+            "message": said["message"],
+            "phase": said["phase"] or known["phase"],
+            "duration_s": said["duration_s"],
+            "log_tail": tuple(tail) if tail else (),
             "recovered": False,
-            "batch": current.batch if current is not None else None,
-            "checks": list(status.checks) if status.checks is not None else None,
-            "rolled_back_to": status.rolled_back_to,
-            "store_path": current.store_path if current is not None else None,
+            "batch": known["batch"],
+            "checks": list(checks) if checks is not None else None,
+            "rolled_back_to": said["rolled_back_to"],
+            "store_path": known["store_path"],
         },
     )
     _set(host, "__pydantic_fields_set__", set(_OBSERVED_FIELDS))
@@ -393,6 +406,11 @@ class DeploymentTracker:
         return list(self._hosts.values())
 
     @property
+    def size(self) -> int:
+        """How many hosts the deployment has (queued ones and unasked ones included)."""
+        return len(self._hosts)
+
+    @property
     def connected(self) -> bool:
         return self._down_since is None
 
@@ -533,15 +551,16 @@ class DeploymentTracker:
             return None  # no request went to it yet: the deployer flags such a status
         if not bound:
             self._unverified.add(name)
+        counts = self._counts
         if current is None:
             self._open += 1  # a host that answered unasked: it must finish too
         else:
-            self._counts[current.status] -= 1
+            counts[current.status] -= 1
         self._heard(name)
         final = status.status in FINAL_STATUSES
         updated = _observed(status, current, final)
         self._hosts[name] = updated
-        self._counts[updated.status] += 1
+        counts[updated.status] += 1
         if final:
             self._open -= 1
             self._quiet.pop(name, None)

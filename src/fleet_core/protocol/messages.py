@@ -627,6 +627,10 @@ def parse_discover_request(data: bytes, *, nats_reply: str | None = None) -> Dis
         ) from None
 
 
+# ``Status.model_validate_json`` without its wrapper's own few steps (once per status).
+_validate_status_json: Final = Status.__pydantic_validator__.validate_json
+
+
 def parse_status(data: bytes) -> Status | None:
     """A status from a listener, or None when it is not one (the deployer ignores it).
 
@@ -635,9 +639,11 @@ def parse_status(data: bytes) -> Status | None:
     """
     if len(data) <= MAX_STATUS_BYTES:
         try:
-            return Status.model_validate_json(data)
+            status: Status = _validate_status_json(data)
         except ValidationError:
             pass  # not JSON, not an object, or not a status: the careful path says which
+        else:
+            return status
     obj = _load_object(data, MAX_STATUS_BYTES)
     if isinstance(obj, str):
         return None

@@ -46,6 +46,7 @@ __all__ = [
     "bound_reply",
     "judge_answer",
     "judge_status",
+    "plainly_believed",
     "reply_origin",
     "shown",
 ]
@@ -86,11 +87,13 @@ def reply_origin(reply: str, subject: str) -> ReplyOrigin | None:
     subject is neither ``reply`` nor ``reply.<tier>.<hostname>``."""
     if subject == reply:
         return BARE
-    head, dot, rest = subject.partition(reply + ".")
-    tokens = rest.split(".") if not head and dot else []
-    if len(tokens) != 2 or not all(tokens):
+    start = len(reply) + 1
+    if subject[start - 1 : start] != "." or not subject.startswith(reply):
         return None
-    return ReplyOrigin(tokens[0], tokens[1])
+    tier, _, hostname = subject[start:].partition(".")
+    if not tier or not hostname or "." in hostname:
+        return None
+    return ReplyOrigin(tier, hostname)
 
 
 def shown(value: object, limit: int = 64) -> str:
@@ -166,6 +169,34 @@ def judge_status(
             origin, tier=tier, expected=expected, group=group
         )
     return _unbelieved_bare(status, tier=tier, expected=expected, speaks_bound=speaks_bound)
+
+
+def plainly_believed(
+    status: Status,
+    origin: ReplyOrigin,
+    *,
+    deployment_id: str,
+    tier: str,
+    expected: bool,
+    signer: str | None = None,
+) -> bool:
+    """Whether ``status`` is the common case that ``judge_status`` believes: an expected
+    host's status for this deployment, on its own bound reply subject of the deployment's
+    tier, naming itself and that tier (or none), answering this deployer's key.
+
+    A few comparisons, for the deployer's hot path (each host sends several statuses, and
+    a deployment may have ten thousand hosts). True implies ``judge_status(...)`` is None
+    (``tests/test_trust.py`` holds it to that); False says nothing: judge it.
+    """
+    return (
+        expected
+        and status.request_id == deployment_id
+        and status.hostname == origin.hostname
+        and origin.tier == tier
+        and (status.tier is None or status.tier == tier)
+        and (status.signer == signer or not status.reports_signer)
+        and _HOSTNAME.fullmatch(status.hostname) is not None
+    )
 
 
 def _unasked_bound(origin: ReplyOrigin, *, tier: str, expected: bool, group: bool) -> str | None:

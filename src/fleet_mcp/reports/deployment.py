@@ -93,8 +93,8 @@ class ReportedHost(HostResult):
         f"for missing, lost and timeout hosts, this server's): {UNTRUSTED}",
     )
     phase: str | None = Field(None, description=f"the rebuild's phase: {UNTRUSTED}")
-    log_tail: list[str] = Field(
-        default_factory=list,
+    log_tail: tuple[str, ...] = Field(
+        (),
         description=f"the last lines of nixos-rebuild's output of a failure: {UNTRUSTED}",
     )
     checks: list[CheckStatus] | None = Field(
