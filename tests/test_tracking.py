@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from fleet_core.deploy.tracker import DeploymentTracker, HostResult
 from fleet_core.protocol.messages import JobSummary, Status
@@ -415,6 +416,15 @@ class TestObservedHosts:
         assert got.model_fields_set == want.model_fields_set
         assert got.model_copy(update={"status": "lost"}).status == "lost"
         assert isinstance(got.log_tail, tuple)  # as validation makes it, not the status's list
+        # Every observed result shares one fields set: a copy with an update gets its own,
+        # and a frozen result refuses assignment, so the shared one never changes.
+        names = set(got.model_fields_set)
+        copied = got.model_copy(update={"recovered": True})
+        assert "recovered" in copied.model_fields_set
+        assert got.model_fields_set == names and "recovered" not in names
+        with pytest.raises(ValidationError):
+            got.phase = "x"  # type: ignore[misc]
+        assert got.model_fields_set == names
 
     def test_host_result_has_nothing_that_validation_would_run(self) -> None:
         """No validator, serializer or private attribute that building without validation
