@@ -9,6 +9,7 @@
 #   { "hostName": "<networking.hostName>" (optional),
 #     "listener": { <services.fleet-deploy.listener options> } (optional),
 #     "builder": { <services.fleet-deploy.builder options> } (optional),
+#     "dashboard": { <services.fleet-deploy.dashboard options> } (optional),
 #     "homelab": { <services.homelab-deploy options, as homelab-deploy's users write them> }
 #       (optional) }
 # and its result is
@@ -16,9 +17,11 @@
 #     warnings = [ <message> ... ];
 #     service = <systemd.services.fleet-deploy-listener as the module set it, or null>;
 #     builderService = <systemd.services.fleet-deploy-builder as the module set it, or null>;
+#     dashboardService = <systemd.services.fleet-deploy-dashboard as the module set it, or null>;
 #     allowedTCPPorts = [ <networking.firewall.allowedTCPPorts> ];
 #     optionNames = [ <the options under services.fleet-deploy.listener, as "a.b"> ];
 #     builderOptionNames = [ <the options under services.fleet-deploy.builder> ];
+#     dashboardOptionNames = [ <the options under services.fleet-deploy.dashboard> ];
 #     homelabOptionNames = [ <the options under services.homelab-deploy, as "a.b"> ];
 #     healthChecksJson = <the text of the listener's --health-checks file, or null>; }
 { nixpkgsLib, casesJson }:
@@ -67,6 +70,7 @@ let
       system.build.nixos-rebuild = fakePackage "nixos-rebuild";
       services.fleet-deploy.listener.package = lib.mkDefault (fakePackage "fleet-deploy");
       services.fleet-deploy.builder.package = lib.mkDefault (fakePackage "fleet-deploy");
+      services.fleet-deploy.dashboard.package = lib.mkDefault (fakePackage "fleet-deploy");
       _module.args = {
         inherit utils;
         pkgs = {
@@ -103,6 +107,11 @@ let
           {
             services = lib.optionalAttrs (case ? builder) { fleet-deploy.builder = case.builder; };
           }
+          {
+            services = lib.optionalAttrs (case ? dashboard) {
+              fleet-deploy.dashboard = case.dashboard;
+            };
+          }
         ];
       };
       inherit (evaluated) config options;
@@ -112,9 +121,11 @@ let
       inherit (config) warnings;
       service = config.systemd.services.fleet-deploy-listener or null;
       builderService = config.systemd.services.fleet-deploy-builder or null;
+      dashboardService = config.systemd.services.fleet-deploy-dashboard or null;
       inherit (config.networking.firewall) allowedTCPPorts;
       optionNames = optionPaths 3 options.services.fleet-deploy.listener;
       builderOptionNames = optionPaths 3 options.services.fleet-deploy.builder;
+      dashboardOptionNames = optionPaths 3 options.services.fleet-deploy.dashboard;
       homelabOptionNames = optionPaths 2 options.services.homelab-deploy;
       # The text of the listener's --health-checks file as the module renders it (its path in
       # ExecStart is the stub writeText's: the text's hash), or null without a listener.

@@ -1,5 +1,6 @@
 # NixOS module: the fleet-deploy listener, `services.fleet-deploy.listener`; it imports the
-# builder, `services.fleet-deploy.builder`, from ./builder.nix.
+# builder, `services.fleet-deploy.builder`, from ./builder.nix, and the dashboard,
+# `services.fleet-deploy.dashboard`, from ./dashboard.nix.
 #
 # Option names follow homelab-deploy's module, and its `services.homelab-deploy.listener.*`
 # options are accepted too, each renamed to the option of the same name here with a warning
@@ -218,6 +219,8 @@ in
     ./homelab-compat.nix
     # The build service, `services.fleet-deploy.builder`.
     ./builder.nix
+    # The live page of the fleet, `services.fleet-deploy.dashboard`.
+    ./dashboard.nix
   ];
 
   ### Interface

@@ -26,6 +26,10 @@ let
       prometheus-client
       pydantic
       structlog
+      # The dashboard (fleet-deploy dashboard); mcp needs them too.
+      sse-starlette
+      starlette
+      uvicorn
     ];
 in
 python.pkgs.buildPythonApplication {
@@ -48,10 +52,11 @@ python.pkgs.buildPythonApplication {
 
   dependencies = runtimeDependencies python.pkgs;
 
-  # Both entry points' packages import, with mcp 2.3 and its dependencies resolved.
+  # The packages import, with mcp 2.3 and its dependencies resolved.
   pythonImportsCheck = [
     "fleet_core"
     "fleet_mcp"
+    "fleet_dashboard"
   ];
 
   # The test suite needs a NATS server per session and runs in CI (.ci/run); the NixOS VM

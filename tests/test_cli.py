@@ -320,17 +320,19 @@ class TestListenerCommand:
 
 
 def test_help_is_fast_and_mcp_free() -> None:
-    """fleet-deploy --help works and importing the CLI and listener never loads mcp."""
+    """fleet-deploy --help works and importing the CLI and listener never loads mcp, nor
+    the dashboard and its web stack."""
     proc = subprocess.run(
         [str(scripts_dir() / "fleet-deploy"), "--help"], capture_output=True, check=False
     )
     assert proc.returncode == 0
-    for command in ("listener", "deploy", "hosts", "mcp"):
+    for command in ("listener", "deploy", "hosts", "mcp", "dashboard"):
         assert command in proc.stdout.decode()
+    heavy = ("mcp", "fleet_dashboard", "starlette", "uvicorn", "sse_starlette")
     probe = (
         "import sys, fleet_core.cli, fleet_core.deploy.commands, fleet_core.host.daemon,"
         " fleet_core.host.listener;"
-        "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
     assert out.stdout.decode().strip() == "[]"

@@ -8,13 +8,14 @@ import pkgutil
 import pytest
 
 import fleet_core
+import fleet_dashboard
 import fleet_mcp
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
 MODULES = sorted(
     info.name
-    for package in (fleet_core, fleet_mcp)
+    for package in (fleet_core, fleet_mcp, fleet_dashboard)
     for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}.")
     if not info.name.endswith("__main__")
 )

@@ -14,20 +14,20 @@ from pathlib import Path
 import pytest
 
 import fleet_core
+import fleet_dashboard
 import fleet_mcp
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it
 
 SRC = Path(fleet_core.__file__).resolve().parent.parent
 REPO = SRC.parent
-PACKAGES = sorted(
-    path.parent
-    for root in ("fleet_core", "fleet_mcp")
-    for path in (SRC / root).rglob("__init__.py")
-)
+ROOTS = ("fleet_core", "fleet_mcp", "fleet_dashboard")
+# Folders of files a package ships that are no Python: the maps name them too.
+DATA_FOLDERS = ("fleet_dashboard/static",)
+PACKAGES = sorted(path.parent for root in ROOTS for path in (SRC / root).rglob("__init__.py"))
 MODULES = sorted(
     path
-    for root in ("fleet_core", "fleet_mcp")
+    for root in ROOTS
     for path in (SRC / root).rglob("*.py")
     if path.name not in ("__init__.py", "__main__.py")
 )
@@ -52,6 +52,9 @@ PURE_MODULES = (
     "fleet_core/build/protocol.py",
     "fleet_core/build/tracker.py",
     "fleet_core/setup/nats_config.py",
+    "fleet_dashboard/board.py",
+    "fleet_dashboard/auth.py",
+    "fleet_dashboard/security.py",
 )
 IO_MODULES = {"asyncio", "anyio", "subprocess", "socket", "nats", "structlog"}
 # Programs of their own: the job runner outlives the listener and is started by path.
@@ -160,7 +163,7 @@ def _block(page: Path, heading: str) -> str:
 def test_the_readme_map_names_every_package() -> None:
     """README's "Where the code is" names each package of src/ in its place, and no other."""
     folders, _ = _tree(_block(REPO / "README.md", "## Where the code is"))
-    assert folders == {_rel(p) for p in PACKAGES}
+    assert folders == {_rel(p) for p in PACKAGES} | set(DATA_FOLDERS)
 
 
 def test_the_development_layout_names_every_module() -> None:
@@ -170,7 +173,9 @@ def test_the_development_layout_names_every_module() -> None:
     present = {_rel(m) for m in MODULES}
     assert sorted(named - present) == [], "named, but no such module"
     assert sorted(present - named) == [], "modules the layout does not name"
-    assert {f for f in folders if f.startswith("fleet_")} == {_rel(p) for p in PACKAGES}
+    assert {f for f in folders if f.startswith("fleet_")} == {_rel(p) for p in PACKAGES} | set(
+        DATA_FOLDERS
+    )
 
 
 @pytest.mark.parametrize("path", MODULES, ids=[_rel(p) for p in MODULES])
@@ -254,13 +259,35 @@ def test_fleet_mcp_is_a_layer_over_the_core() -> None:
 
 
 def test_fleet_mcp_is_imported() -> None:
-    """Both packages import (the parametrised tests above read files; this loads them)."""
+    """The packages import (the parametrised tests above read files; this loads them)."""
     assert fleet_mcp.__name__ == "fleet_mcp"
+    assert fleet_dashboard.__name__ == "fleet_dashboard"
+
+
+# The sandbox is the whole product on one machine: it serves the read-only dashboard too.
+DASHBOARD_IMPORTERS = ("fleet_core/testing/sandbox.py",)
+
+
+def test_the_dashboard_is_a_front_end_over_the_core() -> None:
+    """fleet_core never imports fleet_dashboard (the sandbox aside, which runs it), so
+    neither `fleet-deploy --help` nor the listener loads it; the dashboard reaches neither
+    the host side nor the MCP server."""
+    for path in MODULES:
+        rel = _rel(path)
+        if rel.startswith("fleet_core/") and rel not in DASHBOARD_IMPORTERS:
+            assert "fleet_dashboard" not in _tops(path), f"{rel} imports fleet_dashboard"
+        if rel.startswith("fleet_dashboard/"):
+            assert "fleet_mcp" not in _tops(path), f"{rel} imports fleet_mcp"
+            crossing = {own for own in _own(path) if _in(own, "fleet_core/host")}
+            assert not crossing, f"{rel} imports {sorted(crossing)}"
 
 
 TESTS = sorted((REPO / "tests").glob("test_*.py"))
 # What starts a server or a process, which a test marked pure never touches.
-SERVERS_AND_PROCESSES = {"subprocess", "mcp", "fleet_core.testing", "nix_eval", "support"}
+SERVERS_AND_PROCESSES = {
+    *("subprocess", "mcp", "fleet_core.testing", "nix_eval", "support"),
+    "browser",  # tests/browser.py: chromium, the sandbox and the dashboard as processes
+}
 
 
 def _marked_pure(path: Path) -> bool:

@@ -1670,7 +1670,7 @@ let
   fake = pname: { inherit pname; version = "999"; optional-dependencies.crypto = [ ]; };
   nixpkgsPython = lib.genAttrs [
     "anyio" "hatchling" "mcp" "mcp-types" "httpx2" "httpcore2" "nats-py" "nkeys" "pydantic"
-    "prometheus-client" "structlog"
+    "prometheus-client" "structlog" "starlette" "uvicorn" "sse-starlette"
   ] fake // {
     buildPythonApplication = attrs: attrs;
   };

@@ -25,8 +25,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+import httpx2 as httpx
 import pytest
 
 from fleet_core.config.options import DEFAULT_SANDBOX_HOSTS
@@ -36,6 +37,7 @@ from fleet_core.keys import load_seed
 from fleet_core.protocol.subjects import Tier
 from fleet_core.testing.sandbox import (
     ADMIN,
+    DASHBOARD,
     LOG_FILE,
     READY_LINE,
     TEST_DEPLOYER,
@@ -325,6 +327,7 @@ class TestPlanAndSettings:
             ({"cluster": "0"}, "--cluster must be 1 (a single nats-server) to 5, not 0"),
             ({"cluster": "6"}, "--cluster must be 1 (a single nats-server) to 5, not 6"),
             ({"cluster": "three"}, "--cluster must be a whole number"),
+            ({"dashboard_port": "65536"}, "--dashboard-port must be 0 (any free port) to 65535"),
         ],
     )
     def test_bad_flags_are_usage_errors(self, flags: dict[str, str], message: str) -> None:
@@ -333,9 +336,11 @@ class TestPlanAndSettings:
             sandbox_settings(flags)
 
     def test_tour_defaults_to_a_free_port(self) -> None:
-        """--once picks a free port by default; the long-lived sandbox defaults to 4222."""
-        assert sandbox_settings({"once": True}).port == 0
-        assert sandbox_settings({}).port == 4222
+        """--once picks free ports by default (NATS and the dashboard); the long-lived
+        sandbox defaults to 4222 and the dashboard to 8420."""
+        once = sandbox_settings({"once": True})
+        assert (once.port, once.dashboard_port) == (0, 0)
+        assert (sandbox_settings({}).port, sandbox_settings({}).dashboard_port) == (4222, 8420)
 
     def test_one_server_unless_a_cluster_is_asked_for(self) -> None:
         """--cluster defaults to 1, a single nats-server; 3 asks for a cluster of three."""
@@ -688,6 +693,7 @@ class TestTour:
             "Tour complete.",
         ):
             assert expected in out, out
+        assert re.search(r"^  dashboard http://127\.0\.0\.1:\d+/   read-only, ", out, re.M), out
         directory = next(Path(m.group(1)) for m in re.finditer(r"directory (\S+)", out))
         assert not directory.exists()
 
@@ -729,3 +735,63 @@ class TestTour:
         assert "Tour complete." in out, out
         directory = next(Path(m.group(1)) for m in re.finditer(r"directory (\S+)", out))
         assert not directory.exists()
+
+
+def sse_fleet_bodies(url: str, limit: float = 20.0) -> Iterator[dict[str, Any]]:
+    """The ``fleet`` events of a dashboard's /api/events stream, as they come, until
+    ``limit`` seconds have passed (each read waits at most that long)."""
+    deadline = time.monotonic() + limit
+    with httpx.stream("GET", url + "api/events", timeout=limit) as response:
+        assert response.status_code == 200, response.status_code
+        name, data = "", []
+        for line in response.iter_lines():
+            if time.monotonic() > deadline:
+                pytest.fail(f"no expected fleet event from {url} within {limit} s")
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+            elif not line and data:
+                if name == "fleet":
+                    yield json.loads("\n".join(data))
+                name, data = "", []
+
+
+class TestDashboard:
+    def test_it_serves_the_fleet_read_only_on_a_free_port_when_its_own_is_busy(
+        self, tmp_path: Path, start_sandbox: type[RunningSandbox]
+    ) -> None:
+        """With --dashboard-port taken by another program, the sandbox still starts: the
+        banner names the free port it took instead, and the page and the whole fleet (both
+        tiers, through the observer key) are served there. The banner's dashboard key is an
+        observer's: the server refuses it a deploy."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            sandbox = start_sandbox(tmp_path, "--dashboard-port", str(busy))
+            banner = sandbox.lines.text()
+            line = re.search(
+                r"^  dashboard\s+(http://127\.0\.0\.1:(\d+)/)   read-only, with the observer key "
+                r"(\S+); port (\d+) was busy$",
+                banner,
+                re.M,
+            )
+            assert line is not None, banner
+            url, port, key, said_busy = line.groups()
+            assert int(said_busy) == busy
+            assert int(port) != busy
+            assert Path(key) == sandbox.key(DASHBOARD)
+            page = httpx.get(url, timeout=10)
+            assert page.status_code == 200
+            assert 'id="fleet"' in page.text
+            plan = {h.name: h.tier.value for h in plan_hosts(DEFAULT_SANDBOX_HOSTS)}
+            for body in sse_fleet_bodies(url):
+                listed = {row["hostname"]: row["tier"] for row in body["hosts"]}
+                if listed == plan:
+                    break
+            assert body["tiers_hidden"] == []
+            assert body["actions"] is False
+        refused = sandbox.cli("deploy", "deploy.test.web1", key=DASHBOARD)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "deploy.test.web1" in refused.stderr

@@ -112,7 +112,8 @@ class TestNatsConfig:
         checked = nats_server_test(output)
         assert checked.returncode == 0, checked.stderr
         text = output.read_text()
-        assert text.count("permissions:") == 8  # 4 hosts, 3 deployers, 1 builder
+        assert text.count("permissions:") == 9  # 4 hosts, 4 deployers, 1 builder
+        assert 'publish: ["deploy.discover.test", "deploy.discover.prod"]' in text  # observer
         assert 'subscribe: ["build.nixos.*"]' in text
 
     @pytest.mark.parametrize(

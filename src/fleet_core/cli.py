@@ -36,6 +36,7 @@ _RUNNERS: dict[str, tuple[str, str, str]] = {
     "keygen": ("fleet_core.setup.commands", "run_keygen", "keygen_settings"),
     "nats-config": ("fleet_core.setup.commands", "run_nats_config", "nats_config_settings"),
     "sandbox": ("fleet_core.testing.sandbox", "run_sandbox", "sandbox_settings"),
+    "dashboard": ("fleet_dashboard.command", "run_dashboard", "dashboard_settings"),
 }
 
 

@@ -48,6 +48,9 @@ __all__ = [
     "DEFAULT_BUILD_STEP_TIMEOUT",
     "DEFAULT_BUILD_TIMEOUT",
     "DEFAULT_DARWIN_VERSION_COMMAND",
+    "DEFAULT_DASHBOARD_HOST",
+    "DEFAULT_DASHBOARD_PORT",
+    "DEFAULT_DASHBOARD_REFRESH",
     "DEFAULT_DEPLOY_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HISTORY_LIMIT",
@@ -150,6 +153,10 @@ DEFAULT_SANDBOX_PORT = 4222
 DEFAULT_SANDBOX_CLUSTER = 1  # one nats-server; more are routed into a cluster
 MAX_SANDBOX_CLUSTER = 5
 DEFAULT_SIM_DELAY = 0.15
+# The dashboard (docs/dashboard.md): this machine only unless told otherwise.
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+DEFAULT_DASHBOARD_PORT = 8420
+DEFAULT_DASHBOARD_REFRESH = 30.0  # seconds between two discoveries of the host rows
 DEFAULT_NIX_COMMAND = "nix"
 DEFAULT_BUILD_STEP_TIMEOUT = 3600.0  # one host's closure from scratch can take long
 DEFAULT_BUILD_TIMEOUT = 7200.0  # a whole fleet's build, as the build command waits for it
@@ -193,6 +200,9 @@ class Option:
     shown_default: str | None = None
     short: str | None = None
     legacy_env: bool = False
+    # The variable's name after the prefix when it is not the option's: a dashboard's key
+    # must not come from the FLEET_DEPLOY_NKEY_FILE a shell set for deploying.
+    env_name: str | None = None
 
     def __post_init__(self) -> None:
         assert self.env or not self.legacy_env, f"{self.name}: a fallback needs a variable"
@@ -203,7 +213,7 @@ class Option:
 
     @property
     def variable(self) -> str | None:
-        return ENV_PREFIX + self.name.upper() if self.env else None
+        return ENV_PREFIX + (self.env_name or self.name).upper() if self.env else None
 
     @property
     def legacy_variable(self) -> str | None:
@@ -1140,8 +1150,8 @@ NATS_CONFIG = Command(
     '  role = "web"             # optional: deploy.<tier>.role.<role>\n'
     '  nkey = "U..."            # the listener\'s public key (fleet-deploy keygen)\n\n'
     "  [deployers.assistant]\n"
-    '  access = "test"          # test: deploy.test.> only; admin: deploy.>\n'
-    '  nkey = "U..."\n\n'
+    '  access = "test"          # test: deploy.test.> only; admin: deploy.>;\n'
+    '  nkey = "U..."            # observer: discovery and replies only (the dashboard)\n\n'
     "  [builders.buildbox]      # optional: a build host (fleet-deploy builder)\n"
     '  repos = ["nixos"]        # it hears build.<repo>.*; every deployer may ask\n'
     '  nkey = "U..."\n\n'
@@ -1193,9 +1203,10 @@ SANDBOX = Command(
     "tiered permissions, and simulated hosts (test and prod tiers, a shared role,\n"
     "one host whose rebuild fails) whose listeners are real and whose nixos-rebuild\n"
     "is a packaged stand-in. JetStream and the history streams are on, so\n"
-    "'fleet-deploy history' and 'show' read what you deploy. It prints the NATS URL,\n"
-    "the key files, commands to paste and an MCP client config, then runs until\n"
-    "Ctrl-C or SIGTERM and stops every process it started.\n\n"
+    "'fleet-deploy history' and 'show' read what you deploy. It serves the read-only\n"
+    "dashboard (--dashboard-port), prints its URL, the NATS URL, the key files, commands\n"
+    "to paste and an MCP client config, then runs until Ctrl-C or SIGTERM and stops\n"
+    "every process it started.\n\n"
     "--once runs a guided tour instead and exits: discover, deploy to the test\n"
     "tier, explain the failing host, and show the test key refused on prod.\n"
     "--cluster 3 runs three nats-servers routed into a cluster instead of one; the\n"
@@ -1243,6 +1254,15 @@ SANDBOX = Command(
             metavar="SECONDS",
         ),
         Option("once", "run the guided tour, then stop and exit", env=False, kind="switch"),
+        Option(
+            "dashboard_port",
+            "the read-only dashboard's port on 127.0.0.1 (docs/dashboard.md); when it is "
+            "busy, a free one; 0 picks a free one",
+            default=DEFAULT_DASHBOARD_PORT,
+            env=False,
+            metavar="P",
+            shown_default=f"{DEFAULT_DASHBOARD_PORT}, or a free one with --once",
+        ),
     ),
 )
 
@@ -1298,6 +1318,103 @@ MCP = Command(
     ),
 )
 
+# -- the dashboard ---------------------------------------------------------------------------
+
+DASHBOARD = Command(
+    "dashboard",
+    "serve a live page of the fleet to a browser (read-only unless told otherwise)",
+    "Serve a page of the fleet on --listen: one row per host (tier, role, revision,\n"
+    "behind, needs reboot, last deploy and outcome, listener version, busy), the\n"
+    "deployments running now with each host's live phase and latest line, a host's\n"
+    "recent jobs and a failure's log tail, and the history. It prints\n"
+    "'dashboard: http://HOST:PORT/' once it listens, then runs until Ctrl-C or SIGTERM.\n\n"
+    'Give it an observer key (nats-config: access = "observer"): it can discover\n'
+    "and read every tier but deploys nothing, so a leaked dashboard key changes no\n"
+    "host. Actions (deploy, cancel, health check) exist only with --allow-actions,\n"
+    "behind a login (--password-file, optionally --totp-secret-file), and are sent\n"
+    "with --deploy-nkey-file's key, so they can do no more than that key may.\n\n"
+    "--hash-password reads a password on stdin (twice, without echo, on a terminal)\n"
+    "and prints the line to put into --password-file; nothing else runs.\n\n"
+    "Exit status: 0 stopped by Ctrl-C or SIGTERM; 2 usage, key, file or connection\n"
+    "error, or a busy --listen port.",
+    (
+        NATS_URL,
+        replace(
+            NKEY_FILE,
+            help="seed of the key the page reads with, mode 0600: an observer's "
+            '(nats-config access = "observer"), which can deploy nothing',
+            env_name="dashboard_nkey_file",
+            legacy_env=False,
+        ),
+        Option(
+            "listen",
+            "HOST:PORT to serve the page on; port 0 picks a free one. Anything but "
+            "127.0.0.1 or localhost puts it on a network: see docs/dashboard.md",
+            default=f"{DEFAULT_DASHBOARD_HOST}:{DEFAULT_DASHBOARD_PORT}",
+            env_name="dashboard_listen",
+            metavar="HOST:PORT",
+        ),
+        Option(
+            "allowed_host",
+            "another name the page may be reached by (a reverse proxy's, NAME or NAME:PORT), "
+            "repeatable: requests naming any other Host are refused",
+            env_name="dashboard_allowed_hosts",
+            kind="list",
+            metavar="NAME",
+            shown_default="the --listen address, localhost, 127.0.0.1 and [::1]",
+        ),
+        Option(
+            "refresh",
+            "seconds between two discoveries of the host rows (deployments update live)",
+            default=DEFAULT_DASHBOARD_REFRESH,
+            env_name="dashboard_refresh",
+            metavar="SECONDS",
+        ),
+        Option(
+            "allow_actions",
+            "offer deploy, cancel and health check, after a login (needs --deploy-nkey-file "
+            "and --password-file)",
+            env_name="dashboard_allow_actions",
+            kind="switch",
+        ),
+        Option(
+            "deploy_nkey_file",
+            "with --allow-actions: seed of the key actions are sent with, mode 0600",
+            env_name="dashboard_deploy_nkey_file",
+            metavar="PATH",
+        ),
+        Option(
+            "password_file",
+            "with --allow-actions: file holding the login's password hash (from --hash-password)",
+            env_name="dashboard_password_file",
+            metavar="PATH",
+        ),
+        Option(
+            "totp_secret_file",
+            "with --allow-actions: file holding a base32 TOTP secret; the login then also "
+            "asks for a one-time code",
+            env_name="dashboard_totp_secret_file",
+            metavar="PATH",
+            shown_default="no one-time code",
+        ),
+        Option(
+            "session_key_file",
+            "with --allow-actions: file holding the secret that signs session cookies, so "
+            "that sessions outlive a restart",
+            env_name="dashboard_session_key_file",
+            metavar="PATH",
+            shown_default="a random key per run: a restart logs everyone out",
+        ),
+        Option(
+            "hash_password",
+            "read a password on stdin, print its hash for --password-file, and exit",
+            env=False,
+            kind="switch",
+        ),
+        LOG_LEVEL,
+    ),
+)
+
 COMMANDS: tuple[Command, ...] = (
     LISTENER,
     DEPLOY,
@@ -1314,6 +1431,7 @@ COMMANDS: tuple[Command, ...] = (
     NATS_CONFIG,
     SANDBOX,
     MCP,
+    DASHBOARD,
 )
 
 

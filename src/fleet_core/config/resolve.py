@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fleet_core.config.options import (
     DEFAULT_DARWIN_VERSION_COMMAND,
+    DEFAULT_DASHBOARD_PORT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_NATS_LAYOUT,
     DEFAULT_REBUILD_RUNNER,
@@ -42,6 +43,7 @@ from fleet_core.config.settings import (
     CancelSettings,
     ClosureSettings,
     ConnectionSettings,
+    DashboardSettings,
     DeploySettings,
     FactsSettings,
     HealthCheckSpec,
@@ -52,6 +54,7 @@ from fleet_core.config.settings import (
     LogsSettings,
     McpSettings,
     NatsConfigSettings,
+    PasswordHashSettings,
     RollbackSettings,
     RolloutSettings,
     SandboxSettings,
@@ -82,6 +85,7 @@ __all__ = [
     "cancel_settings",
     "check_settings",
     "choose_rebuild_runner",
+    "dashboard_settings",
     "deploy_settings",
     "history_settings",
     "hosts_settings",
@@ -868,6 +872,104 @@ def mcp_settings(flags: Flags, *, environ: Mapping[str, str] | None = None) -> M
     )
 
 
+# A DNS name or IPv4 address, or an IPv6 address in brackets; in a Host header a port may
+# follow.
+_LABEL = r"[A-Za-z0-9][A-Za-z0-9-]{0,62}"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])"
+_HOST_ONLY = re.compile(_HOST)
+_HOST_HEADER = re.compile(_HOST + r"(?::[0-9]{1,5})?")
+_MIN_DASHBOARD_REFRESH = 1.0  # a discovery of the whole fleet each second is plenty
+
+
+def _dashboard_listen(values: _Values) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT``, port 0 meaning any free one. The host must be said:
+    an empty one would mean every address, and a page that can act on the fleet goes on a
+    network only when someone wrote so."""
+    text = values.required("listen")
+    given = values.given("listen")
+    source = given[1] if given else "--listen"
+    host, sep, port = text.strip().rpartition(":")
+    example = "e.g. 127.0.0.1:8420, [::1]:8420, or 0.0.0.0:8420 for every address"
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5):
+        raise UsageError(f"{source} {text!r} must be HOST:PORT: {example}")
+    if not 0 <= int(port) <= 65535:
+        raise UsageError(f"{source} {text!r}: the port must be 0 (any free one) to 65535")
+    if not _HOST_ONLY.fullmatch(host):
+        raise UsageError(
+            f"{source} {text!r}: {host!r} is not a host name or address (an IPv6 address "
+            f"goes in brackets): {example}"
+        )
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _allowed_hosts(values: _Values) -> tuple[str, ...]:
+    """The extra Host names, lower-cased as the check compares them."""
+    names: list[str] = []
+    for item in values.items("allowed_host"):
+        name = item.strip().lower()
+        if not _HOST_HEADER.fullmatch(name):
+            raise UsageError(
+                f"--allowed-host {item!r} is not a host name (NAME or NAME:PORT, as a "
+                "browser sends it in the Host header, e.g. fleet.example.com)"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _optional_path(values: _Values, name: str) -> Path | None:
+    text = values.text(name)
+    return Path(text) if text else None
+
+
+def dashboard_settings(
+    flags: Flags, *, environ: Mapping[str, str] | None = None
+) -> DashboardSettings | PasswordHashSettings:
+    """Settings for ``fleet-deploy dashboard``, or for its ``--hash-password``, which needs
+    nothing else. ``--allow-actions`` without the deploy key or the password file is an error
+    naming the flag; without ``--allow-actions`` the action files are not even kept, so a
+    read-only dashboard never loads a key that can deploy."""
+    values = _Values(command("dashboard"), flags, environ)
+    if values.switch("hash_password"):
+        return PasswordHashSettings()
+    listen = _dashboard_listen(values)
+    allowed = _allowed_hosts(values)
+    refresh = values.number("refresh")
+    if refresh < _MIN_DASHBOARD_REFRESH:
+        given = values.given("refresh")
+        raise UsageError(
+            f"{given[1] if given else '--refresh'} must be at least "
+            f"{_MIN_DASHBOARD_REFRESH:g} second: each refresh discovers the whole fleet"
+        )
+    allow_actions = values.switch("allow_actions")
+    if allow_actions:
+        for name, why in (
+            ("deploy_nkey_file", "the seed of the key actions are sent with"),
+            (
+                "password_file",
+                "the login's password hash (make one with "
+                "`fleet-deploy dashboard --hash-password`)",
+            ),
+        ):
+            if values.text(name) is None:
+                option = next(o for o in command("dashboard").options if o.name == name)
+                raise UsageError(
+                    f"--allow-actions needs {option.flag} PATH (or set {option.variable}): {why}"
+                )
+    return DashboardSettings(
+        connection=_connection(values),
+        listen=listen,
+        allowed_hosts=allowed,
+        refresh=refresh,
+        allow_actions=allow_actions,
+        deploy_nkey_file=_optional_path(values, "deploy_nkey_file") if allow_actions else None,
+        password_file=_optional_path(values, "password_file") if allow_actions else None,
+        totp_secret_file=_optional_path(values, "totp_secret_file") if allow_actions else None,
+        session_key_file=_optional_path(values, "session_key_file") if allow_actions else None,
+        log_level=values.choice("log_level") or DEFAULT_LOG_LEVEL,
+    )
+
+
 def sandbox_settings(flags: Flags) -> SandboxSettings:
     """Settings for ``fleet-deploy sandbox``, from flags alone: the sandbox reads no
     environment, so a real fleet's ``FLEET_DEPLOY_*`` variables cannot leak into it."""
@@ -892,6 +994,11 @@ def sandbox_settings(flags: Flags) -> SandboxSettings:
     if not 0 <= delay <= 60:
         raise UsageError(f"--sim-delay must be 0 to 60 seconds, not {values.text('sim_delay')!r}")
     directory = values.text("dir")
+    dashboard_port = values.integer("dashboard_port", 0 if once else DEFAULT_DASHBOARD_PORT)
+    if not 0 <= dashboard_port <= 65535:
+        raise UsageError(
+            f"--dashboard-port must be 0 (any free port) to 65535, not {dashboard_port}"
+        )
     return SandboxSettings(
         hosts=count,
         port=port,
@@ -899,6 +1006,7 @@ def sandbox_settings(flags: Flags) -> SandboxSettings:
         directory=Path(directory) if directory else None,
         sim_delay=delay,
         once=once,
+        dashboard_port=dashboard_port,
     )
 
 

@@ -20,6 +20,9 @@ from fleet_core.config.options import (
     DEFAULT_BUILD_TIMEOUT,
     DEFAULT_CONFIRM_TIMEOUT,
     DEFAULT_CURRENT_SYSTEM,
+    DEFAULT_DASHBOARD_HOST,
+    DEFAULT_DASHBOARD_PORT,
+    DEFAULT_DASHBOARD_REFRESH,
     DEFAULT_DEPLOY_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HISTORY_LIMIT,
@@ -81,6 +84,7 @@ __all__ = [
     "CancelSettings",
     "ClosureSettings",
     "ConnectionSettings",
+    "DashboardSettings",
     "DeploySettings",
     "DeployTiming",
     "FactsSettings",
@@ -92,6 +96,7 @@ __all__ = [
     "LogsSettings",
     "McpSettings",
     "NatsConfigSettings",
+    "PasswordHashSettings",
     "RollbackSettings",
     "RolloutSettings",
     "SandboxSettings",
@@ -557,6 +562,39 @@ class McpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    """``fleet-deploy dashboard``: a page of the fleet, read with ``connection``'s key (an
+    observer's, ideally: it can deploy nothing), served on ``listen``.
+
+    Actions (deploy, cancel, health check) exist only with ``allow_actions``, behind a login:
+    the password hash in ``password_file`` (``--hash-password`` makes one), the TOTP secret in
+    ``totp_secret_file`` when given, sessions signed with the key in ``session_key_file``
+    (None: a random key per run, so a restart logs everyone out). They are sent with the
+    key in ``deploy_nkey_file``, and can do no more than it may."""
+
+    connection: ConnectionSettings
+    listen: tuple[str, int] = (DEFAULT_DASHBOARD_HOST, DEFAULT_DASHBOARD_PORT)  # 0: any port
+    allowed_hosts: tuple[str, ...] = ()  # more Host names to accept (a reverse proxy's)
+    refresh: float = DEFAULT_DASHBOARD_REFRESH  # seconds between two discoveries of the rows
+    allow_actions: bool = False
+    deploy_nkey_file: Path | None = None
+    password_file: Path | None = None
+    totp_secret_file: Path | None = None
+    session_key_file: Path | None = None
+    session_ttl: float = 12 * 3600.0
+    log_level: str = DEFAULT_LOG_LEVEL
+    timing: DeployTiming = DeployTiming()
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordHashSettings:
+    """``fleet-deploy dashboard --hash-password``: read a password, print its hash, exit.
+
+    A settings object of its own, not a flag of ``DashboardSettings``: hashing a password
+    needs no NATS URL or key, and must not ask for them."""
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxSettings:
     """``port`` 0 means any free port; ``directory`` None means a temporary one; ``cluster``
     is how many routed nats-servers (1: a single server)."""
@@ -567,6 +605,8 @@ class SandboxSettings:
     directory: Path | None = None
     sim_delay: float = DEFAULT_SIM_DELAY
     once: bool = False
+    # The dashboard's port on 127.0.0.1; a busy one falls back to a free port. 0: any.
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,13 +162,27 @@ class Deployer:
         return frozenset(self._unreadable)
 
     async def discover(
-        self, tier: Tier | None = None, *, recent_jobs: int | None = None
+        self,
+        tier: Tier | None = None,
+        *,
+        recent_jobs: int | None = None,
+        hosts: Collection[str] | None = None,
     ) -> list[HostInfo]:
         """Ask every listener (of ``tier``) to answer; the window closes once replies stop.
 
         Hosts of a tier whose replies this key may not read are not found: no error. With
-        ``recent_jobs`` (1 to ``MAX_RECENT_JOBS``) each host adds its newest job records."""
-        found = await self._discover(tier, recent_jobs=recent_jobs)
+        ``recent_jobs`` (1 to ``MAX_RECENT_JOBS``) each host adds its newest job records.
+        With ``hosts``, only those answer, and the window closes once they all have: the
+        dashboard's one host, whose recent jobs would weigh a whole fleet's answers."""
+        if hosts is None:
+            found = await self._discover(tier, recent_jobs=recent_jobs)
+        else:
+            names = sorted(set(hosts))
+            reply = RESPONSES_PREFIX + uuid.uuid4().hex
+            request = DiscoverRequest(
+                reply_to=reply, tier=tier, bind=True, recent_jobs=recent_jobs, hosts=names
+            )
+            found = await self._ask(request, until=set(names))
         return sorted(found.hosts.values(), key=lambda h: (h.tier, h.hostname))
 
     async def _discover(self, tier: Tier | None, *, recent_jobs: int | None = None) -> Answers:

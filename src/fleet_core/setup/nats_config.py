@@ -20,6 +20,10 @@ Two layouts (``LAYOUTS``):
     Because a ``*`` in a permission also admits a subscription to a literal ``>`` token,
     ``deploy.responses.*`` alone would let it subscribe to ``deploy.responses.>``; the deny
     rule ``deploy.responses.*.prod.>`` keeps prod replies from being delivered there.
+    An observer (the dashboard's key) may publish only the two tiers' discovery subjects
+    (discovery and job queries, with each job's recorded log tail, travel there) and read
+    every reply: it sees the whole fleet and can deploy, cancel, build or fetch a whole log
+    (a signed request on a host's deploy subject) nothing.
 ``homelab``
     homelab-deploy's published example, unchanged: listeners publish on
     ``deploy.responses.>``, the test deployer reads ``deploy.responses.>``. Nothing binds a
@@ -34,7 +38,7 @@ Inventory (TOML)::
 
     [deployers.claude]
     access = "test"           # "test": deploy.test.> only; "admin": deploy.>
-    nkey = "U..."
+    nkey = "U..."             # "observer": discovery and replies only (the dashboard)
 
     [builders.ci]             # optional: fleet-deploy builder
     repos = ["nixos-servers"] # it hears build.<repo>.* for these
@@ -72,8 +76,10 @@ from fleet_core.protocol.text import counted
 from fleet_core.protocol.trust import bound_replies, bound_reply
 
 __all__ = [
+    "ACCESSES",
     "DEFAULT_LAYOUT",
     "LAYOUTS",
+    "Access",
     "BuilderEntry",
     "DeployerEntry",
     "HostEntry",
@@ -85,6 +91,7 @@ __all__ = [
     "inventory_toml",
     "listener_permissions",
     "nats_config",
+    "observer_permissions",
     "parse_inventory",
     "render_authorization",
     "render_jetstream",
@@ -116,6 +123,9 @@ _GUARANTEES: Final[dict[Layout, tuple[str, ...]]] = {
     ),
 }
 _BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# What a deployer key may do: deploy the test tier, deploy everything, or only look.
+Access = Literal["test", "admin", "observer"]
+ACCESSES: Final[tuple[Access, ...]] = ("test", "admin", "observer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +139,7 @@ class HostEntry:
 @dataclass(frozen=True, slots=True)
 class DeployerEntry:
     name: str
-    access: Literal["test", "admin"]
+    access: Access
     nkey: str
 
 
@@ -190,8 +200,11 @@ def parse_inventory(text: str, *, source: str = "inventory") -> Inventory:
         where = f"{source}: [deployers.{name}]"
         entry = _table(raw, where)
         access = entry.get("access")
-        if access not in ("test", "admin"):
-            raise UsageError(f"{where}: access must be 'test' or 'admin'")
+        if access not in ACCESSES:
+            raise UsageError(
+                f"{where}: access must be 'test' (deploys the test tier), 'admin' (deploys "
+                "everything) or 'observer' (reads everything, deploys nothing)"
+            )
         try:
             validate_role(name)  # a name goes into a comment of the config: one plain token
         except UsageError:
@@ -269,11 +282,29 @@ def listener_permissions(host: HostEntry, layout: Layout = DEFAULT_LAYOUT) -> Us
     )
 
 
-def deployer_permissions(
-    access: Literal["test", "admin"], layout: Layout = DEFAULT_LAYOUT
-) -> UserPermissions:
+def observer_permissions(layout: Layout = DEFAULT_LAYOUT) -> UserPermissions:
+    """An observer (the dashboard's key) discovers every tier and reads every reply, and
+    publishes nothing else: no deploy subject (so no deploy and no cancel), no build
+    request, and no ``$JS.API`` subject. JetStream answers a request on whatever reply
+    subject it names with the server's own rights, so even a read-only grant would let the
+    key have a stream deleted or a prod reply forged; an observer reads history from the
+    hosts' job records instead, as the test deployer does. Discovery and job queries travel
+    on the discovery subjects, which listeners answer but never act on; a whole log is a
+    signed request on a host's deploy subject, so an observer sees a job's recorded log tail
+    but cannot fetch its whole log."""
+    if layout == "homelab":
+        return UserPermissions(publish=(DISCOVER_SUBJECT,), subscribe=(RESPONSES_WILDCARD,))
+    return UserPermissions(
+        publish=tuple(tier_discover_subject(tier) for tier in Tier),
+        subscribe=(RESPONSES_WILDCARD,),
+    )
+
+
+def deployer_permissions(access: Access, layout: Layout = DEFAULT_LAYOUT) -> UserPermissions:
     """The admin reaches everything; the test deployer publishes to the test tier and, under
-    ``bound``, reads only bare and test-tier replies."""
+    ``bound``, reads only bare and test-tier replies; the observer only looks."""
+    if access == "observer":
+        return observer_permissions(layout)
     if access == "admin":
         # $JS.API.> under ``bound``: the admin creates the history streams and reads them;
         # its answers come on reply subjects under deploy.> (history_reader).

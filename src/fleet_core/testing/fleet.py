@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -74,6 +74,7 @@ from fleet_core.keys import Seed, generate_seed, load_seed, write_seed
 from fleet_core.protocol.subjects import Tier
 from fleet_core.setup.nats_config import (
     DEFAULT_LAYOUT,
+    Access,
     BuilderEntry,
     DeployerEntry,
     HostEntry,
@@ -118,7 +119,6 @@ CONNECT_PARALLEL = 50  # connections opened at once: a thousand hosts start in s
 CLUSTER_SPREAD_DEADLINE = 15.0  # for every server of a cluster to learn of new listeners
 _PROBE_TIMING = DeployTiming(discovery_first=1.0, discovery_quiet=0.05, discovery_cap=2.0)
 
-Access = Literal["test", "admin"]
 # An extra user's permissions: {"publish": [...], "subscribe": [...]}, as nats-server takes them.
 Permissions = Mapping[str, Sequence[str]]
 
@@ -474,7 +474,8 @@ async def local_fleet(
     layout: Layout = DEFAULT_LAYOUT,
     history: bool = False,
 ) -> AsyncIterator[LocalFleet]:
-    """Keys, the tiered permissions and a started nats-server for ``hosts`` and ``deployers``.
+    """Keys, the tiered permissions and a started nats-server for ``hosts`` and ``deployers``
+    (name → access: ``test``, ``admin``, or ``observer``, the dashboard's read-only key).
 
     ``outsiders`` get a key the server does not know; ``builders`` (name → repositories) a
     builder's key and permissions; ``extra_users`` get a key the server

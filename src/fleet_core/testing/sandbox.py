@@ -6,8 +6,11 @@ tiered permissions (docs/security.md) — the very config that ``fleet-deploy na
 writes for the inventory the sandbox saves — and real listeners, each on its own NATS
 connection, whose ``nixos-rebuild`` is the packaged ``simulated_rebuild`` — and a real
 builder for the repository ``fleet`` whose ``nix`` is the packaged ``simulated_nix``, with
-a ``file://`` binary cache in the directory. Only nix is simulated: the CLI and the MCP
-server talk to it as to a real fleet, and the server enforces the tiers for real.
+a ``file://`` binary cache in the directory — and the read-only dashboard
+(``fleet_dashboard``) on 127.0.0.1, reading with an observer key. Only nix is simulated: the
+CLI, the MCP server and the dashboard talk to it as to a real fleet, and the server enforces
+the tiers for real. (This is the one module of ``fleet_core`` that imports the dashboard,
+and only when it runs: the sandbox is the whole product on one machine.)
 
 Without ``--once`` it prints how to reach it and serves until SIGINT or SIGTERM, its
 listeners and builder logging to ``logs/sandbox.log`` so that the terminal keeps the banner
@@ -57,7 +60,7 @@ import sysconfig
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -69,6 +72,8 @@ from fleet_core.build.protocol import BuildResult, parse_build_target
 from fleet_core.build.report import build_summary
 from fleet_core.config.options import SYSTEM_RUNNING_CHECK
 from fleet_core.config.settings import (
+    ConnectionSettings,
+    DashboardSettings,
     DeployTiming,
     HealthCheckSpec,
     ListenerSettings,
@@ -101,6 +106,7 @@ from fleet_core.testing.simulated_system import current, store_dir
 __all__ = [
     "ADMIN",
     "BUILDER",
+    "DASHBOARD",
     "LOG_FILE",
     "READY_LINE",
     "REPO",
@@ -114,6 +120,9 @@ __all__ = [
 TEST_DEPLOYER = "test-deployer"
 ADMIN = "admin"
 BUILDER = "buildbox"
+DASHBOARD = "dashboard"  # the observer key the dashboard reads with: it deploys nothing
+# A small fleet: its rows may be rediscovered often (deployments update live regardless).
+_DASHBOARD_REFRESH = 10.0
 REPO = "fleet"  # the builder's repository: build.fleet.<host>, build.fleet.all
 FLAKE_URL = "git+https://git.example.org/nixos-configs.git"
 # The name of the key the builder signs the cache with, and the hosts trust (nix's own
@@ -204,8 +213,14 @@ async def _session(settings: SandboxSettings, out: TextIO) -> int:
                 _listener_settings(fleet, h, i, settings, links.get(h.name))
                 for i, h in enumerate(plan)
             ]
-            async with fleet.listeners(hosts), _builder(fleet, plan, settings):
-                sandbox = _Sandbox(settings=settings, fleet=fleet, plan=plan, out=out)
+            async with (
+                fleet.listeners(hosts),
+                _builder(fleet, plan, settings),
+                _dashboard(fleet, settings.dashboard_port) as dashboard,
+            ):
+                sandbox = _Sandbox(
+                    settings=settings, fleet=fleet, plan=plan, out=out, dashboard=dashboard
+                )
                 if not settings.once:
                     sandbox.banner()
                     await anyio.sleep_forever()
@@ -222,7 +237,7 @@ async def _fleet(
             fleet = await stack.enter_async_context(
                 local_fleet(
                     plan,
-                    {TEST_DEPLOYER: "test", ADMIN: "admin"},
+                    {TEST_DEPLOYER: "test", ADMIN: "admin", DASHBOARD: "observer"},
                     builders={BUILDER: [REPO]},
                     root=root,
                     port=port or -1,  # nats-server: -1 is a random port, 0 would be 4222
@@ -456,6 +471,42 @@ async def _builder(
         tasks.cancel_scope.cancel()
 
 
+@dataclass(frozen=True, slots=True)
+class _DashboardPlace:
+    """Where the sandbox's dashboard listens, and the port it asked for when that was busy."""
+
+    url: str
+    busy_port: int | None = None
+
+
+@asynccontextmanager
+async def _dashboard(fleet: LocalFleet, port: int) -> AsyncIterator[_DashboardPlace]:
+    """The read-only dashboard on 127.0.0.1:``port`` with the observer key, for the block's
+    length; a busy port falls back to a free one (the banner says so), since a second sandbox
+    or a real dashboard on 8420 is no reason to refuse to start."""
+    from fleet_dashboard.server import running  # loads Starlette and uvicorn: only here
+
+    settings = DashboardSettings(
+        connection=ConnectionSettings(
+            nats_urls=tuple(fleet.urls), nkey_file=fleet.key_path(DASHBOARD)
+        ),
+        listen=("127.0.0.1", port),
+        refresh=_DASHBOARD_REFRESH,
+    )
+    seed = fleet.seed(DASHBOARD)
+    async with AsyncExitStack() as stack:
+        busy = None
+        try:
+            served = await stack.enter_async_context(running(settings, read_seed=seed))
+        except UsageError:  # the one refusal before anything starts: the port is taken
+            if port == 0:
+                raise
+            busy = port
+            free = replace(settings, listen=("127.0.0.1", 0))
+            served = await stack.enter_async_context(running(free, read_seed=seed))
+        yield _DashboardPlace(served.url, busy)
+
+
 def _script(name: str) -> Path:
     return Path(sysconfig.get_path("scripts")) / name
 
@@ -525,12 +576,14 @@ class _Sandbox:
         fleet: LocalFleet,
         plan: Sequence[SimulatedHost],
         out: TextIO,
+        dashboard: _DashboardPlace,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
         self.root = fleet.root
         self.plan = plan
         self.out = out
+        self.dashboard = dashboard
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -572,6 +625,15 @@ class _Sandbox:
             return f"{self.root}  (removed at exit; --dir D keeps keys and logs, and reuses them)"
         return f"{self.root}  (kept; its keys are reused next time)"
 
+    def _dashboard_line(self, gap: str) -> str:
+        """The dashboard's URL and key, after ``gap`` (the banner aligns its columns)."""
+        busy = self.dashboard.busy_port
+        note = f"; port {busy} was busy" if busy is not None else ""
+        return (
+            f"  dashboard{gap}{self.dashboard.url}   read-only, with the observer key "
+            f"{self.key(DASHBOARD)}{note}"
+        )
+
     def banner(self) -> None:
         url = self.fleet.url  # every server, comma-separated: what --nats-url takes
         command = _cli_command()
@@ -607,6 +669,7 @@ class _Sandbox:
             f"{self.root / 'nats' / 'nats-server.conf'})",
             f"  builder       {BUILDER}, repository {REPO}: builds into the binary cache "
             f"file://{self.root / 'cache'}",
+            self._dashboard_line(" " * 5),
             "",
             *self._fleet_lines(),
             "",
@@ -663,6 +726,7 @@ class _Sandbox:
         self.say(
             f"fleet-deploy sandbox: {len(self.plan)} simulated hosts, NATS at "
             f"{self.fleet.url} ({self._servers()})\n  directory {self._where()}\n"
+            f"{self._dashboard_line(' ')}\n"
         )
         self.say(f"{READY_LINE}: the tour uses the test deployer key, as an assistant would")
         async with await self.fleet.connect(TEST_DEPLOYER, name="tour") as test_bus:
