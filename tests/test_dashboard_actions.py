@@ -429,6 +429,8 @@ class TestActions:
             assert refused.status_code == 502, refused.text
             error = refused.json()["error"]
             assert error.startswith("the NATS server refused the dashboard's deploy key")
+            # The fix names the dashboard's flag, not the CLI's (the read key's, here).
+            assert "--deploy-nkey-file" in error and "--nkey-file or" not in error, error
             started = await dash.act("deploy", {"target": "deploy.test.web1"})
             assert started.status_code == 202, started.text
             finals = await seen.finished(started.json()["deployment_id"], {"web1"})

@@ -150,6 +150,31 @@ class TestLiveDeployments:
         assert hosts["web2"]["line"] == "error: boom"
         assert [e["status"] for e in hosts["web1"]["events"]] == ["accepted", "progress"]
 
+    def test_a_final_status_shows_its_outcome_not_a_trace_fragment(self) -> None:
+        """A failed host's line is its message (why it failed), not the tail's last line."""
+        board = board_with(host("web2"))
+        board.take_status(
+            bound("web2"),
+            status("web2", "progress", phase="building", message="building", log_tail=["b"]),
+            now=1.0,
+        )
+        board.take_status(
+            bound("web2"),
+            status(
+                "web2",
+                "failed",
+                error="build_failed",
+                message="nixos-rebuild failed (exit 1): undefined variable 'webroot'",
+                log_tail=["error: undefined variable 'webroot'", "   15|   };"],
+            ),
+            now=2.0,
+        )
+        live = board.live(DEPLOYMENT)
+        assert live is not None
+        assert live["hosts"][0]["line"] == (
+            "nixos-rebuild failed (exit 1): undefined variable 'webroot'"
+        )
+
     def test_hostile_text_in_statuses_is_escaped_and_bounded(self) -> None:
         """A log line with terminal escapes, bidi overrides and a huge length is shown safely."""
         board = board_with(host("web1"))

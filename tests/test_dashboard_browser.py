@@ -228,8 +228,9 @@ class TestAgainstTheSandbox:
         self, browser: Browser, tmp_path: Path
     ) -> None:
         """After a deploy, the search box and the tier, role and state filters show just the
-        hosts they name, the failed host's page shows its log tail, and the history lists
-        the deployment."""
+        hosts they name; of four ended deployments the newest three stay above the hosts;
+        the failed host's page shows why it failed and its log tail, opened at its end; and
+        the history lists the deployment."""
         async with sandbox(tmp_path) as fleet:
             result = json.loads(
                 await cli(fleet, TEST_DEPLOYER, "deploy", "deploy.test.all", "--json")
@@ -261,12 +262,26 @@ class TestAgainstTheSandbox:
             await expect(failed_rows).to_have_count(len(failed), timeout=WAIT_MS)
             assert await _visible_hosts(page) == sorted(failed)
 
+            # Three health checks end after the deploy: four ended deployments, and only
+            # the newest three keep their place above the hosts.
+            for _ in range(3):
+                await cli(fleet, TEST_DEPLOYER, "check", "deploy.test.all")
+            ended = page.locator("#deployments [data-deployment][data-ended=true]")
+            await expect(ended).to_have_count(4, timeout=WAIT_MS)
+            await expect(page.locator("#deployments [data-deployment]:visible")).to_have_count(3)
+            deploy_block = page.locator(f'[data-deployment="{result["deployment_id"]}"]')
+            await expect(deploy_block).to_be_hidden()
+
             build_failure = next(h for h in failed.values() if h["error"] == "build_failed")
             await page.goto(f"{fleet.dashboard_url}#/host/{build_failure['hostname']}")
             tail = page.locator("#host-detail .job pre.log-tail").first
             await tail.wait_for(timeout=WAIT_MS)
             assert build_failure["log_tail"], build_failure
             assert build_failure["log_tail"][-1].strip() in (await tail.text_content() or "")
+            at_end = "pre => pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 1"
+            assert await tail.evaluate(at_end)
+            why = page.locator(f'#host-detail .job[data-job="{result["deployment_id"]}"] .message')
+            assert build_failure["message"] in (await why.text_content() or "")
 
             await page.goto(f"{fleet.dashboard_url}#/history")
             await page.locator(

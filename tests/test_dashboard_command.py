@@ -277,6 +277,26 @@ class TestServing:
         assert code == 0, errors
         assert "Traceback" not in errors
 
+    async def test_every_address_without_an_allowed_host_warns_at_start(
+        self, tmp_path: Path
+    ) -> None:
+        """--listen 0.0.0.0 and no --allowed-host: it serves, and warns at start that only
+        loopback names are admitted, naming --allowed-host (else the first sign is a 421)."""
+        async with (
+            dashboard_fleet(tmp_path) as local,
+            dashboard_process(local, "--listen", "0.0.0.0:0") as served,
+        ):
+            served.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(15):
+                code = await served.process.wait()
+                errors = await rest_of(served.process.stderr)
+        assert code == 0, errors
+        lines = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
+        warned = [line for line in lines if line["event"] == "dashboard_loopback_names_only"]
+        assert len(warned) == 1, errors
+        assert warned[0]["level"] == "warning"
+        assert "--allowed-host NAME" in warned[0]["fix"]
+
     async def test_a_busy_port_is_exit_2_naming_listen(self, tmp_path: Path) -> None:
         """A port another program listens on: exit 2, the address and --listen named."""
         async with dashboard_fleet(tmp_path) as local:

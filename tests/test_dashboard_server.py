@@ -162,7 +162,8 @@ class TestLiveDeploy:
         assert (live["tier"], live["action"], live["revision"]) == ("test", "switch", "master")
         failed = next(h for h in live["hosts"] if h["hostname"] == "web2")
         wire_status = wire.finals["web2"][1]
-        assert failed["line"] == printable(wire_status.log_tail[-1])
+        assert wire_status.message and wire_status.log_tail  # why, and the output
+        assert failed["line"] == printable(wire_status.message)  # the why, not a tail line
         assert failed["error"] == wire_status.error
         assert [e["status"] for e in failed["events"]][-1] == "failed"
 
@@ -180,6 +181,7 @@ class TestLiveDeploy:
         jobs = host.json()["jobs"]
         assert jobs[0]["request_id"] == ident and jobs[0]["status"] == "failed"
         assert any("webroot" in line for line in jobs[0]["log_tail"])
+        assert jobs[0]["message"] == printable(wire_status.message)  # whole, as the host said
         assert host.json()["row"]["hostname"] == "web2"
 
         records = history.json()["records"]

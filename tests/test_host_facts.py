@@ -171,6 +171,22 @@ class TestFactsFollowTheSystem:
 
 
 class TestFactsAreCached:
+    async def test_a_health_check_does_not_hide_the_last_deploy(
+        self, fleet: Fleet, root: Path
+    ) -> None:
+        """A check after a failed switch leaves the switch as the last job: a check
+        rebuilds nothing, and status must still see the failure (and the revision)."""
+        async with web1(fleet, root, "--sim-fail-revision", "broken"):
+            failed = await fleet.deploy("deploy.test.web1", revision="broken")
+            checked = await fleet.deploy("deploy.test.web1", action=Action.CHECK)
+            facts = await facts_of(fleet)
+            jobs = (await discover(fleet, recent_jobs=5)).recent_jobs or []
+        assert (failed.hosts[0].status, checked.hosts[0].status) == ("failed", "completed")
+        assert [j.action for j in jobs] == ["check", "switch"]  # the check is a job all the same
+        assert facts.last_job is not None
+        assert (facts.last_job.action, facts.last_job.revision) == ("switch", "broken")
+        assert facts.last_job.status == "failed"
+
     async def test_a_change_behind_the_listeners_back_waits_for_the_recheck_or_a_job(
         self, fleet: Fleet, root: Path
     ) -> None:

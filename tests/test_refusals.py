@@ -36,6 +36,7 @@ def test_another_refusal_is_said_as_it_is() -> None:
     explanation = explain_refusals([Refusal("publish", "deploy.test.web1")], key=KEY, reply=REPLY)
     assert "permission to publish to 'deploy.test.web1'" in explanation.what
     assert "not a deployer's as nats-config writes them" in explanation.what
+    assert "an observer key, the dashboard's, only discovers and reads" in explanation.what
     assert explanation.fix.startswith("Use a deployer key")
 
 

@@ -193,6 +193,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise _Refused(400, "the request's body is not JSON") from None
+    except RecursionError:  # [[[[… deeper than the parser's stack, well under MAX_BODY
+        raise _Refused(400, "the request's body nests too deeply: send a flat object") from None
     if not isinstance(body, dict):
         raise _Refused(400, "the request's body must be a JSON object")
     return body
@@ -275,7 +277,11 @@ class _Handlers:
             cookie,
             max_age=int(self.sessions.ttl),
             path="/",
-            secure=request.url.scheme == "https",
+            # The page's scheme, as its Origin (checked above) says: behind a TLS proxy the
+            # request reaches us over http (forwarded headers are not trusted: server.py),
+            # yet the browser holds an https page, whose cookie must never go over http.
+            secure=request.url.scheme == "https"
+            or request.headers.get("origin", "").startswith("https://"),
             httponly=True,
             samesite="strict",
         )
@@ -378,9 +384,7 @@ class _Handlers:
                 )
         except PermissionDenied as exc:
             bound.warning("cancel_refused", error=str(exc))
-            raise _Refused(
-                502, f"the NATS server refused the dashboard's deploy key: {exc}"
-            ) from None
+            raise _Refused(502, _key_refused(exc)) from None
         except FleetError as exc:
             bound.warning("cancel_failed", error=str(exc))
             raise _Refused(502, f"the cancel could not be sent: {exc}") from None
@@ -445,9 +449,22 @@ class _Handlers:
             if isinstance(exc, UsageError):
                 raise _Refused(400, str(exc))
             if isinstance(exc, PermissionDenied):
-                raise _Refused(502, f"the NATS server refused the dashboard's deploy key: {exc}")
+                raise _Refused(502, _key_refused(exc))
             raise _Refused(502, f"the deployment could not be sent: {exc}")
         return deployment_id
+
+
+def _key_refused(exc: PermissionDenied) -> str:
+    """The refusal, with the dashboard's flag as its fix: the core's fix names
+    ``--nkey-file``, which here is the read key's flag and would change nothing."""
+    what = str(exc)
+    if exc.fix and what.endswith(exc.fix):
+        what = what[: -len(exc.fix)].rstrip(" .")
+    return (
+        f"the NATS server refused the dashboard's deploy key: {what}. The deploy key is "
+        "--deploy-nkey-file's: a test deployer key reaches the test tier only, an admin "
+        "key every tier"
+    )
 
 
 def _same(given: str, expected: str) -> bool:

@@ -211,7 +211,9 @@ class _Api:
             return  # the list still shows; the tail is a courtesy
         answer = answers.get(name)
         if answer is not None and answer.job is not None and answer.job.log_tail:
-            jobs[failure] = jobs[failure].model_copy(update={"log_tail": answer.job.log_tail})
+            # The query's message is whole, where the list's is cut to a few words.
+            update = {"log_tail": answer.job.log_tail, "message": answer.job.message}
+            jobs[failure] = jobs[failure].model_copy(update=update)
 
     def _readable(self) -> list[Tier]:
         return [t for t in Tier if t not in self.watcher.deployer.unreadable_tiers]

@@ -21,12 +21,15 @@ deployment's events are coalesced to one per ``COALESCE`` seconds (``due``).
 
 Bounds: a host keeps ``MAX_EVENTS`` timeline events (the first and the newest), the board
 ``MAX_RUNNING`` running deployments (a hostile listener can name many ids; the oldest quiet
-one goes) and the ``MAX_ENDED`` newest ended ones.
+one goes) and the ``MAX_ENDED`` newest ended ones; all of them together ``MAX_HOST_RUNS``
+host entries (on a bare reply subject, homelab-deploy's layout, a status names its host
+itself: one listener could name endless hosts in one deployment).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ __all__ = [
     "HOST_BURST",
     "MAX_ENDED",
     "MAX_EVENTS",
+    "MAX_HOST_RUNS",
     "MAX_RUNNING",
     "STATES",
     "Board",
@@ -59,6 +63,7 @@ COALESCE: Final = 0.25  # at most one ``deployment`` event per deployment in thi
 MAX_EVENTS: Final = 50  # timeline events kept per host of a deployment
 MAX_RUNNING: Final = 200  # running deployments tracked at once
 MAX_ENDED: Final = 20  # ended deployments kept for the page
+MAX_HOST_RUNS: Final = 20_000  # host entries of every deployment kept, together
 MAX_TEXT: Final = 500  # characters of a host's line or error that the page gets
 FLEET_ENDED_HOSTS: Final = 2000  # host entries of ended deployments in the fleet body
 HOST_BURST: Final = 50  # rows changed at once past which one fleet body replaces host events
@@ -80,7 +85,12 @@ STATES: Final[tuple[State, ...]] = (
 
 
 def clean(value: Any, limit: int | None = None) -> Any:
-    """``value`` (JSON data) with every string made printable, and cut to ``limit``."""
+    """``value`` (JSON data) with every string made printable, and cut to ``limit``; a
+    number that is not finite is None. A host can send ``1e999``, which Python reads as
+    infinity and writes back as ``Infinity``: no JSON, and the page's ``JSON.parse``
+    of the whole fleet would fail on it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, str):
         text = printable(value)
         return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
@@ -321,6 +331,8 @@ class Board:
             return None
         tier = origin.tier or (status.tier if status.tier in _TIERS else None)
         live = self._live.get(origin.deployment)
+        if (live is None or hostname not in live.hosts) and not self._room(keep=live):
+            return None  # a host more than the board holds: only a flood gets here
         if live is None:
             live = self._open(origin.deployment, tier, now)
         elif live.ended:
@@ -349,6 +361,18 @@ class Board:
         self._fleet = None
         return live
 
+    def _room(self, *, keep: _Live | None) -> bool:
+        """Whether one more host entry fits in ``MAX_HOST_RUNS``; the oldest ended
+        deployments (but ``keep``) make room. Running ones are never dropped for it."""
+        while sum(len(live.hosts) for live in self._live.values()) >= MAX_HOST_RUNS:
+            oldest = next((i for i in self._ended if keep is None or i != keep.id), None)
+            if oldest is None:
+                return False
+            self._ended.remove(oldest)
+            self._live.pop(oldest, None)
+            self._fleet = None
+        return True
+
     def _reopen(self, live: _Live) -> None:
         """A late word from a host of an ended deployment (a job that outlived the quiet)."""
         live.ended = False
@@ -374,12 +398,17 @@ class Board:
         run.final = kind in _FINAL
         if run.final and not was_final:
             live.unfinished -= 1
-        if status.log_tail:
+        # A final status's message is its outcome ("nixos-rebuild failed (exit 1): undefined
+        # variable 'webroot'"); the last line of its log tail is often a fragment of a
+        # trace ("15|   };"), which would hide why the host failed.
+        if run.final and status.message.strip():
+            run.line = clean(status.message.strip().partition("\n")[0], MAX_TEXT)
+        elif status.log_tail:
             run.line = clean(status.log_tail[-1], MAX_TEXT)
         elif status.message:
             run.line = clean(status.message.rstrip("\n").rpartition("\n")[2], MAX_TEXT)
         run.error = clean(status.error, MAX_TEXT) if status.error else run.error
-        if status.duration_s is not None:
+        if status.duration_s is not None and math.isfinite(status.duration_s):
             run.duration_s = status.duration_s
 
     def _host_changed(

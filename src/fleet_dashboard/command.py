@@ -77,6 +77,17 @@ def run_dashboard(
         actions=settings.allow_actions,
         servers=len(settings.connection.nats_urls),
     )
+    from fleet_dashboard.security import WILDCARDS  # hosts that name none: none admitted
+
+    if settings.listen[0] in WILDCARDS and not settings.allowed_hosts:
+        # Asked for the network, yet every name but loopback's gets 421 (the Host check):
+        # say so now, not when someone first opens it by the machine's name.
+        log.warning(
+            "dashboard_loopback_names_only",
+            listen=f"{settings.listen[0]}:{settings.listen[1]}",
+            fix="it listens on every address but answers only to localhost, 127.0.0.1 and "
+            "[::1]: add --allowed-host NAME for the name or address people open it by",
+        )
     run_until_signal(main)
     # Stopped by a signal is how a server ends: it is no failure, as for the listener.
     return 0

@@ -151,6 +151,11 @@ async def running(
                 lifespan="off",
                 access_log=False,
                 server_header=False,
+                # uvicorn would take X-Forwarded-For and -Proto from any client on
+                # 127.0.0.1 as the truth: a local process could then name a new address
+                # for each login guess and never meet the per-client limit. The client is
+                # the socket's peer (behind a proxy: the proxy, docs/dashboard.md says so).
+                proxy_headers=False,
                 timeout_graceful_shutdown=GRACE,
             )
             server = _Server(config)

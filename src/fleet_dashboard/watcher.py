@@ -3,12 +3,12 @@
 It subscribes to ``deploy.responses.>``, where every host's statuses go (an observer key
 reads both tiers' replies; the test key only test's), and hands each status to the board
 (``fleet_dashboard.board``, which decides everything). It re-discovers the fleet every
-``refresh`` seconds, soon after a deployment ends (the hosts' facts changed) and after the
-connection comes back from a drop (nats-py re-subscribes by itself; a status missed in the
-outage shows in the host's facts). And it sends the board's changes to the pages
-(``fleet_dashboard.hub``): ``fleet`` after each refresh, ``host`` when a status changed a
-row (or one ``fleet`` when many rows changed at once), ``deployment`` when the board says one
-is due (coalesced there).
+``refresh`` seconds, soon after a deployment ends (the hosts' facts changed; at most once
+per ``ENDED_REFRESH_GAP``) and after the connection comes back from a drop (nats-py
+re-subscribes by itself; a status missed in the outage shows in the host's facts). And it
+sends the board's changes to the pages (``fleet_dashboard.hub``): ``fleet`` after each
+refresh, ``host`` when a status changed a row (or one ``fleet`` when many rows changed at
+once), ``deployment`` when the board says one is due (coalesced there).
 
 What it ignores on the reply subjects: log chunks and history reads (their subjects say
 so), answers of the JetStream API (a history read of the test tier is answered on a bare
@@ -37,7 +37,7 @@ from fleet_core.protocol.subjects import RESPONSES_PREFIX
 from fleet_dashboard.board import Board, origin_of
 from fleet_dashboard.hub import Hub
 
-__all__ = ["CATCH_UP_INTERVAL", "CATCH_UP_REFRESHES", "Watcher"]
+__all__ = ["CATCH_UP_INTERVAL", "CATCH_UP_REFRESHES", "ENDED_REFRESH_GAP", "Watcher"]
 
 log = structlog.get_logger("fleet.dashboard")
 
@@ -45,6 +45,10 @@ log = structlog.get_logger("fleet.dashboard")
 # soon after: each listener reconnects on its own, up to a couple of seconds later.
 CATCH_UP_REFRESHES = 3
 CATCH_UP_INTERVAL = 2.0
+# The refresh that the end of a deployment asks for comes at least this long after the one
+# before: any listener can end a deployment of its own making with one small status, and
+# each refresh is a discovery that every host of the fleet answers.
+ENDED_REFRESH_GAP = 5.0
 _JETSTREAM_HEADERS = ("Nats-Stream", "Nats-Sequence")
 _BACKLOG = 100_000  # statuses waiting for the board: a deploy of thousands, several times
 
@@ -76,6 +80,9 @@ class Watcher:
         self._soon = anyio.Event()
         self._catching_up = 0  # refreshes left at CATCH_UP_INTERVAL after a reconnect
         self.statuses = 0  # statuses taken: a count for logs and tests
+        self.refreshes = 0  # discoveries run: a count for logs and tests
+        self._refreshed_at = -math.inf  # when the last refresh began (the clock's time)
+        self._ended_waiting = False  # a deployment ended since: a refresh is owed
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -132,6 +139,9 @@ class Watcher:
 
     async def refresh_once(self) -> None:
         """One discovery into the board's rows, and a ``fleet`` event with them."""
+        self.refreshes += 1
+        self._refreshed_at = self._clock()
+        self._ended_waiting = False
         try:
             hosts = await self.deployer.discover()
         except FleetError as exc:
@@ -160,8 +170,12 @@ class Watcher:
             for row in rows or ():
                 self.hub.publish("host", _dumps(row))
             if ended:
-                self._soon.set()  # their hosts' facts changed: re-read the rows
-            wake = [t for t in (later, self.board.next_tick()) if t is not None]
+                self._ended_waiting = True  # their hosts' facts changed: re-read the rows
+            owed_at = self._refreshed_at + ENDED_REFRESH_GAP if self._ended_waiting else None
+            if owed_at is not None and owed_at <= self._clock():
+                self._soon.set()
+                owed_at = None
+            wake = [t for t in (later, self.board.next_tick(), owed_at) if t is not None]
             wait = max(0.0, min(wake) - self._clock()) if wake else math.inf
             with anyio.move_on_after(wait):
                 await self._changed.wait()

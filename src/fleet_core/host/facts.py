@@ -9,10 +9,12 @@ is done only when one of those links moved, in a worker thread or a subprocess w
 deadline, and kept until the next move. A change made behind the listener's back (a
 ``nixos-rebuild`` run by hand) shows within a second; a reboot restarts the listener.
 
-``last_job`` comes from the job in progress (its record is in memory) or, when none is, from
-the newest record on disk, read again only when it may have changed: a job was seen in
-progress since, the listener said a job ended (``jobs_changed``), the jobs directory's
-modification time moved (looked at with the links), or the newest record was not final yet.
+``last_job`` is the newest deploy — a health check rebuilds nothing, and would otherwise
+hide a failed switch from ``status`` — from the job in progress (its record is in memory)
+or, when none is, from the newest such record on disk, read again only when it may have
+changed: a job was seen in progress since, the listener said a job ended
+(``jobs_changed``), the jobs directory's modification time moved (looked at with the
+links), or the newest record was not final yet.
 
 Failures cost facts, never the answer: a link that is missing, a version program that is
 not installed, hangs or prints something else, each leaves its fields None.
@@ -32,7 +34,7 @@ import structlog
 
 from fleet_core.config.settings import FactsSettings, ListenerSettings
 from fleet_core.host.jobs.store import JobRecord, JobStore
-from fleet_core.protocol.actions import HostKind
+from fleet_core.protocol.actions import Action, HostKind
 from fleet_core.protocol.facts import (
     KERNEL_ENTRIES,
     HostFacts,
@@ -311,13 +313,15 @@ class FactsReader:
         return replace(links, nixos_version=found[0][0], configuration_revision=found[0][1])
 
     async def _last_job(self, active: JobRecord | None) -> LastJob | None:
+        if active is not None and active.request.action is Action.CHECK:
+            active = None  # a health check is no deploy: the last deploy stays the last job
         if active is not None:
             self._seen_active = active.request_id
             if self._active is None or self._active[0] is not active:  # records are frozen
                 self._active = (active, last_job_of(active))
             return self._active[1]
         if not self._disk_read or self._seen_active is not None:
-            record = await anyio.to_thread.run_sync(self._store.latest)
+            record = await anyio.to_thread.run_sync(self._store.latest_deploy)
             self._disk_job = last_job_of(record) if record is not None else None
             # A record not yet final (its job ended in another process) is read again.
             self._disk_read = record is None or record.phase is JobPhase.FINISHED

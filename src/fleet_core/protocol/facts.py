@@ -55,7 +55,8 @@ class _Facts(BaseModel):
 
 
 class LastJob(_Facts):
-    """The host's newest job, from its job record: what it was asked and how it ended.
+    """The host's newest deploy (a health check is none), from its job record: what it was
+    asked and how it ended.
 
     ``status`` is a wire status (``completed``, ``failed``, ``rejected``) once the job is
     over; ``accepted`` or ``started`` while it runs. ``finished_at`` is the host's wall

@@ -93,6 +93,7 @@ def explain_refusals(refusals: Iterable[Refusal], *, key: str, reply: str) -> Ex
     return Explanation(
         f"the NATS server refused {who} permission to {refused[0]}: its permissions are not "
         "a deployer's as nats-config writes them (a test deployer may publish to "
-        "deploy.test.> and build.*.*, the admin key to deploy.>)",
+        "deploy.test.> and build.*.*, the admin key to deploy.>; an observer key, the "
+        "dashboard's, only discovers and reads)",
         f"{deployer_key}; or check this key's entry in the server's authorization block",
     )

@@ -172,6 +172,10 @@
     setProp(cells.revision, "title", row.revision || "");
     setText(cells.behind, row.answered ? yesNo(row.behind) : "");
     setProp(cells.behind, "className", row.behind === true ? "behind warn" : "behind");
+    // "?" puzzles a first look at a fresh fleet: say what it is not known against.
+    setProp(cells.behind, "title", row.answered && row.behind == null
+      ? "unknown: no deploy to this tier is on record yet, or this host's revision cannot be told"
+      : "");
     setText(cells.reboot, row.answered ? yesNo(row.needs_reboot) : "");
     setProp(cells.reboot, "className", row.needs_reboot === true ? "reboot warn" : "reboot");
     const job = row.last_job;
@@ -306,6 +310,14 @@
     return Object.entries(counts || {}).sort().map(([status, n]) => `${n} ${status}`).join(", ");
   }
 
+  // A check runs no revision, and a cancel's "revision" is the deployment it stops.
+  function deploymentTitle(live) {
+    const action = live.action || "";
+    if (action === "check") return `check on ${live.tier}`;
+    if (action === "cancel") return `cancel of ${String(live.revision || "").slice(0, 12)} on ${live.tier}`;
+    return `${action} ${shortRevision(live.revision)} on ${live.tier}`;
+  }
+
   function hostLine(host) {
     return host.error ? `${host.error}${host.line ? ` — ${host.line}` : ""}` : host.line || "";
   }
@@ -345,7 +357,7 @@
       if (live.ended) block.open = false; // ended ones fold; their hosts stay in the DOM
     }
     const summary = block.firstChild;
-    setText(summary.children[1], `${live.action || ""} ${shortRevision(live.revision)} on ${live.tier}`);
+    setText(summary.children[1], deploymentTitle(live));
     setText(summary.children[2], countsText(live.counts));
     setText(summary.children[3], live.ended ? "ended" : "running");
     summary.children[4].hidden = !!live.ended || !state.session.logged_in;
@@ -383,6 +395,8 @@
 
   const deploymentViews = new Map(); // id -> {block, items}
 
+  const ENDED_SHOWN = 3; // ended deployments shown above the hosts
+
   function removeDeployment(id) {
     const view = deploymentViews.get(id);
     if (view) view.block.remove();
@@ -396,11 +410,16 @@
     const lives = [...state.deployments.values()].sort((a, b) =>
       (a.ended - b.ended) || ((b.started_at || 0) - (a.started_at || 0)));
     let previous = null;
+    let ended = 0;
     for (const live of lives) {
       const { block } = deploymentViews.get(live.id);
       const wantedNext = previous ? previous.nextSibling : box.firstChild;
       if (wantedNext !== block) box.insertBefore(block, wantedNext);
       previous = block;
+      // A day's ended deployments would push the hosts off the screen: the newest few
+      // stay in view, the others are on the History page (and at #/deployment/ID).
+      const hide = !!live.ended && ++ended > ENDED_SHOWN;
+      if (block.hidden !== hide) block.hidden = hide;
     }
   }
 
@@ -476,7 +495,13 @@
   function route() {
     const hash = location.hash.replace(/^#\/?/, "");
     const [name, ...rest] = hash.split("/");
-    const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+    let arg = rest.length ? rest.join("/") : null;
+    try {
+      if (arg !== null) arg = decodeURIComponent(arg);
+    } catch {
+      // A malformed escape (a link such as #/host/%E0): kept as typed, which names no host,
+      // rather than an exception that would leave the whole page empty.
+    }
     state.view = VIEWS.includes(name) && name !== "fleet" ? name : "fleet";
     state.viewArg = arg;
     for (const view of VIEWS) $(`#view-${view}`).hidden = view !== state.view;
@@ -553,6 +578,7 @@
       list.appendChild(item);
     }
     box.appendChild(list);
+    for (const pre of list.querySelectorAll("pre.log-tail")) showEnd(pre);
     // A host's list of recent jobs carries no output; the newest failure's tail is in its
     // deployment (live, or recorded), which is one more request, made only for that job.
     const failed = jobs.find((job) => job.status === "failed");
@@ -561,7 +587,13 @@
       if (token !== viewToken) return;
       const item = list.querySelector(`[data-job="${CSS.escape(failed.request_id)}"]`);
       if (item) item.appendChild(tail.length ? el("pre", "log-tail", tail.join("\n")) : el("p", "muted", "No output of this failure is known."));
+      if (item && tail.length) showEnd(item.lastChild);
     }
+  }
+
+  // A log tail opens at its end: the last lines are the ones that say why a job failed.
+  function showEnd(pre) {
+    pre.scrollTop = pre.scrollHeight;
   }
 
   async function deploymentTail(id, hostname) {
@@ -615,7 +647,7 @@
       ["started", when(source.started_at)],
       ["state", live ? (live.ended ? "ended" : "running") : "recorded"],
       ["hosts", countsText(live ? live.counts : countsOf(record.hosts))],
-      ...(record ? [["signature", record.signature], ["targets", (record.targets || []).join(", ")]] : []),
+      ...(record ? [["signature", record.signature], ["targets", (record.targets || []).join(", ") || "not recorded"]] : []),
     ]));
     const table = el("table", "deployment-hosts");
     const head = el("tr");
@@ -631,7 +663,7 @@
         name,
         el("td", `status ${statusClass(host.status)}`, host.status),
         el("td", "", duration(host.duration_s)),
-        el("td", "line", live ? hostLine(host) : host.error || host.message || ""),
+        el("td", "line", live ? hostLine(host) : [host.error, host.message].filter(Boolean).join(": ")),
       );
       table.appendChild(tr);
     }
@@ -851,8 +883,11 @@
 
   function cancel(deploymentId) {
     act("/api/actions/cancel", { deployment_id: deploymentId, host: null }, (body) => {
+      // What each host did (stopped, refused, activating, finished): a few names, then a count.
       const answers = body.answers || [];
-      return `cancel of ${deploymentId} sent: ${answers.length} host(s) answered`;
+      const told = answers.slice(0, 10).map((a) => `${a.hostname} ${a.outcome}`).join(", ");
+      const more = answers.length > 10 ? ` and ${answers.length - 10} more` : "";
+      return `cancel of ${deploymentId.slice(0, 12)}: ${told ? told + more : "no host answered"}`;
     });
   }
 

@@ -35,6 +35,7 @@ from fleet_core.host.jobs.jobdir import (
     write_atomically,
 )
 from fleet_core.host.jobs.outcome import Outcome
+from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import (
     DeployRequest,
     JobPhase,
@@ -184,6 +185,16 @@ class JobStore:
         """The newest job's record; None when there is none or it cannot be read."""
         directories = self._directories()
         return self._read(directories[-1]) if directories else None
+
+    def latest_deploy(self) -> JobRecord | None:
+        """The newest readable record of a deploy: a health check (``check``) rebuilds
+        nothing, so it must not hide the switch before it from ``status`` (discovery's
+        ``last_job``). At most ``keep`` records are read, and only after a job ended."""
+        for directory in reversed(self._directories()):
+            record = self._read(directory)
+            if record is not None and record.request.action is not Action.CHECK:
+                return record
+        return None
 
     def recent(self, count: int) -> list[JobRecord]:
         """The newest ``count`` readable records, newest first (discovery's ``recent_jobs``)."""
