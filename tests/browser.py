@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import anyio
 import anyio.abc
@@ -32,6 +31,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from fleet_core.testing.sandbox import READY_LINE
 
 from .conftest import scripts_dir
+from .tools import missing_tool
 
 FLEET_DEPLOY = str(scripts_dir() / "fleet-deploy")
 INSTALL_CHROMIUM = "apt-get install -y chromium (Debian), as .ci/run does"
@@ -42,24 +42,11 @@ START_LIMIT = 60.0  # for a sandbox or a dashboard to say it is ready
 STOP_LIMIT = 20.0  # for one to exit after SIGTERM
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def _missing(reason: str, provide: str) -> NoReturn:
-    """Skips the calling test for want of a tool; under CI, where none may be missing, fails it
-    (as tests/test_nix.py does)."""
-    message = f"{reason}: {provide}"
-    if _under_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 def chromium() -> str:
     """The system's chromium, for Playwright's ``executable_path``."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        _missing("chromium is not installed", INSTALL_CHROMIUM)
+        missing_tool("chromium is not installed", INSTALL_CHROMIUM)
     return path
 
 

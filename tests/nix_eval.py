@@ -19,9 +19,11 @@ import shutil
 import subprocess
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
+
+from .tools import missing_tool
 
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"
@@ -57,22 +59,10 @@ def case_name(label: str) -> str:
     return label.replace(" ", "-").replace("/", "")
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def missing(reason: str, provide: str) -> NoReturn:
-    """Skips the calling test for want of a tool; under CI, where none may be missing, fails it."""
-    message = f"{reason}: {provide}"
-    if _under_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 def _nix_instantiate() -> str:
     path = shutil.which("nix-instantiate")
     if path is None:
-        missing(
+        missing_tool(
             "nix-instantiate is not installed",
             "apt-get install -y nix-bin (Debian), as .ci/run does",
         )
@@ -158,7 +148,7 @@ def assert_fails_one_assertion(failed: list[str], fragment: str, opt: str) -> No
 def lib_dir() -> Path:
     value = os.environ.get("NIXPKGS_LIB")
     if not value:
-        missing(
+        missing_tool(
             "NIXPKGS_LIB is not set",
             "export NIXPKGS_LIB=<checkout of nix-community/nixpkgs.lib> "
             "(CI uses ../shared/nixpkgs-lib)",

@@ -15,13 +15,12 @@ tests are skipped, saying what provides them; under ``CI=true`` they fail instea
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -29,6 +28,7 @@ import pytest
 
 from .conftest import Fleet, expected_argv, scripts_dir
 from .support import Daemon, prod_witness
+from .tools import missing_tool
 
 pytestmark = pytest.mark.anyio
 
@@ -46,19 +46,6 @@ LONG_DEPLOY_S = 90.0
 LISTENER_START_S = 30.0
 
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def _missing(reason: str, provide: str) -> NoReturn:
-    """Skips the calling test for want of a tool; under CI, where none may be missing, fails it
-    (as tests/test_nix.py does)."""
-    message = f"{reason}: {provide}"
-    if _under_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 def _pinned() -> str:
     version: str = json.loads((INTEROP / "package.json").read_text())["dependencies"][
         "@modelcontextprotocol/sdk"
@@ -70,20 +57,20 @@ def node() -> str:
     """The node to run the client with, once the pinned SDK is installed beside it."""
     path = shutil.which("node")
     if path is None:
-        _missing(
+        missing_tool(
             "node is not installed",
             "apt-get install -y nodejs npm (Debian), then npm ci --prefix tests/interop, "
             "as .ci/run does",
         )
     manifest = SDK / "package.json"
     if not manifest.is_file():
-        _missing(
+        missing_tool(
             "the TypeScript MCP SDK is not installed in tests/interop",
             "npm ci --prefix tests/interop (./scripts/test runs it when node and npm are there)",
         )
     installed = json.loads(manifest.read_text())["version"]
     if installed != _pinned():
-        _missing(
+        missing_tool(
             f"tests/interop/node_modules holds @modelcontextprotocol/sdk {installed}, "
             f"package.json pins {_pinned()}",
             "npm ci --prefix tests/interop",

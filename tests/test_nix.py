@@ -54,10 +54,10 @@ from .nix_eval import (
     eval_expr,
     evaluate,
     lib_dir,
-    missing,
     parse_flags,
     run_nix,
 )
+from .tools import missing_tool
 
 __all__ = ["lib_dir"]  # the fixture, imported for pytest to find
 
@@ -1835,7 +1835,7 @@ def test_the_vm_tests_shell_scripts_parse(lib_dir: Path) -> None:
     before switch-to-configuration switch, and a failed step fails the rebuild."""
     bash = shutil.which("bash")
     if bash is None:
-        missing("bash is not installed", "apt-get install -y bash")
+        missing_tool("bash is not installed", "apt-get install -y bash")
     assert "writeShellScript = name: text: text;" in VM_SCRIPTS_EXPR
     vm = eval_expr(VM_SCRIPTS_EXPR, lib_dir)
     scripts = {

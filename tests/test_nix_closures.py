@@ -37,7 +37,8 @@ from fleet_core.setup.nats_config import (
     listener_permissions,
 )
 
-from .nix_eval import KEYS_DIR, eval_expr, evaluate, lib_dir, missing, parse_flags
+from .nix_eval import KEYS_DIR, eval_expr, evaluate, lib_dir, parse_flags
+from .tools import missing_tool
 
 __all__ = ["lib_dir"]  # the fixture, imported for pytest to find
 
@@ -138,7 +139,7 @@ def closure_nix(lib_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     temporary file instead of the builder's state directory, and that file."""
     bash = shutil.which("bash")
     if bash is None:
-        missing("bash is not installed", "apt-get install -y bash")
+        missing_tool("bash is not installed", "apt-get install -y bash")
     expr = _expr().replace("scriptText ? false", "scriptText ? true")
     text = eval_expr(expr, lib_dir)["builder"]["extraArgs"][1]
     root = tmp_path_factory.mktemp("closure-nix")
