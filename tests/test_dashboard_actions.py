@@ -10,6 +10,7 @@ again, and a deploy key that may not reach prod gets a 502, not a silent nothing
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import time
@@ -81,6 +82,20 @@ class Dashboard:
         """POST an action with this dashboard's Origin and the session's CSRF token."""
         sent = {"Origin": self.origin, "X-CSRF-Token": csrf or await self.csrf()} | headers
         return await self.client.post(f"/api/actions/{what}", json=body, headers=sent)
+
+    async def sees(self, deployment_id: str, limit: float = 15.0) -> None:
+        """Until the dashboard's event stream shows the deployment: its board has it."""
+        with anyio.fail_after(limit):
+            async with self.client.stream("GET", "/api/events") as events:
+                event = ""
+                async for line in events.aiter_lines():
+                    if line.startswith("event:"):
+                        event = line.removeprefix("event:").strip()
+                    elif line.startswith("data:") and event in {"fleet", "deployment"}:
+                        body = json.loads(line.removeprefix("data:"))
+                        shown = [body] if event == "deployment" else body["deployments"]
+                        if any(d["id"] == deployment_id for d in shown):
+                            return
 
 
 @asynccontextmanager
@@ -453,6 +468,7 @@ class TestActions:
             await seen.wait_for(
                 deployment_id, lambda s: any(x.status.value == "progress" for x in s)
             )
+            await dash.sees(deployment_id)  # seen on the test tier: no id to type again
             cancelled = await dash.act("cancel", {"deployment_id": deployment_id})
             assert cancelled.status_code == 202, cancelled.text
             answer = cancelled.json()
@@ -460,6 +476,21 @@ class TestActions:
         assert answer["deployment_id"] == deployment_id
         assert [(a["hostname"], a["outcome"]) for a in answer["answers"]] == [("web1", "stopped")]
         assert (finals["web1"].status.value, finals["web1"].error) == ("failed", "cancelled")
+
+    async def test_a_cancel_that_may_reach_prod_needs_its_id_typed_again(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        """A deployment this dashboard has not seen on the test tier may be prod's: its
+        cancel is refused until its id is typed again, then goes to both tiers."""
+        async with fleet.listeners("web1", "pweb1"), dashboard(fleet, tmp_path) as dash:
+            assert (await dash.login()).status_code == 200
+            refused = await dash.act("cancel", {"deployment_id": "unseen-1"})
+            wrong = await dash.act("cancel", {"deployment_id": "unseen-1", "confirm": "unseen"})
+            sent = await dash.act("cancel", {"deployment_id": "unseen-1", "confirm": "unseen-1"})
+        assert (refused.status_code, wrong.status_code) == (403, 403), refused.text
+        assert "type its id again" in refused.json()["error"]
+        assert sent.status_code == 202, sent.text
+        assert sent.json()["refused_tiers"] == []  # the admin deploy key reached both tiers
 
     async def test_stopping_the_dashboard_leaves_the_hosts_deploying(
         self, fleet: Fleet, tmp_path: Path

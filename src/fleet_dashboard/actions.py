@@ -133,11 +133,17 @@ async def open_actions(
             tasks.cancel_scope.cancel()
 
 
-def auth_routes(actions: Actions | None) -> list[Route]:
-    """The routes of this module: ``/api/session`` always; the POSTs only with ``actions``."""
+def auth_routes(
+    actions: Actions | None, *, tier_of: Callable[[str], str | None] = lambda _: None
+) -> list[Route]:
+    """The routes of this module: ``/api/session`` always; the POSTs only with ``actions``.
+
+    ``tier_of`` tells the tier a deployment was seen on (the board's): a cancel of one seen
+    on the test tier goes to that tier alone; any other may reach prod, and needs its id
+    typed again, as a prod deploy needs its target."""
     if actions is None:
         return [Route("/api/session", _read_only_session, methods=["GET"])]
-    handlers = _Handlers(actions)
+    handlers = _Handlers(actions, tier_of)
     return [
         Route("/api/session", handlers.session, methods=["GET"]),
         Route("/login", handlers.login, methods=["POST"]),
@@ -210,8 +216,9 @@ def _text(body: dict[str, Any], name: str) -> str | None:
 class _Handlers:
     """The endpoints, over one ``Actions``."""
 
-    def __init__(self, actions: Actions) -> None:
+    def __init__(self, actions: Actions, tier_of: Callable[[str], str | None]) -> None:
         self.actions = actions
+        self.tier_of = tier_of
         self.auth = actions.auth
         self.sessions = actions.auth.sessions
 
@@ -354,7 +361,18 @@ class _Handlers:
             host = validate_hostname(host) if host else None
         except UsageError as exc:
             raise _Refused(400, str(exc)) from None
-        result = await self._cancel(request, deployment_id, host)
+        if self.tier_of(deployment_id) == Tier.TEST.value:
+            tiers: tuple[Tier, ...] = (Tier.TEST,)
+        else:
+            if (_text(body, "confirm") or "").strip() != deployment_id:
+                raise _Refused(
+                    403,
+                    "a cancel that may reach prod needs confirming: this dashboard has not seen "
+                    f"deployment {deployment_id} on the test tier, so type its id again in "
+                    "confirm",
+                )
+            tiers = (Tier.TEST, Tier.PROD)
+        result = await self._cancel(request, deployment_id, host, tiers)
         answers = [
             {"hostname": printable(a.hostname), "tier": a.tier, "outcome": a.outcome}
             for a in result.answers
@@ -367,7 +385,9 @@ class _Handlers:
             }
         )
 
-    async def _cancel(self, request: Request, deployment_id: str, host: str | None) -> CancelResult:
+    async def _cancel(
+        self, request: Request, deployment_id: str, host: str | None, tiers: tuple[Tier, ...]
+    ) -> CancelResult:
         deployer = self.actions.deployer
         timing = deployer.timing
         bound = log.bind(client=_client(request), deployment_id=deployment_id, host=host)
@@ -377,7 +397,7 @@ class _Handlers:
                 result = await cancel_deployment(
                     deployer.bus,
                     deployment_id,
-                    tiers=(Tier.TEST, Tier.PROD),
+                    tiers=tiers,
                     signer=self.actions.signer,
                     host=host,
                     timing=timing,

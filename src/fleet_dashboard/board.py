@@ -484,6 +484,12 @@ class Board:
                 later = at if later is None else min(later, at)
         return send, later
 
+    def tier_of(self, deployment: str) -> str | None:
+        """The tier a deployment on the board was seen on, or None (not seen, or its
+        statuses named none): a cancel from the page reaches only that tier."""
+        live = self._live.get(deployment)
+        return live.tier if live is not None else None
+
     def live(self, deployment: str) -> dict[str, Any] | None:
         found = self._live.get(deployment)
         return found.dump() if found is not None else None

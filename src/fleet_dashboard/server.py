@@ -142,7 +142,7 @@ async def running(
                 board=board,
                 hub=hub,
                 watcher=watcher,
-                extra_routes=auth_routes(actions),
+                extra_routes=auth_routes(actions, tier_of=board.tier_of),
             )
             guarded = Guard(app, HostPolicy.of(host, port, settings.allowed_hosts))
             config = uvicorn.Config(

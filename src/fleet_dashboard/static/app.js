@@ -333,6 +333,7 @@
     const stop = el("button", "cancel", "Cancel");
     stop.type = "button";
     stop.dataset.cancel = live.id;
+    stop.dataset.tier = live.tier || "";
     stop.hidden = true;
     summary.appendChild(stop);
     block.appendChild(summary);
@@ -881,8 +882,15 @@
     form.elements.confirm.value = "";
   }
 
-  function cancel(deploymentId) {
-    act("/api/actions/cancel", { deployment_id: deploymentId, host: null }, (body) => {
+  function cancel(deploymentId, tier) {
+    // A deployment not seen on the test tier may be prod's: its id typed again (the server
+    // refuses the cancel otherwise).
+    let confirm = "";
+    if (tier !== "test") {
+      confirm = (window.prompt(`Cancel a ${tier || "possibly prod"} deployment: type its id ${deploymentId} to confirm`) || "").trim();
+      if (!confirm) return;
+    }
+    act("/api/actions/cancel", { deployment_id: deploymentId, host: null, confirm }, (body) => {
       // What each host did (stopped, refused, activating, finished): a few names, then a count.
       const answers = body.answers || [];
       const told = answers.slice(0, 10).map((a) => `${a.hostname} ${a.outcome}`).join(", ");
@@ -916,7 +924,7 @@
       const button = event.target.closest("button.cancel");
       if (!button) return;
       event.preventDefault(); // inside <summary>: do not fold the block
-      cancel(button.dataset.cancel);
+      cancel(button.dataset.cancel, button.dataset.tier);
     });
     // "refreshed 20 s ago" keeps counting between two fleet events.
     setInterval(() => {
