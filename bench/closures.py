@@ -89,7 +89,7 @@ from fleet_core.build.protocol import BuildResult, HostBuild, HostBuildState
 from fleet_core.config.settings import DeployTiming
 from fleet_core.deploy.closures import Closures, closures_from_build
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import MAX_REQUEST_BYTES, DeployRequest, encode

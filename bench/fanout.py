@@ -69,7 +69,7 @@ from nats.aio.msg import Msg
 from fleet_core.bus import Bus
 from fleet_core.config.settings import DeployTiming
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.host.jobs.outcome import Outcome
 from fleet_core.host.jobs.store import JobRecord, JobStore
 from fleet_core.host.listener import Listener

@@ -52,7 +52,7 @@ import mcp
 from fleet_core.config.resolve import mcp_settings
 from fleet_core.config.settings import DeployTiming
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Target, Tier

@@ -84,7 +84,7 @@ from nats.aio.msg import Msg
 from fleet_core.bus import Bus
 from fleet_core.config.settings import DeployTiming, RolloutSettings
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.keys import Seed
 from fleet_core.logging import configure_logging
 from fleet_core.protocol.actions import Action

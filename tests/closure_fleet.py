@@ -36,7 +36,7 @@ from fleet_core.config.settings import DeployTiming, HealthCheckSpec, McpSetting
 from fleet_core.deploy.closure_deploy import build_for_deploy
 from fleet_core.deploy.closures import Closures
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult
+from fleet_core.deploy.results import DeploymentResult
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import (
     DeployRequest,

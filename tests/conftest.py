@@ -27,7 +27,7 @@ import structlog
 from fleet_core.bus import Bus
 from fleet_core.config.settings import DeployTiming, ListenerSettings
 from fleet_core.deploy.deployer import Deployer, OnUpdate
-from fleet_core.deploy.tracker import DeploymentResult
+from fleet_core.deploy.results import DeploymentResult
 from fleet_core.host.listener import Listener
 from fleet_core.keys import Seed
 from fleet_core.protocol.actions import Action

@@ -13,7 +13,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import parse_target
 from fleet_mcp.reports.cancel import CancelReport

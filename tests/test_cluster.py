@@ -18,7 +18,7 @@ from fleet_core.config.parsers import parse_nats_urls
 from fleet_core.config.resolve import deploy_settings, listener_settings, mcp_settings
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.errors import ConnectionFailed, PermissionDenied, UsageError
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Tier, parse_target

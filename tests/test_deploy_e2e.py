@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fleet_core.bus import Message
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.protocol.actions import Action
 
 from .conftest import HOSTS, TEST_HOSTS, Fleet, expected_argv

@@ -24,7 +24,7 @@ import anyio.to_thread
 import pytest
 
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.host.jobs import jobdir
 from fleet_core.host.jobs.follow import stop_runner
 from fleet_core.host.jobs.jobdir import EXIT_FILE, RECORD_FILE, RUNNER_FILE, read_runner

@@ -26,7 +26,7 @@ from fleet_core.config.resolve import choose_rebuild_runner, in_user_manager, li
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import hosts_table
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.errors import RequestRejected, UsageError
 from fleet_core.host.jobs import jobdir
 from fleet_core.host.jobs.follow import follow, runner_alive, stop_runner

@@ -21,7 +21,7 @@ import anyio
 import pytest
 from mcp.types import CallToolResult
 
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.testing import FleetHost, local_fleet
 from fleet_mcp.reports.build import BuildReport
 from fleet_mcp.reports.deployment import DeploymentReport, deployment_report, report_text

@@ -43,6 +43,7 @@ PURE_MODULES = (
     "fleet_core/host/jobs/rebuild_output.py",
     "fleet_core/host/jobs/outcome.py",
     "fleet_core/deploy/tracker.py",
+    "fleet_core/deploy/results.py",
     "fleet_core/deploy/report.py",
     "fleet_core/deploy/rollout.py",
     "fleet_core/deploy/closures.py",

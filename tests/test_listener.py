@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from fleet_core.bus import Bus
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.host.jobs.jobdir import OUTPUT_LOG, RECORD_FILE
 from fleet_core.host.jobs.launch import ProcessRebuilder
 from fleet_core.host.jobs.manager import Pacing

@@ -19,7 +19,7 @@ import mcp
 import pytest
 from mcp.types import TextContent, TextResourceContents
 
-from fleet_core.deploy.tracker import FINAL_STATES
+from fleet_core.deploy.results import FINAL_STATES
 from fleet_core.protocol.actions import Action
 from fleet_core.testing.embedded_server import EmbeddedNatsServer
 from fleet_mcp.link import CONNECTION_WAIT

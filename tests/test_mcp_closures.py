@@ -14,7 +14,7 @@ import pytest
 
 from fleet_core.build.client import BuildClient
 from fleet_core.build.protocol import parse_build_target
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.testing import publish_system
 from fleet_mcp.reports.build import BuildReport
 from fleet_mcp.reports.deployment import deployment_report

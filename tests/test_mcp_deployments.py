@@ -17,7 +17,7 @@ import pytest
 
 from fleet_core.bus import Bus
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.results import DeploymentResult, HostResult, Outage
 from fleet_core.errors import ConnectionFailed
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Target, Tier

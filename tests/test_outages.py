@@ -32,7 +32,7 @@ from mcp.types import CallToolResult
 from fleet_core.bus import Bus
 from fleet_core.config.settings import DeployTiming
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.results import DeploymentResult, HostResult, Outage
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import parse_host_info, parse_status
 from fleet_core.protocol.subjects import Target, Tier

@@ -14,7 +14,7 @@ from fleet_core.deploy.report import (
     host_line,
     summary,
 )
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, TierDirectory
+from fleet_core.deploy.results import DeploymentResult, HostResult, Outage, TierDirectory
 from fleet_core.protocol.messages import StatusKind
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it

@@ -21,7 +21,7 @@ import anyio.abc
 import pytest
 
 from fleet_core.config.settings import HealthCheckSpec, RollbackSettings
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.host.jobs.activation import SYSTEM_RUNNING, read_phase
 from fleet_core.host.jobs.jobdir import EXIT_FILE, read_runner
 from fleet_core.protocol.actions import Action, HostKind

@@ -21,8 +21,8 @@ import structlog
 
 from fleet_core.config.settings import RolloutSettings
 from fleet_core.deploy.deployer import Deployer
+from fleet_core.deploy.results import DeploymentResult, HostResult, Outage, RolloutStep
 from fleet_core.deploy.rollout import ordered
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, RolloutStep
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Target, Tier
 

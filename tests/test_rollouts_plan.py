@@ -19,8 +19,9 @@ from fleet_core.config.resolve import deploy_settings
 from fleet_core.config.settings import DeployTiming, RolloutSettings
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import rollout_line, summary
+from fleet_core.deploy.results import DeploymentResult, HostResult, RolloutStep
 from fleet_core.deploy.rollout import MAX_NAMED, budget_stop, failed_hosts, ordered, plan_rollout
-from fleet_core.deploy.tracker import DeploymentResult, DeploymentTracker, HostResult, RolloutStep
+from fleet_core.deploy.tracker import DeploymentTracker
 from fleet_core.errors import UsageError
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import JobSummary, Status

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from fleet_core.bus import Bus, Message
 from fleet_core.config.resolve import listener_settings
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.errors import UsageError
 from fleet_core.keys import Seed, generate_seed
 from fleet_core.protocol.actions import Action

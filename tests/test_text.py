@@ -11,7 +11,7 @@ import pytest
 from fleet_core.build.protocol import BuildResult, HostBuild, HostBuildState
 from fleet_core.build.report import build_line, build_summary
 from fleet_core.deploy.report import host_line, hosts_table, summary
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.protocol.messages import HostInfo
 from fleet_core.protocol.text import escaped_json, printable
 

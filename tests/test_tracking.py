@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from fleet_core.deploy.tracker import DeploymentTracker, HostResult
+from fleet_core.deploy.results import HostResult
+from fleet_core.deploy.tracker import DeploymentTracker
 from fleet_core.protocol.messages import JobSummary, Status
 
 pytestmark = pytest.mark.pure  # no server, no process: ./scripts/test --quick runs it

@@ -38,7 +38,8 @@ from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.gathering import Gathering
 from fleet_core.deploy.inbox import JobAnswers
 from fleet_core.deploy.report import summary
-from fleet_core.deploy.tracker import DeploymentResult, DeploymentTracker, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
+from fleet_core.deploy.tracker import DeploymentTracker
 from fleet_core.errors import PermissionDenied
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import (

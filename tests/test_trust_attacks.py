@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from fleet_core.bus import Bus, Message
 from fleet_core.config.settings import ListenerSettings
 from fleet_core.deploy.deployer import Deployer
-from fleet_core.deploy.tracker import DeploymentResult
+from fleet_core.deploy.results import DeploymentResult
 from fleet_core.errors import PermissionDenied
 from fleet_core.keys import Seed
 from fleet_core.protocol.actions import Action

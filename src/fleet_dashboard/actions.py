@@ -46,7 +46,7 @@ from fleet_core.config.settings import DashboardSettings
 from fleet_core.deploy.cancel import cancel_deployment
 from fleet_core.deploy.cancellation import CancelResult
 from fleet_core.deploy.deployer import Deployer, new_deployment_id
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.errors import FleetError, PermissionDenied, RequestRejected, UsageError
 from fleet_core.keys import Seed
 from fleet_core.protocol.actions import DEFAULT_REVISION, Action, validate_revision

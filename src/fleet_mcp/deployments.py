@@ -30,7 +30,7 @@ import structlog
 from fleet_core.config.settings import RolloutSettings
 from fleet_core.deploy.closures import Closures
 from fleet_core.deploy.deployer import Deployer, new_deployment_id
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, RolloutStep
+from fleet_core.deploy.results import DeploymentResult, HostResult, Outage, RolloutStep
 from fleet_core.errors import FleetError
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.subjects import Target

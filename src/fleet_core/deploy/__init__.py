@@ -6,6 +6,7 @@ Modules:
     inbox       a deployment's replies and the server's refusals, as one event stream
     answers     what a discovery or job query gathers, and which answers are believed
     tracker     one deployment host by host, when a host is lost, when it is over (pure)
+    results     what a deployment reports: its result, host by host, its outages (pure)
     rollout     canary, batches and the failure budget: the order, the plan, when to stop (pure)
     closures    closure deploys: which host is sent which built system, who is sent none (pure)
     closure_deploy  a closure deploy's systems: built for the target now, or a recorded build

@@ -35,7 +35,7 @@ from fleet_core.deploy.report import (
     rollout_line,
     summary,
 )
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage, RolloutStep
+from fleet_core.deploy.results import DeploymentResult, HostResult, Outage, RolloutStep
 from fleet_core.keys import load_seed
 from fleet_core.lifecycle import Finished, run_until_signal
 from fleet_core.logging import configure_logging

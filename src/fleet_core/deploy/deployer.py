@@ -67,6 +67,7 @@ from fleet_core.deploy.gathering import (
     RunningRollout,
 )
 from fleet_core.deploy.inbox import ConnectionChange, Inbox, JobAnswers
+from fleet_core.deploy.results import DeploymentResult, HostResult, RolloutStep, TierDirectory
 from fleet_core.deploy.rollout import (
     MAX_NAMED,
     Plan,
@@ -75,13 +76,7 @@ from fleet_core.deploy.rollout import (
     held_too_long,
     plan_rollout,
 )
-from fleet_core.deploy.tracker import (
-    DeploymentResult,
-    DeploymentTracker,
-    HostResult,
-    RolloutStep,
-    TierDirectory,
-)
+from fleet_core.deploy.tracker import DeploymentTracker
 from fleet_core.errors import (
     ConnectionFailed,
     FleetError,

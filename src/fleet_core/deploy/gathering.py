@@ -17,15 +17,15 @@ from typing import Any
 from fleet_core.bus import Message
 from fleet_core.deploy.closures import ClosurePlan, Closures
 from fleet_core.deploy.inbox import ConnectionChange, Event, JobAnswers
-from fleet_core.deploy.rollout import Plan, Stop, failed_hosts
-from fleet_core.deploy.tracker import (
+from fleet_core.deploy.results import (
     DeploymentResult,
-    DeploymentTracker,
     HostResult,
     Outage,
     RolloutResult,
     RolloutStep,
 )
+from fleet_core.deploy.rollout import Plan, Stop, failed_hosts
+from fleet_core.deploy.tracker import DeploymentTracker
 from fleet_core.errors import PermissionDenied
 from fleet_core.protocol.actions import Action
 from fleet_core.protocol.messages import DeployRequest, JobSummary, parse_status

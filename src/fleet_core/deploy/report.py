@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 
 from fleet_core.deploy.cancellation import CancelResult
-from fleet_core.deploy.tracker import (
+from fleet_core.deploy.results import (
     DeploymentResult,
     HostResult,
     Outage,

@@ -40,7 +40,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from fleet_core.config.settings import RolloutSettings
-from fleet_core.deploy.tracker import HostResult, RolloutResult
+from fleet_core.deploy.results import HostResult, RolloutResult
 
 __all__ = [
     "MAX_NAMED",

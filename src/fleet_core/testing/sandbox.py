@@ -82,7 +82,7 @@ from fleet_core.config.settings import (
 from fleet_core.deploy.closures import Closures, closures_from_build
 from fleet_core.deploy.deployer import Deployer
 from fleet_core.deploy.report import host_line, hosts_table, summary
-from fleet_core.deploy.tracker import DeploymentResult, HostResult
+from fleet_core.deploy.results import DeploymentResult, HostResult
 from fleet_core.errors import FleetError, PermissionDenied, UsageError
 from fleet_core.lifecycle import run_until_signal
 from fleet_core.logging import configure_logging

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_core.deploy.closures import CLOSURES_UNSUPPORTED
 from fleet_core.deploy.report import directory_hint
-from fleet_core.deploy.tracker import (
+from fleet_core.deploy.results import (
     DeploymentResult,
     HostResult,
     Outage,

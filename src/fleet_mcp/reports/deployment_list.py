@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_core.deploy.tracker import DeploymentResult
+from fleet_core.deploy.results import DeploymentResult
 from fleet_mcp.reports.deployment import deployment_resource, status_step
 from fleet_mcp.reports.wording import some_names
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fleet_core.build.protocol import HostBuild
-from fleet_core.deploy.tracker import HostResult
+from fleet_core.deploy.results import HostResult
 from fleet_mcp.reports.untrusted import FENCE_COST, TextLayout, as_json, text
 from fleet_mcp.reports.wording import MAX_NOTE_DETAIL, glance
 

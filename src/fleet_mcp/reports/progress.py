@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from fleet_core.build.protocol import BuildResult, HostBuild, HostBuildState
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, Outage
+from fleet_core.deploy.results import DeploymentResult, HostResult, Outage
 from fleet_mcp.reports.build import BUILD_CODES
 from fleet_mcp.reports.deployment import ERROR_CODES
 from fleet_mcp.reports.untrusted import is_commit, known, named, plain

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from fleet_core.build.protocol import HostBuild
-from fleet_core.deploy.tracker import HostResult
+from fleet_core.deploy.results import HostResult
 
 __all__ = [
     "DEFAULT_WAIT",

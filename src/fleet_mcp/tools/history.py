@@ -17,7 +17,7 @@ from pydantic import Field
 
 from fleet_core.deploy.history import DeploymentRecord, select
 from fleet_core.deploy.history_reader import HistoryView, load_history
-from fleet_core.deploy.tracker import DeploymentResult, HostResult, HostState
+from fleet_core.deploy.results import DeploymentResult, HostResult, HostState
 from fleet_core.errors import FleetError
 from fleet_core.protocol.messages import JobPhase
 from fleet_core.protocol.subjects import Tier
