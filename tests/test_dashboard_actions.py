@@ -9,14 +9,9 @@ again, and a deploy key that may not reach prod gets a 502, not a silent nothing
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -29,15 +24,12 @@ from fleet_core.deploy.deployer import Deployer
 from fleet_core.protocol.messages import Status, parse_status
 from fleet_core.protocol.subjects import Tier
 from fleet_core.testing import FleetHost, local_fleet
-from fleet_dashboard.auth import hash_password, totp_code
+from fleet_dashboard.auth import totp_code
 
-from .conftest import DEPLOYERS, FAST, HOSTS, Fleet, scripts_dir
+from .conftest import DEPLOYERS, FAST, HOSTS, Fleet
+from .dashboard_support import PASSWORD, TOTP_KEY, dashboard, running_dashboard
 
 pytestmark = pytest.mark.anyio
-
-PASSWORD = "correct horse battery staple"  # noqa: S105 - the test login's own
-TOTP_KEY = os.urandom(20)
-START_LIMIT = 30.0
 
 
 @pytest.fixture
@@ -46,131 +38,6 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     hosts = [FleetHost(name, tier, role) for name, (tier, role) in HOSTS.items()]
     async with local_fleet(hosts, {**DEPLOYERS, "dash": "observer"}, root=tmp_path) as local:
         yield Fleet(local=local, record=tmp_path / "runs.jsonl")
-
-
-def _secret(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
-
-
-@dataclass
-class Dashboard:
-    """A running ``fleet-deploy dashboard``: its URL, and an HTTP client with its cookies."""
-
-    url: str
-    client: httpx.AsyncClient
-    output: list[bytes] = field(default_factory=list)
-
-    @property
-    def origin(self) -> str:
-        return self.url.rstrip("/")
-
-    async def login(self, password: str = PASSWORD, totp: str | None = None) -> httpx.Response:
-        body = {"password": password} | ({"totp": totp} if totp is not None else {})
-        return await self.client.post("/login", json=body, headers={"Origin": self.origin})
-
-    async def csrf(self) -> str:
-        session = (await self.client.get("/api/session")).json()
-        assert session["logged_in"], session
-        token: str = session["csrf"]
-        return token
-
-    async def act(
-        self, what: str, body: dict[str, str], *, csrf: str | None = None, **headers: str
-    ) -> httpx.Response:
-        """POST an action with this dashboard's Origin and the session's CSRF token."""
-        sent = {"Origin": self.origin, "X-CSRF-Token": csrf or await self.csrf()} | headers
-        return await self.client.post(f"/api/actions/{what}", json=body, headers=sent)
-
-    async def sees(self, deployment_id: str, limit: float = 15.0) -> None:
-        """Until the dashboard's event stream shows the deployment: its board has it."""
-        with anyio.fail_after(limit):
-            async with self.client.stream("GET", "/api/events") as events:
-                event = ""
-                async for line in events.aiter_lines():
-                    if line.startswith("event:"):
-                        event = line.removeprefix("event:").strip()
-                    elif line.startswith("data:") and event in {"fleet", "deployment"}:
-                        body = json.loads(line.removeprefix("data:"))
-                        shown = [body] if event == "deployment" else body["deployments"]
-                        if any(d["id"] == deployment_id for d in shown):
-                            return
-
-
-@asynccontextmanager
-async def dashboard(
-    fleet: Fleet, tmp_path: Path, *, deploy_key: str = "admin", totp: bool = False
-) -> AsyncIterator[Dashboard]:
-    """``fleet-deploy dashboard --allow-actions`` on a free port, read with the observer key
-    and acting with ``deploy_key``'s; stopped with SIGTERM at the end."""
-    password_file = _secret(tmp_path / "password", hash_password(PASSWORD) + "\n")
-    flags = [
-        "--allow-actions",
-        *("--deploy-nkey-file", str(fleet.keys[deploy_key])),
-        *("--password-file", str(password_file)),
-    ]
-    if totp:
-        secret = _secret(tmp_path / "totp", base64.b32encode(TOTP_KEY).decode())
-        flags += ["--totp-secret-file", str(secret)]
-    async with (
-        running_dashboard(fleet, *flags) as url,
-        httpx.AsyncClient(base_url=url, timeout=30) as client,
-    ):
-        yield Dashboard(url, client)
-
-
-@asynccontextmanager
-async def running_dashboard(fleet: Fleet, *flags: str) -> AsyncIterator[str]:
-    """The dashboard process on 127.0.0.1:0 with the observer key and ``flags``: its URL,
-    read from the line it prints once it listens. Its log is drained as it comes (and shown
-    if it never listens); SIGTERM stops it at the end, which must exit 0."""
-    argv = [
-        str(scripts_dir() / "fleet-deploy"),
-        "dashboard",
-        *("--listen", "127.0.0.1:0", "--nats-url", fleet.url),
-        *("--nkey-file", str(fleet.keys["dash"])),
-        *flags,
-    ]
-    process = await anyio.open_process(argv, env=fleet.cli_env())
-    log = bytearray()
-
-    async def drain() -> None:
-        assert process.stderr is not None
-        async for chunk in process.stderr:
-            log.extend(chunk)
-
-    try:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(drain)
-            try:
-                url = await _listening(process)
-            except TimeoutError:
-                raise AssertionError(
-                    f"the dashboard never listened: {log.decode()[-3000:]}"
-                ) from None
-            yield url
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(20):
-                assert await process.wait() == 0, log.decode()[-3000:]
-    finally:
-        with anyio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.aclose()
-
-
-async def _listening(process: anyio.abc.Process) -> str:
-    """The URL of the ``dashboard: URL`` line the process prints once it listens."""
-    assert process.stdout is not None
-    seen = b""
-    with anyio.fail_after(START_LIMIT):
-        async for chunk in process.stdout:
-            seen += chunk
-            for line in seen.split(b"\n")[:-1]:  # whole lines only
-                if line.startswith(b"dashboard: "):
-                    return line.removeprefix(b"dashboard: ").decode().strip()
-    raise TimeoutError  # stdout closed: the process ended without listening
 
 
 class Witness:

@@ -38,8 +38,7 @@ from fleet_dashboard.watcher import ENDED_REFRESH_GAP
 
 from .browser import launched, new_page
 from .conftest import DEPLOYERS, HOSTS, Fleet
-from .dashboard_support import Events, dashboard_fleet, serving
-from .test_dashboard_actions import PASSWORD, dashboard
+from .dashboard_support import PASSWORD, Events, dashboard, dashboard_fleet, serving
 
 WAIT_MS = 30_000.0  # Playwright's deadline for what the fleet must do first
 
