@@ -255,6 +255,21 @@ class TestLiveDeployments:
         assert row["last_job"]["status"] == "completed"
         assert row["last_job"]["id"] == DEPLOYMENT
 
+    def test_a_failed_deploy_makes_its_row_not_ok_before_the_next_discovery(self) -> None:
+        """The row says what the next discovery's judgement will: not ok, and why."""
+        board = board_with(
+            host("web1", configuration_revision="main"), host("web2", configuration_revision="main")
+        )
+        assert (board.rows["web1"]["ok"], board.rows["web1"]["problems"]) == (True, [])
+        board.take_status(bound("web1"), status("web1", "accepted", action="switch"), now=1.0)
+        board.take_status(bound("web2"), status("web2", "accepted", action="switch"), now=1.0)
+        failed = board.take_status(bound("web1"), status("web1", "failed"), now=2.0)
+        done = board.take_status(bound("web2"), status("web2", "completed"), now=2.0)
+        assert failed is not None and done is not None
+        assert (failed["ok"], failed["healthy"]) == (False, False)
+        assert failed["problems"] == ["last switch failed"]
+        assert (done["ok"], done["problems"]) == (True, [])
+
     def test_changed_rows_are_sent_once_and_a_burst_becomes_one_fleet_body(self) -> None:
         """A few changed rows go out as host events, once; a deploy to many hosts changes
         more than HOST_BURST rows at once, and one fleet body replaces them."""

@@ -190,6 +190,10 @@ class TestAgainstTheSandbox:
                     building = running_now.locator('[data-host]:has(.phase:text-is("building"))')
                     await building.first.wait_for(timeout=WAIT_MS)
                     assert await building.first.locator(".line").text_content()
+                    # A row changes at once, a deployment's block at most four times a
+                    # second: the picture waits for web2's failure in both.
+                    failed = running_now.locator('[data-host="web2"] .status')
+                    await expect(failed).to_have_text("failed", timeout=WAIT_MS)
                     picture = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "dashboard.png")
                     table = await page.locator("#fleet").bounding_box()
                     assert table is not None

@@ -70,6 +70,7 @@ HOST_BURST: Final = 50  # rows changed at once past which one fleet body replace
 _TIERS: Final = frozenset({"test", "prod"})
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _FINAL = frozenset(str(s) for s in FINAL_STATUSES)
+_FAILED_JOB = frozenset({"failed", "rejected"})  # a last job fleet_status holds against a host
 
 State = Literal["ok", "problem", "behind", "reboot", "failed", "busy", "silent", "outdated"]
 STATES: Final[tuple[State, ...]] = (
@@ -436,6 +437,12 @@ class Board:
             if row.get("last_job") != job:
                 row["last_job"] = job
                 changed = True
+            if run.status in _FAILED_JOB and row.get("ok") is not False:
+                # As fleet_status judges it at the next discovery (seconds away): a host
+                # whose deploy just failed is not ok now, not after the refresh.
+                problem = f"last {live.action} {run.status}"
+                row["problems"] = [*row.get("problems", []), problem]
+                row["healthy"] = row["ok"] = False
         if not changed:
             return None
         self._fleet = None
