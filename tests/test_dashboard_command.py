@@ -170,6 +170,9 @@ class TestTheCommand:
         empty = run_cli("--hash-password", stdin="\n")
         assert empty.returncode == 2
         assert "empty password" in empty.stderr
+        short = run_cli("--hash-password", stdin="hunter2\n")
+        assert short.returncode == 2 and not short.stdout
+        assert "7 characters is too short" in short.stderr and "at least 12" in short.stderr
 
     def test_a_seed_others_can_read_is_refused_before_listening(self, tmp_path: Path) -> None:
         """The read key's file is checked as every seed is: mode 0644 is exit 2, with the

@@ -28,7 +28,7 @@ from fleet_core.keys import Seed, load_seed
 from fleet_core.lifecycle import run_until_signal
 from fleet_core.logging import configure_logging
 
-__all__ = ["LISTENING_PREFIX", "run_dashboard"]
+__all__ = ["LISTENING_PREFIX", "MIN_PASSWORD", "run_dashboard"]
 
 LISTENING_PREFIX = "dashboard: "  # the line's start that the sandbox and the tests look for
 
@@ -93,6 +93,12 @@ def run_dashboard(
     return 0
 
 
+# The shortest password --hash-password takes. The login limit allows 30 failures in 5
+# minutes from everywhere (8,640 a day): a password that short-lived guessing can reach is no
+# guard for a button that deploys.
+MIN_PASSWORD = 12
+
+
 def _print_password_hash(stdin: TextIO, out: TextIO) -> int:
     """Hash a password for ``--password-file``; on a terminal it is asked twice, unechoed."""
     from fleet_dashboard.auth import hash_password
@@ -103,5 +109,10 @@ def _print_password_hash(stdin: TextIO, out: TextIO) -> int:
             raise UsageError("the two passwords differ: run --hash-password again")
     else:
         password = stdin.readline().rstrip("\r\n")
+    if password and len(password) < MIN_PASSWORD:
+        raise UsageError(
+            f"a password of {len(password)} characters is too short to guard deploys: use at "
+            f"least {MIN_PASSWORD} (a few words do), then run --hash-password again"
+        )
     print(hash_password(password), file=out, flush=True)
     return 0
