@@ -21,9 +21,11 @@ from pathlib import Path
 __all__ = [
     "RESULTS",
     "Stats",
+    "invocation",
     "load_average",
     "machine",
     "ms",
+    "publish",
     "update_section",
 ]
 
@@ -148,3 +150,16 @@ def update_section(name: str, body: str, path: Path = RESULTS) -> None:
         wrapped = f"<!-- {name}:begin -->\n{body.strip()}\n<!-- {name}:end -->\n"
         updated = block.rstrip("\n") + "\n\n" + wrapped
     path.write_text(text[:fanout_start] + updated + text[fanout_stop:])
+
+
+def invocation(script: str) -> str:
+    """The command that ran this benchmark, as a report quotes it to be run again."""
+    return " ".join([f"python bench/{script}", *sys.argv[1:]])
+
+
+def publish(name: str, text: str, *, write: bool) -> None:
+    """Print a benchmark's report; with ``write``, put it in its block of bench/RESULTS.md."""
+    print("\n" + text)
+    if write:
+        update_section(name, text)
+        print("\nwritten to bench/RESULTS.md")

@@ -71,7 +71,7 @@ from typing import Any
 import anyio
 import nats
 from _responders import host_name
-from _results import Stats, load_average, machine, ms, update_section
+from _results import Stats, invocation, load_average, machine, ms, publish
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from scale import (
@@ -561,12 +561,8 @@ async def main(args: argparse.Namespace, meter: LineMeter) -> None:
             return
         run = await measure(shape, runs=args.runs, warmup=args.warmup, root=Path(tmp))
     elapsed = time.perf_counter() - started
-    command = " ".join(["python bench/closures.py", *sys.argv[1:]])
-    text = report(run, meter, command, elapsed, (load_before, load_average()))
-    print("\n" + text)
-    if not args.no_write:
-        update_section("closures", text)
-        print("\nwritten to bench/RESULTS.md")
+    text = report(run, meter, invocation("closures.py"), elapsed, (load_before, load_average()))
+    publish("closures", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any
 import anyio
 import httpx2 as httpx
 import nats
-from _results import Stats, load_average, machine, ms, update_section
+from _results import Stats, load_average, machine, ms, publish
 from nats.aio.msg import Msg
 from scale import RESPONDER_PERMISSIONS, RESPONDERS, Shape, responder_processes
 
@@ -249,10 +249,7 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fleet-dashboard-") as tmp:
         result = await measure(shape, args.runs, Path(tmp))
     text = report(shape, args.runs, result, (load_before, load_average()))
-    print(text)
-    if not args.no_write:
-        update_section("fanout-dashboard", text)
-        print("written to bench/RESULTS.md")
+    publish("fanout-dashboard", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

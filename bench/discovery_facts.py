@@ -43,7 +43,7 @@ from typing import Any
 
 import anyio
 import nats
-from _results import Stats, load_average, machine, ms, update_section
+from _results import Stats, load_average, machine, ms, publish
 from fanout import DEPLOYER, bench_fleet, raw_discover
 
 from fleet_core.config.settings import FactsSettings
@@ -184,9 +184,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-facts-") as tmp:
         result = anyio.run(run, n, rounds, Path(tmp))
     text = report(n, rounds, result, load_before)
-    print(text)
-    if not args.no_write and not args.quick:
-        update_section("discovery-facts", text)
+    publish("discovery-facts", text, write=not args.no_write and not args.quick)
     return 0
 
 

@@ -62,7 +62,7 @@ from typing import Any, TextIO, TypeVar
 import anyio
 import anyio.abc
 import nats
-from _results import Stats, load_average, machine, ms, update_section
+from _results import Stats, invocation, load_average, machine, ms, publish
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -665,12 +665,8 @@ async def main(args: argparse.Namespace) -> None:
                 flush=True,
             )
         elapsed = time.perf_counter() - started
-    command = " ".join(["python bench/fanout.py", *sys.argv[1:]])
-    text = report(results, command, elapsed, job_dirs, load_before)
-    print("\n" + text)
-    if not args.no_write:
-        update_section("fanout-latency", text)
-        print("\nwritten to bench/RESULTS.md")
+    text = report(results, invocation("fanout.py"), elapsed, job_dirs, load_before)
+    publish("fanout-latency", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

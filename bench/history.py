@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _results import Stats, load_average, machine, ms, update_section
+from _results import Stats, load_average, machine, ms, publish
 
 from fleet_core.config.settings import DeployTiming
 from fleet_core.deploy.deployer import Deployer
@@ -142,9 +142,7 @@ def main() -> int:
         )
         kept = anyio.run(lambda: deploys(n, rounds, root / "kept", history=True, messages=messages))
     text = report(n, rounds, plain, kept, load)
-    print(text)
-    if not args.no_write and not args.quick:
-        update_section("history", text)
+    publish("history", text, write=not args.no_write and not args.quick)
     return 0
 
 

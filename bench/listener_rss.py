@@ -36,7 +36,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.to_thread
-from _results import Stats, load_average, machine, ms, update_section
+from _results import Stats, load_average, machine, ms, publish
 from anyio.streams.text import TextReceiveStream
 
 from fleet_core.deploy.deployer import Deployer
@@ -474,10 +474,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         command=" ".join(["python bench/listener_rss.py", *sys.argv[1:]]),
         load_before=load_before,
     )
-    print("\n" + text)
-    if not args.no_write:
-        update_section("fanout-footprint", text)
-        print("written to bench/RESULTS.md")
+    publish("fanout-footprint", text, write=not args.no_write)
 
 
 if __name__ == "__main__":

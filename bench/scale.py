@@ -77,7 +77,7 @@ import anyio.abc
 import nats
 import nkeys
 from _responders import ALL_SUBJECT, host_name
-from _results import Stats, load_average, machine, ms, update_section
+from _results import Stats, invocation, load_average, machine, ms, publish
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -730,12 +730,8 @@ async def main(args: argparse.Namespace, meter: LineMeter) -> None:
                 f"CPU {cpu.median:.2f} s, GC {ms(in_gc.median)} ms"
             )
         return
-    command = " ".join(["python bench/scale.py", *sys.argv[1:]])
-    text = report(run, meter, command, elapsed, (load_before, load_average()))
-    print("\n" + text)
-    if not args.no_write:
-        update_section("fanout-scale", text)
-        print("\nwritten to bench/RESULTS.md")
+    text = report(run, meter, invocation("scale.py"), elapsed, (load_before, load_average()))
+    publish("fanout-scale", text, write=not args.no_write)
 
 
 if __name__ == "__main__":
