@@ -384,18 +384,10 @@ in
         #   .serviceConfig.ReadWritePaths` (and a directory the dynamic user may write).
         # ProtectHome hides /root and /home: the cache's and the git servers' credentials come
         # through `credentials`, never from a user's ~/.aws or ~/.ssh.
-        # The sandbox the listener's unit has too (./lib.nix), and:
-        DynamicUser = true;
-        # No capability at all: the dynamic user has none to use, and this keeps it so.
-        CapabilityBoundingSet = "";
-        # Only root and the dynamic user are mapped; the store (root's) reads as before.
-        PrivateUsers = true;
-        PrivateTmp = true;
-        # Only the builder's own processes.
-        ProtectProc = "invisible";
-        RemoveIPC = true;
+        # The sandbox the listener's unit has too, and a dynamic user's (./lib.nix).
       }
-      // fleetLib.hardening;
+      // fleetLib.hardening
+      // fleetLib.dynamicUser;
     };
   };
 }

@@ -305,15 +305,10 @@ in
         #   wherever the configuration says.
         # - PrivatePIDs: the dashboard would be PID 1 of a namespace, which ignores signals
         #   it has no handler for; ProtectProc=invisible already hides other processes.
-        # The sandbox the other units share (./lib.nix), and:
-        DynamicUser = true;
-        CapabilityBoundingSet = "";
-        PrivateUsers = true;
-        PrivateTmp = true;
-        ProtectProc = "invisible";
-        RemoveIPC = true;
+        # The sandbox the other units share, and a dynamic user's (./lib.nix), and:
       }
       // fleetLib.hardening
+      // fleetLib.dynamicUser
       // {
         # No netlink: it makes no interface lookups, only TCP to NATS and from browsers, and
         # AF_UNIX for the journal and the name service. (SystemCallFilter stays the shared

@@ -269,6 +269,20 @@ rec {
     UMask = "0077";
   };
 
+  # A service that runs as a user systemd allocates for it (DynamicUser=) and owns only its
+  # own state: the builder's and the dashboard's units, on top of `hardening`.
+  dynamicUser = {
+    DynamicUser = true;
+    # No capability at all: the dynamic user has none to use, and this keeps it so.
+    CapabilityBoundingSet = "";
+    # Only root and the dynamic user are mapped; the store (root's) reads as before.
+    PrivateUsers = true;
+    PrivateTmp = true;
+    # Only the service's own processes.
+    ProtectProc = "invisible";
+    RemoveIPC = true;
+  };
+
   ### Assertions
   #
   # Each takes `opt`, the options' prefix (`services.fleet-deploy.listener`), and the values
