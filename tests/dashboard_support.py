@@ -61,6 +61,16 @@ async def serving(
         yield dashboard
 
 
+@asynccontextmanager
+async def reading(client: httpx.AsyncClient) -> AsyncIterator[Events]:
+    """``client``'s event stream, read as it comes by a task of its own, for the block."""
+    events = Events()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(events.read, client)
+        yield events
+        tasks.cancel_scope.cancel()
+
+
 class Events:
     """The events of one ``/api/events`` stream, read as they come, each stamped with the
     monotonic time it arrived."""
@@ -185,17 +195,14 @@ class DashboardClient:
 
     async def sees(self, deployment_id: str, limit: float = 15.0) -> None:
         """Until the dashboard's event stream shows the deployment: its board has it."""
-        with anyio.fail_after(limit):
-            async with self.client.stream("GET", "/api/events") as events:
-                event = ""
-                async for line in events.aiter_lines():
-                    if line.startswith("event:"):
-                        event = line.removeprefix("event:").strip()
-                    elif line.startswith("data:") and event in {"fleet", "deployment"}:
-                        body = json.loads(line.removeprefix("data:"))
-                        shown = [body] if event == "deployment" else body["deployments"]
-                        if any(d["id"] == deployment_id for d in shown):
-                            return
+
+        def shown(name: str, data: Any) -> bool:
+            if name == "deployment":
+                return bool(data["id"] == deployment_id)
+            return name == "fleet" and any(d["id"] == deployment_id for d in data["deployments"])
+
+        async with reading(self.client) as events:
+            await events.wait_for(shown, limit)
 
 
 @asynccontextmanager

@@ -38,7 +38,7 @@ from fleet_dashboard.watcher import ENDED_REFRESH_GAP
 
 from .browser import launched, new_page
 from .conftest import DEPLOYERS, HOSTS, Fleet
-from .dashboard_support import PASSWORD, Events, dashboard, dashboard_fleet, serving
+from .dashboard_support import PASSWORD, Events, dashboard, dashboard_fleet, reading, serving
 
 WAIT_MS = 30_000.0  # Playwright's deadline for what the fleet must do first
 
@@ -336,10 +336,8 @@ class TestDiscoveryAmplification:
             serving(local) as served,
             await local.connect("web1") as bus,
             httpx.AsyncClient(base_url=served.url, timeout=30) as client,
-            anyio.create_task_group() as tasks,
+            reading(client) as events,
         ):
-            events = Events()
-            tasks.start_soon(events.read, client)
             await events.wait_count("fleet", 1)
             before, began = served.watcher.refreshes, time.monotonic()
             sent = 15
@@ -363,4 +361,3 @@ class TestDiscoveryAmplification:
             )
             span = ended_at - began  # from the first status to the last end
             assert served.watcher.refreshes - before <= span / ENDED_REFRESH_GAP + 1
-            tasks.cancel_scope.cancel()

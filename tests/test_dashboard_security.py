@@ -17,7 +17,7 @@ from fleet_dashboard.app import STATIC_FILES, static_file
 from fleet_dashboard.security import CSP, HostPolicy, host_allowed, origin_allowed
 
 from .conftest import TEST_HOSTS, Fleet
-from .dashboard_support import Events, dashboard_fleet, refreshed, serving
+from .dashboard_support import dashboard_fleet, reading, refreshed, serving
 
 LIMIT = 60.0
 ANY = "0.0.0.0"  # noqa: S104 - a policy's input here, never bound
@@ -210,10 +210,8 @@ class TestTheServer:
                 fleet.listeners(*TEST_HOSTS),
                 serving(fleet.local) as dash,
                 httpx.AsyncClient(base_url=dash.url) as client,
-                anyio.create_task_group() as tasks,
+                reading(client) as events,
             ):
-                events = Events()
-                tasks.start_soon(events.read, client)
                 await events.wait_for(refreshed({h: Tier.TEST for h in TEST_HOSTS}))
                 proc = await fleet.cli("deploy", "deploy.test.web1")
                 assert proc.returncode == 0
@@ -229,7 +227,6 @@ class TestTheServer:
                         "/api/session",
                     )
                 ]
-                tasks.cancel_scope.cancel()
         everything = "\n".join([*bodies, *(str(data) for _, _, data in events.seen)])
         for name in fleet.keys:
             secret = fleet.seed(name).reveal()

@@ -22,7 +22,7 @@ from fleet_dashboard.hub import MAX_PENDING
 from fleet_dashboard.server import GRACE
 
 from .conftest import HOSTS, TEST_HOSTS, Fleet
-from .dashboard_support import Events, dashboard_fleet, refreshed, serving
+from .dashboard_support import Events, dashboard_fleet, reading, refreshed, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -63,13 +63,10 @@ class TestFleet:
                 fleet.listeners(*HOSTS),
                 serving(fleet.local) as dash,
                 httpx.AsyncClient(base_url=dash.url) as client,
-                anyio.create_task_group() as tasks,
+                reading(client) as events,
             ):
-                events = Events()
-                tasks.start_soon(events.read, client)
                 await events.wait_for(refreshed(ALL))
                 body = (await client.get("/api/fleet")).json()
-                tasks.cancel_scope.cancel()
         rows = {row["hostname"]: row for row in body["hosts"]}
         assert set(rows) == set(HOSTS)
         for name, (tier, role) in HOSTS.items():
@@ -88,12 +85,9 @@ class TestFleet:
                 fleet.listeners(*HOSTS),
                 serving(fleet.local, "deployer") as dash,
                 httpx.AsyncClient(base_url=dash.url) as client,
-                anyio.create_task_group() as tasks,
+                reading(client) as events,
             ):
-                events = Events()
-                tasks.start_soon(events.read, client)
                 _, body = await events.wait_for(refreshed(TESTS))
-                tasks.cancel_scope.cancel()
         assert {row["hostname"] for row in body["hosts"]} == set(TEST_HOSTS)
         assert body["tiers_hidden"] == ["prod"]
 
@@ -104,15 +98,12 @@ class TestFleet:
                 fleet.listeners(*HOSTS),
                 serving(fleet.local) as dash,
                 httpx.AsyncClient(base_url=dash.url) as client,
-                anyio.create_task_group() as tasks,
+                reading(client) as events,
             ):
-                events = Events()
-                tasks.start_soon(events.read, client)
                 await events.wait_for(refreshed(ALL))
                 prod = (await client.get("/api/fleet", params={"tier": "prod"})).json()
                 web = (await client.get("/api/fleet", params={"role": "web", "q": "p"})).json()
                 bad = await client.get("/api/fleet", params={"state": "sideways"})
-                tasks.cancel_scope.cancel()
         assert [r["hostname"] for r in prod["hosts"]] == ["pdb1", "pweb1"]
         assert [r["hostname"] for r in web["hosts"]] == ["pweb1"]
         assert bad.status_code == 400 and "state must be one of" in bad.json()["error"]
