@@ -5,6 +5,7 @@ report (the wire layer itself: test_closures_protocol.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -210,16 +211,27 @@ class TestPlan:
         assert set(plan.failed_first) == {"web2", "web4", "web5"}
 
 
+def tracker(
+    hosts: list[str],
+    *,
+    paths: dict[str, str] | None = None,
+    batches: Mapping[str, int] | None = None,
+) -> DeploymentTracker:
+    """A closure deploy's tracker at time 0: a minute's deadline, 5 s to answer."""
+    return DeploymentTracker(
+        hosts,
+        started_at=0.0,
+        timeout=60,
+        answer_within=5,
+        silence_limit=30,
+        paths=paths,
+        batches=batches,
+    )
+
+
 class TestTracker:
     def test_hosts_that_end_unsent_are_final_before_anything_is_sent(self) -> None:
-        t = DeploymentTracker(
-            ["web1", "web2"],
-            started_at=0.0,
-            timeout=60,
-            answer_within=5,
-            silence_limit=30,
-            paths={"web1": system("web1")},
-        )
+        t = tracker(["web1", "web2"], paths={"web1": system("web1")})
         changed = t.end_unsent("web2", "failed", error=BUILD_FAILED, message="not deployed: x")
         assert [(h.hostname, h.status, h.final, h.error) for h in changed] == [
             ("web2", "failed", True, BUILD_FAILED)
@@ -231,14 +243,7 @@ class TestTracker:
         assert t.done
 
     def test_each_host_keeps_its_path_through_its_statuses(self) -> None:
-        t = DeploymentTracker(
-            ["web1"],
-            started_at=0.0,
-            timeout=60,
-            answer_within=5,
-            silence_limit=30,
-            paths={"web1": system("web1")},
-        )
+        t = tracker(["web1"], paths={"web1": system("web1")})
         for kind in (StatusKind.ACCEPTED, StatusKind.COMPLETED):
             t.observe(Status(hostname="web1", status=kind, request_id="d1"), 1.0)
         (host,) = t.hosts
@@ -266,14 +271,7 @@ class TestBudget:
         plan = plan_rollout(["web1", "web2"], self.SETTINGS, failed_first=["web3"])
         assert plan.failed_first == {"web3"}
         assert "web3" not in plan.batch_of()
-        t = DeploymentTracker(
-            ["web3"],
-            started_at=0.0,
-            timeout=60,
-            answer_within=5,
-            silence_limit=30,
-            batches=plan.batch_of(),
-        )
+        t = tracker(["web3"], batches=plan.batch_of())
         t.end_unsent("web3", "failed", error=BUILD_FAILED, message="not deployed: boom")
         stop = budget_stop(plan, t.hosts)
         assert stop is not None
@@ -288,14 +286,7 @@ class TestBudget:
     def test_within_the_budget_the_rollout_goes_on_and_they_still_count(self) -> None:
         settings = RolloutSettings(canary=1, batch=1, max_failures=1)
         plan = plan_rollout(["web1", "web2"], settings, failed_first=["web3"])
-        t = DeploymentTracker(
-            ["web3"],
-            started_at=0.0,
-            timeout=60,
-            answer_within=5,
-            silence_limit=30,
-            batches=plan.batch_of(),
-        )
+        t = tracker(["web3"], batches=plan.batch_of())
         t.end_unsent("web3", "failed", error=BUILD_FAILED, message="not deployed")
         assert budget_stop(plan, t.hosts) is None
         assert [h.hostname for h in failed_hosts(t.hosts, first=plan.failed_first)] == ["web3"]
@@ -390,14 +381,7 @@ class TestBuildStatuses:
 
 class TestReport:
     def test_the_summary_names_the_build_its_commit_and_each_hosts_system(self) -> None:
-        t = DeploymentTracker(
-            ["web1", "web2"],
-            started_at=0.0,
-            timeout=60,
-            answer_within=5,
-            silence_limit=30,
-            paths={"web1": system("web1")},
-        )
+        t = tracker(["web1", "web2"], paths={"web1": system("web1")})
         t.end_unsent("web2", "failed", error=BUILD_FAILED, message="not deployed: \x1b[2Jboom")
         t.observe(Status(hostname="web1", status=StatusKind.COMPLETED, request_id="d1"), 1.0)
         result = t.result(
